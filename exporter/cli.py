@@ -1,0 +1,346 @@
+"""Command line and wiring: config -> client -> poller -> store -> collector -> server.
+
+Exit codes: 0 clean stop, 2 bad usage or configuration, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import TextIO
+
+from prometheus_client import ProcessCollector
+from prometheus_client.registry import CollectorRegistry
+
+from . import __version__, logs
+from .budget import Budget
+from .client import ExecClient
+from .collector import LiveCollector, SnapshotCollector
+from .config import (
+    ApiKey,
+    Config,
+    ConfigError,
+    Target,
+    format_duration,
+    load_api_key,
+    load_config,
+    parse_config,
+)
+from .exposition import Exposition
+from .scheduler import Clock, Key, Poller, Scheduler, SystemClock, effective_interval
+from .server import Web, parse_listen_address, serve
+from .state import SavedState, StateFile
+from .store import Store, TargetState
+from .webconfig import WebConfig, load_web_config
+
+log = logging.getLogger("exporter")
+
+DEFAULT_PORT = 10025
+SHUTDOWN_GRACE = 8.0  # in-flight request allowance on SIGTERM; the whole stop stays under 10 s
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, Prometheus-style dotted flags."""
+    parser = argparse.ArgumentParser(
+        prog="exec-exporter",
+        description="Prometheus exporter for Exec scenario analytics. "
+                    "Run 'exec-exporter demo' to try it without an account.")
+    parser.add_argument("mode", nargs="?", choices=["demo"],
+                        help="'demo': run against a simulated Exec API inside the process")
+    parser.add_argument("--config.file", dest="config_file", default="config.yaml",
+                        help="configuration file (default: %(default)s)")
+    parser.add_argument("--config.check", dest="config_check", action="store_true",
+                        help="validate the configuration, print the polling plan and exit")
+    parser.add_argument("--web.listen-address", dest="listen", default=f":{DEFAULT_PORT}",
+                        help="address to listen on, [HOST]:PORT (default: %(default)s)")
+    parser.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
+                        help="path of the metrics endpoint (default: %(default)s)")
+    parser.add_argument("--web.config.file", dest="web_config", default=None,
+                        help="exporter-toolkit web configuration (TLS, basic auth, headers)")
+    parser.add_argument("--state.file", dest="state_file", default=None,
+                        help="where to keep data and the quota ledger across restarts")
+    parser.add_argument("--log.level", dest="log_level", default="info",
+                        choices=["debug", "info", "warn", "error"])
+    parser.add_argument("--log.format", dest="log_format", default="logfmt",
+                        choices=["logfmt", "json"])
+    parser.add_argument("--version", action="version",
+                        version=f"exec-exporter {__version__} (python {sys.version.split()[0]})")
+    return parser
+
+
+# --- the plan ---------------------------------------------------------------------
+
+
+def describe_plan(config: Config, key: ApiKey | None) -> str:
+    """The polling plan that ``--config.check`` prints."""
+    targets = config.targets()
+    rate = config.api.rate_limit
+    lines = []
+    if config.discovery is not None and config.discovery.scenarios is not None:
+        lines.append("discovery: on; the workspace's scenario list decides the targets at run "
+                     "time (the counts below are the explicit targets only)")
+    if config.discovery is not None and config.discovery.group_cohorts is not None:
+        lines.append("discovery: one cohort per workspace group is added at run time")
+    listing = listing_requests_per_day(config)
+    lines.append(f"targets: {len(targets)}")
+    for scenario in config.scenarios:
+        cohorts = scenario.cohorts or [c.name for c in config.cohorts]
+        label = f" ({scenario.name})" if scenario.name else ""
+        lines.append(f"  {scenario.id}{label}: {', '.join(cohorts)}")
+    wanted = len(targets) * 86400 / config.refresh_interval
+    wanted_at = format_duration(config.refresh_interval)
+    lines.append(f"requests/day needed at refresh_interval {wanted_at}: {wanted:.0f}")
+    day_budget = rate.day_budget - listing
+    lines.append(f"daily budget: {rate.day_budget} requests ({rate.requests_per_day}/day less "
+                 f"{rate.reserve:.0%} reserve); minute budget: {rate.minute_budget}")
+    if listing:
+        lines.append(f"discovery listings: about {listing:.0f} requests/day "
+                     f"(at least one page per list every "
+                     f"{format_duration(config.discovery.interval if config.discovery else 0)})")
+    interval = effective_interval(len(targets), config.refresh_interval, max(day_budget, 1),
+                                  rate.minute_budget)
+    stretched = (" (stretched from refresh_interval to fit the budget)"
+                 if interval > config.refresh_interval else "")
+    lines.append(f"effective refresh interval: {format_duration(interval)} "
+                 f"({interval:.0f}s){stretched}")
+    staleness = config.max_staleness or 3 * interval
+    lines.append(f"max staleness: {format_duration(staleness)}")
+    if key is None:
+        lines.append("warning: no API key found: set EXEC_API_KEY or api.api_key_file "
+                     "before running")
+    else:
+        lines.append(f"api key: found ({key.source})")
+    return "\n".join(lines)
+
+
+def listing_requests_per_day(config: Config) -> float:
+    """Discovery listing requests per day (one page per list per interval at the least)."""
+    discovery = config.discovery
+    if discovery is None:
+        return 0.0
+    lists = (discovery.scenarios is not None) + (discovery.group_cohorts is not None)
+    return lists * 86400 / discovery.interval
+
+
+# --- the running exporter -----------------------------------------------------------
+
+
+class Exporter:
+    """The long-running daemon: owns every part and their lifecycles."""
+
+    def __init__(self, config: Config, key: ApiKey, config_path: str | None,
+                 state_file: str | None = None, clock: Clock | None = None) -> None:
+        self.config = config
+        self.key = key
+        self.config_path = config_path
+        self.clock = clock or SystemClock()
+        self.store = Store()
+        self.state = StateFile(state_file) if state_file else None
+        now = self.clock.time()
+        saved = self.state.load(now) if self.state else SavedState()
+        rate = config.api.rate_limit
+        self.budget = Budget(rate.minute_budget, rate.day_budget, saved.ledger)
+        self.scheduler = Scheduler(self.budget, config.refresh_interval,
+                                   listing_requests_per_day(config))
+        self.client = self._client(config)
+        self._targets: dict[Key, Target] = {}
+        self._reload_lock = threading.Lock()
+        self.poller = Poller(self.scheduler, self.client, self.store, lambda: self._targets,
+                             self.clock, on_change=self._save_state)
+        self._apply(config, saved)
+        self.store.record_reload(True, now)
+        snapshot_collector = SnapshotCollector(self.store, self.clock)
+        live = CollectorRegistry(auto_describe=False)
+        live.register(LiveCollector(self.budget.remaining, self.clock))
+        live.register(ProcessCollector(registry=None))
+        self.exposition = Exposition(snapshot_collector, live, self.clock)
+
+    def _client(self, config: Config) -> ExecClient:
+        return ExecClient(config.api.base_url, self.key.value, config.api.timeout)
+
+    def _apply(self, config: Config, saved: SavedState | None = None) -> None:
+        """Make ``config`` the running configuration."""
+        targets = config.targets()
+        if len(targets) > config.max_targets:
+            log.error("%d targets exceed max_targets=%d; dropping %d", len(targets),
+                      config.max_targets, len(targets) - config.max_targets)
+        kept = targets[:config.max_targets]
+        self.store.set_targets_dropped(len(targets) - len(kept))
+        restored: dict[Key, TargetState] = {}
+        if saved is not None:
+            for t in kept:
+                s = saved.targets.get(t.key)
+                if s is not None:
+                    restored[t.key] = TargetState(
+                        target=t, summary=s.summary, last_success=s.last_success, up=s.up,
+                        last_error=s.last_error, last_error_message=s.last_error_message,
+                        last_error_time=s.last_error_time, errors=s.errors)
+        rate = config.api.rate_limit
+        with self.poller.lock:
+            self.budget.resize(rate.minute_budget, rate.day_budget)
+            self.scheduler.refresh_interval = config.refresh_interval
+            self.scheduler.listing_requests_per_day = listing_requests_per_day(config)
+            self._targets = {t.key: t for t in kept}
+            self.scheduler.set_targets(
+                [t.key for t in kept],
+                {k: s.last_success for k, s in restored.items() if s.last_success is not None})
+            self.store.set_targets(kept, restored)
+            self.store.set_max_staleness(config.max_staleness)
+            self.store.record_schedule(self.scheduler.interval, {})
+        self.config = config
+
+    def reload(self) -> tuple[bool, str]:
+        """Reread the configuration file; a bad file keeps the running configuration."""
+        with self._reload_lock:
+            now = self.clock.time()
+            if self.config_path is None:
+                return False, "no configuration file to reload (built-in configuration)"
+            try:
+                config = load_config(self.config_path)
+                key, warnings = load_api_key(config)
+                if key is None:
+                    raise ConfigError(["no API key: set EXEC_API_KEY or api.api_key_file"])
+            except ConfigError as exc:
+                self.store.record_reload(False, now)
+                for problem in exc.problems:
+                    log.error("reload failed, keeping the running configuration: %s", problem)
+                return False, "reload failed:\n" + "\n".join(exc.problems)
+            for warning in warnings:
+                log.warning("%s", warning)
+            logs.add_secret(key.value)
+            if config.api != self.config.api or key.value != self.key.value:
+                self.key = key
+                with self.poller.lock:
+                    old = self.client
+                    self.client = self._client(config)
+                    self.poller.client = self.client
+                    old.close()
+            self._apply(config)
+            self.store.record_reload(True, now)
+            self.poller.wake()
+            log.info("configuration reloaded: %d targets, effective interval %s",
+                     len(self._targets), format_duration(self.scheduler.interval))
+            return True, "configuration reloaded"
+
+    def _save_state(self, force: bool = False) -> None:
+        if self.state is None:
+            return
+        now = self.clock.time()
+        self.state.save(self.store.snapshot(), self.budget.ledger(now), now, force=force)
+
+    def start(self, address: tuple[str, int], telemetry_path: str,
+              web_config: WebConfig | None) -> None:
+        """Start polling and serving."""
+        web = Web(self.store, self.exposition, telemetry_path, web_config, self.reload,
+                  self.clock.time)
+        self.server = serve(address, web)
+        self.poller.start()
+        host, port = self.server.server_address[:2]
+        log.info("exec-exporter %s listening on %s:%s; %d targets, effective refresh "
+                 "interval %s", __version__, host, port, len(self._targets),
+                 format_duration(self.scheduler.interval))
+
+    def stop(self) -> None:
+        """Stop polling (letting an in-flight request finish), save state, stop serving."""
+        self.poller.stop(SHUTDOWN_GRACE)
+        self._save_state(force=True)
+        self.server.shutdown()
+        self.server.server_close()
+        self.client.close()
+
+
+def _print_problems(problems: Sequence[str], stream: TextIO) -> None:
+    for problem in problems:
+        print(f"error: {problem}", file=stream)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``exec-exporter`` and ``python -m exporter``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.setup(args.log_level, args.log_format)
+    demo = args.mode == "demo"
+    try:
+        address = parse_listen_address(args.listen)
+    except ValueError as exc:
+        _print_problems([f"--web.listen-address: {exc}"], sys.stderr)
+        return 2
+    simulated = None
+    config_path: str | None = args.config_file
+    try:
+        if demo:
+            from .demo import DEMO_API_KEY, SimulatedExecAPI, demo_config
+
+            simulated = SimulatedExecAPI().start()
+            config = parse_config(demo_config(simulated.base_url))
+            key: ApiKey | None = ApiKey(DEMO_API_KEY, "built-in demo key")
+            warnings: list[str] = []
+            config_path = None
+        else:
+            config = load_config(args.config_file)
+            key, warnings = load_api_key(config)
+        if key is not None:
+            logs.add_secret(key.value)
+        if args.config_check:
+            print(f"configuration OK: {config_path or 'built-in demo configuration'}")
+            print(describe_plan(config, key))
+            return 0
+        for warning in warnings:
+            log.warning("%s", warning)
+        if key is None:
+            raise ConfigError(["no API key: set the EXEC_API_KEY environment variable or "
+                               "api.api_key_file in the configuration"])
+        web_config = load_web_config(args.web_config) if args.web_config else None
+    except ConfigError as exc:
+        _print_problems(exc.problems, sys.stderr)
+        if simulated is not None:
+            simulated.stop()
+        return 2
+
+    stop = threading.Event()
+    reload_requested = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        reload_requested.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hup)
+
+    try:
+        exporter = Exporter(config, key, config_path, args.state_file)
+        exporter.start(address, args.telemetry_path, web_config)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        if simulated is not None:
+            simulated.stop()
+        return 1
+    if demo and simulated is not None:
+        log.info("demo: simulated Exec API at %s; open http://%s:%s/", simulated.base_url,
+                 "localhost" if address[0] in ("0.0.0.0", "::") else address[0],
+                 exporter.server.server_address[1])
+    try:
+        while not stop.is_set():
+            stop.wait(0.5)
+            if reload_requested.is_set():
+                reload_requested.clear()
+                exporter.reload()
+    finally:
+        log.info("shutting down")
+        exporter.stop()
+        if simulated is not None:
+            simulated.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,467 @@
+"""Configuration: the YAML file, validated up front, and the targets it yields.
+
+Every problem in a file is reported at once, one line each, prefixed with the
+dotted path of the field (``cohorts[2].window: ...``). Unknown keys are errors.
+The API key never lives in the YAML: it comes from ``api.api_key_file`` or the
+``EXEC_API_KEY`` environment variable (see :func:`load_api_key`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+API_KEY_ENV = "EXEC_API_KEY"
+DEFAULT_BASE_URL = "https://api.exec.com/rest/v1"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``problems`` holds one line per fault."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# --- durations -------------------------------------------------------------
+
+_DURATION_UNITS = {
+    "ms": 0.001,
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 7 * 86400,
+    "y": 365 * 86400,
+}
+_DURATION_RE = re.compile(r"^((\d+)(ms|s|m|h|d|w|y))+$")
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+
+
+def parse_duration(value: object) -> float:
+    """Parse a Prometheus-style duration (``30s``, ``15m``, ``1h30m``, ``7d``) into seconds."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"expected a duration such as '30s', '15m' or '7d', got {value!r}")
+    text = value.strip()
+    if not _DURATION_RE.match(text):
+        raise ValueError(f"invalid duration {value!r}: use forms such as '30s', '15m', '6h', '7d'")
+    seconds = sum(int(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be greater than zero")
+    return float(seconds)
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way Prometheus prints durations (``1h30m``, ``32m``, ``11.1s``)."""
+    if seconds < 60 and seconds != int(seconds):
+        return f"{seconds:.1f}s"
+    total = round(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if total >= size:
+            parts.append(f"{total // size}{unit}")
+            total %= size
+    return "".join(parts) or "0s"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _parse_datetime(value: object) -> dt.datetime:
+    # PyYAML already turns unquoted ISO timestamps into datetimes; strings come quoted.
+    if isinstance(value, dt.datetime):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"invalid date-time {value!r}: use ISO 8601, e.g. 2026-07-01T00:00:00Z"
+            ) from None
+    elif isinstance(value, dt.date):
+        parsed = dt.datetime(value.year, value.month, value.day)
+    else:
+        raise ValueError(f"expected an ISO 8601 date-time, got {value!r}")
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)  # the API speaks UTC; a bare time means UTC
+    return parsed.astimezone(dt.UTC)
+
+
+DateTime = Annotated[dt.datetime, BeforeValidator(_parse_datetime)]
+
+
+def _string_list(value: object) -> object:
+    # Allow a single string where a list is expected: `group_ids: g1` reads naturally.
+    return [value] if isinstance(value, str) else value
+
+
+StrList = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_string_list)]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@ -]*$")
+_SCENARIO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- sections --------------------------------------------------------------
+
+
+class RateLimit(_Strict):
+    """The workspace quota the exporter must stay inside."""
+
+    requests_per_minute: int = Field(60, gt=0)
+    requests_per_day: int = Field(1000, gt=0)
+    reserve: float = Field(0.1, ge=0, lt=1)
+
+    @property
+    def minute_budget(self) -> int:
+        """Requests the exporter may send in any rolling minute."""
+        return max(1, int(self.requests_per_minute * (1 - self.reserve)))
+
+    @property
+    def day_budget(self) -> int:
+        """Requests the exporter may send in any rolling 24 hours."""
+        return max(1, int(self.requests_per_day * (1 - self.reserve)))
+
+
+class ApiSettings(_Strict):
+    """How to reach the Exec API."""
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key_file: Path | None = None
+    timeout: Duration = 10.0
+    rate_limit: RateLimit = RateLimit()
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+
+class ScenarioConfig(_Strict):
+    """One scenario to poll, by slug or UUID."""
+
+    id: str = Field(min_length=1)
+    name: str | None = None
+    cohorts: StrList | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not _SCENARIO_ID_RE.match(value):
+            raise ValueError(f"{value!r} is not a scenario slug or UUID")
+        return value
+
+
+class CohortConfig(_Strict):
+    """A named population filter passed to the summary endpoint."""
+
+    name: str = Field(min_length=1)
+    group_ids: StrList = []
+    user_ids: StrList = []
+    user_emails: StrList = []
+    start_date: DateTime | None = None
+    end_date: DateTime | None = None
+    window: Duration | None = None
+    exclude_system_users: bool | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError(f"{value!r}: use letters, digits, spaces and _ . : @ -")
+        return value
+
+    @model_validator(mode="after")
+    def _check_dates(self) -> CohortConfig:
+        if self.window is not None and self.start_date is not None:
+            raise ValueError("window and start_date exclude each other (window sets start_date)")
+        if self.start_date and self.end_date and self.start_date > self.end_date:
+            raise ValueError("start_date is after end_date")
+        return self
+
+    def query(self, now: float) -> dict[str, str]:
+        """The summary endpoint's query parameters for this cohort at time ``now``."""
+        params: dict[str, str] = {}
+        if self.user_ids:
+            params["user_ids"] = ",".join(self.user_ids)
+        if self.user_emails:
+            params["user_emails"] = ",".join(self.user_emails)
+        if self.group_ids:
+            params["group_ids"] = ",".join(self.group_ids)
+        start = self.start_date
+        if self.window is not None:
+            start = dt.datetime.fromtimestamp(now - self.window, dt.UTC)
+        if start is not None:
+            params["start_date"] = _iso(start)
+        if self.end_date is not None:
+            params["end_date"] = _iso(self.end_date)
+        if self.exclude_system_users is not None:
+            params["exclude_system_users"] = "true" if self.exclude_system_users else "false"
+        return params
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ScenarioDiscovery(_Strict):
+    """Poll every scenario the list endpoint returns, filtered."""
+
+    visibility: Literal["private", "workspace"] | None = None
+    collection_ids: StrList = []
+    skill_ids: StrList = []
+    include_archived: bool = False
+    exclude: StrList = []
+    cohorts: StrList | None = None
+
+
+class GroupCohorts(_Strict):
+    """One cohort per workspace group whose name matches ``include``."""
+
+    include: StrList = []
+    exclude_system_users: bool | None = None
+
+
+class DiscoveryConfig(_Strict):
+    """Read scenarios and groups from the workspace at start and every ``interval``."""
+
+    interval: Duration = 6 * 3600.0
+    scenarios: ScenarioDiscovery | None = None
+    group_cohorts: GroupCohorts | None = None
+
+
+class Config(_Strict):
+    """The whole configuration file."""
+
+    api: ApiSettings = ApiSettings()
+    refresh_interval: Duration = 15 * 60.0
+    max_staleness: Duration | None = None
+    scenarios: list[ScenarioConfig] = []
+    cohorts: list[CohortConfig] = [CohortConfig(name="all")]
+    discovery: DiscoveryConfig | None = None
+    max_targets: int = Field(500, gt=0)
+
+    def cohort(self, name: str) -> CohortConfig:
+        """The cohort called ``name``."""
+        for cohort in self.cohorts:
+            if cohort.name == name:
+                return cohort
+        raise KeyError(name)
+
+    def targets(self) -> list[Target]:
+        """The explicit (scenario, cohort) pairs, in configuration order."""
+        out = []
+        for scenario in self.scenarios:
+            names = scenario.cohorts or [c.name for c in self.cohorts]
+            for name in names:
+                out.append(Target(scenario=scenario.id, cohort=self.cohort(name),
+                                  display_name=scenario.name))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One (scenario, cohort) pair: the unit the exporter polls and labels."""
+
+    scenario: str
+    cohort: CohortConfig
+    display_name: str | None = None
+    scenario_uuid: str | None = None  # set for discovered scenarios
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Label values identifying this target: (scenario, cohort)."""
+        return (self.scenario, self.cohort.name)
+
+
+# --- loading ---------------------------------------------------------------
+
+
+def _loc(loc: Sequence[int | str]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith(("function-", "tagged-union")):
+            continue  # pydantic's internal validator frames
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
+    """Checks that span sections; run on the raw mapping so they report even when
+    other fields are broken."""
+    problems: list[str] = []
+    cohorts = raw.get("cohorts")
+    names: list[str] = []
+    if isinstance(cohorts, list):
+        seen: set[str] = set()
+        for i, cohort in enumerate(cohorts):
+            name = cohort.get("name") if isinstance(cohort, dict) else None
+            if isinstance(name, str):
+                if name in seen:
+                    problems.append(f"cohorts[{i}].name: duplicate cohort name {name!r}")
+                seen.add(name)
+                names.append(name)
+        if not cohorts:
+            problems.append("cohorts: must list at least one cohort (or be left out)")
+    else:
+        names = ["all"]
+    defined = set(names)
+    scenarios = raw.get("scenarios")
+    discovery = raw.get("discovery")
+    has_discovery = isinstance(discovery, dict) and discovery.get("scenarios") is not None
+    if isinstance(scenarios, list):
+        seen_ids: set[str] = set()
+        for i, scenario in enumerate(scenarios):
+            if not isinstance(scenario, dict):
+                continue
+            sid = scenario.get("id")
+            if isinstance(sid, str):
+                if sid in seen_ids:
+                    problems.append(f"scenarios[{i}].id: duplicate scenario {sid!r}")
+                seen_ids.add(sid)
+            wanted = scenario.get("cohorts")
+            if isinstance(wanted, str):
+                wanted = [wanted]
+            if isinstance(wanted, list):
+                for j, name in enumerate(wanted):
+                    if isinstance(name, str) and cohorts is not None and name not in defined:
+                        problems.append(
+                            f"scenarios[{i}].cohorts[{j}]: no cohort named {name!r} is defined"
+                        )
+                    elif isinstance(name, str) and cohorts is None and name not in defined:
+                        problems.append(
+                            f"scenarios[{i}].cohorts[{j}]: no cohort named {name!r} is defined "
+                            "(without a cohorts section there is only 'all')"
+                        )
+        if not scenarios and not has_discovery:
+            problems.append("scenarios: list at least one scenario (or configure discovery)")
+    elif scenarios is None and not has_discovery:
+        problems.append("scenarios: required (at least one scenario, or discovery.scenarios)")
+    if isinstance(discovery, dict):
+        ds = discovery.get("scenarios")
+        wanted = ds.get("cohorts") if isinstance(ds, dict) else None
+        if isinstance(wanted, list):
+            for j, name in enumerate(wanted):
+                if isinstance(name, str) and name not in defined:
+                    problems.append(
+                        f"discovery.scenarios.cohorts[{j}]: no cohort named {name!r} is defined"
+                    )
+    return problems
+
+
+def parse_config(raw: object) -> Config:
+    """Validate a mapping (as read from YAML) into a :class:`Config`, or raise ConfigError."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        kind = type(raw).__name__
+        raise ConfigError([f"(top level): expected a mapping of settings, got {kind}"])
+    problems: list[str] = []
+    config: Config | None = None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        for error in exc.errors():
+            problems.append(f"{_loc(error['loc'])}: {_message(error)}")
+    problems.extend(_cross_checks(raw))
+    if problems or config is None:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the YAML file at ``path``; raise ConfigError listing every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.__class__.__name__}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{path}{where}: YAML syntax error: {problem}"]) from None
+    return parse_config(raw)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """The bearer key, kept out of reprs, logs and tracebacks."""
+
+    value: str
+    source: str  # "file /path" or "environment variable EXEC_API_KEY"
+
+    def __repr__(self) -> str:
+        return f"ApiKey(<redacted>, source={self.source!r})"
+
+    __str__ = __repr__
+
+
+def load_api_key(
+    config: Config, environ: Mapping[str, str] | None = None
+) -> tuple[ApiKey | None, list[str]]:
+    """Find the key: ``api.api_key_file`` wins, else ``$EXEC_API_KEY``.
+
+    Returns the key (or None) and warnings to log (for example a key file that
+    other users can read). A key file that is set but unreadable is a ConfigError.
+    """
+    environ = os.environ if environ is None else environ
+    warnings: list[str] = []
+    path = config.api.api_key_file
+    if path is not None:
+        try:
+            mode = path.stat().st_mode
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                [f"api.api_key_file: cannot read {str(path)!r}: {exc.strerror or exc}"]
+            ) from None
+        if not value:
+            raise ConfigError([f"api.api_key_file: {str(path)!r} is empty"])
+        if mode & stat.S_IROTH:
+            warnings.append(
+                f"api key file {str(path)!r} is readable by other users; chmod 600 it"
+            )
+        return ApiKey(value, f"file {path}"), warnings
+    value = environ.get(API_KEY_ENV, "").strip()
+    if value:
+        return ApiKey(value, f"environment variable {API_KEY_ENV}"), warnings
+    return None, warnings

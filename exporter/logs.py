@@ -1,0 +1,102 @@
+"""Logging in logfmt or JSON, with the API key scrubbed from every line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+          "error": logging.ERROR}
+REDACTED = "<redacted>"
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    moment = dt.datetime.fromtimestamp(record.created, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _level(record: logging.LogRecord) -> str:
+    return {"WARNING": "warn", "CRITICAL": "error"}.get(record.levelname,
+                                                        record.levelname.lower())
+
+
+def _quote(value: str) -> str:
+    if value and not any(c in value for c in ' "=\n\t\\'):
+        return value
+    return json.dumps(value)
+
+
+class LogfmtFormatter(logging.Formatter):
+    """``ts=... level=info caller=scheduler msg="..."``, as Prometheus' tools log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [f"ts={_timestamp(record)}", f"level={_level(record)}",
+                 f"caller={record.name.removeprefix('exporter.')}",
+                 f"msg={_quote(record.getMessage())}"]
+        if record.exc_info:
+            parts.append(f"err={_quote(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": _timestamp(record), "level": _level(record),
+                 "caller": record.name.removeprefix("exporter."), "msg": record.getMessage()}
+        if record.exc_info:
+            entry["err"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+class SecretFilter(logging.Filter):
+    """Defence in depth: replace any known secret in a record before it is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        text = message
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        if record.exc_info:
+            # Render the traceback now, scrubbed, so the formatter cannot print it raw.
+            trace = logging.Formatter().formatException(record.exc_info)
+            for secret in self.secrets:
+                trace = trace.replace(secret, REDACTED)
+            text = f"{text}\n{trace}"
+            record.exc_info = None
+            record.exc_text = None
+        if text != message or record.args:
+            record.msg, record.args = text, None
+        return True
+
+
+SECRETS = SecretFilter()
+
+
+def setup(level: str = "info", fmt: str = "logfmt", stream: object = None) -> None:
+    """Configure the root logger for the exporter."""
+    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    handler.addFilter(SECRETS)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    # urllib3 logs URLs at debug level; they never carry the key (it is a header),
+    # but its chatter drowns the exporter's own debug lines.
+    logging.getLogger("urllib3").setLevel(max(LEVELS[level], logging.INFO))
+
+
+def add_secret(secret: str) -> None:
+    """Scrub ``secret`` from every log line from now on."""
+    if secret and secret not in SECRETS.secrets:
+        SECRETS.secrets.append(secret)

@@ -1,0 +1,282 @@
+"""The HTTP server: /metrics, the landing page, health, readiness and reload.
+
+One thread per connection with socket timeouts, so slow or stalled clients
+never hold up a scrape. TLS handshakes happen in the connection's own thread
+for the same reason. Nothing here calls the API.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from . import __version__
+from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition
+from .store import Snapshot, Store
+from .webconfig import WebConfig
+
+log = logging.getLogger(__name__)
+
+SOCKET_TIMEOUT = 10.0  # a client that sends nothing for this long is dropped
+MAX_CONNECTIONS = 512  # threads are cheap here, but not unbounded
+# Reasons that waiting will not fix: such a target counts as settled for /-/ready.
+SETTLED_REASONS = frozenset({"not_found", "bad_request"})
+
+
+class Web:
+    """What the handlers need, wired by the CLI."""
+
+    def __init__(self, store: Store, exposition: Exposition, telemetry_path: str = "/metrics",
+                 web_config: WebConfig | None = None,
+                 reload: Callable[[], tuple[bool, str]] | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.store = store
+        self.exposition = exposition
+        self.telemetry_path = telemetry_path
+        self.web_config = web_config or WebConfig()
+        self.reload = reload
+        self.clock = clock or exposition.clock.time
+
+    def ready(self) -> bool:
+        """Whether every target has a value (polled or restored), or a settled error."""
+        targets = self.store.snapshot().targets
+        return bool(targets) and all(
+            t.summary is not None or t.last_error in SETTLED_REASONS for t in targets)
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Routes requests; one instance per connection."""
+
+    server: ExporterHTTPServer
+    protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT
+    server_version = f"exec-exporter/{__version__}"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http %s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+              extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in self.server.web.web_config.headers.items():
+            self.send_header(name, value)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _authorized(self) -> bool:
+        if self.server.web.web_config.check_auth(self.headers.get("Authorization")):
+            return True
+        self._send(HTTPStatus.UNAUTHORIZED, b"Unauthorized\n",
+                   extra={"WWW-Authenticate": 'Basic realm="exec-exporter"'})
+        return False
+
+    def _discard_body(self) -> None:
+        # Reload needs no body; read a little so keep-alive stays in step, refuse more.
+        length = self.headers.get("Content-Length", "0")
+        size = int(length) if length.isdigit() else 0
+        if size > 65536:
+            self.close_connection = True
+            return
+        if size:
+            self.rfile.read(size)
+
+    def do_GET(self) -> None:
+        if not self._authorized():
+            return
+        path = self.path.split("?", 1)[0]
+        web = self.server.web
+        if path == web.telemetry_path:
+            self._metrics()
+        elif path == "/":
+            self._send(HTTPStatus.OK, landing_page(web).encode(), "text/html; charset=utf-8")
+        elif path == "/-/healthy":
+            self._send(HTTPStatus.OK, b"Healthy\n")
+        elif path == "/-/ready":
+            if web.ready():
+                self._send(HTTPStatus.OK, b"Ready\n")
+            else:
+                self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"Not ready: waiting for first data\n")
+        elif path == "/-/reload":
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"Use POST to reload\n",
+                       extra={"Allow": "POST"})
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"Not found\n")
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:
+        if not self._authorized():
+            return
+        self._discard_body()
+        path = self.path.split("?", 1)[0]
+        if path != "/-/reload":
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"Method not allowed\n")
+            return
+        reload = self.server.web.reload
+        if reload is None:
+            self._send(HTTPStatus.NOT_FOUND, b"Reload is not available\n")
+            return
+        ok, message = reload()
+        status = HTTPStatus.OK if ok else HTTPStatus.INTERNAL_SERVER_ERROR
+        self._send(status, (message + "\n").encode())
+
+    do_PUT = do_POST
+
+    def _metrics(self) -> None:
+        accept = self.headers.get("Accept", "")
+        openmetrics = "application/openmetrics-text" in accept
+        gzip = "gzip" in self.headers.get("Accept-Encoding", "")
+        body = self.server.web.exposition.render(openmetrics=openmetrics, gzip=gzip)
+        extra = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gzip else {}
+        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+        self._send(HTTPStatus.OK, body, content_type, extra)
+
+
+class ExporterHTTPServer(ThreadingHTTPServer):
+    """A threading server that wraps TLS per connection and caps connections."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], web: Web) -> None:
+        self.web = web
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        host = address[0]
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the cap: drop rather than queue forever
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            context = self.web.web_config.ssl_context
+            if context is not None:
+                request.settimeout(SOCKET_TIMEOUT)
+                try:
+                    request = context.wrap_socket(request, server_side=True)
+                except (ssl.SSLError, OSError) as exc:
+                    log.debug("TLS handshake with %s failed: %s", client_address, exc)
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """``[HOST]:PORT`` (IPv6 hosts in brackets) to a bind address; empty host = all."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid listen address {value!r}: expected [HOST]:PORT")
+    host = host.strip("[]")
+    return host or "0.0.0.0", int(port)
+
+
+def serve(address: tuple[str, int], web: Web) -> ExporterHTTPServer:
+    """Bind and serve in a daemon thread; returns the server (``shutdown()`` to stop)."""
+    server = ExporterHTTPServer(address, web)
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    return server
+
+
+# --- landing page -------------------------------------------------------------
+
+
+def _when(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    delta = ts - now
+    stamp = dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    rel = f"in {_ago(delta)}" if delta > 0 else f"{_ago(-delta)} ago"
+    return f"{stamp} ({rel})"
+
+
+def _ago(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    return f"{seconds // 86400}d"
+
+
+def landing_page(web: Web) -> str:
+    """A small HTML page: version, link to metrics, one row per target."""
+    snapshot: Snapshot = web.store.snapshot()
+    now = web.clock()
+    e = html.escape
+    rows = []
+    for state in snapshot.targets:
+        target = state.target
+        error = "" if state.last_error is None else (
+            f"{e(state.last_error)}: {e(state.last_error_message or '')} "
+            f"({_when(state.last_error_time, now)})")
+        rows.append(
+            "<tr>"
+            f"<td>{e(target.scenario)}</td><td>{e(target.display_name or '')}</td>"
+            f"<td>{e(target.cohort.name)}</td>"
+            f"<td class={'up' if state.up else 'down'}>{'up' if state.up else 'down'}</td>"
+            f"<td>{_when(state.last_success, now)}</td><td>{error}</td>"
+            f"<td>{_when(state.next_due, now)}</td></tr>")
+    discovery = ""
+    if snapshot.discovery_success or snapshot.discovery_error:
+        items = []
+        for kind in sorted(set(snapshot.discovery_success) | set(snapshot.discovery_error)):
+            err = snapshot.discovery_error.get(kind)
+            last = _when(snapshot.discovery_success.get(kind), now)
+            items.append(f"<li>{e(kind)}: last read {last}"
+                         + (f"; last error: {e(err)}" if err else "") + "</li>")
+        discovery = "<h2>Discovery</h2><ul>" + "".join(items) + "</ul>"
+    path = e(web.telemetry_path)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Exec Exporter</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
+th{{background:#f4f4f4}}.up{{color:#1a7f37}}.down{{color:#cf222e;font-weight:bold}}
+</style></head><body>
+<h1>Exec Exporter</h1>
+<p>Version {e(__version__)}. <a href="{path}">Metrics</a> &middot;
+<a href="/-/healthy">Health</a> &middot; <a href="/-/ready">Readiness</a></p>
+<p>{len(snapshot.targets)} targets; effective refresh interval {snapshot.interval:.0f}s;
+{snapshot.targets_dropped} dropped by max_targets.
+Configuration last loaded {_when(snapshot.reload_time, now)}
+({'ok' if snapshot.reload_ok else 'last reload FAILED'}).</p>
+{discovery}
+<h2>Targets</h2>
+<table><thead><tr><th>Scenario</th><th>Name</th><th>Cohort</th><th>State</th>
+<th>Last success</th><th>Last error</th><th>Next refresh</th></tr></thead>
+<tbody>
+{''.join(rows)}
+</tbody></table>
+</body></html>
+"""

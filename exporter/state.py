@@ -1,0 +1,172 @@
+"""``--state.file``: last good summaries and the quota ledger, kept across restarts.
+
+Written atomically (temporary file, fsync, rename). A missing, corrupt or
+unreadable file is logged and ignored: the exporter starts fresh, never stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .budget import DAY
+from .client import ApiError, Summary
+from .store import Key, Snapshot
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SavedTarget:
+    """One target's state as read back from the file."""
+
+    summary: Summary | None
+    last_success: float | None
+    up: bool
+    last_error: str | None = None
+    last_error_message: str | None = None
+    last_error_time: float | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SavedState:
+    """Everything restored from the state file."""
+
+    targets: dict[Key, SavedTarget] = field(default_factory=dict)
+    ledger: list[float] = field(default_factory=list)
+
+
+def encode(snapshot: Snapshot, ledger: Iterable[float], now: float) -> bytes:
+    """The file's bytes for ``snapshot`` and the request ``ledger``."""
+    targets = []
+    for state in snapshot.targets:
+        if state.summary is None and state.last_error is None:
+            continue
+        targets.append({
+            "scenario": state.target.scenario,
+            "cohort": state.target.cohort.name,
+            "summary": state.summary.to_json() if state.summary else None,
+            "last_success": state.last_success,
+            "up": state.up,
+            "last_error": state.last_error,
+            "last_error_message": state.last_error_message,
+            "last_error_time": state.last_error_time,
+            "errors": dict(state.errors),
+        })
+    doc = {"version": FORMAT_VERSION, "saved_at": now, "targets": targets,
+           "ledger": [round(t, 3) for t in ledger]}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode(data: bytes, now: float) -> SavedState:
+    """Parse the file's bytes; raise ValueError when they are not a usable state."""
+    doc = json.loads(data)
+    if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
+        raise ValueError("not an exec-exporter state file of a known version")
+    saved = SavedState()
+    ledger = doc.get("ledger", [])
+    if not isinstance(ledger, list):
+        raise ValueError("ledger is not a list")
+    saved.ledger = sorted(float(t) for t in ledger
+                          if isinstance(t, int | float) and now - DAY < t <= now + 60)
+    for item in doc.get("targets", []):
+        try:
+            key = (str(item["scenario"]), str(item["cohort"]))
+            summary = Summary.from_json(item["summary"]) if item.get("summary") else None
+            last = item.get("last_success")
+            if last is not None and (not isinstance(last, int | float) or last > now + 60):
+                raise ValueError("last_success in the future")
+            errors = {str(k): int(v) for k, v in (item.get("errors") or {}).items()}
+            saved.targets[key] = SavedTarget(
+                summary=summary, last_success=None if last is None else float(last),
+                up=bool(item.get("up")), last_error=item.get("last_error"),
+                last_error_message=item.get("last_error_message"),
+                last_error_time=item.get("last_error_time"), errors=errors)
+        except (KeyError, TypeError, ValueError, AttributeError, ApiError) as exc:
+            log.warning("state file: skipping a malformed target entry: %s", exc)
+    return saved
+
+
+class StateFile:
+    """Reads and writes the state file; saves at most every ``min_gap`` seconds."""
+
+    def __init__(self, path: str | os.PathLike[str], min_gap: float = 5.0) -> None:
+        self.path = Path(path)
+        self.min_gap = min_gap
+        self._last_save = float("-inf")
+        self._lock = threading.Lock()
+
+    def load(self, now: float) -> SavedState:
+        """The saved state, or an empty one (with a warning) if it cannot be used."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            log.info("no state file at %s yet; starting fresh", self.path)
+            return SavedState()
+        except OSError as exc:
+            log.warning("cannot read state file %s (%s); starting fresh", self.path,
+                        exc.strerror or exc)
+            return SavedState()
+        try:
+            saved = decode(data, now)
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("state file %s is unusable (%s); starting fresh", self.path, exc)
+            return SavedState()
+        log.info("restored %d targets and %d ledger entries from %s",
+                 len(saved.targets), len(saved.ledger), self.path)
+        return saved
+
+    def save(self, snapshot: Snapshot, ledger: Iterable[float], now: float,
+             force: bool = False) -> bool:
+        """Write atomically; skipped (returns False) if the last write was too recent."""
+        with self._lock:
+            if not force and now - self._last_save < self.min_gap:
+                return False
+            data = encode(snapshot, ledger, now)
+            try:
+                self._write(data)
+            except OSError as exc:
+                log.warning("cannot write state file %s: %s", self.path, exc.strerror or exc)
+                return False
+            self._last_save = now
+            return True
+
+    def _write(self, data: bytes) -> None:
+        directory = self.path.parent
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        try:  # make the rename itself durable
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            pass
+
+
+def as_store_states(saved: SavedState) -> dict[Key, dict[str, Any]]:
+    """Saved targets as keyword arguments for :class:`~exporter.store.TargetState`."""
+    return {key: {"summary": t.summary, "last_success": t.last_success, "up": t.up,
+                  "last_error": t.last_error, "last_error_message": t.last_error_message,
+                  "last_error_time": t.last_error_time, "errors": t.errors}
+            for key, t in saved.targets.items()}

@@ -1,0 +1,212 @@
+"""The store: the last good value of every target, with how it got there.
+
+The poller writes outcomes; the collector reads consistent snapshots. Every
+change bumps ``version`` so the exposition can be cached between changes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from .client import Summary
+from .config import Target
+
+Key = tuple[str, str]
+
+# Latency buckets for API requests: the API answers in tens to hundreds of ms.
+REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """What is known of one target."""
+
+    target: Target
+    summary: Summary | None = None
+    last_success: float | None = None
+    up: bool = False
+    last_error: str | None = None
+    last_error_message: str | None = None
+    last_error_time: float | None = None
+    errors: Mapping[str, int] = field(default_factory=dict)
+    next_due: float | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent copy of everything the collector exports."""
+
+    version: int
+    targets: tuple[TargetState, ...]
+    interval: float
+    max_staleness: float | None
+    api_requests: Mapping[str, int]
+    latency_buckets: tuple[int, ...]
+    latency_count: int
+    latency_sum: float
+    targets_dropped: int
+    discovery_success: Mapping[str, float]
+    discovery_error: Mapping[str, str]
+    reload_ok: bool
+    reload_time: float | None
+
+    def staleness_limit(self) -> float:
+        """Data older than this many seconds is no longer exported."""
+        return self.max_staleness if self.max_staleness is not None else 3 * self.interval
+
+
+class Store:
+    """Thread-safe holder of target states and exporter counters."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._targets: dict[Key, TargetState] = {}
+        self._version = 0
+        self._interval = 0.0
+        self._max_staleness: float | None = None
+        self._api_requests: dict[str, int] = {}
+        self._buckets = [0] * len(REQUEST_BUCKETS)
+        self._latency_count = 0
+        self._latency_sum = 0.0
+        self._dropped = 0
+        self._discovery_success: dict[str, float] = {}
+        self._discovery_error: dict[str, str] = {}
+        self._reload_ok = True
+        self._reload_time: float | None = None
+
+    def _bump(self) -> None:
+        self._version += 1
+
+    @property
+    def version(self) -> int:
+        """Increases with every change."""
+        return self._version
+
+    # --- targets ------------------------------------------------------------
+
+    def set_targets(self, targets: Iterable[Target],
+                    restored: Mapping[Key, TargetState] | None = None) -> None:
+        """Replace the target set: kept targets keep their state, removed ones vanish."""
+        restored = restored or {}
+        with self._lock:
+            new: dict[Key, TargetState] = {}
+            for target in targets:
+                old = self._targets.get(target.key) or restored.get(target.key)
+                new[target.key] = (replace(old, target=target) if old is not None
+                                   else TargetState(target=target))
+            self._targets = new
+            self._bump()
+
+    def record_success(self, key: Key, summary: Summary, at: float) -> None:
+        """A refresh of ``key`` returned ``summary``."""
+        with self._lock:
+            old = self._targets.get(key)
+            if old is None:
+                return
+            self._targets[key] = replace(old, summary=summary, last_success=at, up=True)
+            self._bump()
+
+    def record_failure(self, key: Key, reason: str, message: str, at: float) -> None:
+        """A refresh of ``key`` failed; its last good summary stays."""
+        with self._lock:
+            self._fail(key, reason, message, at)
+            self._bump()
+
+    def record_workspace_failure(self, reason: str, message: str, at: float) -> None:
+        """The key or workspace was refused: every target is down with that reason."""
+        with self._lock:
+            for key in list(self._targets):
+                self._fail(key, reason, message, at)
+            self._bump()
+
+    def _fail(self, key: Key, reason: str, message: str, at: float) -> None:
+        old = self._targets.get(key)
+        if old is None:
+            return
+        errors = dict(old.errors)
+        errors[reason] = errors.get(reason, 0) + 1
+        self._targets[key] = replace(old, up=False, last_error=reason,
+                                     last_error_message=message, last_error_time=at,
+                                     errors=errors)
+
+    def record_schedule(self, interval: float, next_due: Mapping[Key, float]) -> None:
+        """The effective interval and each target's next planned refresh."""
+        with self._lock:
+            changed = interval != self._interval
+            self._interval = interval
+            for key, due in next_due.items():
+                old = self._targets.get(key)
+                if old is not None and old.next_due != due:
+                    # next_due is for the landing page only: no version bump for it.
+                    self._targets[key] = replace(old, next_due=due)
+            if changed:
+                self._bump()
+
+    # --- exporter-wide --------------------------------------------------------
+
+    def record_request(self, code: str, duration: float) -> None:
+        """One API request finished with ``code`` after ``duration`` seconds."""
+        with self._lock:
+            self._api_requests[code] = self._api_requests.get(code, 0) + 1
+            for i, bound in enumerate(REQUEST_BUCKETS):
+                if duration <= bound:
+                    self._buckets[i] += 1
+            self._latency_count += 1
+            self._latency_sum += duration
+            self._bump()
+
+    def set_max_staleness(self, seconds: float | None) -> None:
+        """None means 3 x the effective interval."""
+        with self._lock:
+            self._max_staleness = seconds
+            self._bump()
+
+    def set_targets_dropped(self, count: int) -> None:
+        """Targets left out by max_targets."""
+        with self._lock:
+            self._dropped = count
+            self._bump()
+
+    def record_discovery(self, kind: str, at: float | None, error: str | None = None) -> None:
+        """A discovery listing of ``kind`` completed at ``at`` (or failed with ``error``)."""
+        with self._lock:
+            if at is not None:
+                self._discovery_success[kind] = at
+                self._discovery_error.pop(kind, None)
+            if error is not None:
+                self._discovery_error[kind] = error
+            self._bump()
+
+    def record_reload(self, ok: bool, at: float) -> None:
+        """The outcome of a configuration (re)load."""
+        with self._lock:
+            self._reload_ok = ok
+            if ok:
+                self._reload_time = at
+            self._bump()
+
+    def snapshot(self) -> Snapshot:
+        """A consistent, immutable copy for one scrape or one render."""
+        with self._lock:
+            return Snapshot(
+                version=self._version,
+                targets=tuple(self._targets.values()),
+                interval=self._interval,
+                max_staleness=self._max_staleness,
+                api_requests=dict(self._api_requests),
+                latency_buckets=tuple(self._buckets),
+                latency_count=self._latency_count,
+                latency_sum=self._latency_sum,
+                targets_dropped=self._dropped,
+                discovery_success=dict(self._discovery_success),
+                discovery_error=dict(self._discovery_error),
+                reload_ok=self._reload_ok,
+                reload_time=self._reload_time,
+            )
+
+    def get(self, key: Key) -> TargetState | None:
+        """One target's state."""
+        with self._lock:
+            return self._targets.get(key)
