@@ -1,0 +1,426 @@
+"""A fake Exec API for the test suite: real HTTP on loopback, driven by tests.
+
+Tests say what the summary endpoint returns per scenario
+(:meth:`FakeExecAPI.set_summary`), inject faults (:meth:`FakeExecAPI.set_fault`),
+serve scenario and group lists, and read back every request received
+(:attr:`FakeExecAPI.requests`). The HTTP plumbing is the demo's
+(:class:`exporter.demo.LoopbackAPIServer`), so :meth:`FakeExecAPI.stop` is
+prompt even while a "hang" or "huge_body" response is in progress.
+
+Faults (``set_fault`` / ``set_list_fault``):
+
+========================  ====================================================
+``"500"``                 500 with an ``api_error`` envelope
+``"503_html"``            503 with an HTML body (``text/html``)
+``"invalid_json"``        200, a truncated JSON document
+``"json_array"``          200, a JSON array instead of an object
+``"wrong_types"``         200, ``participant_count: "forty"`` (lists: ``data`` not a list)
+``"negative_count"``      200, ``participant_count: -3``
+``"score_250"``           200, ``average_best_score: 250``
+``"rank_platinum"``       200, ``average_best_rank: "platinum"``
+``"hang"``                waits ``seconds`` (default 30, or until stop()), then
+                          answers normally
+``"huge_body"``           200, ``size`` bytes (default 64 MiB) streamed with a
+                          correct Content-Length
+``"429_error_object"``    429, ``retry_after`` (default 30) inside ``error``
+``"429_top_level"``       429, ``retry_after`` at the top level of the body
+``"429_header"``          429, ``retry_after`` only as a ``Retry-After`` header
+``"401"``                 ``authentication_error/invalid_api_key``
+``"403"``                 ``authorization_error/workspace_inactive``
+``"404"``                 ``not_found/scenario_not_found``
+``"400"``                 ``invalid_request/invalid_parameter``
+========================  ====================================================
+
+Every fault also takes ``times=N``: it applies to the next N matching
+requests only, then clears itself (a 429 then a success, for instance).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter.demo import (
+    APIRequest,
+    APIResponse,
+    HeaderDict,
+    LoopbackAPIServer,
+    bad_request_response,
+    bearer_ok,
+    error_response,
+    forbidden_response,
+    not_found_response,
+    paginate,
+    parse_bool,
+    split_list,
+    unauthorized_response,
+)
+
+__all__ = ["FAULTS", "LIST_FAULTS", "FakeExecAPI", "RecordedRequest", "summary_body"]
+
+HUGE_BODY_SIZE = 64 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+SUMMARY_FAULTS = frozenset({"wrong_types", "negative_count", "score_250", "rank_platinum"})
+LIST_FAULTS = frozenset(
+    {
+        "500",
+        "503_html",
+        "invalid_json",
+        "json_array",
+        "wrong_types",
+        "hang",
+        "huge_body",
+        "429_error_object",
+        "429_top_level",
+        "429_header",
+        "401",
+        "403",
+        "404",
+        "400",
+    }
+)
+FAULTS = LIST_FAULTS | SUMMARY_FAULTS
+
+
+def summary_body(**overrides: Any) -> dict[str, Any]:
+    """The OpenAPI example summary (45 participants, 74.2 silver, ...),
+    with ``overrides`` applied (a key set to ... is removed)."""
+    body: dict[str, Any] = {
+        "participant_count": 45,
+        "total_sessions": 128,
+        "average_best_score": 74.2,
+        "average_best_rank": "silver",
+        "average_lift_percentage": 18.5,
+        "total_practice_minutes": 742,
+        "average_session_duration_seconds": 348,
+        "score_distribution": [
+            {"rank": "gold", "count": 12, "percentage": 26.7},
+            {"rank": "silver", "count": 18, "percentage": 40},
+            {"rank": "bronze", "count": 10, "percentage": 22.2},
+            {"rank": "unranked", "count": 5, "percentage": 11.1},
+        ],
+    }
+    for key, value in overrides.items():
+        if value is ...:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    return body
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the fake received it."""
+
+    method: str
+    path: str  # percent-decoded, without the query string
+    query: dict[str, str]  # last value wins for a repeated parameter
+    headers: dict[str, str]  # as sent; lookups are case-insensitive
+    time: float  # from the fake's clock (time.time by default)
+    scenario_id: str | None = None  # set for summary requests
+    raw_query: str = ""
+
+
+@dataclass
+class _Fault:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    remaining: int | None = None  # None: until cleared
+
+
+def _huge_body(size: int, stopping: threading.Event) -> Iterator[bytes]:
+    """``size`` bytes of valid JSON, generated chunk by chunk (never held whole)."""
+    head, tail = b'{"padding": "', b'"}'
+    yield head
+    left = size - len(head) - len(tail)
+    filler = b"x" * _CHUNK
+    while left > 0 and not stopping.is_set():
+        n = min(left, _CHUNK)
+        yield filler[:n]
+        left -= n
+    yield tail
+
+
+class FakeExecAPI(LoopbackAPIServer):
+    """A fake Exec API with fault injection, on loopback.
+
+    The summary endpoint answers what :meth:`set_summary` set for that scenario
+    id (whatever the query, so for every cohort) and 404s other scenarios.
+    Every request is recorded, then the bearer key is checked (401 when
+    wrong), then faults apply (a scenario's own fault before the global one).
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(host, port)
+        self.api_key = api_key
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.requests: list[RecordedRequest] = []
+        self._summaries: dict[str, tuple[int, dict[str, Any] | list[Any] | str | bytes]] = {}
+        self._faults: dict[str | None, _Fault] = {}
+        self._lists: dict[str, list[dict[str, Any]]] = {"scenarios": [], "groups": []}
+        self._list_faults: dict[str, _Fault] = {}
+
+    # --- test controls --------------------------------------------------
+
+    def set_summary(
+        self, scenario_id: str, body: dict[str, Any] | list[Any] | str | bytes, status: int = 200
+    ) -> None:
+        """What the summary endpoint returns for ``scenario_id`` (every cohort).
+
+        A dict or list is sent as JSON; a str or bytes is sent as it is (still
+        labelled ``application/json``)."""
+        with self._lock:
+            self._summaries[scenario_id] = (status, body)
+
+    def set_fault(self, scenario_id: str | None, fault: str | None, **kw: Any) -> None:
+        """Inject ``fault`` for one scenario, or every scenario when None.
+
+        ``fault=None`` clears: the scenario's fault, or with ``scenario_id=None``
+        every fault. Keywords: ``seconds`` (hang), ``retry_after`` (429s),
+        ``size`` (huge_body), ``times`` (apply to the next N requests only)."""
+        with self._lock:
+            if fault is None:
+                if scenario_id is None:
+                    self._faults.clear()
+                else:
+                    self._faults.pop(scenario_id, None)
+                return
+            self._faults[scenario_id] = _make_fault(fault, FAULTS, kw)
+
+    def set_scenarios(self, items: list[dict[str, Any]]) -> None:
+        """Items served by GET /scenarios, paginated. ``visibility``,
+        ``include_archived`` (items with a truthy ``archived`` key are hidden
+        by default), ``collection_ids`` and ``skill_ids`` (matched against the
+        items' optional ``collection_ids``/``skill_ids`` keys) filter them."""
+        with self._lock:
+            self._lists["scenarios"] = [dict(item) for item in items]
+
+    def set_groups(self, items: list[dict[str, Any]]) -> None:
+        """Items served by GET /workspace/groups, paginated."""
+        with self._lock:
+            self._lists["groups"] = [dict(item) for item in items]
+
+    def set_list_fault(self, which: str, fault: str | None, **kw: Any) -> None:
+        """Inject (or clear, with None) a fault on ``"scenarios"`` or ``"groups"``."""
+        if which not in self._lists:
+            raise ValueError(f"which must be 'scenarios' or 'groups', not {which!r}")
+        with self._lock:
+            if fault is None:
+                self._list_faults.pop(which, None)
+            else:
+                self._list_faults[which] = _make_fault(fault, LIST_FAULTS, kw)
+
+    def requests_for(self, scenario_id: str) -> list[RecordedRequest]:
+        """The summary requests received for ``scenario_id``."""
+        with self._lock:
+            return [r for r in self.requests if r.scenario_id == scenario_id]
+
+    def list_requests(self, which: str) -> list[RecordedRequest]:
+        """The requests received for the ``"scenarios"`` or ``"groups"`` list."""
+        path = {"scenarios": "/scenarios", "groups": "/workspace/groups"}[which]
+        with self._lock:
+            return [r for r in self.requests if r.path.endswith(path)]
+
+    def clear_requests(self) -> None:
+        """Forget the recorded requests."""
+        with self._lock:
+            self.requests.clear()
+
+    # --- serving --------------------------------------------------------
+
+    def handle(self, request: APIRequest) -> APIResponse:
+        """Record, authenticate, apply faults, answer."""
+        segments = request.segments
+        scenario_id: str | None = None
+        match segments:
+            case ["scenarios", sid, "analytics", "summary"]:
+                scenario_id = sid
+        with self._lock:
+            self.requests.append(
+                RecordedRequest(
+                    method=request.method,
+                    path=request.path,
+                    query=dict(request.query),
+                    headers=HeaderDict(request.headers),
+                    time=self.clock(),
+                    scenario_id=scenario_id,
+                    raw_query=request.raw_query,
+                )
+            )
+        if not bearer_ok(request, self.api_key):
+            return unauthorized_response()
+        if request.method != "GET":
+            return error_response(
+                405, "invalid_request", "method_not_allowed", "Method not allowed"
+            )
+        match segments:
+            case ["scenarios", sid, "analytics", "summary"]:
+                fault = self._take_fault(self._faults, sid, None)
+                return self._apply(fault, lambda: self._summary(sid), sid, summary=True)
+            case ["scenarios"]:
+                fault = self._take_fault(self._list_faults, "scenarios")
+                return self._apply(fault, lambda: self._scenario_list(request.query), "scenarios")
+            case ["workspace", "groups"]:
+                fault = self._take_fault(self._list_faults, "groups")
+                return self._apply(fault, lambda: self._group_list(request.query), "groups")
+        return not_found_response(f"Not found: {request.path}")
+
+    def _take_fault(self, faults: dict[Any, _Fault], *keys: str | None) -> _Fault | None:
+        """The first fault set under ``keys``, counting down a ``times`` limit."""
+        with self._lock:
+            for key in keys:
+                fault = faults.get(key)
+                if fault is None:
+                    continue
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        del faults[key]
+                return fault
+        return None
+
+    def _summary(self, scenario_id: str) -> APIResponse:
+        with self._lock:
+            entry = self._summaries.get(scenario_id)
+        if entry is None:
+            return not_found_response(
+                f"Scenario not found: {scenario_id}", code="scenario_not_found"
+            )
+        status, body = entry
+        if isinstance(body, bytes):
+            return APIResponse(status, body)
+        if isinstance(body, str):
+            return APIResponse(status, body.encode())
+        return APIResponse.json(status, body)
+
+    def _scenario_list(self, query: dict[str, str]) -> APIResponse:
+        try:
+            include_archived = parse_bool(query.get("include_archived") or "false")
+        except ValueError:
+            return bad_request_response(f"Invalid include_archived: {query['include_archived']}")
+        visibility = query.get("visibility") or None
+        collections = set(split_list(query.get("collection_ids")))
+        skills = set(split_list(query.get("skill_ids")))
+        with self._lock:
+            items = list(self._lists["scenarios"])
+        kept = [
+            item
+            for item in items
+            if (include_archived or not item.get("archived"))
+            and (visibility is None or item.get("visibility") == visibility)
+            and (not collections or collections & set(item.get("collection_ids") or ()))
+            and (not skills or skills & _skill_ids(item))
+        ]
+        return paginate(kept, query)
+
+    def _group_list(self, query: dict[str, str]) -> APIResponse:
+        with self._lock:
+            items = list(self._lists["groups"])
+        return paginate(items, query)
+
+    def _apply(
+        self,
+        fault: _Fault | None,
+        normal: Callable[[], APIResponse],
+        subject: str,
+        summary: bool = False,
+    ) -> APIResponse:
+        """The response for ``fault``; ``normal()`` builds the unfaulted one."""
+        if fault is None:
+            return normal()
+        name, kw = fault.name, fault.params
+        retry_after = kw.get("retry_after", 30)
+        match name:
+            case "500":
+                return error_response(500, "api_error", "internal_error", "Internal server error")
+            case "503_html":
+                html = b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
+                return APIResponse(503, html, content_type="text/html")
+            case "invalid_json":
+                return APIResponse(200, b'{"participant_count": 45, "total_sessions": ')
+            case "json_array":
+                return APIResponse.json(200, [summary_body()])
+            case "wrong_types" if summary:
+                return APIResponse.json(200, summary_body(participant_count="forty"))
+            case "wrong_types":
+                return APIResponse.json(200, {"data": "nope", "pagination": None})
+            case "negative_count":
+                return APIResponse.json(200, summary_body(participant_count=-3))
+            case "score_250":
+                return APIResponse.json(200, summary_body(average_best_score=250))
+            case "rank_platinum":
+                return APIResponse.json(200, summary_body(average_best_rank="platinum"))
+            case "hang":
+                # Wait on the stop event, not sleep(): stop() must not wait 30 s.
+                self.stopping.wait(float(kw.get("seconds", 30)))
+                return normal()
+            case "huge_body":
+                size = int(kw.get("size", HUGE_BODY_SIZE))
+                return APIResponse(200, _huge_body(size, self.stopping), content_length=size)
+            case "429_error_object":
+                return error_response(
+                    429,
+                    "rate_limit_error",
+                    "rate_limit_exceeded",
+                    "Rate limit exceeded",
+                    retry_after=retry_after,
+                )
+            case "429_top_level":
+                body = {
+                    "error": {
+                        "type": "rate_limit_error",
+                        "code": "rate_limit_exceeded",
+                        "message": "Rate limit exceeded",
+                    },
+                    "retry_after": retry_after,
+                }
+                return APIResponse.json(429, body)
+            case "429_header":
+                return error_response(
+                    429,
+                    "rate_limit_error",
+                    "rate_limit_exceeded",
+                    "Rate limit exceeded",
+                    headers={"Retry-After": str(retry_after)},
+                )
+            case "401":
+                return unauthorized_response()
+            case "403":
+                return forbidden_response()
+            case "404":
+                return not_found_response(
+                    f"Scenario not found: {subject}", code="scenario_not_found"
+                )
+            case "400":
+                return bad_request_response("Invalid request parameters")
+        raise AssertionError(f"unhandled fault {name!r}")
+
+
+def _skill_ids(item: dict[str, Any]) -> set[str]:
+    ids = {str(i) for i in item.get("skill_ids") or ()}
+    ids |= {str(s.get("id")) for s in item.get("skills") or () if isinstance(s, dict)}
+    return ids
+
+
+def _make_fault(name: str, allowed: frozenset[str], kw: dict[str, Any]) -> _Fault:
+    if name not in allowed:
+        raise ValueError(f"unknown fault {name!r}; one of {sorted(allowed)}")
+    params = dict(kw)
+    times = params.pop("times", None)
+    unknown = set(params) - {"seconds", "retry_after", "size"}
+    if unknown:
+        raise ValueError(f"unknown fault options {sorted(unknown)}")
+    if times is not None and times < 1:
+        raise ValueError("times must be at least 1")
+    return _Fault(name, params, times)

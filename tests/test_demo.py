@@ -1,0 +1,602 @@
+"""Tests of the simulated Exec API (exporter/demo.py) and the test fake
+(tests/fakeapi.py), over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from fakeapi import FakeExecAPI, summary_body
+
+from exporter.demo import (
+    DEMO_API_KEY,
+    DEMO_GROUPS,
+    DEMO_SCENARIOS,
+    DROP_SCENARIO_SLUG,
+    RANKS,
+    SALES_TEAM_GROUP_ID,
+    APIRequest,
+    HeaderDict,
+    SimulatedExecAPI,
+    demo_config,
+    rank_for,
+)
+
+START = 1_780_000_000.0  # 2026-05-28T20:26:40Z
+ACTIVE = [s for s in DEMO_SCENARIOS if not s.archived]
+TIMEOUT = 5.0
+
+
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sim(clock: FakeClock) -> Iterator[SimulatedExecAPI]:
+    api = SimulatedExecAPI(
+        clock=clock, requests_per_minute=10_000, requests_per_day=100_000, drop_after=600
+    ).start()
+    yield api
+    api.stop()
+
+
+def get(
+    api: SimulatedExecAPI | FakeExecAPI,
+    path: str,
+    params: dict[str, str] | None = None,
+    key: str | None = DEMO_API_KEY,
+    **kw: Any,
+) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    kw.setdefault("timeout", TIMEOUT)
+    return requests.get(api.base_url + path, params=params, headers=headers, **kw)
+
+
+def summary(api: SimulatedExecAPI, scenario: str, **params: str) -> dict[str, Any]:
+    response = get(api, f"/scenarios/{scenario}/analytics/summary", params)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- the simulated API: auth and shape --------------------------------------
+
+
+def test_bearer_key_is_checked(sim: SimulatedExecAPI) -> None:
+    path = "/scenarios/renewal-negotiation/analytics/summary"
+    for key in (None, "wrong", DEMO_API_KEY + "x"):
+        response = get(sim, path, key=key)
+        assert response.status_code == 401
+        assert response.json() == {
+            "error": {
+                "type": "authentication_error",
+                "code": "invalid_api_key",
+                "message": "Invalid or inactive API key",
+            }
+        }
+    assert get(sim, path).status_code == 200
+    assert sim.request_count == 4
+
+
+def test_summary_shape_and_invariants(sim: SimulatedExecAPI) -> None:
+    for scenario in ACTIVE:
+        body = summary(sim, scenario.slug)
+        assert body == summary(sim, scenario.id), "slug and UUID name the same scenario"
+        assert set(body) == {
+            "participant_count",
+            "total_sessions",
+            "average_best_score",
+            "average_best_rank",
+            "average_lift_percentage",
+            "total_practice_minutes",
+            "average_session_duration_seconds",
+            "score_distribution",
+        }
+        n = body["participant_count"]
+        assert isinstance(n, int) and n > 5
+        assert body["total_sessions"] >= n
+        score = body["average_best_score"]
+        assert 0 <= score <= 100 and round(score, 1) == score
+        assert body["average_best_rank"] == rank_for(score)
+        assert 0 <= body["average_lift_percentage"] <= 50
+        assert isinstance(body["total_practice_minutes"], int)
+        assert 60 <= body["average_session_duration_seconds"] <= 1200
+        dist = body["score_distribution"]
+        assert [d["rank"] for d in dist] == list(RANKS)
+        assert sum(d["count"] for d in dist) == n
+        assert abs(sum(d["percentage"] for d in dist) - 100) < 0.5
+
+
+def test_unpractised_scenario_has_nulls_not_zeros(sim: SimulatedExecAPI) -> None:
+    body = summary(sim, "legacy-product-pitch")
+    assert body["participant_count"] == 0
+    assert body["average_best_score"] is None
+    assert body["average_best_rank"] is None
+    assert body["average_session_duration_seconds"] is None
+
+
+def test_unknown_scenario_is_404(sim: SimulatedExecAPI) -> None:
+    response = get(sim, "/scenarios/no-such-thing/analytics/summary")
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "type": "not_found",
+        "code": "scenario_not_found",
+        "message": "Scenario not found: no-such-thing",
+    }
+    assert get(sim, "/nowhere").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"start_date": "yesterday"},
+        {"end_date": "2026-13-01T00:00:00Z"},
+        {"exclude_system_users": "maybe"},
+    ],
+)
+def test_bad_parameters_are_400(sim: SimulatedExecAPI, params: dict[str, str]) -> None:
+    response = get(sim, "/scenarios/pricing-objection/analytics/summary", params)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request"
+
+
+# --- the simulated API: filters ---------------------------------------------
+
+
+def test_group_filter_selects_a_subset(sim: SimulatedExecAPI) -> None:
+    for scenario in ACTIVE:
+        everyone = summary(sim, scenario.slug)
+        sales = summary(sim, scenario.slug, group_ids=SALES_TEAM_GROUP_ID)
+        assert 0 < sales["participant_count"] < everyone["participant_count"]
+        assert sales["total_sessions"] < everyone["total_sessions"]
+    nobody = summary(sim, "pricing-objection", group_ids="g-unknown")
+    assert nobody["participant_count"] == 0
+
+
+def test_exclude_system_users_drops_exec_staff(sim: SimulatedExecAPI) -> None:
+    fewer = 0
+    for scenario in ACTIVE:
+        for extra in ({}, {"group_ids": SALES_TEAM_GROUP_ID}):
+            kept = summary(sim, scenario.slug, **extra)["participant_count"]
+            humans = summary(sim, scenario.slug, exclude_system_users="true", **extra)
+            assert humans["participant_count"] <= kept
+            fewer += humans["participant_count"] < kept
+            explicit = summary(sim, scenario.slug, exclude_system_users="false", **extra)
+            assert explicit["participant_count"] == kept
+    assert fewer >= 3, "staff practise most scenarios, some of them in Sales Team"
+    staff = summary(sim, "discovery-call-it-director", user_emails="qa.bot@exec.com")
+    assert staff["participant_count"] <= 1
+    dropped = summary(
+        sim,
+        "discovery-call-it-director",
+        user_emails="qa.bot@exec.com",
+        exclude_system_users="true",
+    )
+    assert dropped["participant_count"] == 0
+
+
+def test_user_filters_are_unioned(sim: SimulatedExecAPI) -> None:
+    slug = "cold-call-gatekeeper"
+    staff = "demo.admin@exec.com,qa.bot@exec.com,solutions.engineer@exec.com,support@exec.com"
+    by_email = summary(sim, slug, user_emails=staff)["participant_count"]
+    assert 1 <= by_email <= 4
+    with_unknown_id = summary(sim, slug, user_emails=staff, user_ids="u-nobody")
+    assert with_unknown_id["participant_count"] == by_email
+    assert summary(sim, slug, user_ids="u-nobody")["participant_count"] == 0
+
+
+def test_date_window_reduces_sessions(sim: SimulatedExecAPI, clock: FakeClock) -> None:
+    for scenario in ACTIVE:
+        everyone = summary(sim, scenario.slug)
+        week = summary(sim, scenario.slug, start_date=iso(clock.now - 7 * 86400))
+        assert 0 < week["total_sessions"] < everyone["total_sessions"]
+        assert week["participant_count"] < everyone["participant_count"]
+        old = summary(sim, scenario.slug, end_date=iso(clock.now - 7 * 86400))
+        assert old["total_sessions"] + week["total_sessions"] == everyone["total_sessions"]
+    future = summary(sim, "renewal-negotiation", start_date=iso(clock.now + 86400))
+    assert future["total_sessions"] == 0
+    offset = summary(sim, "renewal-negotiation", start_date="2026-05-21T22:26:40+02:00")
+    assert offset == summary(sim, "renewal-negotiation", start_date="2026-05-21T20:26:40Z")
+
+
+def test_values_drift_slowly_and_counts_never_fall(sim: SimulatedExecAPI, clock: FakeClock) -> None:
+    slug = "discovery-call-it-director"
+    before = summary(sim, slug)
+    grew = False
+    for _ in range(12):
+        clock.advance(300)
+        after = summary(sim, slug)
+        assert after["participant_count"] >= before["participant_count"]
+        assert after["total_sessions"] >= before["total_sessions"]
+        assert after["total_practice_minutes"] >= before["total_practice_minutes"]
+        assert abs(after["average_best_score"] - before["average_best_score"]) < 3
+        grew |= after["total_sessions"] > before["total_sessions"]
+        before = after
+    assert grew, "an hour of demo time brings new sessions"
+
+
+def test_pricing_objection_drops_after_drop_after(sim: SimulatedExecAPI, clock: FakeClock) -> None:
+    cohorts: list[dict[str, str]] = [
+        {},
+        {"group_ids": SALES_TEAM_GROUP_ID, "exclude_system_users": "true"},
+    ]
+    before = [summary(sim, DROP_SCENARIO_SLUG, **c)["average_best_score"] for c in cohorts]
+    other = summary(sim, "renewal-negotiation")["average_best_score"]
+    clock.advance(590)
+    just_before = summary(sim, DROP_SCENARIO_SLUG)["average_best_score"]
+    assert abs(just_before - before[0]) < 3
+    clock.advance(10 + 180)  # three minutes after drop_after
+    for cohort, was in zip(cohorts, before, strict=True):
+        body = summary(sim, DROP_SCENARIO_SLUG, **cohort)
+        assert was - body["average_best_score"] >= 15
+        assert body["average_best_rank"] == rank_for(body["average_best_score"])
+    clock.advance(3600)
+    assert before[0] - summary(sim, DROP_SCENARIO_SLUG)["average_best_score"] >= 15
+    assert abs(summary(sim, "renewal-negotiation")["average_best_score"] - other) < 5
+
+
+def test_requests_are_cheap(sim: SimulatedExecAPI, clock: FakeClock) -> None:
+    clock.advance(86400)  # a day of new sessions
+    request = APIRequest(
+        method="GET",
+        path="/rest/v1/scenarios/cold-call-gatekeeper/analytics/summary",
+        query={"exclude_system_users": "true"},
+        headers=HeaderDict({"Authorization": f"Bearer {DEMO_API_KEY}"}),
+        raw_path="/rest/v1/scenarios/cold-call-gatekeeper/analytics/summary",
+    )
+    sim.handle(request)  # generates the day's sessions once
+    durations = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        assert sim.handle(request).status == 200
+        durations.append(time.perf_counter() - t0)
+    assert sorted(durations)[10] < 0.010
+
+
+# --- the simulated API: lists and rate limits --------------------------------
+
+
+def test_scenario_list_paginates_and_filters(sim: SimulatedExecAPI) -> None:
+    slugs: list[str] = []
+    for page in (1, 2, 3, 4):
+        body = get(sim, "/scenarios", {"page": str(page), "page_size": "2"}).json()
+        assert body["pagination"] == {
+            "page": page,
+            "page_size": 2,
+            "total_count": 5,
+            "total_pages": 3,
+        }
+        slugs += [item["slug"] for item in body["data"]]
+        for item in body["data"]:
+            assert {"id", "name", "slug", "visibility", "difficulty", "created_at"} <= set(item)
+    assert slugs == [s.slug for s in ACTIVE]
+    archived = get(sim, "/scenarios", {"include_archived": "true"}).json()
+    assert archived["pagination"]["total_count"] == 6
+    private = get(sim, "/scenarios", {"visibility": "private"}).json()
+    assert [s["slug"] for s in private["data"]] == ["executive-qbr-readout"]
+    skills = get(sim, "/scenarios", {"include": "skills", "page_size": "1"}).json()
+    assert skills["data"][0]["skills"][0]["name"] == "Discovery"
+    for bad in ({"page_size": "101"}, {"page": "0"}, {"page": "x"}, {"visibility": "public"}):
+        response = get(sim, "/scenarios", bad)
+        assert response.status_code == 400
+        assert response.json()["error"]["type"] == "invalid_request"
+
+
+def test_group_list_paginates(sim: SimulatedExecAPI) -> None:
+    first = get(sim, "/workspace/groups", {"page_size": "3"}).json()
+    second = get(sim, "/workspace/groups", {"page_size": "3", "page": "2"}).json()
+    assert first["pagination"]["total_pages"] == 2
+    names = [g["name"] for g in first["data"] + second["data"]]
+    assert names == [g.name for g in DEMO_GROUPS]
+    assert first["data"][0] == {
+        "id": SALES_TEAM_GROUP_ID,
+        "name": "Sales Team",
+        "created_at": "2024-02-01T09:00:00Z",
+    }
+    assert get(sim, "/workspace/groups").json()["pagination"]["page_size"] == 50
+
+
+def test_rate_limit_per_minute(clock: FakeClock) -> None:
+    with SimulatedExecAPI(clock=clock, requests_per_minute=5) as api:
+        for i in range(5):
+            clock.advance(1)
+            assert get(api, "/workspace/groups").status_code == 200, i
+        clock.advance(10)
+        response = get(api, "/workspace/groups")
+        assert response.status_code == 429
+        error = response.json()["error"]
+        assert error["type"] == "rate_limit_error"
+        assert error["code"] == "rate_limit_exceeded"
+        # The first request (at +1 s) leaves the window at +61 s; now is +15 s.
+        assert error["retry_after"] == int(response.headers["Retry-After"]) == 46
+        clock.advance(45)
+        assert get(api, "/workspace/groups").status_code == 429
+        clock.advance(1)
+        assert get(api, "/workspace/groups").status_code == 200
+        assert get(api, "/workspace/groups").status_code == 429
+        assert api.request_count == 9
+
+
+def test_rate_limit_per_day(clock: FakeClock) -> None:
+    with SimulatedExecAPI(clock=clock, requests_per_day=3) as api:
+        for _ in range(3):
+            assert get(api, "/workspace/groups").status_code == 200
+            clock.advance(120)
+        response = get(api, "/workspace/groups")
+        assert response.status_code == 429
+        assert 86000 < response.json()["error"]["retry_after"] <= 86400 - 360 + 1
+        clock.advance(86400)
+        assert get(api, "/workspace/groups").status_code == 200
+
+
+def test_demo_config_matches_the_simulation(sim: SimulatedExecAPI) -> None:
+    config = demo_config(sim.base_url)
+    assert config["api"] == {
+        "base_url": sim.base_url,
+        "timeout": "5s",
+        "rate_limit": {"requests_per_minute": 60, "requests_per_day": 86400, "reserve": 0.1},
+    }
+    assert config["refresh_interval"] == "30s"
+    assert [s["id"] for s in config["scenarios"]] == [s.slug for s in ACTIVE]
+    assert all(s["name"] for s in config["scenarios"])
+    assert [c["name"] for c in config["cohorts"]] == ["all", "sales", "last-7d"]
+    assert config["cohorts"][1] == {
+        "name": "sales",
+        "group_ids": [SALES_TEAM_GROUP_ID],
+        "exclude_system_users": True,
+    }
+    assert config["cohorts"][2]["window"] == "7d"
+    assert DEMO_API_KEY not in repr(config)
+    for scenario in config["scenarios"]:
+        assert summary(sim, scenario["id"])["participant_count"] > 0
+
+
+def test_demo_source_has_no_live_key_pattern() -> None:
+    source = Path(__file__).parents[1].joinpath("exporter", "demo.py").read_text()
+    assert not re.search(r"exec_live_[A-Za-z0-9]{40}", source)
+    assert not re.fullmatch(r"exec_live_[A-Za-z0-9]{40}", DEMO_API_KEY)
+
+
+def test_refuses_non_loopback_hosts() -> None:
+    with pytest.raises(ValueError):
+        SimulatedExecAPI(host="0.0.0.0")
+
+
+# --- the fake API ------------------------------------------------------------
+
+KEY = "test-key"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeExecAPI]:
+    api = FakeExecAPI(KEY).start()
+    yield api
+    api.stop()
+
+
+def test_fake_serves_what_it_is_told_and_records(fake: FakeExecAPI) -> None:
+    path = "/scenarios/s1/analytics/summary"
+    assert get(fake, path, key=KEY).status_code == 404  # nothing set yet
+    fake.set_summary("s1", summary_body())
+    response = get(fake, path, {"group_ids": "g1,g2", "exclude_system_users": "true"}, key=KEY)
+    assert response.status_code == 200
+    assert response.json() == summary_body()
+    assert response.json()["score_distribution"][1] == {
+        "rank": "silver",
+        "count": 18,
+        "percentage": 40,
+    }
+    assert get(fake, path, key="wrong").status_code == 401
+    assert len(fake.requests) == 3
+    recorded = fake.requests_for("s1")[1]
+    assert recorded.method == "GET"
+    assert recorded.path == "/rest/v1/scenarios/s1/analytics/summary"
+    assert recorded.query == {"group_ids": "g1,g2", "exclude_system_users": "true"}
+    assert recorded.headers["authorization"] == f"Bearer {KEY}"
+    assert abs(recorded.time - time.time()) < 5
+    fake.set_summary("s2", "not json at all", status=200)
+    assert get(fake, "/scenarios/s2/analytics/summary", key=KEY).text == "not json at all"
+    assert summary_body(average_best_score=None, total_sessions=...)["average_best_score"] is None
+    assert "total_sessions" not in summary_body(total_sessions=...)
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "check"),
+    [
+        ("500", 500, lambda r: r.json()["error"]["type"] == "api_error"),
+        ("503_html", 503, lambda r: r.text.startswith("<html>")),
+        ("invalid_json", 200, lambda r: _not_json(r)),
+        ("json_array", 200, lambda r: isinstance(r.json(), list)),
+        ("wrong_types", 200, lambda r: r.json()["participant_count"] == "forty"),
+        ("negative_count", 200, lambda r: r.json()["participant_count"] < 0),
+        ("score_250", 200, lambda r: r.json()["average_best_score"] == 250),
+        ("rank_platinum", 200, lambda r: r.json()["average_best_rank"] == "platinum"),
+        ("401", 401, lambda r: r.json()["error"]["code"] == "invalid_api_key"),
+        ("403", 403, lambda r: r.json()["error"]["code"] == "workspace_inactive"),
+        ("404", 404, lambda r: r.json()["error"]["type"] == "not_found"),
+        ("400", 400, lambda r: r.json()["error"]["type"] == "invalid_request"),
+    ],
+)
+def test_fake_faults(fake: FakeExecAPI, fault: str, status: int, check: Any) -> None:
+    fake.set_summary("s1", summary_body())
+    fake.set_fault("s1", fault)
+    response = get(fake, "/scenarios/s1/analytics/summary", key=KEY)
+    assert response.status_code == status
+    assert check(response)
+    fake.set_fault("s1", None)
+    assert get(fake, "/scenarios/s1/analytics/summary", key=KEY).json() == summary_body()
+
+
+def _not_json(response: requests.Response) -> bool:
+    try:
+        response.json()
+    except ValueError:
+        return True
+    return False
+
+
+def test_fake_429_variants(fake: FakeExecAPI) -> None:
+    path = "/scenarios/s1/analytics/summary"
+    fake.set_fault("s1", "429_error_object", retry_after=12)
+    response = get(fake, path, key=KEY)
+    assert response.status_code == 429
+    assert response.json()["error"]["retry_after"] == 12
+    assert "Retry-After" not in response.headers
+    fake.set_fault("s1", "429_top_level")
+    response = get(fake, path, key=KEY)
+    assert response.json()["retry_after"] == 30
+    assert "retry_after" not in response.json()["error"]
+    fake.set_fault("s1", "429_header", retry_after=7)
+    response = get(fake, path, key=KEY)
+    assert response.headers["Retry-After"] == "7"
+    assert "retry_after" not in response.json()["error"]
+    assert "retry_after" not in response.json()
+
+
+def test_fake_fault_scope_and_times(fake: FakeExecAPI) -> None:
+    for sid in ("a", "b"):
+        fake.set_summary(sid, summary_body())
+    fake.set_fault(None, "500")
+    fake.set_fault("a", "403")
+    assert get(fake, "/scenarios/a/analytics/summary", key=KEY).status_code == 403
+    assert get(fake, "/scenarios/b/analytics/summary", key=KEY).status_code == 500
+    fake.set_fault(None, None)  # clears every fault
+    assert get(fake, "/scenarios/a/analytics/summary", key=KEY).status_code == 200
+    fake.set_fault("b", "429_header", times=2)
+    codes = [get(fake, "/scenarios/b/analytics/summary", key=KEY).status_code for _ in range(3)]
+    assert codes == [429, 429, 200]
+    with pytest.raises(ValueError):
+        fake.set_fault("a", "teapot")
+
+
+def test_fake_huge_body_is_streamed(fake: FakeExecAPI) -> None:
+    fake.set_fault("s1", "huge_body")
+    with get(fake, "/scenarios/s1/analytics/summary", key=KEY, stream=True) as response:
+        assert response.status_code == 200
+        assert int(response.headers["Content-Length"]) == 64 * 1024 * 1024
+        received = 0
+        for chunk in response.iter_content(64 * 1024):
+            received += len(chunk)
+            if received > 1 << 20:
+                break
+        assert received > 1 << 20
+
+
+def test_fake_small_huge_body_is_complete_json(fake: FakeExecAPI) -> None:
+    fake.set_fault("s1", "huge_body", size=200_000)
+    response = get(fake, "/scenarios/s1/analytics/summary", key=KEY)
+    assert len(response.content) == 200_000
+    assert len(response.json()["padding"]) == 200_000 - len('{"padding": ""}')
+
+
+def _request_in_background(api: FakeExecAPI, path: str, **kw: Any) -> threading.Thread:
+    def run() -> None:
+        try:
+            response = get(api, path, key=KEY, **kw)
+            if kw.get("stream"):
+                for _ in response.iter_content(64 * 1024):
+                    pass
+        except requests.RequestException:
+            pass  # the server went away mid-response: expected here
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_fake_stop_is_prompt_during_hang() -> None:
+    api = FakeExecAPI(KEY).start()
+    api.set_summary("s1", summary_body())
+    api.set_fault("s1", "hang")  # 30 s by default
+    thread = _request_in_background(api, "/scenarios/s1/analytics/summary")
+    deadline = time.monotonic() + 2
+    while not api.requests_for("s1") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert api.requests_for("s1"), "the request reached the fake"
+    t0 = time.monotonic()
+    api.stop()
+    assert time.monotonic() - t0 < 2
+    thread.join(timeout=3)
+    assert not thread.is_alive()
+
+
+def test_fake_stop_is_prompt_during_huge_body() -> None:
+    api = FakeExecAPI(KEY).start()
+    api.set_fault(None, "huge_body")
+    # A slow reader: the server is mid-stream when stop() comes.
+    thread = _request_in_background(api, "/scenarios/s1/analytics/summary", stream=True)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    api.stop()
+    assert time.monotonic() - t0 < 2
+    thread.join(timeout=3)
+    assert not thread.is_alive()
+
+
+def test_fake_hang_with_short_seconds_then_answers(fake: FakeExecAPI) -> None:
+    fake.set_summary("s1", summary_body())
+    fake.set_fault("s1", "hang", seconds=0.3)
+    t0 = time.monotonic()
+    response = get(fake, "/scenarios/s1/analytics/summary", key=KEY)
+    assert time.monotonic() - t0 >= 0.3
+    assert response.json() == summary_body()
+    with pytest.raises(requests.Timeout):
+        get(fake, "/scenarios/s1/analytics/summary", key=KEY, timeout=0.1)
+
+
+def test_fake_lists_paginate_and_record(fake: FakeExecAPI) -> None:
+    fake.set_scenarios(
+        [
+            {"id": f"id{i}", "slug": f"sc-{i}", "name": f"S{i}", "visibility": "workspace"}
+            for i in range(7)
+        ]
+        + [{"id": "old", "slug": "old", "name": "Old", "archived": True}]
+    )
+    fake.set_groups([{"id": "g1", "name": "Sales Team", "created_at": "2024-02-01T09:00:00Z"}])
+    slugs: list[str] = []
+    for page in (1, 2, 3):
+        body = get(fake, "/scenarios", {"page": str(page), "page_size": "3"}, key=KEY).json()
+        assert body["pagination"]["total_pages"] == 3
+        slugs += [s["slug"] for s in body["data"]]
+    assert slugs == [f"sc-{i}" for i in range(7)]
+    everything = get(fake, "/scenarios", {"include_archived": "true"}, key=KEY).json()
+    assert everything["pagination"]["total_count"] == 8
+    assert get(fake, "/scenarios", {"page_size": "500"}, key=KEY).status_code == 400
+    groups = get(fake, "/workspace/groups", key=KEY).json()
+    assert groups["data"][0]["name"] == "Sales Team"
+    assert [r.query.get("page") for r in fake.list_requests("scenarios")[:3]] == ["1", "2", "3"]
+    assert len(fake.list_requests("groups")) == 1
+    fake.set_list_fault("groups", "503_html")
+    assert get(fake, "/workspace/groups", key=KEY).status_code == 503
+    fake.set_list_fault("groups", None)
+    assert get(fake, "/workspace/groups", key=KEY).status_code == 200
+    fake.set_list_fault("scenarios", "429_error_object", retry_after=3)
+    assert get(fake, "/scenarios", key=KEY).json()["error"]["retry_after"] == 3
+    with pytest.raises(ValueError):
+        fake.set_list_fault("scenarios", "score_250")
