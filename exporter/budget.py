@@ -14,6 +14,9 @@ from collections.abc import Iterable
 
 MINUTE = 60.0
 DAY = 86400.0
+# A request leaves the ledger's window this long after the API's own window would
+# let it go: a margin for clock skew and for where exactly the API draws its edges.
+GRACE = 1.0
 
 
 class Budget:
@@ -26,7 +29,7 @@ class Budget:
         self._lock = threading.Lock()
 
     def _expire(self, now: float) -> None:
-        while self._sent and self._sent[0] <= now - DAY:
+        while self._sent and self._sent[0] <= now - DAY - GRACE:
             self._sent.popleft()
 
     def record(self, at: float) -> None:
@@ -36,12 +39,6 @@ class Budget:
                 bisect.insort(self._sent, at)
             else:
                 self._sent.append(at)
-
-    def used(self, now: float, window: float) -> int:
-        """Requests sent in the ``window`` seconds up to ``now``."""
-        with self._lock:
-            self._expire(now)
-            return self._count_since(now - window)
 
     def _count_since(self, since: float) -> int:
         # deque has no bisect; index from the right, where recent entries are.
@@ -56,7 +53,7 @@ class Budget:
         """Requests still allowed now: (in the rolling minute, in the rolling day)."""
         with self._lock:
             self._expire(now)
-            minute = self.minute_limit - self._count_since(now - MINUTE)
+            minute = self.minute_limit - self._count_since(now - MINUTE - GRACE)
             day = self.day_limit - len(self._sent)
         return max(minute, 0), max(day, 0)
 
@@ -67,10 +64,11 @@ class Budget:
             when = now
             if len(self._sent) >= self.day_limit:
                 # The request that must leave the 24 h window first.
-                when = max(when, self._sent[len(self._sent) - self.day_limit] + DAY)
-            in_minute = self._count_since(now - MINUTE)
+                when = max(when, self._sent[len(self._sent) - self.day_limit] + DAY + GRACE)
+            in_minute = self._count_since(now - MINUTE - GRACE)
             if in_minute >= self.minute_limit:
-                when = max(when, self._sent[len(self._sent) - self.minute_limit] + MINUTE)
+                when = max(when,
+                           self._sent[len(self._sent) - self.minute_limit] + MINUTE + GRACE)
             return when
 
     def resize(self, minute_limit: int, day_limit: int) -> None:

@@ -1,0 +1,226 @@
+"""The API client against requests-mock: every status and body shape."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import requests
+import requests_mock as rm
+from conftest import make_key
+
+from exporter import __version__
+from exporter.client import (
+    MAX_BODY_BYTES,
+    BadRequest,
+    ConnectionFailed,
+    ExecClient,
+    Forbidden,
+    InvalidResponse,
+    NotFound,
+    RateLimited,
+    Summary,
+    Timeout,
+    Unauthorized,
+    UpstreamError,
+    parse_summary,
+)
+
+BASE = "https://api.example.test/rest/v1"
+URL = f"{BASE}/scenarios/discovery-call/analytics/summary"
+EXAMPLE: dict[str, Any] = {
+    "participant_count": 45,
+    "total_sessions": 128,
+    "average_best_score": 74.2,
+    "average_best_rank": "silver",
+    "average_lift_percentage": 18.5,
+    "total_practice_minutes": 742,
+    "average_session_duration_seconds": 348,
+    "score_distribution": [
+        {"rank": "gold", "count": 12, "percentage": 26.7},
+        {"rank": "silver", "count": 18, "percentage": 40},
+        {"rank": "bronze", "count": 10, "percentage": 22.2},
+        {"rank": "unranked", "count": 5, "percentage": 11.1},
+    ],
+}
+
+
+@pytest.fixture
+def client() -> ExecClient:
+    return ExecClient(BASE, make_key(), timeout=2)
+
+
+def test_summary_fields_units_and_headers(client: ExecClient, requests_mock: rm.Mocker) -> None:
+    requests_mock.get(URL, json=EXAMPLE)
+    summary = client.summary("discovery-call", {})
+    assert summary == Summary(
+        participants=45, sessions=128, average_best_score=74.2, average_best_rank="silver",
+        average_score_lift=18.5, practice_seconds=742 * 60,
+        average_session_duration_seconds=348,
+        rank_participants={"gold": 12, "silver": 18, "bronze": 10, "unranked": 5})
+    sent = requests_mock.last_request
+    assert sent.headers["Authorization"] == f"Bearer {make_key()}"
+    assert sent.headers["User-Agent"] == f"exec-exporter/{__version__}"
+
+
+def test_filters_reach_the_query_string(client: ExecClient, requests_mock: rm.Mocker) -> None:
+    requests_mock.get(URL, json=EXAMPLE)
+    client.summary("discovery-call", {"group_ids": "g1,g2", "user_emails": "a+b@x.com",
+                                      "start_date": "2026-07-01T00:00:00Z",
+                                      "exclude_system_users": "true"})
+    query = requests_mock.last_request.url.split("?", 1)[1]
+    assert "group_ids=g1,g2" in query
+    assert "user_emails=a%2Bb@x.com" in query
+    assert "start_date=2026-07-01T00:00:00Z" in query
+    assert "exclude_system_users=true" in query
+    assert requests_mock.last_request.qs["user_emails"] == ["a+b@x.com"]
+
+
+def test_scenario_id_is_path_escaped(client: ExecClient, requests_mock: rm.Mocker) -> None:
+    requests_mock.get(f"{BASE}/scenarios/a%2Fb/analytics/summary", json={})
+    client.summary("a/b", {})
+    assert requests_mock.called
+
+
+def test_nulls_missing_and_unknown_fields(client: ExecClient, requests_mock: rm.Mocker) -> None:
+    requests_mock.get(URL, json={"participant_count": 0, "average_best_score": None,
+                                 "brand_new_field": {"x": 1}})
+    summary = client.summary("discovery-call", {})
+    assert summary.participants == 0
+    assert summary.average_best_score is None
+    assert summary.sessions is None
+    assert summary.rank_participants is None
+
+
+def test_missing_ranks_count_zero() -> None:
+    summary = parse_summary({"score_distribution": [{"rank": "gold", "count": 3}]})
+    assert summary.rank_participants == {"gold": 3, "silver": 0, "bronze": 0, "unranked": 0}
+
+
+@pytest.mark.parametrize("body", [
+    [1, 2],
+    "text",
+    {"participant_count": "forty"},
+    {"participant_count": -1},
+    {"participant_count": 4.5},
+    {"participant_count": True},
+    {"total_sessions": -3},
+    {"average_best_score": 250},
+    {"average_best_score": -0.1},
+    {"average_best_rank": "platinum"},
+    {"total_practice_minutes": -1},
+    {"average_session_duration_seconds": "long"},
+    {"score_distribution": {"gold": 1}},
+    {"score_distribution": [{"rank": "platinum", "count": 1}]},
+    {"score_distribution": [{"rank": "gold", "count": -1}]},
+    {"score_distribution": [{"rank": "gold", "count": 1}, {"rank": "gold", "count": 2}]},
+    {"score_distribution": ["gold"]},
+])
+def test_wrong_types_and_impossible_values_are_invalid(
+        client: ExecClient, requests_mock: rm.Mocker, body: object) -> None:
+    requests_mock.get(URL, text=json.dumps(body))
+    with pytest.raises(InvalidResponse) as caught:
+        client.summary("discovery-call", {})
+    assert caught.value.reason == "invalid_response"
+
+
+def test_invalid_json(client: ExecClient, requests_mock: rm.Mocker) -> None:
+    requests_mock.get(URL, text="{not json")
+    with pytest.raises(InvalidResponse, match="not valid JSON"):
+        client.summary("discovery-call", {})
+
+
+def test_oversized_body_by_header_and_by_stream(client: ExecClient,
+                                                requests_mock: rm.Mocker) -> None:
+    big = b" " * (MAX_BODY_BYTES + 10)
+    requests_mock.get(URL, content=big)
+    with pytest.raises(InvalidResponse, match="1 MiB"):
+        client.summary("discovery-call", {})
+    requests_mock.get(URL, content=big, headers={"Content-Length": "12"})
+    with pytest.raises(InvalidResponse, match="1 MiB"):
+        client.summary("discovery-call", {})
+
+
+ERROR_CASES = [
+    (401, {"error": {"type": "authentication_error", "code": "invalid_api_key",
+                     "message": "Invalid or inactive API key"}}, Unauthorized, "unauthorized"),
+    (403, {"error": {"type": "authorization_error", "code": "workspace_inactive",
+                     "message": "Workspace inactive"}}, Forbidden, "forbidden"),
+    (404, {"error": {"type": "not_found", "message": "Scenario not found: x"}},
+     NotFound, "not_found"),
+    (400, {"error": {"type": "invalid_request", "code": "bad_date", "message": "bad"}},
+     BadRequest, "bad_request"),
+    (500, {"error": {"type": "server_error"}}, UpstreamError, "server_error"),
+    (503, "<html><body>Service Unavailable</body></html>", UpstreamError, "server_error"),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "kind", "reason"), ERROR_CASES)
+def test_statuses_map_to_typed_errors(client: ExecClient, requests_mock: rm.Mocker,
+                                      status: int, body: object, kind: type, reason: str) -> None:
+    if isinstance(body, str):
+        requests_mock.get(URL, status_code=status, text=body)
+    else:
+        requests_mock.get(URL, status_code=status, json=body)
+    with pytest.raises(kind) as caught:
+        client.summary("discovery-call", {})
+    assert caught.value.reason == reason
+    assert caught.value.code == str(status)
+    assert make_key() not in str(caught.value)
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({"json": {"error": {"type": "rate_limit_error", "retry_after": 17}}}, 17.0),
+    ({"json": {"error": {"type": "rate_limit_error"}, "retry_after": 23}}, 23.0),
+    ({"json": {"error": {"type": "rate_limit_error"}}, "headers": {"Retry-After": "41"}}, 41.0),
+    ({"text": "slow down", "headers": {"Retry-After": "5"}}, 5.0),
+    ({"json": {}}, 60.0),
+])
+def test_retry_after_from_all_three_places(client: ExecClient, requests_mock: rm.Mocker,
+                                           kwargs: dict[str, Any], expected: float) -> None:
+    requests_mock.get(URL, status_code=429, **kwargs)
+    with pytest.raises(RateLimited) as caught:
+        client.summary("discovery-call", {})
+    assert caught.value.retry_after == expected
+    assert caught.value.reason == "rate_limited"
+
+
+def test_timeout_and_connection_errors(client: ExecClient, requests_mock: rm.Mocker) -> None:
+    requests_mock.get(URL, exc=requests.ReadTimeout("read timed out"))
+    with pytest.raises(Timeout) as timeout:
+        client.summary("discovery-call", {})
+    assert timeout.value.code == "error" and timeout.value.reason == "timeout"
+    requests_mock.get(URL, exc=requests.ConnectionError("refused"))
+    with pytest.raises(ConnectionFailed) as refused:
+        client.summary("discovery-call", {})
+    assert refused.value.reason == "connection"
+
+
+def test_redirects_are_not_followed(client: ExecClient, requests_mock: rm.Mocker) -> None:
+    # Following a redirect could carry the bearer key to another host.
+    requests_mock.get(URL, status_code=302, headers={"Location": "https://elsewhere.test/"})
+    with pytest.raises(InvalidResponse):
+        client.summary("discovery-call", {})
+    assert requests_mock.call_count == 1
+
+
+def test_list_page(client: ExecClient, requests_mock: rm.Mocker) -> None:
+    requests_mock.get(f"{BASE}/workspace/groups",
+                      json={"data": [{"id": "g1"}], "pagination": {"total_pages": 3}})
+    assert client.list_page("/workspace/groups", {"page": "1"}) == ([{"id": "g1"}], 3)
+    requests_mock.get(f"{BASE}/workspace/groups", json={"items": []})
+    with pytest.raises(InvalidResponse):
+        client.list_page("/workspace/groups", {})
+
+
+def test_repr_hides_the_key(client: ExecClient) -> None:
+    assert make_key() not in repr(client)
+
+
+def test_summary_round_trips_through_json() -> None:
+    summary = parse_summary(EXAMPLE)
+    assert Summary.from_json(json.loads(json.dumps(summary.to_json()))) == summary
+    broken = summary.to_json() | {"average_best_score": 250}
+    with pytest.raises(InvalidResponse):
+        Summary.from_json(broken)

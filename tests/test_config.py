@@ -1,0 +1,215 @@
+"""Configuration: parsing, every field's checks, error paths, the key, targets."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import pytest
+
+from exporter.config import (
+    ConfigError,
+    format_duration,
+    load_api_key,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+
+ROOT = Path(__file__).parent.parent
+BAD = Path(__file__).parent / "data" / "bad"
+
+# One fixture file per kind of broken configuration, and the line it must print.
+BAD_CASES = {
+    "unknown_key.yaml": "refresh_intervall: unknown key",
+    "bad_duration.yaml": "refresh_interval: invalid duration '15 minutes'",
+    "undefined_cohort.yaml": "scenarios[0].cohorts[1]: no cohort named 'marketing' is defined",
+    "duplicate_cohort.yaml": "cohorts[2].name: duplicate cohort name 'sales'",
+    "no_scenarios.yaml": "scenarios: required",
+    "wrong_type.yaml": "api.rate_limit.requests_per_minute: Input should be a valid integer",
+    "window_and_start.yaml": "cohorts[1]: window and start_date exclude each other",
+    "yaml_syntax.yaml": "yaml_syntax.yaml:4:1: YAML syntax error",
+    "reserve_out_of_range.yaml": "api.rate_limit.reserve: Input should be less than 1",
+    "bad_base_url.yaml": "api.base_url: must be an http(s) URL",
+    "start_after_end.yaml": "cohorts[0]: start_date is after end_date",
+    "not_a_mapping.yaml": "(top level): expected a mapping",
+    "bad_date.yaml": "cohorts[0].start_date: invalid date-time 'the first of July'",
+    "key_in_yaml.yaml": "api.api_key: unknown key",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CASES))
+def test_each_bad_file_names_the_field(name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(BAD / name)
+    text = "\n".join(caught.value.problems)
+    assert BAD_CASES[name] in text
+
+
+def test_every_fixture_file_has_a_case() -> None:
+    assert {p.name for p in BAD.glob("*.yaml")} - {"many_problems.yaml"} == set(BAD_CASES)
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(BAD / "many_problems.yaml")
+    problems = caught.value.problems
+    joined = "\n".join(problems)
+    assert "refresh_interval: invalid duration 'soon'" in joined
+    assert "scenarios[1].id" in joined
+    assert "cohorts[2].window: invalid duration 'forever'" in joined
+    assert "cohorts[1].name: duplicate cohort name 'all'" in joined
+    assert "scenarios[0].cohorts[0]: no cohort named 'nobody' is defined" in joined
+    assert len(problems) == 5
+    assert all("\n" not in p for p in problems)
+
+
+def test_example_config_is_valid_and_complete() -> None:
+    config = load_config(ROOT / "config.example.yaml")
+    assert config.refresh_interval == 900
+    assert config.api.rate_limit.day_budget == 900
+    assert config.api.rate_limit.minute_budget == 54
+    keys = [t.key for t in config.targets()]
+    assert keys == [
+        ("discovery-call-it-director", "all"), ("discovery-call-it-director", "sales"),
+        ("discovery-call-it-director", "last-7d"), ("renewal-negotiation", "all"),
+        ("renewal-negotiation", "sales"), ("renewal-negotiation", "q3-pilot"),
+    ]
+
+
+def test_defaults() -> None:
+    config = parse_config({"scenarios": [{"id": "s1"}]})
+    assert config.api.base_url == "https://api.exec.com/rest/v1"
+    assert config.api.timeout == 10
+    assert config.refresh_interval == 900
+    assert config.max_staleness is None
+    assert config.max_targets == 500
+    assert [t.key for t in config.targets()] == [("s1", "all")]
+    assert config.targets()[0].cohort.query(0) == {}
+
+
+def test_scenario_cohort_subsets_and_default_every_cohort() -> None:
+    config = parse_config({
+        "scenarios": [{"id": "a", "cohorts": ["x"]}, {"id": "b"}],
+        "cohorts": [{"name": "x"}, {"name": "y"}],
+    })
+    assert [t.key for t in config.targets()] == [("a", "x"), ("b", "x"), ("b", "y")]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30s", 30), ("15m", 900), ("6h", 21600), ("7d", 604800), ("1h30m", 5400),
+    ("500ms", 0.5), ("1w", 604800),
+])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["15", "15 m", "m", "", "0s", "-5m", "1.5h"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_format_duration() -> None:
+    assert format_duration(1920) == "32m"
+    assert format_duration(5400) == "1h30m"
+    assert format_duration(11.1) == "11.1s"
+
+
+def test_filters_encode_as_the_api_expects() -> None:
+    config = parse_config({
+        "scenarios": [{"id": "s"}],
+        "cohorts": [
+            {"name": "q3", "user_ids": ["u1", "u2"], "user_emails": ["a@x.com", "b+c@x.com"],
+             "group_ids": ["g1", "g2"], "start_date": "2026-07-01T00:00:00Z",
+             "end_date": "2026-09-30T23:59:59+02:00", "exclude_system_users": True},
+            {"name": "week", "window": "7d", "exclude_system_users": False},
+        ],
+    })
+    q3, week = config.cohorts
+    assert q3.query(0) == {
+        "user_ids": "u1,u2", "user_emails": "a@x.com,b+c@x.com", "group_ids": "g1,g2",
+        "start_date": "2026-07-01T00:00:00Z", "end_date": "2026-09-30T21:59:59Z",
+        "exclude_system_users": "true",
+    }
+    now = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC).timestamp()
+    assert week.query(now) == {"start_date": "2026-11-21T12:00:00Z",
+                               "exclude_system_users": "false"}
+    # The window rolls with time.
+    assert week.query(now + 86400)["start_date"] == "2026-11-22T12:00:00Z"
+
+
+def test_unquoted_yaml_timestamps_are_accepted(write_config) -> None:
+    path = write_config("""
+        scenarios: [{id: s}]
+        cohorts:
+          - name: q3
+            start_date: 2026-07-01T00:00:00Z
+            end_date: 2026-09-30
+    """)
+    cohort = load_config(path).cohorts[0]
+    assert cohort.query(0)["start_date"] == "2026-07-01T00:00:00Z"
+    assert cohort.query(0)["end_date"] == "2026-09-30T00:00:00Z"
+
+
+def test_a_single_string_where_a_list_is_expected(write_config) -> None:
+    path = write_config("""
+        scenarios: [{id: s, cohorts: sales}]
+        cohorts: [{name: sales, group_ids: g1}]
+    """)
+    assert load_config(path).cohorts[0].query(0) == {"group_ids": "g1"}
+
+
+def test_discovery_alone_is_enough() -> None:
+    config = parse_config({"discovery": {"scenarios": {}}})
+    assert config.targets() == []
+    assert config.discovery is not None and config.discovery.interval == 6 * 3600
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config("/nonexistent/config.yaml")
+    assert caught.value.problems == ["/nonexistent/config.yaml: no such file"]
+
+
+# --- the key ---------------------------------------------------------------------
+
+
+def test_key_from_environment() -> None:
+    config = parse_config({"scenarios": [{"id": "s"}]})
+    key, warnings = load_api_key(config, {"EXEC_API_KEY": " secret-value \n"})
+    assert key is not None and key.value == "secret-value"
+    assert warnings == []
+    assert "secret-value" not in repr(key) and "secret-value" not in str(key)
+
+
+def test_key_file_wins_and_warns_when_others_can_read_it(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text("from-file\n")
+    os.chmod(path, 0o644)
+    config = parse_config({"api": {"api_key_file": str(path)}, "scenarios": [{"id": "s"}]})
+    key, warnings = load_api_key(config, {"EXEC_API_KEY": "from-env"})
+    assert key is not None and key.value == "from-file"
+    assert len(warnings) == 1 and "readable by other users" in warnings[0]
+    assert "from-file" not in warnings[0]
+    os.chmod(path, 0o600)
+    assert load_api_key(config, {})[1] == []
+
+
+def test_no_key_anywhere() -> None:
+    config = parse_config({"scenarios": [{"id": "s"}]})
+    assert load_api_key(config, {}) == (None, [])
+
+
+def test_unreadable_or_empty_key_file(tmp_path: Path) -> None:
+    config = parse_config({"api": {"api_key_file": str(tmp_path / "missing")},
+                           "scenarios": [{"id": "s"}]})
+    with pytest.raises(ConfigError) as caught:
+        load_api_key(config, {})
+    assert caught.value.problems[0].startswith("api.api_key_file: cannot read")
+    (tmp_path / "empty").write_text("\n")
+    config = parse_config({"api": {"api_key_file": str(tmp_path / "empty")},
+                           "scenarios": [{"id": "s"}]})
+    with pytest.raises(ConfigError, match="is empty"):
+        load_api_key(config, {})
