@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 import random
 import statistics
 from collections.abc import Callable
@@ -148,7 +149,7 @@ def test_unauthorized_pauses_and_probes_with_growing_waits() -> None:
     scheduler = make(20, refresh=1, per_minute=600, per_day=864000)
     sent = simulate(scheduler, 0.0, 1800, lambda key, at: Unauthorized("HTTP 401", 401))
     times = [t for t, _ in sent]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[:5] == [30.0, 60.0, 120.0, 240.0, 300.0]
     assert all(g == 300.0 for g in gaps[4:])
     assert sum(1 for t in times if t < 30) == 1  # at most one request in the first 30 s
@@ -172,7 +173,7 @@ def test_not_found_backs_off_that_target_alone() -> None:
                     lambda key, at: NotFound("HTTP 404", 404) if key == gone else None)
     gone_times = [t for t, k in sent if k == gone]
     others = [t for t, k in sent if k != gone]
-    gaps = [b - a for a, b in zip(gone_times, gone_times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(gone_times)]
     assert gaps[:4] == [10.0, 20.0, 40.0, 80.0]  # growing
     assert max(gaps) <= 3600.0
     assert len(others) >= 2 * 7200 / 10 * 0.95  # the others carry on
@@ -184,7 +185,7 @@ def test_server_errors_back_off_exponentially_with_jitter_capped_at_interval() -
     sent = simulate(scheduler, 0.0, 1200,
                     lambda key, at: UpstreamError("HTTP 500", 500) if key == broken else None)
     times = [t for t, k in sent if k == broken]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert 5 <= gaps[0] <= 10 and 10 <= gaps[1] <= 20 and 20 <= gaps[2] <= 40
     assert max(gaps) <= 60.0
     healthy = [t for t, k in sent if k != broken]
