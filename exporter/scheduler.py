@@ -10,8 +10,9 @@ Policy (see the README's "Quota arithmetic"):
 * effective interval ``I = max(refresh_interval, N x 86400 / day budget,
   N x 60 / minute budget)``, with discovery listings taken out of the day budget;
 * first fill (targets with no data at all) goes as fast as the minute budget
-  allows; afterwards requests are spaced at least ``86400 / day budget`` apart,
-  stalest target first, each target due ``I`` after its last attempt;
+  allows; afterwards each target is due ``I`` after its last attempt, stalest
+  first, and when the day budget is the limit requests are spaced exactly
+  ``86400 / day budget`` apart (otherwise ``60 / minute budget``);
 * the :class:`~exporter.budget.Budget` ledger is the final word: no request is
   sent that would exceed either rolling window;
 * 429 pauses everything until ``retry_after``; 401/403 pause everything and
@@ -149,9 +150,22 @@ class Scheduler:
         return max(self.budget.day_limit - self.listing_requests_per_day, 1.0)
 
     @property
+    def budget_bound(self) -> bool:
+        """Whether the targets want more requests than the day budget affords."""
+        return len(self._targets) * DAY / self.poll_day_budget >= self.refresh_interval
+
+    @property
     def spacing(self) -> float:
-        """The minimum gap between two poll requests once the first fill is done."""
-        return max(DAY / self.poll_day_budget, MINUTE / self.budget.minute_limit)
+        """The minimum gap between two poll requests once the first fill is done.
+
+        When the day budget is the limit, requests go out exactly at its pace, so it
+        is spent evenly instead of in bursts that then starve. Otherwise there is
+        slack for retries, and only the minute budget is smoothed.
+        """
+        minute_pace = MINUTE / self.budget.minute_limit
+        if self.budget_bound:
+            return max(DAY / self.poll_day_budget, minute_pace)
+        return minute_pace
 
     @property
     def interval(self) -> float:

@@ -56,6 +56,6 @@ def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return values
 
 
-def sample(values: dict, name: str, **labels: str) -> float | None:
+def sample(values: dict, metric: str, /, **labels: str) -> float | None:
     """One sample's value from :func:`metric_values` output, or None."""
-    return values.get((name, tuple(sorted(labels.items()))))
+    return values.get((metric, tuple(sorted(labels.items()))))

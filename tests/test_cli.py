@@ -1,0 +1,283 @@
+"""The command line and the whole exporter as a process, over real loopback HTTP."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import make_key, metric_values, sample
+from fakeapi import FakeExecAPI, summary_body
+
+from exporter import __version__
+
+BAD = Path(__file__).parent / "data" / "bad"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "EXEC_API_KEY"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
+                          text=True, env=full_env, timeout=timeout)
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 20.0, step: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+class Process:
+    """A running exporter process on a free loopback port."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if k != "EXEC_API_KEY"}
+        full_env.update(env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", *args,
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env)
+
+    def get(self, path: str, **kwargs: object) -> requests.Response:
+        return requests.get(self.url + path, timeout=5, **kwargs)  # type: ignore[arg-type]
+
+    def metrics(self) -> dict:
+        return metric_values(self.get("/metrics").text)
+
+    def stop(self) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate(timeout=5)
+        return self.proc.returncode, out
+
+
+@pytest.fixture
+def api() -> Iterator[FakeExecAPI]:
+    fake = FakeExecAPI(make_key()).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+# --- offline ---------------------------------------------------------------------
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert __version__ in result.stdout
+
+
+def test_config_check_prints_the_plan(write_config) -> None:
+    scenarios = ", ".join(f"{{id: scenario-{i}}}" for i in range(10))
+    path = write_config(f"""
+        refresh_interval: 15m
+        scenarios: [{scenarios}]
+        cohorts: [{{name: all}}, {{name: sales, group_ids: [g1]}}]
+    """)
+    result = run_cli("--config.check", f"--config.file={path}")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "targets: 20" in out
+    assert "requests/day needed at refresh_interval 15m: 1920" in out
+    assert "daily budget: 900 requests (1000/day less 10% reserve)" in out
+    assert "effective refresh interval: 32m (1920s)" in out
+    assert "warning: no API key found" in out
+
+
+def test_config_check_does_not_print_the_key(write_config, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(make_key())
+    key_file.chmod(0o600)
+    path = write_config(f"""
+        api: {{api_key_file: {key_file}}}
+        scenarios: [{{id: s}}]
+    """)
+    result = run_cli("--config.check", f"--config.file={path}")
+    assert result.returncode == 0
+    assert "api key: found (file" in result.stdout
+    assert make_key() not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in BAD.glob("*.yaml")))
+def test_bad_files_exit_2_with_a_message_and_no_traceback(name: str) -> None:
+    result = run_cli("--config.check", f"--config.file={BAD / name}")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_running_without_a_key_exits_2(write_config) -> None:
+    path = write_config("scenarios: [{id: s}]")
+    result = run_cli(f"--config.file={path}", "--web.listen-address=127.0.0.1:0")
+    assert result.returncode == 2
+    assert "no API key" in result.stderr
+
+
+def test_bad_listen_address_exits_2(write_config) -> None:
+    path = write_config("scenarios: [{id: s}]")
+    result = run_cli(f"--config.file={path}", "--web.listen-address=nowhere",
+                     env={"EXEC_API_KEY": make_key()})
+    assert result.returncode == 2
+
+
+# --- running ---------------------------------------------------------------------
+
+
+def test_exports_what_the_api_returned(api: FakeExecAPI, write_config) -> None:
+    api.set_summary("disc", summary_body())
+    api.set_summary("renew", summary_body(average_best_score=None, average_best_rank=None,
+                                          participant_count=3))
+    path = write_config(f"""
+        api:
+          base_url: {api.base_url}
+          timeout: 2s
+          rate_limit: {{requests_per_minute: 600, requests_per_day: 100000}}
+        refresh_interval: 1h
+        scenarios:
+          - {{id: disc, name: Discovery call}}
+          - {{id: renew}}
+        cohorts:
+          - {{name: all}}
+          - name: sales
+            group_ids: [g1, g2]
+            exclude_system_users: true
+          - {{name: last-7d, window: 7d}}
+          - name: q3
+            user_emails: [jane@acme.com]
+            start_date: 2026-07-01T00:00:00Z
+            end_date: 2026-09-30T23:59:59Z
+    """)
+    proc = Process([f"--config.file={path}", "--log.level=debug"], {"EXEC_API_KEY": make_key()})
+    try:
+        wait_for(lambda: proc.get("/-/ready").status_code == 200)
+        v = proc.metrics()
+        disc = {"scenario": "disc", "cohort": "sales"}
+        assert sample(v, "exec_scenario_participants", **disc) == 45
+        assert sample(v, "exec_scenario_average_best_score", **disc) == 74.2
+        assert sample(v, "exec_scenario_practice_seconds", **disc) == 742 * 60
+        assert sample(v, "exec_scenario_rank_participants", rank="gold", **disc) == 12
+        assert sample(v, "exec_scenario_info", scenario="disc", name="Discovery call",
+                      id="disc") == 1
+        renew = {"scenario": "renew", "cohort": "q3"}
+        assert sample(v, "exec_scenario_participants", **renew) == 3
+        assert sample(v, "exec_scenario_average_best_score", **renew) is None
+        assert sample(v, "exec_exporter_targets") == 8
+        assert sample(v, "exec_exporter_target_up", **renew) == 1
+
+        # Filters reached the API as it expects.
+        queries = {tuple(sorted(r.query.items())) for r in api.requests_for("disc")}
+        assert (("exclude_system_users", "true"), ("group_ids", "g1,g2")) in queries
+        assert (("end_date", "2026-09-30T23:59:59Z"), ("start_date", "2026-07-01T00:00:00Z"),
+                ("user_emails", "jane@acme.com")) in queries
+        windows = [dict(q)["start_date"] for q in queries if len(q) == 1]
+        assert len(windows) == 1 and windows[0].endswith("Z")
+        assert all(r.headers["Authorization"] == f"Bearer {make_key()}" for r in api.requests)
+
+        # Scrapes never cause API requests.
+        before = len(api.requests)
+        for _ in range(30):
+            assert proc.get("/metrics").status_code == 200
+        assert len(api.requests) == before == 8
+
+        # gzip and OpenMetrics when asked for.
+        raw = requests.get(proc.url + "/metrics", headers={"Accept-Encoding": "gzip"},
+                           timeout=5, stream=True)
+        assert raw.headers["Content-Encoding"] == "gzip"
+        body = gzip.decompress(raw.raw.read())
+        assert b"exec_scenario_participants" in body
+        om = proc.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+        assert om.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert om.text.endswith("# EOF\n")
+
+        page = proc.get("/")
+        assert page.status_code == 200 and "disc" in page.text and "/metrics" in page.text
+        assert proc.get("/-/healthy").status_code == 200
+        assert make_key() not in page.text + proc.get("/metrics").text
+    finally:
+        code, out = proc.stop()
+    assert code == 0
+    assert make_key() not in out
+    assert "shutting down" in out
+
+
+def test_ready_only_once_every_target_has_a_value(api: FakeExecAPI, write_config) -> None:
+    api.set_summary("a", summary_body())
+    api.set_fault("b", "500")
+    path = write_config(f"""
+        api: {{base_url: {api.base_url}, timeout: 2s}}
+        scenarios: [{{id: a}}, {{id: b}}]
+    """)
+    proc = Process([f"--config.file={path}"], {"EXEC_API_KEY": make_key()})
+    try:
+        wait_for(lambda: len(api.requests) >= 2)
+        assert proc.get("/-/ready").status_code == 503
+        api.set_fault("b", None)
+        api.set_summary("b", summary_body())
+        wait_for(lambda: proc.get("/-/ready").status_code == 200, timeout=30)
+    finally:
+        proc.stop()
+
+
+def test_effective_interval_on_metrics_matches_the_plan(api: FakeExecAPI, write_config) -> None:
+    scenarios = ", ".join(f"{{id: s{i}}}" for i in range(10))
+    path = write_config(f"""
+        api: {{base_url: {api.base_url}}}
+        scenarios: [{scenarios}]
+        cohorts: [{{name: all}}, {{name: sales, group_ids: [g1]}}]
+    """)
+    for i in range(10):
+        api.set_summary(f"s{i}", summary_body())
+    proc = Process([f"--config.file={path}"], {"EXEC_API_KEY": make_key()})
+    try:
+        wait_for(lambda: sample(proc.metrics(), "exec_exporter_refresh_interval_seconds")
+                 == 1920)
+        v = proc.metrics()
+        assert sample(v, "exec_exporter_api_budget_remaining", window="day") <= 900
+        assert sample(v, "exec_exporter_api_budget_remaining", window="minute") <= 54
+    finally:
+        proc.stop()
+
+
+def test_demo_serves_data_without_key_or_file(tmp_path: Path) -> None:
+    proc = Process(["demo"], {})
+    try:
+        started = time.monotonic()
+        wait_for(lambda: sample(proc.metrics(), "exec_scenario_participants",
+                                scenario="discovery-call-it-director", cohort="all")
+                 is not None, timeout=30)
+        assert time.monotonic() - started < 30
+        v = proc.metrics()
+        up = [value for (name, _), value in v.items() if name == "exec_exporter_target_up"]
+        assert len(up) == 15
+    finally:
+        code, _ = proc.stop()
+    assert code == 0

@@ -1,0 +1,157 @@
+"""The collector's families, parsed back with prometheus_client's parser."""
+
+from __future__ import annotations
+
+from conftest import FakeClock, metric_values, sample
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from exporter.client import Summary, parse_summary
+from exporter.collector import SnapshotCollector
+from exporter.config import parse_config
+from exporter.store import Store
+
+FULL = parse_summary({
+    "participant_count": 45, "total_sessions": 128, "average_best_score": 74.2,
+    "average_best_rank": "silver", "average_lift_percentage": 18.5,
+    "total_practice_minutes": 742, "average_session_duration_seconds": 348,
+    "score_distribution": [{"rank": "gold", "count": 12}, {"rank": "silver", "count": 18},
+                           {"rank": "unranked", "count": 5}],
+})
+
+
+def setup(clock: FakeClock, max_staleness: str | None = None):
+    raw = {"scenarios": [{"id": "disc", "name": "Discovery call"}, {"id": "renew"}],
+           "cohorts": [{"name": "all"}, {"name": "sales", "group_ids": ["g1"]}]}
+    if max_staleness:
+        raw["max_staleness"] = max_staleness
+    config = parse_config(raw)
+    store = Store()
+    store.set_targets(config.targets())
+    store.set_max_staleness(config.max_staleness)
+    store.record_schedule(900.0, {})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(store, clock))
+    return config, store, registry
+
+
+def scrape(registry: CollectorRegistry) -> dict:
+    return metric_values(generate_latest(registry).decode())
+
+
+def test_values_names_and_units(clock: FakeClock) -> None:
+    _, store, registry = setup(clock)
+    store.record_success(("disc", "all"), FULL, clock.now)
+    v = scrape(registry)
+    labels = {"scenario": "disc", "cohort": "all"}
+    assert sample(v, "exec_scenario_participants", **labels) == 45
+    assert sample(v, "exec_scenario_sessions", **labels) == 128
+    assert sample(v, "exec_scenario_average_best_score", **labels) == 74.2
+    assert sample(v, "exec_scenario_average_score_lift", **labels) == 18.5
+    assert sample(v, "exec_scenario_practice_seconds", **labels) == 742 * 60
+    assert sample(v, "exec_scenario_average_session_duration_seconds", **labels) == 348
+    ranks = {r: sample(v, "exec_scenario_average_best_rank", rank=r, **labels)
+             for r in ("gold", "silver", "bronze", "unranked")}
+    assert ranks == {"gold": 0, "silver": 1, "bronze": 0, "unranked": 0}
+    counts = {r: sample(v, "exec_scenario_rank_participants", rank=r, **labels)
+              for r in ("gold", "silver", "bronze", "unranked")}
+    assert counts == {"gold": 12, "silver": 18, "bronze": 0, "unranked": 5}
+    assert sample(v, "exec_scenario_info", scenario="disc", name="Discovery call",
+                  id="disc") == 1
+    assert sample(v, "exec_exporter_target_up", **labels) == 1
+    assert sample(v, "exec_exporter_target_last_success_timestamp_seconds",
+                  **labels) == clock.now
+    # A target never polled has self-metrics but no data.
+    assert sample(v, "exec_exporter_target_up", scenario="renew", cohort="all") == 0
+    assert sample(v, "exec_scenario_participants", scenario="renew", cohort="all") is None
+    assert sample(v, "exec_exporter_targets") == 4
+    assert sample(v, "exec_exporter_refresh_interval_seconds") == 900
+    assert sample(v, "exec_exporter_build_info", version=__import__("exporter").__version__) == 1
+
+
+def test_null_fields_produce_no_sample(clock: FakeClock) -> None:
+    _, store, registry = setup(clock)
+    store.record_success(("renew", "all"), Summary(participants=0, sessions=0), clock.now)
+    v = scrape(registry)
+    labels = {"scenario": "renew", "cohort": "all"}
+    assert sample(v, "exec_scenario_participants", **labels) == 0
+    assert sample(v, "exec_scenario_average_best_score", **labels) is None
+    assert sample(v, "exec_scenario_rank_participants", rank="gold", **labels) is None
+    assert sample(v, "exec_scenario_average_best_rank", rank="gold", **labels) is None
+    # No display name configured: no info series for it.
+    assert not any(name == "exec_scenario_info" and ("scenario", "renew") in lbl
+                   for name, lbl in v)
+
+
+def test_failures_keep_last_values_and_count_reasons(clock: FakeClock) -> None:
+    _, store, registry = setup(clock)
+    key = ("disc", "sales")
+    store.record_success(key, FULL, clock.now)
+    store.record_failure(key, "server_error", "HTTP 500", clock.now + 1)
+    store.record_failure(key, "server_error", "HTTP 500", clock.now + 2)
+    store.record_failure(key, "timeout", "no answer", clock.now + 3)
+    v = scrape(registry)
+    labels = {"scenario": "disc", "cohort": "sales"}
+    assert sample(v, "exec_exporter_target_up", **labels) == 0
+    assert sample(v, "exec_scenario_average_best_score", **labels) == 74.2
+    assert sample(v, "exec_exporter_target_errors_total", reason="server_error", **labels) == 2
+    assert sample(v, "exec_exporter_target_errors_total", reason="timeout", **labels) == 1
+
+
+def test_stale_data_stops_but_self_metrics_stay(clock: FakeClock) -> None:
+    _, store, registry = setup(clock, max_staleness="45m")
+    key = ("disc", "all")
+    store.record_success(key, FULL, clock.now)
+    clock.advance(45 * 60)
+    assert sample(scrape(registry), "exec_scenario_participants", scenario="disc",
+                  cohort="all") == 45
+    clock.advance(1)
+    v = scrape(registry)
+    assert sample(v, "exec_scenario_participants", scenario="disc", cohort="all") is None
+    assert sample(v, "exec_exporter_target_up", scenario="disc", cohort="all") == 1
+    assert sample(v, "exec_exporter_target_last_success_timestamp_seconds",
+                  scenario="disc", cohort="all") is not None
+
+
+def test_default_staleness_is_three_intervals(clock: FakeClock) -> None:
+    _, store, registry = setup(clock)
+    store.record_success(("disc", "all"), FULL, clock.now)
+    clock.advance(3 * 900 - 1)
+    assert sample(scrape(registry), "exec_scenario_sessions", scenario="disc", cohort="all")
+    clock.advance(2)
+    assert sample(scrape(registry), "exec_scenario_sessions", scenario="disc",
+                  cohort="all") is None
+
+
+def test_removed_targets_vanish(clock: FakeClock) -> None:
+    config, store, registry = setup(clock)
+    for target in config.targets():
+        store.record_success(target.key, FULL, clock.now)
+    store.set_targets([t for t in config.targets() if t.scenario != "renew"])
+    v = scrape(registry)
+    assert not any(("scenario", "renew") in labels for _, labels in v)
+    assert sample(v, "exec_scenario_participants", scenario="disc", cohort="sales") == 45
+
+
+def test_workspace_failure_marks_every_target(clock: FakeClock) -> None:
+    config, store, registry = setup(clock)
+    store.record_workspace_failure("unauthorized", "HTTP 401", clock.now)
+    v = scrape(registry)
+    for target in config.targets():
+        labels = {"scenario": target.scenario, "cohort": target.cohort.name}
+        assert sample(v, "exec_exporter_target_up", **labels) == 0
+        assert sample(v, "exec_exporter_target_errors_total", reason="unauthorized",
+                      **labels) == 1
+
+
+def test_api_request_counters_and_histogram(clock: FakeClock) -> None:
+    _, store, registry = setup(clock)
+    store.record_request("200", 0.08)
+    store.record_request("200", 0.3)
+    store.record_request("429", 0.01)
+    v = scrape(registry)
+    assert sample(v, "exec_exporter_api_requests_total", code="200") == 2
+    assert sample(v, "exec_exporter_api_requests_total", code="429") == 1
+    assert sample(v, "exec_exporter_api_request_duration_seconds_count") == 3
+    assert sample(v, "exec_exporter_api_request_duration_seconds_bucket", le="0.1") == 2
+    assert sample(v, "exec_exporter_api_request_duration_seconds_bucket", le="+Inf") == 3
