@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up a virtual environment and run the built-in demo: a simulated Exec API
+# inside the process, no account, key or file needed. Then open http://localhost:10025/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  echo "installing python3-venv (needs root or sudo)" >&2
+  $( [ "$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
+  $( [ "$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq python3-venv
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet .
+exec .venv/bin/exec-exporter demo "$@"
