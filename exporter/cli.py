@@ -31,6 +31,7 @@ from .config import (
     load_config,
     parse_config,
 )
+from .discovery import Discovery, Lists, build_targets
 from .exposition import Exposition
 from .scheduler import Clock, Key, Poller, Scheduler, SystemClock, effective_interval
 from .server import Web, parse_listen_address, serve
@@ -145,14 +146,16 @@ class Exporter:
         saved = self.state.load(now) if self.state else SavedState()
         rate = config.api.rate_limit
         self.budget = Budget(rate.minute_budget, rate.day_budget, saved.ledger)
-        self.scheduler = Scheduler(self.budget, config.refresh_interval,
-                                   listing_requests_per_day(config))
+        self.scheduler = Scheduler(self.budget, config.refresh_interval)
         self.client = self._client(config)
         self._targets: dict[Key, Target] = {}
         self._reload_lock = threading.Lock()
         self.poller = Poller(self.scheduler, self.client, self.store, lambda: self._targets,
                              self.clock, on_change=self._save_state)
-        self._apply(config, saved)
+        self._saved = saved
+        self.discovery: Discovery | None = None
+        self._set_discovery(config, saved.lists, reread=False)
+        self._apply(config)
         self.store.record_reload(True, now)
         snapshot_collector = SnapshotCollector(self.store, self.clock)
         live = CollectorRegistry(auto_describe=False)
@@ -163,28 +166,46 @@ class Exporter:
     def _client(self, config: Config) -> ExecClient:
         return ExecClient(config.api.base_url, self.key.value, config.api.timeout)
 
-    def _apply(self, config: Config, saved: SavedState | None = None) -> None:
-        """Make ``config`` the running configuration."""
-        targets = config.targets()
-        if len(targets) > config.max_targets:
-            log.error("%d targets exceed max_targets=%d; dropping %d", len(targets),
-                      config.max_targets, len(targets) - config.max_targets)
+    def _set_discovery(self, config: Config, lists: Lists | None, reread: bool) -> None:
+        """Start (or restart, after a reload changed it) discovery."""
+        settings = config.discovery
+        if settings is None or (settings.scenarios is None and settings.group_cohorts is None):
+            self.discovery = None
+        else:
+            self.discovery = Discovery(settings, lists, on_update=self._on_lists)
+            if reread:
+                self.discovery.reread()
+        self.poller.discovery = self.discovery
+
+    def _on_lists(self, lists: Lists) -> None:
+        # Called from inside a poller step: new lists, new targets.
+        self._apply(self.config)
+        self.poller.wake()
+
+    def _apply(self, config: Config) -> None:
+        """Make ``config`` (with the current discovery lists) the running target set."""
+        targets = build_targets(config, self.discovery.lists if self.discovery else None)
+        dropped = len(targets) - config.max_targets
+        if dropped > 0:
+            log.error("%d targets exceed max_targets=%d; dropping the last %d (explicit "
+                      "targets first, then discovered ones by slug)", len(targets),
+                      config.max_targets, dropped)
         kept = targets[:config.max_targets]
-        self.store.set_targets_dropped(len(targets) - len(kept))
+        self.store.set_targets_dropped(max(dropped, 0))
         restored: dict[Key, TargetState] = {}
-        if saved is not None:
-            for t in kept:
-                s = saved.targets.get(t.key)
-                if s is not None:
-                    restored[t.key] = TargetState(
-                        target=t, summary=s.summary, last_success=s.last_success, up=s.up,
-                        last_error=s.last_error, last_error_message=s.last_error_message,
-                        last_error_time=s.last_error_time, errors=s.errors)
+        for t in kept:
+            s = self._saved.targets.get(t.key)
+            if s is not None:
+                restored[t.key] = TargetState(
+                    target=t, summary=s.summary, last_success=s.last_success, up=s.up,
+                    last_error=s.last_error, last_error_message=s.last_error_message,
+                    last_error_time=s.last_error_time, errors=s.errors)
         rate = config.api.rate_limit
         with self.poller.lock:
             self.budget.resize(rate.minute_budget, rate.day_budget)
             self.scheduler.refresh_interval = config.refresh_interval
-            self.scheduler.listing_requests_per_day = listing_requests_per_day(config)
+            self.scheduler.listing_requests_per_day = (
+                self.discovery.requests_per_day() if self.discovery else 0.0)
             self._targets = {t.key: t for t in kept}
             self.scheduler.set_targets(
                 [t.key for t in kept],
@@ -220,6 +241,10 @@ class Exporter:
                     self.client = self._client(config)
                     self.poller.client = self.client
                     old.close()
+            if config.discovery != self.config.discovery:
+                lists = self.discovery.lists if self.discovery else None
+                with self.poller.lock:
+                    self._set_discovery(config, lists, reread=True)
             self._apply(config)
             self.store.record_reload(True, now)
             self.poller.wake()
@@ -231,7 +256,9 @@ class Exporter:
         if self.state is None:
             return
         now = self.clock.time()
-        self.state.save(self.store.snapshot(), self.budget.ledger(now), now, force=force)
+        lists = self.discovery.lists if self.discovery else None
+        self.state.save(self.store.snapshot(), self.budget.ledger(now), now, force=force,
+                        lists=lists)
 
     def start(self, address: tuple[str, int], telemetry_path: str,
               web_config: WebConfig | None) -> None:

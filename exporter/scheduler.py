@@ -30,11 +30,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .budget import DAY, MINUTE, Budget
 from .client import ApiError, ExecClient, RateLimited, Summary
 from .config import Target
+
+if TYPE_CHECKING:
+    from .discovery import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,9 @@ class Scheduler:
     rng: random.Random = field(default_factory=random.Random)
     _targets: dict[Key, TargetTimes] = field(default_factory=dict)
     pause: Pause | None = None
+    # Pacing spaces poll requests only (listings are paid for separately); before the
+    # first poll of this process, the restored ledger's last request stands in.
+    _last_poll: float | None = None
 
     # --- the target set ---------------------------------------------------
 
@@ -219,8 +225,15 @@ class Scheduler:
                 return Decision(None, paced)
         return Decision(best_key, now, probe)
 
+    def blocked_until(self, now: float) -> float:
+        """The earliest time any request (a poll or a listing) may be sent."""
+        until = self.budget.next_allowed(now)
+        if self.pause is not None:
+            until = max(until, self.pause.until)
+        return until
+
     def _paced(self, now: float) -> float:
-        last = self.budget.last_sent
+        last = self._last_poll if self._last_poll is not None else self.budget.last_sent
         return now if last is None else max(now, last + self.spacing)
 
     # --- outcomes -----------------------------------------------------------
@@ -228,11 +241,12 @@ class Scheduler:
     def sent(self, key: Key, at: float) -> None:
         """A request for ``key`` is about to go out at ``at``; count it."""
         self.budget.record(at)
+        self._last_poll = at
         self._targets[key].last_attempt = at
 
-    def succeeded(self, key: Key, at: float) -> None:
-        """``key`` answered with data."""
-        times = self._targets.get(key)
+    def succeeded(self, key: Key | None, at: float) -> None:
+        """``key`` (or a listing, for None) answered with data."""
+        times = self._targets.get(key) if key is not None else None
         if times is not None:
             times.last_success = at
             times.failures = 0
@@ -241,10 +255,11 @@ class Scheduler:
             log.info("API access is back; resuming polling")
         self.pause = None
 
-    def failed(self, key: Key, error: ApiError, at: float) -> None:
-        """``key`` failed with ``error``: back off that target, or pause everything."""
+    def failed(self, key: Key | None, error: ApiError, at: float) -> None:
+        """``key`` (or a listing, for None) failed with ``error``: back off that
+        target, or pause everything."""
         reason = error.reason
-        times = self._targets.get(key)
+        times = self._targets.get(key) if key is not None else None
         if isinstance(error, RateLimited):
             self.pause = Pause(until=at + error.retry_after, reason=reason)
             return
@@ -287,6 +302,7 @@ class Outcomes(Protocol):
     def record_failure(self, key: Key, reason: str, message: str, at: float) -> None: ...
     def record_workspace_failure(self, reason: str, message: str, at: float) -> None: ...
     def record_schedule(self, interval: float, next_due: Mapping[Key, float]) -> None: ...
+    def record_discovery(self, kind: str, at: float | None, error: str | None = None) -> None: ...
 
 
 class Poller:
@@ -306,19 +322,31 @@ class Poller:
         self._targets = targets
         self.clock = clock or SystemClock()
         self._on_change = on_change
+        self.discovery: Discovery | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.lock = threading.Lock()  # held while a step runs; reloads take it too
+        # Held while a step runs; reloads and discovery updates take it too (reentrant:
+        # a discovery update applies new targets from inside a step).
+        self.lock = threading.RLock()
 
     def step(self) -> float:
         """Send at most one request; return the time to call again."""
         with self.lock:
             now = self.clock.time()
+            discovery = self.discovery
+            kind = discovery.due_kind(now) if discovery is not None else None
+            if kind is not None and self.scheduler.blocked_until(now) <= now:
+                self._list(kind, now)
+                self._publish()
+                return self.clock.time()
             decision = self.scheduler.decide(now)
             if decision.target is None:
                 self._publish()
-                return decision.wake_at
+                wake = decision.wake_at
+                if discovery is not None:
+                    wake = min(wake, max(discovery.next_due(), self.scheduler.blocked_until(now)))
+                return wake
             target = self._targets().get(decision.target)
             if target is None:  # vanished in a reload between decide and here
                 return now
@@ -358,6 +386,28 @@ class Poller:
         self.store.record_success(key, summary, done)
         log.debug("refreshed scenario=%s cohort=%s in %.3fs%s", key[0], key[1], duration,
                   " (probe)" if probe else "")
+
+    def _list(self, kind: str, now: float) -> None:
+        assert self.discovery is not None
+        self.scheduler.budget.record(now)
+        started = time.monotonic()
+        try:
+            self.discovery.step(self.client, kind, now)
+        except ApiError as error:
+            done = self.clock.time()
+            self.store.record_request(error.code, time.monotonic() - started)
+            self.scheduler.failed(None, error, done)
+            pause = error.reason in WORKSPACE_REASONS or error.reason == "rate_limited"
+            self.discovery.failed(kind, error, done, pause)
+            self.store.record_discovery(kind, None, error=f"{error.reason}: {error}")
+            if error.reason in WORKSPACE_REASONS:
+                self.store.record_workspace_failure(error.reason, str(error), done)
+            return
+        done = self.clock.time()
+        self.store.record_request("200", time.monotonic() - started)
+        self.scheduler.succeeded(None, done)
+        if kind not in self.discovery.in_progress:
+            self.store.record_discovery(kind, done)
 
     def _publish(self) -> None:
         s = self.scheduler

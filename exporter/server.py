@@ -57,6 +57,9 @@ class Handler(BaseHTTPRequestHandler):
 
     server: ExporterHTTPServer
     protocol_version = "HTTP/1.1"
+    # Headers and body are separate writes: without TCP_NODELAY, Nagle's algorithm and
+    # the client's delayed ACK would add ~40 ms to every keep-alive scrape.
+    disable_nagle_algorithm = True
     timeout = SOCKET_TIMEOUT
     server_version = f"exec-exporter/{__version__}"
     sys_version = ""

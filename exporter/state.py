@@ -19,6 +19,7 @@ from typing import Any
 
 from .budget import DAY
 from .client import ApiError, Summary
+from .discovery import DiscoveredScenario, Group, Lists
 from .store import Key, Snapshot
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,12 @@ class SavedState:
 
     targets: dict[Key, SavedTarget] = field(default_factory=dict)
     ledger: list[float] = field(default_factory=list)
+    lists: Lists | None = None  # the discovery lists, so a restart need not re-read them
 
 
-def encode(snapshot: Snapshot, ledger: Iterable[float], now: float) -> bytes:
-    """The file's bytes for ``snapshot`` and the request ``ledger``."""
+def encode(snapshot: Snapshot, ledger: Iterable[float], now: float,
+           lists: Lists | None = None) -> bytes:
+    """The file's bytes for ``snapshot``, the request ``ledger`` and discovery ``lists``."""
     targets = []
     for state in snapshot.targets:
         if state.summary is None and state.last_error is None:
@@ -63,8 +66,17 @@ def encode(snapshot: Snapshot, ledger: Iterable[float], now: float) -> bytes:
             "last_error_time": state.last_error_time,
             "errors": dict(state.errors),
         })
-    doc = {"version": FORMAT_VERSION, "saved_at": now, "targets": targets,
-           "ledger": [round(t, 3) for t in ledger]}
+    doc: dict[str, Any] = {"version": FORMAT_VERSION, "saved_at": now, "targets": targets,
+                           "ledger": [round(t, 3) for t in ledger]}
+    if lists is not None:
+        doc["discovery"] = {
+            "scenarios": None if lists.scenarios is None else [
+                {"id": s.id, "slug": s.slug, "name": s.name} for s in lists.scenarios],
+            "scenarios_at": lists.scenarios_at,
+            "groups": None if lists.groups is None else [
+                {"id": g.id, "name": g.name} for g in lists.groups],
+            "groups_at": lists.groups_at,
+        }
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -79,6 +91,12 @@ def decode(data: bytes, now: float) -> SavedState:
         raise ValueError("ledger is not a list")
     saved.ledger = sorted(float(t) for t in ledger
                           if isinstance(t, int | float) and now - DAY < t <= now + 60)
+    found = doc.get("discovery")
+    if isinstance(found, dict):
+        try:
+            saved.lists = _decode_lists(found, now)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("state file: ignoring the saved discovery lists: %s", exc)
     for item in doc.get("targets", []):
         try:
             key = (str(item["scenario"]), str(item["cohort"]))
@@ -95,6 +113,30 @@ def decode(data: bytes, now: float) -> SavedState:
         except (KeyError, TypeError, ValueError, AttributeError, ApiError) as exc:
             log.warning("state file: skipping a malformed target entry: %s", exc)
     return saved
+
+
+def _decode_lists(found: dict[str, Any], now: float) -> Lists:
+    def when(value: object) -> float | None:
+        if value is None:
+            return None
+        if not isinstance(value, int | float) or value > now + 60:
+            raise ValueError("list time in the future")
+        return float(value)
+
+    lists = Lists(scenarios_at=when(found.get("scenarios_at")),
+                  groups_at=when(found.get("groups_at")))
+    if found.get("scenarios") is not None:
+        lists.scenarios = [DiscoveredScenario(id=str(s["id"]), slug=str(s["slug"]),
+                                              name=None if s.get("name") is None
+                                              else str(s["name"]))
+                           for s in found["scenarios"]]
+    if found.get("groups") is not None:
+        lists.groups = [Group(id=str(g["id"]), name=str(g["name"])) for g in found["groups"]]
+    if lists.scenarios is None:
+        lists.scenarios_at = None
+    if lists.groups is None:
+        lists.groups_at = None
+    return lists
 
 
 class StateFile:
@@ -127,12 +169,12 @@ class StateFile:
         return saved
 
     def save(self, snapshot: Snapshot, ledger: Iterable[float], now: float,
-             force: bool = False) -> bool:
+             force: bool = False, lists: Lists | None = None) -> bool:
         """Write atomically; skipped (returns False) if the last write was too recent."""
         with self._lock:
             if not force and now - self._last_save < self.min_gap:
                 return False
-            data = encode(snapshot, ledger, now)
+            data = encode(snapshot, ledger, now, lists)
             try:
                 self._write(data)
             except OSError as exc:
@@ -162,11 +204,3 @@ class StateFile:
                 os.close(dir_fd)
         except OSError:
             pass
-
-
-def as_store_states(saved: SavedState) -> dict[Key, dict[str, Any]]:
-    """Saved targets as keyword arguments for :class:`~exporter.store.TargetState`."""
-    return {key: {"summary": t.summary, "last_success": t.last_success, "up": t.up,
-                  "last_error": t.last_error, "last_error_message": t.last_error_message,
-                  "last_error_time": t.last_error_time, "errors": t.errors}
-            for key, t in saved.targets.items()}

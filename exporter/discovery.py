@@ -1,0 +1,275 @@
+"""Discovery: scenarios and group cohorts read from the workspace's own lists.
+
+The lists (``GET /scenarios``, ``GET /workspace/groups``) are read page by page,
+one request per poller step, so every listing request goes through the same
+budget ledger and pauses as the summary requests. A failed listing keeps the
+last known lists. :func:`build_targets` merges what was found with the explicit
+configuration into the ordered target list.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import ApiError, ExecClient, InvalidResponse
+from .config import CohortConfig, Config, DiscoveryConfig, Target
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 100  # the API's maximum: fewest requests per list
+RETRY_FIRST = 60.0
+MAX_PAGES = 1000  # a guard against a pagination that never ends
+
+
+@dataclass(frozen=True)
+class DiscoveredScenario:
+    """A scenario from ``GET /scenarios``."""
+
+    id: str
+    slug: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    """A workspace group from ``GET /workspace/groups``."""
+
+    id: str
+    name: str
+
+
+@dataclass
+class Lists:
+    """The last complete lists, with when they were read (None: never)."""
+
+    scenarios: list[DiscoveredScenario] | None = None
+    groups: list[Group] | None = None
+    scenarios_at: float | None = None
+    groups_at: float | None = None
+
+
+def _scenario(item: Any) -> DiscoveredScenario:
+    if not isinstance(item, dict):
+        raise InvalidResponse("scenario list item is not an object")
+    sid, slug, name = item.get("id"), item.get("slug"), item.get("name")
+    if not isinstance(sid, str) or not sid:
+        raise InvalidResponse("scenario list item has no id")
+    if slug is not None and not isinstance(slug, str):
+        raise InvalidResponse("scenario slug is not a string")
+    return DiscoveredScenario(id=sid, slug=slug or sid,
+                              name=name if isinstance(name, str) and name else None)
+
+
+def _group(item: Any) -> Group:
+    if not isinstance(item, dict):
+        raise InvalidResponse("group list item is not an object")
+    gid, name = item.get("id"), item.get("name")
+    if not isinstance(gid, str) or not gid:
+        raise InvalidResponse("group list item has no id")
+    return Group(id=gid, name=name if isinstance(name, str) and name else gid)
+
+
+@dataclass
+class _Run:
+    kind: str
+    page: int = 1
+    items: list[Any] = field(default_factory=list)
+
+
+class Discovery:
+    """Reads the configured lists every ``interval``, one page per :meth:`step`."""
+
+    def __init__(self, settings: DiscoveryConfig, lists: Lists | None = None,
+                 on_update: Callable[[Lists], None] | None = None) -> None:
+        self.settings = settings
+        self.lists = lists or Lists()
+        self.on_update = on_update
+        self.errors: dict[str, str] = {}
+        self._runs: dict[str, _Run] = {}
+        self._next: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self.pages: dict[str, int] = {}
+        for kind in self.kinds:
+            last = self.lists.scenarios_at if kind == "scenarios" else self.lists.groups_at
+            self._next[kind] = -1.0 if last is None else last + settings.interval
+
+    @property
+    def kinds(self) -> list[str]:
+        """The lists this configuration reads."""
+        kinds = []
+        if self.settings.scenarios is not None:
+            kinds.append("scenarios")
+        if self.settings.group_cohorts is not None:
+            kinds.append("groups")
+        return kinds
+
+    def requests_per_day(self) -> float:
+        """Listing requests per day at the current page counts (one page at the least)."""
+        pages = sum(max(self.pages.get(kind, 1), 1) for kind in self.kinds)
+        return pages * 86400 / self.settings.interval
+
+    def due_kind(self, now: float) -> str | None:
+        """The list to read next, if one is due."""
+        for kind in self.kinds:
+            if kind in self._runs or now >= self._next[kind]:
+                return kind
+        return None
+
+    def reread(self) -> None:
+        """Read every list again at the next chance (after a reload changed the filters)."""
+        self._runs.clear()
+        for kind in self.kinds:
+            self._next[kind] = -1.0
+
+    @property
+    def in_progress(self) -> set[str]:
+        """Lists read part-way (more pages to come)."""
+        return set(self._runs)
+
+    def next_due(self) -> float:
+        """When the next list is due."""
+        if self._runs:
+            return -1.0
+        return min(self._next.values(), default=float("inf"))
+
+    def _query(self, kind: str, page: int) -> dict[str, str]:
+        params = {"page": str(page), "page_size": str(PAGE_SIZE)}
+        wanted = self.settings.scenarios
+        if kind == "scenarios" and wanted is not None:
+            if wanted.visibility:
+                params["visibility"] = wanted.visibility
+            if wanted.collection_ids:
+                params["collection_ids"] = ",".join(wanted.collection_ids)
+            if wanted.skill_ids:
+                params["skill_ids"] = ",".join(wanted.skill_ids)
+            params["include_archived"] = "true" if wanted.include_archived else "false"
+        return params
+
+    def step(self, client: ExecClient, kind: str, now: float) -> None:
+        """Request one page of ``kind``; finish the list when it was the last page.
+
+        Raises the client's ApiError; the caller counts it and calls :meth:`failed`.
+        """
+        run = self._runs.setdefault(kind, _Run(kind))
+        path = "/scenarios" if kind == "scenarios" else "/workspace/groups"
+        items, pages = client.list_page(path, self._query(kind, run.page))
+        run.items.extend(items)
+        if run.page < pages and items and run.page < MAX_PAGES:
+            run.page += 1
+            return
+        del self._runs[kind]
+        self.pages[kind] = run.page
+        if kind == "scenarios":
+            scenarios = [_scenario(item) for item in run.items]
+            excluded = set(self.settings.scenarios.exclude if self.settings.scenarios else [])
+            found = [s for s in scenarios if s.slug not in excluded and s.id not in excluded]
+            self.lists.scenarios, self.lists.scenarios_at = _unique_scenarios(found), now
+        else:
+            groups = [_group(item) for item in run.items]
+            self.lists.groups, self.lists.groups_at = _matching_groups(
+                groups, self.settings.group_cohorts.include if self.settings.group_cohorts
+                else []), now
+        self._next[kind] = now + self.settings.interval
+        self._failures.pop(kind, None)
+        self.errors.pop(kind, None)
+        log.info("discovery: read %s (%d pages)", kind, run.page)
+        if self.on_update is not None:
+            self.on_update(self.lists)
+
+    def failed(self, kind: str, error: ApiError, now: float, workspace_pause: bool) -> None:
+        """A page request failed: keep the last lists, retry the whole list later."""
+        self._runs.pop(kind, None)
+        self.errors[kind] = f"{error.reason}: {error}"
+        if workspace_pause:
+            self._next[kind] = now  # the scheduler's pause decides when to try again
+            return
+        failures = self._failures.get(kind, 0) + 1
+        self._failures[kind] = failures
+        self._next[kind] = now + min(RETRY_FIRST * 2 ** (failures - 1), self.settings.interval)
+        log.warning("discovery: reading %s failed (%s); keeping the last known list, "
+                    "retrying in %.0fs", kind, self.errors[kind], self._next[kind] - now)
+
+
+def _unique_scenarios(scenarios: list[DiscoveredScenario]) -> list[DiscoveredScenario]:
+    seen: set[str] = set()
+    out = []
+    for scenario in scenarios:
+        if scenario.slug in seen:
+            log.warning("discovery: two scenarios share the slug %r; keeping the first",
+                        scenario.slug)
+            continue
+        seen.add(scenario.slug)
+        out.append(scenario)
+    return out
+
+
+def _matching_groups(groups: list[Group], patterns: list[str]) -> list[Group]:
+    if not patterns:
+        return groups
+    lowered = [p.lower() for p in patterns]
+    return [g for g in groups if any(fnmatch.fnmatchcase(g.name.lower(), p) for p in lowered)]
+
+
+def group_cohorts(config: Config, groups: list[Group] | None) -> list[CohortConfig]:
+    """One cohort per discovered group; an explicit cohort of the same name wins."""
+    settings = config.discovery.group_cohorts if config.discovery else None
+    if settings is None or not groups:
+        return []
+    explicit = {c.name for c in config.cohorts}
+    taken = set(explicit)
+    out = []
+    for group in groups:
+        if group.name in taken:
+            winner = "explicit cohort" if group.name in explicit else "first group of that name"
+            log.warning("discovery: group %r (%s) has the name of another cohort; the %s wins",
+                        group.name, group.id, winner)
+            continue
+        taken.add(group.name)
+        # model_construct: the label is the group's name as it is, whatever it contains.
+        out.append(CohortConfig.model_construct(
+            name=group.name, group_ids=[group.id], user_ids=[], user_emails=[],
+            start_date=None, end_date=None, window=None,
+            exclude_system_users=settings.exclude_system_users))
+    return out
+
+
+def build_targets(config: Config, lists: Lists | None = None) -> list[Target]:
+    """Every target in a stable order: explicit scenarios first (as configured), then
+    discovered ones by slug. Each gets its cohorts: the explicit ones plus, with
+    group cohorts on, one per discovered group."""
+    lists = lists or Lists()
+    extra = group_cohorts(config, lists.groups)
+    everyone = [*config.cohorts, *extra]
+    by_name = {c.name: c for c in everyone}
+    found = {s.slug: s for s in lists.scenarios or []}
+    found.update({s.id: s for s in lists.scenarios or []})
+    targets: list[Target] = []
+    explicit_ids: set[str] = set()
+    for scenario in config.scenarios:
+        match = found.get(scenario.id)
+        if match is not None:
+            explicit_ids.update({match.id, match.slug})
+        explicit_ids.add(scenario.id)
+        names = scenario.cohorts or [c.name for c in everyone]
+        for name in names:
+            targets.append(Target(
+                scenario=scenario.id, cohort=by_name[name],
+                display_name=scenario.name or (match.name if match else None),
+                scenario_uuid=match.id if match else None))
+    settings = config.discovery.scenarios if config.discovery else None
+    if settings is not None and lists.scenarios:
+        names = settings.cohorts or [c.name for c in everyone]
+        if settings.cohorts is not None:
+            names = [*settings.cohorts, *(c.name for c in extra)]
+        for item in sorted(lists.scenarios, key=lambda s: s.slug):
+            if item.slug in explicit_ids or item.id in explicit_ids:
+                continue
+            for name in names:
+                targets.append(Target(scenario=item.slug, cohort=by_name[name],
+                                      display_name=item.name or item.slug,
+                                      scenario_uuid=item.id))
+    return targets

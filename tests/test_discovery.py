@@ -1,0 +1,234 @@
+"""Discovery of scenarios and group cohorts, against the fake API over loopback.
+
+The exporter runs in-process with a fake clock and its poller is stepped by
+hand, so each test sees exactly which requests were sent and in what order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FakeClock, make_key, metric_values, sample
+from fakeapi import FakeExecAPI, summary_body
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from exporter.cli import Exporter, describe_plan
+from exporter.collector import SnapshotCollector
+from exporter.config import ApiKey, parse_config
+from exporter.discovery import DiscoveredScenario, Group, Lists, build_targets
+
+SCENARIOS = [{"id": f"uuid-{i:03d}", "slug": f"scenario-{i:03d}", "name": f"Scenario {i}",
+              "visibility": "workspace"} for i in range(230)]
+GROUPS = [{"id": "g-sales", "name": "Sales Team"}, {"id": "g-sdr", "name": "SDR Team"},
+          {"id": "g-cs", "name": "Customer Success"}, {"id": "g-all", "name": "all"}]
+
+
+@pytest.fixture
+def api() -> Iterator[FakeExecAPI]:
+    fake = FakeExecAPI(make_key()).start()
+    for item in SCENARIOS:
+        fake.set_summary(item["slug"], summary_body())
+    fake.set_summary("explicit-one", summary_body(participant_count=7))
+    fake.set_scenarios(SCENARIOS)
+    fake.set_groups(GROUPS)
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def exporter_for(api: FakeExecAPI, clock: FakeClock, extra: dict[str, Any],
+                 state_file: Path | None = None) -> Exporter:
+    raw: dict[str, Any] = {
+        "api": {"base_url": api.base_url, "timeout": "2s",
+                "rate_limit": {"requests_per_minute": 6000, "requests_per_day": 10_000_000,
+                               "reserve": 0}},
+        "refresh_interval": "1h",
+    }
+    raw.update(extra)
+    return Exporter(parse_config(raw), ApiKey(make_key(), "test"), None,
+                    str(state_file) if state_file else None, clock)
+
+
+def run(exporter: Exporter, clock: FakeClock, steps: int) -> None:
+    """Step the poller ``steps`` times, moving the fake clock to each wake-up."""
+    for _ in range(steps):
+        wake = exporter.poller.step()
+        clock.now = max(clock.now, wake)
+
+
+def scrape(exporter: Exporter, clock: FakeClock) -> dict:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(exporter.store, clock))
+    return metric_values(generate_latest(registry).decode())
+
+
+def target_keys(exporter: Exporter) -> list[tuple[str, str]]:
+    return [s.target.key for s in exporter.store.snapshot().targets]
+
+
+def test_scenarios_are_listed_page_by_page_with_filters(api: FakeExecAPI, clock: FakeClock) -> None:
+    exporter = exporter_for(api, clock, {"discovery": {"scenarios": {
+        "visibility": "workspace", "collection_ids": ["c1", "c2"], "skill_ids": ["s1"],
+        "include_archived": True}}})
+    api.set_scenarios([dict(s, collection_ids=["c1"], skill_ids=["s1"]) for s in SCENARIOS])
+    run(exporter, clock, 3)
+    listed = api.list_requests("scenarios")
+    assert [r.query["page"] for r in listed] == ["1", "2", "3"]
+    assert all(r.query["page_size"] == "100" for r in listed)
+    assert listed[0].query["visibility"] == "workspace"
+    assert listed[0].query["collection_ids"] == "c1,c2"
+    assert listed[0].query["skill_ids"] == "s1"
+    assert listed[0].query["include_archived"] == "true"
+    assert len(target_keys(exporter)) == 230
+    assert target_keys(exporter)[0] == ("scenario-000", "all")
+
+
+def test_every_scenario_for_every_group_and_explicit_cohort(api: FakeExecAPI,
+                                                           clock: FakeClock) -> None:
+    exporter = exporter_for(api, clock, {
+        "scenarios": [{"id": "explicit-one", "name": "Explicit"},
+                      {"id": "scenario-005", "cohorts": ["all"]}],
+        "cohorts": [{"name": "all"}],
+        "discovery": {"scenarios": {"exclude": ["scenario-001", "uuid-002"]},
+                      "group_cohorts": {"include": ["sales*", "SDR*", "all"],
+                                        "exclude_system_users": True}},
+        "max_targets": 5000,
+    })
+    run(exporter, clock, 4)  # 3 pages of scenarios, 1 of groups
+    keys = target_keys(exporter)
+    # Explicit first, as configured; an explicit cohort named like a group wins.
+    assert keys[:4] == [("explicit-one", "all"), ("explicit-one", "Sales Team"),
+                        ("explicit-one", "SDR Team"), ("scenario-005", "all")]
+    discovered = keys[4:]
+    slugs = sorted({k[0] for k in discovered})
+    assert "scenario-001" not in slugs and "scenario-002" not in slugs
+    assert "scenario-005" not in slugs  # merged with its explicit entry
+    assert len(slugs) == 230 - 3
+    assert discovered[:3] == [("scenario-000", "all"), ("scenario-000", "Sales Team"),
+                              ("scenario-000", "SDR Team")]
+    assert not any(k[1] == "Customer Success" for k in keys)
+
+    run(exporter, clock, 40)
+    sales = [r for r in api.requests_for("scenario-000")
+             if r.query.get("group_ids") == "g-sales"]
+    assert sales and sales[0].query["exclude_system_users"] == "true"
+    v = scrape(exporter, clock)
+    assert sample(v, "exec_scenario_info", scenario="scenario-000", name="Scenario 0",
+                  id="uuid-000") == 1
+    assert sample(v, "exec_scenario_info", scenario="scenario-005", name="Scenario 5",
+                  id="uuid-005") == 1
+    assert sample(v, "exec_scenario_participants", scenario="explicit-one",
+                  cohort="Sales Team") == 7
+    assert sample(v, "exec_exporter_discovery_last_success_timestamp_seconds",
+                  kind="scenarios") is not None
+    assert sample(v, "exec_exporter_discovery_last_success_timestamp_seconds",
+                  kind="groups") is not None
+
+
+def test_vanished_scenarios_and_groups_leave_at_next_discovery(api: FakeExecAPI,
+                                                               clock: FakeClock) -> None:
+    api.set_scenarios(SCENARIOS[:3])
+    exporter = exporter_for(api, clock, {"discovery": {
+        "interval": "1h", "scenarios": {}, "group_cohorts": {"include": ["Sales*", "SDR*"]}}})
+    run(exporter, clock, 20)
+    assert ("scenario-002", "SDR Team") in target_keys(exporter)
+    api.set_scenarios([*SCENARIOS[:2], SCENARIOS[10]])
+    api.set_groups(GROUPS[:1])
+    clock.advance(3600)
+    run(exporter, clock, 10)
+    keys = target_keys(exporter)
+    assert ("scenario-002", "all") not in keys
+    assert ("scenario-010", "all") in keys
+    assert not any(k[1] == "SDR Team" for k in keys)
+    v = scrape(exporter, clock)
+    assert not any(("scenario", "scenario-002") in labels for _, labels in v)
+
+
+def test_failed_listing_keeps_the_last_lists(api: FakeExecAPI, clock: FakeClock) -> None:
+    api.set_scenarios(SCENARIOS[:5])
+    exporter = exporter_for(api, clock, {"discovery": {"interval": "1h", "scenarios": {}}})
+    run(exporter, clock, 3)
+    assert len(target_keys(exporter)) == 5
+    api.set_list_fault("scenarios", "500")
+    clock.advance(3600)
+    run(exporter, clock, 3)
+    assert len(target_keys(exporter)) == 5
+    snapshot = exporter.store.snapshot()
+    assert snapshot.discovery_error["scenarios"].startswith("server_error")
+    assert "server_error" in exporter.poller.discovery.errors["scenarios"]  # type: ignore[union-attr]
+
+
+def test_max_targets_keeps_explicit_first_and_counts_the_rest(api: FakeExecAPI,
+                                                              clock: FakeClock) -> None:
+    exporter = exporter_for(api, clock, {
+        "scenarios": [{"id": "explicit-one"}],
+        "discovery": {"scenarios": {}}, "max_targets": 50})
+    run(exporter, clock, 3)
+    keys = target_keys(exporter)
+    assert len(keys) == 50
+    assert keys[0] == ("explicit-one", "all")
+    assert keys[-1] == ("scenario-048", "all")
+    assert sample(scrape(exporter, clock), "exec_exporter_targets_dropped") == 231 - 50
+
+
+def test_listing_requests_count_against_the_budget(api: FakeExecAPI, clock: FakeClock) -> None:
+    api.set_scenarios(SCENARIOS[:5])
+    exporter = exporter_for(api, clock, {
+        "api": {"base_url": api.base_url, "rate_limit": {"requests_per_day": 200}},
+        "refresh_interval": "1m",
+        "discovery": {"interval": "1h", "scenarios": {}, "group_cohorts": {}}})
+    run(exporter, clock, 2)
+    # Two lists, one page each, every hour: 48 requests/day are the discovery's.
+    assert exporter.scheduler.listing_requests_per_day == 48
+    targets = 5 * 4  # 5 scenarios x (all + 3 groups; the group named "all" yields)
+    assert len(target_keys(exporter)) == targets
+    assert exporter.scheduler.interval == pytest.approx(targets * 86400 / (180 - 48))
+    assert exporter.budget.remaining(clock.now)[1] == 180 - 2
+    start = clock.now
+    run(exporter, clock, 600)
+    assert clock.now - start > 86400  # more than a simulated day went by
+    # Listings and polls together never exceed the day's budget in any 24 hours.
+    ledger = exporter.budget.ledger(clock.now)
+    assert 0.95 * 180 <= len(ledger) <= 180
+    listings = [r for r in api.requests if "/analytics/" not in r.path]
+    assert len(listings) >= 2 * 24  # re-read every hour
+
+
+def test_lists_survive_a_restart_in_the_state_file(api: FakeExecAPI, clock: FakeClock,
+                                                   tmp_path: Path) -> None:
+    api.set_scenarios(SCENARIOS[:4])
+    state = tmp_path / "state.json"
+    first = exporter_for(api, clock, {"discovery": {"interval": "6h", "scenarios": {}}}, state)
+    run(first, clock, 10)
+    first._save_state(force=True)
+    listed = len(api.list_requests("scenarios"))
+    clock.advance(60)
+    second = exporter_for(api, clock, {"discovery": {"interval": "6h", "scenarios": {}}}, state)
+    assert len(target_keys(second)) == 4
+    assert all(s.summary is not None for s in second.store.snapshot().targets)
+    run(second, clock, 3)
+    assert len(api.list_requests("scenarios")) == listed  # not re-read before the interval
+
+
+def test_build_targets_group_name_collisions() -> None:
+    config = parse_config({"cohorts": [{"name": "Sales Team", "group_ids": ["x"]}],
+                           "discovery": {"scenarios": {}, "group_cohorts": {}}})
+    lists = Lists(scenarios=[DiscoveredScenario("u1", "a", "A")],
+                  groups=[Group("g1", "Sales Team"), Group("g2", "CS & Support"),
+                          Group("g3", "CS & Support")])
+    targets = build_targets(config, lists)
+    assert [(t.scenario, t.cohort.name, t.cohort.group_ids) for t in targets] == [
+        ("a", "Sales Team", ["x"]), ("a", "CS & Support", ["g2"])]
+
+
+def test_config_check_stays_offline_and_says_discovery_decides() -> None:
+    config = parse_config({"discovery": {"interval": "6h", "scenarios": {},
+                                         "group_cohorts": {}}})
+    plan = describe_plan(config, None)
+    assert "the workspace's scenario list decides the targets at run time" in plan
+    assert "discovery listings: about 8 requests/day" in plan
