@@ -268,6 +268,18 @@ def test_compose_wires_the_projects_rules_and_dashboards(path: Path) -> None:
     assert environment["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
 
 
+def test_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    promtool = require_tool("promtool", "apt-get install prometheus")
+    config = yaml.safe_load((COMPOSE_DIR / "prometheus" / "prometheus.yml").read_text())
+    # The rule file's path is the one inside the container; check the repository's copy.
+    assert config["rule_files"] == ["/etc/prometheus/rules/alerts.yml"]
+    config["rule_files"] = [str(ROOT / "prometheus" / "alerts.yml")]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = run(promtool, "check", "config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_compose_runs_the_demo_by_default_and_the_api_when_live() -> None:
     demo = compose_config(COMPOSE_DIR / "docker-compose.yml")["services"]["exporter"]
     assert demo["command"][0] == "demo"
