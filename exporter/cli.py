@@ -310,12 +310,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             config_path = None
         else:
             config = load_config(args.config_file)
-            key, warnings = load_api_key(config)
+            if args.config_check:
+                # The check does not need the key (the file may only exist where the
+                # exporter will run): a key problem is a warning here.
+                try:
+                    key, warnings = load_api_key(config)
+                except ConfigError as exc:
+                    key, warnings = None, [f"{p}" for p in exc.problems]
+            else:
+                key, warnings = load_api_key(config)
         if key is not None:
             logs.add_secret(key.value)
         if args.config_check:
             print(f"configuration OK: {config_path or 'built-in demo configuration'}")
             print(describe_plan(config, key))
+            for warning in warnings:
+                print(f"warning: {warning}")
             return 0
         for warning in warnings:
             log.warning("%s", warning)

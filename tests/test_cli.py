@@ -127,6 +127,21 @@ def test_config_check_does_not_print_the_key(write_config, tmp_path: Path) -> No
     assert make_key() not in result.stdout + result.stderr
 
 
+def test_config_check_only_warns_about_a_missing_key_file(write_config) -> None:
+    path = write_config("""
+        api: {api_key_file: /run/secrets/not-on-this-machine}
+        scenarios: [{id: s}]
+    """)
+    result = run_cli("--config.check", f"--config.file={path}")
+    assert result.returncode == 0
+    assert "warning: api.api_key_file: cannot read" in result.stdout
+    assert "warning: no API key found" in result.stdout
+    # Running for real with that file is an error.
+    result = run_cli(f"--config.file={path}", "--web.listen-address=127.0.0.1:0")
+    assert result.returncode == 2
+    assert "api.api_key_file: cannot read" in result.stderr
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in BAD.glob("*.yaml")))
 def test_bad_files_exit_2_with_a_message_and_no_traceback(name: str) -> None:
     result = run_cli("--config.check", f"--config.file={BAD / name}")
