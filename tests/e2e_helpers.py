@@ -1,0 +1,120 @@
+"""Helpers for the tests that run promtool or a real Prometheus server.
+
+The binaries come from Debian's ``prometheus`` package (``.ci/run`` installs
+it). Without them the tests skip, except in CI (``CI`` set), where a missing
+binary is a failure: an end-to-end check that silently skips proves nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def in_ci() -> bool:
+    """True when the CI environment variable is set (to anything but false/0/no)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_tool(name: str) -> str:
+    """The path of a Prometheus binary: skip without it, or fail in CI."""
+    path = shutil.which(name)
+    if path:
+        return path
+    reason = f"{name} is not on PATH (Debian/Ubuntu: apt-get install prometheus)"
+    if in_ci():
+        pytest.fail(f"{reason}; CI is set, so this test must not be skipped", pytrace=False)
+    pytest.skip(reason)
+
+
+def rule_files() -> list[Path]:
+    """Every Prometheus rule file of the project (the unit-test files excluded)."""
+    files = sorted((ROOT / "prometheus").glob("*.y*ml"))
+    return [f for f in files if not f.stem.endswith("_test")]
+
+
+def rule_test_files() -> list[Path]:
+    """Every promtool unit-test file of the project."""
+    return sorted((ROOT / "prometheus").glob("*_test.y*ml"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str,
+             interval: float = 0.25, diagnostics: Callable[[], str] | None = None) -> T:
+    """Call ``probe`` until it returns something truthy; fail after ``timeout`` s.
+
+    Exceptions raised by the probe count as "not yet" (a server still
+    starting refuses connections); the last one is shown on timeout.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = probe()
+        except Exception as exc:  # a server that is not up yet
+            last_error = exc
+            result = None
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            details = f" (last error: {last_error!r})" if last_error else ""
+            extra = f"\n{diagnostics()}" if diagnostics else ""
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{details}{extra}",
+                        pytrace=False)
+        time.sleep(interval)
+
+
+class Process:
+    """A background process whose output goes to a log file; stopped by :meth:`stop`."""
+
+    def __init__(self, name: str, args: Sequence[str], log: Path,
+                 cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.args = list(args)
+        self.log = log
+        self._log_file = log.open("wb")
+        self.proc = subprocess.Popen(
+            self.args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=self._log_file, stderr=subprocess.STDOUT,
+        )
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        """The end of the process' output, for failure messages."""
+        self._log_file.flush()
+        text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        state = "running" if self.running() else f"exited with {self.proc.returncode}"
+        return f"--- {self.name} ({state}), last {len(text)} lines of {self.log}:\n" + "\n".join(
+            text)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.running():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout)
+        self._log_file.close()

@@ -1,0 +1,138 @@
+"""Prometheus rules: promtool checks and unit tests, and the alert contract.
+
+The promtool tests skip when promtool is missing, except in CI (``CI`` set),
+where they fail instead: see ``tests/e2e_helpers.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from e2e_helpers import ROOT, require_tool, rule_files, rule_test_files
+
+CONTRACT_ALERTS = {
+    "ExecScenarioScoreDrop",
+    "ExecExporterDown",
+    "ExecExporterTargetFailing",
+    "ExecExporterDataStale",
+    "ExecExporterRateLimited",
+    "ExecExporterUnauthorized",
+}
+SEVERITIES = {"critical", "warning", "info"}
+RUNBOOK_BASE = "https://github.com/exec-exporter/exec-exporter/blob/main/docs/monitoring.md#"
+ALERTS_FILE = ROOT / "prometheus" / "alerts.yml"
+DOCS = ROOT / "docs" / "monitoring.md"
+
+
+def load_rules(path: Path) -> list[dict[str, Any]]:
+    """Every rule of a rule file, each with its group's name under ``group``."""
+    document = yaml.safe_load(path.read_text())
+    return [
+        {**rule, "group": group["name"]}
+        for group in document["groups"]
+        for rule in group["rules"]
+    ]
+
+
+def alerts() -> dict[str, dict[str, Any]]:
+    """Alerting rules of every rule file, by name."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in rule_files():
+        for rule in load_rules(path):
+            if "alert" in rule:
+                assert rule["alert"] not in found, f"alert {rule['alert']} defined twice"
+                found[rule["alert"]] = rule
+    return found
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_there_are_rule_files_and_tests() -> None:
+    assert ALERTS_FILE in rule_files()
+    assert rule_test_files(), "no promtool unit tests under prometheus/"
+
+
+@pytest.mark.parametrize("path", rule_files(), ids=lambda p: p.name)
+def test_promtool_check_rules(path: Path) -> None:
+    promtool = require_tool("promtool")
+    result = run([promtool, "check", "rules", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", rule_test_files(), ids=lambda p: p.name)
+def test_promtool_test_rules(path: Path) -> None:
+    promtool = require_tool("promtool")
+    result = run([promtool, "test", "rules", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_alerts_yml_alone_defines_the_contract_alerts() -> None:
+    names = {rule["alert"] for rule in load_rules(ALERTS_FILE) if "alert" in rule}
+    assert names >= CONTRACT_ALERTS, f"missing: {sorted(CONTRACT_ALERTS - names)}"
+
+
+def test_alerts_yml_needs_no_recording_rules() -> None:
+    # Loading alerts.yml alone must work: no alert may read a recorded series.
+    recorded = {
+        rule["record"] for path in rule_files() for rule in load_rules(path) if "record" in rule
+    }
+    for rule in load_rules(ALERTS_FILE):
+        if "alert" in rule:
+            used = set(re.findall(r"[a-zA-Z_:][\w:]*", rule["expr"]))
+            assert not used & recorded, f"{rule['alert']} reads recording rules {used & recorded}"
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT_ALERTS))
+def test_alert_has_labels_and_annotations(name: str) -> None:
+    rule = alerts()[name]
+    assert name.startswith("Exec") and re.fullmatch(r"[A-Z][A-Za-z]+", name)
+    assert rule.get("labels", {}).get("severity") in SEVERITIES
+    annotations = rule.get("annotations", {})
+    for key in ("summary", "description", "runbook_url"):
+        assert annotations.get(key, "").strip(), f"{name} has no {key}"
+    assert "{{" not in annotations["summary"], "the summary is static; details go in description"
+    assert "{{" in annotations["description"], "the description should name what is affected"
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT_ALERTS))
+def test_runbook_url_points_at_a_section_of_the_docs(name: str) -> None:
+    url = alerts()[name]["annotations"]["runbook_url"]
+    assert url.startswith(RUNBOOK_BASE), url
+    anchor = url.removeprefix(RUNBOOK_BASE)
+    headings = re.findall(r"^#+\s+(.+?)\s*$", DOCS.read_text(), flags=re.MULTILINE)
+    anchors = {github_anchor(h) for h in headings}
+    assert anchor in anchors, f"docs/monitoring.md has no heading for #{anchor}"
+    assert anchor == name.lower()
+
+
+def test_score_drop_reads_only_scores_and_participants() -> None:
+    # A score alert must work on the two data series alone, whatever else the
+    # exporter exports (and with no exporter self-metrics, or up, at all).
+    expr = alerts()["ExecScenarioScoreDrop"]["expr"]
+    metrics = set(re.findall(r"\b(exec_\w+|up|ALERTS\w*)\b", expr))
+    assert metrics == {"exec_scenario_average_best_score", "exec_scenario_participants"}
+
+
+def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for path in rule_test_files():
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert firing >= CONTRACT_ALERTS, f"never shown firing: {sorted(CONTRACT_ALERTS - firing)}"
+    assert quiet >= CONTRACT_ALERTS, f"never shown quiet: {sorted(CONTRACT_ALERTS - quiet)}"
