@@ -584,7 +584,8 @@ def variables() -> list[dict[str, Any]]:
             "multi": True,
             "name": name,
             "options": [],
-            "query": {"query": query, "refId": f"{name}-values"},
+            # A plain string: every Grafana version since 8 reads it.
+            "query": query,
             "refresh": 2,
             "regex": "",
             "skipUrlSync": False,

@@ -121,7 +121,7 @@ def test_scenario_and_cohort_variables(dashboard: dict[str, Any], name: str) -> 
     variable = variables(dashboard)[name]
     assert variable["type"] == "query"
     assert variable["datasource"] == DATASOURCE
-    query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+    query = variable["query"]
     assert query == variable["definition"]
     assert re.fullmatch(
         rf"label_values\(exec_scenario_average_best_score(\{{[^}}]*\}})?, {name}\)", query
