@@ -204,7 +204,9 @@ def parse_listen_address(value: str) -> tuple[str, int]:
 def serve(address: tuple[str, int], web: Web) -> ExporterHTTPServer:
     """Bind and serve in a daemon thread; returns the server (``shutdown()`` to stop)."""
     server = ExporterHTTPServer(address, web)
-    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    # A short poll interval keeps shutdown() (and so SIGTERM) prompt.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              name="http", daemon=True)
     thread.start()
     return server
 

@@ -140,13 +140,20 @@ def _decode_lists(found: dict[str, Any], now: float) -> Lists:
 
 
 class StateFile:
-    """Reads and writes the state file; saves at most every ``min_gap`` seconds."""
+    """Reads and writes the state file; writes at most every ``min_gap`` seconds.
 
-    def __init__(self, path: str | os.PathLike[str], min_gap: float = 5.0) -> None:
+    A change that arrives inside the gap is not dropped: it is written when the
+    gap ends (the latest one wins), so a crash loses at most ``min_gap`` seconds
+    of changes even when the next request is an interval away.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], min_gap: float = 1.0) -> None:
         self.path = Path(path)
         self.min_gap = min_gap
         self._last_save = float("-inf")
         self._lock = threading.Lock()
+        self._pending: tuple[Snapshot, list[float], float, Lists | None] | None = None
+        self._timer: threading.Timer | None = None
 
     def load(self, now: float) -> SavedState:
         """The saved state, or an empty one (with a warning) if it cannot be used."""
@@ -170,18 +177,40 @@ class StateFile:
 
     def save(self, snapshot: Snapshot, ledger: Iterable[float], now: float,
              force: bool = False, lists: Lists | None = None) -> bool:
-        """Write atomically; skipped (returns False) if the last write was too recent."""
+        """Write atomically now (returns True), or, inside ``min_gap`` of the last
+        write, remember the data and write it when the gap ends (returns False)."""
         with self._lock:
-            if not force and now - self._last_save < self.min_gap:
+            wait = self.min_gap - (now - self._last_save)
+            if not force and wait > 0:
+                self._pending = (snapshot, list(ledger), now, lists)
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._flush)
+                    self._timer.daemon = True
+                    self._timer.start()
                 return False
-            data = encode(snapshot, ledger, now, lists)
-            try:
-                self._write(data)
-            except OSError as exc:
-                log.warning("cannot write state file %s: %s", self.path, exc.strerror or exc)
-                return False
-            self._last_save = now
-            return True
+            self._pending = None
+            if force and self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return self._save_locked(snapshot, ledger, now, lists)
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                self._save_locked(*pending)
+
+    def _save_locked(self, snapshot: Snapshot, ledger: Iterable[float], now: float,
+                     lists: Lists | None) -> bool:
+        data = encode(snapshot, ledger, now, lists)
+        try:
+            self._write(data)
+        except OSError as exc:
+            log.warning("cannot write state file %s: %s", self.path, exc.strerror or exc)
+            return False
+        self._last_save = now
+        return True
 
     def _write(self, data: bytes) -> None:
         directory = self.path.parent
