@@ -79,6 +79,16 @@ class TargetTimes:
         """Never attempted and no restored data: part of the first fill."""
         return self.last_attempt is None and self.last_success is None
 
+    @property
+    def staleness(self) -> float:
+        """Ordering key for "stalest first": the last attempt, else the restored data's
+        time, else minus infinity (never tried)."""
+        if self.last_attempt is not None:
+            return self.last_attempt
+        if self.last_success is not None:
+            return self.last_success
+        return -math.inf
+
     def due(self, interval: float) -> float:
         """When this target should next be requested."""
         if self.retry_at is not None:
@@ -212,9 +222,10 @@ class Scheduler:
             if due > now and not probe:
                 earliest = min(earliest, due)
                 continue
-            # Stalest first: no data at all before old data before fresh data.
-            rank = (times.last_success if times.last_success is not None else -math.inf,
-                    due, times.order)
+            # Stalest first: never tried before long ago before recently. A failing
+            # target counts from its last attempt, not its last success, or its retries
+            # would always outrank (and, when they hang, starve) the healthy targets.
+            rank = (times.staleness, due, times.order)
             if best is None or rank < best:
                 best, best_key = rank, key
         if best_key is None:

@@ -174,7 +174,8 @@ def test_not_found_backs_off_that_target_alone() -> None:
     gone_times = [t for t, k in sent if k == gone]
     others = [t for t, k in sent if k != gone]
     gaps = [b - a for a, b in itertools.pairwise(gone_times)]
-    assert gaps[:4] == [10.0, 20.0, 40.0, 80.0]  # growing
+    # Growing (a slot may go to a healthy target first: 0.1 s at this pace).
+    assert gaps[:4] == pytest.approx([10.0, 20.0, 40.0, 80.0], abs=0.5)
     assert max(gaps) <= 3600.0
     assert len(others) >= 2 * 7200 / 10 * 0.95  # the others carry on
 
