@@ -17,6 +17,7 @@ from exporter.client import (
     NotFound,
     RateLimited,
     Summary,
+    Timeout,
     Unauthorized,
     UpstreamError,
 )
@@ -40,8 +41,10 @@ def make(n: int, refresh: float = 900, per_minute: int = 54, per_day: int = 900,
 
 
 def simulate(scheduler: Scheduler, start: float, seconds: float,
-             outcome: Outcome | None = None) -> list[tuple[float, Key]]:
-    """Run the decide loop over ``seconds`` of fake time; return (time, target) sent."""
+             outcome: Outcome | None = None,
+             took: Callable[[Key], float] | None = None) -> list[tuple[float, Key]]:
+    """Run the decide loop over ``seconds`` of fake time; return (time, target) sent.
+    ``took`` says how long a request to a target lasts (default: no time)."""
     now, end = start, start + seconds
     sent: list[tuple[float, Key]] = []
     for _ in range(10_000_000):  # bounded
@@ -55,6 +58,8 @@ def simulate(scheduler: Scheduler, start: float, seconds: float,
         scheduler.sent(decision.target, now)
         sent.append((now, decision.target))
         error = outcome(decision.target, now) if outcome else None
+        if took is not None:
+            now += took(decision.target)
         if error is None:
             scheduler.succeeded(decision.target, now)
         else:
@@ -281,3 +286,18 @@ def test_poller_records_outcomes_in_the_store(clock: FakeClock) -> None:
     snapshot = store.snapshot()
     assert all(not s.up and s.last_error == "unauthorized" for s in snapshot.targets)
     assert all(s.summary is not None for s in snapshot.targets)  # last good values stay
+
+
+def test_failing_targets_cannot_starve_healthy_ones() -> None:
+    # Refresh every 10 s, three targets; two hang until their timeout every time.
+    # Retries are capped at the interval, but the healthy target must still be
+    # refreshed about every interval.
+    scheduler = make(3, refresh=10, per_minute=600, per_day=864000)
+    broken = {("s0", "all"), ("s1", "all")}
+    sent = simulate(scheduler, 0.0, 600,
+                    lambda key, at: Timeout("no answer") if key in broken else None,
+                    took=lambda key: 6.0 if key in broken else 0.01)  # each hangs 6 s
+    healthy = [t for t, k in sent if k == ("s2", "all")]
+    gaps = [b - a for a, b in itertools.pairwise(healthy)]
+    assert len(healthy) >= 40
+    assert max(gaps) <= 10 + 2 * 6.0 + 1
