@@ -7,12 +7,14 @@ for the same reason. Nothing here calls the API.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import html
 import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +28,12 @@ from .webconfig import WebConfig
 log = logging.getLogger(__name__)
 
 SOCKET_TIMEOUT = 10.0  # a client that sends nothing for this long is dropped
+# The whole request head (TLS handshake, request line, headers), and a keep-alive
+# connection's wait for its next request, must take no longer than this: a client
+# trickling a byte at a time cannot hold a connection (and its thread) forever.
+REQUEST_HEAD_TIMEOUT = 10.0
 MAX_CONNECTIONS = 512  # threads are cheap here, but not unbounded
+MAX_REQUEST_BODY = 65536  # /-/reload needs no body at all
 # Reasons that waiting will not fix: such a target counts as settled for /-/ready.
 SETTLED_REASONS = frozenset({"not_found", "bad_request"})
 
@@ -80,22 +87,47 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def handle_one_request(self) -> None:
+        # From here until the request head is parsed, the head deadline runs.
+        self.server.waiting(self.connection, True)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.waiting(self.connection, False)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.server.waiting(self.connection, False)
+        return ok
+
     def _authorized(self) -> bool:
         if self.server.web.web_config.check_auth(self.headers.get("Authorization")):
             return True
+        if self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers:
+            self.close_connection = True  # its body is not read: keep-alive would go astray
         self._send(HTTPStatus.UNAUTHORIZED, b"Unauthorized\n",
                    extra={"WWW-Authenticate": 'Basic realm="exec-exporter"'})
         return False
 
-    def _discard_body(self) -> None:
-        # Reload needs no body; read a little so keep-alive stays in step, refuse more.
-        length = self.headers.get("Content-Length", "0")
-        size = int(length) if length.isdigit() else 0
-        if size > 65536:
+    def _read_body(self) -> bool:
+        """Read and ignore a small request body; refuse (and answer) anything else."""
+        if "Transfer-Encoding" in self.headers:
             self.close_connection = True
-            return
+            self._send(HTTPStatus.LENGTH_REQUIRED, b"Length required\n")
+            return False
+        length = self.headers.get("Content-Length", "0").strip()
+        if not length.isdigit():
+            self.close_connection = True
+            self._send(HTTPStatus.BAD_REQUEST, b"Bad request\n")
+            return False
+        size = int(length)
+        if size > MAX_REQUEST_BODY:
+            self.close_connection = True
+            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"Request body too large\n")
+            return False
         if size:
             self.rfile.read(size)
+        return True
 
     def do_GET(self) -> None:
         if not self._authorized():
@@ -122,9 +154,8 @@ class Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def do_POST(self) -> None:
-        if not self._authorized():
+        if not self._authorized() or not self._read_body():
             return
-        self._discard_body()
         path = self.path.split("?", 1)[0]
         if path != "/-/reload":
             self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"Method not allowed\n")
@@ -158,14 +189,47 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], web: Web) -> None:
         self.web = web
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        # Connections waiting for a request head, with their deadlines (monotonic).
+        self._waiting: dict[socket.socket, float] = {}
+        self._waiting_lock = threading.Lock()
         host = address[0]
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
 
+    def waiting(self, conn: socket.socket, start: bool) -> None:
+        """Start or end the request head deadline of ``conn``."""
+        with self._waiting_lock:
+            if start:
+                self._waiting[conn] = time.monotonic() + REQUEST_HEAD_TIMEOUT
+            else:
+                self._waiting.pop(conn, None)
+
+    def service_actions(self) -> None:
+        # Runs in the accept loop every poll interval: drop connections past their deadline.
+        now = time.monotonic()
+        with self._waiting_lock:
+            expired = [conn for conn, deadline in self._waiting.items() if deadline <= now]
+            for conn in expired:
+                del self._waiting[conn]
+        for conn in expired:
+            _hang_up(conn)
+
+    def _evict_oldest_waiting(self) -> bool:
+        with self._waiting_lock:
+            if not self._waiting:
+                return False
+            conn = min(self._waiting, key=self._waiting.__getitem__)
+            del self._waiting[conn]
+        _hang_up(conn)
+        return True
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # over the cap: drop rather than queue forever
+        # Full: make room by hanging up on the connection that has waited longest for
+        # its request, so idle or stalled clients cannot lock out a scrape.
+        if not self._slots.acquire(blocking=False) and not (
+                self._evict_oldest_waiting() and self._slots.acquire(timeout=0.5)):
+            self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
@@ -178,18 +242,29 @@ class ExporterHTTPServer(ThreadingHTTPServer):
             context = self.web.web_config.ssl_context
             if context is not None:
                 request.settimeout(SOCKET_TIMEOUT)
+                self.waiting(request, True)  # the handshake is part of the request head
                 try:
                     request = context.wrap_socket(request, server_side=True)
                 except (ssl.SSLError, OSError) as exc:
                     log.debug("TLS handshake with %s failed: %s", client_address, exc)
                     self.shutdown_request(request)
                     return
+                finally:
+                    self.waiting(request, False)
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+
+def _hang_up(conn: socket.socket) -> None:
+    # shutdown() wakes the handler thread blocked on the socket (it reads EOF and
+    # closes the socket itself). The plain socket method is used on TLS sockets too:
+    # SSLSocket.shutdown would drop the TLS state under the reading thread.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(conn, socket.SHUT_RDWR)
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
