@@ -97,6 +97,16 @@ def setup(level: str = "info", fmt: str = "logfmt", stream: object = None) -> No
 
 
 def add_secret(secret: str) -> None:
-    """Scrub ``secret`` from every log line from now on."""
-    if secret and secret not in SECRETS.secrets:
-        SECRETS.secrets.append(secret)
+    """Scrub ``secret`` from every log line from now on.
+
+    Also the forms it takes inside other messages: escaped (``repr``, as in an
+    exception quoting a header value) and, for a value with whitespace inside
+    (two keys pasted into one file), each piece of it.
+    """
+    variants = {secret, secret.strip(), repr(secret)[1:-1]}
+    variants.update(part for part in secret.split() if len(part) >= 8)
+    for variant in variants:
+        if variant and variant not in SECRETS.secrets:
+            SECRETS.secrets.append(variant)
+    # Longest first, so a piece never breaks up a longer form before it is replaced.
+    SECRETS.secrets.sort(key=len, reverse=True)
