@@ -201,7 +201,7 @@ def test_changed_cohort_filter_is_refetched(running: InProcess, api: FakeExecAPI
     assert running.post("/-/reload").status_code == 200
     wait_until(lambda: (running.value("exec_exporter_target_last_success_timestamp_seconds",
                                       scenario="discovery-call", cohort="all") or 0) > reloaded,
-               3, what="the changed target refetched")
+               2, what="the changed target refetched")
     assert api.requests[-1].query.get("group_ids") == "g9r0s1t2u3v4"
 
 
@@ -222,4 +222,4 @@ def test_rotated_key_file_resumes_at_once_after_reload(tmp_path: Path,
         key_file.write_text(api.api_key + "\n")
         assert exporter.post("/-/reload").status_code == 200
         wait_until(lambda: exporter.value("exec_exporter_target_up", scenario="discovery-call",
-                                          cohort="all") == 1, 3, what="polling with the new key")
+                                          cohort="all") == 1, 2, what="polling with the new key")
