@@ -1,0 +1,144 @@
+"""Graceful shutdown: SIGTERM/SIGINT stop polling, let an in-flight request finish
+or time out, write the state file, and exit 0 within 10 s (the process may be
+PID 1 in a container, so it handles the signals itself)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakeapi import FakeExecAPI, summary_body
+from harness import Subprocess, config_text, make_key, wait_until
+
+SCENARIOS = {"discovery-call": 45, "pricing-objection": 12}
+LIMIT = 10.0
+
+
+@pytest.fixture
+def api() -> Iterator[FakeExecAPI]:
+    fake = FakeExecAPI(make_key()).start()
+    for scenario, count in SCENARIOS.items():
+        fake.set_summary(scenario, summary_body(participant_count=count))
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def start(tmp_path: Path, api: FakeExecAPI, timeout: str = "1s",
+          refresh: str = "1s") -> tuple[Subprocess, Path]:
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text(api.base_url, list(SCENARIOS), refresh=refresh,
+                                  timeout=timeout))
+    state = tmp_path / "state.json"
+    proc = Subprocess(["--config.file", str(config), "--state.file", str(state)],
+                      {"EXEC_API_KEY": api.api_key}, tmp_path / "exporter.log")
+    proc.wait_serving()
+    return proc, state
+
+
+def filled(proc: Subprocess) -> bool:
+    values, _ = proc.scrape()
+    return all(values.get(("exec_scenario_participants",
+                           (("cohort", "all"), ("scenario", s)))) == n
+               for s, n in SCENARIOS.items())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_cleanly_and_writes_the_state(tmp_path: Path, api: FakeExecAPI,
+                                                   signum: signal.Signals) -> None:
+    proc, state = start(tmp_path, api)
+    with proc:
+        wait_until(lambda: filled(proc), 10, what="the first fill")
+        state.unlink(missing_ok=True)  # whatever is there now was written before the signal
+        sent = time.time()
+        proc.signal(signum)
+        assert proc.wait(LIMIT) == 0
+        took = time.time() - sent
+        logs = proc.logs()
+    assert took < LIMIT
+    doc = json.loads(state.read_text())
+    assert doc["saved_at"] >= sent - 1
+    assert {t["scenario"] for t in doc["targets"]} == set(SCENARIOS)
+    assert doc["ledger"]
+    assert "shutting down" in logs and "Traceback" not in logs
+    assert "level=error" not in logs
+
+
+def test_no_requests_after_the_signal(tmp_path: Path, api: FakeExecAPI) -> None:
+    proc, _ = start(tmp_path, api)
+    with proc:
+        wait_until(lambda: filled(proc), 10, what="the first fill")
+        proc.signal(signal.SIGTERM)
+        sent = time.time()
+        assert proc.wait(LIMIT) == 0
+    # A request may already have been on its way; nothing starts after that.
+    late = [r for r in api.requests if r.time > sent + 0.2]
+    assert not late, [(r.scenario_id, r.time - sent) for r in late]
+
+
+def test_in_flight_request_is_allowed_to_finish(tmp_path: Path, api: FakeExecAPI) -> None:
+    """A request that answers within the grace period lands in the state file."""
+    proc, state = start(tmp_path, api, timeout="5s", refresh="10m")
+    with proc:
+        wait_until(lambda: filled(proc), 10, what="the first fill")
+        api.set_summary("discovery-call", summary_body(participant_count=46))
+        api.set_fault("discovery-call", "hang", seconds=1.5, times=1)
+        config = tmp_path / "config.yaml"
+        # A reload with a new cohort filter makes the exporter request it at once.
+        config.write_text(config_text(api.base_url, list(SCENARIOS), refresh="10m",
+                                      timeout="5s").replace(
+            "  - id: discovery-call", "  - id: discovery-call\n    cohorts: [all, late]")
+            + "cohorts:\n  - name: all\n  - name: late\n    group_ids: [g1]\n")
+        proc.signal(signal.SIGHUP)
+        wait_until(lambda: any(r.query.get("group_ids") == "g1" for r in api.requests), 5,
+                   what="the slow request to start")
+        sent = time.time()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(LIMIT) == 0
+        took = time.time() - sent
+    assert took < LIMIT
+    doc = json.loads(state.read_text())
+    late = [t for t in doc["targets"] if t["cohort"] == "late"]
+    assert late and late[0]["summary"]["participants"] == 46, late
+
+
+def test_slow_sigterm_while_the_api_hangs_still_exits_within_10s(tmp_path: Path,
+                                                                 api: FakeExecAPI) -> None:
+    """The in-flight request never answers (and the API timeout is the default 10 s):
+    the exporter gives up waiting for it and still stops cleanly in time."""
+    proc, state = start(tmp_path, api, timeout="10s")
+    with proc:
+        wait_until(lambda: filled(proc), 10, what="the first fill")
+        api.set_fault(None, "hang", seconds=60)
+        started = time.time()
+        wait_until(lambda: any(r.time > started for r in api.requests), 5,
+                   what="a request to hang")
+        time.sleep(0.2)
+        sent = time.time()
+        proc.signal(signal.SIGTERM)
+        code = proc.wait(LIMIT + 2)
+        took = time.time() - sent
+        logs = proc.logs()
+    assert code == 0
+    assert took < LIMIT, took
+    assert json.loads(state.read_text())["saved_at"] >= sent - 1
+    assert "Traceback" not in logs
+
+
+def test_second_signal_during_shutdown_does_not_break_it(tmp_path: Path,
+                                                         api: FakeExecAPI) -> None:
+    proc, state = start(tmp_path, api)
+    with proc:
+        wait_until(lambda: filled(proc), 10, what="the first fill")
+        proc.signal(signal.SIGTERM)
+        proc.signal(signal.SIGINT)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(LIMIT) == 0
+        logs = proc.logs()
+    assert json.loads(state.read_text())["version"] == 1
+    assert "Traceback" not in logs
