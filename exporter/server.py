@@ -23,7 +23,7 @@ from typing import Any
 from . import __version__
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition
 from .store import Snapshot, Store
-from .webconfig import WebConfig
+from .webconfig import LiveWebConfig, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,14 @@ class Web:
         self.store = store
         self.exposition = exposition
         self.telemetry_path = telemetry_path
-        self.web_config = web_config or WebConfig()
+        self._web_config = LiveWebConfig(web_config or WebConfig())
         self.reload = reload
         self.clock = clock or exposition.clock.time
+
+    @property
+    def web_config(self) -> WebConfig:
+        """The web configuration in force (reread when its files change)."""
+        return self._web_config.get()
 
     def ready(self) -> bool:
         """Whether every target has a value (polled or restored), or a settled error."""
@@ -251,6 +256,11 @@ class ExporterHTTPServer(ThreadingHTTPServer):
                     return
                 finally:
                     self.waiting(request, False)
+                if not self.web.web_config.client_allowed(request.getpeercert()):
+                    log.debug("client certificate of %s has none of client_allowed_sans",
+                              client_address)
+                    self.shutdown_request(request)
+                    return
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()

@@ -14,22 +14,34 @@ http_server_config:
 basic_auth_users:
   prometheus: $2y$10$...   # bcrypt hash
 ```
+
+The file (and the certificate, key and CA files it names) is reread when it
+changes, as exporter-toolkit does: renewed certificates and changed users apply
+without a restart; a broken new version is logged and the last good one kept.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
+import ipaddress
+import logging
+import re
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import yaml
 
 from .config import ConfigError
+
+log = logging.getLogger(__name__)
 
 CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
@@ -52,6 +64,10 @@ ALLOWED_HEADERS = {
 TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version",
             "max_version", "cipher_suites", "curve_preferences",
             "prefer_server_cipher_suites", "client_allowed_sans"}
+# Go's cipher and curve names do not map onto OpenSSL's one to one; silently
+# ignoring a restriction would widen what the user asked for, so they are refused.
+UNSUPPORTED_TLS_KEYS = {"cipher_suites", "curve_preferences"}
+_BCRYPT_COST = re.compile(r"^\$2[aby]\$(\d\d)\$")
 
 
 @dataclass
@@ -61,6 +77,10 @@ class WebConfig:
     ssl_context: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    allowed_sans: list[str] = field(default_factory=list)
+    source: Path | None = None  # the file it came from, reread when it changes
+    watched: dict[Path, tuple[int, int] | None] = field(default_factory=dict, repr=False)
+    _dummy_hash: bytes | None = field(default=None, repr=False)
     _verified: set[bytes] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -69,10 +89,11 @@ class WebConfig:
         (always True when no users are configured)."""
         if not self.users:
             return True
-        if not header or not header.startswith("Basic "):
+        scheme, _, token = (header or "").strip().partition(" ")
+        if scheme.lower() != "basic":
             return False
         try:
-            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+            decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             return False
         user, sep, password = decoded.partition(":")
@@ -86,7 +107,8 @@ class WebConfig:
             if token in self._verified:
                 return True
         if hashed is None:
-            bcrypt.checkpw(password.encode(), _DUMMY_HASH)  # same cost for unknown users
+            # Same bcrypt cost as a real user, so timing does not tell who exists.
+            bcrypt.checkpw(password.encode(), self._dummy_hash or _DUMMY_HASH)
             return False
         try:
             ok = bcrypt.checkpw(password.encode(), hashed)
@@ -99,8 +121,67 @@ class WebConfig:
                 self._verified.add(token)
         return ok
 
+    def client_allowed(self, cert: dict[str, Any] | None) -> bool:
+        """Whether a verified client certificate carries one of ``client_allowed_sans``
+        (always True when none are configured)."""
+        if not self.allowed_sans:
+            return True
+        sans = {_canonical(str(value)) for _, value in (cert or {}).get("subjectAltName", ())}
+        return any(_canonical(value) in sans for value in self.allowed_sans)
+
 
 _DUMMY_HASH = bcrypt.hashpw(b"dummy", bcrypt.gensalt(4))
+
+
+def _canonical(value: str) -> str:
+    # IP addresses compare in one form whatever way they are written.
+    value = value.strip()
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(value))
+    return value
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+class LiveWebConfig:
+    """The current web configuration: rereads its file, and the files it names, when
+    they change (checked at most every ``check_every`` seconds, on use)."""
+
+    def __init__(self, config: WebConfig, check_every: float = 1.0) -> None:
+        self._config = config
+        self.check_every = check_every
+        self._next_check = time.monotonic() + check_every
+        self._lock = threading.Lock()
+
+    def get(self) -> WebConfig:
+        """The configuration to apply to the next request or connection."""
+        config = self._config
+        if config.source is None or time.monotonic() < self._next_check:
+            return config
+        with self._lock:
+            if time.monotonic() < self._next_check:
+                return self._config
+            self._next_check = time.monotonic() + self.check_every
+            stamps = {path: _stamp(path) for path in config.watched}
+            if stamps == config.watched:
+                return config
+            try:
+                fresh = load_web_config(config.source)
+            except ConfigError as exc:
+                # Remember what was seen, so one bad edit is one warning, not one per second.
+                config.watched = stamps
+                log.warning("web config %s changed but cannot be used, keeping the last good "
+                            "one: %s", config.source, "; ".join(exc.problems))
+                return config
+            log.info("web config %s reloaded", config.source)
+            self._config = fresh
+            return fresh
 
 
 def load_web_config(path: str | Path) -> WebConfig:
@@ -115,7 +196,8 @@ def load_web_config(path: str | Path) -> WebConfig:
         raise ConfigError([f"{path}: expected a mapping"])
     base = Path(path).parent
     problems: list[str] = []
-    config = WebConfig()
+    # Stamps taken before reading, so a change made while loading is seen next time.
+    config = WebConfig(source=Path(path), watched={Path(path): _stamp(Path(path))})
     for key in raw:
         if key not in {"tls_server_config", "http_server_config", "basic_auth_users"}:
             problems.append(f"{key}: unknown key")
@@ -130,6 +212,10 @@ def load_web_config(path: str | Path) -> WebConfig:
             else:
                 # Python's bcrypt reads $2y$ (from htpasswd) as $2b$.
                 config.users[str(user)] = ("$2b$" + hashed[4:]).encode()
+        costs = [int(m.group(1)) for h in config.users.values()
+                 if (m := _BCRYPT_COST.match(h.decode()))]
+        if costs and 4 <= max(costs) <= 31:
+            config._dummy_hash = bcrypt.hashpw(b"dummy", bcrypt.gensalt(max(costs)))
 
     http = raw.get("http_server_config") or {}
     if not isinstance(http, dict):
@@ -156,7 +242,20 @@ def load_web_config(path: str | Path) -> WebConfig:
         if not isinstance(tls, dict):
             problems.append("tls_server_config: expected a mapping")
         else:
+            for name in ("cert_file", "key_file", "client_ca_file"):
+                if tls.get(name):
+                    file = base / str(tls[name])
+                    config.watched[file] = _stamp(file)
             config.ssl_context = _tls_context(tls, base, problems)
+            sans = tls.get("client_allowed_sans") or []
+            if not isinstance(sans, list) or not all(isinstance(x, str) for x in sans):
+                problems.append("tls_server_config.client_allowed_sans: expected a list of "
+                                "strings")
+            elif sans and tls.get("client_auth_type") != "RequireAndVerifyClientCert":
+                problems.append("tls_server_config.client_allowed_sans: needs client_auth_type "
+                                "RequireAndVerifyClientCert")
+            else:
+                config.allowed_sans = list(sans)
     if problems:
         raise ConfigError([f"web config: {p}" for p in problems])
     return config
@@ -166,12 +265,17 @@ def _tls_context(tls: dict[str, object], base: Path, problems: list[str]) -> ssl
     for name in tls:
         if name not in TLS_KEYS:
             problems.append(f"tls_server_config.{name}: unknown key")
+        elif name in UNSUPPORTED_TLS_KEYS:
+            problems.append(f"tls_server_config.{name}: not supported by this exporter (it "
+                            "uses Python's TLS defaults); remove it")
     cert, key = tls.get("cert_file"), tls.get("key_file")
     if not cert or not key:
         problems.append("tls_server_config: cert_file and key_file are both required")
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.get("prefer_server_cipher_suites", True):
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     for name, attr in (("min_version", "minimum_version"), ("max_version", "maximum_version")):
         value = tls.get(name)
         if value is not None:
@@ -196,8 +300,12 @@ def _tls_context(tls: dict[str, object], base: Path, problems: list[str]) -> ssl
         except (OSError, ssl.SSLError) as exc:
             problems.append(f"tls_server_config.client_ca_file: cannot load: {exc}")
     context.verify_mode = CLIENT_AUTH[str(auth)]
-    if auth in {"RequestClientCert", "RequireAnyClientCert"} and not ca:
-        # Python cannot accept an unverified client certificate; with no CA to verify
-        # against, fall back to not asking for one rather than failing every handshake.
+    if auth == "RequireAnyClientCert" and not ca:
+        # Python cannot accept a client certificate it does not verify; quietly not
+        # requiring one would be weaker than asked, so this needs a CA to verify against.
+        problems.append("tls_server_config.client_ca_file: required with RequireAnyClientCert "
+                        "here (client certificates are always verified)")
+    elif auth == "RequestClientCert" and not ca:
+        # Optional and unverified: with no CA, not asking is the nearest equivalent.
         context.verify_mode = ssl.CERT_NONE
     return context

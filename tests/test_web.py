@@ -67,8 +67,13 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _ca(d, "rogue-ca")
     _leaf(d, "server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
           "extendedKeyUsage=serverAuth")
-    _leaf(d, "client", "ca", "extendedKeyUsage=clientAuth")
+    _leaf(d, "client", "ca", "subjectAltName=DNS:prometheus.example\n"
+          "extendedKeyUsage=clientAuth")
+    _leaf(d, "intruder", "ca", "subjectAltName=DNS:intruder.example\n"
+          "extendedKeyUsage=clientAuth")
     _leaf(d, "rogue-client", "rogue-ca", "extendedKeyUsage=clientAuth")
+    _leaf(d, "renewed", "rogue-ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+          "extendedKeyUsage=serverAuth")
     return d
 
 
@@ -149,6 +154,58 @@ tls_server_config:
         assert exporter.get("/metrics", verify=verify, cert=good).status_code == 200
 
 
+def test_client_allowed_sans(tmp_path: Path, api: FakeExecAPI, certs: Path) -> None:
+    web = f"""
+tls_server_config:
+  cert_file: {certs}/server.crt
+  key_file: {certs}/server.key
+  client_auth_type: RequireAndVerifyClientCert
+  client_ca_file: {certs}/ca.crt
+  client_allowed_sans: [prometheus.example]
+"""
+    verify = str(certs / "ca.crt")
+    with start(tmp_path, api, web) as exporter:
+        good = (str(certs / "client.crt"), str(certs / "client.key"))
+        other = (str(certs / "intruder.crt"), str(certs / "intruder.key"))
+        assert exporter.get("/metrics", verify=verify, cert=good).status_code == 200
+        with pytest.raises(requests.RequestException):
+            exporter.get("/metrics", verify=verify, cert=other)  # right CA, wrong name
+        assert exporter.get("/metrics", verify=verify, cert=good).status_code == 200
+
+
+def test_renewed_certificate_is_used_without_a_restart(tmp_path: Path, api: FakeExecAPI,
+                                                       certs: Path) -> None:
+    for name in ("server.crt", "server.key"):
+        shutil.copy(certs / name, tmp_path / name)
+    web = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+    with start(tmp_path, api, web) as exporter:
+        assert exporter.get("/-/healthy", verify=str(certs / "ca.crt")).status_code == 200
+        # cert-manager (or a person) renews: the new pair is from another CA here.
+        shutil.copy(certs / "renewed.key", tmp_path / "server.key")
+        shutil.copy(certs / "renewed.crt", tmp_path / "server.crt")
+        wait_until(lambda: exporter.get("/-/healthy", verify=str(certs / "rogue-ca.crt"),
+                                        timeout=2).status_code == 200,
+                   5, what="the renewed certificate served")
+
+
+def test_web_config_edits_apply_live_and_a_bad_edit_keeps_the_last_good(
+        tmp_path: Path, api: FakeExecAPI, caplog: pytest.LogCaptureFixture) -> None:
+    web = f"basic_auth_users:\n  {USER}: {htpasswd_hash(PASSWORD)}\n"
+    with start(tmp_path, api, web) as exporter:
+        assert exporter.get("/metrics", headers=basic(USER, PASSWORD)).status_code == 200
+        (tmp_path / "web.yml").write_text(
+            f"basic_auth_users:\n  {USER}: {htpasswd_hash('new password')}\n")
+        wait_until(lambda: exporter.get("/metrics", headers=basic(USER, "new password"))
+                   .status_code == 200, 5, what="the new password accepted")
+        assert exporter.get("/metrics", headers=basic(USER, PASSWORD)).status_code == 401
+        (tmp_path / "web.yml").write_text("basic_auth_users: [oops\n")
+        time.sleep(1.5)
+        assert exporter.get("/metrics", headers=basic(USER, "new password")).status_code == 200
+        assert exporter.get("/metrics").status_code == 401
+        assert any("web config" in r.getMessage() and r.levelname == "WARNING"
+                   for r in caplog.records)
+
+
 def test_min_version_is_enforced(tmp_path: Path, api: FakeExecAPI, certs: Path) -> None:
     web = f"""
 tls_server_config:
@@ -179,6 +236,12 @@ tls_server_config:
     ("basic_auth_users:\n  prometheus: plaintext\n", "basic_auth_users.prometheus"),
     ("http_server_config:\n  headers:\n    Set-Cookie: a=b\n", "Set-Cookie"),
     ("tls_config: {{}}\n", "tls_config"),
+    ("tls_server_config:\n  cert_file: {d}/server.crt\n  key_file: {d}/server.key\n"
+     "  client_auth_type: RequireAnyClientCert\n", "client_ca_file"),
+    ("tls_server_config:\n  cert_file: {d}/server.crt\n  key_file: {d}/server.key\n"
+     "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "cipher_suites"),
+    ("tls_server_config:\n  cert_file: {d}/server.crt\n  key_file: {d}/server.key\n"
+     "  client_allowed_sans: [prometheus.example]\n", "client_allowed_sans"),
 ])
 def test_bad_web_config_is_refused_with_the_field(tmp_path: Path, certs: Path, web: str,
                                                   problem: str) -> None:
@@ -242,6 +305,19 @@ def test_headers_on_every_path_and_status(guarded: InProcess, path: str) -> None
         response = guarded.get(path, headers=headers)
         for name, value in HEADERS.items():
             assert response.headers.get(name) == value, (path, response.status_code, name)
+
+
+def test_auth_scheme_is_case_insensitive(guarded: InProcess) -> None:
+    token = basic(USER, PASSWORD)["Authorization"].split(" ", 1)[1]
+    assert guarded.get("/metrics", headers={"Authorization": f"basic {token}"}).status_code == 200
+
+
+def test_unknown_user_costs_as_much_bcrypt_as_a_known_one(tmp_path: Path) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  {USER}: "
+                    f"{bcrypt.hashpw(b'x', bcrypt.gensalt(10)).decode()}\n")
+    config = load_web_config(path)
+    assert config._dummy_hash is not None and config._dummy_hash.startswith(b"$2b$10$")
 
 
 def test_right_password_stays_fast(guarded: InProcess) -> None:
