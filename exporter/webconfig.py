@@ -89,11 +89,11 @@ class WebConfig:
         (always True when no users are configured)."""
         if not self.users:
             return True
-        scheme, _, token = (header or "").strip().partition(" ")
+        scheme, _, encoded = (header or "").strip().partition(" ")
         if scheme.lower() != "basic":
             return False
         try:
-            decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             return False
         user, sep, password = decoded.partition(":")
