@@ -33,7 +33,15 @@ from .config import (
 )
 from .discovery import Discovery, Lists, build_targets
 from .exposition import Exposition
-from .scheduler import Clock, Key, Poller, Scheduler, SystemClock, effective_interval
+from .scheduler import (
+    WORKSPACE_REASONS,
+    Clock,
+    Key,
+    Poller,
+    Scheduler,
+    SystemClock,
+    effective_interval,
+)
 from .server import Web, parse_listen_address, serve
 from .state import SavedState, StateFile
 from .store import Store, TargetState
@@ -42,7 +50,7 @@ from .webconfig import WebConfig, load_web_config
 log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 10025
-SHUTDOWN_GRACE = 8.0  # in-flight request allowance on SIGTERM; the whole stop stays under 10 s
+SHUTDOWN_GRACE = 6.0  # in-flight request allowance on SIGTERM; the whole stop stays under 10 s
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,9 +200,13 @@ class Exporter:
                       config.max_targets, dropped)
         kept = targets[:config.max_targets]
         self.store.set_targets_dropped(max(dropped, 0))
+        # Same labels, other filters: the old values describe another population.
+        changed = {t.key for t in kept if t.key in self._targets
+                   and (self._targets[t.key].cohort, self._targets[t.key].scenario_uuid)
+                   != (t.cohort, t.scenario_uuid)}
         restored: dict[Key, TargetState] = {}
         for t in kept:
-            s = self._saved.targets.get(t.key)
+            s = self._saved.targets.get(t.key) if t.key not in changed else None
             if s is not None:
                 restored[t.key] = TargetState(
                     target=t, summary=s.summary, last_success=s.last_success, up=s.up,
@@ -209,8 +221,9 @@ class Exporter:
             self._targets = {t.key: t for t in kept}
             self.scheduler.set_targets(
                 [t.key for t in kept],
-                {k: s.last_success for k, s in restored.items() if s.last_success is not None})
-            self.store.set_targets(kept, restored)
+                {k: s.last_success for k, s in restored.items() if s.last_success is not None},
+                forget=changed)
+            self.store.set_targets(kept, restored, forget=changed)
             self.store.set_max_staleness(config.max_staleness)
             self.store.record_schedule(self.scheduler.interval, {})
         self.config = config
@@ -235,12 +248,17 @@ class Exporter:
                 log.warning("%s", warning)
             logs.add_secret(key.value)
             if config.api != self.config.api or key.value != self.key.value:
+                new_key = key.value != self.key.value
                 self.key = key
                 with self.poller.lock:
                     old = self.client
                     self.client = self._client(config)
                     self.poller.client = self.client
                     old.close()
+                    pause = self.scheduler.pause
+                    if new_key and pause is not None and pause.reason in WORKSPACE_REASONS:
+                        # A new key deserves its probe now, not after the 30 s-5 min wait.
+                        pause.until = min(pause.until, now)
             if config.discovery != self.config.discovery:
                 lists = self.discovery.lists if self.discovery else None
                 with self.poller.lock:

@@ -317,6 +317,7 @@ class ExecClient:
             "Accept": "application/json",
         })
         self._auth = {"Authorization": f"Bearer {api_key}"}
+        self._key = api_key
 
     def __repr__(self) -> str:
         return f"ExecClient(base_url={self.base_url!r}, timeout={self.timeout})"
@@ -347,6 +348,17 @@ class ExecClient:
 
     def get_json(self, path: str, params: Mapping[str, str]) -> object:
         """GET a path under the base URL and return the decoded JSON body, or raise ApiError."""
+        try:
+            return self._get_json(path, params)
+        except ApiError as error:
+            # An API may quote the key back in its error message: it must not travel on
+            # to the landing page or the state file.
+            text = str(error)
+            if self._key and self._key in text:
+                error.args = (text.replace(self._key, "<redacted>"),)
+            raise
+
+    def _get_json(self, path: str, params: Mapping[str, str]) -> object:
         query = urlencode(params, safe=",:@")
         url = self.base_url + path + (f"?{query}" if query else "")
         deadline = time.monotonic() + self.timeout

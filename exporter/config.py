@@ -456,6 +456,7 @@ def load_api_key(
             ) from None
         if not value:
             raise ConfigError([f"api.api_key_file: {str(path)!r} is empty"])
+        _check_key(value, f"api.api_key_file: {str(path)!r}")
         if mode & stat.S_IROTH:
             warnings.append(
                 f"api key file {str(path)!r} is readable by other users; chmod 600 it"
@@ -463,5 +464,14 @@ def load_api_key(
         return ApiKey(value, f"file {path}"), warnings
     value = environ.get(API_KEY_ENV, "").strip()
     if value:
+        _check_key(value, API_KEY_ENV)
         return ApiKey(value, f"environment variable {API_KEY_ENV}"), warnings
     return None, warnings
+
+
+def _check_key(value: str, where: str) -> None:
+    # Two keys pasted into one file, or a stray control character, would make the
+    # HTTP library refuse the header and quote the value in its error message.
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError([f"{where}: the key must be a single token with no spaces, "
+                           "line breaks or control characters"])

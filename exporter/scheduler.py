@@ -28,7 +28,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -134,15 +134,16 @@ class Scheduler:
 
     # --- the target set ---------------------------------------------------
 
-    def set_targets(self, keys: Iterable[Key],
-                    restored: Mapping[Key, float] | None = None) -> None:
-        """Replace the target set. Kept targets keep their times; new ones are due
-        by the age of their restored data, or at once when they have none."""
+    def set_targets(self, keys: Iterable[Key], restored: Mapping[Key, float] | None = None,
+                    forget: Collection[Key] = ()) -> None:
+        """Replace the target set. Kept targets keep their times (except those in
+        ``forget``, which start over); new ones are due by the age of their restored
+        data, or at once when they have none."""
         restored = restored or {}
         old = self._targets
         self._targets = {}
         for order, key in enumerate(keys):
-            times = old.get(key)
+            times = old.get(key) if key not in forget else None
             if times is None:
                 times = TargetTimes(order=order, last_success=restored.get(key))
             else:

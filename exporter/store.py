@@ -7,7 +7,7 @@ change bumps ``version`` so the exposition can be cached between changes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from .client import Summary
@@ -87,13 +87,16 @@ class Store:
     # --- targets ------------------------------------------------------------
 
     def set_targets(self, targets: Iterable[Target],
-                    restored: Mapping[Key, TargetState] | None = None) -> None:
-        """Replace the target set: kept targets keep their state, removed ones vanish."""
+                    restored: Mapping[Key, TargetState] | None = None,
+                    forget: Collection[Key] = ()) -> None:
+        """Replace the target set: kept targets keep their state (except those in
+        ``forget``, whose values described another population), removed ones vanish."""
         restored = restored or {}
         with self._lock:
             new: dict[Key, TargetState] = {}
             for target in targets:
-                old = self._targets.get(target.key) or restored.get(target.key)
+                kept = self._targets.get(target.key) if target.key not in forget else None
+                old = kept or restored.get(target.key)
                 new[target.key] = (replace(old, target=target) if old is not None
                                    else TargetState(target=target))
             self._targets = new

@@ -191,9 +191,6 @@ def test_reload_while_the_api_hangs_answers(running: InProcess, api: FakeExecAPI
     assert running.scrape()[1] < 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli.Exporter._apply keeps a target's data when its key (scenario, cohort name) is "
-    "unchanged even if the cohort's filters changed; such a target should be refetched"))
 def test_changed_cohort_filter_is_refetched(running: InProcess, api: FakeExecAPI) -> None:
     reloaded = time.time()
     write(running.config_path, api, ["discovery-call"],
@@ -205,9 +202,6 @@ def test_changed_cohort_filter_is_refetched(running: InProcess, api: FakeExecAPI
     assert api.requests[-1].query.get("group_ids") == "g9r0s1t2u3v4"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli.Exporter.reload swaps in a new key but leaves the scheduler's 401 pause "
-    "(30 s to 5 min) in place; a reload with a new key should probe at once"))
 def test_rotated_key_file_resumes_at_once_after_reload(tmp_path: Path,
                                                        api: FakeExecAPI) -> None:
     key_file = tmp_path / "key"

@@ -203,10 +203,6 @@ class EchoingAPI(FakeExecAPI):
                               f"Invalid API key: {sent}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "client.ExecClient puts the API's error message into the exception as it is; "
-    "a message that quotes the key reaches the landing page and the state file "
-    "(logs are scrubbed). The client should replace its own key in messages."))
 def test_key_echoed_by_the_api_is_not_shown(tmp_path: Path) -> None:
     secret = make_key("e")
     echo = EchoingAPI(make_key()).start()
@@ -224,10 +220,6 @@ def test_key_echoed_by_the_api_is_not_shown(tmp_path: Path) -> None:
         echo.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.load_api_key accepts a key file with several lines or inner whitespace; "
-    "requests then refuses the header with the key quoted in its message, which "
-    "reaches the landing page and the state file. Refuse such a key up front."))
 def test_malformed_key_file_is_refused_without_echoing_it(tmp_path: Path,
                                                           api: FakeExecAPI) -> None:
     first, second = make_key("a"), make_key("b")
