@@ -7,9 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+
+# The helpers every kind of test shares live in harness.py; these names are re-exported
+# for the unit tests.
+from harness import make_key, sample
+from harness import parse_metrics as metric_values
 
 DATA = Path(__file__).parent / "data"
+__all__ = ["DATA", "FakeClock", "make_key", "metric_values", "sample"]
 
 
 class FakeClock:
@@ -40,22 +45,3 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
         return path
 
     return write
-
-
-def make_key() -> str:
-    """A fake API key built at run time (never a real-looking literal)."""
-    return "exec_test_" + "k" * 12
-
-
-def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Parse an exposition into {(sample name, sorted labels): value}."""
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return values
-
-
-def sample(values: dict, metric: str, /, **labels: str) -> float | None:
-    """One sample's value from :func:`metric_values` output, or None."""
-    return values.get((metric, tuple(sorted(labels.items()))))

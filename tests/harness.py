@@ -113,9 +113,9 @@ def parse_metrics(text: str) -> Values:
     return values
 
 
-def sample(values: Values, name: str, **labels: str) -> float | None:
-    """One sample's value, or None when it is absent."""
-    return values.get((name, tuple(sorted(labels.items()))))
+def sample(values: Values, metric: str, /, **labels: str) -> float | None:
+    """One sample's value, or None when it is absent (``name`` may be a label)."""
+    return values.get((metric, tuple(sorted(labels.items()))))
 
 
 def series(values: Values, name: str) -> dict[tuple[tuple[str, str], ...], float]:

@@ -5,27 +5,21 @@ from __future__ import annotations
 import gzip
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import make_key, metric_values, sample
+from conftest import make_key, sample
 from fakeapi import FakeExecAPI, summary_body
+from harness import Subprocess, wait_until
 
 from exporter import __version__
 
 BAD = Path(__file__).parent / "data" / "bad"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None,
@@ -36,46 +30,24 @@ def run_cli(*args: str, env: dict[str, str] | None = None,
                           text=True, env=full_env, timeout=timeout)
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 20.0, step: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
+def start(tmp_path: Path, args: list[str], env: dict[str, str]) -> Subprocess:
+    """The exporter as a child process on a free loopback port."""
+    return Subprocess(args, env, tmp_path / "exporter.log")
 
 
-class Process:
-    """A running exporter process on a free loopback port."""
+def stop(proc: Subprocess) -> tuple[int, str]:
+    """SIGTERM, then the exit code and everything it logged."""
+    try:
+        if proc.proc.poll() is None:
+            proc.signal(signal.SIGTERM)
+        code = proc.wait(15)
+    finally:
+        proc.kill()
+    return code, proc.logs()
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {k: v for k, v in os.environ.items() if k != "EXEC_API_KEY"}
-        full_env.update(env)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", *args,
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env)
 
-    def get(self, path: str, **kwargs: object) -> requests.Response:
-        return requests.get(self.url + path, timeout=5, **kwargs)  # type: ignore[arg-type]
-
-    def metrics(self) -> dict:
-        return metric_values(self.get("/metrics").text)
-
-    def stop(self) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate(timeout=5)
-        return self.proc.returncode, out
+def metrics(proc: Subprocess) -> dict:
+    return proc.scrape()[0]
 
 
 @pytest.fixture
@@ -167,7 +139,8 @@ def test_bad_listen_address_exits_2(write_config) -> None:
 # --- running ---------------------------------------------------------------------
 
 
-def test_exports_what_the_api_returned(api: FakeExecAPI, write_config) -> None:
+def test_exports_what_the_api_returned(api: FakeExecAPI, write_config,
+                                       tmp_path: Path) -> None:
     api.set_summary("disc", summary_body())
     api.set_summary("renew", summary_body(average_best_score=None, average_best_rank=None,
                                           participant_count=3))
@@ -191,10 +164,11 @@ def test_exports_what_the_api_returned(api: FakeExecAPI, write_config) -> None:
             start_date: 2026-07-01T00:00:00Z
             end_date: 2026-09-30T23:59:59Z
     """)
-    proc = Process([f"--config.file={path}", "--log.level=debug"], {"EXEC_API_KEY": make_key()})
+    proc = start(tmp_path, [f"--config.file={path}", "--log.level=debug"],
+                 {"EXEC_API_KEY": make_key()})
     try:
-        wait_for(lambda: proc.get("/-/ready").status_code == 200)
-        v = proc.metrics()
+        wait_until(lambda: proc.get("/-/ready").status_code == 200)
+        v = metrics(proc)
         disc = {"scenario": "disc", "cohort": "sales"}
         assert sample(v, "exec_scenario_participants", **disc) == 45
         assert sample(v, "exec_scenario_average_best_score", **disc) == 74.2
@@ -238,31 +212,33 @@ def test_exports_what_the_api_returned(api: FakeExecAPI, write_config) -> None:
         assert proc.get("/-/healthy").status_code == 200
         assert make_key() not in page.text + proc.get("/metrics").text
     finally:
-        code, out = proc.stop()
+        code, out = stop(proc)
     assert code == 0
     assert make_key() not in out
     assert "shutting down" in out
 
 
-def test_ready_only_once_every_target_has_a_value(api: FakeExecAPI, write_config) -> None:
+def test_ready_only_once_every_target_has_a_value(api: FakeExecAPI, write_config,
+                                                  tmp_path: Path) -> None:
     api.set_summary("a", summary_body())
     api.set_fault("b", "500")
     path = write_config(f"""
         api: {{base_url: {api.base_url}, timeout: 2s}}
         scenarios: [{{id: a}}, {{id: b}}]
     """)
-    proc = Process([f"--config.file={path}"], {"EXEC_API_KEY": make_key()})
+    proc = start(tmp_path, [f"--config.file={path}"], {"EXEC_API_KEY": make_key()})
     try:
-        wait_for(lambda: len(api.requests) >= 2)
+        wait_until(lambda: len(api.requests) >= 2)
         assert proc.get("/-/ready").status_code == 503
         api.set_fault("b", None)
         api.set_summary("b", summary_body())
-        wait_for(lambda: proc.get("/-/ready").status_code == 200, timeout=30)
+        wait_until(lambda: proc.get("/-/ready").status_code == 200, timeout=30)
     finally:
-        proc.stop()
+        stop(proc)
 
 
-def test_effective_interval_on_metrics_matches_the_plan(api: FakeExecAPI, write_config) -> None:
+def test_effective_interval_on_metrics_matches_the_plan(api: FakeExecAPI, write_config,
+                                                        tmp_path: Path) -> None:
     scenarios = ", ".join(f"{{id: s{i}}}" for i in range(10))
     path = write_config(f"""
         api: {{base_url: {api.base_url}}}
@@ -271,28 +247,28 @@ def test_effective_interval_on_metrics_matches_the_plan(api: FakeExecAPI, write_
     """)
     for i in range(10):
         api.set_summary(f"s{i}", summary_body())
-    proc = Process([f"--config.file={path}"], {"EXEC_API_KEY": make_key()})
+    proc = start(tmp_path, [f"--config.file={path}"], {"EXEC_API_KEY": make_key()})
     try:
-        wait_for(lambda: sample(proc.metrics(), "exec_exporter_refresh_interval_seconds")
+        wait_until(lambda: sample(metrics(proc), "exec_exporter_refresh_interval_seconds")
                  == 1920)
-        v = proc.metrics()
+        v = metrics(proc)
         assert sample(v, "exec_exporter_api_budget_remaining", window="day") <= 900
         assert sample(v, "exec_exporter_api_budget_remaining", window="minute") <= 54
     finally:
-        proc.stop()
+        stop(proc)
 
 
 def test_demo_serves_data_without_key_or_file(tmp_path: Path) -> None:
-    proc = Process(["demo"], {})
+    proc = start(tmp_path, ["demo"], {})
     try:
         started = time.monotonic()
-        wait_for(lambda: sample(proc.metrics(), "exec_scenario_participants",
+        wait_until(lambda: sample(metrics(proc), "exec_scenario_participants",
                                 scenario="discovery-call-it-director", cohort="all")
                  is not None, timeout=30)
         assert time.monotonic() - started < 30
-        v = proc.metrics()
+        v = metrics(proc)
         up = [value for (name, _), value in v.items() if name == "exec_exporter_target_up"]
         assert len(up) == 15
     finally:
-        code, _ = proc.stop()
+        code, _ = stop(proc)
     assert code == 0

@@ -9,6 +9,7 @@ import pytest
 import requests
 import requests_mock as rm
 from conftest import make_key
+from fakeapi import summary_body
 
 from exporter import __version__
 from exporter.client import (
@@ -29,22 +30,7 @@ from exporter.client import (
 
 BASE = "https://api.example.test/rest/v1"
 URL = f"{BASE}/scenarios/discovery-call/analytics/summary"
-EXAMPLE: dict[str, Any] = {
-    "participant_count": 45,
-    "total_sessions": 128,
-    "average_best_score": 74.2,
-    "average_best_rank": "silver",
-    "average_lift_percentage": 18.5,
-    "total_practice_minutes": 742,
-    "average_session_duration_seconds": 348,
-    "score_distribution": [
-        {"rank": "gold", "count": 12, "percentage": 26.7},
-        {"rank": "silver", "count": 18, "percentage": 40},
-        {"rank": "bronze", "count": 10, "percentage": 22.2},
-        {"rank": "unranked", "count": 5, "percentage": 11.1},
-    ],
-}
-
+EXAMPLE: dict[str, Any] = summary_body()  # the OpenAPI example
 
 @pytest.fixture
 def client() -> ExecClient:
