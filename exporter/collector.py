@@ -32,6 +32,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from . import __version__
 from .client import RANKS
@@ -230,6 +231,27 @@ def _bound(value: float) -> str:
     return repr(float(value))
 
 
+class FixedFamily(Metric):
+    """A family of a constant, valid name, built without prometheus_client's name check.
+
+    ``Metric.__init__`` validates the name with a regular expression on every
+    call: a noticeable share of a scrape's live part, spent on constants.
+    """
+
+    def __init__(self, name: str, documentation: str, typ: str,
+                 samples: list[Sample]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.unit = ""
+        self.type = typ
+        self.samples = samples
+
+
+def _one(name: str, documentation: str, value: float, typ: str = "gauge") -> FixedFamily:
+    sample = name + "_total" if typ == "counter" else name
+    return FixedFamily(name, documentation, typ, [Sample(sample, {}, value)])
+
+
 class ProcessMetrics(Collector):
     """The ``process_*`` families of prometheus_client's ``ProcessCollector``, cheaper.
 
@@ -267,21 +289,19 @@ class ProcessMetrics(Collector):
             open_fds = len(os.listdir(os.path.join(self._proc, "self", "fd")))
         except OSError:
             return
-        yield GaugeMetricFamily("process_virtual_memory_bytes", "Virtual memory size in bytes.",
-                                value=float(parts[20]))
-        yield GaugeMetricFamily("process_resident_memory_bytes",
-                                "Resident memory size in bytes.",
-                                value=float(parts[21]) * self._pagesize)
-        yield GaugeMetricFamily("process_start_time_seconds",
-                                "Start time of the process since unix epoch in seconds.",
-                                value=float(parts[19]) / self._ticks + self._btime)
-        yield CounterMetricFamily("process_cpu_seconds",
-                                  "Total user and system CPU time spent in seconds.",
-                                  value=(float(parts[11]) + float(parts[12])) / self._ticks)
-        yield GaugeMetricFamily("process_open_fds", "Number of open file descriptors.",
-                                value=open_fds)
-        yield GaugeMetricFamily("process_max_fds", "Maximum number of open file descriptors.",
-                                value=float(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+        ticks = self._ticks
+        yield _one("process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                   float(parts[20]))
+        yield _one("process_resident_memory_bytes", "Resident memory size in bytes.",
+                   float(parts[21]) * self._pagesize)
+        yield _one("process_start_time_seconds",
+                   "Start time of the process since unix epoch in seconds.",
+                   float(parts[19]) / ticks + self._btime)
+        yield _one("process_cpu_seconds", "Total user and system CPU time spent in seconds.",
+                   (float(parts[11]) + float(parts[12])) / ticks, "counter")
+        yield _one("process_open_fds", "Number of open file descriptors.", float(open_fds))
+        yield _one("process_max_fds", "Maximum number of open file descriptors.",
+                   float(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
 
     def close(self) -> None:
         """Release the kept descriptor."""
@@ -302,9 +322,7 @@ class LiveCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         minute, day = self.remaining(self.clock.time())
-        family = GaugeMetricFamily("exec_exporter_api_budget_remaining",
-                                   "Requests left in the exporter's own budget, by rolling window.",
-                                   labels=("window",))
-        family.add_metric(("minute",), minute)
-        family.add_metric(("day",), day)
-        yield family
+        name = "exec_exporter_api_budget_remaining"
+        yield FixedFamily(name, "Requests left in the exporter's own budget, by rolling window.",
+                          "gauge", [Sample(name, {"window": "minute"}, minute),
+                                    Sample(name, {"window": "day"}, day)])

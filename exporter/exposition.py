@@ -38,6 +38,7 @@ import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import exposition as text_format
 from prometheus_client.core import Metric
@@ -152,6 +153,8 @@ class _LiveRenderer:
 
     def __init__(self) -> None:
         self._headers: dict[tuple[str, str, str, bool], bytes] = {}
+        # HELP, TYPE and the sample name of one-sample unlabelled families.
+        self._single: dict[tuple[str, str, str, bool, str], bytes] = {}
         self._plain_samples: set[tuple[str, ...]] = set()  # (family, sample, *label names)
 
     def render(self, registry: Collector, openmetrics: bool) -> bytes:
@@ -163,6 +166,10 @@ class _LiveRenderer:
     def _family(self, metric: Metric, openmetrics: bool) -> bytes:
         if metric.unit or metric.type not in ("gauge", "counter"):
             return _generate(_Families([metric]), openmetrics)
+        if len(metric.samples) == 1 and _bare(metric.samples[0]):
+            line = self._single_line(metric, metric.samples[0], openmetrics)
+            if line is not None:
+                return line
         key = (metric.type, metric.name, metric.documentation, openmetrics)
         header = self._headers.get(key)
         if header is None:
@@ -170,8 +177,7 @@ class _LiveRenderer:
                 return _generate(_Families([metric]), openmetrics)
             if len(self._headers) >= _MAX_LIVE_CACHE:
                 self._headers.clear()
-            header = self._headers[key] = _generate(
-                _Families([Metric(metric.name, metric.documentation, metric.type)]), openmetrics)
+            header = self._headers[key] = _header_of(metric, openmetrics)
         lines = []
         plain = self._plain_samples
         for sample in metric.samples:
@@ -192,6 +198,32 @@ class _LiveRenderer:
             else:
                 lines.append(f"{sample.name} {floatToGoString(sample.value)}\n")
         return header + "".join(lines).encode()
+
+    def _single_line(self, metric: Metric, sample: Any, openmetrics: bool) -> bytes | None:
+        """A family of one unlabelled sample (process metrics): one lookup, one line."""
+        key = (metric.type, metric.name, metric.documentation, openmetrics, sample.name)
+        prefix = self._single.get(key)
+        if prefix is None:
+            if not (_PLAIN_METRIC_NAME.fullmatch(metric.name)
+                    and _plain_sample(metric.name, sample.name, ())):
+                return None
+            if len(self._single) >= _MAX_LIVE_CACHE:
+                self._single.clear()
+            prefix = self._single[key] = (_header_of(metric, openmetrics)
+                                          + sample.name.encode() + b" ")
+        return prefix + floatToGoString(sample.value).encode() + b"\n"
+
+
+def _bare(sample: Any) -> bool:
+    """No labels, timestamp, exemplar or native histogram, and a value."""
+    return (not sample.labels and sample.timestamp is None and sample.exemplar is None
+            and sample.value is not None and getattr(sample, "native_histogram", None) is None)
+
+
+def _header_of(metric: Metric, openmetrics: bool) -> bytes:
+    """HELP and TYPE of ``metric``'s family, as prometheus_client writes them."""
+    return _generate(_Families([Metric(metric.name, metric.documentation, metric.type)]),
+                     openmetrics)
 
 
 def _plain_sample(family: str, name: str, labels: Iterable[str]) -> bool:
@@ -353,6 +385,7 @@ class _Page:
     snapshot: Snapshot
     targets: _TargetPart
     _exporter: dict[bool, bytes] = field(default_factory=dict)
+    _plain: dict[bool, bytes] = field(default_factory=dict)
     _deflated: dict[bool, _Deflated] = field(default_factory=dict)
 
     def exporter(self, openmetrics: bool) -> bytes:
@@ -363,15 +396,23 @@ class _Page:
                 _Families(exporter_families(self.snapshot)), openmetrics)
         return body
 
+    def plain(self, openmetrics: bool) -> bytes:
+        """Target part and exporter part, as one bytes."""
+        body = self._plain.get(openmetrics)
+        if body is None:
+            body = self._plain[openmetrics] = b"".join(
+                (*self.targets.pieces(openmetrics), self.exporter(openmetrics)))
+        return body
+
     def deflated(self, openmetrics: bool) -> _Deflated:
-        """Target part and exporter part, deflated (not final)."""
+        """Gzip header, then target part and exporter part deflated (not final)."""
         result = self._deflated.get(openmetrics)
         if result is None:
             prefix = self.targets.deflated(openmetrics)
             exporter = self.exporter(openmetrics)
             result = self._deflated[openmetrics] = _Deflated(
-                prefix.data + _deflate(exporter), zlib.crc32(exporter, prefix.crc),
-                prefix.length + len(exporter))
+                b"".join((_GZIP_HEADER, prefix.data, _deflate(exporter))),
+                zlib.crc32(exporter, prefix.crc), prefix.length + len(exporter))
         return result
 
 
@@ -437,19 +478,25 @@ class Exposition:
 
     def render(self, openmetrics: bool = False, gzip: bool = False) -> bytes:
         """The full exposition, optionally in OpenMetrics and/or gzip-compressed."""
+        return b"".join(self.render_chunks(openmetrics, gzip))
+
+    def render_chunks(self, openmetrics: bool = False, gzip: bool = False) -> tuple[bytes, ...]:
+        """The exposition as a few chunks to write in order (one ``sendmsg``), uncopied.
+
+        The first chunk is the cached snapshot part (for gzip: with the gzip
+        header, deflated); the rest is this scrape's live part.
+        """
         page = self._current()
         # The live part is rendered per scrape; in OpenMetrics it carries the closing # EOF.
         live = self._live.render(self.live, openmetrics)
         if not gzip:
             with self._lock:
-                pieces = page.targets.pieces(openmetrics)
-                exporter = page.exporter(openmetrics)
-            return b"".join((*pieces, exporter, live))
+                return page.plain(openmetrics), live
         with self._lock:
             prefix = page.deflated(openmetrics)
         size = (prefix.length + len(live)) & 0xFFFFFFFF
         trailer = struct.pack("<II", zlib.crc32(live, prefix.crc), size)
-        return b"".join((_GZIP_HEADER, prefix.data, _stored(live), trailer))
+        return prefix.data, _stored(live) + trailer
 
 
 def _block(snapshot: Snapshot, states: tuple[TargetState, ...], now: float) -> _Block:

@@ -101,6 +101,9 @@ class Odd(Collector):
         stamped.add_metric(["v"], 1.0, timestamp=1_700_000_000)
         yield stamped
         yield GaugeMetricFamily("odd_empty", "No samples at all.", labels=["k"])
+        yield GaugeMetricFamily("odd_single", "One plain sample.", value=1e-9)
+        yield CounterMetricFamily("odd_single", "One plain counter sample.", value=12)
+        yield GaugeMetricFamily("odd_single", "Same name, other help.", value=float("-inf"))
 
 
 class Setup:
