@@ -66,7 +66,7 @@ _EOF = b"# EOF\n"
 
 # Targets per cached block. Smaller blocks make a change cheaper to re-render
 # and recompress; larger ones compress better (deflate's window is 32 KiB; a
-# block of one family is ~100 bytes a target). 128 costs ~12% in gzip size.
+# block of one family is ~100 bytes a target). 128 costs ~14% in gzip size.
 BLOCK_TARGETS = 128
 GZIP_LEVEL = 6
 # A gzip member header: deflate, no name, no mtime (the body changes anyway), OS unknown.
