@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TextIO
 
-from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from . import __version__, logs
 from .budget import Budget
 from .client import ExecClient
-from .collector import LiveCollector, SnapshotCollector
+from .collector import LiveCollector, ProcessMetrics, SnapshotCollector
 from .config import (
     ApiKey,
     Config,
@@ -168,7 +167,7 @@ class Exporter:
         snapshot_collector = SnapshotCollector(self.store, self.clock)
         live = CollectorRegistry(auto_describe=False)
         live.register(LiveCollector(self.budget.remaining, self.clock))
-        live.register(ProcessCollector(registry=None))
+        live.register(ProcessMetrics())
         self.exposition = Exposition(snapshot_collector, live, self.clock)
 
     def _client(self, config: Config) -> ExecClient:
