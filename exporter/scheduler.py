@@ -52,6 +52,9 @@ PERSISTENT_REASONS = frozenset({"not_found", "bad_request"})
 # Consecutive failures after which a target queues by its last attempt, not its data:
 # 3 random 5xx in a row are rare (1 in 8,000 at a 5% error rate); a hang is not.
 REPEATED_FAILURES = 3
+# Failures that hold the poller for up to the timeout: such a target queues by its last
+# attempt at once, or two hanging targets would take every slot for several timeouts.
+SLOW_REASONS = frozenset({"timeout", "connection"})
 
 
 class Clock(Protocol):
@@ -75,6 +78,7 @@ class TargetTimes:
     last_attempt: float | None = None
     last_success: float | None = None
     failures: int = 0
+    slow_failure: bool = False  # the last failure was a timeout or connection error
     retry_at: float | None = None
 
     @property
@@ -86,10 +90,12 @@ class TargetTimes:
     def staleness(self) -> float:
         """Ordering key for "stalest first": the time of the data, so a target whose
         refresh just failed is retried first (once its short backoff is over) instead
-        of a whole interval later. A target failing again and again (hanging, say)
-        counts from its last attempt, so its retries cannot starve the healthy ones;
-        one never tried (no data, no attempt) comes first of all."""
+        of a whole interval later. A target failing again and again, or timing out
+        (each try holds the poller for the timeout), counts from its last attempt, so
+        its retries cannot starve the healthy ones; one never tried (no data, no
+        attempt) comes first of all."""
         if self.last_attempt is not None and (self.failures >= REPEATED_FAILURES
+                                              or self.slow_failure
                                               or self.last_success is None):
             return self.last_attempt
         if self.last_success is not None:
@@ -269,6 +275,7 @@ class Scheduler:
         if times is not None:
             times.last_success = at
             times.failures = 0
+            times.slow_failure = False
             times.retry_at = None
         if self.pause is not None and self.pause.reason in WORKSPACE_REASONS:
             log.info("API access is back; resuming polling")
@@ -294,6 +301,7 @@ class Scheduler:
         if times is None:
             return
         times.failures += 1
+        times.slow_failure = reason in SLOW_REASONS
         interval = self.interval
         if reason in PERSISTENT_REASONS:
             ceiling = max(PERSISTENT_BACKOFF_MAX, interval)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -28,15 +27,26 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def require_tool(name: str) -> str:
-    """The path of a Prometheus binary: skip without it, or fail in CI."""
+def require_tool(name: str, install: str = "Debian/Ubuntu: apt-get install prometheus") -> str:
+    """The path of command ``name``: skip the test without it, or fail in CI."""
     path = shutil.which(name)
     if path:
         return path
-    reason = f"{name} is not on PATH (Debian/Ubuntu: apt-get install prometheus)"
+    reason = f"{name} is not on PATH ({install})"
     if in_ci():
         pytest.fail(f"{reason}; CI is set, so this test must not be skipped", pytrace=False)
     pytest.skip(reason)
+
+
+# The alert names of the contract (shared/CONTRACT.md).
+CONTRACT_ALERTS = frozenset({
+    "ExecScenarioScoreDrop",
+    "ExecExporterDown",
+    "ExecExporterTargetFailing",
+    "ExecExporterDataStale",
+    "ExecExporterRateLimited",
+    "ExecExporterUnauthorized",
+})
 
 
 def rule_files() -> list[Path]:
@@ -48,13 +58,6 @@ def rule_files() -> list[Path]:
 def rule_test_files() -> list[Path]:
     """Every promtool unit-test file of the project."""
     return sorted((ROOT / "prometheus").glob("*_test.y*ml"))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float, what: str,

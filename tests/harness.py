@@ -14,6 +14,7 @@ that it never stretches anything, so recoveries take about a second.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -21,11 +22,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
+from fakeapi import FakeExecAPI, summary_body
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cli import Exporter
@@ -36,6 +38,18 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 Values = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@contextlib.contextmanager
+def fake_api(participants: Mapping[str, int]) -> Iterator[FakeExecAPI]:
+    """A started fake Exec API answering each scenario with ``participants`` of its own."""
+    fake = FakeExecAPI(make_key()).start()
+    for scenario, count in participants.items():
+        fake.set_summary(scenario, summary_body(participant_count=count))
+    try:
+        yield fake
+    finally:
+        fake.stop()
 
 
 def make_key(tag: str = "k") -> str:

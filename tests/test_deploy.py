@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from e2e_helpers import CONTRACT_ALERTS, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -42,27 +42,6 @@ CRDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
-CONTRACT_ALERTS = {
-    "ExecScenarioScoreDrop",
-    "ExecExporterDown",
-    "ExecExporterTargetFailing",
-    "ExecExporterDataStale",
-    "ExecExporterRateLimited",
-    "ExecExporterUnauthorized",
-}
-
-
-def require_tool(name: str, install: str) -> str:
-    """The path of command ``name``; skip the test without it, or fail when $CI is set."""
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} is not installed ({install})"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must install it", pytrace=False)
-        pytest.skip(reason)
-    return path
-
-
 def run(*command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command from the repository root, capturing its output as text."""
     return subprocess.run(

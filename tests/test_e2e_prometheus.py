@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from e2e_helpers import ROOT, Process, free_port, require_tool, rule_files, wait_for
+from e2e_helpers import ROOT, Process, require_tool, rule_files, wait_for
+from harness import free_port
 
 pytestmark = pytest.mark.e2e
 

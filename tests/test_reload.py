@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakeapi import FakeExecAPI, summary_body
+from fakeapi import FakeExecAPI
 from harness import (
     InProcess,
     Subprocess,
     Values,
     config_text,
+    fake_api,
     make_key,
     sample,
     series,
@@ -31,13 +32,8 @@ SALES = {"name": "sales", "group_ids": "[g1h2i3j4k5l6]"}
 
 @pytest.fixture
 def api() -> Iterator[FakeExecAPI]:
-    fake = FakeExecAPI(make_key()).start()
-    for scenario, count in SCENARIOS.items():
-        fake.set_summary(scenario, summary_body(participant_count=count))
-    try:
+    with fake_api(SCENARIOS) as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 def targets(values: Values) -> set[tuple[str, str]]:

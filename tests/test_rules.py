@@ -13,16 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_helpers import ROOT, require_tool, rule_files, rule_test_files
+from e2e_helpers import CONTRACT_ALERTS, ROOT, require_tool, rule_files, rule_test_files
 
-CONTRACT_ALERTS = {
-    "ExecScenarioScoreDrop",
-    "ExecExporterDown",
-    "ExecExporterTargetFailing",
-    "ExecExporterDataStale",
-    "ExecExporterRateLimited",
-    "ExecExporterUnauthorized",
-}
 SEVERITIES = {"critical", "warning", "info"}
 RUNBOOK_BASE = "https://github.com/exec-exporter/exec-exporter/blob/main/docs/monitoring.md#"
 ALERTS_FILE = ROOT / "prometheus" / "alerts.yml"

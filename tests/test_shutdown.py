@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fakeapi import FakeExecAPI, summary_body
-from harness import Subprocess, config_text, make_key, wait_until
+from harness import Subprocess, config_text, fake_api, wait_until
 
 SCENARIOS = {"discovery-call": 45, "pricing-objection": 12}
 LIMIT = 10.0
@@ -20,13 +20,8 @@ LIMIT = 10.0
 
 @pytest.fixture
 def api() -> Iterator[FakeExecAPI]:
-    fake = FakeExecAPI(make_key()).start()
-    for scenario, count in SCENARIOS.items():
-        fake.set_summary(scenario, summary_body(participant_count=count))
-    try:
+    with fake_api(SCENARIOS) as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 def start(tmp_path: Path, api: FakeExecAPI, timeout: str = "1s",

@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakeapi import FakeExecAPI, summary_body
+from fakeapi import FakeExecAPI
 from harness import (
     InProcess,
     Subprocess,
     Values,
     config_text,
-    make_key,
+    fake_api,
     sample,
     series,
     wait_until,
@@ -36,13 +36,8 @@ TARGETS = [(s, c) for s in SCENARIOS for c in ("all", "sales")]
 
 @pytest.fixture
 def api() -> Iterator[FakeExecAPI]:
-    fake = FakeExecAPI(make_key()).start()
-    for scenario, count in SCENARIOS.items():
-        fake.set_summary(scenario, summary_body(participant_count=count))
-    try:
+    with fake_api(SCENARIOS) as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 def write_config(tmp_path: Path, api: FakeExecAPI, refresh: str = "10m",
