@@ -26,6 +26,8 @@ class FakeClock:
     def time(self) -> float:
         return self.now
 
+    __call__ = time  # also usable where a plain time() callable is expected
+
     def advance(self, seconds: float) -> None:
         self.now += seconds
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import FakeClock
 from fakeapi import FakeExecAPI, summary_body
 
 from exporter.demo import (
@@ -34,22 +35,9 @@ ACTIVE = [s for s in DEMO_SCENARIOS if not s.archived]
 TIMEOUT = 5.0
 
 
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START)
 
 
 @pytest.fixture
