@@ -94,7 +94,9 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
                      "time (the counts below are the explicit targets only)")
     if config.discovery is not None and config.discovery.group_cohorts is not None:
         lines.append("discovery: one cohort per workspace group is added at run time")
-    listing = listing_requests_per_day(config)
+    # Offline, page counts are unknown: one page per list, the least discovery costs.
+    listing = (Discovery(config.discovery).requests_per_day()
+               if config.discovery is not None else 0.0)
     lines.append(f"targets: {len(targets)}")
     for scenario in config.scenarios:
         cohorts = scenario.cohorts or [c.name for c in config.cohorts]
@@ -124,15 +126,6 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
     else:
         lines.append(f"api key: found ({key.source})")
     return "\n".join(lines)
-
-
-def listing_requests_per_day(config: Config) -> float:
-    """Discovery listing requests per day (one page per list per interval at the least)."""
-    discovery = config.discovery
-    if discovery is None:
-        return 0.0
-    lists = (discovery.scenarios is not None) + (discovery.group_cohorts is not None)
-    return lists * 86400 / discovery.interval
 
 
 # --- the running exporter -----------------------------------------------------------
