@@ -24,13 +24,12 @@ from .config import (
     ApiKey,
     Config,
     ConfigError,
-    Target,
     format_duration,
     load_api_key,
     load_config,
     parse_config,
 )
-from .discovery import Discovery, Lists, build_targets
+from .discovery import Discovery, Lists
 from .exposition import Exposition
 from .scheduler import (
     WORKSPACE_REASONS,
@@ -44,6 +43,7 @@ from .scheduler import (
 from .server import Web, parse_listen_address, serve
 from .state import SavedState, StateFile
 from .store import Store, TargetState
+from .targets import Target, build_targets, select_targets
 from .webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def describe_plan(config: Config, key: ApiKey | None) -> str:
     """The polling plan that ``--config.check`` prints."""
-    targets = config.targets()
+    targets = build_targets(config)
     rate = config.api.rate_limit
     lines = []
     if config.discovery is not None and config.discovery.scenarios is not None:
@@ -184,14 +184,9 @@ class Exporter:
 
     def _apply(self, config: Config) -> None:
         """Make ``config`` (with the current discovery lists) the running target set."""
-        targets = build_targets(config, self.discovery.lists if self.discovery else None)
-        dropped = len(targets) - config.max_targets
-        if dropped > 0:
-            log.error("%d targets exceed max_targets=%d; dropping the last %d (explicit "
-                      "targets first, then discovered ones by slug)", len(targets),
-                      config.max_targets, dropped)
-        kept = targets[:config.max_targets]
-        self.store.set_targets_dropped(max(dropped, 0))
+        kept, dropped = select_targets(config,
+                                       self.discovery.lists if self.discovery else None)
+        self.store.set_targets_dropped(dropped)
         # Same labels, other filters: the old values describe another population.
         changed = {t.key for t in kept if t.key in self._targets
                    and (self._targets[t.key].cohort, self._targets[t.key].scenario_uuid)

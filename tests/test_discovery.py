@@ -19,7 +19,6 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.cli import Exporter, describe_plan
 from exporter.collector import SnapshotCollector
 from exporter.config import ApiKey, parse_config
-from exporter.discovery import DiscoveredScenario, Group, Lists, build_targets
 
 SCENARIOS = [{"id": f"uuid-{i:03d}", "slug": f"scenario-{i:03d}", "name": f"Scenario {i}",
               "visibility": "workspace"} for i in range(230)]
@@ -213,17 +212,6 @@ def test_lists_survive_a_restart_in_the_state_file(api: FakeExecAPI, clock: Fake
     assert all(s.summary is not None for s in second.store.snapshot().targets)
     run(second, clock, 3)
     assert len(api.list_requests("scenarios")) == listed  # not re-read before the interval
-
-
-def test_build_targets_group_name_collisions() -> None:
-    config = parse_config({"cohorts": [{"name": "Sales Team", "group_ids": ["x"]}],
-                           "discovery": {"scenarios": {}, "group_cohorts": {}}})
-    lists = Lists(scenarios=[DiscoveredScenario("u1", "a", "A")],
-                  groups=[Group("g1", "Sales Team"), Group("g2", "CS & Support"),
-                          Group("g3", "CS & Support")])
-    targets = build_targets(config, lists)
-    assert [(t.scenario, t.cohort.name, t.cohort.group_ids) for t in targets] == [
-        ("a", "Sales Team", ["x"]), ("a", "CS & Support", ["g2"])]
 
 
 def test_config_check_stays_offline_and_says_discovery_decides() -> None:
