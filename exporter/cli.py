@@ -94,14 +94,21 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
                      "time (the counts below are the explicit targets only)")
     if config.discovery is not None and config.discovery.group_cohorts is not None:
         lines.append("discovery: one cohort per workspace group is added at run time")
+    if (config.discovery is not None and config.discovery.scenarios is not None
+            and config.discovery.scenarios.cohorts is not None):
+        lines.append("discovery: discovered scenarios get the cohorts "
+                     f"{', '.join(config.discovery.scenarios.cohorts)} (patterns are matched "
+                     "against the group cohorts too, at run time)")
     # Offline, page counts are unknown: one page per list, the least discovery costs.
     listing = (Discovery(config.discovery).requests_per_day()
                if config.discovery is not None else 0.0)
     lines.append(f"targets: {len(targets)}")
+    cohorts: dict[str, list[str]] = {}
+    for target in targets:
+        cohorts.setdefault(target.scenario, []).append(target.cohort.name)
     for scenario in config.scenarios:
-        cohorts = scenario.cohorts or [c.name for c in config.cohorts]
         label = f" ({scenario.name})" if scenario.name else ""
-        lines.append(f"  {scenario.id}{label}: {', '.join(cohorts)}")
+        lines.append(f"  {scenario.id}{label}: {', '.join(cohorts[scenario.id])}")
     wanted = len(targets) * 86400 / config.refresh_interval
     wanted_at = format_duration(config.refresh_interval)
     lines.append(f"requests/day needed at refresh_interval {wanted_at}: {wanted:.0f}")
