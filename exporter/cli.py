@@ -57,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exec-exporter",
         description="Prometheus exporter for Exec scenario analytics. "
-                    "Run 'exec-exporter demo' to try it without an account.")
+                    "Run 'exec-exporter demo' to try it without an account.",
+        epilog="The API key comes from the file named by api.api_key_file in the "
+               "configuration, else from the EXEC_API_KEY environment variable (never a "
+               "flag, so it stays out of process listings). The demo needs no key. "
+               "SIGHUP or POST /-/reload rereads the configuration; SIGTERM stops cleanly.")
     parser.add_argument("mode", nargs="?", choices=["demo"],
                         help="'demo': run against a simulated Exec API inside the process")
     parser.add_argument("--config.file", dest="config_file", default="config.yaml",
