@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .client import ApiError, ExecClient, Summary
 
 if TYPE_CHECKING:
-    from .config import Target
     from .store import Store
+    from .targets import Target
 
 log = logging.getLogger(__name__)
 

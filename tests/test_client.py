@@ -69,6 +69,15 @@ def test_scenario_id_is_path_escaped(client: ExecClient, requests_mock: rm.Mocke
     assert requests_mock.called
 
 
+def test_non_ascii_slug_is_percent_encoded_as_utf8(client: ExecClient,
+                                                  requests_mock: rm.Mocker) -> None:
+    requests_mock.get(f"{BASE}/scenarios/%C3%A9quipe-d%C3%A9couverte/analytics/summary",
+                      json=EXAMPLE)
+    assert client.summary("équipe-découverte", {}).participants == 45
+    sent = requests_mock.last_request
+    assert sent.url == f"{BASE}/scenarios/%C3%A9quipe-d%C3%A9couverte/analytics/summary"
+
+
 def test_nulls_missing_and_unknown_fields(client: ExecClient, requests_mock: rm.Mocker) -> None:
     requests_mock.get(URL, json={"participant_count": 0, "average_best_score": None,
                                  "brand_new_field": {"x": 1}})
