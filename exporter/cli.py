@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
@@ -346,6 +348,34 @@ class Exporter:
         self.running.client.close()
 
 
+def prepare_state_dir(path: str) -> None:
+    """Make sure the state file can be written: create its directory when that
+    directory's parent exists and is writable; otherwise raise ConfigError naming the
+    path (starting without a usable state file would silently lose it)."""
+    directory = Path(path).absolute().parent
+    if Path(path).is_dir():
+        raise ConfigError([f"--state.file: {path} is a directory; name a file in it, "
+                           f"e.g. {Path(path) / 'state.json'}"])
+    if not directory.exists():
+        parent = directory.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError([
+                f"--state.file: the directory {directory} does not exist and cannot be "
+                f"created ({parent} is {'not writable' if parent.is_dir() else 'missing'}); "
+                f"create it first, e.g. sudo install -d -m 700 -o \"$USER\" {directory}"])
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ConfigError([f"--state.file: cannot create {directory}: "
+                               f"{exc.strerror or exc}"]) from None
+        log.info("created the state directory %s", directory)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError([f"--state.file: the directory {directory} is not writable by "
+                           "this user; the state file could not be saved"])
+
+
 def _print_problems(problems: Sequence[str], stream: TextIO) -> None:
     for problem in problems:
         print(f"error: {problem}", file=stream)
@@ -398,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(["no API key: set the EXEC_API_KEY environment variable or "
                                "api.api_key_file in the configuration"])
         web_config = load_web_config(args.web_config) if args.web_config else None
+        if args.state_file:
+            prepare_state_dir(args.state_file)
     except ConfigError as exc:
         _print_problems(exc.problems, sys.stderr)
         if simulated is not None:

@@ -192,7 +192,7 @@ class Scheduler:
                 # A new key deserves its probe now, not after the 30 s-5 min wait.
                 self.pause = Pause(min(pause.until, now), pause.reason, pause.probe_wait)
         self._key_id = running.key_id
-        self.publish()
+        self.publish(now)
 
     def set_jobs(self, jobs: Iterable[Job], restored: Mapping[JobKey, float] | None = None,
                  forget: Collection[JobKey] = ()) -> None:
@@ -268,17 +268,19 @@ class Scheduler:
         return due
 
     def view(self, now: float) -> ScheduleView:
-        """The current decisions as one immutable value."""
+        """The current decisions as one immutable value. A job due while the budget or
+        a pause holds every request is shown due when that ends."""
         interval = self.interval
+        blocked = self.blocked_until(now)
         return ScheduleView(
             interval=interval, refresh_interval=self.refresh_interval,
-            next_due={k: self.next_due(k, now) for k in self._times},
+            next_due={k: self.next_due(k, blocked) for k in self._times},
             pause=self.pause, stretched=interval > self.refresh_interval)
 
-    def publish(self, now: float | None = None) -> None:
+    def publish(self, now: float) -> None:
         """Hand the current view to ``on_view`` (the store)."""
         if self.on_view is not None:
-            self.on_view(self.view(now if now is not None else time.time()))
+            self.on_view(self.view(now))
 
     # --- deciding -----------------------------------------------------------
 
@@ -433,6 +435,7 @@ class Poller:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._adopt(self.clock.time())  # the schedule is known (and shown) before a step
 
     def step(self) -> float:
         """Run at most one job; return the time to call again."""

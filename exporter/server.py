@@ -12,6 +12,7 @@ import datetime as dt
 import html
 import http.client
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -22,8 +23,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import __version__
+from .config import format_duration
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition
-from .store import Snapshot, Store
+from .store import Snapshot, Store, TargetState
 from .webconfig import LiveWebConfig, WebConfig
 
 log = logging.getLogger(__name__)
@@ -61,10 +63,14 @@ class Web:
         return self._web_config.get()
 
     def ready(self) -> bool:
-        """Whether every target has a value (polled or restored), or a settled error."""
-        targets = self.store.snapshot().targets
-        return bool(targets) and all(
-            t.summary is not None or t.last_error in SETTLED_REASONS for t in targets)
+        """Whether every target has a value (polled or restored), or a settled error.
+        With no targets, ready once discovery has read the scenario list (there is
+        nothing to wait for)."""
+        snapshot = self.store.snapshot()
+        if not snapshot.targets:
+            return "scenarios" in snapshot.discovery_success
+        return all(t.summary is not None or t.last_error in SETTLED_REASONS
+                   for t in snapshot.targets)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -364,23 +370,34 @@ def serve(address: tuple[str, int], web: Web) -> ExporterHTTPServer:
 
 
 def _when(ts: float | None, now: float) -> str:
+    """A time for people: the UTC stamp and how far from now, durations as in the logs
+    (``17m36s``). Never fails, whatever the scheduler's state: a target of the first
+    fill is due at minus infinity, one with nothing planned at infinity."""
     if ts is None:
         return "never"
-    delta = ts - now
-    stamp = dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    rel = f"in {_ago(delta)}" if delta > 0 else f"{_ago(-delta)} ago"
+    if ts == -math.inf:
+        return "now"
+    if not math.isfinite(ts):
+        return "not planned"
+    try:
+        stamp = dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return "not planned" if ts > now else "long ago"
+    delta = round(ts - now)
+    if delta == 0:
+        return f"{stamp} (now)"
+    rel = f"in {format_duration(delta)}" if delta > 0 else f"{format_duration(-delta)} ago"
     return f"{stamp} ({rel})"
 
 
-def _ago(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-    return f"{seconds // 86400}d"
+def _state(state: TargetState) -> tuple[str, str]:
+    """(css class, text) of a target's state: a target never tried yet is waiting,
+    not down."""
+    if state.up:
+        return "up", "up"
+    if state.last_error is None:
+        return "waiting", "waiting"
+    return "down", "down"
 
 
 def landing_page(web: Web) -> str:
@@ -394,11 +411,12 @@ def landing_page(web: Web) -> str:
         error = "" if state.last_error is None else (
             f"{e(state.last_error)}: {e(state.last_error_message or '')} "
             f"({_when(state.last_error_time, now)})")
+        css, text = _state(state)
         rows.append(
             "<tr>"
             f"<td>{e(target.scenario)}</td><td>{e(target.display_name or '')}</td>"
             f"<td>{e(target.cohort.name)}</td>"
-            f"<td class={'up' if state.up else 'down'}>{'up' if state.up else 'down'}</td>"
+            f"<td class={css}>{text}</td>"
             f"<td>{_when(state.last_success, now)}</td><td>{error}</td>"
             f"<td>{_when(state.next_due, now)}</td></tr>")
     discovery = ""
@@ -410,27 +428,50 @@ def landing_page(web: Web) -> str:
             items.append(f"<li>{e(kind)}: last read {last}"
                          + (f"; last error: {e(err)}" if err else "") + "</li>")
         discovery = "<h2>Discovery</h2><ul>" + "".join(items) + "</ul>"
+    notice = ""
+    if snapshot.pause_reason is not None and snapshot.pause_until is not None \
+            and snapshot.pause_until > now:
+        why = {"rate_limited": "the API answered 429 (rate limited)",
+               "unauthorized": "the API refused the key (401)",
+               "forbidden": "the API refused the workspace (403)"}.get(
+                   snapshot.pause_reason, e(snapshot.pause_reason))
+        then = ("the next request is sent" if snapshot.pause_reason == "rate_limited"
+                else "a probe request is sent")
+        notice = (f'<p class="notice">All requests are paused: {why}; {then} '
+                  f"{_when(snapshot.pause_until, now)}.</p>")
+    if snapshot.targets:
+        table = f"""<table><thead><tr><th>Scenario</th><th>Name</th><th>Cohort</th><th>State</th>
+<th>Last success</th><th>Last error</th><th>Next refresh</th></tr></thead>
+<tbody>
+{''.join(rows)}
+</tbody></table>"""
+    elif "scenarios" in snapshot.discovery_success:
+        table = ("<p>No targets: discovery read the workspace's scenario list and found "
+                 "no scenario to poll (check <code>discovery.scenarios</code> filters and "
+                 "<code>exclude</code>).</p>")
+    else:
+        table = "<p>No targets yet: waiting for discovery to read the scenario list.</p>"
     path = e(web.telemetry_path)
+    interval = format_duration(snapshot.interval) if snapshot.interval > 0 else "not set"
+    stretched = " (stretched to fit the budget)" if snapshot.stretched else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Exec Exporter</title>
 <style>
 body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
 th{{background:#f4f4f4}}.up{{color:#1a7f37}}.down{{color:#cf222e;font-weight:bold}}
+.waiting{{color:#6e7781}}.notice{{background:#fff8c5;border:1px solid #d4a72c;padding:8px}}
 </style></head><body>
 <h1>Exec Exporter</h1>
 <p>Version {e(__version__)}. <a href="{path}">Metrics</a> &middot;
 <a href="/-/healthy">Health</a> &middot; <a href="/-/ready">Readiness</a></p>
-<p>{len(snapshot.targets)} targets; effective refresh interval {snapshot.interval:.0f}s;
+{notice}
+<p>{len(snapshot.targets)} targets; effective refresh interval {interval}{stretched};
 {snapshot.targets_dropped} dropped by max_targets.
 Configuration last loaded {_when(snapshot.reload_time, now)}
 ({'ok' if snapshot.reload_ok else 'last reload FAILED'}).</p>
 {discovery}
 <h2>Targets</h2>
-<table><thead><tr><th>Scenario</th><th>Name</th><th>Cohort</th><th>State</th>
-<th>Last success</th><th>Last error</th><th>Next refresh</th></tr></thead>
-<tbody>
-{''.join(rows)}
-</tbody></table>
+{table}
 </body></html>
 """

@@ -256,3 +256,40 @@ def test_trailing_change_is_saved_without_another_request(tmp_path: Path) -> Non
     assert not state.save(store.snapshot(), [1.0, 2.0], time.time())  # too soon: deferred
     wait_until(lambda: len(json.loads((tmp_path / "state.json").read_text())["ledger"]) == 2,
                2, what="the deferred write")
+
+
+def test_a_missing_state_directory_is_created_and_kept_across_a_restart(
+        tmp_path: Path, api: FakeExecAPI) -> None:
+    # The README's run command on a fresh machine: the state file's directory does not
+    # exist yet, its parent does. It is created, and the restart finds the values.
+    config = write_config(tmp_path, api)
+    state = tmp_path / "var-lib" / "exec-exporter" / "state.json"
+    state.parent.parent.mkdir()
+    with run(tmp_path, api, config, state, "first") as proc:
+        proc.wait_serving()
+        wait_until(lambda: all_values(proc.scrape()[0]), 10, what="the first fill")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    assert json.loads(state.read_text())["targets"]
+    sent = len(api.requests)
+    with run(tmp_path, api, config, state, "second") as proc:
+        proc.wait_serving()
+        assert all_values(proc.scrape()[0])
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    assert len(api.requests) == sent  # restored inside the interval: nothing re-fetched
+
+
+@pytest.mark.parametrize("where", ["no-parent", "a-directory"])
+def test_an_unusable_state_path_refuses_to_start(tmp_path: Path, api: FakeExecAPI,
+                                                 where: str) -> None:
+    config = write_config(tmp_path, api)
+    state = (tmp_path / "missing" / "deeper" / "state.json" if where == "no-parent"
+             else tmp_path)
+    with run(tmp_path, api, config, state, where) as proc:
+        assert proc.wait(10) == 2
+        logs = proc.logs()
+    assert "--state.file" in logs and str(state.parent if where == "no-parent" else state) \
+        in logs
+    assert "Traceback" not in logs
+    assert api.requests == []  # nothing sent
