@@ -465,9 +465,15 @@ class Poller:
     def _run(self, job: Job, running: Running, now: float, probe: bool) -> None:
         self.scheduler.sent(job, now)
         started = time.monotonic()
+        answered = False
         try:
             answer = job.fetch(running.client, now)
+            answered = True
+            done = self.clock.time()
+            job.apply(answer, done)  # a handler may still find the answer invalid
         except ApiError as error:
+            if answered and error.status is None:
+                error.status = 200  # an answer came: it is counted under its status
             duration = time.monotonic() - started
             done = self.clock.time()
             self.outcomes.record_request(error.code, duration)
@@ -479,10 +485,8 @@ class Poller:
             # Any other failure is the job's own: its handler has logged it.
             return
         duration = time.monotonic() - started
-        done = self.clock.time()
         self.outcomes.record_request("200", duration)
         self.scheduler.succeeded(job, done)
-        job.apply(answer, done)
         log.debug("request done kind=%s %s in %.3fs%s", job.kind, job.label, duration,
                   " (probe)" if probe else "")
 
