@@ -353,9 +353,6 @@ def prepare_state_dir(path: str) -> None:
     directory's parent exists and is writable; otherwise raise ConfigError naming the
     path (starting without a usable state file would silently lose it)."""
     directory = Path(path).absolute().parent
-    if Path(path).is_dir():
-        raise ConfigError([f"--state.file: {path} is a directory; name a file in it, "
-                           f"e.g. {Path(path) / 'state.json'}"])
     if not directory.exists():
         parent = directory.parent
         if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):

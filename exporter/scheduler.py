@@ -285,7 +285,14 @@ class Scheduler:
     # --- deciding -----------------------------------------------------------
 
     def decide(self, now: float) -> Decision:
-        """What to do at ``now``: a job to run, or a time to wake up."""
+        """What to do at ``now``: a job to run, or a time to wake up (then the view
+        is published: what is shown is what was decided)."""
+        decision = self._decide(now)
+        if decision.job is None:
+            self.publish(now)
+        return decision
+
+    def _decide(self, now: float) -> Decision:
         probe = False
         if self.pause is not None:
             if now < self.pause.until:
@@ -362,6 +369,7 @@ class Scheduler:
         if self.pause is not None and self.pause.reason in WORKSPACE_REASONS:
             log.info("API access is back; resuming all requests")
         self.pause = None
+        self.publish(at)
 
     def failed(self, job: Job | JobKey | None, error: ApiError, at: float) -> None:
         """``job`` failed with ``error``: back that job off, or pause everything."""
@@ -370,6 +378,11 @@ class Scheduler:
         if reason in PAUSE_REASONS and times is not None:
             # Refused for the whole workspace: not this job's attempt.
             times.last_attempt = times.previous_attempt
+        self._back_off(times, error, at)
+        self.publish(at)
+
+    def _back_off(self, times: JobTimes | None, error: ApiError, at: float) -> None:
+        reason = error.reason
         if isinstance(error, RateLimited):
             self.pause = Pause(until=at + error.retry_after, reason=reason)
             return
@@ -443,13 +456,10 @@ class Poller:
         self._adopt(now)
         decision = self.scheduler.decide(now)
         if decision.job is None:
-            self.scheduler.publish(now)
             return decision.wake_at
         assert self._adopted is not None
         self._run(decision.job, self._adopted, now, decision.probe)
-        done = self.clock.time()
-        self._adopt(done)  # a handler may have changed the targets (discovery)
-        self.scheduler.publish(done)
+        self._adopt(self.clock.time())  # a handler may have changed the targets (discovery)
         return self.clock.time()
 
     def _adopt(self, now: float) -> None:
