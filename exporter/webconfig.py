@@ -95,10 +95,10 @@ class WebConfig:
         Every wrong credential costs one bcrypt check against a hash of the same
         cost, whether the user exists or not and whatever the password's length, so
         neither the answer nor its time tells users apart. At most
-        ``BCRYPT_CONCURRENCY`` checks run at once; credentials that succeeded are
-        remembered (by an HMAC under a per-process random key, never in clear), so an
-        authorised scrape skips bcrypt and is not queued behind a flood of wrong
-        passwords."""
+        ``BCRYPT_CONCURRENCY`` checks run at once, and one that cannot start within
+        ``BCRYPT_WAIT`` seconds fails; credentials that succeeded are remembered (by an
+        HMAC under a per-process random key, never in clear), so an authorised scrape
+        skips bcrypt and is not queued behind a flood of wrong passwords."""
         if not self.users:
             return True
         scheme, _, encoded = (header or "").strip().partition(" ")
@@ -147,6 +147,11 @@ BCRYPT_MAX_PASSWORD = 72
 # scrapes (and cached credentials do not queue here at all).
 BCRYPT_CONCURRENCY = 2
 _BCRYPT_SLOTS = threading.BoundedSemaphore(BCRYPT_CONCURRENCY)
+# A check that cannot start within this long counts as failed (the same 401): under a
+# flood, waiting requests (and their threads and connection slots) cannot pile up.
+# Credentials not yet cached may be refused then; Prometheus retries next scrape.
+BCRYPT_WAIT = 2.0
+_overload_logged = 0.0
 VERIFIED_CACHE_SIZE = 1024
 _CACHE_KEY = secrets.token_bytes(32)  # per process: a cache entry is useless elsewhere
 
@@ -155,12 +160,21 @@ def _bcrypt_check(password: bytes, hashed: bytes | None, dummy: bytes) -> bool:
     """One bcrypt check, the same work whatever the user or password length: an
     unknown user is checked against ``dummy`` (same cost as the real hashes), an
     over-long password by its first 72 bytes, and both then count as wrong."""
+    global _overload_logged
     fits = len(password) <= BCRYPT_MAX_PASSWORD
-    with _BCRYPT_SLOTS:
-        try:
-            ok = bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], hashed or dummy)
-        except ValueError:  # a password bcrypt refuses (e.g. a NUL byte) or a bad hash
-            ok = False
+    if not _BCRYPT_SLOTS.acquire(timeout=BCRYPT_WAIT):
+        now = time.monotonic()
+        if now - _overload_logged > 60:
+            _overload_logged = now
+            log.warning("basic auth: password checks are queueing for over %ss (a flood of "
+                        "wrong passwords?); refusing the ones that wait longer", BCRYPT_WAIT)
+        return False
+    try:
+        ok = bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], hashed or dummy)
+    except ValueError:  # a password bcrypt refuses (e.g. a NUL byte) or a bad hash
+        ok = False
+    finally:
+        _BCRYPT_SLOTS.release()
     return ok and fits and hashed is not None
 
 

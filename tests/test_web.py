@@ -415,6 +415,31 @@ def test_bcrypt_checks_run_a_few_at_a_time(tmp_path: Path,
     assert 1 <= most <= webconfig.BCRYPT_CONCURRENCY
 
 
+def test_a_check_that_cannot_start_in_time_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """While every bcrypt slot is taken for longer than BCRYPT_WAIT, even the right
+    password gets a plain False (401) instead of queueing without end; cached
+    credentials do not need a slot."""
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  {USER}: {htpasswd_hash(PASSWORD)}\n"
+                    f"  other: {htpasswd_hash('other password')}\n")
+    config = load_web_config(path)
+    assert config.check_auth(basic(USER, PASSWORD)["Authorization"])  # now cached
+    monkeypatch.setattr(webconfig, "BCRYPT_WAIT", 0.1)
+    monkeypatch.setattr(webconfig, "_overload_logged", -1e9)
+    for _ in range(webconfig.BCRYPT_CONCURRENCY):
+        assert webconfig._BCRYPT_SLOTS.acquire(timeout=5)
+    try:
+        assert not config.check_auth(basic("other", "other password")["Authorization"])
+        assert config.check_auth(basic(USER, PASSWORD)["Authorization"])
+    finally:
+        for _ in range(webconfig.BCRYPT_CONCURRENCY):
+            webconfig._BCRYPT_SLOTS.release()
+    assert config.check_auth(basic("other", "other password")["Authorization"])
+    assert any("flood of wrong passwords" in r.getMessage() for r in caplog.records)
+
+
 def test_a_flood_of_wrong_passwords_does_not_starve_the_authorised_scrape(
         tmp_path: Path, api: FakeExecAPI) -> None:
     """100 clients send wrong passwords at once (real bcrypt, cost 8); the authorised
