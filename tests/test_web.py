@@ -42,6 +42,7 @@ HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
            "Strict-Transport-Security": "max-age=31536000"}
 USER, PASSWORD = "prometheus", "correct horse battery staple"
 
+
 # --- certificates --------------------------------------------------------------
 
 
