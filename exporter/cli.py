@@ -42,7 +42,7 @@ from .scheduler import (
     SystemClock,
     effective_interval,
 )
-from .server import Web, parse_listen_address, serve
+from .server import Web, listen_failure, parse_listen_address, serve
 from .state import SavedState, StateFile
 from .store import Key, Store, TargetState
 from .targets import Target, build_targets, select_targets
@@ -451,10 +451,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         exporter = Exporter(config, key, config_path, args.state_file)
         exporter.start(address, args.telemetry_path, web_config)
     except OSError as exc:
-        log.error("cannot start: %s", exc)
         if simulated is not None:
             simulated.stop()
-        return 1
+        code, message = listen_failure(exc, args.listen)
+        if code == 2:  # a bad address: said like every other bad flag
+            _print_problems([message], sys.stderr)
+        else:
+            log.error("%s", message)
+        return code
     if demo and simulated is not None:
         log.info("demo: simulated Exec API at %s; open http://%s:%s/", simulated.base_url,
                  "localhost" if address[0] in ("0.0.0.0", "::") else address[0],
