@@ -329,7 +329,8 @@ class Exporter:
         if self.state is not None:
             self._saver = threading.Thread(target=self._save_loop, name="state", daemon=True)
             self._saver.start()
-        host, port = self.server.server_address[:2]
+        host, port = (str(part) for part in self.server.server_address[:2])
+        host = f"[{host}]" if ":" in host else host
         interval = effective_interval(len(self._targets), self.config.refresh_interval,
                                       self._poll_day_budget(), self.budget.minute_limit)
         log.info("exec-exporter %s listening on %s:%s; %d targets, effective refresh "
