@@ -16,7 +16,7 @@ from typing import TextIO
 
 from prometheus_client.registry import CollectorRegistry
 
-from . import __version__, logs
+from . import __version__, backfill, logs
 from .budget import Budget
 from .client import ExecClient
 from .collector import LiveCollector, ProcessMetrics, SnapshotCollector
@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="exec-exporter",
         description="Prometheus exporter for Exec scenario analytics. "
                     "Run 'exec-exporter demo' to try it without an account.")
-    parser.add_argument("mode", nargs="?", choices=["demo"],
-                        help="'demo': run against a simulated Exec API inside the process")
+    parser.add_argument("mode", nargs="?", choices=["demo", "backfill"],
+                        help="'demo': run against a simulated Exec API inside the process; "
+                             "'backfill': write past values for promtool (docs/backfill.md)")
     parser.add_argument("--config.file", dest="config_file", default="config.yaml",
                         help="configuration file (default: %(default)s)")
     parser.add_argument("--config.check", dest="config_check", action="store_true",
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["logfmt", "json"])
     parser.add_argument("--version", action="version",
                         version=f"exec-exporter {__version__} (python {sys.version.split()[0]})")
+    backfill.add_arguments(parser)
     return parser
 
 
@@ -301,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.setup(args.log_level, args.log_format)
+    if args.mode == "backfill":
+        return backfill.main(args)
     demo = args.mode == "demo"
     try:
         address = parse_listen_address(args.listen)
