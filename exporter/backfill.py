@@ -299,21 +299,23 @@ class Outcome:
 
 
 class Journal:
-    """``OUTPUT.journal``: a header line, then one JSON line per finished request."""
+    """``OUTPUT.journal``: a header line, then one JSON line per finished request and one
+    (``{"sent": t}``) per request sent, so a resumed run counts the stopped run's spend."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._handle: TextIO | None = None
 
-    def read(self) -> tuple[dict[str, Any] | None, dict[RequestKey, Outcome]]:
-        """The header (None without a journal) and the finished requests.
+    def read(self) -> tuple[dict[str, Any] | None, dict[RequestKey, Outcome], list[float]]:
+        """The header (None without a journal), the finished requests and when requests
+        were sent.
 
         A torn last line (a run killed mid-write) is ignored: that request is sent again.
         """
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
-            return None, {}
+            return None, {}, []
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"--output: cannot read the journal {self.path}: {exc}") from None
         try:
@@ -324,15 +326,19 @@ class Journal:
             raise UsageError(f"--output: {self.path} is not a backfill journal; remove it or "
                              "choose another --output")
         done: dict[RequestKey, Outcome] = {}
+        sent: list[float] = []
         for line in lines[1:]:
             try:
                 item = json.loads(line)
+                if "sent" in item:
+                    sent.append(float(item["sent"]))
+                    continue
                 key = request_key(str(item["scenario"]), dict(item["params"]))
                 summary = Summary.from_json(item["summary"]) if item.get("summary") else None
                 done[key] = Outcome(summary, item.get("error"))
             except (ValueError, KeyError, TypeError, ApiError):
                 continue
-        return header, done
+        return header, done, sent
 
     def start(self, header: dict[str, Any], fresh: bool) -> None:
         """Open for appending; ``fresh`` writes a new file with ``header``."""
@@ -347,6 +353,12 @@ class Journal:
                 "summary": outcome.summary.to_json() if outcome.summary else None,
                 "error": outcome.error}
         self._handle.write(json.dumps(item, sort_keys=True, separators=(",", ":")) + "\n")
+        self._handle.flush()
+
+    def add_sent(self, at: float) -> None:
+        """Record that a request was sent at ``at`` (before it is sent)."""
+        assert self._handle is not None
+        self._handle.write(json.dumps({"sent": round(at, 3)}) + "\n")
         self._handle.flush()
 
     def close(self) -> None:
@@ -432,10 +444,12 @@ class Sender:
     """
 
     def __init__(self, client: ExecClient, minute_limit: int, day_limit: int,
-                 seed: Iterable[float] = (), now: Callable[[], float] = time.time,
+                 seed: Iterable[float] = (), own: Iterable[float] = (),
+                 now: Callable[[], float] = time.time,
                  sleep: Callable[[float], bool] | None = None,
                  ledger_source: Callable[[float], list[float]] | None = None,
-                 on_wait: Callable[[float], None] | None = None) -> None:
+                 on_wait: Callable[[float], None] | None = None,
+                 on_send: Callable[[float], None] | None = None) -> None:
         self.client = client
         self.minute_limit = minute_limit
         self.day_limit = day_limit
@@ -444,12 +458,15 @@ class Sender:
         self.sleep = sleep or self.stop.wait
         self.ledger_source = ledger_source
         self.on_wait = on_wait
-        self.sent: list[float] = []  # this run's requests
+        self.on_send = on_send
+        start = now()
+        # The backfill's own requests: this run's and an interrupted run's (the journal).
+        self.sent: list[float] = [t for t in own if t > start - DAY - 1]
         self.sent_count = 0
         self.rate_limited = 0
         self._daemon = list(seed)
-        self._daemon_read = now()
-        self.budget = Budget(minute_limit, day_limit, self._daemon)
+        self._daemon_read = start
+        self.budget = Budget(minute_limit, day_limit, [*self._daemon, *self.sent])
         self._hold_until = 0.0
 
     def _refresh_ledger(self, now: float) -> None:
@@ -475,16 +492,22 @@ class Sender:
             if self.sleep(min(at - now, 5.0)):
                 raise Stopped
 
+    def count_send(self) -> None:
+        """Put a request about to be sent in the ledger (and the journal)."""
+        sent_at = self.now()
+        self.budget.record(sent_at)
+        self.sent.append(sent_at)
+        self.sent_count += 1
+        if self.on_send is not None:
+            self.on_send(sent_at)
+
     def fetch(self, key: RequestKey) -> Outcome | None:
         """The outcome of one request; None when it kept failing (try again next run)."""
         scenario, params = key
         failures = 0
         while True:
             self._wait_for_slot()
-            sent_at = self.now()
-            self.budget.record(sent_at)
-            self.sent.append(sent_at)
-            self.sent_count += 1
+            self.count_send()
             try:
                 return Outcome(self.client.summary(scenario, dict(params)))
             except RateLimited as exc:
@@ -581,8 +604,7 @@ def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tup
         discovery = Discovery(settings, lists)
         while (kind := discovery.due_kind(sender.now())) is not None:
             sender._wait_for_slot()
-            sender.budget.record(sender.now())
-            sender.sent.append(sender.now())
+            sender.count_send()
             sent += 1
             try:
                 discovery.step(sender.client, kind, sender.now())
@@ -642,7 +664,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return 2
-    config, key, window, output, journal, header, done, state = prepared
+    config, key, window, output, journal, header, done, own, state = prepared
 
     client = ExecClient(config.api.base_url, key, config.api.timeout)
     rate = config.api.rate_limit
@@ -651,8 +673,11 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
     def daemon_ledger(at: float) -> list[float]:
         return state.load(at).ledger if state else []
 
-    sender = Sender(client, rate.minute_budget, rate.day_budget, seed, now=now,
+    sender = Sender(client, rate.minute_budget, rate.day_budget, seed, own, now=now,
                     ledger_source=daemon_ledger if state else None)
+    # The journal opens before any request (discovery included), so every send is in it.
+    journal.start(header, fresh=not journal.path.exists())
+    sender.on_send = journal.add_sent
     stop_handlers = _install_signals(sender.stop)
     try:
         try:
@@ -670,7 +695,6 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
         todo = [k for k in plan.requests if k not in results]
         print(describe(plan, len(todo), sender.budget, now(), listing,
                        len(seed) if state else None), file=out, flush=True)
-        journal.start(header, fresh=not journal.path.exists())
         progress = Progress(len(plan.requests), len(plan.requests) - len(todo), err)
         sender.on_wait = progress.waiting
         failed = 0
@@ -718,7 +742,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
 
 def _prepare(args: argparse.Namespace, now: float) -> tuple[
         Config, str, Window, Path, Journal, dict[str, Any], dict[RequestKey, Outcome],
-        StateFile | None]:
+        list[float], StateFile | None]:
     """Every check that must pass before a request is sent; raise UsageError/ConfigError."""
     output = _check_output(args.output)
     config = load_config(args.config_file)
@@ -730,7 +754,7 @@ def _prepare(args: argparse.Namespace, now: float) -> tuple[
                            "api.api_key_file in the configuration"])
     logs.add_secret(key.value)
     journal = Journal(output.with_name(output.name + ".journal"))
-    previous, done = journal.read()
+    previous, done, own = journal.read()
     # Check the flags first (their errors say more), then whether a previous run is resumed.
     window = parse_window(args.since, args.until, args.step, now)
     resumed = None
@@ -755,7 +779,7 @@ def _prepare(args: argparse.Namespace, now: float) -> tuple[
         log.warning("--until is within the last 3 hours: Prometheus's head block may "
                     "already hold that range; see docs/backfill.md")
     state = StateFile(args.state_file) if args.state_file else None
-    return config, key.value, window, output, journal, header, done, state
+    return config, key.value, window, output, journal, header, done, own, state
 
 
 def _install_signals(stop: threading.Event) -> dict[int, Any]:
