@@ -121,8 +121,11 @@ def parse_time(text: str, now: float) -> int:
 
 
 def default_until(step: int, now: float) -> int:
-    """The latest step boundary (UTC-aligned) outside Prometheus's head block."""
-    return int((now - HEAD_RANGE) // step * step)
+    """The latest UTC midnight (a step of whole days) or whole hour (other steps) at
+    least 3 hours ago: outside Prometheus's head block, and the same instant for a
+    rerun the same day, so the run's points sit on the round times dashboards show."""
+    align = DAY if step % DAY == 0 else 3600
+    return int((now - HEAD_RANGE) // align * align)
 
 
 def parse_window(since: str | None, until: str | None, step: str, now: float,
@@ -632,7 +635,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="how far back to start, a duration such as 30d")
     group.add_argument("--until", dest="until", default=None,
                        help="the last instant: ISO 8601, unix seconds or 'now' (default: the "
-                            "latest --step boundary at least 3h ago)")
+                            "latest UTC midnight, or hour for steps of hours, 3h ago or more)")
     group.add_argument("--step", dest="step", default="1d",
                        help="one point per target every STEP, at least 1h (default: %(default)s)")
     group.add_argument("--output", dest="output", default=None,

@@ -32,7 +32,6 @@ from exporter import backfill, cli
 from exporter.backfill import (
     Outcome,
     Plan,
-    Point,
     Sender,
     UsageError,
     WorkspaceError,
@@ -44,7 +43,7 @@ from exporter.backfill import (
 )
 from exporter.client import NotFound, RateLimited, Summary, Unauthorized, UpstreamError
 from exporter.collector import INFO_FAMILY, INFO_POSITION, TARGET_FAMILIES
-from exporter.config import CohortConfig, Target, parse_config
+from exporter.config import CohortConfig, Target
 from exporter.demo import DEMO_API_KEY
 
 DAY = 86400
@@ -383,7 +382,7 @@ def _bad_runs(tmp: Path, base_url: str) -> list[tuple[list[str], str]]:
 def test_bad_input_exits_2_and_sends_nothing(api: HistoryAPI, tmp_path: Path,
                                              key_env: None) -> None:
     for argv, words in _bad_runs(tmp_path, api.base_url):
-        code, out, err = run(argv)
+        code, _out, err = run(argv)
         assert code == 2, (argv, err)
         assert words in err and err.startswith("error: ") and len(err.splitlines()) == 1
         assert "Traceback" not in err
@@ -435,6 +434,59 @@ def test_the_key_never_appears_in_the_output(api: HistoryAPI, tmp_path: Path,
     assert code == 0
     for text in (out, err, output.read_text(), output.with_name("h.om.journal").read_text()):
         assert DEMO_API_KEY not in text
+
+
+def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one(api: HistoryAPI,
+                                                                 tmp_path: Path,
+                                                                 key_env: None) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    code, _, err = run([f"--config.file={config}", "--since=1d", f"--until={midnight(1)}",
+                        f"--output={tmp_path / 'h.om'}"])
+    assert code == 0 and "backfill: 8/8 requests (100%)" in err
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    progress = backfill.Progress(total=4, done=1, stream=screen)
+    progress.advance()
+    progress.close()
+    assert "2/4" in screen.getvalue() and "req" in screen.getvalue()
+
+
+def test_the_daemons_ledger_in_the_state_file_counts(api: HistoryAPI, tmp_path: Path,
+                                                     key_env: None) -> None:
+    now = time.time()
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"version": 1, "saved_at": now, "targets": [],
+                                 "ledger": [now - 60 * i for i in range(1, 41)]}))
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    code, out, err = run([f"--config.file={config}", "--since=1d", f"--until={midnight(1)}",
+                          f"--output={tmp_path / 'h.om'}", f"--state.file={state}"])
+    assert code == 0, err
+    assert "the running exporter spent 40 requests in the last 24 h" in out
+    assert "(99960 left in the rolling day)" in out
+
+
+def test_discovered_targets_are_backfilled_and_the_listing_is_counted(
+        api: HistoryAPI, tmp_path: Path, key_env: None) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    raw = yaml.safe_load(config.read_text())
+    raw["scenarios"] = []
+    raw["discovery"] = {"scenarios": {}}
+    config.write_text(yaml.safe_dump(raw))
+    output = tmp_path / "h.om"
+    code, out, err = run([f"--config.file={config}", "--since=1d", f"--until={midnight(1)}",
+                          f"--output={output}"])
+    assert code == 0, err
+    listed = [s for s in api.seen if s.scenario is None]
+    assert listed and "discovery: 1 listing requests" in out
+    scenarios = {s.scenario for s in api.summaries()}
+    assert len(scenarios) >= 3
+    text = output.read_text()
+    for slug in scenarios:
+        assert f'scenario="{slug}"' in text
 
 
 # --- end to end: a subprocess, interrupted and resumed; promtool; a real Prometheus ----
@@ -585,3 +637,11 @@ def _stored(url: str, scenario: str, cohort: str, instant: int) -> dict[str, flo
         name = metric["__name__"] + (f"/{metric['rank']}" if "rank" in metric else "")
         out[name] = float(item["value"][1])
     return out
+
+
+def test_the_command_line_dispatches_backfill(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                              ) -> None:
+    code = cli.main(["backfill", f"--config.file={tmp_path / 'none.yaml'}", "--since=1d",
+                     "--step=1h", f"--output={tmp_path / 'h.om'}"])
+    assert code == 2
+    assert "none.yaml: no such file" in capsys.readouterr().err
