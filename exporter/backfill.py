@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -263,7 +264,8 @@ def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
     lines.append(f"budget: {budget.minute_limit}/minute, {budget.day_limit}/day "
                  f"({day_left} left in the rolling day)")
     eta = estimate_seconds(todo, budget, now)
-    lines.append(f"time at this budget: about {format_duration(max(eta, 0))}"
+    took = f"about {format_duration(eta)}" if eta >= 60 else "under a minute"
+    lines.append(f"time at this budget: {took}"
                  + (" (more than the day budget: the run waits for the rolling day)"
                     if todo > day_left else ""))
     if w.since > 15 * DAY:
@@ -384,10 +386,16 @@ class _Families:
         yield from self.families
 
 
-def render(plan: Plan, results: Mapping[RequestKey, Outcome]) -> bytes:
+def render(plan: Plan, results: Mapping[RequestKey, Outcome],
+           extra: Mapping[str, str] | None = None) -> bytes:
     """The OpenMetrics text: the ``exec_scenario_*`` families with the names, HELP, types
     and labels of ``/metrics``, each series' samples together and in time order (the
-    format wants every family, and promtool every series, contiguous), then ``# EOF``."""
+    format wants every family, and promtool every series, contiguous), then ``# EOF``.
+
+    ``extra`` labels go on every sample: the target labels Prometheus adds when it
+    scrapes (``job``, ``instance``...), so backfilled and scraped samples are one series.
+    """
+    extra = dict(extra or {})
     data_specs = TARGET_FAMILIES[:INFO_POSITION]
     series: list[dict[tuple[str, ...], list[tuple[int, float]]]] = [{} for _ in data_specs]
     info: dict[tuple[str, ...], list[tuple[int, float]]] = {}
@@ -407,10 +415,11 @@ def render(plan: Plan, results: Mapping[RequestKey, Outcome]) -> bytes:
             info.setdefault(labels, []).append((instant, 1.0))
     families: list[Metric] = []
     for spec, found in [*zip(data_specs, series, strict=True), (INFO_FAMILY, info)]:
-        family = GaugeMetricFamily(spec.name, spec.documentation, labels=spec.labels)
+        family = GaugeMetricFamily(spec.name, spec.documentation,
+                                   labels=[*spec.labels, *extra])
         for labels in sorted(found):
             for instant, value in sorted(found[labels]):
-                family.add_metric(list(labels), value, timestamp=instant)
+                family.add_metric([*labels, *extra.values()], value, timestamp=instant)
         if family.samples:
             families.append(family)
     return generate_latest(_Families(families))
@@ -638,8 +647,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "latest UTC midnight, or hour for steps of hours, 3h ago or more)")
     group.add_argument("--step", dest="step", default="1d",
                        help="one point per target every STEP, at least 1h (default: %(default)s)")
+    group.add_argument("--label", dest="labels", action="append", default=None,
+                       metavar="NAME=VALUE",
+                       help="a label for every backfilled sample, repeatable: the target labels "
+                            "Prometheus adds to the live series (job, instance, ...)")
     group.add_argument("--output", dest="output", default=None,
                        help="the OpenMetrics file to write (its journal: OUTPUT.journal)")
+
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Labels the exporter itself sets on some exec_scenario_* family.
+OWN_LABELS = frozenset({"scenario", "cohort", "rank", "name", "id"})
+
+
+def parse_labels(items: Sequence[str] | None) -> dict[str, str]:
+    """``--label=NAME=VALUE`` flags into a mapping; raise UsageError on a bad one."""
+    labels: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--label: {item!r} is not NAME=VALUE "
+                             "(e.g. --label=job=exec-exporter)")
+        if not _LABEL_NAME.match(name) or name.startswith("__"):
+            raise UsageError(f"--label: {name!r} is not a valid label name")
+        if name in OWN_LABELS:
+            raise UsageError(f"--label: {name!r} is set by the exporter itself")
+        if name in labels:
+            raise UsageError(f"--label: {name!r} is given twice")
+        labels[name] = value
+    return labels
 
 
 def _check_output(output: str | None) -> Path:
@@ -667,14 +703,21 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return 2
-    config, key, window, output, journal, header, done, own, state = prepared
+    config, key, window, output, journal, header, done, own, state, labels = prepared
 
     client = ExecClient(config.api.base_url, key, config.api.timeout)
     rate = config.api.rate_limit
     seed = state.load(now()).ledger if state else []
 
     def daemon_ledger(at: float) -> list[float]:
-        return state.load(at).ledger if state else []
+        # Quietly: the state module logs every load at info level, and this runs each minute.
+        quiet = logging.getLogger(StateFile.__module__)
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            return state.load(at).ledger if state else []
+        finally:
+            quiet.setLevel(level)
 
     sender = Sender(client, rate.minute_budget, rate.day_budget, seed, own, now=now,
                     ledger_source=daemon_ledger if state else None)
@@ -698,6 +741,12 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
         todo = [k for k in plan.requests if k not in results]
         print(describe(plan, len(todo), sender.budget, now(), listing,
                        len(seed) if state else None), file=out, flush=True)
+        if labels:
+            print("labels on every sample: " + ", ".join(f"{k}={v!r}" for k, v in labels.items()),
+                  file=out, flush=True)
+        else:
+            print("note: no --label: the series will lack the job/instance labels Prometheus "
+                  "adds when scraping (see docs/backfill.md)", file=out, flush=True)
         progress = Progress(len(plan.requests), len(plan.requests) - len(todo), err)
         sender.on_wait = progress.waiting
         failed = 0
@@ -729,7 +778,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
         print(f"error: {failed} requests kept failing (see the log); {output} not written. "
               "Run the same command again to retry them", file=err)
         return 1
-    data = render(plan, results)
+    data = render(plan, results, labels)
     write_atomically(output, data)
     samples = sum(1 for line in data.splitlines() if line and not line.startswith(b"#"))
     refused = sum(1 for k in plan.requests if results[k].error)
@@ -745,9 +794,10 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
 
 def _prepare(args: argparse.Namespace, now: float) -> tuple[
         Config, str, Window, Path, Journal, dict[str, Any], dict[RequestKey, Outcome],
-        list[float], StateFile | None]:
+        list[float], StateFile | None, dict[str, str]]:
     """Every check that must pass before a request is sent; raise UsageError/ConfigError."""
     output = _check_output(args.output)
+    labels = parse_labels(args.labels)
     config = load_config(args.config_file)
     key, warnings = load_api_key(config)
     for warning in warnings:
@@ -782,7 +832,7 @@ def _prepare(args: argparse.Namespace, now: float) -> tuple[
         log.warning("--until is within the last 3 hours: Prometheus's head block may "
                     "already hold that range; see docs/backfill.md")
     state = StateFile(args.state_file) if args.state_file else None
-    return config, key.value, window, output, journal, header, done, own, state
+    return config, key.value, window, output, journal, header, done, own, state, labels
 
 
 def _install_signals(stop: threading.Event) -> dict[int, Any]:

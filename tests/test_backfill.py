@@ -524,7 +524,8 @@ def test_backfill_interrupted_resumed_imported_and_queried(tmp_path: Path) -> No
                                        fixed_end, dt.UTC).isoformat()}])
         output = tmp_path / "history.om"
         command = [sys.executable, "-m", "exporter", "backfill", f"--config.file={config}",
-                   "--since=30d", "--step=10d", f"--output={output}"]
+                   "--since=30d", "--step=10d", f"--output={output}",
+                   "--label=job=exec-exporter"]
         env = {"EXEC_API_KEY": DEMO_API_KEY, "PATH": "/usr/bin:/bin"}
         first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
@@ -630,7 +631,8 @@ def _as_metrics(body: dict[str, Any]) -> dict[str, float]:
 
 def _stored(url: str, scenario: str, cohort: str, instant: int) -> dict[str, float]:
     """What Prometheus holds for one target at ``instant`` (the sample at that time)."""
-    expr = f'{{__name__=~"exec_scenario_.+",scenario="{scenario}",cohort="{cohort}"}}'
+    expr = (f'{{__name__=~"exec_scenario_.+",job="exec-exporter",scenario="{scenario}",'
+            f'cohort="{cohort}"}}')
     out = {}
     for item in _prometheus_query(url, expr, instant):
         metric = item["metric"]
@@ -645,3 +647,32 @@ def test_the_command_line_dispatches_backfill(tmp_path: Path, capsys: pytest.Cap
                      "--step=1h", f"--output={tmp_path / 'h.om'}"])
     assert code == 2
     assert "none.yaml: no such file" in capsys.readouterr().err
+
+
+def test_labels_go_on_every_sample_and_a_rerun_relabels_without_requests(
+        api: HistoryAPI, tmp_path: Path, key_env: None) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    output = tmp_path / "h.om"
+    argv = [f"--config.file={config}", "--since=1d", f"--until={midnight(1)}",
+            f"--output={output}"]
+    code, out, _ = run(argv)
+    assert code == 0 and "note: no --label" in out
+    sent = len(api.seen)
+    code, out, _ = run([*argv, "--label=job=exec-exporter", "--label=instance=exporter:10025"])
+    assert code == 0 and "labels on every sample: job='exec-exporter'" in out
+    assert len(api.seen) == sent
+    samples = [s for f in text_string_to_metric_families(output.read_text()) for s in f.samples]
+    assert samples and all(s.labels["job"] == "exec-exporter"
+                           and s.labels["instance"] == "exporter:10025" for s in samples)
+
+
+@pytest.mark.parametrize(("label", "words"), [
+    ("job", "not NAME=VALUE"), ("1x=a", "not a valid label name"),
+    ("__name__=x", "not a valid label name"), ("cohort=x", "set by the exporter")])
+def test_bad_labels_exit_2(api: HistoryAPI, tmp_path: Path, key_env: None, label: str,
+                           words: str) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    code, _, err = run([f"--config.file={config}", "--since=1d", f"--label={label}",
+                        f"--output={tmp_path / 'h.om'}"])
+    assert code == 2 and err.startswith("error: --label:") and words in err
+    assert api.seen == []
