@@ -438,6 +438,38 @@ def write_atomically(path: Path, data: bytes) -> None:
 # --- sending -------------------------------------------------------------------------
 
 
+class StopFlag:
+    """Set by the SIGINT/SIGTERM handler, polled by the waits.
+
+    A plain attribute rather than a ``threading.Event``: the handler runs on the main
+    thread between two bytecodes, possibly while that thread holds the Event's
+    internal lock inside ``wait()``, and ``Event.set()`` there would deadlock.
+    """
+
+    POLL = 0.2  # how soon a wait notices a stop
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def set(self) -> None:
+        """Ask every wait to end (safe inside a signal handler)."""
+        self.stopped = True
+
+    def is_set(self) -> bool:
+        """Whether a stop was asked for."""
+        return self.stopped
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True as soon as a stop is asked for."""
+        deadline = time.monotonic() + seconds
+        while not self.stopped:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, self.POLL))
+        return True
+
+
 class Stopped(Exception):
     """SIGINT or SIGTERM arrived: stop cleanly, keep the journal."""
 
@@ -466,7 +498,7 @@ class Sender:
         self.minute_limit = minute_limit
         self.day_limit = day_limit
         self.now = now
-        self.stop = threading.Event()
+        self.stop = StopFlag()
         self.sleep = sleep or self.stop.wait
         self.ledger_source = ledger_source
         self.on_wait = on_wait
@@ -835,7 +867,7 @@ def _prepare(args: argparse.Namespace, now: float) -> tuple[
     return config, key.value, window, output, journal, header, done, own, state, labels
 
 
-def _install_signals(stop: threading.Event) -> dict[int, Any]:
+def _install_signals(stop: StopFlag) -> dict[int, Any]:
     def on_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
 

@@ -676,3 +676,14 @@ def test_bad_labels_exit_2(api: HistoryAPI, tmp_path: Path, key_env: None, label
                         f"--output={tmp_path / 'h.om'}"])
     assert code == 2 and err.startswith("error: --label:") and words in err
     assert api.seen == []
+
+
+def test_a_stop_ends_a_quota_wait_and_the_run_keeps_its_journal(clock: FakeClock) -> None:
+    client = ScriptedClient(clock)
+    sender = Sender(client, 1, 1000, now=clock.time)  # the real, stop-aware sleep
+    sender.fetch(_key(1))
+    sender.stop.set()  # what SIGINT/SIGTERM do
+    with pytest.raises(backfill.Stopped):
+        sender.fetch(_key(2))  # would wait a minute for the budget
+    assert len(client.sent) == 1
+    assert backfill.StopFlag().wait(0.01) is False
