@@ -580,21 +580,35 @@ class Sender:
 
 
 class Progress:
-    """A tqdm bar on a terminal; a plain line every 30 s (and at the end) otherwise."""
+    """A tqdm bar on a terminal; a plain line every 30 s (and at the end) otherwise.
 
-    def __init__(self, total: int, done: int, stream: TextIO) -> None:
+    The time left comes from ``time_left`` (the budget's estimate), not from the
+    rate so far: a run that sent its first minute's requests in seconds is not
+    about to finish.
+    """
+
+    BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} requests [{elapsed}{postfix}]"
+
+    def __init__(self, total: int, done: int, stream: TextIO,
+                 time_left: Callable[[int], float] | None = None) -> None:
         self.total = total
         self.done = done
         self.stream = stream
+        self.time_left = time_left
         self.bar: Any = None
         self._last_line = time.monotonic()
-        self._started = time.monotonic()
-        self._start_done = done
         if stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="req", file=stream,
-                            desc="backfill", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=done, file=stream, desc="backfill",
+                            bar_format=self.BAR, dynamic_ncols=True)
+            self.bar.set_postfix_str(self._left(), refresh=True)
+
+    def _left(self) -> str:
+        if self.time_left is None or self.done >= self.total:
+            return ""
+        seconds = self.time_left(self.total - self.done)
+        return f"about {format_duration(seconds)} left" if seconds >= 60 else "under a minute left"
 
     def waiting(self, until: float) -> None:
         """Say the run waits for the quota (or a 429)."""
@@ -605,21 +619,20 @@ class Progress:
         """One more request finished."""
         self.done += 1
         if self.bar is not None:
-            self.bar.set_postfix_str("", refresh=False)
+            self.bar.set_postfix_str(self._left(), refresh=False)
             self.bar.update(1)
             return
         now = time.monotonic()
         if now - self._last_line >= PROGRESS_EVERY or self.done == self.total:
             self._last_line = now
-            print(self.line(now), file=self.stream, flush=True)
+            print(self.line(), file=self.stream, flush=True)
 
-    def line(self, now: float) -> str:
+    def line(self) -> str:
         """``backfill: 120/744 requests (16%), about 10m left``."""
         share = self.done / self.total if self.total else 1.0
-        rate = (self.done - self._start_done) / max(now - self._started, 1e-9)
-        left = (self.total - self.done) / rate if rate > 0 else float("inf")
-        eta = f", about {format_duration(left)} left" if math.isfinite(left) and left else ""
-        return f"backfill: {self.done}/{self.total} requests ({share:.0%}){eta}"
+        left = self._left()
+        return f"backfill: {self.done}/{self.total} requests ({share:.0%})" + (
+            f", {left}" if left else "")
 
     def close(self) -> None:
         """Remove the bar."""
@@ -779,7 +792,8 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
         else:
             print("note: no --label: the series will lack the job/instance labels Prometheus "
                   "adds when scraping (see docs/backfill.md)", file=out, flush=True)
-        progress = Progress(len(plan.requests), len(plan.requests) - len(todo), err)
+        progress = Progress(len(plan.requests), len(plan.requests) - len(todo), err,
+                            lambda n: estimate_seconds(n, sender.budget, now()))
         sender.on_wait = progress.waiting
         failed = 0
         try:
