@@ -51,7 +51,7 @@ import _workload as w
 
 from exporter.budget import DAY, MINUTE, Budget
 from exporter.client import Summary, Timeout, UpstreamError
-from exporter.config import Target, parse_config
+from exporter.config import parse_config
 from exporter.scheduler import Poller, Scheduler
 from exporter.store import Store
 
@@ -125,7 +125,7 @@ def simulate(targets: int, failure_rate: float, seed: int, latency: float,
     clock = FakeClock(START)
     budget = Budget(rate.minute_budget, rate.day_budget)
     scheduler = Scheduler(budget, config.refresh_interval, rng=random.Random(seed))
-    kept: list[Target] = config.targets()
+    kept = w.targets_of(config)
     by_key = {t.key: t for t in kept}
     every = round(1 / broken_share) if broken_share > 0 else 0
     broken = {t.key for i, t in enumerate(kept) if every and i % every == every // 2}

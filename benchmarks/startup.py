@@ -13,13 +13,21 @@ and polls (every 10 ms) until:
 Times are from just before the process is spawned; each is the median of
 ``--runs`` starts.
 
-    python benchmarks/startup.py
-    python benchmarks/startup.py --targets 20,2000 --runs 5
+It needs Python 3.11 or later with the project's dependencies installed: the
+interpreter that runs this script also runs the exporter (``sys.executable -m
+exporter``), so use the project's virtual environment, from the repository root:
+
+    .venv/bin/python benchmarks/startup.py
+    .venv/bin/python benchmarks/startup.py --targets 20,2000 --runs 5
+
+If a start fails, the exporter's log is copied out of the temporary directory
+(its path is printed) before that directory is removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,11 +35,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import _workload as w
-from _http import Connection
+NEEDS = ("Python 3.11+ with the project installed; from the repository root: "
+         "python3 -m venv .venv && .venv/bin/pip install -e . && "
+         ".venv/bin/python benchmarks/startup.py")
+if sys.version_info < (3, 11):  # noqa: UP036 - this script may be run by any python3
+    sys.exit(f"startup.py: this is Python {sys.version.split()[0]}; it needs {NEEDS}")
+try:
+    import _workload as w
+    from _http import Connection
+except ModuleNotFoundError as exc:  # the exporter's dependencies are not installed here
+    sys.exit(f"startup.py: {sys.executable} cannot import {exc.name!r}; it needs {NEEDS}")
 
 sys.path.insert(0, str(w.TESTS))
-from fakeapi import FakeExecAPI, summary_body
+from fakeapi import FakeExecAPI, summary_body  # noqa: E402 - needs the path above
 
 POLL = 0.01
 DATA_SAMPLE = b"\nexec_scenario_participants{"
@@ -63,8 +79,9 @@ def run_once(targets: int, with_state: bool, limit: float) -> dict[str, float | 
             if state is not None:
                 state.write_bytes(w.state_file_bytes(targets, time.time(), fake.base_url))
             port = w.free_port()
+            log = work / "exporter.log"
             started = time.monotonic()
-            proc = w.start(w.exporter_command(config, port, state), work / "exporter.log")
+            proc = w.start(w.exporter_command(config, port, state), log)
             deadline = started + limit
             marks: dict[str, float | None] = {"healthy": None, "data": None, "ready": None}
             checks: dict[str, Callable[[], bool]] = {
@@ -72,20 +89,37 @@ def run_once(targets: int, with_state: bool, limit: float) -> dict[str, float | 
                 "data": lambda: DATA_SAMPLE in status(port, "/metrics")[1],
                 "ready": lambda: status(port, "/-/ready")[0] == 200,
             }
-            while time.monotonic() < deadline and None in marks.values():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"exporter exited; see {work / 'exporter.log'}")
-                for name, check in checks.items():
-                    if marks[name] is None and (name == "healthy" or marks["healthy"]) \
-                            and check():
-                        marks[name] = time.monotonic() - started
-                time.sleep(POLL)
+            try:
+                while time.monotonic() < deadline and None in marks.values():
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"exporter exited with code {proc.returncode}")
+                    for name, check in checks.items():
+                        if marks[name] is None and (name == "healthy" or marks["healthy"]) \
+                                and check():
+                            marks[name] = time.monotonic() - started
+                    time.sleep(POLL)
+            except BaseException:
+                w.stop(proc)  # so the log is complete
+                proc = None
+                keep_log(log, targets, with_state)
+                raise
             w.stop(proc)
             proc = None
             return marks
     finally:
         w.stop(proc)
         fake.stop()
+
+
+def keep_log(log: Path, targets: int, with_state: bool) -> None:
+    """Copy a failed start's log out of the temporary directory, which is about to go."""
+    if not log.exists():
+        return
+    kind = "state" if with_state else "nostate"
+    fd, kept = tempfile.mkstemp(prefix=f"exec-bench-startup-{targets}-{kind}-", suffix=".log")
+    with open(fd, "wb") as out, log.open("rb") as src:
+        shutil.copyfileobj(src, out)
+    print(f"startup.py: the exporter's log is kept in {kept}", file=sys.stderr, flush=True)
 
 
 def fmt(values: list[float | None]) -> str:

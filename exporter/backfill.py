@@ -60,15 +60,15 @@ from .config import (
     CohortConfig,
     Config,
     ConfigError,
-    Target,
     format_duration,
     load_api_key,
     load_config,
     parse_duration,
 )
-from .discovery import Discovery, Lists, build_targets
+from .discovery import Discovery, Lists
 from .state import StateFile
 from .store import TargetState
+from .targets import Target, select_targets
 
 log = logging.getLogger(__name__)
 
@@ -672,11 +672,8 @@ def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tup
             except ApiError as exc:
                 raise WorkspaceError(f"discovery: reading {kind} failed: {exc}") from None
         lists = discovery.lists
-    targets = build_targets(config, lists)
-    if len(targets) > config.max_targets:
-        log.error("%d targets exceed max_targets=%d; backfilling the first %d", len(targets),
-                  config.max_targets, config.max_targets)
-    return targets[:config.max_targets], sent
+    targets, _dropped = select_targets(config, lists)  # it logs what max_targets drops
+    return targets, sent
 
 
 # --- the command ---------------------------------------------------------------------

@@ -24,13 +24,12 @@ from .config import (
     ApiKey,
     Config,
     ConfigError,
-    Target,
     format_duration,
     load_api_key,
     load_config,
     parse_config,
 )
-from .discovery import Discovery, Lists, build_targets
+from .discovery import Discovery, Lists
 from .exposition import Exposition
 from .scheduler import (
     WORKSPACE_REASONS,
@@ -44,6 +43,7 @@ from .scheduler import (
 from .server import Web, parse_listen_address, serve
 from .state import SavedState, StateFile
 from .store import Store, TargetState
+from .targets import Target, build_targets, select_targets
 from .webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
@@ -57,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exec-exporter",
         description="Prometheus exporter for Exec scenario analytics. "
-                    "Run 'exec-exporter demo' to try it without an account.")
+                    "Run 'exec-exporter demo' to try it without an account.",
+        epilog="The API key comes from the file named by api.api_key_file in the "
+               "configuration, else from the EXEC_API_KEY environment variable (never a "
+               "flag, so it stays out of process listings). The demo needs no key. "
+               "SIGHUP or POST /-/reload rereads the configuration; SIGTERM stops cleanly.")
     parser.add_argument("mode", nargs="?", choices=["demo", "backfill"],
                         help="'demo': run against a simulated Exec API inside the process; "
                              "'backfill': write past values for promtool (docs/backfill.md)")
@@ -88,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def describe_plan(config: Config, key: ApiKey | None) -> str:
     """The polling plan that ``--config.check`` prints."""
-    targets = config.targets()
+    targets = build_targets(config)
     rate = config.api.rate_limit
     lines = []
     if config.discovery is not None and config.discovery.scenarios is not None:
@@ -96,14 +100,21 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
                      "time (the counts below are the explicit targets only)")
     if config.discovery is not None and config.discovery.group_cohorts is not None:
         lines.append("discovery: one cohort per workspace group is added at run time")
+    if (config.discovery is not None and config.discovery.scenarios is not None
+            and config.discovery.scenarios.cohorts is not None):
+        lines.append("discovery: discovered scenarios get the cohorts "
+                     f"{', '.join(config.discovery.scenarios.cohorts)} (patterns are matched "
+                     "against the group cohorts too, at run time)")
     # Offline, page counts are unknown: one page per list, the least discovery costs.
     listing = (Discovery(config.discovery).requests_per_day()
                if config.discovery is not None else 0.0)
     lines.append(f"targets: {len(targets)}")
+    cohorts: dict[str, list[str]] = {}
+    for target in targets:
+        cohorts.setdefault(target.scenario, []).append(target.cohort.name)
     for scenario in config.scenarios:
-        cohorts = scenario.cohorts or [c.name for c in config.cohorts]
         label = f" ({scenario.name})" if scenario.name else ""
-        lines.append(f"  {scenario.id}{label}: {', '.join(cohorts)}")
+        lines.append(f"  {scenario.id}{label}: {', '.join(cohorts[scenario.id])}")
     wanted = len(targets) * 86400 / config.refresh_interval
     wanted_at = format_duration(config.refresh_interval)
     lines.append(f"requests/day needed at refresh_interval {wanted_at}: {wanted:.0f}")
@@ -186,14 +197,9 @@ class Exporter:
 
     def _apply(self, config: Config) -> None:
         """Make ``config`` (with the current discovery lists) the running target set."""
-        targets = build_targets(config, self.discovery.lists if self.discovery else None)
-        dropped = len(targets) - config.max_targets
-        if dropped > 0:
-            log.error("%d targets exceed max_targets=%d; dropping the last %d (explicit "
-                      "targets first, then discovered ones by slug)", len(targets),
-                      config.max_targets, dropped)
-        kept = targets[:config.max_targets]
-        self.store.set_targets_dropped(max(dropped, 0))
+        kept, dropped = select_targets(config,
+                                       self.discovery.lists if self.discovery else None)
+        self.store.set_targets_dropped(dropped)
         # Same labels, other filters: the old values describe another population.
         changed = {t.key for t in kept if t.key in self._targets
                    and (self._targets[t.key].cohort, self._targets[t.key].scenario_uuid)

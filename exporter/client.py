@@ -6,16 +6,22 @@ schedules; callers time it and count what it returns.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import math
+import socket
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import __version__
 
@@ -23,6 +29,7 @@ MAX_BODY_BYTES = 1 << 20  # a summary is a few hundred bytes; anything near 1 Mi
 RANKS = ("gold", "silver", "bronze", "unranked")
 DEFAULT_RETRY_AFTER = 60.0
 MAX_RETRY_AFTER = 86400.0
+T = TypeVar("T")
 
 
 # --- errors ----------------------------------------------------------------
@@ -39,7 +46,9 @@ class ApiError(Exception):
 
     @property
     def code(self) -> str:
-        """The ``code`` label for exec_exporter_api_requests_total."""
+        """The ``code`` label for exec_exporter_api_requests_total: the HTTP status of
+        the answer that arrived (a 200 with a broken body included), ``"error"`` when
+        none arrived whole (no connection, timeout, connection broken mid-body)."""
         return str(self.status) if self.status is not None else "error"
 
 
@@ -296,11 +305,170 @@ def error_for_status(status: int, body: object, retry_after_header: str | None) 
     return InvalidResponse(f"unexpected HTTP status {status}", status)
 
 
+# --- the deadline ----------------------------------------------------------
+#
+# ``api.timeout`` bounds the whole request: name resolution, connect, TLS, status
+# line, headers and body together. requests' own timeout applies to each socket
+# operation, so an upstream sending one byte every half second never trips it.
+# Two ways were weighed:
+#
+# * per-read socket timeouts set to the time remaining: needs a hook before every
+#   recv() inside http.client, and cannot bound getaddrinfo(), which no socket
+#   timeout covers;
+# * the request runs on a short-lived worker thread and the caller waits for it
+#   with the deadline: the wait is exact whichever phase is slow, DNS included.
+#   When the deadline passes the caller shuts the worker's socket down, so the
+#   worker wakes at once and urllib3 discards that connection instead of pooling
+#   it; a worker still inside getaddrinfo() finds its call expired when it reaches
+#   connect() and stops there.
+#
+# This module does the second (one thread per request is nothing at 60 requests a
+# minute). The worker keeps requests' per-read timeout as a backstop.
+
+
+class _Expired(Exception):
+    """A worker reached the network after its caller had given up."""
+
+
+class _Call:
+    """One request on a worker thread, and the connections it has touched."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self.expired = False
+        self._connections: list[urllib3.connection.HTTPConnection] = []
+        self._result: object = None
+        self._error: BaseException | None = None
+
+    def run(self, work: Callable[[], object]) -> None:
+        """Run ``work`` on this (worker) thread and keep its outcome for :meth:`wait`."""
+        _current.call = self
+        result: object = None
+        error: BaseException | None = None
+        try:
+            result = work()
+        except BaseException as exc:  # handed over to the waiting caller
+            error = exc
+        finally:
+            _current.call = None
+        with self._lock:
+            self._result, self._error = result, error
+            self._done.set()
+
+    def wait(self, timeout: float) -> object:
+        """The outcome of ``work``, or :class:`_Expired` once ``timeout`` has passed
+        (the connections in use are shut down)."""
+        self._done.wait(timeout)
+        with self._lock:
+            if not self._done.is_set():
+                self.expired = True
+                connections = list(self._connections)
+            else:
+                connections = None
+        if connections is not None:
+            for connection in connections:
+                _abort(connection)
+            raise _Expired
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def enlist(self, connection: urllib3.connection.HTTPConnection) -> None:
+        """Note a connection the worker is about to use (refused once expired)."""
+        with self._lock:
+            if self.expired:
+                raise _Expired
+            if connection not in self._connections:
+                self._connections.append(connection)
+
+
+_current = threading.local()  # the _Call of the worker thread, if any
+
+
+def _enlist(connection: urllib3.connection.HTTPConnection) -> _Call | None:
+    call: _Call | None = getattr(_current, "call", None)
+    if call is not None:
+        call.enlist(connection)
+    return call
+
+
+def _abort(connection: urllib3.connection.HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        # socket.socket.shutdown, not SSLSocket.shutdown, which would drop the TLS
+        # object under the worker's feet: shutting the descriptor down wakes the
+        # worker's blocked read with EOF, and a dropped socket is never pooled again.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
+    """An HTTP connection the waiting caller can shut down at the deadline."""
+
+    def connect(self) -> None:
+        call = _enlist(self)
+        super().connect()
+        if call is not None and call.expired:
+            # The deadline passed while connecting (the abort found no socket yet).
+            self.close()
+            raise _Expired
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _enlist(self)  # a pooled connection goes straight here, without connect()
+        super().request(*args, **kwargs)
+
+
+class _DeadlineHTTPSConnection(_DeadlineHTTPConnection, urllib3.connection.HTTPSConnection):
+    """The TLS flavour of :class:`_DeadlineHTTPConnection`."""
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter with pools whose connections can be aborted at the deadline.
+
+    A SOCKS proxy keeps its own pool classes: there the caller still gives up at
+    the deadline, and the abandoned worker ends at its per-read timeout.
+    """
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _pools()
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _pools()
+        return manager
+
+
+def _pools() -> dict[str, type[HTTPConnectionPool]]:
+    return {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
 # --- the client ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    body: bytes
+    retry_after: str | None
 
 
 class ExecClient:
     """Talks to the Exec REST API over one keep-alive session.
+
+    Every call ends within ``timeout`` seconds, whatever the network does, and
+    every :class:`ApiError` raised once an answer arrived carries its HTTP status.
 
     >>> client = ExecClient("https://api.exec.com/rest/v1", key, timeout=10)
     >>> client.summary("discovery-call-it-director", {"group_ids": "g1,g2"})
@@ -312,6 +480,9 @@ class ExecClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._session = session or requests.Session()
+        adapter = _DeadlineAdapter()
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
         self._session.headers.update({
             "User-Agent": f"exec-exporter/{__version__}",
             "Accept": "application/json",
@@ -329,27 +500,27 @@ class ExecClient:
     def summary(self, scenario_id: str, params: Mapping[str, str]) -> Summary:
         """GET /scenarios/{id}/analytics/summary with the cohort's filters."""
         path = f"/scenarios/{quote(scenario_id, safe='')}/analytics/summary"
-        return parse_summary(self.get_json(path, params))
+        return self._call(path, params, parse_summary)
 
     def list_page(self, path: str, params: Mapping[str, str]) -> tuple[list[Any], int]:
         """One page of a list endpoint: its items and the total number of pages."""
-        body = self.get_json(path, params)
-        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            raise InvalidResponse(f"{path}: expected an object with a data list")
-        pagination = body.get("pagination")
-        pages = 1
-        if isinstance(pagination, dict):
-            value = pagination.get("total_pages")
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                pages = value
-            elif value is not None:
-                raise InvalidResponse(f"{path}: pagination.total_pages is {value!r}")
-        return body["data"], pages
+        return self._call(path, params, lambda body: _parse_page(path, body))
 
     def get_json(self, path: str, params: Mapping[str, str]) -> object:
         """GET a path under the base URL and return the decoded JSON body, or raise ApiError."""
+        return self._call(path, params, lambda body: body)
+
+    def _call(self, path: str, params: Mapping[str, str], parse: Callable[[object], T]) -> T:
         try:
-            return self._get_json(path, params)
+            status, body = self._get_json(path, params)
+            try:
+                return parse(body)
+            except ApiError as error:
+                # The answer arrived: its status is the code label, even for a 200
+                # whose body turned out wrong.
+                if error.status is None:
+                    error.status = status
+                raise
         except ApiError as error:
             # An API may quote the key back in its error message: it must not travel on
             # to the landing page or the state file.
@@ -358,10 +529,31 @@ class ExecClient:
                 error.args = (text.replace(self._key, "<redacted>"),)
             raise
 
-    def _get_json(self, path: str, params: Mapping[str, str]) -> object:
+    def _get_json(self, path: str, params: Mapping[str, str]) -> tuple[int, object]:
         query = urlencode(params, safe=",:@")
         url = self.base_url + path + (f"?{query}" if query else "")
-        deadline = time.monotonic() + self.timeout
+        call = _Call()
+        worker = threading.Thread(target=call.run, args=(lambda: self._exchange(url),),
+                                  name="exec-api-request", daemon=True)
+        worker.start()
+        try:
+            answer = call.wait(self.timeout)
+        except _Expired:
+            raise Timeout(f"no complete answer within {self.timeout:g}s") from None
+        assert isinstance(answer, _Answer)
+        status = answer.status
+        body: object = None
+        try:
+            body = json.loads(answer.body) if answer.body else None
+        except ValueError:
+            if 200 <= status <= 299:
+                raise InvalidResponse("body is not valid JSON", status) from None
+        if 200 <= status <= 299:
+            return status, body
+        raise error_for_status(status, body, answer.retry_after)
+
+    def _exchange(self, url: str) -> _Answer:
+        """The request itself, on the worker thread: status, capped body, Retry-After."""
         try:
             response = self._session.get(url, headers=self._auth, timeout=self.timeout,
                                          stream=True, allow_redirects=False)
@@ -372,21 +564,10 @@ class ExecClient:
         except requests.RequestException as exc:
             raise ConnectionFailed(f"request failed: {_short(exc)}") from None
         with response:
-            raw = self._read_capped(response, deadline)
-        status = response.status_code
-        body: object = None
-        decode_error: str | None = None
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            decode_error = "body is not valid JSON"
-        if 200 <= status <= 299:
-            if decode_error:
-                raise InvalidResponse(decode_error, status)
-            return body
-        raise error_for_status(status, body, response.headers.get("Retry-After"))
+            raw = self._read_capped(response)
+        return _Answer(response.status_code, raw, response.headers.get("Retry-After"))
 
-    def _read_capped(self, response: requests.Response, deadline: float) -> bytes:
+    def _read_capped(self, response: requests.Response) -> bytes:
         status = response.status_code
         length = response.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
@@ -399,14 +580,26 @@ class ExecClient:
                 if size > MAX_BODY_BYTES:
                     raise InvalidResponse("body is over the 1 MiB cap", status)
                 chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    # A body that trickles in slowly must not hold the poller forever.
-                    raise Timeout(f"body not complete within {self.timeout:g}s", None)
         except requests.Timeout:
+            # No status: a body that never arrived whole is no answer (code "error").
             raise Timeout(f"body not complete within {self.timeout:g}s") from None
         except requests.RequestException as exc:
             raise ConnectionFailed(f"reading the body failed: {_short(exc)}") from None
         return b"".join(chunks)
+
+
+def _parse_page(path: str, body: object) -> tuple[list[Any], int]:
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise InvalidResponse(f"{path}: expected an object with a data list")
+    pagination = body.get("pagination")
+    pages = 1
+    if isinstance(pagination, dict):
+        value = pagination.get("total_pages")
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            pages = value
+        elif value is not None:
+            raise InvalidResponse(f"{path}: pagination.total_pages is {value!r}")
+    return body["data"], pages
 
 
 def _short(exc: BaseException) -> str:

@@ -1,9 +1,12 @@
-"""Configuration: the YAML file, validated up front, and the targets it yields.
+"""Configuration: the YAML file as a validated, immutable model.
 
 Every problem in a file is reported at once, one line each, prefixed with the
-dotted path of the field (``cohorts[2].window: ...``). Unknown keys are errors.
-The API key never lives in the YAML: it comes from ``api.api_key_file`` or the
-``EXEC_API_KEY`` environment variable (see :func:`load_api_key`).
+dotted path of the field (``cohorts[2].window: ...``). Unknown keys are errors,
+and types are strict: ``"500"`` is not a number, ``"yes"`` is not a boolean and
+a bare string is not a list. The API key never lives in the YAML: it comes from
+``api.api_key_file`` or the ``EXEC_API_KEY`` environment variable (see
+:func:`load_api_key`). Which (scenario, cohort) pairs are polled is decided in
+:mod:`exporter.targets`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import datetime as dt
 import os
 import re
 import stat
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +61,10 @@ _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 
 def parse_duration(value: object) -> float:
     """Parse a Prometheus-style duration (``30s``, ``15m``, ``1h30m``, ``7d``) into seconds."""
+    # A bare number is refused rather than guessed: `timeout: 10` could mean seconds
+    # or minutes, and Prometheus' own configuration refuses it too.
     if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"expected a duration such as '30s', '15m' or '7d', got {value!r}")
+        raise ValueError(f"must be a duration such as '10s', '15m' or '7d', got {value!r}")
     text = value.strip()
     if not _DURATION_RE.match(text):
         raise ValueError(f"invalid duration {value!r}: use forms such as '30s', '15m', '6h', '7d'")
@@ -107,19 +113,51 @@ def _parse_datetime(value: object) -> dt.datetime:
 DateTime = Annotated[dt.datetime, BeforeValidator(_parse_datetime)]
 
 
-def _string_list(value: object) -> object:
-    # Allow a single string where a list is expected: `group_ids: g1` reads naturally.
-    return [value] if isinstance(value, str) else value
+def _string_list(value: object) -> list[str]:
+    # Strict: `group_ids: g1` is refused rather than read as [g1], so a missing pair
+    # of brackets never changes what the file means without a word.
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of strings, e.g. [a, b]")
+    if not all(value):
+        raise ValueError("must not contain empty strings")
+    return value
 
 
-StrList = Annotated[list[Annotated[str, Field(min_length=1)]], BeforeValidator(_string_list)]
+StrList = Annotated[list[str], BeforeValidator(_string_list)]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@ -]*$")
-_SCENARIO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+def check_name(value: str) -> str:
+    """Check a scenario id or cohort name; return it unchanged or raise ValueError.
+
+    One rule for names from the file and names from the workspace's lists: any
+    printable text the API can return (``Sales/EMEA``, ``Équipe Nord``, a non-ASCII
+    slug) is fine, because names only ever travel percent-encoded in a URL path or
+    escaped in a label value. Refused are only the names no one can read back: an
+    empty name, control characters (a line break would split log lines and the
+    landing page's table) and leading or trailing whitespace (``"sales "`` would be
+    a second label value that looks exactly like ``"sales"`` on every dashboard).
+    """
+    if not value:
+        raise ValueError("must not be empty")
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError(f"{value!r} contains a control character")
+    if value != value.strip():
+        raise ValueError(f"{value!r} has leading or trailing whitespace")
+    return value
+
+
+def _path(value: object) -> object:
+    # Strict mode wants a Path instance; the file has a string, which is what we check.
+    if isinstance(value, str) and value:
+        return Path(value)
+    if isinstance(value, Path):
+        return value
+    raise ValueError("must be a file path")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no type coercion ("500" is not an int, "yes" is not a bool).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # --- sections --------------------------------------------------------------
@@ -147,7 +185,7 @@ class ApiSettings(_Strict):
     """How to reach the Exec API."""
 
     base_url: str = DEFAULT_BASE_URL
-    api_key_file: Path | None = None
+    api_key_file: Annotated[Path, BeforeValidator(_path)] | None = None
     timeout: Duration = 10.0
     rate_limit: RateLimit = RateLimit()
 
@@ -162,22 +200,20 @@ class ApiSettings(_Strict):
 class ScenarioConfig(_Strict):
     """One scenario to poll, by slug or UUID."""
 
-    id: str = Field(min_length=1)
+    id: str
     name: str | None = None
     cohorts: StrList | None = None
 
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if not _SCENARIO_ID_RE.match(value):
-            raise ValueError(f"{value!r} is not a scenario slug or UUID")
-        return value
+        return check_name(value)
 
 
 class CohortConfig(_Strict):
     """A named population filter passed to the summary endpoint."""
 
-    name: str = Field(min_length=1)
+    name: str
     group_ids: StrList = []
     user_ids: StrList = []
     user_emails: StrList = []
@@ -189,9 +225,7 @@ class CohortConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
-            raise ValueError(f"{value!r}: use letters, digits, spaces and _ . : @ -")
-        return value
+        return check_name(value)
 
     @model_validator(mode="after")
     def _check_dates(self) -> CohortConfig:
@@ -270,31 +304,6 @@ class Config(_Strict):
                 return cohort
         raise KeyError(name)
 
-    def targets(self) -> list[Target]:
-        """The explicit (scenario, cohort) pairs, in configuration order."""
-        out = []
-        for scenario in self.scenarios:
-            names = scenario.cohorts or [c.name for c in self.cohorts]
-            for name in names:
-                out.append(Target(scenario=scenario.id, cohort=self.cohort(name),
-                                  display_name=scenario.name))
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One (scenario, cohort) pair: the unit the exporter polls and labels."""
-
-    scenario: str
-    cohort: CohortConfig
-    display_name: str | None = None
-    scenario_uuid: str | None = None  # set for discovered scenarios
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """Label values identifying this target: (scenario, cohort)."""
-        return (self.scenario, self.cohort.name)
-
 
 # --- loading ---------------------------------------------------------------
 
@@ -311,14 +320,33 @@ def _loc(loc: Sequence[int | str]) -> str:
     return path or "(top level)"
 
 
+# Pydantic's wording ("Input should be a valid integer, unable to parse string as an
+# integer") is written for programmers; these say what the file must hold.
+_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "missing": "required",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "string_type": "must be a string (quote it if it looks like a number or a date)",
+    "list_type": "must be a list",
+    "model_type": "must be a mapping of settings",
+    "dict_type": "must be a mapping of settings",
+}
+
+
 def _message(error: Mapping[str, Any]) -> str:
     kind = error["type"]
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required"
-    msg = str(error["msg"])
-    return msg.removeprefix("Value error, ")
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    # Range and choice errors ("Input should be less than 1") read well once reworded.
+    return "must be " + msg.removeprefix("Input should be ") if msg.startswith(
+        "Input should be ") else msg
 
 
 def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
@@ -354,33 +382,41 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
                 if sid in seen_ids:
                     problems.append(f"scenarios[{i}].id: duplicate scenario {sid!r}")
                 seen_ids.add(sid)
-            wanted = scenario.get("cohorts")
-            if isinstance(wanted, str):
-                wanted = [wanted]
-            if isinstance(wanted, list):
-                for j, name in enumerate(wanted):
-                    if isinstance(name, str) and cohorts is not None and name not in defined:
-                        problems.append(
-                            f"scenarios[{i}].cohorts[{j}]: no cohort named {name!r} is defined"
-                        )
-                    elif isinstance(name, str) and cohorts is None and name not in defined:
-                        problems.append(
-                            f"scenarios[{i}].cohorts[{j}]: no cohort named {name!r} is defined "
-                            "(without a cohorts section there is only 'all')"
-                        )
+            problems.extend(_cohort_refs(f"scenarios[{i}].cohorts", scenario.get("cohorts"),
+                                         defined, patterns=False,
+                                         implicit_all=cohorts is None))
         if not scenarios and not has_discovery:
             problems.append("scenarios: list at least one scenario (or configure discovery)")
     elif scenarios is None and not has_discovery:
         problems.append("scenarios: required (at least one scenario, or discovery.scenarios)")
     if isinstance(discovery, dict):
         ds = discovery.get("scenarios")
-        wanted = ds.get("cohorts") if isinstance(ds, dict) else None
-        if isinstance(wanted, list):
-            for j, name in enumerate(wanted):
-                if isinstance(name, str) and name not in defined:
-                    problems.append(
-                        f"discovery.scenarios.cohorts[{j}]: no cohort named {name!r} is defined"
-                    )
+        if isinstance(ds, dict):
+            problems.extend(_cohort_refs("discovery.scenarios.cohorts", ds.get("cohorts"),
+                                         defined, patterns=True,
+                                         implicit_all=cohorts is None))
+    return problems
+
+
+def is_pattern(entry: str) -> bool:
+    """Whether a ``discovery.scenarios.cohorts`` entry is a shell pattern (``sales-*``)."""
+    return any(c in entry for c in "*?[")
+
+
+def _cohort_refs(where: str, wanted: object, defined: set[str], patterns: bool,
+                 implicit_all: bool) -> list[str]:
+    """Problems with a list of cohort names; a pattern (where allowed) is checked at run
+    time, against the group cohorts too."""
+    if not isinstance(wanted, list):
+        return []  # absent, or the wrong type (the model reports that)
+    if not wanted:
+        return [f"{where}: must name at least one cohort (or be left out for every cohort)"]
+    problems = []
+    for j, name in enumerate(wanted):
+        if not isinstance(name, str) or name in defined or (patterns and is_pattern(name)):
+            continue
+        hint = " (without a cohorts section there is only 'all')" if implicit_all else ""
+        problems.append(f"{where}[{j}]: no cohort named {name!r} is defined{hint}")
     return problems
 
 
@@ -410,6 +446,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a configuration file"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read: {exc.__class__.__name__}"]) from None
     try:

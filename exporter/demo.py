@@ -42,6 +42,8 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .client import RANKS  # the rank names live in one place
+
 __all__ = [
     "API_PREFIX",
     "DEMO_API_KEY",
@@ -68,20 +70,18 @@ API_PREFIX = "/rest/v1"
 # live key (nor trip a secret scanner).
 DEMO_API_KEY = "exec_demo_key_not_secret"
 
-RANKS = ("gold", "silver", "bronze", "unranked")
-
 DAY = 86_400.0
+
+# The lowest score of each rank but the last, in the order of RANKS.
+_RANK_FLOORS = (90.0, 75.0, 50.0)
 
 
 def rank_for(score: float) -> str:
     """The Exec rank for a 0-100 score: gold >= 90, silver >= 75, bronze >= 50."""
-    if score >= 90:
-        return "gold"
-    if score >= 75:
-        return "silver"
-    if score >= 50:
-        return "bronze"
-    return "unranked"
+    for rank, floor in zip(RANKS, _RANK_FLOORS, strict=False):
+        if score >= floor:
+            return rank
+    return RANKS[-1]
 
 
 # --- HTTP plumbing shared with tests/fakeapi.py ------------------------------

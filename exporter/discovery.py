@@ -3,8 +3,8 @@
 The lists (``GET /scenarios``, ``GET /workspace/groups``) are read page by page,
 one request per poller step, so every listing request goes through the same
 budget ledger and pauses as the summary requests. A failed listing keeps the
-last known lists. :func:`build_targets` merges what was found with the explicit
-configuration into the ordered target list.
+last known lists. :func:`exporter.targets.build_targets` merges what was found
+with the explicit configuration into the ordered target list.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .client import ApiError, ExecClient, InvalidResponse
-from .config import CohortConfig, Config, DiscoveryConfig, Target
+from .config import DiscoveryConfig
 
 log = logging.getLogger(__name__)
 
@@ -212,64 +212,3 @@ def _matching_groups(groups: list[Group], patterns: list[str]) -> list[Group]:
         return groups
     lowered = [p.lower() for p in patterns]
     return [g for g in groups if any(fnmatch.fnmatchcase(g.name.lower(), p) for p in lowered)]
-
-
-def group_cohorts(config: Config, groups: list[Group] | None) -> list[CohortConfig]:
-    """One cohort per discovered group; an explicit cohort of the same name wins."""
-    settings = config.discovery.group_cohorts if config.discovery else None
-    if settings is None or not groups:
-        return []
-    explicit = {c.name for c in config.cohorts}
-    taken = set(explicit)
-    out = []
-    for group in groups:
-        if group.name in taken:
-            winner = "explicit cohort" if group.name in explicit else "first group of that name"
-            log.warning("discovery: group %r (%s) has the name of another cohort; the %s wins",
-                        group.name, group.id, winner)
-            continue
-        taken.add(group.name)
-        # model_construct: the label is the group's name as it is, whatever it contains.
-        out.append(CohortConfig.model_construct(
-            name=group.name, group_ids=[group.id], user_ids=[], user_emails=[],
-            start_date=None, end_date=None, window=None,
-            exclude_system_users=settings.exclude_system_users))
-    return out
-
-
-def build_targets(config: Config, lists: Lists | None = None) -> list[Target]:
-    """Every target in a stable order: explicit scenarios first (as configured), then
-    discovered ones by slug. Each gets its cohorts: the explicit ones plus, with
-    group cohorts on, one per discovered group."""
-    lists = lists or Lists()
-    extra = group_cohorts(config, lists.groups)
-    everyone = [*config.cohorts, *extra]
-    by_name = {c.name: c for c in everyone}
-    found = {s.slug: s for s in lists.scenarios or []}
-    found.update({s.id: s for s in lists.scenarios or []})
-    targets: list[Target] = []
-    explicit_ids: set[str] = set()
-    for scenario in config.scenarios:
-        match = found.get(scenario.id)
-        if match is not None:
-            explicit_ids.update({match.id, match.slug})
-        explicit_ids.add(scenario.id)
-        names = scenario.cohorts or [c.name for c in everyone]
-        for name in names:
-            targets.append(Target(
-                scenario=scenario.id, cohort=by_name[name],
-                display_name=scenario.name or (match.name if match else None),
-                scenario_uuid=match.id if match else None))
-    settings = config.discovery.scenarios if config.discovery else None
-    if settings is not None and lists.scenarios:
-        names = settings.cohorts or [c.name for c in everyone]
-        if settings.cohorts is not None:
-            names = [*settings.cohorts, *(c.name for c in extra)]
-        for item in sorted(lists.scenarios, key=lambda s: s.slug):
-            if item.slug in explicit_ids or item.id in explicit_ids:
-                continue
-            for name in names:
-                targets.append(Target(scenario=item.slug, cohort=by_name[name],
-                                      display_name=item.name or item.slug,
-                                      scenario_uuid=item.id))
-    return targets

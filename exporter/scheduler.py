@@ -34,14 +34,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from .budget import DAY, MINUTE, Budget
 from .client import ApiError, ExecClient, RateLimited, Summary
-from .config import Target
+from .targets import Target, TargetKey
 
 if TYPE_CHECKING:
     from .discovery import Discovery
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
+Key = TargetKey
 
 AUTH_PROBE_FIRST = 30.0
 AUTH_PROBE_MAX = 300.0

@@ -11,9 +11,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from .client import Summary
-from .config import Target
+from .targets import Target, TargetKey
 
-Key = tuple[str, str]
+Key = TargetKey
 
 # Latency buckets for API requests: the API answers in tens to hundreds of ms.
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -1,7 +1,7 @@
 """Helpers for the tests that run promtool or a real Prometheus server.
 
-The binaries come from Debian's ``prometheus`` package (``.ci/run`` installs
-it). Without them the tests skip, except in CI (``CI`` set), where a missing
+The binaries come from Debian's ``prometheus`` package (``scripts/test.sh``
+installs it). Without them the tests skip, except in CI (``CI`` set), where a missing
 binary is a failure: an end-to-end check that silently skips proves nothing.
 """
 
@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sysconfig
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,12 +28,24 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def tool_path() -> str:
+    """The search path for tools: this environment's scripts folder first, then PATH.
+
+    The dev extras install some tools as wheels (kubectl, hadolint, docker-compose);
+    looking in the running interpreter's own ``bin`` first finds those even when the
+    tests run as ``.venv/bin/python -m pytest`` without the venv on PATH, and prefers
+    them to whatever other version the machine happens to have.
+    """
+    scripts = sysconfig.get_path("scripts")
+    return os.pathsep.join(p for p in (scripts, os.environ.get("PATH", "")) if p)
+
+
 def require_tool(name: str, install: str = "Debian/Ubuntu: apt-get install prometheus") -> str:
     """The path of command ``name``: skip the test without it, or fail in CI."""
-    path = shutil.which(name)
+    path = shutil.which(name, path=tool_path())
     if path:
         return path
-    reason = f"{name} is not on PATH ({install})"
+    reason = f"{name} is not in {sysconfig.get_path('scripts')} nor on PATH ({install})"
     if in_ci():
         pytest.fail(f"{reason}; CI is set, so this test must not be skipped", pytrace=False)
     pytest.skip(reason)

@@ -22,6 +22,11 @@ Faults (``set_fault`` / ``set_list_fault``):
                           answers normally
 ``"huge_body"``           200, ``size`` bytes (default 64 MiB) streamed with a
                           correct Content-Length
+``"trickle_headers"``     the normal answer, its status line and headers sent
+                          one byte every ``interval`` s (default 0.5), then the
+                          body at once
+``"trickle_body"``        the normal answer, status line and headers at once,
+                          then the body one byte every ``interval`` s
 ``"429_error_object"``    429, ``retry_after`` (default 30) inside ``error``
 ``"429_top_level"``       429, ``retry_after`` at the top level of the body
 ``"429_header"``          429, ``retry_after`` only as a ``Retry-After`` header
@@ -41,6 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from exporter.demo import (
@@ -58,6 +64,7 @@ from exporter.demo import (
     split_list,
     unauthorized_response,
 )
+from exporter.demo import _Handler as _DemoHandler
 
 __all__ = ["FAULTS", "LIST_FAULTS", "FakeExecAPI", "RecordedRequest", "summary_body"]
 
@@ -74,6 +81,8 @@ LIST_FAULTS = frozenset(
         "wrong_types",
         "hang",
         "huge_body",
+        "trickle_headers",
+        "trickle_body",
         "429_error_object",
         "429_top_level",
         "429_header",
@@ -132,6 +141,45 @@ class _Fault:
     remaining: int | None = None  # None: until cleared
 
 
+@dataclass
+class _TrickledResponse(APIResponse):
+    """An answer written a byte at a time: the head, the body, or both."""
+
+    head_interval: float = 0.0
+    body_interval: float = 0.0
+
+
+class _FaultHandler(_DemoHandler):
+    """The demo's handler, plus the byte-by-byte writes of the trickle faults."""
+
+    def _send(self, response: APIResponse) -> None:
+        if not isinstance(response, _TrickledResponse):
+            super()._send(response)
+            return
+        assert isinstance(response.body, bytes)
+        phrase = HTTPStatus(response.status).phrase
+        head = [f"HTTP/1.1 {response.status} {phrase}",
+                f"Content-Type: {response.content_type}",
+                f"Content-Length: {len(response.body)}"]
+        head += [f"{name}: {value}" for name, value in response.headers.items()]
+        raw_head = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        # Whatever the client does, this connection carries no second request.
+        self.close_connection = True
+        stopping = self.server.stopping
+        try:
+            for part, interval in ((raw_head, response.head_interval),
+                                   (response.body, response.body_interval)):
+                if interval <= 0:
+                    self.wfile.write(part)
+                    continue
+                for i in range(len(part)):
+                    self.wfile.write(part[i : i + 1])  # wfile is unbuffered
+                    if stopping.wait(interval):  # stop() must not wait for the trickle
+                        return
+        except OSError:
+            pass  # the client gave up (its deadline) or stop() shut the socket down
+
+
 def _huge_body(size: int, stopping: threading.Event) -> Iterator[bytes]:
     """``size`` bytes of valid JSON, generated chunk by chunk (never held whole)."""
     head, tail = b'{"padding": "', b'"}'
@@ -171,6 +219,16 @@ class FakeExecAPI(LoopbackAPIServer):
         self._lists: dict[str, list[dict[str, Any]]] = {"scenarios": [], "groups": []}
         self._list_faults: dict[str, _Fault] = {}
 
+    def start(self) -> FakeExecAPI:
+        """Bind and serve (see :meth:`LoopbackAPIServer.start`), with the trickle faults."""
+        super().start()
+        # Set before any test has the port. (Were a client to connect in between, as a
+        # poller may after stop()/start() on the same port, that one connection gets
+        # the plain handler, which serves everything but the trickles.)
+        assert self._server is not None
+        self._server.RequestHandlerClass = _FaultHandler
+        return self
+
     # --- test controls --------------------------------------------------
 
     def set_summary(
@@ -188,7 +246,8 @@ class FakeExecAPI(LoopbackAPIServer):
 
         ``fault=None`` clears: the scenario's fault, or with ``scenario_id=None``
         every fault. Keywords: ``seconds`` (hang), ``retry_after`` (429s),
-        ``size`` (huge_body), ``times`` (apply to the next N requests only)."""
+        ``size`` (huge_body), ``interval`` (trickles: seconds between bytes),
+        ``times`` (apply to the next N requests only)."""
         with self._lock:
             if fault is None:
                 if scenario_id is None:
@@ -368,6 +427,15 @@ class FakeExecAPI(LoopbackAPIServer):
             case "huge_body":
                 size = int(kw.get("size", HUGE_BODY_SIZE))
                 return APIResponse(200, _huge_body(size, self.stopping), content_length=size)
+            case "trickle_headers" | "trickle_body":
+                answer = normal()
+                assert isinstance(answer.body, bytes)
+                interval = float(kw.get("interval", 0.5))
+                on_head = name == "trickle_headers"
+                return _TrickledResponse(answer.status, answer.body, answer.headers,
+                                         content_type=answer.content_type,
+                                         head_interval=interval if on_head else 0.0,
+                                         body_interval=0.0 if on_head else interval)
             case "429_error_object":
                 return error_response(
                     429,
@@ -418,7 +486,7 @@ def _make_fault(name: str, allowed: frozenset[str], kw: dict[str, Any]) -> _Faul
         raise ValueError(f"unknown fault {name!r}; one of {sorted(allowed)}")
     params = dict(kw)
     times = params.pop("times", None)
-    unknown = set(params) - {"seconds", "retry_after", "size"}
+    unknown = set(params) - {"seconds", "retry_after", "size", "interval"}
     if unknown:
         raise ValueError(f"unknown fault options {sorted(unknown)}")
     if times is not None and times < 1:

@@ -43,8 +43,9 @@ from exporter.backfill import (
 )
 from exporter.client import NotFound, RateLimited, Summary, Unauthorized, UpstreamError
 from exporter.collector import INFO_FAMILY, INFO_POSITION, TARGET_FAMILIES
-from exporter.config import CohortConfig, Target
+from exporter.config import CohortConfig
 from exporter.demo import DEMO_API_KEY
+from exporter.targets import Target
 
 DAY = 86400
 NOW = 1_796_000_000.0  # 2026-11-30T01:33:20Z

@@ -1,15 +1,20 @@
-"""The API client against requests-mock: every status and body shape."""
+"""The API client against requests-mock (every status and body shape) and, for the
+deadline, against the fake API over loopback."""
 
 from __future__ import annotations
 
 import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import requests
 import requests_mock as rm
 from conftest import make_key
-from fakeapi import summary_body
+from fakeapi import FakeExecAPI, summary_body
+from harness import fake_api, wait_until
 
 from exporter import __version__
 from exporter.client import (
@@ -69,6 +74,15 @@ def test_scenario_id_is_path_escaped(client: ExecClient, requests_mock: rm.Mocke
     assert requests_mock.called
 
 
+def test_non_ascii_slug_is_percent_encoded_as_utf8(client: ExecClient,
+                                                  requests_mock: rm.Mocker) -> None:
+    requests_mock.get(f"{BASE}/scenarios/%C3%A9quipe-d%C3%A9couverte/analytics/summary",
+                      json=EXAMPLE)
+    assert client.summary("équipe-découverte", {}).participants == 45
+    sent = requests_mock.last_request
+    assert sent.url == f"{BASE}/scenarios/%C3%A9quipe-d%C3%A9couverte/analytics/summary"
+
+
 def test_nulls_missing_and_unknown_fields(client: ExecClient, requests_mock: rm.Mocker) -> None:
     requests_mock.get(URL, json={"participant_count": 0, "average_best_score": None,
                                  "brand_new_field": {"x": 1}})
@@ -109,23 +123,28 @@ def test_wrong_types_and_impossible_values_are_invalid(
     with pytest.raises(InvalidResponse) as caught:
         client.summary("discovery-call", {})
     assert caught.value.reason == "invalid_response"
+    # An answer came: the code label is its status, not "error".
+    assert caught.value.code == "200"
 
 
 def test_invalid_json(client: ExecClient, requests_mock: rm.Mocker) -> None:
     requests_mock.get(URL, text="{not json")
-    with pytest.raises(InvalidResponse, match="not valid JSON"):
+    with pytest.raises(InvalidResponse, match="not valid JSON") as caught:
         client.summary("discovery-call", {})
+    assert caught.value.code == "200"
 
 
 def test_oversized_body_by_header_and_by_stream(client: ExecClient,
                                                 requests_mock: rm.Mocker) -> None:
     big = b" " * (MAX_BODY_BYTES + 10)
     requests_mock.get(URL, content=big)
-    with pytest.raises(InvalidResponse, match="1 MiB"):
+    with pytest.raises(InvalidResponse, match="1 MiB") as by_header:
         client.summary("discovery-call", {})
+    assert by_header.value.code == "200"
     requests_mock.get(URL, content=big, headers={"Content-Length": "12"})
-    with pytest.raises(InvalidResponse, match="1 MiB"):
+    with pytest.raises(InvalidResponse, match="1 MiB") as by_stream:
         client.summary("discovery-call", {})
+    assert by_stream.value.code == "200"
 
 
 ERROR_CASES = [
@@ -186,18 +205,30 @@ def test_timeout_and_connection_errors(client: ExecClient, requests_mock: rm.Moc
 def test_redirects_are_not_followed(client: ExecClient, requests_mock: rm.Mocker) -> None:
     # Following a redirect could carry the bearer key to another host.
     requests_mock.get(URL, status_code=302, headers={"Location": "https://elsewhere.test/"})
-    with pytest.raises(InvalidResponse):
+    with pytest.raises(InvalidResponse) as caught:
         client.summary("discovery-call", {})
     assert requests_mock.call_count == 1
+    assert caught.value.code == "302"
 
 
 def test_list_page(client: ExecClient, requests_mock: rm.Mocker) -> None:
     requests_mock.get(f"{BASE}/workspace/groups",
                       json={"data": [{"id": "g1"}], "pagination": {"total_pages": 3}})
     assert client.list_page("/workspace/groups", {"page": "1"}) == ([{"id": "g1"}], 3)
-    requests_mock.get(f"{BASE}/workspace/groups", json={"items": []})
-    with pytest.raises(InvalidResponse):
+
+@pytest.mark.parametrize("kwargs", [
+    {"json": {"items": []}},
+    {"json": {"data": "nope"}},
+    {"json": {"data": [], "pagination": {"total_pages": "3"}}},
+    {"text": "[not json"},
+    {"content": b" " * (MAX_BODY_BYTES + 1)},
+])
+def test_invalid_list_page_carries_the_status(client: ExecClient, requests_mock: rm.Mocker,
+                                             kwargs: dict[str, Any]) -> None:
+    requests_mock.get(f"{BASE}/workspace/groups", **kwargs)
+    with pytest.raises(InvalidResponse) as caught:
         client.list_page("/workspace/groups", {})
+    assert caught.value.code == "200"
 
 
 def test_repr_hides_the_key(client: ExecClient) -> None:
@@ -210,3 +241,82 @@ def test_summary_round_trips_through_json() -> None:
     broken = summary.to_json() | {"average_best_score": 250}
     with pytest.raises(InvalidResponse):
         Summary.from_json(broken)
+
+
+# --- the deadline: api.timeout bounds the whole request -------------------------
+
+BOUND = 5.0  # generous: the client must give up at its 1 s timeout, not after ~30 s
+
+
+def outcome_within(call: Callable[[], object], bound: float = BOUND) -> object:
+    """Run ``call`` on a thread; its result or exception, failing if it outlives ``bound``."""
+    box: list[object] = []
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except Exception as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(bound)
+    assert not thread.is_alive(), f"the request was still running after {bound}s"
+    return box[0]
+
+
+def request_workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "exec-api-request"]
+
+
+@pytest.fixture
+def api() -> Iterator[FakeExecAPI]:
+    with fake_api({"discovery-call": 45}) as fake:
+        yield fake
+
+
+@pytest.mark.parametrize("fault", ["trickle_headers", "trickle_body"])
+def test_timeout_is_a_deadline_for_the_whole_answer(api: FakeExecAPI, fault: str) -> None:
+    """One byte every 0.5 s never trips a per-read timeout; the deadline gives up anyway."""
+    client = ExecClient(api.base_url, make_key(), timeout=1)
+    assert client.summary("discovery-call", {}).participants == 45  # a pooled connection
+    api.set_fault(None, fault)
+    error = outcome_within(lambda: client.summary("discovery-call", {}))
+    assert isinstance(error, Timeout), error
+    assert error.reason == "timeout" and error.code == "error"
+    # The worker was woken (its socket shut down), not left reading the trickle.
+    wait_until(lambda: not request_workers(), BOUND, what="the request's worker to end")
+    # The pool holds no broken connection: the next request works.
+    api.set_fault(None, None)
+    assert client.summary("discovery-call", {}).participants == 45
+    client.close()
+
+
+def test_slow_trickle_within_the_deadline_succeeds(api: FakeExecAPI) -> None:
+    api.set_fault(None, "trickle_headers", interval=0.001)
+    client = ExecClient(api.base_url, make_key(), timeout=30)
+    assert client.summary("discovery-call", {}).participants == 45
+
+
+def test_timeout_covers_name_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """getaddrinfo() heeds no socket timeout: a resolver that hangs still ends at the deadline."""
+    resolving = threading.Event()
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def slow_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "slow-dns.test":
+            resolving.set()
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "temporary failure")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    client = ExecClient("http://slow-dns.test/rest/v1", make_key(), timeout=1)
+    try:
+        error = outcome_within(lambda: client.summary("discovery-call", {}))
+        assert resolving.is_set()
+        assert isinstance(error, Timeout), error
+    finally:
+        release.set()
+    wait_until(lambda: not request_workers(), BOUND, what="the request's worker to end")

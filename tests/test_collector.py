@@ -10,6 +10,7 @@ from exporter.client import Summary, parse_summary
 from exporter.collector import SnapshotCollector
 from exporter.config import parse_config
 from exporter.store import Store
+from exporter.targets import build_targets
 
 FULL = parse_summary({
     "participant_count": 45, "total_sessions": 128, "average_best_score": 74.2,
@@ -27,7 +28,7 @@ def setup(clock: FakeClock, max_staleness: str | None = None):
         raw["max_staleness"] = max_staleness
     config = parse_config(raw)
     store = Store()
-    store.set_targets(config.targets())
+    store.set_targets(build_targets(config))
     store.set_max_staleness(config.max_staleness)
     store.record_schedule(900.0, {})
     registry = CollectorRegistry(auto_describe=False)
@@ -125,9 +126,9 @@ def test_default_staleness_is_three_intervals(clock: FakeClock) -> None:
 
 def test_removed_targets_vanish(clock: FakeClock) -> None:
     config, store, registry = setup(clock)
-    for target in config.targets():
+    for target in build_targets(config):
         store.record_success(target.key, FULL, clock.now)
-    store.set_targets([t for t in config.targets() if t.scenario != "renew"])
+    store.set_targets([t for t in build_targets(config) if t.scenario != "renew"])
     v = scrape(registry)
     assert not any(("scenario", "renew") in labels for _, labels in v)
     assert sample(v, "exec_scenario_participants", scenario="disc", cohort="sales") == 45
@@ -137,7 +138,7 @@ def test_workspace_failure_marks_every_target(clock: FakeClock) -> None:
     config, store, registry = setup(clock)
     store.record_workspace_failure("unauthorized", "HTTP 401", clock.now)
     v = scrape(registry)
-    for target in config.targets():
+    for target in build_targets(config):
         labels = {"scenario": target.scenario, "cohort": target.cohort.name}
         assert sample(v, "exec_exporter_target_up", **labels) == 0
         assert sample(v, "exec_exporter_target_errors_total", reason="unauthorized",

@@ -1,4 +1,4 @@
-"""Configuration: parsing, every field's checks, error paths, the key, targets."""
+"""Configuration: parsing, strict types, names, every field's checks, error paths, the key."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.cli import main
 from exporter.config import (
     ConfigError,
     format_duration,
@@ -16,6 +17,7 @@ from exporter.config import (
     parse_config,
     parse_duration,
 )
+from exporter.targets import build_targets
 
 ROOT = Path(__file__).parent.parent
 BAD = Path(__file__).parent / "data" / "bad"
@@ -27,10 +29,14 @@ BAD_CASES = {
     "undefined_cohort.yaml": "scenarios[0].cohorts[1]: no cohort named 'marketing' is defined",
     "duplicate_cohort.yaml": "cohorts[2].name: duplicate cohort name 'sales'",
     "no_scenarios.yaml": "scenarios: required",
-    "wrong_type.yaml": "api.rate_limit.requests_per_minute: Input should be a valid integer",
+    "wrong_type.yaml": "api.rate_limit.requests_per_minute: must be a whole number",
     "window_and_start.yaml": "cohorts[1]: window and start_date exclude each other",
     "yaml_syntax.yaml": "yaml_syntax.yaml:4:1: YAML syntax error",
-    "reserve_out_of_range.yaml": "api.rate_limit.reserve: Input should be less than 1",
+    "reserve_out_of_range.yaml": "api.rate_limit.reserve: must be less than 1",
+    "quoted_number.yaml": "max_targets: must be a whole number",
+    "yes_for_true.yaml": "cohorts[0].exclude_system_users: must be true or false",
+    "bare_string_list.yaml": "cohorts[0].group_ids: must be a list of strings",
+    "control_character.yaml": r"cohorts[0].name: 'sales\nteam' contains a control character",
     "bad_base_url.yaml": "api.base_url: must be an http(s) URL",
     "start_after_end.yaml": "cohorts[0]: start_date is after end_date",
     "not_a_mapping.yaml": "(top level): expected a mapping",
@@ -70,7 +76,7 @@ def test_example_config_is_valid_and_complete() -> None:
     assert config.refresh_interval == 900
     assert config.api.rate_limit.day_budget == 900
     assert config.api.rate_limit.minute_budget == 54
-    keys = [t.key for t in config.targets()]
+    keys = [t.key for t in build_targets(config)]
     assert keys == [
         ("discovery-call-it-director", "all"), ("discovery-call-it-director", "sales"),
         ("discovery-call-it-director", "last-7d"), ("renewal-negotiation", "all"),
@@ -85,8 +91,8 @@ def test_defaults() -> None:
     assert config.refresh_interval == 900
     assert config.max_staleness is None
     assert config.max_targets == 500
-    assert [t.key for t in config.targets()] == [("s1", "all")]
-    assert config.targets()[0].cohort.query(0) == {}
+    assert [t.key for t in build_targets(config)] == [("s1", "all")]
+    assert build_targets(config)[0].cohort.query(0) == {}
 
 
 def test_scenario_cohort_subsets_and_default_every_cohort() -> None:
@@ -94,7 +100,7 @@ def test_scenario_cohort_subsets_and_default_every_cohort() -> None:
         "scenarios": [{"id": "a", "cohorts": ["x"]}, {"id": "b"}],
         "cohorts": [{"name": "x"}, {"name": "y"}],
     })
-    assert [t.key for t in config.targets()] == [("a", "x"), ("b", "x"), ("b", "y")]
+    assert [t.key for t in build_targets(config)] == [("a", "x"), ("b", "x"), ("b", "y")]
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -153,17 +159,129 @@ def test_unquoted_yaml_timestamps_are_accepted(write_config) -> None:
     assert cohort.query(0)["end_date"] == "2026-09-30T00:00:00Z"
 
 
-def test_a_single_string_where_a_list_is_expected(write_config) -> None:
+def test_a_single_string_where_a_list_is_expected_is_refused(write_config) -> None:
     path = write_config("""
         scenarios: [{id: s, cohorts: sales}]
-        cohorts: [{name: sales, group_ids: g1}]
+        cohorts: [{name: sales, group_ids: g1, user_ids: u1, user_emails: a@x.com}]
+        discovery: {scenarios: {exclude: old, collection_ids: c1, cohorts: sales}}
     """)
-    assert load_config(path).cohorts[0].query(0) == {"group_ids": "g1"}
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert sorted(caught.value.problems) == [
+        f"{field}: must be a list of strings, e.g. [a, b]" for field in sorted([
+            "scenarios[0].cohorts", "cohorts[0].group_ids", "cohorts[0].user_ids",
+            "cohorts[0].user_emails", "discovery.scenarios.exclude",
+            "discovery.scenarios.collection_ids", "discovery.scenarios.cohorts"])]
+
+
+@pytest.mark.parametrize(("yaml_text", "line"), [
+    ('max_targets: "500"', "max_targets: must be a whole number"),
+    ("max_targets: 500.0", "max_targets: must be a whole number"),
+    ("max_targets: true", "max_targets: must be a whole number"),
+    ('api: {rate_limit: {reserve: "0.1"}}', "api.rate_limit.reserve: must be a number"),
+    ('api: {rate_limit: {requests_per_day: "1000"}}',
+     "api.rate_limit.requests_per_day: must be a whole number"),
+    ("discovery: {scenarios: {include_archived: 'no'}}",
+     "discovery.scenarios.include_archived: must be true or false"),
+    ("discovery: {scenarios: {}, group_cohorts: {exclude_system_users: 1}}",
+     "discovery.group_cohorts.exclude_system_users: must be true or false"),
+    ("api: {timeout: 10}", "api.timeout: must be a duration such as '10s', '15m' or '7d', got 10"),
+    ("refresh_interval: 900", "refresh_interval: must be a duration such as '10s'"),
+    ("api: {api_key_file: 5}", "api.api_key_file: must be a file path"),
+    ("api: {base_url: 5}", "api.base_url: must be a string"),
+    ("api: {rate_limit: 60}", "api.rate_limit: must be a mapping of settings"),
+    ("cohorts: all", "cohorts: must be a list"),
+    ("discovery: {scenarios: {visibility: public}}",
+     "discovery.scenarios.visibility: must be 'private' or 'workspace'"),
+    ("api: {rate_limit: {requests_per_minute: 0}}",
+     "api.rate_limit.requests_per_minute: must be greater than 0"),
+])
+def test_types_are_strict_and_errors_are_worded_for_people(write_config, yaml_text: str,
+                                                           line: str) -> None:
+    path = write_config(f"scenarios: [{{id: s}}]\n{yaml_text}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(line)
+    assert "Input should" not in caught.value.problems[0]
+
+
+def test_numbers_and_booleans_of_the_right_type_are_fine() -> None:
+    config = parse_config({"scenarios": [{"id": "s"}], "max_targets": 20,
+                           "api": {"rate_limit": {"reserve": 0, "requests_per_day": 500}},
+                           "cohorts": [{"name": "all", "exclude_system_users": False}]})
+    assert config.max_targets == 20
+    assert config.api.rate_limit.day_budget == 500
+    assert config.cohorts[0].exclude_system_users is False
+
+
+@pytest.mark.parametrize("name", ["Sales/EMEA", "Équipe Nord", "CS & Support", "営業チーム",
+                                  "a*b", "100% [beta]", "x"])
+def test_a_cohort_name_is_any_printable_text(name: str) -> None:
+    config = parse_config({"scenarios": [{"id": "s", "cohorts": [name]}],
+                           "cohorts": [{"name": name}]})
+    assert [t.key for t in build_targets(config)] == [("s", name)]
+
+
+@pytest.mark.parametrize("sid", ["überblick-ç", "d290f1ee-6c54-4b01-90e6-d701748f0851",
+                                 "a/b", "Q3 review", "2024"])
+def test_a_scenario_id_is_any_id_or_slug_the_api_returns(sid: str) -> None:
+    config = parse_config({"scenarios": [{"id": sid}]})
+    assert [t.key for t in build_targets(config)] == [(sid, "all")]
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("", "must not be empty"),
+    ("sales\tteam", "contains a control character"),
+    ("sales\x7f", "contains a control character"),
+    ("sales\u0085", "contains a control character"),
+    (" sales", "has leading or trailing whitespace"),
+    ("sales ", "has leading or trailing whitespace"),
+    ("sales\u00a0", "has leading or trailing whitespace"),
+])
+def test_names_nobody_could_read_back_are_refused(name: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"scenarios": [{"id": name}], "cohorts": [{"name": name}]})
+    problems = caught.value.problems
+    assert any(p.startswith("scenarios[0].id: ") and problem in p for p in problems)
+    assert any(p.startswith("cohorts[0].name: ") and problem in p for p in problems)
+
+
+def test_a_number_where_a_name_belongs_asks_for_quotes(write_config) -> None:
+    path = write_config("scenarios: [{id: 2024}]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [
+        "scenarios[0].id: must be a string (quote it if it looks like a number or a date)"]
+
+
+def test_discovered_scenario_cohorts_may_be_patterns_but_plain_names_must_exist() -> None:
+    config = parse_config({"cohorts": [{"name": "all"}],
+                           "discovery": {"scenarios": {"cohorts": ["all", "sales-*", "[Ss]DR"]},
+                                         "group_cohorts": {}}})
+    assert config.discovery is not None and config.discovery.scenarios is not None
+    assert config.discovery.scenarios.cohorts == ["all", "sales-*", "[Ss]DR"]
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"discovery": {"scenarios": {"cohorts": ["all", "sales"]}}})
+    assert caught.value.problems == [
+        "discovery.scenarios.cohorts[1]: no cohort named 'sales' is defined "
+        "(without a cohorts section there is only 'all')"]
+
+
+def test_an_empty_cohort_list_is_refused_rather_than_read_as_every_cohort() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"scenarios": [{"id": "s", "cohorts": []}],
+                      "discovery": {"scenarios": {"cohorts": []}}})
+    assert sorted(caught.value.problems) == [
+        "discovery.scenarios.cohorts: must name at least one cohort (or be left out for "
+        "every cohort)",
+        "scenarios[0].cohorts: must name at least one cohort (or be left out for every "
+        "cohort)"]
 
 
 def test_discovery_alone_is_enough() -> None:
     config = parse_config({"discovery": {"scenarios": {}}})
-    assert config.targets() == []
+    assert build_targets(config) == []
     assert config.discovery is not None and config.discovery.interval == 6 * 3600
 
 
@@ -171,6 +289,14 @@ def test_missing_file() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config("/nonexistent/config.yaml")
     assert caught.value.problems == ["/nonexistent/config.yaml: no such file"]
+
+
+def test_a_directory_is_not_a_configuration_file(tmp_path: Path, capsys) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert caught.value.problems == [f"{tmp_path}: is a directory, not a configuration file"]
+    assert main(["--config.check", f"--config.file={tmp_path}"]) == 2
+    assert "is a directory" in capsys.readouterr().err
 
 
 # --- the key ---------------------------------------------------------------------

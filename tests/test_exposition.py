@@ -31,9 +31,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter.client import Summary
 from exporter.collector import LiveCollector, ProcessMetrics, SnapshotCollector
-from exporter.config import CohortConfig, Target
+from exporter.config import CohortConfig
 from exporter.exposition import BLOCK_TARGETS, Exposition
 from exporter.store import Store
+from exporter.targets import Target
 
 INTERVAL = 900.0
 FULL = Summary(participants=45, sessions=128, average_best_score=74.2,

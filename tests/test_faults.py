@@ -8,8 +8,12 @@ one fault on one scenario and checks that:
   contract's reason (``exec_exporter_target_errors_total{reason}``);
 * their last good values are still exported;
 * the other scenarios stay up, keep refreshing and count no errors;
-* /metrics answers in under a second on every scrape, hang included;
+* /metrics answers every scrape, hang and trickles included (each scrape is a
+  bounded request: a scrape that hangs fails the test);
 * the target recovers by itself once the fault is cleared.
+
+No assertion is a timing threshold: the tests assert outcomes, counters and that
+requests completed, within generous bounded waits (the numbers live in benchmarks/).
 
 Workspace-wide faults (401, 403, 429) and connection refused have their own
 tests with the contract's own expectations. Waits that would take real time
@@ -22,10 +26,11 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 from fakeapi import FakeExecAPI, summary_body
 from harness import (
     InProcess,
@@ -62,21 +67,18 @@ PARTICIPANTS = {FAULTY: 45, HEALTHY[0]: 12, HEALTHY[1]: 7,
                 **{s: 20 + i for i, s in enumerate(MATRIX_SCENARIOS.values())}}
 TARGETS = [(FAULTY, c) for c in COHORTS] + [(s, c) for s in HEALTHY for c in COHORTS] + [
     (s, "all") for s in MATRIX_SCENARIOS.values()]
-FAST = 1.0  # every scrape must answer within this many seconds
 
 
 @dataclass
 class Env:
-    """The fake API, the exporter, and every scrape's duration."""
+    """The fake API and the exporter."""
 
     api: FakeExecAPI
     exporter: InProcess
-    durations: list[float] = field(default_factory=list)
 
     def scrape(self) -> Values:
-        values, elapsed = self.exporter.scrape()
-        self.durations.append(elapsed)
-        return values
+        # A bounded request (5 s): a scrape stuck behind the poller raises.
+        return self.exporter.scrape()[0]
 
     def up(self, values: Values, scenario: str, cohort: str = "all") -> float | None:
         return sample(values, "exec_exporter_target_up", scenario=scenario, cohort=cohort)
@@ -126,11 +128,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 def healthy(env: Env) -> Iterator[Env]:
     """Every target up with data before the test; no fault left behind after it."""
     env.api.set_fault(None, None)
-    env.durations.clear()
     wait_until(env.all_up, 10, what="every target up")
     yield env
     env.api.set_fault(None, None)
-    assert max(env.durations) < FAST, f"slowest scrape {max(env.durations):.3f}s"
 
 
 # --- the per-target matrix: every fault at once, each on its own scenario -------
@@ -147,7 +147,8 @@ class MatrixRun:
     window: float
     recovered: bool
     rss_growth_kib: int
-    slowest_scrape: float
+    scrapes_answered: int  # while every fault was on
+    scrapes_failed: int
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,6 @@ def matrix(env: Env) -> MatrixRun:
     """Inject every per-target fault, each on its own scenario, then clear them all."""
     env.api.set_fault(None, None)
     wait_until(env.all_up, 10, what="every target up")
-    env.durations.clear()
     before = env.scrape()
     rss_before = status_kib("self", "VmRSS")
     started = env.exporter.clock.time()
@@ -172,9 +172,15 @@ def matrix(env: Env) -> MatrixRun:
 
     down = wait_until(all_down, 10, what="every faulty target down")
     failing_since = env.exporter.clock.time()
-    # Keep the faults on a while longer, scraping all the time (each scrape is timed).
-    while env.exporter.clock.time() < started + 4:
-        env.scrape()
+    # Keep the faults on a while longer, scraping all the time (at least a few scrapes,
+    # however slow the machine): every one must be answered.
+    answered = failed = 0
+    while env.exporter.clock.time() < started + 4 or answered + failed < 3:
+        try:
+            env.scrape()
+            answered += 1
+        except requests.RequestException:
+            failed += 1
         time.sleep(0.05)
     window = env.exporter.clock.time() - started
     tries = {fault: len([r for r in env.api.requests_for(scenario) if r.time >= started])
@@ -197,7 +203,7 @@ def matrix(env: Env) -> MatrixRun:
         ok = False
     del healthy_refreshed
     return MatrixRun(before, down, failing_since, tries, window, ok,
-                     rss_after - rss_before, max(env.durations))
+                     rss_after - rss_before, answered, failed)
 
 
 @pytest.mark.parametrize(("fault", "reason"), MATRIX.items())
@@ -227,9 +233,11 @@ def test_fault_matrix_leaves_other_scenarios_alone(env: Env, matrix: MatrixRun) 
         assert env.all_errors(values, scenario) == env.all_errors(matrix.before, scenario)
 
 
-def test_fault_matrix_keeps_metrics_fast(matrix: MatrixRun) -> None:
-    # Includes scrapes while one request hangs and while a 64 MiB body is offered.
-    assert matrix.slowest_scrape < FAST, f"slowest scrape {matrix.slowest_scrape:.3f}s"
+def test_fault_matrix_keeps_metrics_answering(matrix: MatrixRun) -> None:
+    # Scrapes went on all along (each one bounded), while requests hung or trickled
+    # and while a 64 MiB body was offered: the poller never blocks /metrics.
+    assert matrix.scrapes_failed == 0, matrix
+    assert matrix.scrapes_answered >= 3, matrix
 
 
 def test_fault_matrix_recovers_by_itself(matrix: MatrixRun) -> None:
@@ -254,7 +262,8 @@ def test_not_found_backs_off_growing_while_others_refresh(healthy: Env) -> None:
         time.sleep(0.02)
     tries = [r.time - started for r in env.api.requests_for(FAULTY)
              if r.time >= started and "group_ids" not in r.query]  # cohort "all"
-    healthy_tries = len([r for r in env.api.requests_for(HEALTHY[1]) if r.time >= started])
+    healthy_tries = [r.time - started for r in env.api.requests_for(HEALTHY[1])
+                     if r.time >= started]
     values = env.scrape()
     env.api.set_fault(FAULTY, None)
     assert env.up(values, FAULTY) == 0
@@ -263,7 +272,10 @@ def test_not_found_backs_off_growing_while_others_refresh(healthy: Env) -> None:
     assert 3 <= len(tries) <= 7, tries
     gaps = [b - a for a, b in itertools.pairwise(tries)]
     assert all(later >= earlier * 1.5 for earlier, later in itertools.pairwise(gaps)), gaps
-    assert healthy_tries >= 30, healthy_tries  # refreshed every (clock) second meanwhile
+    # The healthy target (due every clock second) refreshed all along, not only before
+    # or after: within each of the two longest waits between the faulty one's retries.
+    for earlier, later in itertools.pairwise(tries[-3:]):
+        assert any(earlier < t < later for t in healthy_tries), (earlier, later, healthy_tries)
     assert env.up(values, HEALTHY[1]) == 1
     env.exporter.advance(120)
     wait_until(env.all_up, 10, what="recovery after the 404 cleared")
@@ -314,6 +326,56 @@ def test_healthy_targets_keep_refreshing_while_two_others_hang(healthy: Env) -> 
     check_target_fault(healthy, "hang", "timeout", seconds=30)
 
 
+@pytest.mark.parametrize("fault", ["trickle_headers", "trickle_body"])
+def test_trickling_upstream_is_a_timeout(healthy: Env, fault: str) -> None:
+    """One byte every 0.5 s never trips a per-read timeout, but api.timeout (1 s) is a
+    deadline for the whole answer: a timeout, not a ~30 s wait per request."""
+    check_target_fault(healthy, fault, "timeout")
+
+
+def test_reload_answers_while_the_api_trickles(healthy: Env,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    env = healthy
+    monkeypatch.setenv("EXEC_API_KEY", make_key())  # a reload reads the key again
+    set_at = env.exporter.clock.time()
+    env.api.set_fault(FAULTY, "trickle_headers")
+    wait_until(lambda: [r for r in env.api.requests_for(FAULTY) if r.time >= set_at], 5,
+               what="a trickled request in flight")
+    # Bounded: a reload stuck behind the trickle (~30 s per request) fails here.
+    response = env.exporter.post("/-/reload", timeout=5)
+    assert response.status_code == 200, response.text
+    env.api.set_fault(FAULTY, None)
+
+
+@pytest.mark.parametrize("fault", ["invalid_json", "wrong_types"])
+def test_200_with_a_broken_body_counts_under_code_200(healthy: Env, fault: str) -> None:
+    """exec_exporter_api_requests_total{code} is the answer's status; "error" is kept for
+    requests that got no answer (timeouts, connection failures)."""
+    env = healthy
+    before = env.scrape()
+    env.api.set_fault(FAULTY, fault)
+
+    def counted() -> Values | None:
+        values = env.scrape()
+        grew = all(env.errors(values, FAULTY, "invalid_response", c)
+                   > env.errors(before, FAULTY, "invalid_response", c) for c in COHORTS)
+        return values if grew else None
+
+    after = wait_until(counted, 10, what=f"{fault} counted as invalid_response")
+    env.api.set_fault(FAULTY, None)
+
+    def delta(name: str, **labels: str) -> float:
+        return (sample(after, name, **labels) or 0.0) - (sample(before, name, **labels) or 0.0)
+
+    invalid = sum(delta("exec_exporter_target_errors_total", scenario=FAULTY, cohort=c,
+                        reason="invalid_response") for c in COHORTS)
+    no_answer = sum(delta("exec_exporter_target_errors_total", scenario=s, cohort=c,
+                          reason=reason)
+                    for s, c in TARGETS for reason in ("timeout", "connection"))
+    assert delta("exec_exporter_api_requests_total", code="error") == no_answer
+    assert delta("exec_exporter_api_requests_total", code="200") >= invalid > 0
+
+
 @pytest.mark.parametrize("form", ["429_error_object", "429_top_level", "429_header"])
 def test_429_pauses_every_request_until_retry_after(healthy: Env, form: str) -> None:
     env = healthy
@@ -332,7 +394,6 @@ def test_429_pauses_every_request_until_retry_after(healthy: Env, form: str) -> 
     first = min(r.time for r in env.api.requests_for(FAULTY) if r.time >= set_at)
     time.sleep(retry_after + 0.5)
     inside = [r for r in env.api.requests if first <= r.time < first + retry_after - 0.05]
-    assert len(inside) <= 3, [(r.scenario_id, r.time - first) for r in inside]
     # Every request pauses, not only the faulty scenario's: the 429 is the only one.
     assert len(inside) == 1, [(r.scenario_id, r.time - first) for r in inside]
     values = env.scrape()

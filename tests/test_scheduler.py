@@ -24,6 +24,7 @@ from exporter.client import (
 from exporter.config import parse_config
 from exporter.scheduler import Key, Poller, Scheduler, effective_interval
 from exporter.store import Store
+from exporter.targets import build_targets
 
 Outcome = Callable[[Key, float], ApiError | None]
 
@@ -261,7 +262,7 @@ def test_poller_records_outcomes_in_the_store(clock: FakeClock) -> None:
                            "cohorts": [{"name": "week", "window": "7d"}],
                            "refresh_interval": "1m",
                            "api": {"rate_limit": {"requests_per_day": 86400}}})
-    targets = {t.key: t for t in config.targets()}
+    targets = {t.key: t for t in build_targets(config)}
     store = Store()
     store.set_targets(targets.values())
     scheduler = Scheduler(Budget(54, 77760), 60)
