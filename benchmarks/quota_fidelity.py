@@ -52,6 +52,7 @@ import _workload as w
 from exporter.budget import DAY, MINUTE, Budget
 from exporter.client import Summary, Timeout, UpstreamError
 from exporter.config import parse_config
+from exporter.jobs import Running, summary_job
 from exporter.scheduler import Poller, Scheduler
 from exporter.store import Store
 
@@ -134,8 +135,12 @@ def simulate(targets: int, failure_rate: float, seed: int, latency: float,
                                   if t.key in broken))
     store = Store()
     store.set_targets(kept)
-    scheduler.set_targets(list(by_key))
-    poller = Poller(scheduler, client, store, lambda: by_key, clock)  # type: ignore[arg-type]
+    running = Running(client=client,  # type: ignore[arg-type]
+                      jobs=tuple(summary_job(t, store) for t in kept),
+                      refresh_interval=config.refresh_interval,
+                      minute_budget=rate.minute_budget, day_budget=rate.day_budget)
+    poller = Poller(scheduler, lambda: running, store, clock)
+    scheduler.adopt(running, clock.now)
 
     interval = scheduler.interval
     optimum = targets * DAY / rate.day_budget

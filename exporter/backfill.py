@@ -652,25 +652,28 @@ def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tup
     """The targets as the daemon would poll them, and how many listing requests that took.
 
     Discovery lists come from the daemon's state file when it has them (no request);
-    else they are read here, page by page, through the same budget.
+    else they are read here, page by page (discovery's own jobs), through the same
+    budget. A 429 waits and asks for the same page again.
     """
     settings = config.discovery
     sent = 0
     if settings is not None and (settings.scenarios is not None
                                  or settings.group_cohorts is not None):
         discovery = Discovery(settings, lists)
-        while (kind := discovery.due_kind(sender.now())) is not None:
+        while (job := discovery.due(sender.now())) is not None:
             sender._wait_for_slot()
             sender.count_send()
             sent += 1
             try:
-                discovery.step(sender.client, kind, sender.now())
-            except (Unauthorized, Forbidden) as exc:
-                raise WorkspaceError(f"{exc.reason}: {exc}") from None
+                answer = job.fetch(sender.client, sender.now())
             except RateLimited as exc:
                 sender._hold_until = sender.now() + exc.retry_after
+                continue
+            except (Unauthorized, Forbidden) as exc:
+                raise WorkspaceError(f"{exc.reason}: {exc}") from None
             except ApiError as exc:
-                raise WorkspaceError(f"discovery: reading {kind} failed: {exc}") from None
+                raise WorkspaceError(f"discovery: reading {job.label} failed: {exc}") from None
+            job.apply(answer, sender.now())
         lists = discovery.lists
     targets, _dropped = select_targets(config, lists)  # it logs what max_targets drops
     return targets, sent

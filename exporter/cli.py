@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
@@ -31,18 +33,18 @@ from .config import (
 )
 from .discovery import Discovery, Lists
 from .exposition import Exposition
+from .jobs import Running, key_id, summary_job
 from .scheduler import (
-    WORKSPACE_REASONS,
     Clock,
-    Key,
     Poller,
     Scheduler,
+    ScheduleView,
     SystemClock,
     effective_interval,
 )
-from .server import Web, parse_listen_address, serve
+from .server import Web, listen_failure, parse_listen_address, serve
 from .state import SavedState, StateFile
-from .store import Store, TargetState
+from .store import Key, Store, TargetState
 from .targets import Target, build_targets, select_targets
 from .webconfig import WebConfig, load_web_config
 
@@ -145,7 +147,12 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
 
 
 class Exporter:
-    """The long-running daemon: owns every part and their lifecycles."""
+    """The long-running daemon: owns every part and their lifecycles.
+
+    The poller works from :attr:`running`, one immutable
+    :class:`~exporter.jobs.Running` value that start, reloads and discovery
+    updates build in full and swap in one assignment.
+    """
 
     def __init__(self, config: Config, key: ApiKey, config_path: str | None,
                  state_file: str | None = None, clock: Clock | None = None) -> None:
@@ -159,44 +166,70 @@ class Exporter:
         saved = self.state.load(now) if self.state else SavedState()
         rate = config.api.rate_limit
         self.budget = Budget(rate.minute_budget, rate.day_budget, saved.ledger)
-        self.scheduler = Scheduler(self.budget, config.refresh_interval)
-        self.client = self._client(config)
-        self._targets: dict[Key, Target] = {}
-        self._reload_lock = threading.Lock()
-        self.poller = Poller(self.scheduler, self.client, self.store, lambda: self._targets,
-                             self.clock, on_change=self._save_state)
+        self.scheduler = Scheduler(self.budget, config.refresh_interval,
+                                   on_view=self._on_view)
         self._saved = saved
-        self.discovery: Discovery | None = None
-        self._set_discovery(config, saved.lists, reread=False)
-        self._apply(config)
+        self._targets: dict[Key, Target] = {}
+        # Serialises building the running value (reloads against discovery updates);
+        # never held across a request.
+        self._apply_lock = threading.RLock()
+        self._reload_lock = threading.Lock()
+        self.discovery: Discovery | None = self._discovery(config, saved.lists, reread=False)
+        self.running = self._build(config, self._client(config), key)
+        self.poller = Poller(self.scheduler, lambda: self.running, self.store, self.clock)
         self.store.record_reload(True, now)
         snapshot_collector = SnapshotCollector(self.store, self.clock)
         live = CollectorRegistry(auto_describe=False)
         live.register(LiveCollector(self.budget.remaining, self.clock))
         live.register(ProcessMetrics())
         self.exposition = Exposition(snapshot_collector, live, self.clock)
+        self._stop_saving = threading.Event()
+        self._saver: threading.Thread | None = None
+
+    @property
+    def client(self) -> ExecClient:
+        """The client of the running configuration."""
+        return self.running.client
 
     def _client(self, config: Config) -> ExecClient:
         return ExecClient(config.api.base_url, self.key.value, config.api.timeout)
 
-    def _set_discovery(self, config: Config, lists: Lists | None, reread: bool) -> None:
-        """Start (or restart, after a reload changed it) discovery."""
+    def _on_view(self, view: ScheduleView) -> None:
+        pause = (view.pause.reason, view.pause.until) if view.pause is not None else None
+        self.store.record_schedule(view.interval, view.next_due, pause,  # type: ignore[arg-type]
+                                   view.stretched)
+
+    def _discovery(self, config: Config, lists: Lists | None, reread: bool) -> Discovery | None:
+        """Discovery for ``config`` (None when it reads no list)."""
         settings = config.discovery
         if settings is None or (settings.scenarios is None and settings.group_cohorts is None):
-            self.discovery = None
-        else:
-            self.discovery = Discovery(settings, lists, on_update=self._on_lists)
-            if reread:
-                self.discovery.reread()
-        self.poller.discovery = self.discovery
+            return None
+        discovery = Discovery(settings, lists, on_update=self._on_lists,
+                              report=self.store.record_discovery)
+        if reread:
+            discovery.reread()
+        return discovery
 
     def _on_lists(self, lists: Lists) -> None:
-        # Called from inside a poller step: new lists, new targets.
-        self._apply(self.config)
-        self.poller.wake()
+        # Runs in the poller thread, inside a listing job's handler: new lists, new targets.
+        with self._apply_lock:
+            self.running = self._build(self.config, self.running.client, self.key)
+            self.poller.wake()
+        interval = effective_interval(len(self._targets), self.config.refresh_interval,
+                                      self._poll_day_budget(), self.budget.minute_limit)
+        wanted = format_duration(self.config.refresh_interval)
+        how = (f"stretched from refresh_interval {wanted} to fit the budget"
+               if interval > self.config.refresh_interval else "as configured")
+        log.info("discovery: %d targets; effective refresh interval %s (%s)",
+                 len(self._targets), format_duration(interval), how)
 
-    def _apply(self, config: Config) -> None:
-        """Make ``config`` (with the current discovery lists) the running target set."""
+    def _poll_day_budget(self) -> float:
+        listing = self.discovery.requests_per_day() if self.discovery else 0.0
+        return max(self.config.api.rate_limit.day_budget - listing, 1.0)
+
+    def _build(self, config: Config, client: ExecClient, key: ApiKey) -> Running:
+        """Make ``config`` (with the current discovery lists) the running target set:
+        update the store and return the running value to swap in."""
         kept, dropped = select_targets(config,
                                        self.discovery.lists if self.discovery else None)
         self.store.set_targets_dropped(dropped)
@@ -212,24 +245,28 @@ class Exporter:
                     target=t, summary=s.summary, last_success=s.last_success, up=s.up,
                     last_error=s.last_error, last_error_message=s.last_error_message,
                     last_error_time=s.last_error_time, errors=s.errors)
+        self.store.set_targets(kept, restored, forget=changed)
+        self.store.set_max_staleness(config.max_staleness)
+        self._targets = {t.key: t for t in kept}
+        known: dict[Key, float] = {}
+        for t in kept:
+            state = self.store.get(t.key)
+            if state is not None and state.last_success is not None:
+                known[t.key] = state.last_success
         rate = config.api.rate_limit
-        with self.poller.lock:
-            self.budget.resize(rate.minute_budget, rate.day_budget)
-            self.scheduler.refresh_interval = config.refresh_interval
-            self.scheduler.listing_requests_per_day = (
-                self.discovery.requests_per_day() if self.discovery else 0.0)
-            self._targets = {t.key: t for t in kept}
-            self.scheduler.set_targets(
-                [t.key for t in kept],
-                {k: s.last_success for k, s in restored.items() if s.last_success is not None},
-                forget=changed)
-            self.store.set_targets(kept, restored, forget=changed)
-            self.store.set_max_staleness(config.max_staleness)
-            self.store.record_schedule(self.scheduler.interval, {})
-        self.config = config
+        return Running(
+            client=client,
+            jobs=tuple(summary_job(t, self.store) for t in kept),
+            sources=(self.discovery,) if self.discovery is not None else (),
+            refresh_interval=config.refresh_interval,
+            minute_budget=rate.minute_budget, day_budget=rate.day_budget,
+            restored=known, forget=frozenset(changed), key_id=key_id(key.value))
 
     def reload(self) -> tuple[bool, str]:
-        """Reread the configuration file; a bad file keeps the running configuration."""
+        """Reread the configuration file; a bad file keeps the running configuration.
+
+        Builds a new running value and swaps it in: nothing here waits for a request
+        in flight (the poller adopts the new value between two requests)."""
         with self._reload_lock:
             now = self.clock.time()
             if self.config_path is None:
@@ -247,27 +284,23 @@ class Exporter:
             for warning in warnings:
                 log.warning("%s", warning)
             logs.add_secret(key.value)
-            if config.api != self.config.api or key.value != self.key.value:
-                new_key = key.value != self.key.value
-                self.key = key
-                with self.poller.lock:
-                    old = self.client
-                    self.client = self._client(config)
-                    self.poller.client = self.client
-                    old.close()
-                    pause = self.scheduler.pause
-                    if new_key and pause is not None and pause.reason in WORKSPACE_REASONS:
-                        # A new key deserves its probe now, not after the 30 s-5 min wait.
-                        pause.until = min(pause.until, now)
-            if config.discovery != self.config.discovery:
-                lists = self.discovery.lists if self.discovery else None
-                with self.poller.lock:
-                    self._set_discovery(config, lists, reread=True)
-            self._apply(config)
+            with self._apply_lock:
+                client = self.running.client
+                if config.api != self.config.api or key.value != self.key.value:
+                    self.key = key
+                    client = self._client(config)  # the poller closes the old one
+                if config.discovery != self.config.discovery:
+                    lists = self.discovery.lists if self.discovery else None
+                    self.discovery = self._discovery(config, lists, reread=True)
+                self.config = config
+                self.running = self._build(config, client, key)
             self.store.record_reload(True, now)
             self.poller.wake()
+            interval = effective_interval(len(self._targets), config.refresh_interval,
+                                          self._poll_day_budget(), config.api.rate_limit
+                                          .minute_budget)
             log.info("configuration reloaded: %d targets, effective interval %s",
-                     len(self._targets), format_duration(self.scheduler.interval))
+                     len(self._targets), format_duration(interval))
             return True, "configuration reloaded"
 
     def _save_state(self, force: bool = False) -> None:
@@ -278,25 +311,68 @@ class Exporter:
         self.state.save(self.store.snapshot(), self.budget.ledger(now), now, force=force,
                         lists=lists)
 
+    def _save_loop(self) -> None:
+        # The state file follows the store: every change is saved (coalesced by the
+        # state file to one write a second), in this thread, not the poller's.
+        version = self.store.version
+        while not self._stop_saving.is_set():
+            current = self.store.wait_for_change(version, 1.0)
+            if current != version and not self._stop_saving.is_set():
+                version = current
+                self._save_state()
+
     def start(self, address: tuple[str, int], telemetry_path: str,
               web_config: WebConfig | None) -> None:
-        """Start polling and serving."""
+        """Start polling, saving and serving."""
         web = Web(self.store, self.exposition, telemetry_path, web_config, self.reload,
                   self.clock.time)
         self.server = serve(address, web)
         self.poller.start()
+        if self.state is not None:
+            self._saver = threading.Thread(target=self._save_loop, name="state", daemon=True)
+            self._saver.start()
         host, port = self.server.server_address[:2]
+        interval = effective_interval(len(self._targets), self.config.refresh_interval,
+                                      self._poll_day_budget(), self.budget.minute_limit)
         log.info("exec-exporter %s listening on %s:%s; %d targets, effective refresh "
                  "interval %s", __version__, host, port, len(self._targets),
-                 format_duration(self.scheduler.interval))
+                 format_duration(interval))
 
     def stop(self) -> None:
         """Stop polling (letting an in-flight request finish), save state, stop serving."""
         self.poller.stop(SHUTDOWN_GRACE)
+        self._stop_saving.set()
+        if self._saver is not None:
+            self._saver.join(5.0)
         self._save_state(force=True)
         self.server.shutdown()
         self.server.server_close()
-        self.client.close()
+        self.running.client.close()
+
+
+def prepare_state_dir(path: str) -> None:
+    """Make sure the state file can be written: create its directory when that
+    directory's parent exists and is writable; otherwise raise ConfigError naming the
+    path (starting without a usable state file would silently lose it)."""
+    directory = Path(path).absolute().parent
+    if not directory.exists():
+        parent = directory.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError([
+                f"--state.file: the directory {directory} does not exist and cannot be "
+                f"created ({parent} is {'not writable' if parent.is_dir() else 'missing'}); "
+                f"create it first, e.g. sudo install -d -m 700 -o \"$USER\" {directory}"])
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ConfigError([f"--state.file: cannot create {directory}: "
+                               f"{exc.strerror or exc}"]) from None
+        log.info("created the state directory %s", directory)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError([f"--state.file: the directory {directory} is not writable by "
+                           "this user; the state file could not be saved"])
 
 
 def _print_problems(problems: Sequence[str], stream: TextIO) -> None:
@@ -353,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(["no API key: set the EXEC_API_KEY environment variable or "
                                "api.api_key_file in the configuration"])
         web_config = load_web_config(args.web_config) if args.web_config else None
+        if args.state_file:
+            prepare_state_dir(args.state_file)
     except ConfigError as exc:
         _print_problems(exc.problems, sys.stderr)
         if simulated is not None:
@@ -377,10 +455,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         exporter = Exporter(config, key, config_path, args.state_file)
         exporter.start(address, args.telemetry_path, web_config)
     except OSError as exc:
-        log.error("cannot start: %s", exc)
         if simulated is not None:
             simulated.stop()
-        return 1
+        code, message = listen_failure(exc, args.listen)
+        if code == 2:  # a bad address: said like every other bad flag
+            _print_problems([message], sys.stderr)
+        else:
+            log.error("%s", message)
+        return code
     if demo and simulated is not None:
         log.info("demo: simulated Exec API at %s; open http://%s:%s/", simulated.base_url,
                  "localhost" if address[0] in ("0.0.0.0", "::") else address[0],

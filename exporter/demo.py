@@ -131,13 +131,11 @@ class APIRequest:
 
 @dataclass
 class APIResponse:
-    """What to send back. ``body`` may be an iterable of chunks (streamed);
-    then ``content_length`` must be given."""
+    """What to send back."""
 
     status: int
-    body: bytes | Iterable[bytes] = b""
+    body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
-    content_length: int | None = None
     content_type: str = "application/json"
 
     @classmethod
@@ -170,11 +168,6 @@ def unauthorized_response() -> APIResponse:
     return error_response(
         401, "authentication_error", "invalid_api_key", "Invalid or inactive API key"
     )
-
-
-def forbidden_response() -> APIResponse:
-    """The 403 the Exec API sends for an inactive workspace."""
-    return error_response(403, "authorization_error", "workspace_inactive", "Workspace is inactive")
 
 
 def not_found_response(message: str, code: str | None = "not_found") -> APIResponse:
@@ -322,15 +315,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(response)
 
     def _send(self, response: APIResponse) -> None:
-        body = response.body
-        if isinstance(body, bytes):
-            length = len(body)
-            chunks: Iterable[bytes] = (body,)
-        else:
-            if response.content_length is None:
-                raise ValueError("a streamed body needs content_length")
-            length = response.content_length
-            chunks = body
+        self._send_chunks(response, len(response.body), (response.body,))
+
+    def _send_chunks(self, response: APIResponse, length: int, chunks: Iterable[bytes]) -> None:
         try:
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)

@@ -1,10 +1,11 @@
 """Discovery: scenarios and group cohorts read from the workspace's own lists.
 
 The lists (``GET /scenarios``, ``GET /workspace/groups``) are read page by page,
-one request per poller step, so every listing request goes through the same
-budget ledger and pauses as the summary requests. A failed listing keeps the
-last known lists. :func:`exporter.targets.build_targets` merges what was found
-with the explicit configuration into the ordered target list.
+one job per page (:class:`Discovery` is a job source of the scheduler), so every
+listing request goes through the same budget ledger and pauses as the summary
+requests. A failed listing keeps the last known lists.
+:func:`exporter.targets.build_targets` merges what was found with the explicit
+configuration into the ordered target list.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from typing import Any
 
 from .client import ApiError, ExecClient, InvalidResponse
 from .config import DiscoveryConfig
+from .jobs import Job
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100  # the API's maximum: fewest requests per list
 RETRY_FIRST = 60.0
 MAX_PAGES = 1000  # a guard against a pagination that never ends
+# Workspace-wide refusals: the scheduler's pause decides when the list is tried again.
+_PAUSE_REASONS = frozenset({"unauthorized", "forbidden", "rate_limited"})
 
 
 @dataclass(frozen=True)
@@ -81,13 +85,20 @@ class _Run:
 
 
 class Discovery:
-    """Reads the configured lists every ``interval``, one page per :meth:`step`."""
+    """Reads the configured lists every ``interval``: a job source, one page per job.
+
+    ``on_update(lists)`` runs when a list is complete (the exporter rebuilds its
+    targets); ``report(kind, at, error)`` says how each list read ended.
+    """
 
     def __init__(self, settings: DiscoveryConfig, lists: Lists | None = None,
-                 on_update: Callable[[Lists], None] | None = None) -> None:
+                 on_update: Callable[[Lists], None] | None = None,
+                 report: Callable[[str, float | None, str | None], None] | None = None,
+                 ) -> None:
         self.settings = settings
         self.lists = lists or Lists()
         self.on_update = on_update
+        self.report = report
         self.errors: dict[str, str] = {}
         self._runs: dict[str, _Run] = {}
         self._next: dict[str, float] = {}
@@ -119,6 +130,27 @@ class Discovery:
                 return kind
         return None
 
+    def due(self, now: float) -> Job | None:
+        """The next page to read, as a job, if a list is due."""
+        kind = self.due_kind(now)
+        if kind is None:
+            return None
+        run = self._runs.setdefault(kind, _Run(kind))
+        path = "/scenarios" if kind == "scenarios" else "/workspace/groups"
+        params = self._query(kind, run.page)
+
+        def fetch(client: ExecClient, at: float) -> tuple[list[Any], int]:
+            return client.list_page(path, params)
+
+        def apply(answer: tuple[list[Any], int], at: float) -> None:
+            self.page_read(kind, *answer, at)
+
+        def fail(error: ApiError, at: float) -> None:
+            self.failed(kind, error, at, error.reason in _PAUSE_REASONS)
+
+        return Job(kind=f"list_{kind}", key=("list", kind, run.page), fetch=fetch,
+                   apply=apply, fail=fail, label=f"{kind} page {run.page}")
+
     def reread(self) -> None:
         """Read every list again at the next chance (after a reload changed the filters)."""
         self._runs.clear()
@@ -149,14 +181,9 @@ class Discovery:
             params["include_archived"] = "true" if wanted.include_archived else "false"
         return params
 
-    def step(self, client: ExecClient, kind: str, now: float) -> None:
-        """Request one page of ``kind``; finish the list when it was the last page.
-
-        Raises the client's ApiError; the caller counts it and calls :meth:`failed`.
-        """
+    def page_read(self, kind: str, items: list[Any], pages: int, now: float) -> None:
+        """One page of ``kind`` arrived; finish the list when it was the last page."""
         run = self._runs.setdefault(kind, _Run(kind))
-        path = "/scenarios" if kind == "scenarios" else "/workspace/groups"
-        items, pages = client.list_page(path, self._query(kind, run.page))
         run.items.extend(items)
         if run.page < pages and items and run.page < MAX_PAGES:
             run.page += 1
@@ -176,7 +203,11 @@ class Discovery:
         self._next[kind] = now + self.settings.interval
         self._failures.pop(kind, None)
         self.errors.pop(kind, None)
-        log.info("discovery: read %s (%d pages)", kind, run.page)
+        log.info("discovery: read %s (%d pages, %d %s)", kind, run.page,
+                 len(self.lists.scenarios or []) if kind == "scenarios"
+                 else len(self.lists.groups or []), kind)
+        if self.report is not None:
+            self.report(kind, now, None)
         if self.on_update is not None:
             self.on_update(self.lists)
 
@@ -184,6 +215,8 @@ class Discovery:
         """A page request failed: keep the last lists, retry the whole list later."""
         self._runs.pop(kind, None)
         self.errors[kind] = f"{error.reason}: {error}"
+        if self.report is not None:
+            self.report(kind, None, self.errors[kind])
         if workspace_pause:
             self._next[kind] = now  # the scheduler's pause decides when to try again
             return

@@ -1,24 +1,29 @@
-"""Deciding what to fetch when, inside the quota, and the thread that does it.
+"""Deciding which request to send when, inside the quota, and the thread that sends it.
 
-:class:`Scheduler` is pure decision logic on injected time: given "now", it
-answers which target to request next, or until when to wait. :class:`Poller`
-runs it against the client and writes outcomes into the store. Tests drive the
-scheduler through a simulated day without sleeping.
+The unit here is the *job* (:mod:`exporter.jobs`): one API request with its
+handlers. :class:`Scheduler` is pure decision logic on injected time: given
+"now", it answers which job to run next, or until when to wait. :class:`Poller`
+only runs jobs: it asks the scheduler, sends the one request, and hands the
+answer to the job's handler. Tests drive the scheduler through a simulated day
+without sleeping.
 
 Policy (see the README's "Quota arithmetic"):
 
 * effective interval ``I = max(refresh_interval, N x 86400 / day budget,
-  N x 60 / minute budget)``, with discovery listings taken out of the day budget;
-* first fill (targets with no data at all) goes as fast as the minute budget
-  allows; afterwards each target is due ``I`` after its last attempt, stalest
+  N x 60 / minute budget)`` over the N recurring jobs, with what the job
+  sources (discovery listings) need a day taken out of the day budget first;
+* first fill (jobs with no data at all) goes as fast as the minute budget
+  allows; afterwards each job is due ``I`` after its last attempt, stalest
   first, and when the day budget is the limit requests are spaced exactly
   ``86400 / day budget`` apart (otherwise ``60 / minute budget``);
 * the :class:`~exporter.budget.Budget` ledger is the final word: no request is
   sent that would exceed either rolling window;
 * 429 pauses everything until ``retry_after``; 401/403 pause everything and
-  send one probe with growing waits (30 s to 5 min); 404 and 400 back that
-  target off (growing, up to an hour); timeouts, connection errors, 5xx and
-  invalid responses back it off exponentially with jitter, capped at ``I``.
+  send one probe with growing waits (30 s to 5 min). A request refused by such
+  a workspace-wide pause does not count as its job's attempt: after the pause
+  the first fill resumes where it stopped. 404 and 400 back that job off
+  (growing, up to an hour); timeouts, connection errors, 5xx and invalid
+  responses back it off exponentially with jitter, capped at ``I``.
 """
 
 from __future__ import annotations
@@ -30,30 +35,30 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from .budget import DAY, MINUTE, Budget
-from .client import ApiError, ExecClient, RateLimited, Summary
-from .targets import Target, TargetKey
-
-if TYPE_CHECKING:
-    from .discovery import Discovery
+from .client import ApiError, RateLimited
+from .config import format_duration
+from .jobs import Job, JobKey, JobSource, Running
 
 log = logging.getLogger(__name__)
 
-Key = TargetKey
+Key = JobKey
 
 AUTH_PROBE_FIRST = 30.0
 AUTH_PROBE_MAX = 300.0
 TRANSIENT_BACKOFF_BASE = 10.0
 PERSISTENT_BACKOFF_MAX = 3600.0
 WORKSPACE_REASONS = frozenset({"unauthorized", "forbidden"})
+# Refusals of the whole workspace: the request says nothing about its own job.
+PAUSE_REASONS = WORKSPACE_REASONS | {"rate_limited"}
 PERSISTENT_REASONS = frozenset({"not_found", "bad_request"})
-# Consecutive failures after which a target queues by its last attempt, not its data:
+# Consecutive failures after which a job queues by its last attempt, not its data:
 # 3 random 5xx in a row are rare (1 in 8,000 at a 5% error rate); a hang is not.
 REPEATED_FAILURES = 3
-# Failures that hold the poller for up to the timeout: such a target queues by its last
-# attempt at once, or two hanging targets would take every slot for several timeouts.
+# Failures that hold the poller for up to the timeout: such a job queues by its last
+# attempt at once, or two hanging jobs would take every slot for several timeouts.
 SLOW_REASONS = frozenset({"timeout", "connection"})
 
 
@@ -71,8 +76,8 @@ class SystemClock:
 
 
 @dataclass
-class TargetTimes:
-    """What the scheduler remembers of one target."""
+class JobTimes:
+    """What the scheduler remembers of one recurring job."""
 
     order: int
     last_attempt: float | None = None
@@ -80,6 +85,9 @@ class TargetTimes:
     failures: int = 0
     slow_failure: bool = False  # the last failure was a timeout or connection error
     retry_at: float | None = None
+    # The attempt before the one in flight: a request refused by a workspace-wide
+    # pause is given back, so the job keeps its place (first fill included).
+    previous_attempt: float | None = None
 
     @property
     def filling(self) -> bool:
@@ -88,9 +96,9 @@ class TargetTimes:
 
     @property
     def staleness(self) -> float:
-        """Ordering key for "stalest first": the time of the data, so a target whose
+        """Ordering key for "stalest first": the time of the data, so a job whose
         refresh just failed is retried first (once its short backoff is over) instead
-        of a whole interval later. A target failing again and again, or timing out
+        of a whole interval later. A job failing again and again, or timing out
         (each try holds the poller for the timeout), counts from its last attempt, so
         its retries cannot starve the healthy ones; one never tried (no data, no
         attempt) comes first of all."""
@@ -103,7 +111,7 @@ class TargetTimes:
         return -math.inf
 
     def due(self, interval: float) -> float:
-        """When this target should next be requested."""
+        """When this job should next run (-inf: at once)."""
         if self.retry_at is not None:
             return self.retry_at
         if self.last_attempt is not None:
@@ -113,16 +121,25 @@ class TargetTimes:
         return -math.inf
 
 
+# The name the target-shaped code and tests knew it by.
+TargetTimes = JobTimes
+
+
 @dataclass(frozen=True)
 class Decision:
-    """Either request ``target`` now, or wait until ``wake_at``."""
+    """Either run ``job`` now, or wait until ``wake_at``."""
 
-    target: Key | None
+    job: Job | None
     wake_at: float
     probe: bool = False
 
+    @property
+    def key(self) -> JobKey | None:
+        """The job's key, if there is a job."""
+        return self.job.key if self.job is not None else None
 
-@dataclass
+
+@dataclass(frozen=True)
 class Pause:
     """A workspace-wide stop: a 429 or an auth failure."""
 
@@ -131,62 +148,99 @@ class Pause:
     probe_wait: float = 0.0
 
 
+@dataclass(frozen=True)
+class ScheduleView:
+    """What the scheduler has decided, for the landing page and /metrics: replaced
+    whole after every change, so readers on other threads see a consistent copy."""
+
+    interval: float
+    refresh_interval: float
+    next_due: Mapping[JobKey, float]
+    pause: Pause | None
+    stretched: bool
+
+
 @dataclass
 class Scheduler:
-    """Picks the next request within the budget. Not thread-safe: one Poller drives it."""
+    """Picks the next job within the budget. Not thread-safe: one Poller drives it."""
 
     budget: Budget
     refresh_interval: float
-    listing_requests_per_day: float = 0.0
     rng: random.Random = field(default_factory=random.Random)
-    _targets: dict[Key, TargetTimes] = field(default_factory=dict)
+    sources: tuple[JobSource, ...] = ()
+    on_view: Callable[[ScheduleView], None] | None = None
+    _jobs: dict[JobKey, Job] = field(default_factory=dict)
+    _times: dict[JobKey, JobTimes] = field(default_factory=dict)
     pause: Pause | None = None
-    # Pacing spaces poll requests only (listings are paid for separately); before the
-    # first poll of this process, the restored ledger's last request stands in.
+    # Pacing spaces recurring jobs only (sources are paid for separately); before the
+    # first of this process, the restored ledger's last request stands in.
     _last_poll: float | None = None
+    _key_id: str | None = None
 
-    # --- the target set ---------------------------------------------------
+    # --- the job set --------------------------------------------------------
 
-    def set_targets(self, keys: Iterable[Key], restored: Mapping[Key, float] | None = None,
-                    forget: Collection[Key] = ()) -> None:
-        """Replace the target set. Kept targets keep their times (except those in
+    def adopt(self, running: Running, now: float) -> None:
+        """Work from ``running`` from now on: its budget sizes, interval, sources and
+        jobs. Kept jobs keep their times; a new API key is probed at once."""
+        self.budget.resize(running.minute_budget, running.day_budget)
+        self.refresh_interval = running.refresh_interval
+        self.sources = running.sources
+        self.set_jobs(running.jobs, running.restored, running.forget)
+        if self._key_id is not None and running.key_id != self._key_id:
+            pause = self.pause
+            if pause is not None and pause.reason in WORKSPACE_REASONS:
+                # A new key deserves its probe now, not after the 30 s-5 min wait.
+                self.pause = Pause(min(pause.until, now), pause.reason, pause.probe_wait)
+        self._key_id = running.key_id
+        self.publish(now)
+
+    def set_jobs(self, jobs: Iterable[Job], restored: Mapping[JobKey, float] | None = None,
+                 forget: Collection[JobKey] = ()) -> None:
+        """Replace the recurring jobs. Kept ones keep their times (except those in
         ``forget``, which start over); new ones are due by the age of their restored
         data, or at once when they have none."""
         restored = restored or {}
-        old = self._targets
-        self._targets = {}
-        for order, key in enumerate(keys):
+        old = self._times
+        self._jobs, self._times = {}, {}
+        for order, job in enumerate(jobs):
+            key = job.key
             times = old.get(key) if key not in forget else None
             if times is None:
-                times = TargetTimes(order=order, last_success=restored.get(key))
+                times = JobTimes(order=order, last_success=restored.get(key))
             else:
                 times.order = order
-            self._targets[key] = times
+            self._jobs[key] = job
+            self._times[key] = times
 
     @property
-    def keys(self) -> list[Key]:
-        """The current targets, in configuration order."""
-        return list(self._targets)
+    def keys(self) -> list[JobKey]:
+        """The recurring jobs' keys, in configuration order."""
+        return list(self._times)
 
-    def times(self, key: Key) -> TargetTimes:
-        """The scheduling state of one target."""
-        return self._targets[key]
+    def times(self, key: JobKey) -> JobTimes:
+        """The scheduling state of one recurring job."""
+        return self._times[key]
 
     # --- arithmetic ---------------------------------------------------------
 
     @property
+    def listing_requests_per_day(self) -> float:
+        """What the job sources need a day (discovery listings)."""
+        return sum(source.requests_per_day() for source in self.sources)
+
+    @property
     def poll_day_budget(self) -> float:
-        """Requests per day left for polling once discovery listings are paid for."""
+        """Requests per day left for recurring jobs once the sources are paid for."""
         return max(self.budget.day_limit - self.listing_requests_per_day, 1.0)
 
     @property
     def budget_bound(self) -> bool:
-        """Whether the targets want more requests than the day budget affords."""
-        return len(self._targets) * DAY / self.poll_day_budget >= self.refresh_interval
+        """Whether the jobs want more requests than the day budget affords."""
+        return len(self._times) * DAY / self.poll_day_budget >= self.refresh_interval
 
     @property
     def spacing(self) -> float:
-        """The minimum gap between two poll requests once the first fill is done.
+        """The minimum gap between two recurring requests once the first fill is done.
 
         When the day budget is the limit, requests go out exactly at its pace, so it
         is spent evenly instead of in bursts that then starve. Otherwise there is
@@ -200,20 +254,45 @@ class Scheduler:
     @property
     def interval(self) -> float:
         """The effective refresh interval after budget stretching."""
-        return effective_interval(len(self._targets), self.refresh_interval,
+        return effective_interval(len(self._times), self.refresh_interval,
                                   self.poll_day_budget, self.budget.minute_limit)
 
-    def next_due(self, key: Key) -> float:
-        """When ``key`` is next expected to be requested (for display)."""
-        due = self._targets[key].due(self.interval)
+    def next_due(self, key: JobKey, now: float | None = None) -> float:
+        """When ``key`` is next expected to run (for display): never before the pause
+        ends nor, when ``now`` is given, before ``now``."""
+        due = self._times[key].due(self.interval)
         if self.pause is not None:
             due = max(due, self.pause.until)
+        if now is not None:
+            due = max(due, now)
         return due
+
+    def view(self, now: float) -> ScheduleView:
+        """The current decisions as one immutable value. A job due while the budget or
+        a pause holds every request is shown due when that ends."""
+        interval = self.interval
+        blocked = self.blocked_until(now)
+        return ScheduleView(
+            interval=interval, refresh_interval=self.refresh_interval,
+            next_due={k: self.next_due(k, blocked) for k in self._times},
+            pause=self.pause, stretched=interval > self.refresh_interval)
+
+    def publish(self, now: float) -> None:
+        """Hand the current view to ``on_view`` (the store)."""
+        if self.on_view is not None:
+            self.on_view(self.view(now))
 
     # --- deciding -----------------------------------------------------------
 
     def decide(self, now: float) -> Decision:
-        """What to do at ``now``: a target to request, or a time to wake up."""
+        """What to do at ``now``: a job to run, or a time to wake up (then the view
+        is published: what is shown is what was decided)."""
+        decision = self._decide(now)
+        if decision.job is None:
+            self.publish(now)
+        return decision
+
+    def _decide(self, now: float) -> Decision:
         probe = False
         if self.pause is not None:
             if now < self.pause.until:
@@ -225,33 +304,40 @@ class Scheduler:
         allowed = self.budget.next_allowed(now)
         if allowed > now:
             return Decision(None, allowed)
-        if not self._targets:
-            return Decision(None, now + 3600.0)
+        # Sources first: their jobs are rare, due at fixed times and paid for apart.
+        for source in self.sources:
+            job = source.due(now)
+            if job is not None:
+                return Decision(job, now, probe)
+        sources_due = min((s.next_due() for s in self.sources), default=math.inf)
+        sources_wake = max(sources_due, now)
+        if not self._times:
+            return Decision(None, min(now + 3600.0, sources_wake))
         interval = self.interval
         best: tuple[float, float, int] | None = None
-        best_key: Key | None = None
+        best_key: JobKey | None = None
         earliest = math.inf
-        for key, times in self._targets.items():
+        for key, times in self._times.items():
             due = times.due(interval)
             if due > now and not probe:
                 earliest = min(earliest, due)
                 continue
             # Stalest first: never tried before long ago before recently. A failing
-            # target counts from its last attempt, not its last success, or its retries
-            # would always outrank (and, when they hang, starve) the healthy targets.
+            # job counts from its last attempt, not its last success, or its retries
+            # would always outrank (and, when they hang, starve) the healthy ones.
             rank = (times.staleness, due, times.order)
             if best is None or rank < best:
                 best, best_key = rank, key
         if best_key is None:
-            return Decision(None, max(earliest, self._paced(now)))
-        if not self._targets[best_key].filling and not probe:
+            return Decision(None, min(max(earliest, self._paced(now)), sources_wake))
+        if not self._times[best_key].filling and not probe:
             paced = self._paced(now)
             if paced > now:
-                return Decision(None, paced)
-        return Decision(best_key, now, probe)
+                return Decision(None, min(paced, sources_wake))
+        return Decision(self._jobs[best_key], now, probe)
 
     def blocked_until(self, now: float) -> float:
-        """The earliest time any request (a poll or a listing) may be sent."""
+        """The earliest time any request may be sent."""
         until = self.budget.next_allowed(now)
         if self.pause is not None:
             until = max(until, self.pause.until)
@@ -263,29 +349,40 @@ class Scheduler:
 
     # --- outcomes -----------------------------------------------------------
 
-    def sent(self, key: Key, at: float) -> None:
-        """A request for ``key`` is about to go out at ``at``; count it."""
+    def sent(self, job: Job | JobKey, at: float) -> None:
+        """A request for ``job`` is about to go out at ``at``; count it."""
         self.budget.record(at)
-        self._last_poll = at
-        self._targets[key].last_attempt = at
+        times = self._times.get(_key(job))
+        if times is not None:
+            self._last_poll = at
+            times.previous_attempt = times.last_attempt
+            times.last_attempt = at
 
-    def succeeded(self, key: Key | None, at: float) -> None:
-        """``key`` (or a listing, for None) answered with data."""
-        times = self._targets.get(key) if key is not None else None
+    def succeeded(self, job: Job | JobKey | None, at: float) -> None:
+        """``job`` answered with data."""
+        times = self._times.get(_key(job)) if job is not None else None
         if times is not None:
             times.last_success = at
             times.failures = 0
             times.slow_failure = False
             times.retry_at = None
         if self.pause is not None and self.pause.reason in WORKSPACE_REASONS:
-            log.info("API access is back; resuming polling")
+            log.info("API access is back; resuming all requests")
         self.pause = None
+        self.publish(at)
 
-    def failed(self, key: Key | None, error: ApiError, at: float) -> None:
-        """``key`` (or a listing, for None) failed with ``error``: back off that
-        target, or pause everything."""
+    def failed(self, job: Job | JobKey | None, error: ApiError, at: float) -> None:
+        """``job`` failed with ``error``: back that job off, or pause everything."""
         reason = error.reason
-        times = self._targets.get(key) if key is not None else None
+        times = self._times.get(_key(job)) if job is not None else None
+        if reason in PAUSE_REASONS and times is not None:
+            # Refused for the whole workspace: not this job's attempt.
+            times.last_attempt = times.previous_attempt
+        self._back_off(times, error, at)
+        self.publish(at)
+
+    def _back_off(self, times: JobTimes | None, error: ApiError, at: float) -> None:
+        reason = error.reason
         if isinstance(error, RateLimited):
             self.pause = Pause(until=at + error.retry_after, reason=reason)
             return
@@ -296,7 +393,7 @@ class Scheduler:
             self.pause = Pause(until=at + wait, reason=reason, probe_wait=wait)
             return
         if self.pause is not None and self.pause.reason in WORKSPACE_REASONS:
-            # The probe got past authentication: access is back, this target has its own fault.
+            # The probe got past authentication: access is back, this job has its own fault.
             self.pause = None
         if times is None:
             return
@@ -309,8 +406,12 @@ class Scheduler:
         else:
             ceiling = interval
             delay = min(TRANSIENT_BACKOFF_BASE * 2 ** (times.failures - 1), ceiling)
-            delay *= self.rng.uniform(0.5, 1.0)  # jitter spreads retries of many targets
+            delay *= self.rng.uniform(0.5, 1.0)  # jitter spreads retries of many jobs
         times.retry_at = at + delay
+
+
+def _key(job: Job | JobKey | None) -> JobKey | None:
+    return job.key if isinstance(job, Job) else job
 
 
 def effective_interval(targets: int, refresh_interval: float, day_budget: float,
@@ -322,132 +423,105 @@ def effective_interval(targets: int, refresh_interval: float, day_budget: float,
 
 
 class Outcomes(Protocol):
-    """Where the poller reports what happened (the store)."""
+    """What the poller reports for every request, whatever its job (the store)."""
 
     def record_request(self, code: str, duration: float) -> None: ...
-    def record_success(self, key: Key, summary: Summary, at: float) -> None: ...
-    def record_failure(self, key: Key, reason: str, message: str, at: float) -> None: ...
     def record_workspace_failure(self, reason: str, message: str, at: float) -> None: ...
-    def record_schedule(self, interval: float, next_due: Mapping[Key, float]) -> None: ...
-    def record_discovery(self, kind: str, at: float | None, error: str | None = None) -> None: ...
 
 
 class Poller:
-    """The background thread: asks the scheduler, calls the client, records outcomes.
+    """The background thread: it only runs jobs.
 
-    ``step()`` does one decision's worth of work and returns when to call it
-    again, so tests can drive it with a fake clock.
+    Each :meth:`step` adopts the latest :class:`~exporter.jobs.Running` (swapped
+    whole by reloads and discovery), asks the scheduler, sends at most one request
+    and hands the answer to the job's handler. It holds no lock while a request is
+    in flight, so reloads and shutdown never wait on the network.
     """
 
-    def __init__(self, scheduler: Scheduler, client: ExecClient, store: Outcomes,
-                 targets: Callable[[], Mapping[Key, Target]], clock: Clock | None = None,
-                 on_change: Callable[[], None] | None = None) -> None:
-        # on_change runs after every request (outside the lock): the state file hook.
+    def __init__(self, scheduler: Scheduler, running: Callable[[], Running],
+                 outcomes: Outcomes, clock: Clock | None = None) -> None:
         self.scheduler = scheduler
-        self.client = client
-        self.store = store
-        self._targets = targets
+        self._running = running
+        self.outcomes = outcomes
         self.clock = clock or SystemClock()
-        self._on_change = on_change
-        self.discovery: Discovery | None = None
+        self._adopted: Running | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        # Held while a step runs; reloads and discovery updates take it too (reentrant:
-        # a discovery update applies new targets from inside a step).
-        self.lock = threading.RLock()
+        self._adopt(self.clock.time())  # the schedule is known (and shown) before a step
 
     def step(self) -> float:
-        """Send at most one request; return the time to call again."""
-        with self.lock:
-            now = self.clock.time()
-            discovery = self.discovery
-            kind = discovery.due_kind(now) if discovery is not None else None
-            if kind is not None and self.scheduler.blocked_until(now) <= now:
-                self._list(kind, now)
-                self._publish()
-                return self.clock.time()
-            decision = self.scheduler.decide(now)
-            if decision.target is None:
-                self._publish()
-                wake = decision.wake_at
-                if discovery is not None:
-                    wake = min(wake, max(discovery.next_due(), self.scheduler.blocked_until(now)))
-                return wake
-            target = self._targets().get(decision.target)
-            if target is None:  # vanished in a reload between decide and here
-                return now
-            self._request(target, now, decision.probe)
-            self._publish()
-        if self._on_change is not None:
-            self._on_change()
+        """Run at most one job; return the time to call again."""
+        now = self.clock.time()
+        self._adopt(now)
+        decision = self.scheduler.decide(now)
+        if decision.job is None:
+            return decision.wake_at
+        assert self._adopted is not None
+        self._run(decision.job, self._adopted, now, decision.probe)
+        self._adopt(self.clock.time())  # a handler may have changed the targets (discovery)
         return self.clock.time()
 
-    def _request(self, target: Target, now: float, probe: bool) -> None:
-        key = target.key
-        self.scheduler.sent(key, now)
+    def _adopt(self, now: float) -> None:
+        running = self._running()
+        previous = self._adopted
+        if running is previous:
+            return
+        self.scheduler.adopt(running, now)
+        self._adopted = running
+        if previous is not None and previous.client is not running.client:
+            previous.client.close()  # nothing is in flight between two steps
+
+    def _run(self, job: Job, running: Running, now: float, probe: bool) -> None:
+        self.scheduler.sent(job, now)
         started = time.monotonic()
+        answered = False
         try:
-            summary = self.client.summary(target.scenario, target.cohort.query(now))
+            answer = job.fetch(running.client, now)
+            answered = True
+            done = self.clock.time()
+            job.apply(answer, done)  # a handler may still find the answer invalid
         except ApiError as error:
+            if answered and error.status is None:
+                error.status = 200  # an answer came: it is counted under its status
             duration = time.monotonic() - started
             done = self.clock.time()
-            self.store.record_request(error.code, duration)
-            self.scheduler.failed(key, error, done)
-            message = str(error)
-            if error.reason in WORKSPACE_REASONS:
-                wait = self.scheduler.pause.probe_wait if self.scheduler.pause else 0.0
-                log.warning("API refused the key (%s); pausing all requests, probing again "
-                            "in %.0fs", message, wait)
-                self.store.record_workspace_failure(error.reason, message, done)
-            else:
-                level = logging.WARNING if error.reason != "rate_limited" else logging.ERROR
-                log.log(level, "refresh failed scenario=%s cohort=%s reason=%s: %s",
-                        key[0], key[1], error.reason, message)
-                self.store.record_failure(key, error.reason, message, done)
+            self.outcomes.record_request(error.code, duration)
+            was_paused = self.scheduler.pause is not None
+            self.scheduler.failed(job, error, done)
+            job.fail(error, done)
+            if error.reason in PAUSE_REASONS:
+                self._paused(job, error, done, was_paused)
+            # Any other failure is the job's own: its handler has logged it.
             return
         duration = time.monotonic() - started
-        done = self.clock.time()
-        self.store.record_request("200", duration)
-        self.scheduler.succeeded(key, done)
-        self.store.record_success(key, summary, done)
-        log.debug("refreshed scenario=%s cohort=%s in %.3fs%s", key[0], key[1], duration,
+        self.outcomes.record_request("200", duration)
+        self.scheduler.succeeded(job, done)
+        log.debug("request done kind=%s %s in %.3fs%s", job.kind, job.label, duration,
                   " (probe)" if probe else "")
 
-    def _list(self, kind: str, now: float) -> None:
-        assert self.discovery is not None
-        self.scheduler.budget.record(now)
-        started = time.monotonic()
-        try:
-            self.discovery.step(self.client, kind, now)
-        except ApiError as error:
-            done = self.clock.time()
-            self.store.record_request(error.code, time.monotonic() - started)
-            self.scheduler.failed(None, error, done)
-            pause = error.reason in WORKSPACE_REASONS or error.reason == "rate_limited"
-            self.discovery.failed(kind, error, done, pause)
-            self.store.record_discovery(kind, None, error=f"{error.reason}: {error}")
-            if error.reason in WORKSPACE_REASONS:
-                self.store.record_workspace_failure(error.reason, str(error), done)
-            return
-        done = self.clock.time()
-        self.store.record_request("200", time.monotonic() - started)
-        self.scheduler.succeeded(None, done)
-        if kind not in self.discovery.in_progress:
-            self.store.record_discovery(kind, done)
-
-    def _publish(self) -> None:
-        s = self.scheduler
-        self.store.record_schedule(s.interval, {k: s.next_due(k) for k in s.keys})
+    def _paused(self, job: Job, error: ApiError, at: float, was_paused: bool) -> None:
+        """Say once that every request is paused, and until when."""
+        pause = self.scheduler.pause
+        wait = (pause.until - at) if pause is not None else 0.0
+        if error.reason in WORKSPACE_REASONS:
+            log.warning("API refused the key (%s); pausing all requests, probing again "
+                        "in %s", error, format_duration(max(wait, 0.0)))
+            self.outcomes.record_workspace_failure(error.reason, str(error), at)
+        elif not was_paused:
+            log.warning("API rate limit hit (%s) by kind=%s %s; pausing all requests for %s "
+                        "(until %s)", error, job.kind, job.label,
+                        format_duration(max(wait, 1.0)),
+                        time.strftime("%H:%M:%SZ", time.gmtime(at + wait)))
 
     # --- thread -------------------------------------------------------------
 
     def start(self) -> None:
         """Run in a daemon thread until :meth:`stop`."""
-        self._thread = threading.Thread(target=self._run, name="poller", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="poller", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 wake_at = self.step()
@@ -460,7 +534,7 @@ class Poller:
                 self._wake.clear()
 
     def wake(self) -> None:
-        """Re-decide now (after a reload or discovery changed the targets)."""
+        """Re-decide now (after a reload or discovery changed the jobs)."""
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:

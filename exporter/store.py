@@ -51,6 +51,9 @@ class Snapshot:
     discovery_error: Mapping[str, str]
     reload_ok: bool
     reload_time: float | None
+    pause_reason: str | None = None  # a workspace-wide pause in force: its reason
+    pause_until: float | None = None
+    stretched: bool = False  # the interval was stretched to fit the budget
 
     def staleness_limit(self) -> float:
         """Data older than this many seconds is no longer exported."""
@@ -75,9 +78,21 @@ class Store:
         self._discovery_error: dict[str, str] = {}
         self._reload_ok = True
         self._reload_time: float | None = None
+        self._pause: tuple[str, float] | None = None
+        self._stretched = False
+        self._changed = threading.Condition(self._lock)
 
     def _bump(self) -> None:
+        # Called with the lock held.
         self._version += 1
+        self._changed.notify_all()
+
+    def wait_for_change(self, version: int, timeout: float) -> int:
+        """Block until the version moves past ``version`` or ``timeout`` passes;
+        return the version then (the state file's saver waits here)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._version != version, timeout)
+            return self._version
 
     @property
     def version(self) -> int:
@@ -118,27 +133,37 @@ class Store:
             self._bump()
 
     def record_workspace_failure(self, reason: str, message: str, at: float) -> None:
-        """The key or workspace was refused: every target is down with that reason."""
+        """The key or workspace was refused: every target is down with that reason.
+
+        Only a target whose own request was refused counts an error (through
+        :meth:`record_failure`); the others sent nothing, so their counters stay."""
         with self._lock:
             for key in list(self._targets):
-                self._fail(key, reason, message, at)
+                self._fail(key, reason, message, at, count=False)
             self._bump()
 
-    def _fail(self, key: Key, reason: str, message: str, at: float) -> None:
+    def _fail(self, key: Key, reason: str, message: str, at: float, count: bool = True) -> None:
         old = self._targets.get(key)
         if old is None:
             return
         errors = dict(old.errors)
-        errors[reason] = errors.get(reason, 0) + 1
+        if count:
+            errors[reason] = errors.get(reason, 0) + 1
         self._targets[key] = replace(old, up=False, last_error=reason,
                                      last_error_message=message, last_error_time=at,
                                      errors=errors)
 
-    def record_schedule(self, interval: float, next_due: Mapping[Key, float]) -> None:
-        """The effective interval and each target's next planned refresh."""
+    def record_schedule(self, interval: float, next_due: Mapping[Key, float],
+                        pause: tuple[str, float] | None = None,
+                        stretched: bool = False) -> None:
+        """The effective interval, each target's next planned refresh and the
+        workspace-wide pause in force, if any (reason, until)."""
         with self._lock:
-            changed = interval != self._interval
+            changed = (interval, pause, stretched) != (self._interval, self._pause,
+                                                       self._stretched)
             self._interval = interval
+            self._pause = pause
+            self._stretched = stretched
             for key, due in next_due.items():
                 old = self._targets.get(key)
                 if old is not None and old.next_due != due:
@@ -207,6 +232,9 @@ class Store:
                 discovery_error=dict(self._discovery_error),
                 reload_ok=self._reload_ok,
                 reload_time=self._reload_time,
+                pause_reason=self._pause[0] if self._pause else None,
+                pause_until=self._pause[1] if self._pause else None,
+                stretched=self._stretched,
             )
 
     def get(self, key: Key) -> TargetState | None:

@@ -26,9 +26,11 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import hmac
 import ipaddress
 import logging
 import re
+import secrets
 import ssl
 import threading
 import time
@@ -81,42 +83,47 @@ class WebConfig:
     source: Path | None = None  # the file it came from, reread when it changes
     watched: dict[Path, tuple[int, int] | None] = field(default_factory=dict, repr=False)
     _dummy_hash: bytes | None = field(default=None, repr=False)
+    # Credentials proven good, as keyed digests; reset with the configuration (a
+    # reread file builds a new WebConfig), so a changed password is checked anew.
     _verified: set[bytes] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def check_auth(self, header: str | None) -> bool:
         """Whether an ``Authorization`` header carries valid basic-auth credentials
-        (always True when no users are configured)."""
+        (always True when no users are configured).
+
+        Every wrong credential costs one bcrypt check against a hash of the same
+        cost, whether the user exists or not and whatever the password's length, so
+        neither the answer nor its time tells users apart. At most
+        ``BCRYPT_CONCURRENCY`` checks run at once, and one that cannot start within
+        ``BCRYPT_WAIT`` seconds fails; credentials that succeeded are remembered (by an
+        HMAC under a per-process random key, never in clear), so an authorised scrape
+        skips bcrypt and is not queued behind a flood of wrong passwords."""
         if not self.users:
             return True
         scheme, _, encoded = (header or "").strip().partition(" ")
         if scheme.lower() != "basic":
             return False
         try:
-            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+            decoded = base64.b64decode(encoded.strip(), validate=True)
+        except binascii.Error:
             return False
-        user, sep, password = decoded.partition(":")
+        raw_user, sep, password = decoded.partition(b":")
         if not sep:
             return False
-        hashed = self.users.get(user)
-        # bcrypt is slow on purpose; remember credentials already proven good, as
-        # exporter-toolkit does, keyed by a digest so the password is not kept.
-        token = hashlib.sha256(f"{user}\0{password}".encode()).digest()
+        try:
+            hashed = self.users.get(raw_user.decode("utf-8"))
+        except UnicodeDecodeError:
+            hashed = None  # no such user, and costs the same bcrypt check as one
+        token = hmac.new(_CACHE_KEY, len(raw_user).to_bytes(4, "big") + decoded,
+                         hashlib.sha256).digest()
         with self._lock:
             if token in self._verified:
                 return True
-        if hashed is None:
-            # Same bcrypt cost as a real user, so timing does not tell who exists.
-            bcrypt.checkpw(password.encode(), self._dummy_hash or _DUMMY_HASH)
-            return False
-        try:
-            ok = bcrypt.checkpw(password.encode(), hashed)
-        except ValueError:
-            return False
+        ok = _bcrypt_check(password, hashed, self._dummy_hash or _DUMMY_HASH)
         if ok:
             with self._lock:
-                if len(self._verified) > 1024:
+                if len(self._verified) >= VERIFIED_CACHE_SIZE:
                     self._verified.clear()
                 self._verified.add(token)
         return ok
@@ -131,6 +138,44 @@ class WebConfig:
 
 
 _DUMMY_HASH = bcrypt.hashpw(b"dummy", bcrypt.gensalt(4))
+# bcrypt reads at most this many bytes of a password: bcrypt 4 silently ignores the
+# rest, bcrypt 5 raises ValueError. Either way no longer password can be checked
+# honestly, so it is refused (as Go's bcrypt, and so exporter-toolkit, does).
+BCRYPT_MAX_PASSWORD = 72
+# bcrypt checks running at once: enough for a few honest clients whose credentials
+# are not cached yet, few enough that a flood of wrong passwords leaves CPU for
+# scrapes (and cached credentials do not queue here at all).
+BCRYPT_CONCURRENCY = 2
+_BCRYPT_SLOTS = threading.BoundedSemaphore(BCRYPT_CONCURRENCY)
+# A check that cannot start within this long counts as failed (the same 401): under a
+# flood, waiting requests (and their threads and connection slots) cannot pile up.
+# Credentials not yet cached may be refused then; Prometheus retries next scrape.
+BCRYPT_WAIT = 2.0
+_overload_logged = 0.0
+VERIFIED_CACHE_SIZE = 1024
+_CACHE_KEY = secrets.token_bytes(32)  # per process: a cache entry is useless elsewhere
+
+
+def _bcrypt_check(password: bytes, hashed: bytes | None, dummy: bytes) -> bool:
+    """One bcrypt check, the same work whatever the user or password length: an
+    unknown user is checked against ``dummy`` (same cost as the real hashes), an
+    over-long password by its first 72 bytes, and both then count as wrong."""
+    global _overload_logged
+    fits = len(password) <= BCRYPT_MAX_PASSWORD
+    if not _BCRYPT_SLOTS.acquire(timeout=BCRYPT_WAIT):
+        now = time.monotonic()
+        if now - _overload_logged > 60:
+            _overload_logged = now
+            log.warning("basic auth: password checks are queueing for over %ss (a flood of "
+                        "wrong passwords?); refusing the ones that wait longer", BCRYPT_WAIT)
+        return False
+    try:
+        ok = bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], hashed or dummy)
+    except ValueError:  # a password bcrypt refuses (e.g. a NUL byte) or a bad hash
+        ok = False
+    finally:
+        _BCRYPT_SLOTS.release()
+    return ok and fits and hashed is not None
 
 
 def _canonical(value: str) -> str:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -57,7 +57,6 @@ from exporter.demo import (
     bad_request_response,
     bearer_ok,
     error_response,
-    forbidden_response,
     not_found_response,
     paginate,
     parse_bool,
@@ -141,6 +140,19 @@ class _Fault:
     remaining: int | None = None  # None: until cleared
 
 
+def forbidden_response() -> APIResponse:
+    """The 403 the Exec API sends for an inactive workspace."""
+    return error_response(403, "authorization_error", "workspace_inactive", "Workspace is inactive")
+
+
+@dataclass
+class _StreamedResponse(APIResponse):
+    """An answer whose body is generated chunk by chunk (never held whole)."""
+
+    chunks: Iterable[bytes] = ()
+    content_length: int = 0
+
+
 @dataclass
 class _TrickledResponse(APIResponse):
     """An answer written a byte at a time: the head, the body, or both."""
@@ -150,9 +162,13 @@ class _TrickledResponse(APIResponse):
 
 
 class _FaultHandler(_DemoHandler):
-    """The demo's handler, plus the byte-by-byte writes of the trickle faults."""
+    """The demo's handler, plus what only tests need: streamed bodies (64 MiB and
+    more, never held whole) and the byte-by-byte writes of the trickle faults."""
 
     def _send(self, response: APIResponse) -> None:
+        if isinstance(response, _StreamedResponse):
+            self._send_chunks(response, response.content_length, response.chunks)
+            return
         if not isinstance(response, _TrickledResponse):
             super()._send(response)
             return
@@ -426,7 +442,8 @@ class FakeExecAPI(LoopbackAPIServer):
                 return normal()
             case "huge_body":
                 size = int(kw.get("size", HUGE_BODY_SIZE))
-                return APIResponse(200, _huge_body(size, self.stopping), content_length=size)
+                return _StreamedResponse(200, chunks=_huge_body(size, self.stopping),
+                                         content_length=size)
             case "trickle_headers" | "trickle_body":
                 answer = normal()
                 assert isinstance(answer.body, bytes)

@@ -688,3 +688,25 @@ def test_a_stop_ends_a_quota_wait_and_the_run_keeps_its_journal(clock: FakeClock
         sender.fetch(_key(2))  # would wait a minute for the budget
     assert len(client.sent) == 1
     assert backfill.StopFlag().wait(0.01) is False
+
+
+def test_a_429_on_a_discovery_listing_waits_and_reads_the_page_again(tmp_path: Path,
+                                                                      key_env: None) -> None:
+    from fakeapi import FakeExecAPI, summary_body
+
+    with FakeExecAPI(DEMO_API_KEY) as fake:
+        fake.set_scenarios([{"id": "u1", "slug": "cold-call", "name": "Cold call"}])
+        fake.set_summary("cold-call", summary_body())
+        fake.set_list_fault("scenarios", "429_error_object", retry_after=1, times=1)
+        config = write_config(tmp_path / "c.yaml", fake.base_url)
+        raw = yaml.safe_load(config.read_text())
+        raw["scenarios"], raw["discovery"] = [], {"scenarios": {}}
+        config.write_text(yaml.safe_dump(raw))
+        output = tmp_path / "h.om"
+        code, out, err = run([f"--config.file={config}", "--since=1d",
+                              f"--until={midnight(1)}", f"--output={output}"])
+        assert code == 0, err
+        assert len(fake.list_requests("scenarios")) == 2
+        assert "discovery: 2 listing requests" in out
+        assert len(fake.requests_for("cold-call")) == 4  # 2 cohorts x 2 instants
+        assert 'scenario="cold-call"' in output.read_text()

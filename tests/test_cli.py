@@ -272,3 +272,9 @@ def test_demo_serves_data_without_key_or_file(tmp_path: Path) -> None:
     finally:
         code, _ = stop(proc)
     assert code == 0
+
+
+def test_help_says_where_the_key_comes_from() -> None:
+    from exporter.cli import build_parser
+    text = build_parser().format_help()
+    assert "EXEC_API_KEY" in text and "api_key_file" in text

@@ -159,7 +159,7 @@ def test_failed_listing_keeps_the_last_lists(api: FakeExecAPI, clock: FakeClock)
     assert len(target_keys(exporter)) == 5
     snapshot = exporter.store.snapshot()
     assert snapshot.discovery_error["scenarios"].startswith("server_error")
-    assert "server_error" in exporter.poller.discovery.errors["scenarios"]  # type: ignore[union-attr]
+    assert "server_error" in exporter.discovery.errors["scenarios"]  # type: ignore[union-attr]
 
 
 def test_max_targets_keeps_explicit_first_and_counts_the_rest(api: FakeExecAPI,

@@ -412,9 +412,11 @@ def test_auth_failure_pauses_everything_and_probes(healthy: Env, fault: str, rea
 
     def all_down() -> Values | None:
         values = env.scrape()
-        ok = all(env.up(values, s, c) == 0
-                 and env.errors(values, s, reason, c) > env.errors(before, s, reason, c)
-                 for s, c in TARGETS)
+        # Every target reports the reason; only the one whose request was refused
+        # counts an error (the others sent nothing).
+        grown = sum(env.errors(values, s, reason, c) - env.errors(before, s, reason, c)
+                    for s, c in TARGETS)
+        ok = all(env.up(values, s, c) == 0 for s, c in TARGETS) and grown == 1
         return values if ok else None
 
     values = wait_until(all_down, 10, what=f"every target down with {reason}")

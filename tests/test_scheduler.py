@@ -22,6 +22,7 @@ from exporter.client import (
     UpstreamError,
 )
 from exporter.config import parse_config
+from exporter.jobs import Job, Running, summary_job
 from exporter.scheduler import Key, Poller, Scheduler, effective_interval
 from exporter.store import Store
 from exporter.targets import build_targets
@@ -33,11 +34,18 @@ def keys(n: int) -> list[Key]:
     return [(f"s{i}", "all") for i in range(n)]
 
 
+def jobs(keys: list[Key]) -> list[Job]:
+    """Recurring jobs that stand for targets: the simulation runs no request."""
+    def never(*args: object) -> None:
+        raise AssertionError("the simulation sends nothing")
+    return [Job(kind="summary", key=k, fetch=never, apply=never) for k in keys]
+
+
 def make(n: int, refresh: float = 900, per_minute: int = 54, per_day: int = 900,
          ledger: list[float] | None = None) -> Scheduler:
     scheduler = Scheduler(Budget(per_minute, per_day, ledger or []), refresh,
                           rng=random.Random(1))
-    scheduler.set_targets(keys(n))
+    scheduler.set_jobs(jobs(keys(n)))
     return scheduler
 
 
@@ -52,19 +60,19 @@ def simulate(scheduler: Scheduler, start: float, seconds: float,
         if now >= end:
             break
         decision = scheduler.decide(now)
-        if decision.target is None:
+        if decision.key is None:
             assert decision.wake_at > now, "a wait must move time forward"
             now = decision.wake_at
             continue
-        scheduler.sent(decision.target, now)
-        sent.append((now, decision.target))
-        error = outcome(decision.target, now) if outcome else None
+        scheduler.sent(decision.key, now)
+        sent.append((now, decision.key))
+        error = outcome(decision.key, now) if outcome else None
         if took is not None:
-            now += took(decision.target)
+            now += took(decision.key)
         if error is None:
-            scheduler.succeeded(decision.target, now)
+            scheduler.succeeded(decision.key, now)
         else:
-            scheduler.failed(decision.target, error, now)
+            scheduler.failed(decision.key, error, now)
     return sent
 
 
@@ -165,11 +173,12 @@ def test_access_restored_resumes_polling() -> None:
     scheduler = make(3, refresh=10, per_minute=600, per_day=864000)
     sent = simulate(scheduler, 0.0, 200,
                     lambda key, at: Unauthorized("HTTP 401", 401) if at < 50 else None)
-    # Probes at 0 and 30 s fail; the one at 90 s gets through and polling resumes.
-    assert [t for t, _ in sent if t <= 90] == [0.0, 30.0, 90.0]
+    # Probes at 0 and 30 s fail; the one at 90 s gets through and the first fill
+    # resumes at once: the refused requests were not the targets' attempts.
+    assert [t for t, _ in sent if t <= 90] == [0.0, 30.0, 90.0, 90.0, 90.0]
     assert scheduler.pause is None
-    after = [t for t, _ in sent if t > 90]
-    assert len(after) >= 3 * (110 // 10) - 1
+    after = [t for t, _ in sent if t >= 90]
+    assert len(after) >= 3 * (110 // 10)
 
 
 def test_not_found_backs_off_that_target_alone() -> None:
@@ -204,7 +213,7 @@ def test_restored_targets_are_due_by_age_no_fill_burst() -> None:
     scheduler = Scheduler(budget, 900, rng=random.Random(1))
     now = 1_790_000_000.0
     ages = {k: now - 100 * i for i, k in enumerate(keys(5))}  # 0, 100, ..., 400 s old
-    scheduler.set_targets(keys(5), restored=ages)
+    scheduler.set_jobs(jobs(keys(5)), restored=ages)
     sent = simulate(scheduler, now, 450)
     # Nothing is due until its data reaches the interval's age (the oldest at +500 s).
     assert sent == []
@@ -237,10 +246,10 @@ def test_target_changes_keep_times_of_unchanged_targets() -> None:
     scheduler = make(2, refresh=60, per_minute=600, per_day=864000)
     simulate(scheduler, 0.0, 1)
     before = scheduler.times(("s0", "all")).last_success
-    scheduler.set_targets([("s0", "all"), ("new", "all")])
+    scheduler.set_jobs(jobs([("s0", "all"), ("new", "all")]))
     assert scheduler.times(("s0", "all")).last_success == before
     assert scheduler.times(("new", "all")).filling
-    assert scheduler.decide(2.0).target == ("new", "all")
+    assert scheduler.decide(2.0).key == ("new", "all")
 
 
 class FakeClient:
@@ -266,11 +275,11 @@ def test_poller_records_outcomes_in_the_store(clock: FakeClock) -> None:
     store = Store()
     store.set_targets(targets.values())
     scheduler = Scheduler(Budget(54, 77760), 60)
-    scheduler.set_targets(list(targets))
     client = FakeClient()
-    saves: list[int] = []
-    poller = Poller(scheduler, client, store, lambda: targets, clock,  # type: ignore[arg-type]
-                    on_change=lambda: saves.append(1))
+    running = Running(client=client,  # type: ignore[arg-type]
+                      jobs=tuple(summary_job(t, store) for t in targets.values()),
+                      refresh_interval=60, minute_budget=54, day_budget=77760)
+    poller = Poller(scheduler, lambda: running, store, clock)
     for _ in range(10):
         wake = poller.step()
         clock.now = max(clock.now, wake)
@@ -279,7 +288,6 @@ def test_poller_records_outcomes_in_the_store(clock: FakeClock) -> None:
     state = store.get(("a", "week"))
     assert state is not None and state.up and state.summary is not None
     assert store.snapshot().api_requests == {"200": len(client.calls)}
-    assert len(saves) == len(client.calls)
 
     client.error = Unauthorized("HTTP 401 (authentication_error)", 401)
     clock.now = max(clock.now, poller.step())
@@ -302,3 +310,36 @@ def test_failing_targets_cannot_starve_healthy_ones() -> None:
     gaps = [b - a for a, b in itertools.pairwise(healthy)]
     assert len(healthy) >= 40
     assert max(gaps) <= 10 + 2 * 6.0 + 1
+
+
+def test_a_429_during_the_first_fill_resumes_the_fill_after_the_pause() -> None:
+    # 10 targets, the API throttles the 4th request: the refused target and the six
+    # never tried are all fetched as soon as the pause ends, not an interval later.
+    scheduler = make(10, refresh=1200, per_minute=54, per_day=86400)
+    calls = {"n": 0}
+
+    def outcome(key: Key, at: float) -> ApiError | None:
+        calls["n"] += 1
+        return RateLimited("HTTP 429", retry_after=60) if calls["n"] == 4 else None
+
+    sent = simulate(scheduler, 0.0, 120, outcome)
+    refused = sent[3][1]
+    after = [(t, k) for t, k in sent if t >= 60]
+    assert [t for t, _ in sent[:4]] == [0.0] * 4
+    assert not [t for t, _ in sent if 0 < t < 60]
+    # The fill resumes at the end of the pause: 7 requests at once (refused one included).
+    assert [t for t, _ in after] == [60.0] * 7
+    assert refused in {k for _, k in after}
+    assert all(scheduler.times(k).last_success is not None for k in keys(10))
+
+
+def test_a_workspace_refusal_does_not_count_as_the_targets_attempt() -> None:
+    scheduler = make(2, refresh=600, per_minute=600, per_day=864000)
+    key = scheduler.decide(0.0).key
+    assert key is not None
+    scheduler.sent(key, 0.0)
+    scheduler.failed(key, Unauthorized("HTTP 401", 401), 0.5)
+    assert scheduler.times(key).filling  # still part of the first fill
+    scheduler.sent(key, 31.0)
+    scheduler.failed(key, UpstreamError("HTTP 500", 500), 31.5)
+    assert scheduler.times(key).last_attempt == 31.0  # a target's own fault counts

@@ -256,3 +256,37 @@ def test_trailing_change_is_saved_without_another_request(tmp_path: Path) -> Non
     assert not state.save(store.snapshot(), [1.0, 2.0], time.time())  # too soon: deferred
     wait_until(lambda: len(json.loads((tmp_path / "state.json").read_text())["ledger"]) == 2,
                2, what="the deferred write")
+
+
+def test_a_missing_state_directory_is_created_and_kept_across_a_restart(
+        tmp_path: Path, api: FakeExecAPI) -> None:
+    # The README's run command on a fresh machine: the state file's directory does not
+    # exist yet, its parent does. It is created, and the restart finds the values.
+    config = write_config(tmp_path, api)
+    state = tmp_path / "var-lib" / "exec-exporter" / "state.json"
+    state.parent.parent.mkdir()
+    with run(tmp_path, api, config, state, "first") as proc:
+        proc.wait_serving()
+        wait_until(lambda: all_values(proc.scrape()[0]), 10, what="the first fill")
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    assert json.loads(state.read_text())["targets"]
+    sent = len(api.requests)
+    with run(tmp_path, api, config, state, "second") as proc:
+        proc.wait_serving()
+        assert all_values(proc.scrape()[0])
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    assert len(api.requests) == sent  # restored inside the interval: nothing re-fetched
+
+
+def test_a_state_directory_that_cannot_be_created_refuses_to_start(
+        tmp_path: Path, api: FakeExecAPI) -> None:
+    config = write_config(tmp_path, api)
+    state = tmp_path / "missing" / "deeper" / "state.json"
+    with run(tmp_path, api, config, state, "no-parent") as proc:
+        assert proc.wait(10) == 2
+        logs = proc.logs()
+    assert "--state.file" in logs and str(state.parent) in logs and "install -d" in logs
+    assert "Traceback" not in logs
+    assert api.requests == []  # nothing sent

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import errno
+import hashlib
+import os
+import re
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,9 +30,10 @@ import pytest
 import requests
 from e2e_helpers import require_tool
 from fakeapi import FakeExecAPI, summary_body
-from harness import InProcess, config_text, make_key, wait_until
+from harness import ROOT, InProcess, Subprocess, config_text, free_port, make_key, wait_until
 
 from exporter import server as server_module
+from exporter import webconfig
 from exporter.config import ConfigError
 from exporter.webconfig import load_web_config
 
@@ -262,6 +269,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, api: FakeExecAPI) -> Itera
 basic_auth_users:
   {USER}: {htpasswd_hash(PASSWORD)}
   other: {htpasswd_hash("other password")}
+  {LONG_USER}: {htpasswd_hash(LONG_PASSWORD)}
 http_server_config:
   headers:
 {headers}
@@ -320,12 +328,168 @@ def test_unknown_user_costs_as_much_bcrypt_as_a_known_one(tmp_path: Path) -> Non
     assert config._dummy_hash is not None and config._dummy_hash.startswith(b"$2b$10$")
 
 
-def test_right_password_stays_fast(guarded: InProcess) -> None:
-    guarded.get("/metrics", headers=basic(USER, PASSWORD))
-    started = time.monotonic()
-    for _ in range(20):
+def _count_bcrypt(monkeypatch: pytest.MonkeyPatch,
+                  delay: float = 0.0) -> list[tuple[bytes, bytes]]:
+    """Record every bcrypt check (password, hash), optionally made slower."""
+    calls: list[tuple[bytes, bytes]] = []
+    real = bcrypt.checkpw
+
+    def checkpw(password: bytes, hashed: bytes) -> bool:
+        calls.append((password, hashed))
+        time.sleep(delay)
+        return real(password, hashed)
+
+    monkeypatch.setattr(webconfig.bcrypt, "checkpw", checkpw)
+    return calls
+
+
+LONG_USER, LONG_PASSWORD = "long", "L" * 72  # bcrypt's limit exactly
+WRONG_PASSWORDS = ["", "x", "wrong", "a" * 72, "a" * 73, "a" * 500, PASSWORD + "x" * 60,
+                   "é" * 40, LONG_PASSWORD + "x", LONG_PASSWORD + "y" * 300]
+
+
+@pytest.mark.parametrize("user", [USER, LONG_USER, "nobody", "n\u00f6body" * 30])
+def test_every_wrong_password_gets_401_whatever_its_length(guarded: InProcess,
+                                                           user: str) -> None:
+    """bcrypt 5 raises on passwords over 72 bytes and bcrypt 4 ignores the rest: either
+    way a long wrong password, for a known user or not, is a plain 401 (an unknown
+    user's used to drop the connection)."""
+    for password in WRONG_PASSWORDS:
+        response = guarded.get("/metrics", headers=basic(user, password))
+        assert response.status_code == 401, (user, len(password))
+        assert response.text == "Unauthorized\n"
+    assert guarded.get("/metrics", headers=basic(LONG_USER, LONG_PASSWORD)).status_code == 200
+
+
+def test_every_wrong_credential_costs_one_check_at_the_same_cost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Known or unknown user, short or long password: one bcrypt check each, against
+    a hash of the configured cost, with at most 72 bytes, so neither the answer nor
+    its cost tells them apart."""
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  {USER}: "
+                    f"{bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(5)).decode()}\n")
+    config = load_web_config(path)
+    calls = _count_bcrypt(monkeypatch)
+    for user in (USER, "nobody"):
+        for password in WRONG_PASSWORDS:
+            before = len(calls)
+            assert config.check_auth(basic(user, password)["Authorization"]) is False
+            assert len(calls) == before + 1, (user, len(password))
+    assert {hashed[:7] for _, hashed in calls} == {b"$2b$05$"}
+    assert max(len(password) for password, _ in calls) == 72
+
+
+def test_remembered_credentials_are_keyed_digests(tmp_path: Path) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  {USER}: {htpasswd_hash(PASSWORD)}\n")
+    config = load_web_config(path)
+    assert config.check_auth(basic(USER, PASSWORD)["Authorization"])
+    (token,) = config._verified
+    assert PASSWORD.encode() not in token
+    assert token != hashlib.sha256(f"{USER}:{PASSWORD}".encode()).digest()  # keyed
+
+
+def test_bcrypt_checks_run_a_few_at_a_time(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  {USER}: {htpasswd_hash(PASSWORD)}\n")
+    config = load_web_config(path)
+    running, most = 0, 0
+    lock = threading.Lock()
+    real = bcrypt.checkpw
+
+    def checkpw(password: bytes, hashed: bytes) -> bool:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+        return real(password, hashed)
+
+    monkeypatch.setattr(webconfig.bcrypt, "checkpw", checkpw)
+    with concurrent.futures.ThreadPoolExecutor(30) as pool:
+        results = list(pool.map(lambda i: config.check_auth(
+            basic("nobody" if i % 2 else USER, f"wrong {i}")["Authorization"]), range(60)))
+    assert results == [False] * 60
+    assert 1 <= most <= webconfig.BCRYPT_CONCURRENCY
+
+
+def test_a_check_that_cannot_start_in_time_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """While every bcrypt slot is taken for longer than BCRYPT_WAIT, even the right
+    password gets a plain False (401) instead of queueing without end; cached
+    credentials do not need a slot."""
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  {USER}: {htpasswd_hash(PASSWORD)}\n"
+                    f"  other: {htpasswd_hash('other password')}\n")
+    config = load_web_config(path)
+    assert config.check_auth(basic(USER, PASSWORD)["Authorization"])  # now cached
+    monkeypatch.setattr(webconfig, "BCRYPT_WAIT", 0.1)
+    monkeypatch.setattr(webconfig, "_overload_logged", -1e9)
+    for _ in range(webconfig.BCRYPT_CONCURRENCY):
+        assert webconfig._BCRYPT_SLOTS.acquire(timeout=5)
+    try:
+        assert not config.check_auth(basic("other", "other password")["Authorization"])
+        assert config.check_auth(basic(USER, PASSWORD)["Authorization"])
+    finally:
+        for _ in range(webconfig.BCRYPT_CONCURRENCY):
+            webconfig._BCRYPT_SLOTS.release()
+    assert config.check_auth(basic("other", "other password")["Authorization"])
+    assert any("flood of wrong passwords" in r.getMessage() for r in caplog.records)
+
+
+def test_a_flood_of_wrong_passwords_does_not_starve_the_authorised_scrape(
+        tmp_path: Path, api: FakeExecAPI) -> None:
+    """100 clients send wrong passwords at once (real bcrypt, cost 8); the authorised
+    scrape, whose credentials succeeded before, gets its 200 while most of the flood
+    is still waiting for its 401s. (Its latency is in the report of
+    benchmarks/auth_flood.py, not asserted here.)"""
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(8)).decode()
+    with start(tmp_path, api, f"basic_auth_users:\n  {USER}: {hashed}\n") as exporter:
+        assert exporter.get("/metrics", headers=basic(USER, PASSWORD)).status_code == 200
+        flood = []
+        for i in range(100):
+            s = socket.create_connection(("127.0.0.1", exporter.port), timeout=60)
+            creds = basic(USER if i % 2 else "nobody", f"wrong {i}" * (i % 20))
+            s.sendall(f"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                      f"Authorization: {creds['Authorization']}\r\n\r\n".encode())
+            flood.append(s)
+        try:
+            response = exporter.get("/metrics", headers=basic(USER, PASSWORD), timeout=30)
+            assert response.status_code == 200
+            # The flood was not over yet: some wrong-password clients have no answer.
+            pending = 0
+            for s in flood:
+                s.setblocking(False)
+                try:
+                    s.recv(1, socket.MSG_PEEK)
+                except BlockingIOError:
+                    pending += 1
+            assert pending > 0
+            for s in flood:
+                s.setblocking(True)
+                assert _status(_read_all(s)) == 401
+        finally:
+            _close(flood)
+
+
+def test_a_right_password_is_checked_by_bcrypt_once(
+        guarded: InProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials that succeeded are remembered: later scrapes skip bcrypt (whose
+    cost is the point of it); wrong ones are checked every time."""
+    config = guarded.exporter.server.web.web_config
+    config._verified.clear()  # as if no scrape had succeeded yet
+    calls = _count_bcrypt(monkeypatch)
+    for _ in range(5):
         assert guarded.get("/metrics", headers=basic(USER, PASSWORD)).status_code == 200
-    assert (time.monotonic() - started) / 20 < 0.1
+    assert len(calls) == 1
+    for _ in range(3):
+        assert guarded.get("/metrics", headers=basic(USER, "wrong")).status_code == 401
+    assert len(calls) == 4
 
 
 # --- stalled, slow, many and oversized clients ---------------------------------------------
@@ -354,12 +518,11 @@ def _close(socks: list[socket.socket]) -> None:
 
 
 def _scrapes_stay_fast(get: Callable[[], requests.Response], times: int) -> None:
-    """After the stalled connections settle, ``times`` scrapes each answer within 1 s."""
+    """After the stalled connections settle, ``times`` scrapes each answer (``get``
+    bounds the wait; how fast they answer is measured in benchmarks/, not asserted)."""
     time.sleep(0.2)
     for _ in range(times):
-        started = time.monotonic()
         assert get().status_code == 200
-        assert time.monotonic() - started < 1.0
 
 
 @pytest.mark.parametrize("send", [b"", b"GET /metrics HTTP/1.1\r\nHost: x\r\n"],
@@ -398,14 +561,12 @@ def test_more_stalled_connections_than_the_cap_do_not_lock_out_a_scrape(
 
 
 def test_many_concurrent_scrapes(plain: InProcess) -> None:
-    def scrape(_: int) -> float:
-        started = time.monotonic()
-        assert plain.get("/metrics", headers={"Accept-Encoding": "gzip"}).status_code == 200
-        return time.monotonic() - started
+    def scrape(_: int) -> int:
+        return plain.get("/metrics", headers={"Accept-Encoding": "gzip"},
+                         timeout=10).status_code
 
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
-        durations = list(pool.map(scrape, range(200)))
-    assert max(durations) < 2.0
+        assert set(pool.map(scrape, range(200))) == {200}
 
 
 def test_stalled_connection_is_dropped_after_the_socket_timeout(
@@ -413,10 +574,10 @@ def test_stalled_connection_is_dropped_after_the_socket_timeout(
     monkeypatch.setattr(server_module.Handler, "timeout", 0.5)
     with start(tmp_path, api, None) as exporter:
         (silent,) = _stall(exporter.port, 1)
+        # Closed by the server within the wait, though the head deadline (10 s) is
+        # further off: the socket timeout did it.
         silent.settimeout(5)
-        started = time.monotonic()
-        assert silent.recv(100) == b""  # closed by the server
-        assert time.monotonic() - started < 3
+        assert silent.recv(100) == b""
         silent.close()
 
 
@@ -446,21 +607,27 @@ def test_trickling_client_is_dropped_after_the_request_head_deadline(
             if time.monotonic() - started > 6:
                 break
         slow.close()
+        # Trickled to the end, the head would take ~50 s: only the deadline closes it
+        # within the loop's 6 s.
         assert closed
-        assert time.monotonic() - started < 4
+
+
+def _read_all(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes (or resets) the connection."""
+    chunks = []
+    try:
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return b"".join(chunks)
 
 
 def _raw(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)  # nothing more is coming
-        chunks = []
-        try:
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        except (ConnectionResetError, TimeoutError):
-            pass
-        return b"".join(chunks)
+        return _read_all(s)
 
 
 def _status(response: bytes) -> int:
@@ -490,3 +657,233 @@ def test_garbage_does_not_hurt(plain: InProcess) -> None:
                  b"BREW /pot HTTP/1.1\r\n\r\n", b"GET /metrics HTTP/9.9\r\n\r\n"):
         _raw(plain.port, data)
     assert plain.get("/metrics").status_code == 200
+
+
+# --- malformed request heads ------------------------------------------------------------
+
+VALID = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` with a valid request pipelined behind it, keep the sending side
+    open, and read until the server closes: a server that answered and went on would
+    answer the second request too (or leave the connection open: a timeout here)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data + VALID)
+        reply = b""
+        while chunk := s.recv(65536):  # TimeoutError if the server kept it open
+            reply += chunk
+        return reply
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /metrics HTTP/1.1\r\nHost : x\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept\t: */*\r\n\r\n",
+    b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+    b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\ncontent-length: 5\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YTpi\r\n"
+    b"Authorization: Basic YzpkZA==\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    b"GET /metrics HTTP/1.1\nHost: x\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\nHost: x\nAccept: */*\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\n\n",
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Nul: a\x00b\r\n\r\n",
+    b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n",
+    b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /metrics\r\n\r\n",
+], ids=["space-before-colon", "tab-before-colon", "duplicate-content-length",
+        "conflicting-content-length", "duplicate-authorization", "duplicate-host",
+        "bare-lf-request-line", "bare-lf-header", "bare-lf-end", "folded-header", "nul",
+        "length-and-chunked", "space-in-target", "http-0.9"])
+def test_malformed_heads_get_400_and_a_closed_connection(plain: InProcess,
+                                                         head: bytes) -> None:
+    reply = _exchange(plain.port, head)
+    assert _status(reply) == 400, reply[:200]
+    assert reply.count(b"HTTP/1.1 ") == 1  # the pipelined request was not served
+    assert plain.get("/-/healthy").status_code == 200
+
+
+@pytest.mark.parametrize(("head", "status"), [
+    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+    (b"GET /metrics HTTP/1.1\r\n" + b"".join(f"X-H{i}: v\r\n".encode() for i in range(200))
+     + b"\r\n", 431),
+    (b"GET /metrics HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+], ids=["long-request-line", "long-header-line", "too-many-headers", "http-2"])
+def test_oversized_heads_are_refused_and_closed(plain: InProcess, head: bytes,
+                                                status: int) -> None:
+    reply = _exchange(plain.port, head)
+    assert _status(reply) == status
+    assert reply.count(b"HTTP/1.1 ") == 1
+
+
+def test_well_formed_heads_keep_the_connection(plain: InProcess) -> None:
+    """The strict parser still reads what real clients send: optional whitespace,
+    any header case, a body on POST, several requests on one connection."""
+    heads = [b"GET /-/healthy HTTP/1.1\r\nhost:x\r\nACCEPT:\t*/*\t\r\n\r\n",
+             b"GET //-/healthy?x=1 HTTP/1.1\r\nHost: x\r\nX-Empty:\r\n\r\n",
+             b"POST /-/healthy HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+             b"GET /-/healthy HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"]
+    with socket.create_connection(("127.0.0.1", plain.port), timeout=5) as s:
+        s.sendall(b"".join(heads) + b"GET /-/healthy HTTP/1.1\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)]
+    assert statuses == [200, 200, 405, 200, 200]
+
+
+# --- content negotiation ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("accept_encoding", "gzipped"), [
+    ("gzip", True), ("gzip;q=0", False), ("GZIP; Q=0.5", True), ("gzip;q=0.001", True),
+    ("*", True), ("*;q=0", False), ("gzip;q=0, *", False), ("identity;q=0", False),
+    ("identity;q=1, gzip;q=0.5", False), ("gzip, identity;q=0.5", True),
+    ("deflate, br", False), ("", False), ("gzip;q=nonsense", False), ("x-gzip", True),
+])
+def test_accept_encoding_q_values(plain: InProcess, accept_encoding: str,
+                                  gzipped: bool) -> None:
+    response = plain.get("/metrics", headers={"Accept-Encoding": accept_encoding})
+    assert response.status_code == 200
+    assert (response.headers.get("Content-Encoding") == "gzip") is gzipped
+    assert response.headers["Vary"] == "Accept-Encoding, Accept"
+    assert "exec_exporter_" in response.text
+
+
+@pytest.mark.parametrize(("accept", "openmetrics"), [
+    ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", True),
+    ("application/openmetrics-text;version=1.0.0;q=0", False),
+    ("text/plain;q=1, application/openmetrics-text;q=0.5", False),
+    ("text/plain", False), ("*/*", False),
+])
+def test_accept_q_values(plain: InProcess, accept: str, openmetrics: bool) -> None:
+    response = plain.get("/metrics", headers={"Accept": accept, "Accept-Encoding": "gzip"})
+    assert response.headers["Content-Type"].startswith(
+        "application/openmetrics-text" if openmetrics else "text/plain")
+    assert response.headers["Vary"] == "Accept-Encoding, Accept"
+
+
+def test_vary_on_head_requests_too(plain: InProcess) -> None:
+    response = requests.head(f"{plain.url}/metrics", timeout=5)
+    assert response.headers["Vary"] == "Accept-Encoding, Accept"
+
+
+# --- listen address ------------------------------------------------------------------
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _cli(tmp_path: Path, api: FakeExecAPI, port: int, listen: str) -> Subprocess:
+    """The exporter as a process on ``port``, listening as ``listen`` says."""
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text(api.base_url, ["discovery-call"], refresh="10m"))
+    return Subprocess([f"--config.file={config}", f"--web.listen-address={listen}"],
+                      {"EXEC_API_KEY": api.api_key}, tmp_path / "exporter.log", port=port)
+
+
+def _run_cli(tmp_path: Path, api: FakeExecAPI, *args: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text(api.base_url, ["discovery-call"], refresh="10m"))
+    env = {k: v for k, v in os.environ.items() if k != "EXEC_API_KEY"}
+    env["EXEC_API_KEY"] = api.api_key
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "exporter", f"--config.file={config}",
+                           "--log.level=warn", *args],
+                          capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+
+
+def test_port_alone_listens_on_ipv4_and_ipv6(tmp_path: Path, api: FakeExecAPI) -> None:
+    port = free_port()
+    with _cli(tmp_path, api, port, f":{port}") as proc:
+        proc.wait_serving()  # over 127.0.0.1
+        if not _has_ipv6_loopback():
+            pytest.skip("this machine has no IPv6 loopback; IPv4 half passed")
+        assert requests.get(f"http://[::1]:{port}/-/healthy", timeout=5).status_code == 200
+
+
+def test_an_ipv6_address_in_brackets(tmp_path: Path, api: FakeExecAPI) -> None:
+    if not _has_ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback")
+    port = free_port()
+    with _cli(tmp_path, api, port, f"[::1]:{port}") as proc:
+        wait_until(lambda: requests.get(f"http://[::1]:{port}/-/healthy", timeout=1)
+                   .status_code == 200, 15, what="the exporter on [::1]")
+        assert proc.proc.poll() is None
+        with pytest.raises(requests.ConnectionError):  # that address only
+            requests.get(f"http://127.0.0.1:{port}/-/healthy", timeout=5)
+
+
+def test_all_addresses_fall_back_to_ipv4_without_ipv6(
+        plain: InProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = server_module.ExporterHTTPServer.server_bind
+
+    def no_ipv6(self: server_module.ExporterHTTPServer) -> None:
+        if self.address_family == socket.AF_INET6:
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        real(self)
+
+    monkeypatch.setattr(server_module.ExporterHTTPServer, "server_bind", no_ipv6)
+    server = server_module.serve(server_module.parse_listen_address(":0"),
+                                 plain.exporter.server.web)
+    try:
+        assert server.address_family == socket.AF_INET
+        port = server.server_address[1]
+        assert requests.get(f"http://127.0.0.1:{port}/-/healthy", timeout=5).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    (":10025", ("::", 10025)), ("0.0.0.0:1", ("0.0.0.0", 1)), ("[::1]:0", ("::1", 0)),
+    ("localhost:65535", ("localhost", 65535)), ("[::]:10025", ("::", 10025)),
+])
+def test_listen_addresses_parse(address: str, expected: tuple[str, int]) -> None:
+    assert server_module.parse_listen_address(address) == expected
+
+
+@pytest.mark.parametrize(("address", "says"), [
+    (":70000", "port 70000 is out of range (0-65535)"),
+    ("127.0.0.1:http", "not a number"),
+    ("10025", "no port"),
+    ("::1:10025", "IPv6 address goes in brackets"),
+    ("[]:10025", "empty brackets"),
+])
+def test_bad_listen_address_exits_2_naming_it(tmp_path: Path, api: FakeExecAPI, address: str,
+                                              says: str) -> None:
+    result = _run_cli(tmp_path, api, f"--web.listen-address={address}")
+    assert result.returncode == 2
+    assert says in result.stderr and repr(address) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_listen_host_exits_2_naming_it(tmp_path: Path, api: FakeExecAPI) -> None:
+    result = _run_cli(tmp_path, api, "--web.listen-address=no-such-host.invalid:10025")
+    assert result.returncode == 2
+    assert "--web.listen-address=no-such-host.invalid:10025" in result.stderr
+    assert "unknown host 'no-such-host.invalid'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_one_clear_line(tmp_path: Path, api: FakeExecAPI) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _run_cli(tmp_path, api, f"--web.listen-address=127.0.0.1:{port}")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert f"127.0.0.1:{port}" in line and "already in use" in line
+    assert "another exporter or the demo may be running" in line
+    assert "choose another with --web.listen-address" in line

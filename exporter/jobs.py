@@ -1,0 +1,121 @@
+"""Jobs: the unit the scheduler orders, paces and backs off.
+
+A :class:`Job` is exactly one API request (a summary, a page of a list, and
+later a participants page or a member list) plus the handlers that turn its
+answer, or its failure, into updates of one or many targets or lists. The
+scheduler knows nothing of what a job updates; a handler knows nothing of
+budgets, pauses or backoff. A new data source is a new job kind.
+
+Two kinds of producers feed the scheduler:
+
+* recurring jobs (one summary job per target today) are refreshed every
+  effective interval, stalest first, within the day budget;
+* a :class:`JobSource` (discovery listings today) says itself when its next job
+  is due and how many requests a day it needs; those requests are taken out of
+  the day budget before the recurring jobs' interval is computed.
+
+:class:`Running` is the running configuration: one immutable value, built in
+full at start, on reload and when discovery changes the targets, and swapped
+in one assignment. The poller adopts a new one between two requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .client import ApiError, ExecClient, Summary
+
+if TYPE_CHECKING:
+    from .store import Store
+    from .targets import Target
+
+log = logging.getLogger(__name__)
+
+JobKey = Hashable
+
+
+def _ignore(error: ApiError, at: float) -> None:
+    """The default failure handler: nothing beyond what the poller records."""
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """One API request and what to do with its answer.
+
+    ``fetch(client, now)`` sends exactly one request (it counts 1 in the ledger)
+    and returns the parsed answer or raises :class:`~exporter.client.ApiError`;
+    ``apply(answer, at)`` and ``fail(error, at)`` are its handlers.
+    """
+
+    kind: str
+    key: JobKey
+    fetch: Callable[[ExecClient, float], Any]
+    apply: Callable[[Any, float], None]
+    fail: Callable[[ApiError, float], None] = _ignore
+    label: str = ""  # for logs: "scenario=x cohort=y", "scenarios page 2"
+    # Whose errors count: a target key whose errors_total gains the failure, if any.
+    target: tuple[str, str] | None = None
+
+
+class JobSource(Protocol):
+    """Jobs due on their own schedule, outside the recurring refresh (listings)."""
+
+    def due(self, now: float) -> Job | None:
+        """The job to run now, if one is due."""
+
+    def next_due(self) -> float:
+        """When the next job is due (-inf: now; inf: never)."""
+
+    def requests_per_day(self) -> float:
+        """What this source costs a day, taken out of the day budget."""
+
+
+def summary_job(target: Target, store: Store) -> Job:
+    """The recurring job of one target: its summary, stored as its last good value."""
+    key = target.key
+
+    def fetch(client: ExecClient, now: float) -> Summary:
+        return client.summary(target.scenario, target.cohort.query(now))
+
+    def apply(summary: Summary, at: float) -> None:
+        store.record_success(key, summary, at)
+
+    def fail(error: ApiError, at: float) -> None:
+        store.record_failure(key, error.reason, str(error), at)
+        if error.reason not in ("unauthorized", "forbidden", "rate_limited"):
+            # Workspace-wide refusals are said once, by the poller.
+            log.warning("refresh failed scenario=%s cohort=%s reason=%s: %s", key[0], key[1],
+                        error.reason, error)
+
+    return Job(kind="summary", key=key, fetch=fetch, apply=apply, fail=fail,
+               label=f"scenario={key[0]} cohort={key[1]}", target=key)
+
+
+def key_id(value: str) -> str:
+    """A digest that tells two API keys apart without holding either."""
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Running:
+    """The running configuration: what the poller works from, swapped whole.
+
+    ``restored`` holds the time of each target's data known when this value was
+    built (from the state file or earlier polls): a job new to the scheduler is
+    due by the age of its data. ``forget`` names jobs whose filters changed:
+    their times start over.
+    """
+
+    client: ExecClient
+    jobs: tuple[Job, ...]
+    sources: tuple[JobSource, ...] = ()
+    refresh_interval: float = 900.0
+    minute_budget: int = 54
+    day_budget: int = 900
+    restored: Mapping[Any, float] = field(default_factory=dict)
+    forget: frozenset[Any] = frozenset()
+    key_id: str = ""
