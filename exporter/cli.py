@@ -18,7 +18,7 @@ from typing import TextIO
 
 from prometheus_client.registry import CollectorRegistry
 
-from . import __version__, logs
+from . import __version__, backfill, logs
 from .budget import Budget
 from .client import ExecClient
 from .collector import LiveCollector, ProcessMetrics, SnapshotCollector
@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                "configuration, else from the EXEC_API_KEY environment variable (never a "
                "flag, so it stays out of process listings). The demo needs no key. "
                "SIGHUP or POST /-/reload rereads the configuration; SIGTERM stops cleanly.")
-    parser.add_argument("mode", nargs="?", choices=["demo"],
-                        help="'demo': run against a simulated Exec API inside the process")
+    parser.add_argument("mode", nargs="?", choices=["demo", "backfill"],
+                        help="'demo': run against a simulated Exec API inside the process; "
+                             "'backfill': write past values for promtool (docs/backfill.md)")
     parser.add_argument("--config.file", dest="config_file", default="config.yaml",
                         help="configuration file (default: %(default)s)")
     parser.add_argument("--config.check", dest="config_check", action="store_true",
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["logfmt", "json"])
     parser.add_argument("--version", action="version",
                         version=f"exec-exporter {__version__} (python {sys.version.split()[0]})")
+    backfill.add_arguments(parser)
     return parser
 
 
@@ -384,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.setup(args.log_level, args.log_format)
+    if args.mode == "backfill":
+        return backfill.main(args)
     demo = args.mode == "demo"
     try:
         address = parse_listen_address(args.listen)

@@ -1,0 +1,712 @@
+"""``exec-exporter backfill``: planning, validation, pacing, output, resume, and end to end
+through promtool and a real Prometheus.
+
+The fake API is the demo's simulated workspace (``tests/fake_history.py``): 90
+days of sessions, answers honouring ``start_date``/``end_date``, rolling rate
+limits with real 429s, every request recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from conftest import FakeClock
+from e2e_helpers import ROOT, Process, require_tool, wait_for
+from fake_history import HistoryAPI
+from harness import free_port
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from exporter import backfill, cli
+from exporter.backfill import (
+    Outcome,
+    Plan,
+    Sender,
+    UsageError,
+    WorkspaceError,
+    as_of_query,
+    make_plan,
+    parse_window,
+    render,
+    request_key,
+)
+from exporter.client import NotFound, RateLimited, Summary, Unauthorized, UpstreamError
+from exporter.collector import INFO_FAMILY, INFO_POSITION, TARGET_FAMILIES
+from exporter.config import CohortConfig
+from exporter.demo import DEMO_API_KEY
+from exporter.targets import Target
+
+DAY = 86400
+NOW = 1_796_000_000.0  # 2026-11-30T01:33:20Z
+
+
+# --- helpers -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def api() -> Iterator[HistoryAPI]:
+    with HistoryAPI(requests_per_minute=1000) as fake:
+        yield fake
+
+
+def write_config(path: Path, base_url: str, rpm: int = 1000, reserve: float = 0.0,
+                 extra_cohorts: list[dict[str, Any]] | None = None) -> Path:
+    config = {
+        "api": {"base_url": base_url, "timeout": "5s",
+                "rate_limit": {"requests_per_minute": rpm, "requests_per_day": 100000,
+                               "reserve": reserve}},
+        "scenarios": [{"id": "discovery-call-it-director", "name": "Discovery call"},
+                      {"id": "renewal-negotiation"}],
+        "cohorts": [{"name": "all"}, {"name": "last-7d", "window": "7d"},
+                    *(extra_cohorts or [])],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    """``exec-exporter backfill ...`` in-process: (exit code, stdout, stderr)."""
+    args = cli.build_parser().parse_args(["backfill", *argv])
+    out, err = io.StringIO(), io.StringIO()
+    code = backfill.main(args, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def midnight(days_ago: int, now: float | None = None) -> int:
+    now = time.time() if now is None else now
+    return int(now // DAY * DAY - days_ago * DAY)
+
+
+# --- the time range and the queries ----------------------------------------------------
+
+
+def test_window_has_one_instant_per_step_from_until_minus_since_to_until() -> None:
+    window = parse_window("3d", "2026-11-29T00:00:00Z", "1d", NOW)
+    until = int(dt.datetime(2026, 11, 29, tzinfo=dt.UTC).timestamp())
+    assert window.instants == [until - 3 * DAY, until - 2 * DAY, until - DAY, until]
+
+
+def test_default_until_is_the_last_step_boundary_outside_the_head_block() -> None:
+    # 01:33 UTC: midnight is under 3 h ago, so the day before's midnight.
+    window = parse_window("2d", None, "1d", NOW)
+    assert window.until == int(NOW // DAY * DAY) - DAY
+    assert parse_window("2h", None, "1h", NOW).until == int(NOW // 3600 * 3600) - 3 * 3600
+
+
+@pytest.mark.parametrize(("since", "until", "step", "flag", "words"), [
+    ("7d", None, "2d", "--since", "not a multiple of --step"),
+    ("2h", None, "30m", "--step", "under the minimum of 1h"),
+    ("1d", "2027-01-01T00:00:00Z", "1d", "--until", "in the future"),
+    ("1d", "yesterday", "1d", "--until", "ISO 8601"),
+    ("soon", None, "1d", "--since", "invalid duration"),
+    (None, None, "1d", "--since", "required"),
+])
+def test_bad_ranges_are_refused_naming_the_flag(since: str | None, until: str | None,
+                                                step: str, flag: str, words: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_window(since, until, step, NOW)
+    assert str(info.value).startswith(flag + ":")
+    assert words in str(info.value)
+
+
+def _cohort(**kw: Any) -> CohortConfig:
+    return CohortConfig.model_validate({"name": "c", **kw})
+
+
+def test_as_of_query_ends_at_the_instant_and_keeps_the_filters() -> None:
+    cohort = _cohort(group_ids=["g1", "g2"], exclude_system_users=True)
+    assert as_of_query(cohort, 1_795_000_000) == {
+        "group_ids": "g1,g2", "exclude_system_users": "true",
+        "end_date": "2026-11-18T11:06:40Z"}
+
+
+def test_as_of_query_of_a_rolling_window_starts_a_window_before_the_instant() -> None:
+    query = as_of_query(_cohort(window="7d"), 1_795_000_000)
+    assert query == {"start_date": "2026-11-11T11:06:40Z", "end_date": "2026-11-18T11:06:40Z"}
+
+
+def test_fixed_cohort_has_no_point_before_its_start_and_freezes_after_its_end() -> None:
+    cohort = _cohort(start_date="2026-11-10T00:00:00Z", end_date="2026-11-15T00:00:00Z")
+    before = int(dt.datetime(2026, 11, 9, tzinfo=dt.UTC).timestamp())
+    inside = int(dt.datetime(2026, 11, 12, tzinfo=dt.UTC).timestamp())
+    after = int(dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp())
+    assert as_of_query(cohort, before) is None
+    assert as_of_query(cohort, inside) == {"start_date": "2026-11-10T00:00:00Z",
+                                           "end_date": "2026-11-12T00:00:00Z"}
+    assert as_of_query(cohort, after) == {"start_date": "2026-11-10T00:00:00Z",
+                                          "end_date": "2026-11-15T00:00:00Z"}
+
+
+def test_plan_asks_each_distinct_query_once() -> None:
+    fixed = _cohort(start_date="2026-11-10T00:00:00Z", end_date="2026-11-15T00:00:00Z")
+    targets = [Target("s1", _cohort()), Target("s1", fixed)]
+    window = parse_window("10d", "2026-11-20T00:00:00Z", "1d", NOW)  # Nov 10 .. Nov 20
+    plan = make_plan(targets, window)
+    assert len(plan.points) == 11 + 11
+    # The fixed cohort: Nov 10..15 are six distinct queries; Nov 16..20 repeat Nov 15's.
+    assert len(plan.requests) == 11 + 6
+    assert plan.skipped == 0
+
+
+# --- the output ----------------------------------------------------------------------
+
+
+SUMMARY = Summary(participants=45, sessions=128, average_best_score=74.2,
+                  average_best_rank="silver", average_score_lift=None, practice_seconds=44520.0,
+                  average_session_duration_seconds=348.0,
+                  rank_participants={"gold": 12, "silver": 18, "bronze": 10, "unranked": 5})
+
+
+def _two_point_plan() -> tuple[Plan, dict[Any, Outcome]]:
+    target = Target("s1", _cohort(), display_name="Scenario one")
+    other = Target("s0", _cohort())
+    window = parse_window("1d", "2026-11-20T00:00:00Z", "1d", NOW)
+    plan = make_plan([target, other], window)
+    results = {}
+    for point in plan.points:
+        grown = Summary(**{**SUMMARY.to_json(), "sessions": 128 + point.instant % 1000})
+        results[point.request] = Outcome(grown if point.target is target else SUMMARY)
+    return plan, results
+
+
+def test_output_is_openmetrics_with_the_families_of_metrics_and_timestamps() -> None:
+    plan, results = _two_point_plan()
+    text = render(plan, results).decode()
+    assert text.endswith("# EOF\n")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    data_specs = {s.name: s for s in TARGET_FAMILIES[:INFO_POSITION]}
+    # Every data family of /metrics but the lift (null here: no sample, not 0), and the info.
+    assert set(families) == (set(data_specs) - {"exec_scenario_average_score_lift"}
+                             | {INFO_FAMILY.name})
+    for name, family in families.items():
+        spec = data_specs.get(name, INFO_FAMILY)
+        assert family.type == "gauge"
+        assert family.documentation == spec.documentation
+        for sample in family.samples:
+            assert tuple(sorted(sample.labels)) == tuple(sorted(spec.labels))
+    instants = [p.instant for p in plan.points]
+    sessions = [(s.labels["scenario"], float(s.timestamp), s.value)
+                for s in families["exec_scenario_sessions"].samples]
+    t0, t1 = sorted(set(instants))
+    assert sessions == [("s0", t0, 128), ("s0", t1, 128),
+                        ("s1", t0, 128 + t0 % 1000), ("s1", t1, 128 + t1 % 1000)]
+    ranks = {(s.labels["rank"], float(s.timestamp)): s.value
+             for s in families["exec_scenario_average_best_rank"].samples
+             if s.labels["scenario"] == "s1"}
+    assert ranks[("silver", t0)] == 1 and ranks[("gold", t0)] == 0
+    info = [(s.labels, float(s.timestamp)) for s in families["exec_scenario_info"].samples]
+    assert info == [({"scenario": "s1", "name": "Scenario one", "id": "s1"}, t0),
+                    ({"scenario": "s1", "name": "Scenario one", "id": "s1"}, t1)]
+
+
+def test_each_series_is_contiguous_and_in_time_order() -> None:
+    plan, results = _two_point_plan()
+    lines = [ln for ln in render(plan, results).decode().splitlines() if not ln.startswith("#")]
+    seen: dict[str, int] = {}
+    finished: set[str] = set()
+    previous = None
+    for line in lines:
+        series, _value, stamp = line.rsplit(" ", 2)
+        if series != previous and previous is not None:
+            finished.add(previous)
+        assert series not in finished, f"{series} appears in two runs"
+        assert int(stamp) > seen.get(series, 0)
+        seen[series] = int(stamp)
+        previous = series
+
+
+def test_refused_points_have_no_samples() -> None:
+    plan, results = _two_point_plan()
+    for point in plan.points:
+        if point.target.scenario == "s0":
+            results[point.request] = Outcome(None, "not_found")
+    text = render(plan, results).decode()
+    assert 'scenario="s0"' not in text and 'scenario="s1"' in text
+
+
+# --- pacing within the budget --------------------------------------------------------
+
+
+class ScriptedClient:
+    """Stands in for ExecClient: records when each request was sent, raises on cue."""
+
+    def __init__(self, clock: FakeClock, errors: list[Exception] | None = None) -> None:
+        self.clock = clock
+        self.errors = list(errors or [])
+        self.sent: list[float] = []
+
+    def summary(self, scenario: str, params: dict[str, str]) -> Summary:
+        self.sent.append(self.clock.time())
+        if self.errors:
+            raise self.errors.pop(0)
+        return SUMMARY
+
+
+def _sender(clock: FakeClock, client: ScriptedClient, minute: int = 1000, day: int = 100000,
+            seed: list[float] | None = None) -> Sender:
+    def sleep(seconds: float) -> bool:
+        clock.advance(seconds)
+        return False
+
+    return Sender(client, minute, day, seed or [], now=clock.time, sleep=sleep)
+
+
+def _key(n: int) -> Any:
+    return request_key("s1", {"end_date": str(n)})
+
+
+def test_requests_never_exceed_the_minute_budget(clock: FakeClock) -> None:
+    client = ScriptedClient(clock)
+    sender = _sender(clock, client, minute=5)
+    for n in range(12):
+        assert sender.fetch(_key(n)) == Outcome(SUMMARY)
+    sent = client.sent
+    assert len(sent) == 12
+    for t in sent:
+        assert sum(1 for u in sent if t - 60 < u <= t) <= 5
+    assert sent[-1] - sent[0] > 120  # two full minutes of waiting, not a burst
+
+
+def test_the_day_budget_counts_the_daemons_ledger(clock: FakeClock) -> None:
+    start = clock.time()
+    seed = [start - 3600 * h for h in range(9, 0, -1)]  # nine requests in the last 9 hours
+    client = ScriptedClient(clock)
+    sender = _sender(clock, client, day=10, seed=seed)
+    sender.fetch(_key(1))
+    sender.fetch(_key(2))
+    assert client.sent[0] == start
+    assert client.sent[1] >= seed[0] + DAY  # the oldest request must leave the day first
+
+
+def test_a_429_holds_the_next_request_for_retry_after(clock: FakeClock) -> None:
+    client = ScriptedClient(clock, [RateLimited("HTTP 429", 30.0)] * 5)
+    sender = _sender(clock, client)
+    assert sender.fetch(_key(1)) == Outcome(SUMMARY)  # 429s are waited out, not failures
+    assert len(client.sent) == 6
+    gaps = [b - a for a, b in zip(client.sent, client.sent[1:], strict=False)]
+    assert all(gap >= 30 for gap in gaps)
+    assert sender.sent_count == 6 and sender.rate_limited == 5
+
+
+def test_not_found_is_final_transient_errors_are_retried_then_left_for_the_next_run(
+        clock: FakeClock) -> None:
+    client = ScriptedClient(clock, [NotFound("HTTP 404", 404)])
+    assert _sender(clock, client).fetch(_key(1)) == Outcome(None, "not_found")
+    assert len(client.sent) == 1
+    client = ScriptedClient(clock, [UpstreamError("HTTP 500", 500)] * 10)
+    assert _sender(clock, client).fetch(_key(1)) is None
+    assert len(client.sent) == backfill.TRANSIENT_TRIES
+
+
+def test_unauthorized_stops_the_run(clock: FakeClock) -> None:
+    client = ScriptedClient(clock, [Unauthorized("HTTP 401", 401)])
+    with pytest.raises(WorkspaceError):
+        _sender(clock, client).fetch(_key(1))
+
+
+# --- the command, in-process ---------------------------------------------------------
+
+
+@pytest.fixture
+def key_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXEC_API_KEY", DEMO_API_KEY)
+
+
+def test_a_run_writes_the_file_and_a_rerun_sends_nothing(api: HistoryAPI, tmp_path: Path,
+                                                         key_env: None) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    output = tmp_path / "h.om"
+    argv = [f"--config.file={config}", "--since=3d", f"--until={midnight(1)}",
+            f"--output={output}"]
+    code, out, err = run(argv)
+    assert code == 0, err
+    assert "points: 16" in out and "requests: 16 summary requests" in out  # plan first
+    assert len(api.summaries()) == 16
+    first = output.read_bytes()
+    assert first.endswith(b"# EOF\n")
+    code, out, err = run(argv)
+    assert code == 0, err
+    assert len(api.summaries()) == 16, "a finished run must not send again"
+    assert output.read_bytes() == first
+
+
+def test_a_partial_journal_resumes_without_repeating_finished_requests(
+        api: HistoryAPI, tmp_path: Path, key_env: None) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    output = tmp_path / "h.om"
+    argv = [f"--config.file={config}", "--since=3d", f"--until={midnight(1)}",
+            f"--output={output}"]
+    assert run(argv)[0] == 0
+    complete = output.read_bytes()
+    journal = output.with_name("h.om.journal")
+    lines = journal.read_text().splitlines()
+    done = [ln for ln in lines[1:] if '"summary"' in ln]
+    # As if stopped after six answers (and with a torn line from the kill).
+    kept = [lines[0], *done[:6]]
+    journal.write_text("\n".join(kept) + '\n{"scenario": "disc')
+    output.unlink()
+    api.seen.clear()
+    code, out, err = run(argv)
+    assert code == 0, err
+    assert "6 already done, 10 to send" in out
+    again = {(s.scenario, tuple(sorted(s.query.items()))) for s in api.summaries()}
+    finished = {(json.loads(ln)["scenario"], tuple(sorted(json.loads(ln)["params"].items())))
+                for ln in done[:6]}
+    assert len(api.summaries()) == 10 and not again & finished
+    assert output.read_bytes() == complete
+
+
+def _bad_runs(tmp: Path, base_url: str) -> list[tuple[list[str], str]]:
+    config = write_config(tmp / "c.yaml", base_url)
+    ok = [f"--config.file={config}", f"--output={tmp / 'h.om'}"]
+    return [
+        ([*ok, "--since=7d", "--step=2d"], "--since"),
+        ([*ok, "--since=2h", "--step=30m"], "--step"),
+        ([*ok, "--since=1d", "--until=2099-01-01T00:00:00Z"], "--until"),
+        ([f"--config.file={config}", "--since=1d"], "--output"),
+        ([f"--config.file={tmp / 'missing.yaml'}", "--since=1d", f"--output={tmp / 'x'}"],
+         "no such file"),
+    ]
+
+
+def test_bad_input_exits_2_and_sends_nothing(api: HistoryAPI, tmp_path: Path,
+                                             key_env: None) -> None:
+    for argv, words in _bad_runs(tmp_path, api.base_url):
+        code, _out, err = run(argv)
+        assert code == 2, (argv, err)
+        assert words in err and err.startswith("error: ") and len(err.splitlines()) == 1
+        assert "Traceback" not in err
+    assert api.seen == []
+    assert not (tmp_path / "h.om").exists() and not (tmp_path / "h.om.journal").exists()
+
+
+def test_a_missing_key_exits_2_and_sends_nothing(api: HistoryAPI, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EXEC_API_KEY", raising=False)
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    code, _, err = run([f"--config.file={config}", "--since=1d",
+                        f"--output={tmp_path / 'h.om'}"])
+    assert code == 2 and "no API key" in err
+    assert api.seen == []
+
+
+def test_an_output_of_another_configuration_is_refused(api: HistoryAPI, tmp_path: Path,
+                                                       key_env: None) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    output = tmp_path / "h.om"
+    argv = [f"--config.file={config}", "--since=1d", f"--until={midnight(1)}",
+            f"--output={output}"]
+    assert run(argv)[0] == 0
+    sent = len(api.seen)
+    written = output.read_bytes()
+    write_config(config, api.base_url, extra_cohorts=[{"name": "sales", "group_ids": ["g"]}])
+    code, _, err = run(argv)
+    assert code == 2 and "another configuration" in err and "--output" in err
+    other_range = [*argv[:2], f"--until={midnight(2)}", argv[3]]
+    write_config(config, api.base_url)
+    code, _, err = run(other_range)
+    assert code == 2 and "another configuration or time range" in err
+    assert len(api.seen) == sent and output.read_bytes() == written
+    # A file the backfill did not write is never overwritten either.
+    foreign = tmp_path / "foreign.om"
+    foreign.write_text("mine\n")
+    code, _, err = run([*argv[:3], f"--output={foreign}"])
+    assert code == 2 and "not written by this backfill" in err
+    assert foreign.read_text() == "mine\n" and len(api.seen) == sent
+
+
+def test_the_key_never_appears_in_the_output(api: HistoryAPI, tmp_path: Path,
+                                             key_env: None) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    output = tmp_path / "h.om"
+    code, out, err = run([f"--config.file={config}", "--since=1d", f"--until={midnight(1)}",
+                          f"--output={output}"])
+    assert code == 0
+    for text in (out, err, output.read_text(), output.with_name("h.om.journal").read_text()):
+        assert DEMO_API_KEY not in text
+
+
+def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one(api: HistoryAPI,
+                                                                 tmp_path: Path,
+                                                                 key_env: None) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    code, _, err = run([f"--config.file={config}", "--since=1d", f"--until={midnight(1)}",
+                        f"--output={tmp_path / 'h.om'}"])
+    assert code == 0 and "backfill: 8/8 requests (100%)" in err
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    progress = backfill.Progress(total=4, done=1, stream=screen)
+    progress.advance()
+    progress.close()
+    assert "2/4" in screen.getvalue() and "req" in screen.getvalue()
+
+
+def test_the_daemons_ledger_in_the_state_file_counts(api: HistoryAPI, tmp_path: Path,
+                                                     key_env: None) -> None:
+    now = time.time()
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"version": 1, "saved_at": now, "targets": [],
+                                 "ledger": [now - 60 * i for i in range(1, 41)]}))
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    code, out, err = run([f"--config.file={config}", "--since=1d", f"--until={midnight(1)}",
+                          f"--output={tmp_path / 'h.om'}", f"--state.file={state}"])
+    assert code == 0, err
+    assert "the running exporter spent 40 requests in the last 24 h" in out
+    assert "(99960 left in the rolling day)" in out
+
+
+def test_discovered_targets_are_backfilled_and_the_listing_is_counted(
+        api: HistoryAPI, tmp_path: Path, key_env: None) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    raw = yaml.safe_load(config.read_text())
+    raw["scenarios"] = []
+    raw["discovery"] = {"scenarios": {}}
+    config.write_text(yaml.safe_dump(raw))
+    output = tmp_path / "h.om"
+    code, out, err = run([f"--config.file={config}", "--since=1d", f"--until={midnight(1)}",
+                          f"--output={output}"])
+    assert code == 0, err
+    listed = [s for s in api.seen if s.scenario is None]
+    assert listed and "discovery: 1 listing requests" in out
+    scenarios = {s.scenario for s in api.summaries()}
+    assert len(scenarios) >= 3
+    text = output.read_text()
+    for slug in scenarios:
+        assert f'scenario="{slug}"' in text
+
+
+# --- end to end: a subprocess, interrupted and resumed; promtool; a real Prometheus ----
+
+
+def _prometheus_query(url: str, expr: str, at: float) -> list[dict[str, Any]]:
+    response = requests.get(f"{url}/api/v1/query", params={"query": expr, "time": str(at)},
+                            timeout=5)
+    body = response.json()
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
+
+
+@pytest.mark.e2e
+def test_backfill_interrupted_resumed_imported_and_queried(tmp_path: Path) -> None:
+    """30 days of history under a tight minute limit: the run is stopped with SIGINT while
+    it waits for quota, the rerun finishes without repeating a request and without a
+    single 429, promtool imports the file, and a real Prometheus answers past instants
+    with exactly what the API says for those instants."""
+    promtool = require_tool("promtool")
+    prometheus_bin = require_tool("prometheus")
+    minute_limit = 20
+    with HistoryAPI(requests_per_minute=minute_limit) as api:
+        now = time.time()
+        until = int((now - 3 * 3600) // DAY * DAY)  # the default: a midnight 3 h past
+        fixed_start, fixed_end = until - 25 * DAY, until - 15 * DAY
+        config = write_config(tmp_path / "c.yaml", api.base_url, rpm=minute_limit, reserve=0.0,
+                              extra_cohorts=[
+                                  {"name": "sales", "group_ids": ["g1h2i3j4k5l6"],
+                                   "exclude_system_users": True},
+                                  {"name": "pilot",
+                                   "start_date": dt.datetime.fromtimestamp(
+                                       fixed_start, dt.UTC).isoformat(),
+                                   "end_date": dt.datetime.fromtimestamp(
+                                       fixed_end, dt.UTC).isoformat()}])
+        output = tmp_path / "history.om"
+        command = [sys.executable, "-m", "exporter", "backfill", f"--config.file={config}",
+                   "--since=30d", "--step=10d", f"--output={output}",
+                   "--label=job=exec-exporter"]
+        env = {"EXEC_API_KEY": DEMO_API_KEY, "PATH": "/usr/bin:/bin"}
+        first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        journal = output.with_name("history.om.journal")
+
+        def answered() -> int:
+            if not journal.exists():
+                return 0
+            return journal.read_text().count('"summary"')
+
+        # 2 scenarios x (all, last-7d, sales: 4 instants; pilot: 2 distinct) = 28 requests,
+        # more than a minute's budget: the run must wait for quota after 20.
+        wait_for(lambda: answered() >= minute_limit, 30, "the first minute's requests")
+        first.send_signal(signal.SIGINT)
+        out1, err1 = first.communicate(timeout=20)
+        assert first.returncode == 0, err1
+        assert "requests: 28 summary requests" in out1
+        assert "stopped:" in err1 and "run the same command again" in err1
+        assert not output.exists()
+        sent_first = len(api.summaries())
+        assert sent_first < 28
+
+        second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=150)
+        assert second.returncode == 0, second.stderr
+        assert f"{sent_first} already done" in second.stdout
+        seen = api.summaries()
+        assert [s for s in seen if s.status == 429] == [], "the budget must prevent 429s"
+        keys = [(s.scenario, tuple(sorted(s.query.items()))) for s in seen]
+        assert len(keys) == len(set(keys)) == 28, "a finished request was sent again"
+
+        blocks = tmp_path / "data"
+        result = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics",
+                                 str(output), str(blocks)], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        prom_config = tmp_path / "prometheus.yml"
+        prom_config.write_text("global: {scrape_interval: 1m}\n")
+        prometheus = Process("prometheus", [
+            prometheus_bin, f"--config.file={prom_config}", f"--storage.tsdb.path={blocks}",
+            "--storage.tsdb.retention.time=3650d", f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn"], tmp_path / "prometheus.log", cwd=tmp_path)
+        try:
+            wait_for(lambda: prometheus.running()
+                     and requests.get(f"{url}/-/ready", timeout=5).status_code == 200,
+                     30, "Prometheus' /-/ready", diagnostics=prometheus.tail)
+            checked = 0
+            for days_ago in (30, 20, 10, 0):
+                instant = until - days_ago * DAY
+                for scenario in ("discovery-call-it-director", "renewal-negotiation"):
+                    for cohort, query in _as_of(instant, fixed_start, fixed_end).items():
+                        if query is None:
+                            continue
+                        want = api.expected(scenario, query)
+                        got = _stored(url, scenario, cohort, instant)
+                        assert got == _as_metrics(want), (scenario, cohort, days_ago)
+                        checked += 1
+            assert checked == 2 * 3 * 4 + 2 * 3
+        finally:
+            prometheus.stop()
+
+
+def _iso(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _as_of(instant: int, fixed_start: int, fixed_end: int) -> dict[str, dict[str, str] | None]:
+    """The queries the API must be asked for each cohort as of ``instant`` (written out
+    here independently of the exporter's own code)."""
+    return {
+        "all": {"end_date": _iso(instant)},
+        "last-7d": {"start_date": _iso(instant - 7 * DAY), "end_date": _iso(instant)},
+        "sales": {"group_ids": "g1h2i3j4k5l6", "exclude_system_users": "true",
+                  "end_date": _iso(instant)},
+        "pilot": None if instant < fixed_start else {
+            "start_date": _iso(fixed_start), "end_date": _iso(min(instant, fixed_end))},
+    }
+
+
+def _as_metrics(body: dict[str, Any]) -> dict[str, float]:
+    values = {
+        "exec_scenario_participants": body["participant_count"],
+        "exec_scenario_sessions": body["total_sessions"],
+        "exec_scenario_average_best_score": body["average_best_score"],
+        "exec_scenario_average_score_lift": body["average_lift_percentage"],
+        "exec_scenario_practice_seconds": None if body["total_practice_minutes"] is None
+        else body["total_practice_minutes"] * 60.0,
+        "exec_scenario_average_session_duration_seconds":
+            body["average_session_duration_seconds"],
+    }
+    out = {name: float(v) for name, v in values.items() if v is not None}
+    for item in body["score_distribution"]:
+        out[f"exec_scenario_rank_participants/{item['rank']}"] = float(item["count"])
+    if body["average_best_rank"] is not None:
+        for rank in ("gold", "silver", "bronze", "unranked"):
+            out[f"exec_scenario_average_best_rank/{rank}"] = float(
+                rank == body["average_best_rank"])
+    return out
+
+
+def _stored(url: str, scenario: str, cohort: str, instant: int) -> dict[str, float]:
+    """What Prometheus holds for one target at ``instant`` (the sample at that time)."""
+    expr = (f'{{__name__=~"exec_scenario_.+",job="exec-exporter",scenario="{scenario}",'
+            f'cohort="{cohort}"}}')
+    out = {}
+    for item in _prometheus_query(url, expr, instant):
+        metric = item["metric"]
+        name = metric["__name__"] + (f"/{metric['rank']}" if "rank" in metric else "")
+        out[name] = float(item["value"][1])
+    return out
+
+
+def test_the_command_line_dispatches_backfill(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                              ) -> None:
+    code = cli.main(["backfill", f"--config.file={tmp_path / 'none.yaml'}", "--since=1d",
+                     "--step=1h", f"--output={tmp_path / 'h.om'}"])
+    assert code == 2
+    assert "none.yaml: no such file" in capsys.readouterr().err
+
+
+def test_labels_go_on_every_sample_and_a_rerun_relabels_without_requests(
+        api: HistoryAPI, tmp_path: Path, key_env: None) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    output = tmp_path / "h.om"
+    argv = [f"--config.file={config}", "--since=1d", f"--until={midnight(1)}",
+            f"--output={output}"]
+    code, out, _ = run(argv)
+    assert code == 0 and "note: no --label" in out
+    sent = len(api.seen)
+    code, out, _ = run([*argv, "--label=job=exec-exporter", "--label=instance=exporter:10025"])
+    assert code == 0 and "labels on every sample: job='exec-exporter'" in out
+    assert len(api.seen) == sent
+    samples = [s for f in text_string_to_metric_families(output.read_text()) for s in f.samples]
+    assert samples and all(s.labels["job"] == "exec-exporter"
+                           and s.labels["instance"] == "exporter:10025" for s in samples)
+
+
+@pytest.mark.parametrize(("label", "words"), [
+    ("job", "not NAME=VALUE"), ("1x=a", "not a valid label name"),
+    ("__name__=x", "not a valid label name"), ("cohort=x", "set by the exporter")])
+def test_bad_labels_exit_2(api: HistoryAPI, tmp_path: Path, key_env: None, label: str,
+                           words: str) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    code, _, err = run([f"--config.file={config}", "--since=1d", f"--label={label}",
+                        f"--output={tmp_path / 'h.om'}"])
+    assert code == 2 and err.startswith("error: --label:") and words in err
+    assert api.seen == []
+
+
+def test_a_stop_ends_a_quota_wait_and_the_run_keeps_its_journal(clock: FakeClock) -> None:
+    client = ScriptedClient(clock)
+    sender = Sender(client, 1, 1000, now=clock.time)  # the real, stop-aware sleep
+    sender.fetch(_key(1))
+    sender.stop.set()  # what SIGINT/SIGTERM do
+    with pytest.raises(backfill.Stopped):
+        sender.fetch(_key(2))  # would wait a minute for the budget
+    assert len(client.sent) == 1
+    assert backfill.StopFlag().wait(0.01) is False
+
+
+def test_a_429_on_a_discovery_listing_waits_and_reads_the_page_again(tmp_path: Path,
+                                                                      key_env: None) -> None:
+    from fakeapi import FakeExecAPI, summary_body
+
+    with FakeExecAPI(DEMO_API_KEY) as fake:
+        fake.set_scenarios([{"id": "u1", "slug": "cold-call", "name": "Cold call"}])
+        fake.set_summary("cold-call", summary_body())
+        fake.set_list_fault("scenarios", "429_error_object", retry_after=1, times=1)
+        config = write_config(tmp_path / "c.yaml", fake.base_url)
+        raw = yaml.safe_load(config.read_text())
+        raw["scenarios"], raw["discovery"] = [], {"scenarios": {}}
+        config.write_text(yaml.safe_dump(raw))
+        output = tmp_path / "h.om"
+        code, out, err = run([f"--config.file={config}", "--since=1d",
+                              f"--until={midnight(1)}", f"--output={output}"])
+        assert code == 0, err
+        assert len(fake.list_requests("scenarios")) == 2
+        assert "discovery: 2 listing requests" in out
+        assert len(fake.requests_for("cold-call")) == 4  # 2 cohorts x 2 instants
+        assert 'scenario="cold-call"' in output.read_text()
