@@ -506,7 +506,7 @@ def _block(snapshot: Snapshot, states: tuple[TargetState, ...], now: float) -> _
     expiries = [s.last_success + limit for s, f in zip(states, fresh, strict=True)
                 if f and s.last_success is not None]
     return _Block(states, fresh, tuple(_signature(s) for s in states), (),
-                  tuple(info_samples(s for s, f in zip(states, fresh, strict=True) if f)),
+                  tuple(info_samples(states)),
                   limit, now, min(expiries, default=math.inf))
 
 
