@@ -38,7 +38,6 @@ import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import exposition as text_format
 from prometheus_client.core import Metric
@@ -153,8 +152,6 @@ class _LiveRenderer:
 
     def __init__(self) -> None:
         self._headers: dict[tuple[str, str, str, bool], bytes] = {}
-        # HELP, TYPE and the sample name of one-sample unlabelled families.
-        self._single: dict[tuple[str, str, str, bool, str], bytes] = {}
         self._plain_samples: set[tuple[str, ...]] = set()  # (family, sample, *label names)
 
     def render(self, registry: Collector, openmetrics: bool) -> bytes:
@@ -166,10 +163,6 @@ class _LiveRenderer:
     def _family(self, metric: Metric, openmetrics: bool) -> bytes:
         if metric.unit or metric.type not in ("gauge", "counter"):
             return _generate(_Families([metric]), openmetrics)
-        if len(metric.samples) == 1 and _bare(metric.samples[0]):
-            line = self._single_line(metric, metric.samples[0], openmetrics)
-            if line is not None:
-                return line
         key = (metric.type, metric.name, metric.documentation, openmetrics)
         header = self._headers.get(key)
         if header is None:
@@ -198,26 +191,6 @@ class _LiveRenderer:
             else:
                 lines.append(f"{sample.name} {floatToGoString(sample.value)}\n")
         return header + "".join(lines).encode()
-
-    def _single_line(self, metric: Metric, sample: Any, openmetrics: bool) -> bytes | None:
-        """A family of one unlabelled sample (process metrics): one lookup, one line."""
-        key = (metric.type, metric.name, metric.documentation, openmetrics, sample.name)
-        prefix = self._single.get(key)
-        if prefix is None:
-            if not (_PLAIN_METRIC_NAME.fullmatch(metric.name)
-                    and _plain_sample(metric.name, sample.name, ())):
-                return None
-            if len(self._single) >= _MAX_LIVE_CACHE:
-                self._single.clear()
-            prefix = self._single[key] = (_header_of(metric, openmetrics)
-                                          + sample.name.encode() + b" ")
-        return prefix + floatToGoString(sample.value).encode() + b"\n"
-
-
-def _bare(sample: Any) -> bool:
-    """No labels, timestamp, exemplar or native histogram, and a value."""
-    return (not sample.labels and sample.timestamp is None and sample.exemplar is None
-            and sample.value is not None and getattr(sample, "native_histogram", None) is None)
 
 
 def _header_of(metric: Metric, openmetrics: bool) -> bytes:
