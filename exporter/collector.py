@@ -8,6 +8,19 @@ Two collectors:
 * :class:`LiveCollector` exports what moves with the clock alone: the
   requests left in the budget's rolling windows.
 
+Counters start at 0 for their known label sets: every target's error counter
+for every reason of :data:`exporter.client.REASONS`, and the API request
+counter for :data:`API_CODES`, so ``increase()`` sees the first of each.
+``exec_scenario_info`` has one sample per scenario polled, fresh or not.
+
+Two optimisations live here, both for the live part collected on every
+scrape (measured in process; a whole gzip scrape at 2,000 targets costs
+~0.3 ms): :class:`ProcessMetrics` replaces prometheus_client's
+``ProcessCollector`` (~16 us a scrape instead of ~32), and :class:`FixedFamily`
+skips ``Metric``'s name check for constant names (collecting the whole live
+part: ~15 us instead of ~40). Without the two and the exposition's live
+writer, a gzip scrape took 0.38 ms instead of 0.29 (scrape benchmark).
+
 Sample output::
 
     # HELP exec_scenario_average_best_score Average of participants' best scores (0-100 ...
