@@ -7,15 +7,18 @@ buys; the rest is plain code.
 * **The snapshot part is rendered once per store change and served from
   memory** (text and OpenMetrics, and the gzip of each, on first use).
   Scenario data only changes when a refresh lands, so a scrape copies bytes
-  instead of rendering ~50,000 samples: 2.5 ms a plain scrape instead of the
-  ~1 s prometheus_client's ``generate_latest`` takes per scrape (the naive
-  exporter), and 0.3 ms a gzip scrape instead of 1.4 s.
+  instead of rendering ~50,000 samples: 2.4 ms a plain scrape instead of the
+  0.7-1.4 s prometheus_client's ``generate_latest`` takes per scrape (the
+  naive exporter), and 0.3 ms a gzip scrape instead of 0.9-1.2 s.
 * **The per-target families are written directly**, not through
-  prometheus_client's families and ``generate_latest``: a change costs ~85 ms
-  of rendering instead of ~300 ms, which is what a scrape after a refresh (and
-  every scrape during the first fill, one refresh a second) waits for. The
-  sample lines are the same in both formats; the HELP/TYPE headers and the few
-  exporter-wide families come from prometheus_client itself.
+  prometheus_client's families and ``generate_latest``: rendering after a
+  change costs ~85 ms instead of ~300 ms, which the first scrape after a
+  refresh waits for (during a first fill, a refresh a second, most scrapes
+  do). The sample lines are the same in both formats; the HELP/TYPE headers
+  and the few exporter-wide families come from prometheus_client itself.
+  Targets are rendered :data:`_RENDER_SLICE` at a time and kept as pieces:
+  rendered all at once and joined per family, the freed pieces fragmented the
+  heap (153-168 MiB RSS at 10,000 targets instead of 147; goal 150).
 * **gzip: the cached part is deflated once per change** (~30 ms) and a scrape
   appends its live tail (~1 KiB) as a stored, uncompressed deflate block,
   then the CRC-32 and length: one ordinary gzip member, no compressor set up
@@ -23,14 +26,16 @@ buys; the rest is plain code.
 * **The live part (budget windows, process metrics) skips
   prometheus_client's per-sample overhead** where the bytes would be the same
   (plain gauges and counters), through prometheus_client otherwise: ~50 us a
-  scrape (with ``collector.FixedFamily``, ~80 us); without it a gzip scrape
-  took 0.38 ms instead of 0.29 and OpenMetrics+gzip in strict alternation
-  went from 2.5x to 3.9x nginx, past the 3x goal.
+  scrape in process. With ``collector.FixedFamily`` and
+  ``collector.ProcessMetrics`` it is what makes a gzip scrape 0.29 ms instead
+  of 0.38, and OpenMetrics+gzip in strict alternation 2.5x nginx instead of
+  3.9x (goal 3x).
 
-Left out because the benchmark showed no need: re-rendering and recompressing
-only the 128-target blocks a change touches (7-10 ms a change instead of
-85-115 ms; no effect on scrape medians, p99 during a first fill 9 ms instead of
-17 ms with a scrape every 20 ms, nothing at a realistic scrape interval), and a
+Left out because the benchmark showed no need: caching and recompressing the
+page in 128-target blocks so a change re-renders only its blocks (7-10 ms a
+change instead of 85-115 ms, but no scrape median moved; with a scrape every
+20 ms during a first fill, p99 8.9/9.6 ms with blocks against 8.5/7.8 ms
+without; it did save memory: 121 MiB at 10,000 targets instead of 147), and a
 special case for one-sample families in the live writer (~5 us).
 
 ``tests/test_exposition.py`` proves the result identical to prometheus_client's
@@ -125,14 +130,15 @@ _TEMPLATES = tuple(_template(spec) for spec in TARGET_FAMILIES)
 _INFO_TEMPLATE = _template(INFO_FAMILY)
 
 
-# Targets rendered to str at a time before encoding. All at once, the transient
-# str lines of 10,000 targets (~250,000 of them) left the process at 153 MiB
-# RSS instead of 121 MiB (goal: 150).
+# Targets rendered at a time, kept as one bytes piece per family. Rendering all
+# at once and joining each family left the heap fragmented: 153-168 MiB RSS at
+# 10,000 targets instead of ~147 MiB (goal: 150).
 _RENDER_SLICE = 128
 
 
-def _render_targets(states: Sequence[TargetState], fresh: Sequence[bool]) -> tuple[bytes, ...]:
-    """The sample lines of ``states``, one bytes per family of TARGET_FAMILIES."""
+def _render_targets(states: Sequence[TargetState],
+                    fresh: Sequence[bool]) -> tuple[list[bytes], ...]:
+    """The sample lines of ``states``: per family of TARGET_FAMILIES, pieces to join."""
     parts: list[list[bytes]] = [[] for _ in TARGET_FAMILIES]
     templates = _TEMPLATES
     for start in range(0, len(states), _RENDER_SLICE):
@@ -144,7 +150,7 @@ def _render_targets(states: Sequence[TargetState], fresh: Sequence[bool]) -> tup
                                     + floatToGoString(value) + "\n")
         for family, family_lines in zip(parts, lines, strict=True):
             family.append("".join(family_lines).encode())
-    return tuple(b"".join(family) for family in parts)
+    return tuple(parts)
 
 
 def _render_info(samples: Iterable[tuple[str, ...]]) -> bytes:
@@ -267,7 +273,7 @@ class _Page:
     built_at: float  # a clock stepping back can make stale data fresh again
     valid_until: float
     snapshot: Snapshot
-    sections: tuple[bytes, ...]  # sample lines, one bytes per family of TARGET_FAMILIES
+    sections: tuple[list[bytes], ...]  # sample lines per family of TARGET_FAMILIES
     info: bytes  # the exec_scenario_info sample lines
     _plain: dict[bool, bytes] = field(default_factory=dict)
     _gzipped: dict[bool, _Gzipped] = field(default_factory=dict)
@@ -281,7 +287,8 @@ class _Page:
             for i, (header, lines) in enumerate(zip(headers, self.sections, strict=True)):
                 if i == INFO_POSITION:
                     pieces += (info_header, self.info)
-                pieces += (header, lines)
+                pieces.append(header)
+                pieces += lines
             # The exporter-wide families are few: prometheus_client renders them.
             pieces.append(_generate(_Families(exporter_families(self.snapshot)), openmetrics))
             body = self._plain[openmetrics] = b"".join(pieces)
