@@ -58,6 +58,7 @@ class Connection:
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode()
         started = time.perf_counter()
+        reused = self.sock is not None
         if self.sock is None:
             self.sock = self._connect()
         sock = self.sock
@@ -66,7 +67,18 @@ class Connection:
             status, head, length = self._read(sock)
         except (OSError, HTTPError):
             self.close()
-            raise
+            if not reused:
+                raise
+            # A server may drop a keep-alive connection that idled (the exporter
+            # after 10 s, while slow naive scrapes run): reconnect once, as HTTP
+            # clients do for a GET; the connect counts in this scrape's time.
+            self.sock = sock = self._connect()
+            try:
+                sock.sendall(request)
+                status, head, length = self._read(sock)
+            except (OSError, HTTPError):
+                self.close()
+                raise
         seconds = time.perf_counter() - started
         if head.get("connection", "").lower() == "close" or self._closes:
             self.close()

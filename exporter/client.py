@@ -110,6 +110,12 @@ class InvalidResponse(ApiError):
     reason = "invalid_response"
 
 
+# Every reason label value, in the contract's order (the error counters start at 0 for each).
+REASONS = tuple(error.reason for error in (Timeout, ConnectionFailed, RateLimited, Unauthorized,
+                                           Forbidden, NotFound, UpstreamError, BadRequest,
+                                           InvalidResponse))
+
+
 # --- the summary -----------------------------------------------------------
 
 

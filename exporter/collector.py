@@ -8,6 +8,19 @@ Two collectors:
 * :class:`LiveCollector` exports what moves with the clock alone: the
   requests left in the budget's rolling windows.
 
+Counters start at 0 for their known label sets: every target's error counter
+for every reason of :data:`exporter.client.REASONS`, and the API request
+counter for :data:`API_CODES`, so ``increase()`` sees the first of each.
+``exec_scenario_info`` has one sample per scenario polled, fresh or not.
+
+Two optimisations live here, both for the live part collected on every
+scrape (measured in process; a whole gzip scrape at 2,000 targets costs
+~0.3 ms): :class:`ProcessMetrics` replaces prometheus_client's
+``ProcessCollector`` (~16 us a scrape instead of ~32), and :class:`FixedFamily`
+skips ``Metric``'s name check for constant names (collecting the whole live
+part: ~15 us instead of ~40). Without the two and the exposition's live
+writer, a gzip scrape took 0.38 ms instead of 0.29 (scrape benchmark).
+
 Sample output::
 
     # HELP exec_scenario_average_best_score Average of participants' best scores (0-100 ...
@@ -35,7 +48,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from . import __version__
-from .client import RANKS
+from .client import RANKS, REASONS
 from .scheduler import Clock
 from .store import REQUEST_BUCKETS, Snapshot, Store, TargetState
 
@@ -104,14 +117,19 @@ INFO_POSITION = _UP  # the info family is exposed just before TARGET_FAMILIES[IN
 INFO_FAMILY = FamilySpec("exec_scenario_info", "Scenario display name and id; always 1.",
                          ("scenario", "name", "id"))
 
+# Status codes exec_exporter_api_requests_total starts at 0 (with ``error``: no
+# response): those the API documents for the summary and listing requests, so
+# increase() (ExecExporterRateLimited on 429) sees the first one. Other codes
+# (5xx, unexpected 4xx) appear when first seen.
+API_CODES = ("200", "400", "401", "403", "404", "429", "error")
+
 # One sample: (index into TARGET_FAMILIES, label values in the family's order, value).
 TargetSample = tuple[int, tuple[str, ...], float]
 
 
 def is_fresh(state: TargetState, snapshot: Snapshot, now: float) -> bool:
-    """Whether ``state`` has data young enough to export."""
-    return (state.summary is not None and state.last_success is not None
-            and now - state.last_success <= snapshot.staleness_limit())
+    """Whether ``state`` has data young enough to export (the rule is the snapshot's)."""
+    return snapshot.is_fresh(state, now)
 
 
 def target_samples(state: TargetState, fresh: bool) -> list[TargetSample]:
@@ -137,18 +155,31 @@ def target_samples(state: TargetState, fresh: bool) -> list[TargetSample]:
     out.append((_UP, key, 1 if state.up else 0))
     if state.last_success is not None:
         out.append((_LAST_SUCCESS, key, state.last_success))
-    out.extend((_ERRORS, (*key, reason), count) for reason, count in sorted(state.errors.items()))
+    # Every reason from 0, so increase() sees a target's first error of each kind.
+    errors = state.errors
+    out.extend((_ERRORS, (*key, reason), errors.get(reason, 0)) for reason in REASONS)
+    if not errors.keys() <= _REASON_SET:  # a reason from an older state file: keep counting it
+        out.extend((_ERRORS, (*key, reason), count)
+                   for reason, count in sorted(errors.items()) if reason not in _REASON_SET)
     return out
 
 
-def info_samples(fresh: Iterable[TargetState]) -> Iterator[tuple[str, str, str]]:
-    """Label values of ``exec_scenario_info``: one per scenario with a display name."""
+_REASON_SET = frozenset(REASONS)
+
+
+def info_samples(states: Iterable[TargetState]) -> Iterator[tuple[str, str, str]]:
+    """Label values of ``exec_scenario_info``: one per scenario, fresh or not.
+
+    ``name`` is the display name (configured, or from the scenario list), ``""``
+    while none is known; ``id`` the scenario's UUID when known, else its id or slug.
+    """
     seen: set[str] = set()
-    for state in fresh:
+    for state in states:
         target = state.target
-        if target.display_name is not None and target.scenario not in seen:
+        if target.scenario not in seen:
             seen.add(target.scenario)
-            yield target.scenario, target.display_name, target.scenario_uuid or target.scenario
+            yield (target.scenario, target.display_name or "",
+                   target.scenario_uuid or target.scenario)
 
 
 class SnapshotCollector(Collector):
@@ -168,15 +199,11 @@ class SnapshotCollector(Collector):
     def collect_from(self, snapshot: Snapshot, now: float) -> Iterator[Metric]:
         """The families for ``snapshot`` at time ``now``."""
         families = [spec.family() for spec in TARGET_FAMILIES]
-        fresh = []
         for state in snapshot.targets:
-            is_new = is_fresh(state, snapshot, now)
-            if is_new:
-                fresh.append(state)
-            for i, labels, value in target_samples(state, is_new):
+            for i, labels, value in target_samples(state, is_fresh(state, snapshot, now)):
                 families[i].add_metric(labels, value)
         info = INFO_FAMILY.family()
-        for labels in info_samples(fresh):
+        for labels in info_samples(snapshot.targets):
             info.add_metric(labels, 1)
         yield from families[:INFO_POSITION]
         yield info
@@ -189,7 +216,8 @@ def exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
     requests = CounterMetricFamily("exec_exporter_api_requests",
                                    "Requests sent to the Exec API, by HTTP status or 'error'.",
                                    labels=("code",))
-    for code, count in sorted(snapshot.api_requests.items()):
+    counts = dict.fromkeys(API_CODES, 0) | dict(snapshot.api_requests)
+    for code, count in sorted(counts.items()):
         requests.add_metric((code,), count)
     yield requests
 
@@ -203,6 +231,10 @@ def exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily("exec_exporter_refresh_interval_seconds",
                             "Effective refresh interval per target after budget stretching.",
                             value=snapshot.interval)
+    yield GaugeMetricFamily("exec_exporter_max_staleness_seconds",
+                            "Data older than this is no longer exported: max_staleness, "
+                            "default 3 x the effective refresh interval.",
+                            value=snapshot.staleness_limit())
     yield GaugeMetricFamily("exec_exporter_targets", "Targets being polled.",
                             value=len(snapshot.targets))
     yield GaugeMetricFamily("exec_exporter_targets_dropped",

@@ -1,36 +1,52 @@
 """Rendering /metrics cheaply: the snapshot part once per change, the live part per scrape.
 
-Scenario data only changes when a refresh lands, so the exposition of the
-snapshot (text and OpenMetrics, and the gzip of each) is rendered when the
-store changes and served from memory; a scrape renders only the small live
-part (budget windows, process metrics) and appends it.
+Each optimisation here is kept because the scrape benchmark at 2,000 targets
+(``benchmarks/scrape_cost.py``, figures in docs/performance.md) shows what it
+buys; the rest is plain code.
 
-How the snapshot part is kept:
+* **The snapshot part is rendered once per store change and served from
+  memory** (text and OpenMetrics, and the gzip of each, on first use).
+  Scenario data only changes when a refresh lands, so a scrape copies bytes
+  instead of rendering ~50,000 samples: 2.4 ms a plain scrape instead of the
+  0.7-1.4 s prometheus_client's ``generate_latest`` takes per scrape (the
+  naive exporter), and 0.3 ms a gzip scrape instead of 0.9-1.2 s.
+* **The per-target families are written directly**, not through
+  prometheus_client's families and ``generate_latest``: rendering after a
+  change costs ~85 ms instead of ~300 ms, which the first scrape after a
+  refresh waits for (during a first fill, a refresh a second, most scrapes
+  do). The sample lines are the same in both formats; the HELP/TYPE headers
+  and the few exporter-wide families come from prometheus_client itself.
+  Targets are rendered :data:`_RENDER_SLICE` at a time and kept as pieces:
+  rendered all at once and joined per family, the freed pieces fragmented the
+  heap (153-168 MiB RSS at 10,000 targets instead of 147; goal 150).
+* **gzip: the cached part is deflated once per change** (~30 ms) and a scrape
+  appends its live tail (~1 KiB) as a stored, uncompressed deflate block,
+  then the CRC-32 and length: one ordinary gzip member, no compressor set up
+  per scrape.
+* **The live part (budget windows, process metrics) skips
+  prometheus_client's per-sample overhead** where the bytes would be the same
+  (plain gauges and counters), through prometheus_client otherwise: ~50 us a
+  scrape in process. With ``collector.FixedFamily`` and
+  ``collector.ProcessMetrics`` it is what makes a gzip scrape 0.29 ms instead
+  of 0.38, and OpenMetrics+gzip in strict alternation 2.5x nginx instead of
+  3.9x (goal 3x).
 
-* the per-target families are written directly (prometheus_client's
-  families and ``generate_latest`` cost ~8 µs a sample: 0.3 s at 2,000
-  targets) in blocks of :data:`BLOCK_TARGETS` consecutive targets. A change
-  re-renders only the blocks whose targets changed, so a refresh landing
-  costs a few milliseconds, not a full render. The sample lines are the same
-  in both formats; only the HELP/TYPE headers differ, and those come from
-  prometheus_client itself;
-* the exporter-wide families (a few dozen samples) go through
-  prometheus_client once per store version;
-* for gzip each block is deflated on its own (raw deflate, sync-flushed, as
-  pigz does) and cached, so a change recompresses only its blocks. A scrape
-  appends the live tail as a stored (uncompressed) deflate block, ~1 KiB,
-  and writes one ordinary gzip stream: header, cached blocks, tail, CRC-32
-  and length;
-* the live part itself is written directly too where prometheus_client would
-  write the same bytes (plain gauges and counters), through prometheus_client
-  otherwise.
+Left out because the benchmark showed no need: caching and recompressing the
+page in 128-target blocks so a change re-renders only its blocks (7-10 ms a
+change instead of 85-115 ms, but no scrape median moved; with a scrape every
+20 ms during a first fill, p99 8.9/9.6 ms with blocks against 8.5/7.8 ms
+without; it did save memory: 121 MiB at 10,000 targets instead of 147), and a
+special case for one-sample families in the live writer (~5 us).
 
 ``tests/test_exposition.py`` proves the result identical to prometheus_client's
-``generate_latest`` over the collectors, in both formats, gzip included.
+``generate_latest`` over the collectors, in both formats, gzip included, on
+every prometheus_client version pyproject.toml allows (CI runs it on the
+lowest too).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import struct
@@ -38,7 +54,6 @@ import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import exposition as text_format
 from prometheus_client.core import Metric
@@ -64,10 +79,6 @@ TEXT_CONTENT_TYPE = text_format.CONTENT_TYPE_LATEST
 OPENMETRICS_CONTENT_TYPE = openmetrics_format.CONTENT_TYPE_LATEST
 _EOF = b"# EOF\n"
 
-# Targets per cached block. Smaller blocks make a change cheaper to re-render
-# and recompress; larger ones compress better (deflate's window is 32 KiB; a
-# block of one family is ~100 bytes a target). 128 costs ~14% in gzip size.
-BLOCK_TARGETS = 128
 GZIP_LEVEL = 6
 # A gzip member header: deflate, no name, no mtime (the body changes anyway), OS unknown.
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
@@ -119,15 +130,27 @@ _TEMPLATES = tuple(_template(spec) for spec in TARGET_FAMILIES)
 _INFO_TEMPLATE = _template(INFO_FAMILY)
 
 
-def _render_targets(states: Sequence[TargetState], fresh: Sequence[bool]) -> tuple[bytes, ...]:
-    """The sample lines of ``states``, one bytes per family of TARGET_FAMILIES."""
-    lines: list[list[str]] = [[] for _ in TARGET_FAMILIES]
+# Targets rendered at a time, kept as one bytes piece per family. Rendering all
+# at once and joining each family left the heap fragmented: 153-168 MiB RSS at
+# 10,000 targets instead of ~147 MiB (goal: 150).
+_RENDER_SLICE = 128
+
+
+def _render_targets(states: Sequence[TargetState],
+                    fresh: Sequence[bool]) -> tuple[list[bytes], ...]:
+    """The sample lines of ``states``: per family of TARGET_FAMILIES, pieces to join."""
+    parts: list[list[bytes]] = [[] for _ in TARGET_FAMILIES]
     templates = _TEMPLATES
-    for state, is_fresh_ in zip(states, fresh, strict=True):
-        for index, labels, value in target_samples(state, is_fresh_):
-            lines[index].append(templates[index].format(*map(_escape, labels))
-                                + floatToGoString(value) + "\n")
-    return tuple("".join(family).encode() for family in lines)
+    for start in range(0, len(states), _RENDER_SLICE):
+        lines: list[list[str]] = [[] for _ in TARGET_FAMILIES]
+        for state, is_fresh_ in zip(states[start:start + _RENDER_SLICE],
+                                    fresh[start:start + _RENDER_SLICE], strict=True):
+            for index, labels, value in target_samples(state, is_fresh_):
+                lines[index].append(templates[index].format(*map(_escape, labels))
+                                    + floatToGoString(value) + "\n")
+        for family, family_lines in zip(parts, lines, strict=True):
+            family.append("".join(family_lines).encode())
+    return tuple(parts)
 
 
 def _render_info(samples: Iterable[tuple[str, ...]]) -> bytes:
@@ -153,8 +176,6 @@ class _LiveRenderer:
 
     def __init__(self) -> None:
         self._headers: dict[tuple[str, str, str, bool], bytes] = {}
-        # HELP, TYPE and the sample name of one-sample unlabelled families.
-        self._single: dict[tuple[str, str, str, bool, str], bytes] = {}
         self._plain_samples: set[tuple[str, ...]] = set()  # (family, sample, *label names)
 
     def render(self, registry: Collector, openmetrics: bool) -> bytes:
@@ -166,10 +187,6 @@ class _LiveRenderer:
     def _family(self, metric: Metric, openmetrics: bool) -> bytes:
         if metric.unit or metric.type not in ("gauge", "counter"):
             return _generate(_Families([metric]), openmetrics)
-        if len(metric.samples) == 1 and _bare(metric.samples[0]):
-            line = self._single_line(metric, metric.samples[0], openmetrics)
-            if line is not None:
-                return line
         key = (metric.type, metric.name, metric.documentation, openmetrics)
         header = self._headers.get(key)
         if header is None:
@@ -198,26 +215,6 @@ class _LiveRenderer:
             else:
                 lines.append(f"{sample.name} {floatToGoString(sample.value)}\n")
         return header + "".join(lines).encode()
-
-    def _single_line(self, metric: Metric, sample: Any, openmetrics: bool) -> bytes | None:
-        """A family of one unlabelled sample (process metrics): one lookup, one line."""
-        key = (metric.type, metric.name, metric.documentation, openmetrics, sample.name)
-        prefix = self._single.get(key)
-        if prefix is None:
-            if not (_PLAIN_METRIC_NAME.fullmatch(metric.name)
-                    and _plain_sample(metric.name, sample.name, ())):
-                return None
-            if len(self._single) >= _MAX_LIVE_CACHE:
-                self._single.clear()
-            prefix = self._single[key] = (_header_of(metric, openmetrics)
-                                          + sample.name.encode() + b" ")
-        return prefix + floatToGoString(sample.value).encode() + b"\n"
-
-
-def _bare(sample: Any) -> bool:
-    """No labels, timestamp, exemplar or native histogram, and a value."""
-    return (not sample.labels and sample.timestamp is None and sample.exemplar is None
-            and sample.value is not None and getattr(sample, "native_histogram", None) is None)
 
 
 def _header_of(metric: Metric, openmetrics: bool) -> bytes:
@@ -248,179 +245,82 @@ def _stored(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def _deflate(data: bytes, final: bool = False) -> bytes:
-    """Raw deflate of ``data`` on its own: byte-aligned, so pieces can be concatenated."""
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
-    return compressor.compress(data) + compressor.flush(
-        zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
-
-
-@dataclass
-class _Deflated:
-    """A deflated prefix of the body: the bytes, the CRC-32 and length of what it holds."""
-
-    data: bytes
-    crc: int
-    length: int
-
-    @classmethod
-    def of(cls, pieces: Iterable[tuple[bytes, bytes]], crc: int = 0) -> _Deflated:
-        """From (plain, deflated) pairs."""
-        out, length = [], 0
-        for plain, deflated in pieces:
-            if plain:
-                out.append(deflated)
-                crc = zlib.crc32(plain, crc)
-                length += len(plain)
-        return cls(b"".join(out), crc, length)
-
-
-class _Headers:
-    """HELP/TYPE lines of the per-target families in one format, plain and deflated."""
-
-    def __init__(self, openmetrics: bool) -> None:
-        self.families = [_header(spec, openmetrics) for spec in TARGET_FAMILIES]
-        self.info = _header(INFO_FAMILY, openmetrics)
-        self.families_deflated = [_deflate(h) for h in self.families]
-        self.info_deflated = _deflate(self.info)
-
-
-_HEADERS: dict[bool, _Headers] = {}
-
-
-def _headers(openmetrics: bool) -> _Headers:
-    headers = _HEADERS.get(openmetrics)
-    if headers is None:
-        headers = _HEADERS[openmetrics] = _Headers(openmetrics)
-    return headers
+@functools.cache
+def _headers(openmetrics: bool) -> tuple[tuple[bytes, ...], bytes]:
+    """HELP/TYPE lines of the per-target families and of the info family, in one format."""
+    return (tuple(_header(spec, openmetrics) for spec in TARGET_FAMILIES),
+            _header(INFO_FAMILY, openmetrics))
 
 
 # --- the cache ---------------------------------------------------------------------
 
 
-def _signature(state: TargetState) -> tuple[object, ...]:
-    """What a target's lines depend on besides freshness (not next_due, not error messages)."""
-    return (state.target, state.summary, state.last_success, state.up, state.errors)
-
-
 @dataclass
-class _Block:
-    """The lines of up to BLOCK_TARGETS consecutive targets, one bytes per family."""
+class _Gzipped:
+    """The cached part as the start of a gzip member: header and deflated body (not
+    final), with the CRC-32 and length of what it holds."""
 
-    states: tuple[TargetState, ...]
-    fresh: tuple[bool, ...]
-    signature: tuple[tuple[object, ...], ...]
-    sections: tuple[bytes, ...]
-    info: tuple[tuple[str, str, str], ...]  # its candidates for exec_scenario_info
-    limit: float  # the staleness limit ``fresh`` was computed with
-    built_at: float
-    valid_until: float  # when one of its fresh targets turns stale
-    deflated: tuple[bytes, ...] | None = None  # filled at the first gzip scrape
-
-    def still_valid(self, states: tuple[TargetState, ...], limit: float, now: float) -> bool:
-        """Whether the block stands as it is for ``states`` at ``now``."""
-        # Tuple equality tries identity first: cheap when nothing changed.
-        return (self.limit == limit and self.built_at <= now < self.valid_until
-                and self.states == states)
-
-    def deflate(self) -> tuple[bytes, ...]:
-        if self.deflated is None:
-            self.deflated = tuple(_deflate(s) if s else b"" for s in self.sections)
-        return self.deflated
-
-
-@dataclass
-class _TargetPart:
-    """The per-target families and the scenario info: everything but the exporter-wide part."""
-
-    blocks: tuple[_Block, ...]
-    info_labels: tuple[tuple[str, str, str], ...]
-    info: bytes
-    _pieces: dict[bool, list[bytes]] = field(default_factory=dict)
-    _info_deflated: bytes | None = None
-    _deflated: dict[bool, _Deflated] = field(default_factory=dict)
-
-    def pieces(self, openmetrics: bool) -> list[bytes]:
-        """The part's bytes in order, as a list to join."""
-        pieces = self._pieces.get(openmetrics)
-        if pieces is None:
-            headers = _headers(openmetrics)
-            pieces = []
-            for i in range(len(TARGET_FAMILIES)):
-                if i == INFO_POSITION:
-                    pieces += (headers.info, self.info)
-                pieces.append(headers.families[i])
-                pieces.extend(block.sections[i] for block in self.blocks)
-            self._pieces[openmetrics] = pieces
-        return pieces
-
-    def deflated(self, openmetrics: bool) -> _Deflated:
-        """The part deflated (not final), with its CRC-32 and length."""
-        result = self._deflated.get(openmetrics)
-        if result is None:
-            headers = _headers(openmetrics)
-            if self._info_deflated is None:
-                self._info_deflated = _deflate(self.info) if self.info else b""
-            pairs: list[tuple[bytes, bytes]] = []
-            deflated_blocks = [block.deflate() for block in self.blocks]
-            for i in range(len(TARGET_FAMILIES)):
-                if i == INFO_POSITION:
-                    pairs += ((headers.info, headers.info_deflated),
-                              (self.info, self._info_deflated))
-                pairs.append((headers.families[i], headers.families_deflated[i]))
-                pairs.extend((block.sections[i], deflated[i])
-                             for block, deflated in zip(self.blocks, deflated_blocks,
-                                                        strict=True))
-            result = self._deflated[openmetrics] = _Deflated.of(pairs)
-        return result
+    data: bytes
+    crc: int
+    length: int
 
 
 @dataclass
 class _Page:
-    """The whole snapshot part for one store version, valid until ``valid_until``."""
+    """The snapshot part for one store version, valid until a fresh target turns stale."""
 
     version: int
     built_at: float  # a clock stepping back can make stale data fresh again
-    valid_until: float
+    valid_until: float  # the last instant every fresh target is still fresh (inclusive)
     snapshot: Snapshot
-    targets: _TargetPart
-    _exporter: dict[bool, bytes] = field(default_factory=dict)
+    sections: tuple[list[bytes], ...]  # sample lines per family of TARGET_FAMILIES
+    info: bytes  # the exec_scenario_info sample lines
     _plain: dict[bool, bytes] = field(default_factory=dict)
-    _deflated: dict[bool, _Deflated] = field(default_factory=dict)
-
-    def exporter(self, openmetrics: bool) -> bytes:
-        """The exporter-wide families, rendered by prometheus_client."""
-        body = self._exporter.get(openmetrics)
-        if body is None:
-            body = self._exporter[openmetrics] = _generate(
-                _Families(exporter_families(self.snapshot)), openmetrics)
-        return body
+    _gzipped: dict[bool, _Gzipped] = field(default_factory=dict)
 
     def plain(self, openmetrics: bool) -> bytes:
-        """Target part and exporter part, as one bytes."""
+        """Per-target families, scenario info and exporter-wide families, as one bytes."""
         body = self._plain.get(openmetrics)
         if body is None:
-            body = self._plain[openmetrics] = b"".join(
-                (*self.targets.pieces(openmetrics), self.exporter(openmetrics)))
+            headers, info_header = _headers(openmetrics)
+            pieces: list[bytes] = []
+            for i, (header, lines) in enumerate(zip(headers, self.sections, strict=True)):
+                if i == INFO_POSITION:
+                    pieces += (info_header, self.info)
+                pieces.append(header)
+                pieces += lines
+            # The exporter-wide families are few: prometheus_client renders them.
+            pieces.append(_generate(_Families(exporter_families(self.snapshot)), openmetrics))
+            body = self._plain[openmetrics] = b"".join(pieces)
         return body
 
-    def deflated(self, openmetrics: bool) -> _Deflated:
-        """Gzip header, then target part and exporter part deflated (not final)."""
-        result = self._deflated.get(openmetrics)
+    def gzipped(self, openmetrics: bool) -> _Gzipped:
+        """``plain()`` deflated once, ready for a live tail to be appended."""
+        result = self._gzipped.get(openmetrics)
         if result is None:
-            prefix = self.targets.deflated(openmetrics)
-            exporter = self.exporter(openmetrics)
-            result = self._deflated[openmetrics] = _Deflated(
-                b"".join((_GZIP_HEADER, prefix.data, _deflate(exporter))),
-                zlib.crc32(exporter, prefix.crc), prefix.length + len(exporter))
+            body = self.plain(openmetrics)
+            compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
+            data = compressor.compress(body) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            result = self._gzipped[openmetrics] = _Gzipped(_GZIP_HEADER + data,
+                                                           zlib.crc32(body), len(body))
         return result
+
+
+def _build(snapshot: Snapshot, now: float) -> _Page:
+    """Render the snapshot part of ``snapshot`` as of ``now``."""
+    states = snapshot.targets
+    fresh = [is_fresh(state, snapshot, now) for state in states]
+    expiries = [until for state, is_new in zip(states, fresh, strict=True)
+                if is_new and (until := snapshot.fresh_until(state)) is not None]
+    return _Page(snapshot.version, now, min(expiries, default=math.inf), snapshot,
+                 _render_targets(states, fresh), _render_info(info_samples(states)))
 
 
 class Exposition:
     """Caches the snapshot part of /metrics and appends the live part per scrape.
 
     Thread-safe: scrapes may run concurrently; the first one after a change
-    updates the cache, the others wait for it or use the previous page.
+    renders the new page while the others wait for it.
     """
 
     def __init__(self, collector: SnapshotCollector, live: CollectorRegistry,
@@ -430,11 +330,7 @@ class Exposition:
         self.clock = clock
         self._lock = threading.Lock()
         self._page: _Page | None = None
-        self._blocks: list[_Block] = []
-        self._targets: _TargetPart | None = None
         self._live = _LiveRenderer()
-
-    # --- the cached part ---------------------------------------------------------
 
     def _current(self) -> _Page:
         """The page for the store's current version, rebuilt if it changed or expired."""
@@ -443,38 +339,9 @@ class Exposition:
         with self._lock:
             page = self._page
             if (page is None or page.version != store.version
-                    or not page.built_at <= now < page.valid_until):
-                snapshot = store.snapshot()
-                page = self._page = self._build(snapshot, now)
+                    or not page.built_at <= now <= page.valid_until):
+                page = self._page = _build(store.snapshot(), now)
             return page
-
-    def _build(self, snapshot: Snapshot, now: float) -> _Page:
-        states = snapshot.targets
-        limit = snapshot.staleness_limit()
-        blocks: list[_Block] = []
-        changed = len(states) != sum(len(b.states) for b in self._blocks)
-        for n, start in enumerate(range(0, len(states), BLOCK_TARGETS)):
-            block_states = states[start:start + BLOCK_TARGETS]
-            old = self._blocks[n] if n < len(self._blocks) else None
-            if old is not None and old.still_valid(block_states, limit, now):
-                blocks.append(old)
-                continue
-            block = _block(snapshot, block_states, now)
-            if old is not None and old.fresh == block.fresh and old.signature == block.signature:
-                # Only what is not exported changed (next_due, error messages): keep the lines.
-                block.sections, block.info, block.deflated = old.sections, old.info, old.deflated
-            else:
-                changed = True
-                block.sections = _render_targets(block_states, block.fresh)
-            blocks.append(block)
-        self._blocks = blocks
-        info = _merge_info(blocks)
-        if changed or self._targets is None or info != self._targets.info_labels:
-            self._targets = _TargetPart(tuple(blocks), info, _render_info(info))
-        valid_until = min((b.valid_until for b in blocks), default=math.inf)
-        return _Page(snapshot.version, now, valid_until, snapshot, self._targets)
-
-    # --- per scrape ------------------------------------------------------------------
 
     def render(self, openmetrics: bool = False, gzip: bool = False) -> bytes:
         """The full exposition, optionally in OpenMetrics and/or gzip-compressed."""
@@ -493,30 +360,7 @@ class Exposition:
             with self._lock:
                 return page.plain(openmetrics), live
         with self._lock:
-            prefix = page.deflated(openmetrics)
+            prefix = page.gzipped(openmetrics)
         size = (prefix.length + len(live)) & 0xFFFFFFFF
         trailer = struct.pack("<II", zlib.crc32(live, prefix.crc), size)
         return prefix.data, _stored(live) + trailer
-
-
-def _block(snapshot: Snapshot, states: tuple[TargetState, ...], now: float) -> _Block:
-    """A block's freshness, signature and info candidates; the caller fills in its lines."""
-    limit = snapshot.staleness_limit()
-    fresh = tuple(is_fresh(s, snapshot, now) for s in states)
-    expiries = [s.last_success + limit for s, f in zip(states, fresh, strict=True)
-                if f and s.last_success is not None]
-    return _Block(states, fresh, tuple(_signature(s) for s in states), (),
-                  tuple(info_samples(s for s, f in zip(states, fresh, strict=True) if f)),
-                  limit, now, min(expiries, default=math.inf))
-
-
-def _merge_info(blocks: Iterable[_Block]) -> tuple[tuple[str, str, str], ...]:
-    """The info samples of all blocks: per scenario, the first, as info_samples() picks."""
-    seen: set[str] = set()
-    out = []
-    for block in blocks:
-        for labels in block.info:
-            if labels[0] not in seen:
-                seen.add(labels[0])
-                out.append(labels)
-    return tuple(out)

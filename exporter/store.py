@@ -59,6 +59,20 @@ class Snapshot:
         """Data older than this many seconds is no longer exported."""
         return self.max_staleness if self.max_staleness is not None else 3 * self.interval
 
+    # The staleness rule, in one place: data is exported while its age is at most the
+    # limit (the contract: "older than max_staleness" stops it).
+
+    def fresh_until(self, state: TargetState) -> float | None:
+        """The last instant ``state``'s data is exported at (None: it has none)."""
+        if state.summary is None or state.last_success is None:
+            return None
+        return state.last_success + self.staleness_limit()
+
+    def is_fresh(self, state: TargetState, now: float) -> bool:
+        """Whether ``state`` has data young enough to export at ``now``."""
+        until = self.fresh_until(state)
+        return until is not None and now <= until
+
 
 class Store:
     """Thread-safe holder of target states and exporter counters."""

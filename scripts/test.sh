@@ -19,4 +19,16 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff"; ruff check .
 echo "== mypy"; mypy
+# The cached exposition must stay byte-identical to prometheus_client's on the
+# lowest version pyproject.toml allows, too: its own small venv (inside .venv/).
+pc_min=$(python - <<'PY'
+import re, tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+print(next(re.search(r">=([\w.]+)", d).group(1) for d in deps if d.startswith("prometheus-client")))
+PY
+)
+echo "== byte-identity tests on prometheus-client $pc_min"
+[ -x .venv/pc-min/bin/python ] || python3 -m venv .venv/pc-min
+.venv/pc-min/bin/python -m pip install --quiet -e ".[test]" "prometheus-client==$pc_min"
+.venv/pc-min/bin/python -m pytest -q -p no:cacheprovider tests/test_exposition.py tests/test_collector.py
 echo "== pytest"; python -m pytest "$@"

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from conftest import FakeClock, metric_values, sample
+from harness import series
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.client import Summary, parse_summary
+from exporter.client import REASONS, Summary, parse_summary
 from exporter.collector import SnapshotCollector
-from exporter.config import parse_config
-from exporter.store import Store
-from exporter.targets import build_targets
+from exporter.config import CohortConfig, parse_config
+from exporter.store import Store, TargetState
+from exporter.targets import Target, build_targets
 
 FULL = parse_summary({
     "participant_count": 45, "total_sessions": 128, "average_best_score": 74.2,
@@ -79,9 +80,8 @@ def test_null_fields_produce_no_sample(clock: FakeClock) -> None:
     assert sample(v, "exec_scenario_average_best_score", **labels) is None
     assert sample(v, "exec_scenario_rank_participants", rank="gold", **labels) is None
     assert sample(v, "exec_scenario_average_best_rank", rank="gold", **labels) is None
-    # No display name configured: no info series for it.
-    assert not any(name == "exec_scenario_info" and ("scenario", "renew") in lbl
-                   for name, lbl in v)
+    # No display name known: the info series is there, with an empty name.
+    assert sample(v, "exec_scenario_info", scenario="renew", name="", id="renew") == 1
 
 
 def test_failures_keep_last_values_and_count_reasons(clock: FakeClock) -> None:
@@ -157,3 +157,71 @@ def test_api_request_counters_and_histogram(clock: FakeClock) -> None:
     assert sample(v, "exec_exporter_api_request_duration_seconds_count") == 3
     assert sample(v, "exec_exporter_api_request_duration_seconds_bucket", le="0.1") == 2
     assert sample(v, "exec_exporter_api_request_duration_seconds_bucket", le="+Inf") == 3
+
+
+def test_counters_start_at_zero_for_every_reason_and_known_code(clock: FakeClock) -> None:
+    config, store, registry = setup(clock)
+    v = scrape(registry)
+    assert REASONS == ("timeout", "connection", "rate_limited", "unauthorized", "forbidden",
+                       "not_found", "server_error", "bad_request", "invalid_response")
+    for target in build_targets(config):
+        labels = {"scenario": target.scenario, "cohort": target.cohort.name}
+        for reason in REASONS:
+            assert sample(v, "exec_exporter_target_errors_total", reason=reason, **labels) == 0
+    for code in ("200", "400", "401", "403", "404", "429", "error"):
+        assert sample(v, "exec_exporter_api_requests_total", code=code) == 0
+    store.record_failure(("disc", "all"), "timeout", "no answer", clock.now)
+    store.record_request("503", 0.2)
+    v = scrape(registry)
+    errors = series(v, "exec_exporter_target_errors_total")
+    assert len(errors) == len(build_targets(config)) * len(REASONS)  # no duplicates, none missing
+    assert sample(v, "exec_exporter_target_errors_total", reason="timeout", scenario="disc",
+                  cohort="all") == 1
+    assert sample(v, "exec_exporter_target_errors_total", reason="connection", scenario="disc",
+                  cohort="all") == 0
+    assert sample(v, "exec_exporter_api_requests_total", code="503") == 1
+    assert sample(v, "exec_exporter_api_requests_total", code="200") == 0
+
+
+def test_unknown_reason_from_older_state_is_still_exported(clock: FakeClock) -> None:
+    config, store, registry = setup(clock)
+    target = build_targets(config)[0]
+    restored = TargetState(target=target, errors={"legacy": 4, "timeout": 2})
+    store.set_targets(build_targets(config), restored={target.key: restored}, forget={target.key})
+    v = scrape(registry)
+    labels = {"scenario": "disc", "cohort": "all"}
+    assert sample(v, "exec_exporter_target_errors_total", reason="legacy", **labels) == 4
+    assert sample(v, "exec_exporter_target_errors_total", reason="timeout", **labels) == 2
+    assert sample(v, "exec_exporter_target_errors_total", reason="not_found", **labels) == 0
+
+
+def test_scenario_info_for_every_polled_scenario_at_all_times(clock: FakeClock) -> None:
+    config, store, registry = setup(clock, max_staleness="45m")
+    discovered = Target("renew-call", CohortConfig(name="all"), "Renewal call",
+                        "0b1e2c3d-0000-4000-8000-000000000004")
+    unnamed_uuid = Target("5f2a0c1e-0000-4000-8000-000000000009", CohortConfig(name="all"))
+    store.set_targets([*build_targets(config), discovered, unnamed_uuid])
+    expected = {
+        (("id", "disc"), ("name", "Discovery call"), ("scenario", "disc")): 1.0,
+        (("id", "renew"), ("name", ""), ("scenario", "renew")): 1.0,
+        (("id", discovered.scenario_uuid), ("name", "Renewal call"),
+         ("scenario", "renew-call")): 1.0,
+        (("id", unnamed_uuid.scenario), ("name", ""), ("scenario", unnamed_uuid.scenario)): 1.0,
+    }
+    assert series(scrape(registry), "exec_scenario_info") == expected  # never polled
+    store.record_success(("disc", "all"), FULL, clock.now)
+    store.record_failure(("renew-call", "all"), "server_error", "HTTP 502", clock.now)
+    assert series(scrape(registry), "exec_scenario_info") == expected
+    clock.advance(46 * 60)  # the data of disc/all is stale now
+    v = scrape(registry)
+    assert sample(v, "exec_scenario_participants", scenario="disc", cohort="all") is None
+    assert series(v, "exec_scenario_info") == expected
+
+
+def test_max_staleness_is_exported(clock: FakeClock) -> None:
+    _, store, registry = setup(clock)
+    assert sample(scrape(registry), "exec_exporter_max_staleness_seconds") == 3 * 900
+    store.record_schedule(1800.0, {})  # the interval stretched: the default follows
+    assert sample(scrape(registry), "exec_exporter_max_staleness_seconds") == 3 * 1800
+    _, store, registry = setup(clock, max_staleness="2h")
+    assert sample(scrape(registry), "exec_exporter_max_staleness_seconds") == 7200

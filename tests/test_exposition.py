@@ -32,11 +32,12 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from exporter.client import Summary
 from exporter.collector import LiveCollector, ProcessMetrics, SnapshotCollector
 from exporter.config import CohortConfig
-from exporter.exposition import BLOCK_TARGETS, Exposition
+from exporter.exposition import Exposition
 from exporter.store import Store
 from exporter.targets import Target
 
 INTERVAL = 900.0
+MANY = 128  # enough targets for several scenarios of every kind below
 FULL = Summary(participants=45, sessions=128, average_best_score=74.2,
                average_best_rank="silver", average_score_lift=18.5, practice_seconds=44520.0,
                average_session_duration_seconds=348.0,
@@ -155,8 +156,8 @@ def gunzip(data: bytes) -> bytes:
 
 @pytest.fixture
 def big(clock: FakeClock) -> Setup:
-    """Several blocks of targets, most with data, some failing, some never polled."""
-    s = Setup(clock, 2 * BLOCK_TARGETS + 50)
+    """Some 300 targets, most with data, some failing, some never polled."""
+    s = Setup(clock, 2 * MANY + 50)
     for i in range(len(s.targets)):
         if i % 17 == 5:
             continue  # never polled
@@ -187,7 +188,7 @@ def test_identical_to_prometheus_client(big: Setup) -> None:
 def test_after_changes(big: Setup, clock: FakeClock) -> None:
     big.check()
     clock.advance(30)
-    big.succeed(BLOCK_TARGETS + 3, SPARSE)  # a change in the middle block
+    big.succeed(MANY + 3, SPARSE)  # a change in the middle
     big.check()
     big.store.record_request("200", 0.1)  # the exporter-wide part alone
     big.check()
@@ -203,7 +204,7 @@ def test_after_changes(big: Setup, clock: FakeClock) -> None:
 
 def test_target_set_changes(big: Setup, clock: FakeClock) -> None:
     big.check()
-    kept = big.targets[5:]  # every block shifts
+    kept = big.targets[5:]  # every target shifts
     big.store.set_targets(kept)
     big.targets = kept
     big.check()
@@ -212,15 +213,15 @@ def test_target_set_changes(big: Setup, clock: FakeClock) -> None:
     big.store.set_targets(renamed)
     big.targets = renamed
     big.check()
-    big.store.set_targets(renamed[:BLOCK_TARGETS])  # whole blocks disappear
-    big.targets = renamed[:BLOCK_TARGETS]
+    big.store.set_targets(renamed[:MANY])  # many targets disappear
+    big.targets = renamed[:MANY]
     big.check()
     big.store.set_targets([])
     big.check()
 
 
 def test_staleness_expiry(clock: FakeClock) -> None:
-    s = Setup(clock, BLOCK_TARGETS + 10)
+    s = Setup(clock, MANY + 10)
     for i in range(len(s.targets)):
         s.succeed(i, age=i * 10.0)
     text = s.check()
@@ -259,7 +260,7 @@ def test_live_part_fallbacks(clock: FakeClock) -> None:
 
 
 def test_concurrent_scrapes_during_changes(clock: FakeClock) -> None:
-    s = Setup(clock, BLOCK_TARGETS * 2, odd_live=False)
+    s = Setup(clock, MANY * 2, odd_live=False)
     errors: list[BaseException] = []
     stop = threading.Event()
 

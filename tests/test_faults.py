@@ -475,9 +475,12 @@ def test_last_good_values_expire_after_max_staleness(healthy: Env) -> None:
         return values if gone and fresh else None
 
     values = wait_until(expired, 10, what="stale data to stop being exported")
-    # Data series gone, self-metrics kept.
+    # Data series gone, self-metrics (and the scenario's info series) kept.
     assert not [n for (n, labels), _ in values.items()
-                if n.startswith("exec_scenario_") and ("scenario", FAULTY) in labels]
+                if n.startswith("exec_scenario_") and n != "exec_scenario_info"
+                and ("scenario", FAULTY) in labels]
+    assert [n for (n, labels), _ in values.items()
+            if n == "exec_scenario_info" and ("scenario", FAULTY) in labels]
     assert env.up(values, FAULTY) == 0
     assert sample(values, "exec_exporter_target_last_success_timestamp_seconds",
                   scenario=FAULTY, cohort="all") is not None

@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import FakeClock
 from e2e_helpers import CONTRACT_ALERTS, ROOT, require_tool, rule_files, rule_test_files
+from prometheus_client.registry import CollectorRegistry
+
+from exporter.client import Summary
+from exporter.collector import SnapshotCollector
+from exporter.config import CohortConfig
+from exporter.store import Store
+from exporter.targets import Target
 
 SEVERITIES = {"critical", "warning", "info"}
 RUNBOOK_BASE = "https://github.com/exec-exporter/exec-exporter/blob/main/docs/monitoring.md#"
@@ -128,3 +136,26 @@ def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
                 (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
     assert firing >= CONTRACT_ALERTS, f"never shown firing: {sorted(CONTRACT_ALERTS - firing)}"
     assert quiet >= CONTRACT_ALERTS, f"never shown quiet: {sorted(CONTRACT_ALERTS - quiet)}"
+
+
+def test_alerts_read_only_metrics_the_exporter_exports(clock: FakeClock) -> None:
+    # A renamed or missing self-metric would leave an alert silently empty.
+    store = Store()
+    target = Target("disc", CohortConfig(name="all"), "Discovery call")
+    store.set_targets([target])
+    store.record_schedule(900.0, {})
+    store.record_success(target.key, Summary(participants=25, average_best_score=80.0), clock.now)
+    store.record_request("200", 0.1)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(store, clock))
+    exported = {s.name for family in registry.collect() for s in family.samples}
+    for rule in load_rules(ALERTS_FILE):
+        if "alert" in rule:
+            used = set(re.findall(r"\bexec_\w+", rule["expr"]))
+            assert used <= exported, f"{rule['alert']} reads {sorted(used - exported)}"
+
+
+def test_data_stale_follows_the_exported_max_staleness() -> None:
+    expr = alerts()["ExecExporterDataStale"]["expr"]
+    assert "exec_exporter_max_staleness_seconds" in expr
+    assert "exec_exporter_refresh_interval_seconds" not in expr
