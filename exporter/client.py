@@ -333,18 +333,22 @@ class ExecClient:
 
     def list_page(self, path: str, params: Mapping[str, str]) -> tuple[list[Any], int]:
         """One page of a list endpoint: its items and the total number of pages."""
+        body = self._list_body(path, params)
+        return body["data"], _pagination_int(path, body, "total_pages", 1)
+
+    def list_page_counted(self, path: str, params: Mapping[str, str],
+                          ) -> tuple[list[Any], int, int | None]:
+        """Like :meth:`list_page`, plus ``pagination.total_count`` (None when the
+        API leaves it out): with ``page_size=1`` and filters, a count for one request."""
+        body = self._list_body(path, params)
+        return (body["data"], _pagination_int(path, body, "total_pages", 1),
+                _pagination_int(path, body, "total_count", None))
+
+    def _list_body(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
         body = self.get_json(path, params)
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             raise InvalidResponse(f"{path}: expected an object with a data list")
-        pagination = body.get("pagination")
-        pages = 1
-        if isinstance(pagination, dict):
-            value = pagination.get("total_pages")
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                pages = value
-            elif value is not None:
-                raise InvalidResponse(f"{path}: pagination.total_pages is {value!r}")
-        return body["data"], pages
+        return body
 
     def get_json(self, path: str, params: Mapping[str, str]) -> object:
         """GET a path under the base URL and return the decoded JSON body, or raise ApiError."""
@@ -407,6 +411,19 @@ class ExecClient:
         except requests.RequestException as exc:
             raise ConnectionFailed(f"reading the body failed: {_short(exc)}") from None
         return b"".join(chunks)
+
+
+def _pagination_int(path: str, body: Mapping[str, Any], key: str,
+                    default: int | None) -> Any:
+    pagination = body.get("pagination")
+    if not isinstance(pagination, dict):
+        return default
+    value = pagination.get(key)
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise InvalidResponse(f"{path}: pagination.{key} is {value!r}")
 
 
 def _short(exc: BaseException) -> str:
