@@ -201,6 +201,7 @@ class Exporter:
                                    on_view=self._on_view)
         self._saved = saved
         self._targets: dict[Key, Target] = {}
+        self._polled: tuple[tuple[str, str | None], ...] = ()
         # Serialises building the running value (reloads against discovery updates);
         # never held across a request.
         self._apply_lock = threading.RLock()
@@ -267,8 +268,9 @@ class Exporter:
             self.assignments.configure(config.assignments, day)
 
     def _polled_scenarios(self) -> tuple[tuple[str, str | None], ...]:
-        """The scenarios of the current targets: (label, id when known)."""
-        return tuple({t.scenario: t.scenario_uuid for t in self._targets.values()}.items())
+        """The scenarios of the current targets: (label, id when known); the same
+        object until the targets change."""
+        return self._polled
 
     @property
     def sources(self) -> tuple[Discovery | Skills | Assignments, ...]:
@@ -314,6 +316,7 @@ class Exporter:
         self.store.set_targets(kept, restored, forget=changed)
         self.store.set_max_staleness(config.max_staleness)
         self._targets = {t.key: t for t in kept}
+        self._polled = tuple({t.scenario: t.scenario_uuid for t in kept}.items())
         known: dict[Key, float] = {}
         for t in kept:
             state = self.store.get(t.key)

@@ -344,6 +344,7 @@ class Assignments(_Listing):
         self._all_pages: int | None = None  # pages of an unfiltered read
         self._read_labels: frozenset[str] | None = None
         self._read: _Read | None = None
+        self._cost: tuple[object, tuple[int | None, int | None, int], int] | None = None
 
     # --- the plan -------------------------------------------------------------------
 
@@ -375,14 +376,21 @@ class Assignments(_Listing):
         return False, paging_cost
 
     def cost(self) -> int:
-        polled = self._polled()
-        if not polled:
-            return 1
-        return self.plan(polled)[1]
+        # Asked for several times per scheduler step (through requests_per_day): the
+        # answer is kept until the scenarios or the known sizes change.
+        raw = self.scenarios()
+        key = (self._rows, self._all_pages, len(self._learned))
+        if self._cost is not None and self._cost[0] is raw and self._cost[1] == key:
+            return self._cost[2]
+        polled = self._polled(raw)
+        cost = self.plan(polled)[1] if polled else 1
+        self._cost = (raw, key, cost)
+        return cost
 
-    def _polled(self) -> tuple[PolledScenario, ...]:
+    def _polled(self, raw: Sequence[PolledScenario] | None = None
+                ) -> tuple[PolledScenario, ...]:
         seen: dict[str, str | None] = {}
-        for label, uuid in self.scenarios():
+        for label, uuid in self.scenarios() if raw is None else raw:
             if seen.get(label) is None:
                 seen[label] = uuid
         return tuple(seen.items())

@@ -14,7 +14,7 @@ from fakeapi import FakeExecAPI, summary_body
 
 from exporter.cli import Exporter, describe_plan
 from exporter.client import InvalidResponse
-from exporter.config import ApiKey, ConfigError, ListingConfig, parse_config
+from exporter.config import ApiKey, ConfigError, ListingConfig, load_config, parse_config
 from exporter.listings import (
     STATUSES,
     AssignmentRow,
@@ -435,3 +435,68 @@ def test_disabled_listings_send_nothing_and_export_nothing(api: FakeExecAPI,
     run_until(exporter, clock, clock.now + 60)
     assert not api.listing_requests("skills") and not api.listing_requests("assignments")
     assert not [k for k in scrape(exporter) if k[0].startswith(("exec_skill", "exec_assign"))]
+
+
+# --- the demo and reloads -----------------------------------------------------------------
+
+
+def test_the_demo_serves_both_listings_and_past_due_grows(clock: FakeClock) -> None:
+    from exporter.demo import DEMO_API_KEY, DEMO_SCENARIOS, SimulatedExecAPI, demo_config
+
+    with SimulatedExecAPI(clock=clock, requests_per_minute=100_000) as simulated:
+        raw = demo_config(simulated.base_url)
+        raw["api"]["rate_limit"]["requests_per_minute"] = 6000
+        exporter = Exporter(parse_config(raw), ApiKey(DEMO_API_KEY, "demo"), None, None, clock)
+        start = clock.now
+        run_until(exporter, clock, start + 30)
+        values = scrape(exporter)
+        first = {(dict(k[1])["scenario"], dict(k[1])["status"]): v
+                 for k, v in values.items() if k[0] == "exec_assignments"}
+        client = exporter.client
+        # Every scenario x status equals what the API's own filters count.
+        for (scenario, status), count in first.items():
+            sid = next(s.id for s in DEMO_SCENARIOS if s.slug == scenario)
+            _, _, total = client.list_page_counted(
+                "/scenarios/assignments",
+                {"scenario_ids": sid, "status": status, "page_size": "1"})
+            assert count == total, (scenario, status)
+        assert len(first) == 5 * 5 and sum(first.values()) > 0
+        assert sample(values, "exec_skill_info", skill="active-listening",
+                      name="Active Listening") == 1
+        assert sample(values, "exec_skill_proficient_ratio", skill="active-listening") is None
+        assert 0 < (sample(values, "exec_skill_proficient_ratio", skill="discovery") or 0) <= 1
+        # Due dates pass while the demo runs: past-due assignments grow.
+        run_until(exporter, clock, start + 1200)
+        later = scrape(exporter)
+        past_due = sum(v for k, v in later.items()
+                       if k[0] == "exec_assignments" and ("status", "past_due") in k[1])
+        assert past_due > sum(v for k, v in first.items() if k[1] == "past_due")
+        exporter.client.close()
+
+
+def test_reload_starts_keeps_and_stops_listings(api: FakeExecAPI, clock: FakeClock,
+                                                write_config: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    key = make_key()
+    monkeypatch.setenv("EXEC_API_KEY", key)
+    def text(skills: str) -> str:
+        return (f"api: {{base_url: '{api.base_url}', rate_limit: {{requests_per_minute: 6000,"
+                f" requests_per_day: 100000, reserve: 0}}}}\n"
+                f"refresh_interval: 1h\nscenarios: [{{id: s-a}}]\n{skills}")
+
+    path = write_config(text("assignments: {interval: 1h}\n"))
+    exporter = Exporter(load_config(path), ApiKey(key, "test"), str(path), None, clock)
+    run_until(exporter, clock, clock.now + 60)
+    before = exporter.assignments
+    assert before is not None and exporter.skills is None
+    path.write_text(text("assignments: {interval: 2h}\nskills: {}\n"))
+    ok, message = exporter.reload()
+    assert ok, message
+    assert exporter.assignments is before and before.settings.interval == 7200
+    assert before.read_at is not None and exporter.skills is not None
+    run_until(exporter, clock, clock.now + 60)
+    assert [k for k in scrape(exporter) if k[0] == "exec_skill_info"]
+    path.write_text(text(""))
+    assert exporter.reload()[0]
+    values = scrape(exporter)
+    assert not [k for k in values if k[0].startswith(("exec_skill", "exec_assignments"))]
