@@ -345,6 +345,7 @@ class Assignments(_Listing):
         self._read_labels: frozenset[str] | None = None
         self._read: _Read | None = None
         self._cost: tuple[object, tuple[int | None, int | None, int], int] | None = None
+        self._filters_refused = False  # a 400 to a filtered request: page everything
 
     # --- the plan -------------------------------------------------------------------
 
@@ -361,7 +362,7 @@ class Assignments(_Listing):
         known and ``5 x scenarios`` is fewer than the pages the last read's rows need."""
         labels = {label for label, _ in polled}
         ids = self._ids(polled)
-        if len(ids) < len(labels):
+        if len(ids) < len(labels) or self._filters_refused:
             return False, max(self._all_pages or 1, 1)
         counting_cost = len(STATUSES) * len(labels)
         if self._filter(polled, ids) is None:
@@ -379,7 +380,7 @@ class Assignments(_Listing):
         # Asked for several times per scheduler step (through requests_per_day): the
         # answer is kept until the scenarios or the known sizes change.
         raw = self.scenarios()
-        key = (self._rows, self._all_pages, len(self._learned))
+        key = (self._rows, self._all_pages, len(self._learned) * 2 + self._filters_refused)
         if self._cost is not None and self._cost[0] is raw and self._cost[1] == key:
             return self._cost[2]
         polled = self._polled(raw)
@@ -453,7 +454,7 @@ class Assignments(_Listing):
         read = _Read(polled=polled, ids=ids, counting=counting)
         if counting:
             read.queue = [(label, status) for label, _ in polled for status in STATUSES]
-        elif len(ids) == len(polled):
+        elif len(ids) == len(polled) and not self._filters_refused:
             read.scenario_filter = self._filter(polled, ids)
         if self.counting is not None and counting != self.counting:
             how = (f"counting by total_count ({len(read.queue)} requests)" if counting
@@ -462,6 +463,13 @@ class Assignments(_Listing):
         return read
 
     def _fail(self, error: ApiError, now: float) -> None:
+        read = self._read
+        if (error.reason == "bad_request" and read is not None
+                and (read.counting or read.scenario_filter is not None)):
+            # The API refused the scenario_ids or status filter: read every row instead.
+            log.warning("assignments: the API refused the filters (%s); paging through "
+                        "every assignment from now on", error)
+            self._filters_refused = True
         self._read = None
         super()._fail(error, now)
 
@@ -506,7 +514,8 @@ class Assignments(_Listing):
         """After the first page the sizes are known: count if the pages left cost more."""
         ids = self._ids(read.polled)
         counting_cost = len(STATUSES) * len(read.polled)
-        if len(ids) == len(read.polled) and pages - 1 > counting_cost:
+        if (len(ids) == len(read.polled) and pages - 1 > counting_cost
+                and not self._filters_refused):
             log.info("assignments: %d pages to read; counting with %d requests instead",
                      pages, counting_cost)
             if read.scenario_filter is None:

@@ -13,7 +13,7 @@ from conftest import FakeClock, make_key, metric_values, sample
 from fakeapi import FakeExecAPI, summary_body
 
 from exporter.cli import Exporter, describe_plan
-from exporter.client import InvalidResponse
+from exporter.client import BadRequest, InvalidResponse
 from exporter.config import ApiKey, ConfigError, ListingConfig, load_config, parse_config
 from exporter.listings import (
     STATUSES,
@@ -500,3 +500,19 @@ def test_reload_starts_keeps_and_stops_listings(api: FakeExecAPI, clock: FakeClo
     assert exporter.reload()[0]
     values = scrape(exporter)
     assert not [k for k in values if k[0].startswith(("exec_skill", "exec_assignments"))]
+
+
+
+def test_a_refused_filter_falls_back_to_paging_everything() -> None:
+    polled = [("s1", "id-1")]
+    listing = assignments(polled)
+    listing._rows = 10_000
+    job = listing.due(0.0)
+    assert job is not None and job.key[0] == "count"
+    listing._fail(BadRequest("HTTP 400 (invalid_request)", 400), 0.0)
+    assert listing.plan(polled) == (False, 1)
+    job = listing.due(3600.0)
+    assert job is not None and job.label == "assignments page 1"
+    assert listing._read is not None and listing._read.scenario_filter is None
+    listing.page_read(rows_of(("id-1", None, "past_due")), 1, 3601.0)
+    assert listing.values()[("s1", "past_due")] == 1
