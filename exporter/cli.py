@@ -34,6 +34,7 @@ from .config import (
 from .discovery import Discovery, Lists
 from .exposition import Exposition
 from .jobs import Running, key_id, summary_job
+from .listings import DAY_SHARE, Assignments, ListingsCollector, Skills
 from .scheduler import (
     Clock,
     Poller,
@@ -127,6 +128,12 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
         lines.append(f"discovery listings: about {listing:.0f} requests/day "
                      f"(at least one page per list every "
                      f"{format_duration(config.discovery.interval if config.discovery else 0)})")
+    for line, cost in _listing_plan(config, targets):
+        lines.append(line)
+        day_budget -= cost
+    if day_budget != rate.day_budget:
+        lines.append(f"left for the targets: about {max(day_budget, 1):.0f} requests/day "
+                     "(listings are paid for first)")
     interval = effective_interval(len(targets), config.refresh_interval, max(day_budget, 1),
                                   rate.minute_budget)
     stretched = (" (stretched from refresh_interval to fit the budget)"
@@ -141,6 +148,32 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
     else:
         lines.append(f"api key: found ({key.source})")
     return "\n".join(lines)
+
+
+def _listing_plan(config: Config, targets: list[Target]) -> list[tuple[str, float]]:
+    """The skills and assignments lines of the plan, each with its requests a day.
+
+    Offline the sizes are unknown: a read is counted at its least, one request (one
+    page of up to 100 rows); the line says what makes it grow."""
+    day = config.api.rate_limit.day_budget
+    out = []
+    if config.skills is not None and config.skills.enabled:
+        skills = Skills(config.skills, day)
+        out.append((f"skills: on, every {format_duration(skills.interval)}; one request per "
+                    f"100 skills a read (about {skills.requests_per_day():.0f} requests/day "
+                    "for up to 100 skills)", skills.requests_per_day()))
+    if config.assignments is not None and config.assignments.enabled:
+        scenarios = {t.scenario: t.scenario_uuid for t in targets}
+        assignments = Assignments(config.assignments, day, lambda: tuple(scenarios.items()))
+        counting = 5 * len(scenarios)
+        out.append((f"assignments: on, every {format_duration(assignments.interval)}; a read "
+                    "costs one request per 100 assignments or "
+                    f"{counting} counts (5 statuses x {len(scenarios)} scenarios), whichever the "
+                    f"last read says is fewer (about {assignments.requests_per_day():.0f} "
+                    "requests/day for up to 100 assignments; at most "
+                    f"{DAY_SHARE:.0%} of the daily budget, the interval "
+                    "stretches past that)", assignments.requests_per_day()))
+    return out
 
 
 # --- the running exporter -----------------------------------------------------------
@@ -170,11 +203,15 @@ class Exporter:
                                    on_view=self._on_view)
         self._saved = saved
         self._targets: dict[Key, Target] = {}
+        self._polled: tuple[tuple[str, str | None], ...] = ()
         # Serialises building the running value (reloads against discovery updates);
         # never held across a request.
         self._apply_lock = threading.RLock()
         self._reload_lock = threading.Lock()
         self.discovery: Discovery | None = self._discovery(config, saved.lists, reread=False)
+        self.skills: Skills | None = None
+        self.assignments: Assignments | None = None
+        self._listings(config)
         self.running = self._build(config, self._client(config), key)
         self.poller = Poller(self.scheduler, lambda: self.running, self.store, self.clock)
         self.store.record_reload(True, now)
@@ -182,6 +219,9 @@ class Exporter:
         live = CollectorRegistry(auto_describe=False)
         live.register(LiveCollector(self.budget.remaining, self.clock))
         live.register(ProcessMetrics())
+        # Per scrape, like the other live families: a few samples per skill and per
+        # scenario, and collector.py/exposition.py stay about the targets.
+        live.register(ListingsCollector(lambda: (self.skills, self.assignments)))
         self.exposition = Exposition(snapshot_collector, live, self.clock)
         self._stop_saving = threading.Event()
         self._saver: threading.Thread | None = None
@@ -210,6 +250,36 @@ class Exporter:
             discovery.reread()
         return discovery
 
+    def _listings(self, config: Config) -> None:
+        """Start, reconfigure or stop the skills and assignments listings; a kept
+        listing keeps its last values and schedule."""
+        day = config.api.rate_limit.day_budget
+        report = self.store.record_discovery
+        if config.skills is None or not config.skills.enabled:
+            self.skills = None
+        elif self.skills is None:
+            self.skills = Skills(config.skills, day, report)
+        else:
+            self.skills.configure(config.skills, day)
+        if config.assignments is None or not config.assignments.enabled:
+            self.assignments = None
+        elif self.assignments is None:
+            self.assignments = Assignments(config.assignments, day, self._polled_scenarios,
+                                           report)
+        else:
+            self.assignments.configure(config.assignments, day)
+
+    def _polled_scenarios(self) -> tuple[tuple[str, str | None], ...]:
+        """The scenarios of the current targets: (label, id when known); the same
+        object until the targets change."""
+        return self._polled
+
+    @property
+    def sources(self) -> tuple[Discovery | Skills | Assignments, ...]:
+        """The job sources: discovery first (it decides the scenarios), then the listings."""
+        return tuple(s for s in (self.discovery, self.skills, self.assignments)
+                     if s is not None)
+
     def _on_lists(self, lists: Lists) -> None:
         # Runs in the poller thread, inside a listing job's handler: new lists, new targets.
         with self._apply_lock:
@@ -224,7 +294,7 @@ class Exporter:
                  len(self._targets), format_duration(interval), how)
 
     def _poll_day_budget(self) -> float:
-        listing = self.discovery.requests_per_day() if self.discovery else 0.0
+        listing = sum(source.requests_per_day() for source in self.sources)
         return max(self.config.api.rate_limit.day_budget - listing, 1.0)
 
     def _build(self, config: Config, client: ExecClient, key: ApiKey) -> Running:
@@ -248,6 +318,7 @@ class Exporter:
         self.store.set_targets(kept, restored, forget=changed)
         self.store.set_max_staleness(config.max_staleness)
         self._targets = {t.key: t for t in kept}
+        self._polled = tuple({t.scenario: t.scenario_uuid for t in kept}.items())
         known: dict[Key, float] = {}
         for t in kept:
             state = self.store.get(t.key)
@@ -257,7 +328,7 @@ class Exporter:
         return Running(
             client=client,
             jobs=tuple(summary_job(t, self.store) for t in kept),
-            sources=(self.discovery,) if self.discovery is not None else (),
+            sources=self.sources,
             refresh_interval=config.refresh_interval,
             minute_budget=rate.minute_budget, day_budget=rate.day_budget,
             restored=known, forget=frozenset(changed), key_id=key_id(key.value))
@@ -292,6 +363,7 @@ class Exporter:
                 if config.discovery != self.config.discovery:
                     lists = self.discovery.lists if self.discovery else None
                     self.discovery = self._discovery(config, lists, reread=True)
+                self._listings(config)
                 self.config = config
                 self.running = self._build(config, client, key)
             self.store.record_reload(True, now)

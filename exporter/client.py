@@ -510,6 +510,12 @@ class ExecClient:
 
     def list_page(self, path: str, params: Mapping[str, str]) -> tuple[list[Any], int]:
         """One page of a list endpoint: its items and the total number of pages."""
+        return self._call(path, params, lambda body: _parse_page(path, body)[:2])
+
+    def list_page_counted(self, path: str, params: Mapping[str, str],
+                          ) -> tuple[list[Any], int, int | None]:
+        """Like :meth:`list_page`, plus ``pagination.total_count`` (None when the
+        API leaves it out): with ``page_size=1`` and filters, a count for one request."""
         return self._call(path, params, lambda body: _parse_page(path, body))
 
     def get_json(self, path: str, params: Mapping[str, str]) -> object:
@@ -594,18 +600,26 @@ class ExecClient:
         return b"".join(chunks)
 
 
-def _parse_page(path: str, body: object) -> tuple[list[Any], int]:
+def _parse_page(path: str, body: object) -> tuple[list[Any], int, int | None]:
+    """A list page: its items, ``pagination.total_pages`` (1 when left out) and
+    ``pagination.total_count`` (None when left out)."""
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
         raise InvalidResponse(f"{path}: expected an object with a data list")
+    return (body["data"], _pagination_int(path, body, "total_pages", 1),
+            _pagination_int(path, body, "total_count", None))
+
+
+def _pagination_int(path: str, body: Mapping[str, Any], key: str,
+                    default: int | None) -> Any:
     pagination = body.get("pagination")
-    pages = 1
-    if isinstance(pagination, dict):
-        value = pagination.get("total_pages")
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            pages = value
-        elif value is not None:
-            raise InvalidResponse(f"{path}: pagination.total_pages is {value!r}")
-    return body["data"], pages
+    if not isinstance(pagination, dict):
+        return default
+    value = pagination.get(key)
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise InvalidResponse(f"{path}: pagination.{key} is {value!r}")
 
 
 def _short(exc: BaseException) -> str:

@@ -286,6 +286,17 @@ class DiscoveryConfig(_Strict):
     group_cohorts: GroupCohorts | None = None
 
 
+class ListingConfig(_Strict):
+    """A workspace-wide listing read every ``interval`` (skills, assignments).
+
+    A section left out of the file is off, so an upgrade never starts spending
+    quota on its own; a section that is present is on unless ``enabled: false``.
+    """
+
+    enabled: bool = True
+    interval: Duration = 3600.0
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
@@ -296,6 +307,8 @@ class Config(_Strict):
     cohorts: list[CohortConfig] = [CohortConfig(name="all")]
     discovery: DiscoveryConfig | None = None
     max_targets: int = Field(500, gt=0)
+    skills: ListingConfig | None = None
+    assignments: ListingConfig | None = None
 
     def cohort(self, name: str) -> CohortConfig:
         """The cohort called ``name``."""

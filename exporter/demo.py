@@ -1,9 +1,10 @@
 """The simulated Exec API behind ``exec-exporter demo``.
 
-:class:`SimulatedExecAPI` serves the three endpoints the exporter uses (the
-scenario analytics summary, the scenario list and the workspace group list)
-over real HTTP on loopback, so the demo exercises the exporter's real client,
-budget and error handling rather than a shortcut. It checks the bearer key,
+:class:`SimulatedExecAPI` serves the endpoints the exporter uses (the
+scenario analytics summary, the scenario list, the workspace group list, the
+skills list with proficiency and the scenario assignments) over real HTTP on
+loopback, so the demo exercises the exporter's real client, budget and error
+handling rather than a shortcut. It checks the bearer key,
 enforces the Exec rate limits (rolling minute and rolling day) with the
 documented 429 envelope, and answers from a simulated workspace:
 
@@ -11,6 +12,11 @@ documented 429 envelope, and answers from a simulated workspace:
   with practice sessions spread over the past 90 days and new sessions
   arriving slowly as the clock moves, so every query filter genuinely works
   and counts only ever grow;
+* every scenario is assigned to its audience with a due date; an assignment's
+  status follows the simulated sessions (completed at silver or better, did
+  not pass after five attempts below it, past due once the due date passes),
+  so past-due assignments grow while the demo runs; skills' proficiency is
+  computed from the sessions of the scenarios that train them;
 * ``pricing-objection`` loses about 20 points of average best score shortly
   after ``drop_after`` seconds, so the score-drop alert has something to catch.
 
@@ -487,6 +493,15 @@ _SKILLS = {
     "s9k0i1l2l3s4": ("Executive Presence", "executive-presence"),
 }
 
+# A skill no scenario trains: its proficiency shows what "nobody scored" looks like.
+_UNTRAINED_SKILL = ("s5k6i7l8l9s0", "Active Listening", "active-listening")
+_SKILL_CREATED = "2024-01-10T09:00:00Z"
+# Assignments: passing needs silver; five attempts below it do not pass.
+_PASS_SCORE = 75.0
+_MAX_ATTEMPTS = 5
+_PROFICIENT_SCORE = 75.0  # a scored user is "proficient or better" from here
+_SCORED_AFTER = 3  # observations a user needs for a proficiency score
+
 _NAMESPACE = uuid.UUID("5b0f7a52-3c1e-4d6b-9a0e-6e1f2d3c4b5a")
 
 
@@ -921,6 +936,7 @@ class SimulatedExecAPI(LoopbackAPIServer):
         self._email_index = {u.email.lower(): i for i, u in enumerate(self._users)}
         self._id_index = {u.id: i for i, u in enumerate(self._users)}
         self._sims: dict[str, _ScenarioSim] = {}
+        self._due_dates = _due_dates(self._users, self.start_time, random.Random(seed + 1))
         for n, scenario in enumerate(DEMO_SCENARIOS):
             # One stream per scenario: adding a scenario does not reshuffle the others.
             sim = _ScenarioSim(
@@ -958,6 +974,10 @@ class SimulatedExecAPI(LoopbackAPIServer):
                     return self._scenarios(request.query)
                 case ["workspace", "groups"]:
                     return paginate([g.as_json() for g in DEMO_GROUPS], request.query)
+                case ["skills"]:
+                    return self._skills(request.query, now)
+                case ["scenarios", "assignments"]:
+                    return self._assignments(request.query, now)
             return not_found_response(f"Not found: {request.path}")
 
     def _summary(self, scenario_id: str, query: Mapping[str, str], now: float) -> APIResponse:
@@ -1030,6 +1050,131 @@ class SimulatedExecAPI(LoopbackAPIServer):
         return paginate(items, query)
 
 
+    def _practice(self, now: float) -> dict[str, dict[int, tuple[int, float]]]:
+        """Per scenario slug: user index -> (sessions so far, best score)."""
+        out: dict[str, dict[int, tuple[int, float]]] = {}
+        for scenario in DEMO_SCENARIOS:
+            sim = self._sims[scenario.slug]
+            sim.extend_to(now)
+            stats: dict[int, tuple[int, float]] = {}
+            hi = bisect.bisect_right(sim.times, now)
+            for u, score in zip(sim.user_idx[:hi], sim.scores[:hi], strict=True):
+                count, best = stats.get(u, (0, 0.0))
+                stats[u] = (count + 1, max(best, score))
+            out[scenario.slug] = stats
+        return out
+
+    def _skills(self, query: Mapping[str, str], now: float) -> APIResponse:
+        """GET /skills, alphabetical by name; proficiency with ``include=proficiency``."""
+        practice = self._practice(now) if "proficiency" in split_list(query.get("include")) \
+            else None
+        skills = [(sid, name, slug) for sid, (name, slug) in _SKILLS.items()]
+        skills.append(_UNTRAINED_SKILL)
+        items = []
+        for sid, name, slug in sorted(skills, key=lambda s: s[1]):
+            item: dict[str, Any] = {"id": sid, "name": name, "slug": slug,
+                                    "description": f"{name} in customer conversations.",
+                                    "created_at": _SKILL_CREATED}
+            if practice is not None:
+                item["proficiency_summary"] = _proficiency(
+                    [practice[s.slug] for s in DEMO_SCENARIOS if sid in s.skill_ids])
+            items.append(item)
+        return paginate(items, query)
+
+    def _assignments(self, query: Mapping[str, str], now: float) -> APIResponse:
+        """GET /scenarios/assignments with the ``scenario_ids`` and ``status`` filters."""
+        wanted_ids = set(split_list(query.get("scenario_ids")))
+        wanted_status = set(split_list(query.get("status")))
+        unknown = wanted_status - set(ASSIGNMENT_STATUSES)
+        if unknown:
+            return bad_request_response(f"Invalid status: {','.join(sorted(unknown))}")
+        practice = self._practice(now)
+        rows = []
+        for scenario in DEMO_SCENARIOS:
+            if scenario.archived or (wanted_ids and scenario.id not in wanted_ids):
+                continue
+            stats = practice[scenario.slug]
+            for idx in self._sims[scenario.slug].eligible:
+                user = self._users[idx]
+                if user.system:
+                    continue  # staff practise, but are not assigned
+                due = self._due_dates[(scenario.slug, idx)]
+                attempts, best = stats.get(idx, (0, 0.0))
+                status = _status(attempts, best, due, now)
+                if wanted_status and status not in wanted_status:
+                    continue
+                rows.append(_assignment_json(scenario, user, status, due, attempts,
+                                             best if attempts else None))
+        return paginate(rows, query)
+
+
+ASSIGNMENT_STATUSES = ("not_started", "in_progress", "completed", "past_due", "did_not_pass")
+
+
+def _due_dates(users: Sequence[_User], start: float,
+               rng: random.Random) -> dict[tuple[str, int], float]:
+    """A due date per (scenario, user): from three weeks ago to five weeks ahead, and a
+    few within the demo's first hour, so past-due assignments grow while it runs."""
+    out = {}
+    for scenario in DEMO_SCENARIOS:
+        for idx in range(len(users)):
+            if rng.random() < 0.08:
+                out[(scenario.slug, idx)] = start + rng.uniform(60, 3600)
+            else:
+                out[(scenario.slug, idx)] = start + rng.uniform(-21 * DAY, 35 * DAY)
+    return out
+
+
+def _status(attempts: int, best: float, due: float, now: float) -> str:
+    if attempts and best >= _PASS_SCORE:
+        return "completed"
+    if attempts >= _MAX_ATTEMPTS:
+        return "did_not_pass"
+    if now > due:
+        return "past_due"
+    return "in_progress" if attempts else "not_started"
+
+
+def _assignment_json(scenario: DemoScenario, user: _User, status: str, due: float,
+                     attempts: int, best: float | None) -> dict[str, Any]:
+    first, last = user.email.split("@")[0].split(".", 1)
+    return {
+        "id": "a" + uuid.uuid5(_NAMESPACE, f"{scenario.slug}/{user.id}").hex[:11],
+        "user": {"id": user.id, "email": user.email, "first_name": first.capitalize(),
+                 "last_name": last.capitalize()},
+        "scenario": {"id": scenario.id, "name": scenario.name, "slug": scenario.slug},
+        "status": status,
+        "due_date": datetime.fromtimestamp(due, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "best_score": best,
+        "best_rank": rank_for(best) if best is not None else None,
+        "attempt_count": attempts,
+        "attempt_min": 1,
+        "attempt_max": _MAX_ATTEMPTS,
+        "rank_min": "silver",
+        "program": None,
+        "created_at": scenario.created_at,
+    }
+
+
+def _proficiency(practice: Sequence[Mapping[int, tuple[int, float]]]) -> dict[str, Any]:
+    """A SkillProficiencySummary over the users who practised the skill's scenarios:
+    scored after three sessions, proficient at 75 or more (their best scores' mean)."""
+    sessions: dict[int, int] = {}
+    bests: dict[int, list[float]] = {}
+    for stats in practice:
+        for idx, (count, best) in stats.items():
+            sessions[idx] = sessions.get(idx, 0) + count
+            bests.setdefault(idx, []).append(best)
+    scored = [sum(bests[i]) / len(bests[i]) for i in sessions if sessions[i] >= _SCORED_AFTER]
+    return {
+        "participant_count": len(sessions),
+        "scored_participant_count": len(scored),
+        "pct_proficient_plus": (round(100 * sum(s >= _PROFICIENT_SCORE for s in scored)
+                                      / len(scored)) if scored else None),
+        "avg_score": round(sum(scored) / len(scored), 1) if scored else None,
+    }
+
+
 def demo_config(base_url: str) -> dict[str, Any]:
     """The built-in configuration of ``exec-exporter demo``, as the raw dict a
     YAML file would give (the key is passed separately, never in the config)."""
@@ -1050,4 +1195,7 @@ def demo_config(base_url: str) -> dict[str, Any]:
             {"name": "sales", "group_ids": [SALES_TEAM_GROUP_ID], "exclude_system_users": True},
             {"name": "last-7d", "window": "7d"},
         ],
+        # Every minute, so the dashboard's new rows fill and move while you watch.
+        "skills": {"interval": "1m"},
+        "assignments": {"interval": "1m"},
     }

@@ -271,10 +271,11 @@ class Scheduler:
         """The current decisions as one immutable value. A job due while the budget or
         a pause holds every request is shown due when that ends."""
         interval = self.interval
+        # Never before the pause ends or the budget lets a request go.
         blocked = self.blocked_until(now)
         return ScheduleView(
             interval=interval, refresh_interval=self.refresh_interval,
-            next_due={k: self.next_due(k, blocked) for k in self._times},
+            next_due={k: max(t.due(interval), blocked) for k, t in self._times.items()},
             pause=self.pause, stretched=interval > self.refresh_interval)
 
     def publish(self, now: float) -> None:

@@ -419,6 +419,150 @@ def engagement_panels(layout: Layout) -> list[dict[str, Any]]:
     ]
 
 
+# Assignments carry the scenario label only (no cohort); skills their own label.
+ASSIGNMENTS = 'scenario=~"$scenario"'
+SKILL = 'skill=~"$skill"'
+STATUS_COLORS = {
+    "completed": "green",
+    "in_progress": "blue",
+    "not_started": "#8E8E8E",
+    "past_due": "red",
+    "did_not_pass": "orange",
+}
+
+
+def assignment_panels(layout: Layout) -> list[dict[str, Any]]:
+    """Are people doing the practice they were assigned?"""
+    statuses = list(STATUS_COLORS)
+    return [
+        row(layout, "Assignments"),
+        {
+            "datasource": DATASOURCE,
+            "description": "Assignments of each scenario by status (latest read of the "
+                           "assignments listing): one stacked bar per scenario.",
+            "fieldConfig": {
+                "defaults": {
+                    "color": {"mode": "palette-classic"},
+                    "custom": {"fillOpacity": 85, "lineWidth": 0,
+                               "stacking": {"mode": "normal"}},
+                    "decimals": 0,
+                    "min": 0,
+                    "thresholds": GREEN,
+                    "unit": "short",
+                },
+                "overrides": overrides_by_name(**{
+                    status: {"color": {"mode": "fixed", "fixedColor": color}}
+                    for status, color in STATUS_COLORS.items()
+                }),
+            },
+            "gridPos": layout.place(12, 8),
+            "id": layout.take_id(),
+            "options": {
+                "barWidth": 0.8,
+                "groupWidth": 0.7,
+                "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                "orientation": "horizontal",
+                "showValue": "auto",
+                "stacking": "normal",
+                "tooltip": {"mode": "multi", "sort": "none"},
+                "xField": "scenario\\status",
+                "xTickLabelRotation": 0,
+            },
+            "targets": [target(f"exec_assignments{{{ASSIGNMENTS}}}", instant=True,
+                               table=True)],
+            "title": "Assignments by status",
+            "transformations": [
+                {
+                    "id": "groupingToMatrix",
+                    "options": {"columnField": "status", "rowField": "scenario",
+                                "valueField": "Value"},
+                },
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {},
+                        "indexByName": {"scenario\\status": 0,
+                                        **{s: i + 1 for i, s in enumerate(statuses)}},
+                        "renameByName": {},
+                    },
+                },
+            ],
+            "type": "barchart",
+        },
+        timeseries(
+            layout, "Past-due assignments",
+            "Past-due assignments per scenario over time. A step up that stays is what "
+            "ExecAssignmentsPastDue looks for.",
+            [target(f'exec_assignments{{{ASSIGNMENTS}, status="past_due"}}', "{{scenario}}")],
+            "short", decimals=0,
+        ),
+        timeseries(
+            layout, "Completion rate",
+            "Completed assignments as a share of all assignments of the scenario.",
+            [target(
+                f'sum by (scenario) (exec_assignments{{{ASSIGNMENTS}, status="completed"}}) '
+                f"/ (sum by (scenario) (exec_assignments{{{ASSIGNMENTS}}}) > 0)",
+                "{{scenario}}",
+            )],
+            "percentunit", w=24, h=7, maximum=1,
+        ),
+    ]
+
+
+def skill_panels(layout: Layout) -> list[dict[str, Any]]:
+    """Which skills are weak?"""
+    legend = "{{skill}}"
+    return [
+        row(layout, "Skills"),
+        timeseries(
+            layout, "Proficient share by skill",
+            "Share of scored users at Proficient or Excellent per skill (latest read of the "
+            "skills listing). A clear fall below last week's level is what "
+            "ExecSkillProficiencyDrop looks for.",
+            [target(f"exec_skill_proficient_ratio{{{SKILL}}}", legend)],
+            "percentunit", maximum=1,
+        ),
+        timeseries(
+            layout, "Average skill score",
+            "Average proficiency score (0-100) of the scored users of each skill.",
+            [target(f"exec_skill_average_score{{{SKILL}}}", legend)],
+            POINTS, decimals=1, maximum=100,
+        ),
+        table(
+            layout, "Skills ranked by proficient share",
+            "Every skill with its proficient share, average score, the users with a "
+            "proficiency score and everyone who practised it. Click a header to re-sort "
+            "(ascending on proficient share puts the weakest skills first).",
+            [
+                target(f"sort(exec_skill_proficient_ratio{{{SKILL}}})", ref="A",
+                       instant=True, table=True),
+                target(f"exec_skill_average_score{{{SKILL}}}", ref="B", instant=True,
+                       table=True),
+                target(f"exec_skill_scored_participants{{{SKILL}}}", ref="C", instant=True,
+                       table=True),
+                target(f"exec_skill_participants{{{SKILL}}}", ref="D", instant=True,
+                       table=True),
+            ],
+            "short",
+            columns={
+                "skill": "Skill",
+                "Value #A": "Proficient share",
+                "Value #B": "Average score",
+                "Value #C": "Scored participants",
+                "Value #D": "Participants",
+            },
+            sort_by="Value #A",
+            w=24,
+            overrides=overrides_by_name(**{
+                "Proficient share": {"unit": "percentunit", "decimals": 0},
+                "Average score": {"unit": POINTS, "decimals": 1},
+                "Scored participants": {"decimals": 0},
+                "Participants": {"decimals": 0},
+            }),
+        ),
+    ]
+
+
 def health_panels(layout: Layout) -> list[dict[str, Any]]:
     """What an SRE looks at: is the exporter polling, within the quota, alerting?"""
     up = f"exec_exporter_target_up{{{TARGET}}}"
@@ -476,7 +620,7 @@ def health_panels(layout: Layout) -> list[dict[str, Any]]:
             [
                 target(f"time() - exec_exporter_target_last_success_timestamp_seconds{{{TARGET}}}",
                        LEGEND, "A"),
-                target("3 * max(exec_exporter_refresh_interval_seconds)", "stale after", "B"),
+                target("max(exec_exporter_max_staleness_seconds)", "stale after", "B"),
             ],
             "s",
             overrides=overrides_by_name(**{
@@ -570,7 +714,7 @@ def health_panels(layout: Layout) -> list[dict[str, Any]]:
 
 
 def variables() -> list[dict[str, Any]]:
-    """The datasource, scenario and cohort variables."""
+    """The datasource, scenario, cohort and skill variables."""
 
     def label_values(name: str, query: str) -> dict[str, Any]:
         return {
@@ -613,13 +757,15 @@ def variables() -> list[dict[str, Any]]:
             "cohort",
             'label_values(exec_scenario_average_best_score{scenario=~"$scenario"}, cohort)',
         ),
+        label_values("skill", "label_values(exec_skill_info, skill)"),
     ]
 
 
 def build() -> dict[str, Any]:
     """The whole dashboard as a JSON-ready dict."""
     layout = Layout()
-    panels = score_panels(layout) + engagement_panels(layout) + health_panels(layout)
+    panels = (score_panels(layout) + engagement_panels(layout) + assignment_panels(layout)
+              + skill_panels(layout) + health_panels(layout))
     return {
         "annotations": {
             "list": [{

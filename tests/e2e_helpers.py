@@ -59,6 +59,8 @@ CONTRACT_ALERTS = frozenset({
     "ExecExporterDataStale",
     "ExecExporterRateLimited",
     "ExecExporterUnauthorized",
+    "ExecAssignmentsPastDue",
+    "ExecSkillProficiencyDrop",
 })
 
 

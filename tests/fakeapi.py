@@ -234,6 +234,8 @@ class FakeExecAPI(LoopbackAPIServer):
         self._faults: dict[str | None, _Fault] = {}
         self._lists: dict[str, list[dict[str, Any]]] = {"scenarios": [], "groups": []}
         self._list_faults: dict[str, _Fault] = {}
+        # Skills and assignments (set_list_fault takes "skills" and "assignments" too).
+        self._lists.update(skills=[], assignments=[])
 
     def start(self) -> FakeExecAPI:
         """Bind and serve (see :meth:`LoopbackAPIServer.start`), with the trickle faults."""
@@ -307,6 +309,24 @@ class FakeExecAPI(LoopbackAPIServer):
         with self._lock:
             return [r for r in self.requests if r.path.endswith(path)]
 
+    def set_skills(self, items: list[dict[str, Any]]) -> None:
+        """Items served by GET /skills, paginated; their ``proficiency_summary`` is
+        sent only with ``include=proficiency``."""
+        with self._lock:
+            self._lists["skills"] = [dict(item) for item in items]
+
+    def set_assignments(self, items: list[dict[str, Any]]) -> None:
+        """Items served by GET /scenarios/assignments, paginated, filtered by
+        ``scenario_ids`` (against ``item["scenario"]["id"]``) and ``status``."""
+        with self._lock:
+            self._lists["assignments"] = [dict(item) for item in items]
+
+    def listing_requests(self, which: str) -> list[RecordedRequest]:
+        """The requests received for ``"skills"`` or ``"assignments"``."""
+        path = {"skills": "/skills", "assignments": "/scenarios/assignments"}[which]
+        with self._lock:
+            return [r for r in self.requests if r.path.endswith(path)]
+
     def clear_requests(self) -> None:
         """Forget the recorded requests."""
         with self._lock:
@@ -349,6 +369,13 @@ class FakeExecAPI(LoopbackAPIServer):
             case ["workspace", "groups"]:
                 fault = self._take_fault(self._list_faults, "groups")
                 return self._apply(fault, lambda: self._group_list(request.query), "groups")
+            case ["skills"]:
+                fault = self._take_fault(self._list_faults, "skills")
+                return self._apply(fault, lambda: self._skill_list(request.query), "skills")
+            case ["scenarios", "assignments"]:
+                fault = self._take_fault(self._list_faults, "assignments")
+                return self._apply(fault, lambda: self._assignment_list(request.query),
+                                   "assignments")
         return not_found_response(f"Not found: {request.path}")
 
     def _take_fault(self, faults: dict[Any, _Fault], *keys: str | None) -> _Fault | None:
@@ -403,6 +430,27 @@ class FakeExecAPI(LoopbackAPIServer):
         with self._lock:
             items = list(self._lists["groups"])
         return paginate(items, query)
+
+    def _skill_list(self, query: dict[str, str]) -> APIResponse:
+        with self._lock:
+            items = list(self._lists["skills"])
+        if "proficiency" not in split_list(query.get("include")):
+            items = [{k: v for k, v in item.items() if k != "proficiency_summary"}
+                     for item in items]
+        return paginate(items, query)
+
+    def _assignment_list(self, query: dict[str, str]) -> APIResponse:
+        scenarios = set(split_list(query.get("scenario_ids")))
+        statuses = set(split_list(query.get("status")))
+        with self._lock:
+            items = list(self._lists["assignments"])
+        kept = [
+            item
+            for item in items
+            if (not scenarios or (item.get("scenario") or {}).get("id") in scenarios)
+            and (not statuses or item.get("status") in statuses)
+        ]
+        return paginate(kept, query)
 
     def _apply(
         self,

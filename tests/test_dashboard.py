@@ -47,6 +47,13 @@ CONTRACT_METRICS = {
     "exec_exporter_config_last_reload_successful",
     "exec_exporter_config_last_reload_success_timestamp_seconds",
     "exec_exporter_build_info",
+    "exec_exporter_max_staleness_seconds",
+    "exec_skill_info",
+    "exec_skill_participants",
+    "exec_skill_scored_participants",
+    "exec_skill_proficient_ratio",
+    "exec_skill_average_score",
+    "exec_assignments",
 }
 # Series that carry the scenario and cohort labels.
 PER_TARGET = {m for m in CONTRACT_METRICS if m.startswith("exec_scenario_")} | {
@@ -180,6 +187,21 @@ def test_queries_use_contract_metrics_and_both_filters(dashboard: dict[str, Any]
             if metric in PER_TARGET:
                 assert 'scenario=~"$scenario"' in selector, f"{title}: {metric}{selector}"
                 assert 'cohort=~"$cohort"' in selector, f"{title}: {metric}{selector}"
+
+
+def test_listing_panels_follow_their_variables(dashboard: dict[str, Any]) -> None:
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert rows.index("Assignments") < rows.index("Skills") < rows.index("Exporter health")
+    assert variables(dashboard)["skill"]["query"] == "label_values(exec_skill_info, skill)"
+    titles = {p["title"] for p in panels(dashboard)}
+    assert titles >= {"Assignments by status", "Past-due assignments",
+                      "Proficient share by skill", "Average skill score"}
+    for title, expr in exprs(dashboard):
+        for metric, selector in re.findall(r"\b(exec_\w+)(\{[^}]*\})?", expr):
+            if metric == "exec_assignments":
+                assert 'scenario=~"$scenario"' in selector, f"{title}: {metric}{selector}"
+            elif metric.startswith("exec_skill_"):
+                assert 'skill=~"$skill"' in selector, f"{title}: {metric}{selector}"
 
 
 def test_docs_describe_every_panel(dashboard: dict[str, Any]) -> None:

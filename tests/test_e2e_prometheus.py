@@ -36,6 +36,7 @@ JOB = "exec-exporter"
 SUBSTITUTIONS = {
     "scenario": ".*",
     "cohort": ".*",
+    "skill": ".*",
     "__rate_interval": "1m",
     "__interval": "15s",
     "__range": "5m",

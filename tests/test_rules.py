@@ -19,7 +19,14 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.client import Summary
 from exporter.collector import SnapshotCollector
-from exporter.config import CohortConfig
+from exporter.config import CohortConfig, ListingConfig
+from exporter.listings import (
+    AssignmentRow,
+    Assignments,
+    ListingsCollector,
+    Skill,
+    skill_families,
+)
 from exporter.store import Store
 from exporter.targets import Target
 
@@ -149,6 +156,16 @@ def test_alerts_read_only_metrics_the_exporter_exports(clock: FakeClock) -> None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(store, clock))
     exported = {s.name for family in registry.collect() for s in family.samples}
+    # The listings' families (skills, assignments) come from their own collector.
+    skill = Skill(slug="objection-handling", name="Objection handling", participants=40,
+                  scored_participants=35, proficient_ratio=0.5, average_score=71.0)
+    exported |= {s.name for family in skill_families([skill]) for s in family.samples}
+    assignments = Assignments(ListingConfig(), day_budget=900,
+                              scenarios=lambda: [("disc", "id-1")])
+    assignments.due(0.0)
+    assignments.page_read([AssignmentRow("id-1", None, "past_due")], 1, 1.0)
+    exported |= {s.name for family in ListingsCollector(lambda: (None, assignments)).collect()
+                 for s in family.samples}
     for rule in load_rules(ALERTS_FILE):
         if "alert" in rule:
             used = set(re.findall(r"\bexec_\w+", rule["expr"]))

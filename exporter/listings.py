@@ -1,0 +1,620 @@
+"""Skills and assignments: two workspace-wide listings, read as jobs.
+
+``GET /skills?include=proficiency`` (one row per skill with its proficiency
+summary) and ``GET /scenarios/assignments`` (one row per assignment, with its
+scenario and status) are read every ``interval``, one request per job, by two
+job sources of the scheduler (:class:`Skills`, :class:`Assignments`). Like the
+discovery listings they go through the same ledger and pauses as the summaries,
+their requests a day are taken out of the day budget first, and a failed read
+keeps the last complete values (reported through ``report(kind, at, error)``,
+which the exporter points at ``store.record_discovery``).
+
+Assignments are counted per polled scenario and status at the lowest request
+cost, chosen at the start of every read (:meth:`Assignments.plan`):
+
+* *paging*: read every row, 100 a page, filtered by ``scenario_ids`` when the
+  id of every polled scenario is known: ``ceil(rows / 100)`` requests;
+* *counting*: one ``page_size=1&scenario_ids=X&status=S`` request per
+  (scenario, status), reading ``pagination.total_count``: ``5 x scenarios``.
+
+Counting is chosen when the last read's row count says it needs fewer requests
+than paging; ties and unknown sizes page. After the first page of a paging
+read the sizes are known exactly: if the pages left cost more than counting,
+the read switches to counting at once. Counting needs each scenario's id: a
+scenario configured by slug that discovery has not matched is recognised by the
+slug its assignment rows carry, and its id is learned from those rows; until
+then the read pages through every row of the workspace.
+
+:class:`ListingsCollector` exports the last complete values (see README,
+"Skills and assignments").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .client import ApiError, ExecClient, InvalidResponse
+from .config import ListingConfig, format_duration
+from .jobs import Job
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("not_started", "in_progress", "completed", "past_due", "did_not_pass")
+PAGE_SIZE = 100  # the API's maximum: fewest requests per list
+MAX_PAGES = 1000  # a guard against a pagination that never ends
+RETRY_FIRST = 60.0
+# Each listing may use at most this share of the day budget: a workspace with
+# very many assignments stretches the listing's interval, not the targets'.
+DAY_SHARE = 0.25
+# Longer scenario_ids filters are left out (servers refuse very long URLs): the
+# read then pages through every row.
+MAX_FILTER_CHARS = 2000
+_PAUSE_REASONS = frozenset({"unauthorized", "forbidden", "rate_limited"})
+
+Report = Callable[[str, float | None, str | None], None]
+PolledScenario = tuple[str, str | None]
+"""A polled scenario: its label (configured id, or slug when discovered) and its
+id when known (``Target.scenario_uuid``)."""
+
+
+# --- parsing ------------------------------------------------------------------
+
+
+def _count(data: dict[str, Any], key: str, where: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidResponse(f"{where}.{key} is {type(value).__name__}, expected a number")
+    if isinstance(value, float) and not value.is_integer():
+        raise InvalidResponse(f"{where}.{key} is {value!r}, expected a whole number")
+    if value < 0:
+        raise InvalidResponse(f"{where}.{key} is {value!r}, below 0")
+    return int(value)
+
+
+def _score(data: dict[str, Any], key: str, where: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidResponse(f"{where}.{key} is {value!r}, expected a number")
+    if not 0 <= value <= 100:
+        raise InvalidResponse(f"{where}.{key} is {value!r}, outside 0-100")
+    return float(value)
+
+
+def _text(item: dict[str, Any], key: str, where: str) -> str | None:
+    value = item.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidResponse(f"{where}.{key} is {type(value).__name__}, expected a string")
+    return value
+
+
+@dataclass(frozen=True)
+class Skill:
+    """One skill with its proficiency summary; None: the API gave no value."""
+
+    slug: str
+    name: str
+    participants: int | None = None
+    scored_participants: int | None = None
+    proficient_ratio: float | None = None  # 0-1, from pct_proficient_plus (0-100)
+    average_score: float | None = None
+
+
+def parse_skill(item: object) -> Skill:
+    """One row of ``GET /skills?include=proficiency``; wrong types raise InvalidResponse.
+
+    The label is the slug (the id when the slug is missing); the name defaults to
+    the slug. A null ``proficiency_summary`` or null field gives no value.
+    """
+    if not isinstance(item, dict):
+        raise InvalidResponse("skill list item is not an object")
+    sid = _text(item, "id", "skill")
+    slug = _text(item, "slug", "skill") or sid
+    if slug is None:
+        raise InvalidResponse("skill list item has neither slug nor id")
+    name = _text(item, "name", f"skill {slug}") or slug
+    summary = item.get("proficiency_summary")
+    if summary is None:
+        return Skill(slug, name)
+    where = f"skill {slug}.proficiency_summary"
+    if not isinstance(summary, dict):
+        raise InvalidResponse(f"{where} is not an object")
+    pct = _score(summary, "pct_proficient_plus", where)
+    return Skill(slug, name,
+                 participants=_count(summary, "participant_count", where),
+                 scored_participants=_count(summary, "scored_participant_count", where),
+                 proficient_ratio=None if pct is None else pct / 100.0,
+                 average_score=_score(summary, "avg_score", where))
+
+
+@dataclass(frozen=True)
+class AssignmentRow:
+    """What an assignment row says about counting: its scenario and status."""
+
+    scenario_id: str
+    scenario_slug: str | None
+    status: str | None  # None: a status this exporter does not know (not counted)
+
+
+def parse_assignment(item: object) -> AssignmentRow:
+    """One row of ``GET /scenarios/assignments``; wrong types raise InvalidResponse.
+
+    A status string outside the five known ones is kept as None (not counted)
+    rather than failing the read: the API may add statuses over time.
+    """
+    if not isinstance(item, dict):
+        raise InvalidResponse("assignment list item is not an object")
+    scenario = item.get("scenario")
+    if not isinstance(scenario, dict):
+        raise InvalidResponse("assignment.scenario is not an object")
+    sid = _text(scenario, "id", "assignment.scenario")
+    if sid is None:
+        raise InvalidResponse("assignment.scenario has no id")
+    status = item.get("status")
+    if not isinstance(status, str):
+        raise InvalidResponse(f"assignment.status is {status!r}, expected a string")
+    return AssignmentRow(sid, _text(scenario, "slug", "assignment.scenario"),
+                         status if status in STATUSES else None)
+
+
+# --- the common mechanics -----------------------------------------------------------
+
+
+class _Listing:
+    """A listing read every interval, one request per job; the last values stay on failure."""
+
+    kind = ""
+
+    def __init__(self, settings: ListingConfig, day_budget: float,
+                 report: Report | None = None) -> None:
+        self.settings = settings
+        self.day_budget = day_budget
+        self.report = report
+        self.error: str | None = None
+        self.read_at: float | None = None  # when the last complete read finished
+        self._next = -1.0  # due at once
+        self._failures = 0
+        self._started: float | None = None  # set while a read is under way
+
+    def configure(self, settings: ListingConfig, day_budget: float) -> None:
+        """Take a reloaded configuration; the values and the schedule stay."""
+        self.settings, self.day_budget = settings, day_budget
+        if self.read_at is not None and self._failures == 0:
+            self._next = min(self._next, self.read_at + self.interval)
+
+    def cost(self) -> int:
+        """Requests one read needs, by the last known sizes (at least 1)."""
+        raise NotImplementedError
+
+    @property
+    def interval(self) -> float:
+        """The configured interval, stretched when a read would cost more than
+        :data:`DAY_SHARE` of the day budget."""
+        return max(self.settings.interval, self.cost() * 86400 / (self.day_budget * DAY_SHARE))
+
+    def requests_per_day(self) -> float:
+        """What this listing costs a day at the last known sizes."""
+        return self.cost() * 86400 / self.interval
+
+    def next_due(self) -> float:
+        """When the next request is due (-1: a read is under way)."""
+        return -1.0 if self._started is not None else self._next
+
+    def _due(self, now: float) -> bool:
+        if self._started is None:
+            if now < self._next:
+                return False
+            self._started = now
+            self._begin(now)
+        return True
+
+    def _begin(self, now: float) -> None:
+        raise NotImplementedError
+
+    def _finish(self, now: float) -> None:
+        started = self._started if self._started is not None else now
+        self._started = None
+        self.read_at = now
+        self._failures = 0
+        self.error = None
+        # From the start of the read: a value is never older than the interval plus
+        # one read, whatever the read's length.
+        self._next = started + self.interval
+        if self.report is not None:
+            self.report(self.kind, now, None)
+
+    def _fail(self, error: ApiError, now: float) -> None:
+        self._started = None
+        self.error = f"{error.reason}: {error}"
+        if self.report is not None:
+            self.report(self.kind, None, self.error)
+        if error.reason in _PAUSE_REASONS:
+            self._next = now  # the scheduler's pause decides when to try again
+            return
+        self._failures += 1
+        self._next = now + min(RETRY_FIRST * 2 ** (self._failures - 1), self.interval)
+        log.warning("%s: reading failed (%s); keeping the last values, retrying in %s",
+                    self.kind, self.error, format_duration(self._next - now))
+
+
+# --- skills -------------------------------------------------------------------------
+
+
+class Skills(_Listing):
+    """``GET /skills?include=proficiency`` every interval: a job source, one page per job."""
+
+    kind = "skills"
+
+    def __init__(self, settings: ListingConfig, day_budget: float,
+                 report: Report | None = None) -> None:
+        super().__init__(settings, day_budget, report)
+        self.skills: tuple[Skill, ...] = ()  # the last complete read
+        self.pages = 1
+        self._page = 1
+        self._items: list[Skill] = []
+
+    def cost(self) -> int:
+        return max(self.pages, 1)
+
+    def _begin(self, now: float) -> None:
+        self._page, self._items = 1, []
+
+    def due(self, now: float) -> Job | None:
+        """The next page to read, if a read is due."""
+        if not self._due(now):
+            return None
+        page = self._page
+        params = {"include": "proficiency", "page": str(page), "page_size": str(PAGE_SIZE)}
+
+        def fetch(client: ExecClient, at: float) -> tuple[list[Skill], int]:
+            items, pages = client.list_page("/skills", params)
+            return [parse_skill(item) for item in items], pages
+
+        def apply(answer: tuple[list[Skill], int], at: float) -> None:
+            self.page_read(*answer, at)
+
+        return Job(kind="list_skills", key=("list", "skills", page), fetch=fetch,
+                   apply=apply, fail=self._fail, label=f"skills page {page}")
+
+    def page_read(self, skills: list[Skill], pages: int, now: float) -> None:
+        """One page arrived; publish the list when it was the last page."""
+        self._items.extend(skills)
+        if self._page < pages and skills and self._page < MAX_PAGES:
+            self._page += 1
+            return
+        self.pages = self._page
+        unique: dict[str, Skill] = {}
+        for skill in self._items:
+            if skill.slug in unique:
+                log.warning("skills: two skills share the slug %r; keeping the first", skill.slug)
+                continue
+            unique[skill.slug] = skill
+        self.skills = tuple(unique.values())
+        log.debug("skills: read %d skills in %d pages", len(self.skills), self.pages)
+        self._finish(now)
+
+
+# --- assignments --------------------------------------------------------------------
+
+
+@dataclass
+class _Read:
+    """One assignments read under way."""
+
+    polled: tuple[PolledScenario, ...]
+    ids: dict[str, str]  # label -> scenario id, for the labels whose id is known
+    counting: bool
+    scenario_filter: str | None = None  # the scenario_ids of a paging read
+    page: int = 1
+    queue: list[tuple[str, str]] = field(default_factory=list)  # counting: (label, status)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class Assignments(_Listing):
+    """``GET /scenarios/assignments`` every interval, counted per polled scenario and
+    status; a job source, one request per job (see the module docstring).
+
+    ``scenarios()`` returns the polled scenarios at the time of the call (the
+    exporter's current targets).
+    """
+
+    kind = "assignments"
+
+    def __init__(self, settings: ListingConfig, day_budget: float,
+                 scenarios: Callable[[], Sequence[PolledScenario]],
+                 report: Report | None = None) -> None:
+        super().__init__(settings, day_budget, report)
+        self.scenarios = scenarios
+        self.counts: dict[tuple[str, str], int] = {}  # (label, status) of the last read
+        self.counting: bool | None = None  # how the last read counted
+        self._learned: dict[str, str] = {}  # slug or id -> id, from rows
+        self._rows: int | None = None  # rows of the polled scenarios at the last read
+        self._all_pages: int | None = None  # pages of an unfiltered read
+        self._read_labels: frozenset[str] | None = None
+        self._read: _Read | None = None
+        self._cost: tuple[object, tuple[int | None, int | None, int], int] | None = None
+        self._filters_refused = False  # a 400 to a filtered request: page everything
+
+    # --- the plan -------------------------------------------------------------------
+
+    def _ids(self, polled: Sequence[PolledScenario]) -> dict[str, str]:
+        ids = {}
+        for label, uuid in polled:
+            known = uuid or self._learned.get(label)
+            if known is not None:
+                ids[label] = known
+        return ids
+
+    def plan(self, polled: Sequence[PolledScenario]) -> tuple[bool, int]:
+        """(count?, requests) for a read of ``polled`` now: counting when every id is
+        known and ``5 x scenarios`` is fewer than the pages the last read's rows need."""
+        labels = {label for label, _ in polled}
+        ids = self._ids(polled)
+        if len(ids) < len(labels) or self._filters_refused:
+            return False, max(self._all_pages or 1, 1)
+        counting_cost = len(STATUSES) * len(labels)
+        if self._filter(polled, ids) is None:
+            paging_cost = self._all_pages
+        else:
+            paging_cost = (None if self._rows is None
+                           else max(math.ceil(self._rows / PAGE_SIZE), 1))
+        if paging_cost is None:
+            return False, 1  # unknown sizes: page; the first page decides (see page_read)
+        if counting_cost < paging_cost:
+            return True, counting_cost
+        return False, paging_cost
+
+    def cost(self) -> int:
+        # Asked for several times per scheduler step (through requests_per_day): the
+        # answer is kept until the scenarios or the known sizes change.
+        raw = self.scenarios()
+        key = (self._rows, self._all_pages, len(self._learned) * 2 + self._filters_refused)
+        if self._cost is not None and self._cost[0] is raw and self._cost[1] == key:
+            return self._cost[2]
+        polled = self._polled(raw)
+        cost = self.plan(polled)[1] if polled else 1
+        self._cost = (raw, key, cost)
+        return cost
+
+    def _polled(self, raw: Sequence[PolledScenario] | None = None
+                ) -> tuple[PolledScenario, ...]:
+        seen: dict[str, str | None] = {}
+        for label, uuid in self.scenarios() if raw is None else raw:
+            if seen.get(label) is None:
+                seen[label] = uuid
+        return tuple(seen.items())
+
+    @staticmethod
+    def _filter(polled: Sequence[PolledScenario], ids: dict[str, str]) -> str | None:
+        text = ",".join(dict.fromkeys(ids[label] for label, _ in polled))
+        return text if len(text) <= MAX_FILTER_CHARS else None
+
+    # --- the job source ---------------------------------------------------------------
+
+    def due(self, now: float) -> Job | None:
+        """The next request of a read, if a read is due (or the polled scenarios changed)."""
+        if (self._started is None and self._failures == 0 and self._read_labels is not None
+                and frozenset(label for label, _ in self._polled()) != self._read_labels):
+            self._next = min(self._next, now)  # new scenarios: count them now
+        if not self._due(now):
+            return None
+        read = self._read
+        assert read is not None
+        if not read.polled:
+            self._complete(read, now)  # nothing to count, nothing to ask
+            return None
+        if read.counting:
+            label, status = read.queue[0]
+            params = {"scenario_ids": read.ids[label], "status": status, "page": "1",
+                      "page_size": "1"}
+
+            def count(client: ExecClient, at: float) -> int:
+                _, _, total = client.list_page_counted("/scenarios/assignments", params)
+                if total is None:
+                    raise InvalidResponse("/scenarios/assignments: no pagination.total_count")
+                return total
+
+            return Job(kind="list_assignments", key=("count", "assignments", label, status),
+                       fetch=count, apply=lambda n, at: self.counted(label, status, n, at),
+                       fail=self._fail, label=f"assignments {label} {status}")
+        page = read.page
+        paging = {"page": str(page), "page_size": str(PAGE_SIZE)}
+        if read.scenario_filter is not None:
+            paging["scenario_ids"] = read.scenario_filter
+
+        def fetch(client: ExecClient, at: float) -> tuple[list[AssignmentRow], int, int | None]:
+            items, pages, total = client.list_page_counted("/scenarios/assignments", paging)
+            return [parse_assignment(item) for item in items], pages, total
+
+        def apply(answer: tuple[list[AssignmentRow], int, int | None], at: float) -> None:
+            self.page_read(answer[0], answer[1], at)
+
+        return Job(kind="list_assignments", key=("list", "assignments", page), fetch=fetch,
+                   apply=apply, fail=self._fail, label=f"assignments page {page}")
+
+    def _begin(self, now: float) -> None:
+        polled = self._polled()
+        counting, _ = self.plan(polled) if polled else (False, 0)
+        self._read = self._start(polled, counting)
+
+    def _start(self, polled: tuple[PolledScenario, ...], counting: bool) -> _Read:
+        ids = self._ids(polled)
+        read = _Read(polled=polled, ids=ids, counting=counting)
+        if counting:
+            read.queue = [(label, status) for label, _ in polled for status in STATUSES]
+        elif len(ids) == len(polled) and not self._filters_refused:
+            read.scenario_filter = self._filter(polled, ids)
+        if self.counting is not None and counting != self.counting:
+            how = (f"counting by total_count ({len(read.queue)} requests)" if counting
+                   else "paging through the rows")
+            log.info("assignments: %s is now the cheaper way", how)
+        return read
+
+    def _fail(self, error: ApiError, now: float) -> None:
+        read = self._read
+        if (error.reason == "bad_request" and read is not None
+                and (read.counting or read.scenario_filter is not None)):
+            # The API refused the scenario_ids or status filter: read every row instead.
+            log.warning("assignments: the API refused the filters (%s); paging through "
+                        "every assignment from now on", error)
+            self._filters_refused = True
+        self._read = None
+        super()._fail(error, now)
+
+    def counted(self, label: str, status: str, count: int, now: float) -> None:
+        """A (scenario, status) count arrived; publish when it was the last one."""
+        read = self._read
+        if read is None or not read.counting or not read.queue or read.queue[0] != (label, status):
+            return
+        read.queue.pop(0)
+        read.counts[(label, status)] = count
+        if not read.queue:
+            self._complete(read, now)
+
+    def page_read(self, rows: list[AssignmentRow], pages: int, now: float) -> None:
+        """One page of rows arrived; publish the counts when it was the last page."""
+        read = self._read
+        if read is None or read.counting:
+            return
+        for row in rows:
+            if row.scenario_slug:
+                self._learned[row.scenario_slug] = row.scenario_id
+            self._learned[row.scenario_id] = row.scenario_id
+        labels = self._labels_by_row(read)
+        for row in rows:
+            if row.status is None:
+                continue
+            for label in labels(row):
+                key = (label, row.status)
+                read.counts[key] = read.counts.get(key, 0) + 1
+        if read.page == 1 and pages > 1:
+            self._maybe_switch(read, pages)
+            if read is not self._read:
+                return
+        if read.page < pages and rows and read.page < MAX_PAGES:
+            read.page += 1
+            return
+        if read.scenario_filter is None:
+            self._all_pages = read.page
+        self._complete(read, now)
+
+    def _maybe_switch(self, read: _Read, pages: int) -> None:
+        """After the first page the sizes are known: count if the pages left cost more."""
+        ids = self._ids(read.polled)
+        counting_cost = len(STATUSES) * len(read.polled)
+        if (len(ids) == len(read.polled) and pages - 1 > counting_cost
+                and not self._filters_refused):
+            log.info("assignments: %d pages to read; counting with %d requests instead",
+                     pages, counting_cost)
+            if read.scenario_filter is None:
+                self._all_pages = pages
+            self._read = self._start(read.polled, True)
+
+    @staticmethod
+    def _labels_by_row(read: _Read) -> Callable[[AssignmentRow], list[str]]:
+        by_id: dict[str, list[str]] = {}
+        for label, known in read.ids.items():
+            by_id.setdefault(known, []).append(label)
+        unknown = {label for label, _ in read.polled if label not in read.ids}
+
+        def labels(row: AssignmentRow) -> list[str]:
+            found = list(by_id.get(row.scenario_id, ()))
+            # A scenario configured by slug (or id) whose id was not known yet.
+            for key in (row.scenario_id, row.scenario_slug):
+                if key in unknown and key not in found:
+                    found.append(key)
+            return found
+
+        return labels
+
+    def _complete(self, read: _Read, now: float) -> None:
+        counts = {(label, status): read.counts.get((label, status), 0)
+                  for label, _ in read.polled for status in STATUSES}
+        self.counts = counts
+        self._rows = sum(counts.values())
+        self.counting = read.counting
+        self._read_labels = frozenset(label for label, _ in read.polled)
+        self._read = None
+        log.debug("assignments: counted %d assignments of %d scenarios (%s)", self._rows,
+                  len(read.polled), "counting" if read.counting else "paging")
+        self._finish(now)
+
+    def values(self) -> dict[tuple[str, str], int]:
+        """The last counts of the scenarios polled now (removed scenarios vanish at once)."""
+        current = {label for label, _ in self.scenarios()}
+        return {key: n for key, n in self.counts.items() if key[0] in current}
+
+
+# --- export -------------------------------------------------------------------------
+
+
+class ListingsCollector(Collector):
+    """The skills and assignments families, from the listings' last complete reads.
+
+    Sample output::
+
+        exec_skill_info{name="Objection Handling",skill="objection-handling"} 1.0
+        exec_skill_proficient_ratio{skill="objection-handling"} 0.4
+        exec_assignments{scenario="discovery-call-it-director",status="past_due"} 3.0
+    """
+
+    def __init__(self, listings: Callable[[], tuple[Skills | None, Assignments | None]]) -> None:
+        self.listings = listings
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        skills, assignments = self.listings()
+        if skills is not None:
+            yield from skill_families(skills.skills)
+        if assignments is not None:
+            family = GaugeMetricFamily(
+                "exec_assignments",
+                "Scenario assignments by status, as of the last successful assignments read.",
+                labels=("scenario", "status"))
+            for (scenario, status), count in sorted(assignments.values().items()):
+                family.add_metric((scenario, status), count)
+            yield family
+
+
+_CACHED = "as of the last successful skills read"
+SKILL_GAUGES = (
+    ("exec_skill_participants", f"Users with at least one observation of the skill, {_CACHED}.",
+     "participants"),
+    ("exec_skill_scored_participants",
+     f"Users with enough observations (3+) for a proficiency score, {_CACHED}.",
+     "scored_participants"),
+    ("exec_skill_proficient_ratio",
+     f"Share (0-1) of scored users at Proficient or Excellent, {_CACHED}.", "proficient_ratio"),
+    ("exec_skill_average_score",
+     f"Average proficiency score (0-100) of scored users, {_CACHED}.", "average_score"),
+)
+
+
+def skill_families(skills: Sequence[Skill]) -> Iterator[Metric]:
+    """``exec_skill_info`` and the per-skill gauges; a null value gives no sample."""
+    info = GaugeMetricFamily("exec_skill_info", "Skill display name; always 1.",
+                             labels=("skill", "name"))
+    for skill in skills:
+        info.add_metric((skill.slug, skill.name), 1)
+    yield info
+    for name, documentation, attr in SKILL_GAUGES:
+        family = GaugeMetricFamily(name, documentation, labels=("skill",))
+        for skill in skills:
+            value = getattr(skill, attr)
+            if value is not None:
+                family.add_metric((skill.slug,), value)
+        yield family
