@@ -34,6 +34,8 @@ from .config import (
 from .discovery import Discovery, Lists
 from .exposition import Exposition
 from .jobs import Running, key_id, summary_job
+from .plan_collector import PlanCollector
+from .planner import Planner, offline_plan
 from .scheduler import (
     Clock,
     Poller,
@@ -125,7 +127,42 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
         lines.append(f"discovery listings: about {listing:.0f} requests/day "
                      f"(at least one page per list every "
                      f"{format_duration(config.discovery.interval if config.discovery else 0)})")
-    interval = effective_interval(len(targets), config.refresh_interval, max(day_budget, 1),
+    plan = offline_plan(targets, config.planner)
+    planner = config.planner
+    cost = len(targets)
+    if planner.mode == "auto":
+        lines.append("planner: auto (each scenario and date range uses one participants pull "
+                     "when that is cheaper than a summary per cohort; offline, a pull is "
+                     "assumed to be one page: 100 participants)")
+        for group in plan.groups:
+            lines.append(f"  {group.scenario} ({group.describe_dates()}): "
+                         f"{len(group.cohorts)} cohort{'s' if len(group.cohorts) > 1 else ''}"
+                         f"; summary {group.summary_cost} "
+                         f"requests/cycle, participants {group.participants_cost} "
+                         f"({group.pages} page{'s' if group.pages > 1 else ''} + "
+                         f"{group.participants_cost - group.pages} summaries) -> {group.source}")
+        lists = len(plan.member_groups) * 86400 / planner.membership_interval
+        share = planner.cross_check_share
+        checks = share * min(rate.day_budget, (plan.chosen_cost * 86400 / config.refresh_interval
+                                               + lists) / (1 - share))
+        if not any(g.source == "participants" for g in plan.groups):
+            lists = checks = 0.0
+        summary_interval = effective_interval(len(targets), config.refresh_interval,
+                                              max(day_budget, 1), rate.minute_budget)
+        day_budget -= lists + checks
+        cost = plan.chosen_cost
+        lines.append(f"requests per cycle: {plan.summary_cost} on summary requests (every "
+                     f"{format_duration(summary_interval)}), {plan.chosen_cost} with the plan "
+                     f"once every derived cohort is proven, plus {lists:.0f} member-list and "
+                     f"{checks:.0f} cross-check requests/day "
+                     f"({len(plan.member_groups)} groups every "
+                     f"{format_duration(planner.membership_interval)}; cross-checks "
+                     f"{share:.0%} of the budget)")
+        lines.append("  (every target starts on summary requests and moves to the participants "
+                     "source once a pull reproduced its summary)")
+    else:
+        lines.append("planner: summary (one summary request per target)")
+    interval = effective_interval(cost, config.refresh_interval, max(day_budget, 1),
                                   rate.minute_budget)
     stretched = (" (stretched from refresh_interval to fit the budget)"
                  if interval > config.refresh_interval else "")
@@ -173,6 +210,9 @@ class Exporter:
         self._apply_lock = threading.RLock()
         self._reload_lock = threading.Lock()
         self.discovery: Discovery | None = self._discovery(config, saved.lists, reread=False)
+        self.planner = Planner(config.planner, self.store, saved.members,
+                               on_change=self._on_plan)
+        self.planner.configure(config.planner, rate.day_budget, config.refresh_interval)
         self.running = self._build(config, self._client(config), key)
         self.poller = Poller(self.scheduler, lambda: self.running, self.store, self.clock)
         self.store.record_reload(True, now)
@@ -180,6 +220,7 @@ class Exporter:
         live = CollectorRegistry(auto_describe=False)
         live.register(LiveCollector(self.budget.remaining, self.clock))
         live.register(ProcessMetrics())
+        live.register(PlanCollector(self.planner, lambda: self.scheduler.interval))
         self.exposition = Exposition(snapshot_collector, live, self.clock)
         self._stop_saving = threading.Event()
         self._saver: threading.Thread | None = None
@@ -194,8 +235,26 @@ class Exporter:
 
     def _on_view(self, view: ScheduleView) -> None:
         pause = (view.pause.reason, view.pause.until) if view.pause is not None else None
-        self.store.record_schedule(view.interval, view.next_due, pause,  # type: ignore[arg-type]
+        next_due = dict(view.next_due)
+        # A derived target is refreshed by its scenario's participants pull.
+        for pull, targets in self.planner.served_by_pull().items():
+            if pull in next_due:
+                next_due.update(dict.fromkeys(targets, next_due[pull]))
+        self.store.record_schedule(view.interval, next_due, pause,  # type: ignore[arg-type]
                                    view.stretched)
+
+    def _on_plan(self) -> None:
+        # A target was proven or refused, a scenario fell back, a pull's size changed or
+        # a member list was first read: the recurring jobs change (in the poller thread).
+        with self._apply_lock:
+            self.running = self._build(self.config, self.running.client, self.key)
+            self.poller.wake()
+
+    def _interval(self, config: Config) -> float:
+        """The effective interval of the running plan (a pull of n pages counts n)."""
+        cost = sum(max(job.cost, 1) for job in self.running.jobs)
+        return effective_interval(cost, config.refresh_interval, self._poll_day_budget(),
+                                  config.api.rate_limit.minute_budget)
 
     def _discovery(self, config: Config, lists: Lists | None, reread: bool) -> Discovery | None:
         """Discovery for ``config`` (None when it reads no list)."""
@@ -213,8 +272,7 @@ class Exporter:
         with self._apply_lock:
             self.running = self._build(self.config, self.running.client, self.key)
             self.poller.wake()
-        interval = effective_interval(len(self._targets), self.config.refresh_interval,
-                                      self._poll_day_budget(), self.budget.minute_limit)
+        interval = self._interval(self.config)
         wanted = format_duration(self.config.refresh_interval)
         how = (f"stretched from refresh_interval {wanted} to fit the budget"
                if interval > self.config.refresh_interval else "as configured")
@@ -223,6 +281,8 @@ class Exporter:
 
     def _poll_day_budget(self) -> float:
         listing = self.discovery.requests_per_day() if self.discovery else 0.0
+        if self.config.planner.mode == "auto":
+            listing += self.planner.requests_per_day()
         return max(self.config.api.rate_limit.day_budget - listing, 1.0)
 
     def _build(self, config: Config, client: ExecClient, key: ApiKey) -> Running:
@@ -252,10 +312,21 @@ class Exporter:
             if state is not None and state.last_success is not None:
                 known[t.key] = state.last_success
         rate = config.api.rate_limit
+        jobs = self.planner.jobs(kept, self.clock.time())
+        for pull, members in self.planner.pull_targets().items():
+            # A pull is as old as the oldest data it would refresh: no burst on restart.
+            if all(t in known for t in members):
+                known[pull] = min(known[t] for t in members)  # type: ignore[index]
+        sources: tuple[Discovery | Planner, ...] = (
+            (self.discovery,) if self.discovery is not None else ())
+        if config.planner.mode == "summary":
+            jobs = tuple(summary_job(t, self.store) for t in kept)  # exactly as before
+        else:
+            sources = (*sources, self.planner)
         return Running(
             client=client,
-            jobs=tuple(summary_job(t, self.store) for t in kept),
-            sources=(self.discovery,) if self.discovery is not None else (),
+            jobs=jobs,
+            sources=sources,
             refresh_interval=config.refresh_interval,
             minute_budget=rate.minute_budget, day_budget=rate.day_budget,
             restored=known, forget=frozenset(changed), key_id=key_id(key.value))
@@ -291,12 +362,12 @@ class Exporter:
                     lists = self.discovery.lists if self.discovery else None
                     self.discovery = self._discovery(config, lists, reread=True)
                 self.config = config
+                self.planner.configure(config.planner, config.api.rate_limit.day_budget,
+                                       config.refresh_interval, reread_members=True)
                 self.running = self._build(config, client, key)
             self.store.record_reload(True, now)
             self.poller.wake()
-            interval = effective_interval(len(self._targets), config.refresh_interval,
-                                          self._poll_day_budget(), config.api.rate_limit
-                                          .minute_budget)
+            interval = self._interval(config)
             log.info("configuration reloaded: %d targets, effective interval %s",
                      len(self._targets), format_duration(interval))
             return True, "configuration reloaded"
@@ -307,7 +378,7 @@ class Exporter:
         now = self.clock.time()
         lists = self.discovery.lists if self.discovery else None
         self.state.save(self.store.snapshot(), self.budget.ledger(now), now, force=force,
-                        lists=lists)
+                        lists=lists, members=self.planner.members())
 
     def _save_loop(self) -> None:
         # The state file follows the store: every change is saved (coalesced by the
@@ -323,15 +394,14 @@ class Exporter:
               web_config: WebConfig | None) -> None:
         """Start polling, saving and serving."""
         web = Web(self.store, self.exposition, telemetry_path, web_config, self.reload,
-                  self.clock.time)
+                  self.clock.time, source=self.planner.source)
         self.server = serve(address, web)
         self.poller.start()
         if self.state is not None:
             self._saver = threading.Thread(target=self._save_loop, name="state", daemon=True)
             self._saver.start()
         host, port = self.server.server_address[:2]
-        interval = effective_interval(len(self._targets), self.config.refresh_interval,
-                                      self._poll_day_budget(), self.budget.minute_limit)
+        interval = self._interval(self.config)
         log.info("exec-exporter %s listening on %s:%s; %d targets, effective refresh "
                  "interval %s", __version__, host, port, len(self._targets),
                  format_duration(interval))

@@ -273,9 +273,10 @@ class FakeExecAPI(LoopbackAPIServer):
             return [r for r in self.requests if r.path.endswith(suffix)]
 
     def set_list_fault(self, which: str, fault: str | None, **kw: Any) -> None:
-        """Inject (or clear, with None) a fault on ``"scenarios"`` or ``"groups"``."""
-        if which not in self._lists:
-            raise ValueError(f"which must be 'scenarios' or 'groups', not {which!r}")
+        """Inject (or clear, with None) a fault on ``"scenarios"``, ``"groups"`` or
+        ``"members"`` (GET /workspace/members)."""
+        if which not in (*self._lists, "members"):
+            raise ValueError(f"which must be 'scenarios', 'groups' or 'members', not {which!r}")
         with self._lock:
             if fault is None:
                 self._list_faults.pop(which, None)
@@ -334,7 +335,8 @@ class FakeExecAPI(LoopbackAPIServer):
                 fault = self._take_fault(self._faults, sid, None)
                 return self._apply(fault, lambda: self._participants(sid, request.query), sid)
             case ["workspace", "members"]:
-                return self._members(request.query)
+                fault = self._take_fault(self._list_faults, "members")
+                return self._apply(fault, lambda: self._members(request.query), "members")
             case ["scenarios"]:
                 fault = self._take_fault(self._list_faults, "scenarios")
                 return self._apply(fault, lambda: self._scenario_list(request.query), "scenarios")
