@@ -299,6 +299,14 @@ class Planner:
         placed after its scenario's summary jobs (a pull then follows the summaries it
         is checked against). Also remembers the plan."""
         with self._lock:
+            for target in targets:
+                before = self._targets.get(target.key)
+                if before is not None and before.cohort != target.cohort:
+                    # Same labels, other filters (a reload): what was proven is not.
+                    self._verified.discard(target.key)
+                    self._refused.pop(target.key, None)
+                    self._inconclusive.pop(target.key, None)
+                    self._real.pop(target.key, None)
             self._targets = {t.key: t for t in targets}
             self._groups = pull_groups(targets)
             self._verified &= set(self._targets)

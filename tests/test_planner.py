@@ -330,3 +330,48 @@ def test_config_check_prints_both_costs_per_scenario() -> None:
     text = describe_plan(parse_config(raw), None)
     assert "planner: summary (one summary request per target)" in text
     assert "participants" not in text
+
+
+def test_a_reload_that_changes_a_cohorts_filters_proves_it_again(
+        fake: FakeExecAPI, clock: FakeClock) -> None:
+    rig = Rig(fake, clock, config(fake.base_url))
+    try:
+        rig.run(5)
+        assert rig.source(("pitch", "emails")) == "participants"
+        changed = [dict(c) for c in COHORTS]
+        changed[3] = {"name": "emails", "user_emails": ["user8@acme.com"]}
+        exporter = rig.exporter
+        exporter.config = parse_config(config(fake.base_url, cohorts=changed))
+        exporter.running = exporter._build(exporter.config, exporter.running.client,
+                                           exporter.key)
+        assert rig.source(("pitch", "emails")) == "summary"
+        assert rig.source(("pitch", "all")) == "participants"
+        rig.run(700)  # its summary, then the next pull: proven again, with the new filter
+        assert rig.source(("pitch", "emails")) == "participants"
+        assert rig.value(("pitch", "emails")) == rig.truth(("pitch", "emails"))
+        assert rig.value(("pitch", "emails")).participants == 1
+    finally:
+        rig.close()
+
+
+def test_a_pull_of_n_pages_holds_n_paces_of_the_schedule() -> None:
+    from exporter.budget import Budget
+    from exporter.jobs import Job
+    from exporter.scheduler import Scheduler
+
+    def job(key: str, cost: int) -> Job:
+        return Job(kind="x", key=key, fetch=lambda c, n: None, apply=lambda a, t: None,
+                   cost=cost)
+
+    scheduler = Scheduler(Budget(60, 100), refresh_interval=60.0)
+    scheduler.set_jobs([job("pull", 3), job("summary", 1)])
+    assert scheduler.interval == pytest.approx(4 * DAY / 100)  # 3 pages + 1 summary
+    now = 1_000_000.0
+    for key in ("pull", "summary"):  # the first fill: no pacing
+        scheduler.sent(key, now)
+        scheduler.succeeded(key, now)
+    # Afterwards a one-request job holds one pace, the pull (its follow-up pages come
+    # right after page 1) three.
+    assert scheduler._paced(now) == pytest.approx(now + scheduler.spacing)
+    scheduler.sent("pull", now + 10)
+    assert scheduler._paced(now + 10) == pytest.approx(now + 10 + 3 * scheduler.spacing)
