@@ -687,6 +687,9 @@ class Planner:
             self._member_failures[group] = failures
             wait = min(MEMBERS_RETRY_FIRST * 2 ** (failures - 1),
                        self.settings.membership_interval)
+            if error.reason in _UNAVAILABLE:
+                # No such group, or no member list endpoint: not worth an hourly retry.
+                wait = max(self.settings.fallback_for, self.settings.membership_interval)
             self._member_next[group] = at + wait
             known = group in self._members
         log.warning("members of group %s: reading failed (%s: %s); %s, retrying in %s", group,

@@ -330,6 +330,13 @@ class Scheduler:
             paced = self._paced(now)
             if paced > now:
                 return Decision(None, min(paced, sources_wake))
+        cost = self._jobs[best_key].cost
+        if cost > 1 and not probe:
+            # A pull's pages go back to back: start it when the budget has room for all
+            # of them, or its data would be as old as the wait between its pages.
+            room = self.budget.next_allowed(now, cost)
+            if room > now:
+                return Decision(None, min(room, sources_wake))
         return Decision(self._jobs[best_key], now, probe)
 
     def blocked_until(self, now: float) -> float:

@@ -375,3 +375,14 @@ def test_a_pull_of_n_pages_holds_n_paces_of_the_schedule() -> None:
     assert scheduler._paced(now) == pytest.approx(now + scheduler.spacing)
     scheduler.sent("pull", now + 10)
     assert scheduler._paced(now + 10) == pytest.approx(now + 10 + 3 * scheduler.spacing)
+
+
+def test_a_pull_starts_when_the_budget_has_room_for_all_its_pages() -> None:
+    from exporter.budget import GRACE, Budget
+
+    budget = Budget(minute_limit=10, day_limit=5, sent=[100.0, 200.0, 300.0])
+    assert budget.next_allowed(400.0) == 400.0
+    assert budget.next_allowed(400.0, 2) == 400.0
+    # Three pages need the request of t=100 to leave the 24 h window first.
+    assert budget.next_allowed(400.0, 3) == 100.0 + DAY + GRACE
+    assert budget.next_allowed(400.0, 4) == 200.0 + DAY + GRACE
