@@ -405,7 +405,8 @@ class SimulatedExporter(Exporter):
         return self._sim_client  # type: ignore[return-value]
 
 
-def derived_config(groups: int, mode: str, per_day: int, refresh: str) -> Config:
+def derived_config(groups: int, mode: str, per_day: int, refresh: str,
+                   membership: str = "1h") -> Config:
     cohorts: list[dict[str, Any]] = [{"name": "all"}]
     cohorts += [{"name": f"group-{g}", "group_ids": [f"g{g}"]} for g in range(groups)]
     cohorts += [{"name": "emails", "user_emails": [f"user{i}@acme.com" for i in range(1, 60, 4)]},
@@ -418,13 +419,13 @@ def derived_config(groups: int, mode: str, per_day: int, refresh: str) -> Config
         "refresh_interval": refresh,
         "scenarios": [{"id": f"scenario-{n}"} for n in DERIVED_SIZES],
         "cohorts": cohorts,
-        "planner": {"mode": mode},
+        "planner": {"mode": mode, "membership_interval": membership},
     })
 
 
 def simulate_derived(groups: int, mode: str, seed: int, latency: float, per_day: int,
-                     refresh: str) -> dict[str, Any]:
-    config = derived_config(groups, mode, per_day, refresh)
+                     refresh: str, membership: str = "1h") -> dict[str, Any]:
+    config = derived_config(groups, mode, per_day, refresh, membership)
     clock = FakeClock(START)
     world = SessionWorld(groups, random.Random(seed))
     client = DerivedClient(clock, world, latency)
@@ -470,7 +471,8 @@ def simulate_derived(groups: int, mode: str, seed: int, latency: float, per_day:
     per_day_steady = (hi - lo) / ((end - steady_from) / DAY)
     counters = planner.counters()
     return {
-        "mode": mode, "cohorts": len(config.cohorts), "targets": len(keys),
+        "mode": mode if mode == "summary" else f"auto, lists {membership}",
+        "cohorts": len(config.cohorts), "targets": len(keys),
         "interval_s": interval, "optimum_s": optimum,
         "steady_per_day": per_day_steady, "by_kind_per_day": kinds,
         "requests_per_cycle": per_day_steady * interval / DAY,
@@ -489,7 +491,7 @@ def report_derived(results: list[dict[str, Any]]) -> str:
     rows = []
     by = {(r["cohorts"], r["mode"]): r for r in results}
     for (cohorts, mode), r in sorted(by.items()):
-        base = by.get((cohorts, "summary"))
+        base = by.get((cohorts, "summary")) if mode != "summary" else r
         ratio = (base["requests_per_cycle"] / r["requests_per_cycle"]) if base else None
         age_ratio = (base["worst_age_s"] / r["worst_age_s"]) if base else None
         kinds = ", ".join(f"{k} {v / (r['steady_per_day'] or 1):.0%}"
@@ -530,6 +532,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--derived", action="store_true",
                         help="derived cohorts (issue 13): summary plan against auto plan")
+    parser.add_argument("--membership-intervals", default="1h",
+                        help="--derived: planner.membership_interval values to try "
+                             "(default: %(default)s)")
     parser.add_argument("--cohorts", default="8,16,32",
                         help="--derived: cohorts per scenario to try (all, groups, an email "
                              "list, no-staff, last-7d; default: %(default)s)")
@@ -538,11 +543,14 @@ def main() -> int:
     if args.derived:
         derived = []
         for k in (int(x) for x in args.cohorts.split(",") if x):
-            for mode in ("summary", "auto"):
+            runs = [("summary", "1h")] + [("auto", m) for m in
+                                          args.membership_intervals.split(",") if m]
+            for mode, membership in runs:
                 print(f"simulating {k} cohorts x 3 scenarios, planner.mode {mode} ...",
                       file=sys.stderr, flush=True)
                 derived.append(simulate_derived(k - 4, mode, args.seed, args.latency,
-                                                args.requests_per_day, args.refresh_interval))
+                                                args.requests_per_day, args.refresh_interval,
+                                                membership))
         print(report_derived(derived))
         if args.json:
             args.json.write_text(json.dumps(derived, indent=1))

@@ -313,6 +313,8 @@ class Exporter:
                 known[t.key] = state.last_success
         rate = config.api.rate_limit
         jobs = self.planner.jobs(kept, self.clock.time())
+        for refetch in self.planner.take_refetch():
+            known.pop(refetch, None)  # suspect derived values: its summary is due now
         for pull, members in self.planner.pull_targets().items():
             # A pull is as old as the oldest data it would refresh: no burst on restart.
             if all(t in known for t in members):

@@ -244,6 +244,7 @@ class Planner:
         self._inconclusive: dict[TargetKey, int] = {}
         self._fallback: dict[str, float] = {}
         self._real: dict[TargetKey, tuple[Summary, float]] = {}
+        self._refetch: set[TargetKey] = set()
         self._members: dict[str, tuple[frozenset[str], float]] = {
             g: (frozenset(ids), at) for g, (ids, at) in (members or {}).items()}
         self._member_runs: dict[str, _MembersRun] = {}
@@ -373,6 +374,13 @@ class Planner:
                 if self._served(key):
                     out.setdefault(pull_key(self._targets[key]), []).append(key)
             return out
+
+    def take_refetch(self) -> set[TargetKey]:
+        """Targets whose derived values a cross-check found wrong: their summary jobs
+        are due at once, not by the age of those values (asked once, then cleared)."""
+        with self._lock:
+            keys, self._refetch = self._refetch, set()
+            return keys
 
     def pull_targets(self) -> dict[PullKey, list[TargetKey]]:
         """Pull key -> the targets of its group (a restored pull is due by their age)."""
@@ -600,6 +608,9 @@ class Planner:
                         scenario, cohort, result.describe(), scenario,
                         _duration(self.settings.fallback_for))
             self._fallback[scenario] = at + self.settings.fallback_for
+            served = {k for k in self._targets if k[0] == scenario and self._served(k)}
+            # Their derived values are now suspect: summaries for them at once.
+            self._refetch |= served
             self._verified -= {k for k in self._targets if k[0] == scenario}
             changed = True
         if changed:
