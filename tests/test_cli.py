@@ -74,6 +74,7 @@ def test_config_check_prints_the_plan(write_config) -> None:
         refresh_interval: 15m
         scenarios: [{scenarios}]
         cohorts: [{{name: all}}, {{name: sales, group_ids: [g1]}}]
+        planner: {{mode: summary}}  # the summary plan's arithmetic (auto: test_planner)
     """)
     result = run_cli("--config.check", f"--config.file={path}")
     assert result.returncode == 0, result.stderr
