@@ -155,7 +155,8 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
                      f"{format_duration(summary_interval)}), {plan.chosen_cost} with the plan "
                      f"once every derived cohort is proven, plus {lists:.0f} member-list and "
                      f"{checks:.0f} cross-check requests/day "
-                     f"({len(plan.member_groups)} groups every "
+                     f"({len(plan.member_groups)} group"
+                     f"{'s' if len(plan.member_groups) != 1 else ''} every "
                      f"{format_duration(planner.membership_interval)}; cross-checks "
                      f"{share:.0%} of the budget)")
         lines.append("  (every target starts on summary requests and moves to the participants "

@@ -245,6 +245,7 @@ class Planner:
         self._fallback: dict[str, float] = {}
         self._real: dict[TargetKey, tuple[Summary, float]] = {}
         self._refetch: set[TargetKey] = set()
+        self._discards: dict[PullKey, int] = {}
         self._members: dict[str, tuple[frozenset[str], float]] = {
             g: (frozenset(ids), at) for g, (ids, at) in (members or {}).items()}
         self._member_runs: dict[str, _MembersRun] = {}
@@ -454,46 +455,71 @@ class Planner:
 
     def page_read(self, key: PullKey, page_no: int, page: Page, at: float) -> None:
         """Page ``page_no`` of ``key``'s pull arrived; the last page completes the pull."""
-        changed = False
         with self._lock:
             run = self._runs.get(key)
             if run is None or run.page != page_no:
                 return  # a reload dropped the pull, or an old page
             if page_no > 1 and page.total_count != run.total:
-                log.info("participants pull %s: the table changed between pages (%s then "
-                         "%s participants); discarded, the next pull starts over",
-                         _pull_label(key, page_no), run.total, page.total_count)
                 del self._runs[key]
-                return
-            run.total = page.total_count
-            run.rows.extend(page.items)
-            if page_no < page.total_pages and page.items and page_no < MAX_PAGES:
+                changed = self._discarded(key, at, f"the table changed between pages "
+                                                   f"({run.total} then {page.total_count} "
+                                                   "participants)")
+            elif page_no < page.total_pages and page.items and page_no < MAX_PAGES:
+                run.total = page.total_count
+                run.rows.extend(page.items)
                 run.page += 1  # the next page is a follow-up job of this source
                 return
-            del self._runs[key]
-            ids = {r.user_id for r in run.rows}
-            if len(ids) != len(run.rows) or (run.total is not None
-                                             and run.total != len(run.rows)):
-                log.info("participants pull %s: rows moved between pages (%d rows, %d users, "
-                         "total_count %s); discarded, the next pull starts over",
-                         _pull_label(key, page_no), len(run.rows), len(ids), run.total)
-                return
-            pages = pages_for(run.total if run.total is not None else len(run.rows))
-            if self._pages.get(key) != pages:
-                changed = True
-            self._pages[key] = pages
-            self._pulls[key] = _Pull(tuple(run.rows), at)
-            for target in self._groups.get(key, []):
-                if not self._derivable(target, at):
-                    continue
-                derived = self._derive(target)
-                assert derived is not None
-                if self._served(target.key):
-                    self.store.record_success(target.key, derived, at)
-                elif target.key not in self._verified:
-                    changed |= self._verify(target, derived, at)
+            else:
+                del self._runs[key]
+                run.rows.extend(page.items)
+                ids = {r.user_id for r in run.rows}
+                if len(ids) != len(run.rows) or (page.total_count is not None
+                                                 and page.total_count != len(run.rows)):
+                    changed = self._discarded(key, at, f"rows moved between pages "
+                                                       f"({len(run.rows)} rows, {len(ids)} "
+                                                       f"users, total_count "
+                                                       f"{page.total_count})")
+                else:
+                    changed = self._pulled(key, tuple(run.rows), page_no, at)
         if changed:
             self._changed()
+
+    def _discarded(self, key: PullKey, at: float, why: str) -> bool:
+        """An inconsistent pull is dropped; after VERIFY_PULLS in a row (an unstable
+        order of equal scores across pages, say) the scenario uses summaries for
+        ``fallback_for``. True when the jobs must be rebuilt."""
+        count = self._discards.get(key, 0) + 1
+        self._discards[key] = count
+        if count < VERIFY_PULLS:
+            log.info("participants pull %s: %s; discarded, the next pull starts over",
+                     _pull_label(key, 1), why)
+            return False
+        self._discards.pop(key, None)
+        log.warning("participants of scenario=%s: %d pulls in a row were inconsistent (%s); "
+                    "its cohorts use summary requests for %s", key[1], count, why,
+                    _duration(self.settings.fallback_for))
+        self._fallback[key[1]] = at + self.settings.fallback_for
+        self._verified -= {k for k in self._targets if k[0] == key[1]}
+        return True
+
+    def _pulled(self, key: PullKey, rows: tuple[ParticipantRow, ...], pages: int,
+                at: float) -> bool:
+        """A complete, consistent pull of ``pages`` pages: keep it, refresh the cohorts it
+        serves, try to prove the others. True when the jobs must be rebuilt."""
+        self._discards.pop(key, None)
+        changed = self._pages.get(key) != pages
+        self._pages[key] = pages
+        self._pulls[key] = _Pull(rows, at)
+        for target in self._groups.get(key, []):
+            if not self._derivable(target, at):
+                continue
+            derived = self._derive(target)
+            assert derived is not None
+            if self._served(target.key):
+                self.store.record_success(target.key, derived, at)
+            elif target.key not in self._verified:
+                changed |= self._verify(target, derived, at)
+        return changed
 
     def pull_failed(self, key: PullKey, error: ApiError, at: float) -> None:
         """A pull's page failed: the targets it serves keep their last values, marked

@@ -20,10 +20,10 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.cli import Exporter, describe_plan
-from exporter.client import ExecClient
+from exporter.client import ExecClient, Page, ParticipantRow
 from exporter.config import ApiKey, PlannerConfig, parse_config
 from exporter.plan_collector import PlanCollector
-from exporter.planner import choose, offline_plan, pages_for
+from exporter.planner import Planner, choose, offline_plan, pages_for
 from exporter.server import Web, landing_page
 from exporter.state import decode, encode
 from exporter.store import Store
@@ -388,3 +388,38 @@ def test_a_pull_starts_when_the_budget_has_room_for_all_its_pages() -> None:
     # Three pages need the request of t=100 to leave the 24 h window first.
     assert budget.next_allowed(400.0, 3) == 100.0 + DAY + GRACE
     assert budget.next_allowed(400.0, 4) == 200.0 + DAY + GRACE
+
+
+def test_inconsistent_pulls_are_dropped_then_the_scenario_uses_summaries(
+        caplog: pytest.LogCaptureFixture) -> None:
+    cfg = parse_config(config("http://127.0.0.1:9", cohorts=COHORTS[:5]))
+    targets = build_targets(cfg)
+    store = Store()
+    store.set_targets(targets)
+    planner = Planner(cfg.planner, store, members={"g1": (["u1"], 900.0),
+                                                   "g2": (["u2"], 900.0)})
+    planner.configure(cfg.planner, 900, 600)
+    pull = next(j for j in planner.jobs(targets, 1000.0) if j.kind == "participants")
+    first = ParticipantRow("u1", "a@acme.com", 1, 50.0, 60.0, 10.0, 100.0)
+    second = ParticipantRow("u2", "b@acme.com", 1, 70.0, 80.0, 10.0, 100.0)
+    with caplog.at_level(logging.INFO, logger="exporter.planner"):
+        for i in range(3):
+            now = 1000.0 + i
+            pull.apply(({}, Page((first,), 1, 2, 2)), now)
+            follow = planner.due(now)
+            assert follow is not None and follow.key[-1] == 2  # page 2, back to back
+            # u1 again on page 2: the order moved under the pull (u2 never seen).
+            follow.apply(Page((first,), 2, 2, 2), now)
+    assert "rows moved between pages" in caplog.text
+    assert "3 pulls in a row were inconsistent" in caplog.text
+    assert [j.kind for j in planner.jobs(targets, 1010.0)] == ["summary"] * 5
+    # A consistent pull is kept (and counts its pages).
+    planner = Planner(cfg.planner, store, members={"g1": (["u1"], 900.0),
+                                                   "g2": (["u2"], 900.0)})
+    pull = next(j for j in planner.jobs(targets, 1000.0) if j.kind == "participants")
+    pull.apply(({}, Page((first,), 1, 2, 2)), 1000.0)
+    follow = planner.due(1000.0)
+    assert follow is not None
+    follow.apply(Page((second,), 2, 2, 2), 1000.0)
+    assert planner.plan.groups[0].pages == 1  # the plan is rebuilt on the next jobs() call
+    assert [j.cost for j in planner.jobs(targets, 1001.0) if j.kind == "participants"] == [2]
