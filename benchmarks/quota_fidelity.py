@@ -30,6 +30,19 @@ request for them times out; the ages are those of the healthy targets.
 
     python benchmarks/quota_fidelity.py
     python benchmarks/quota_fidelity.py --targets 20,100 --failure-rates 0,0.05,0.2
+
+Derived mode (``--derived``, issue 13): the whole Exporter (planner included) on a
+fake clock against a simulated workspace whose summaries and participant rows
+come from one session log: 3 scenarios of 40, 90 and 250 participants x 8
+cohorts (all, 4 groups, an email list, no-staff, last 7 days), new sessions
+arriving all along. Each plan (``planner.mode: summary`` and ``auto``) runs a
+simulated day and a half; reported: requests per full refresh (every request
+counted, member lists and cross-checks included), the effective interval, the
+worst data age against the one-request-per-target optimum, and the ratio of
+the two plans; then the same with more group cohorts per scenario.
+
+    python benchmarks/quota_fidelity.py --derived
+    python benchmarks/quota_fidelity.py --derived --cohorts 8,16,32
 """
 
 from __future__ import annotations
@@ -50,8 +63,20 @@ from typing import Any
 import _workload as w
 
 from exporter.budget import DAY, MINUTE, Budget
-from exporter.client import Summary, Timeout, UpstreamError
-from exporter.config import parse_config
+from exporter.cli import Exporter
+from exporter.client import (
+    ExecClient,
+    Page,
+    Summary,
+    Timeout,
+    UpstreamError,
+    parse_members_page,
+    parse_participants_page,
+    parse_summary,
+)
+from exporter.config import ApiKey, Config, parse_config
+from exporter.demo import _summary_body as summary_body
+from exporter.demo import rank_for
 from exporter.jobs import Running, summary_job
 from exporter.scheduler import Poller, Scheduler
 from exporter.store import Store
@@ -240,6 +265,256 @@ def report(results: list[dict[str, Any]]) -> str:
     return notes + "\n" + w.table(rows, header)
 
 
+# --- derived mode (issue 13) -----------------------------------------------------------
+
+DERIVED_SIZES = (40, 90, 250)
+WORKSPACE_USERS = 300
+HISTORY = 90 * DAY
+NEW_SESSION_EVERY = 2 * 3600.0  # per scenario: a new session every two hours on average
+
+
+@dataclass
+class SessionWorld:
+    """A workspace: users in groups (some staff) and one session log per scenario,
+    growing as the clock moves."""
+
+    groups: int
+    rng: random.Random
+    users: list[tuple[str, str, frozenset[str]]] = field(default_factory=list)
+    logs: dict[str, list[tuple[float, str, float, float]]] = field(default_factory=dict)
+    audience: dict[str, list[str]] = field(default_factory=dict)
+    grown_to: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for i in range(WORKSPACE_USERS):
+            groups = {f"g{i % self.groups}"}
+            if i % 6 == 0:
+                groups.add(f"g{(i + 1) % self.groups}")
+            domain = "exec.com" if i % 25 == 0 else "acme.com"
+            self.users.append((f"u{i:04d}", f"user{i}@{domain}", frozenset(groups)))
+        for n, size in enumerate(DERIVED_SIZES):
+            slug = f"scenario-{size}"
+            people = [u[0] for u in self.users[n * 20:n * 20 + size]]
+            self.audience[slug] = people
+            log = [(START - self.rng.uniform(0, HISTORY), uid, float(self.rng.randint(30, 100)),
+                    float(self.rng.randint(120, 900)))
+                   for uid in people for _ in range(self.rng.randint(1, 5))]
+            self.logs[slug] = sorted(log)
+            self.grown_to[slug] = START
+
+    def grow(self, slug: str, now: float) -> None:
+        log = self.logs[slug]
+        while self.grown_to[slug] < now:
+            self.grown_to[slug] += self.rng.expovariate(1 / NEW_SESSION_EVERY)
+            if self.grown_to[slug] < now:
+                log.append((self.grown_to[slug], self.rng.choice(self.audience[slug]),
+                            float(self.rng.randint(30, 100)), float(self.rng.randint(120, 900))))
+
+    def per_user(self, slug: str, params: Mapping[str, str], now: float
+                 ) -> dict[str, list[tuple[float, str, float, float]]]:
+        self.grow(slug, now)
+        start = (w_parse_time(params["start_date"]) if params.get("start_date") else None)
+        ids = set(filter(None, params.get("user_ids", "").split(",")))
+        emails = {e.lower() for e in params.get("user_emails", "").split(",") if e}
+        groups = set(filter(None, params.get("group_ids", "").split(",")))
+        staffless = params.get("exclude_system_users") == "true"
+        by_id = {u[0]: u for u in self.users}
+        out: dict[str, list[tuple[float, str, float, float]]] = {}
+        for session in self.logs[slug]:
+            when, uid = session[0], session[1]
+            _, email, member_of = by_id[uid]
+            if when > now or (start is not None and when < start):
+                continue
+            if (ids or emails) and uid not in ids and email not in emails:
+                continue
+            if groups and not member_of & groups:
+                continue
+            if staffless and email.endswith("@exec.com"):
+                continue
+            out.setdefault(uid, []).append(session)
+        return out
+
+
+def w_parse_time(text: str) -> float:
+    return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+
+
+@dataclass
+class DerivedClient:
+    """Stands in for ExecClient: summaries, participants and member lists of the world,
+    each answer checked by the real parsers."""
+
+    clock: FakeClock
+    world: SessionWorld
+    latency: float
+    sent: list[tuple[float, str]] = field(default_factory=list)
+
+    def _send(self, kind: str) -> None:
+        self.sent.append((self.clock.now, kind))
+        self.clock.now += self.latency
+
+    def summary(self, scenario_id: str, params: Mapping[str, str]) -> Summary:
+        self._send("summary")
+        logs = self.world.per_user(scenario_id, params, self.clock.now).values()
+        body = summary_body([max(s[2] for s in log) for log in logs],
+                            [log[0][2] for log in logs], sum(len(log) for log in logs),
+                            sum(s[3] for log in logs for s in log))
+        return parse_summary(body)
+
+    def participants(self, scenario_id: str, params: Mapping[str, str]) -> Page:
+        self._send("participants")
+        rows = []
+        for uid, log in self.world.per_user(scenario_id, params, self.clock.now).items():
+            first, best = log[0][2], max(s[2] for s in log)
+            email = next(u[1] for u in self.world.users if u[0] == uid)
+            rows.append({"user": {"id": uid, "email": email}, "session_count": len(log),
+                         "first_score": first, "first_rank": rank_for(first),
+                         "best_score": best, "best_rank": rank_for(best),
+                         "lift_percentage": best - first,
+                         "total_duration_seconds": sum(s[3] for s in log)})
+        rows.sort(key=lambda r: (-r["best_score"], r["user"]["id"]))
+        return parse_participants_page(_paginate(rows, params))
+
+    def members(self, params: Mapping[str, str]) -> Page:
+        self._send("members")
+        wanted = set(params.get("group_ids", "").split(","))
+        items = [{"id": uid, "email": email} for uid, email, groups in self.world.users
+                 if groups & wanted]
+        return parse_members_page(_paginate(items, params))
+
+    def close(self) -> None:
+        pass
+
+
+def _paginate(items: list[Any], params: Mapping[str, str]) -> dict[str, Any]:
+    page, size = int(params.get("page", "1")), int(params.get("page_size", "50"))
+    return {"data": items[(page - 1) * size:page * size],
+            "pagination": {"page": page, "page_size": size, "total_count": len(items),
+                           "total_pages": -(-len(items) // size)}}
+
+
+class SimulatedExporter(Exporter):
+    """The real Exporter (planner, scheduler, poller, store) with the simulated client."""
+
+    def __init__(self, config: Config, client: DerivedClient, clock: FakeClock) -> None:
+        self._sim_client = client
+        super().__init__(config, ApiKey("exec_live_" + "x" * 40, "simulation"), None,
+                         None, clock)
+
+    def _client(self, config: Config) -> ExecClient:
+        return self._sim_client  # type: ignore[return-value]
+
+
+def derived_config(groups: int, mode: str, per_day: int, refresh: str,
+                   membership: str = "1h") -> Config:
+    cohorts: list[dict[str, Any]] = [{"name": "all"}]
+    cohorts += [{"name": f"group-{g}", "group_ids": [f"g{g}"]} for g in range(groups)]
+    cohorts += [{"name": "emails", "user_emails": [f"user{i}@acme.com" for i in range(1, 60, 4)]},
+                {"name": "no-staff", "exclude_system_users": True},
+                {"name": "last-7d", "window": "7d"}]
+    return parse_config({
+        "api": {"base_url": "http://127.0.0.1:9/rest/v1", "timeout": "10s",
+                "rate_limit": {"requests_per_minute": 60, "requests_per_day": per_day,
+                               "reserve": 0.1}},
+        "refresh_interval": refresh,
+        "scenarios": [{"id": f"scenario-{n}"} for n in DERIVED_SIZES],
+        "cohorts": cohorts,
+        "planner": {"mode": mode, "membership_interval": membership},
+    })
+
+
+def simulate_derived(groups: int, mode: str, seed: int, latency: float, per_day: int,
+                     refresh: str, membership: str = "1h") -> dict[str, Any]:
+    config = derived_config(groups, mode, per_day, refresh, membership)
+    clock = FakeClock(START)
+    world = SessionWorld(groups, random.Random(seed))
+    client = DerivedClient(clock, world, latency)
+    exporter = SimulatedExporter(config, client, clock)
+    poller, store, planner = exporter.poller, exporter.store, exporter.planner
+    keys = [t.key for t in exporter._targets.values()]
+    optimum = len(keys) * DAY / config.api.rate_limit.day_budget
+    fill_done: float | None = None
+    end = START + 10 * DAY
+    steady_from = end
+    next_sample = START
+    ages: list[float] = []
+    worst = 0.0
+    started = time.monotonic()
+    for _ in range(2_000_000):
+        if clock.now >= end:
+            break
+        before = len(client.sent)
+        wake = poller.step()
+        if len(client.sent) == before and wake <= clock.now:
+            wake = clock.now + 0.001
+        if fill_done is None and all((s := store.get(k)) is not None and s.last_success
+                                     for k in keys):
+            fill_done = clock.now
+            # Past the fill's own day (the ledger's burst), then a day of steady state.
+            steady_from = START + DAY + 2 * optimum
+            end = steady_from + DAY
+        while next_sample <= min(wake, end):
+            if next_sample >= steady_from:
+                for k in keys:
+                    state = store.get(k)
+                    last = state.last_success if state and state.last_success else START
+                    ages.append(next_sample - last)
+                    worst = max(worst, next_sample - last)
+            next_sample += SAMPLE_EVERY
+        clock.now = max(clock.now, min(wake, end))
+    times = [t for t, _ in client.sent]
+    lo, hi = bisect.bisect_left(times, steady_from), bisect.bisect_left(times, end)
+    kinds: dict[str, int] = {}
+    for _, kind in client.sent[lo:hi]:
+        kinds[kind] = kinds.get(kind, 0) + 1
+    interval = exporter.scheduler.interval
+    per_day_steady = (hi - lo) / ((end - steady_from) / DAY)
+    counters = planner.counters()
+    return {
+        "mode": mode if mode == "summary" else f"auto, lists {membership}",
+        "cohorts": len(config.cohorts), "targets": len(keys),
+        "interval_s": interval, "optimum_s": optimum,
+        "steady_per_day": per_day_steady, "by_kind_per_day": kinds,
+        "requests_per_cycle": per_day_steady * interval / DAY,
+        "plan_requests_per_cycle": planner.requests_per_cycle(interval),
+        "worst_age_s": worst, "median_age_s": statistics.median(ages) if ages else None,
+        "derived_targets": sum(1 for _, source in planner.sources() if source == "participants"),
+        "matches": sum(v for (_, r), v in counters.items() if r == "match"),
+        "mismatches": sum(v for (_, r), v in counters.items() if r == "mismatch"),
+        "max_rolling_day": max_in_window(times, DAY),
+        "day_budget": config.api.rate_limit.day_budget,
+        "sim_seconds": time.monotonic() - started,
+    }
+
+
+def report_derived(results: list[dict[str, Any]]) -> str:
+    rows = []
+    by = {(r["cohorts"], r["mode"]): r for r in results}
+    for (cohorts, mode), r in sorted(by.items()):
+        base = by.get((cohorts, "summary")) if mode != "summary" else r
+        ratio = (base["requests_per_cycle"] / r["requests_per_cycle"]) if base else None
+        age_ratio = (base["worst_age_s"] / r["worst_age_s"]) if base else None
+        kinds = ", ".join(f"{k} {v / (r['steady_per_day'] or 1):.0%}"
+                          for k, v in sorted(r["by_kind_per_day"].items()))
+        rows.append([
+            cohorts, r["targets"], mode, f"{r['requests_per_cycle']:.1f}",
+            f"{r['interval_s'] / 60:.1f} min", f"{r['worst_age_s'] / 60:.1f} min",
+            f"{r['worst_age_s'] / r['optimum_s']:.2f}",
+            "-" if ratio is None else f"{ratio:.2f}x",
+            "-" if age_ratio is None else f"{age_ratio:.2f}x",
+            f"{r['derived_targets']}/{r['targets']}", f"{r['matches']}/{r['mismatches']}",
+            f"{r['max_rolling_day']}/{r['day_budget']}", kinds])
+    header = ["cohorts/scenario", "targets", "plan", "requests per cycle", "interval",
+              "worst age", "worst age / optimum", "fewer requests per cycle",
+              "fresher (worst age)", "derived", "cross-checks match/mismatch",
+              "max / rolling 24 h", "steady requests by kind"]
+    notes = ("3 scenarios of 40, 90 and 250 participants; optimum = one request per target "
+             "(targets x 86400 / day budget). Requests per cycle = every request of the "
+             "steady day x interval / 86400\n(member lists and cross-checks included). "
+             "Goal (issue 13): >= 2.5x fewer requests per cycle with 8 cohorts.")
+    return notes + "\n" + w.table(rows, header)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Quota fidelity of the real scheduler.")
     parser.add_argument("--targets", default="20,100,1000")
@@ -255,8 +530,31 @@ def main() -> int:
     parser.add_argument("--reserve", type=float, default=0.1)
     parser.add_argument("--refresh-interval", default="15m")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--derived", action="store_true",
+                        help="derived cohorts (issue 13): summary plan against auto plan")
+    parser.add_argument("--membership-intervals", default="1h",
+                        help="--derived: planner.membership_interval values to try "
+                             "(default: %(default)s)")
+    parser.add_argument("--cohorts", default="8,16,32",
+                        help="--derived: cohorts per scenario to try (all, groups, an email "
+                             "list, no-staff, last-7d; default: %(default)s)")
     args = parser.parse_args()
     logging.disable(logging.CRITICAL)  # the poller logs every simulated failure
+    if args.derived:
+        derived = []
+        for k in (int(x) for x in args.cohorts.split(",") if x):
+            runs = [("summary", "1h")] + [("auto", m) for m in
+                                          args.membership_intervals.split(",") if m]
+            for mode, membership in runs:
+                print(f"simulating {k} cohorts x 3 scenarios, planner.mode {mode} ...",
+                      file=sys.stderr, flush=True)
+                derived.append(simulate_derived(k - 4, mode, args.seed, args.latency,
+                                                args.requests_per_day, args.refresh_interval,
+                                                membership))
+        print(report_derived(derived))
+        if args.json:
+            args.json.write_text(json.dumps(derived, indent=1))
+        return 0
     results = []
     for n in (int(x) for x in args.targets.split(",") if x):
         for rate in (float(x) for x in args.failure_rates.split(",") if x):

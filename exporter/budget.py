@@ -57,18 +57,21 @@ class Budget:
             day = self.day_limit - len(self._sent)
         return max(minute, 0), max(day, 0)
 
-    def next_allowed(self, now: float) -> float:
-        """The earliest time (>= now) at which one more request fits both windows."""
+    def next_allowed(self, now: float, count: int = 1) -> float:
+        """The earliest time (>= now) at which ``count`` more requests fit both windows
+        (a participants pull's pages are sent back to back)."""
         with self._lock:
             self._expire(now)
             when = now
-            if len(self._sent) >= self.day_limit:
-                # The request that must leave the 24 h window first.
-                when = max(when, self._sent[len(self._sent) - self.day_limit] + DAY + GRACE)
+            count = max(1, min(count, self.day_limit, self.minute_limit))
+            sent = len(self._sent)
+            if sent + count > self.day_limit:
+                # The requests that must leave the 24 h window first.
+                when = max(when, self._sent[sent - self.day_limit + count - 1] + DAY + GRACE)
             in_minute = self._count_since(now - MINUTE - GRACE)
-            if in_minute >= self.minute_limit:
+            if in_minute + count > self.minute_limit:
                 when = max(when,
-                           self._sent[len(self._sent) - self.minute_limit] + MINUTE + GRACE)
+                           self._sent[sent - self.minute_limit + count - 1] + MINUTE + GRACE)
             return when
 
     def resize(self, minute_limit: int, day_limit: int) -> None:

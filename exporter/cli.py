@@ -35,6 +35,8 @@ from .discovery import Discovery, Lists
 from .exposition import Exposition
 from .jobs import Running, key_id, summary_job
 from .listings import DAY_SHARE, Assignments, ListingsCollector, Skills
+from .plan_collector import PlanCollector
+from .planner import Planner, offline_plan
 from .scheduler import (
     Clock,
     Poller,
@@ -134,7 +136,43 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
     if day_budget != rate.day_budget:
         lines.append(f"left for the targets: about {max(day_budget, 1):.0f} requests/day "
                      "(listings are paid for first)")
-    interval = effective_interval(len(targets), config.refresh_interval, max(day_budget, 1),
+    plan = offline_plan(targets, config.planner)
+    planner = config.planner
+    cost = len(targets)
+    if planner.mode == "auto":
+        lines.append("planner: auto (each scenario and date range uses one participants pull "
+                     "when that is cheaper than a summary per cohort; offline, a pull is "
+                     "assumed to be one page: 100 participants)")
+        for group in plan.groups:
+            lines.append(f"  {group.scenario} ({group.describe_dates()}): "
+                         f"{len(group.cohorts)} cohort{'s' if len(group.cohorts) > 1 else ''}"
+                         f"; summary {group.summary_cost} "
+                         f"requests/cycle, participants {group.participants_cost} "
+                         f"({group.pages} page{'s' if group.pages > 1 else ''} + "
+                         f"{group.participants_cost - group.pages} summaries) -> {group.source}")
+        lists = len(plan.member_groups) * 86400 / planner.membership_interval
+        share = planner.cross_check_share
+        checks = share * min(rate.day_budget, (plan.chosen_cost * 86400 / config.refresh_interval
+                                               + lists) / (1 - share))
+        if not any(g.source == "participants" for g in plan.groups):
+            lists = checks = 0.0
+        summary_interval = effective_interval(len(targets), config.refresh_interval,
+                                              max(day_budget, 1), rate.minute_budget)
+        day_budget -= lists + checks
+        cost = plan.chosen_cost
+        lines.append(f"requests per cycle: {plan.summary_cost} on summary requests (every "
+                     f"{format_duration(summary_interval)}), {plan.chosen_cost} with the plan "
+                     f"once every derived cohort is proven, plus {lists:.0f} member-list and "
+                     f"{checks:.0f} cross-check requests/day "
+                     f"({len(plan.member_groups)} group"
+                     f"{'s' if len(plan.member_groups) != 1 else ''} every "
+                     f"{format_duration(planner.membership_interval)}; cross-checks "
+                     f"{share:.0%} of the budget)")
+        lines.append("  (every target starts on summary requests and moves to the participants "
+                     "source once a pull reproduced its summary)")
+    else:
+        lines.append("planner: summary (one summary request per target)")
+    interval = effective_interval(cost, config.refresh_interval, max(day_budget, 1),
                                   rate.minute_budget)
     stretched = (" (stretched from refresh_interval to fit the budget)"
                  if interval > config.refresh_interval else "")
@@ -212,6 +250,9 @@ class Exporter:
         self.skills: Skills | None = None
         self.assignments: Assignments | None = None
         self._listings(config)
+        self.planner = Planner(config.planner, self.store, saved.members,
+                               on_change=self._on_plan)
+        self.planner.configure(config.planner, rate.day_budget, config.refresh_interval)
         self.running = self._build(config, self._client(config), key)
         self.poller = Poller(self.scheduler, lambda: self.running, self.store, self.clock)
         self.store.record_reload(True, now)
@@ -222,6 +263,7 @@ class Exporter:
         # Per scrape, like the other live families: a few samples per skill and per
         # scenario, and collector.py/exposition.py stay about the targets.
         live.register(ListingsCollector(lambda: (self.skills, self.assignments)))
+        live.register(PlanCollector(self.planner, lambda: self.scheduler.interval))
         self.exposition = Exposition(snapshot_collector, live, self.clock)
         self._stop_saving = threading.Event()
         self._saver: threading.Thread | None = None
@@ -236,8 +278,26 @@ class Exporter:
 
     def _on_view(self, view: ScheduleView) -> None:
         pause = (view.pause.reason, view.pause.until) if view.pause is not None else None
-        self.store.record_schedule(view.interval, view.next_due, pause,  # type: ignore[arg-type]
+        next_due = dict(view.next_due)
+        # A derived target is refreshed by its scenario's participants pull.
+        for pull, targets in self.planner.served_by_pull().items():
+            if pull in next_due:
+                next_due.update(dict.fromkeys(targets, next_due[pull]))
+        self.store.record_schedule(view.interval, next_due, pause,  # type: ignore[arg-type]
                                    view.stretched)
+
+    def _on_plan(self) -> None:
+        # A target was proven or refused, a scenario fell back, a pull's size changed or
+        # a member list was first read: the recurring jobs change (in the poller thread).
+        with self._apply_lock:
+            self.running = self._build(self.config, self.running.client, self.key)
+            self.poller.wake()
+
+    def _interval(self, config: Config) -> float:
+        """The effective interval of the running plan (a pull of n pages counts n)."""
+        cost = sum(max(job.cost, 1) for job in self.running.jobs)
+        return effective_interval(cost, config.refresh_interval, self._poll_day_budget(),
+                                  config.api.rate_limit.minute_budget)
 
     def _discovery(self, config: Config, lists: Lists | None, reread: bool) -> Discovery | None:
         """Discovery for ``config`` (None when it reads no list)."""
@@ -275,9 +335,11 @@ class Exporter:
         return self._polled
 
     @property
-    def sources(self) -> tuple[Discovery | Skills | Assignments, ...]:
-        """The job sources: discovery first (it decides the scenarios), then the listings."""
-        return tuple(s for s in (self.discovery, self.skills, self.assignments)
+    def sources(self) -> tuple[Discovery | Skills | Assignments | Planner, ...]:
+        """The job sources: discovery first (it decides the scenarios), then the listings,
+        then the planner's member lists and cross-checks (in auto mode)."""
+        planner = self.planner if self.config.planner.mode == "auto" else None
+        return tuple(s for s in (self.discovery, self.skills, self.assignments, planner)
                      if s is not None)
 
     def _on_lists(self, lists: Lists) -> None:
@@ -285,8 +347,7 @@ class Exporter:
         with self._apply_lock:
             self.running = self._build(self.config, self.running.client, self.key)
             self.poller.wake()
-        interval = effective_interval(len(self._targets), self.config.refresh_interval,
-                                      self._poll_day_budget(), self.budget.minute_limit)
+        interval = self._interval(self.config)
         wanted = format_duration(self.config.refresh_interval)
         how = (f"stretched from refresh_interval {wanted} to fit the budget"
                if interval > self.config.refresh_interval else "as configured")
@@ -325,9 +386,18 @@ class Exporter:
             if state is not None and state.last_success is not None:
                 known[t.key] = state.last_success
         rate = config.api.rate_limit
+        jobs = self.planner.jobs(kept, self.clock.time())
+        for refetch in self.planner.take_refetch():
+            known.pop(refetch, None)  # suspect derived values: its summary is due now
+        for pull, members in self.planner.pull_targets().items():
+            # A pull is as old as the oldest data it would refresh: no burst on restart.
+            if all(t in known for t in members):
+                known[pull] = min(known[t] for t in members)  # type: ignore[index]
+        if config.planner.mode == "summary":
+            jobs = tuple(summary_job(t, self.store) for t in kept)  # exactly as before
         return Running(
             client=client,
-            jobs=tuple(summary_job(t, self.store) for t in kept),
+            jobs=jobs,
             sources=self.sources,
             refresh_interval=config.refresh_interval,
             minute_budget=rate.minute_budget, day_budget=rate.day_budget,
@@ -365,12 +435,12 @@ class Exporter:
                     self.discovery = self._discovery(config, lists, reread=True)
                 self._listings(config)
                 self.config = config
+                self.planner.configure(config.planner, config.api.rate_limit.day_budget,
+                                       config.refresh_interval, reread_members=True)
                 self.running = self._build(config, client, key)
             self.store.record_reload(True, now)
             self.poller.wake()
-            interval = effective_interval(len(self._targets), config.refresh_interval,
-                                          self._poll_day_budget(), config.api.rate_limit
-                                          .minute_budget)
+            interval = self._interval(config)
             log.info("configuration reloaded: %d targets, effective interval %s",
                      len(self._targets), format_duration(interval))
             return True, "configuration reloaded"
@@ -381,7 +451,7 @@ class Exporter:
         now = self.clock.time()
         lists = self.discovery.lists if self.discovery else None
         self.state.save(self.store.snapshot(), self.budget.ledger(now), now, force=force,
-                        lists=lists)
+                        lists=lists, members=self.planner.members())
 
     def _save_loop(self) -> None:
         # The state file follows the store: every change is saved (coalesced by the
@@ -397,7 +467,7 @@ class Exporter:
               web_config: WebConfig | None) -> None:
         """Start polling, saving and serving."""
         web = Web(self.store, self.exposition, telemetry_path, web_config, self.reload,
-                  self.clock.time)
+                  self.clock.time, source=self.planner.source)
         self.server = serve(address, web)
         self.poller.start()
         if self.state is not None:
@@ -405,8 +475,7 @@ class Exporter:
             self._saver.start()
         host, port = (str(part) for part in self.server.server_address[:2])
         host = f"[{host}]" if ":" in host else host
-        interval = effective_interval(len(self._targets), self.config.refresh_interval,
-                                      self._poll_day_budget(), self.budget.minute_limit)
+        interval = self._interval(self.config)
         log.info("exec-exporter %s listening on %s:%s; %d targets, effective refresh "
                  "interval %s", __version__, host, port, len(self._targets),
                  format_duration(interval))

@@ -243,6 +243,133 @@ def _check_restored(summary: Summary) -> None:
     parse_summary(body)
 
 
+# --- participants and members ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantRow:
+    """One user's row of a scenario's participants table (within the pull's dates)."""
+
+    user_id: str
+    email: str | None
+    session_count: int
+    first_score: float | None
+    best_score: float | None
+    lift: float | None
+    duration_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A workspace member: the user id and email a cohort filter matches on."""
+
+    user_id: str
+    email: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a paginated list: its items and what the pagination says."""
+
+    items: tuple[Any, ...]
+    page: int
+    total_count: int | None
+    total_pages: int
+
+
+def _string(value: object, key: str, required: bool = False) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise InvalidResponse(f"{key} is {type(value).__name__}, expected a string")
+    if required and not value:
+        raise InvalidResponse(f"{key} is empty")
+    return value
+
+
+def _page_of(body: object, what: str) -> tuple[list[Any], int, int | None, int]:
+    """The items and (page, total_count, total_pages) of a list body."""
+    if not isinstance(body, dict):
+        raise InvalidResponse(f"{what}: expected a JSON object, got {type(body).__name__}")
+    data = body.get("data")
+    if not isinstance(data, list):
+        raise InvalidResponse(f"{what}: data is not a list")
+    pagination = body.get("pagination")
+    if pagination is None:
+        return data, 1, len(data), 1
+    if not isinstance(pagination, dict):
+        raise InvalidResponse(f"{what}: pagination is not an object")
+    page = _number(pagination, "page", lo=1, integer=True)
+    total = _number(pagination, "total_count", lo=0, integer=True)
+    pages = _number(pagination, "total_pages", lo=0, integer=True)
+    return (data, 1 if page is None else int(page), None if total is None else int(total),
+            1 if pages is None else int(pages))
+
+
+def parse_participant(item: object, where: str = "participant") -> ParticipantRow:
+    """Validate one ``ScenarioParticipantEntry`` into a :class:`ParticipantRow`.
+
+    Strict like :func:`parse_summary`: a wrong type, a negative count or a score
+    outside 0-100 raises :class:`InvalidResponse`; nulls are kept as None.
+    """
+    if not isinstance(item, dict):
+        raise InvalidResponse(f"{where} is not an object")
+    user = item.get("user")
+    if not isinstance(user, dict):
+        raise InvalidResponse(f"{where}.user is not an object")
+    user_id = _string(user.get("id"), f"{where}.user.id", required=True)
+    email = _string(user.get("email"), f"{where}.user.email")
+    sessions = _number(item, "session_count", lo=0, integer=True)
+    first = _number(item, "first_score", lo=0, hi=100)
+    best = _number(item, "best_score", lo=0, hi=100)
+    lift = _number(item, "lift_percentage", lo=-100, hi=100)
+    duration = _number(item, "total_duration_seconds", lo=0)
+    for key in ("first_rank", "best_rank"):
+        _rank(item.get(key), f"{where}.{key}")
+    assert user_id is not None
+    return ParticipantRow(
+        user_id=user_id, email=email,
+        session_count=0 if sessions is None else int(sessions),
+        first_score=None if first is None else float(first),
+        best_score=None if best is None else float(best),
+        lift=None if lift is None else float(lift),
+        duration_seconds=0.0 if duration is None else float(duration))
+
+
+def parse_participants_page(body: object) -> Page:
+    """A page of ``GET /scenarios/{id}/analytics/participants``: rows of
+    :class:`ParticipantRow`, strict on types (:class:`InvalidResponse`)."""
+    data, page, total, pages = _page_of(body, "participants")
+    rows = tuple(parse_participant(item, f"data[{i}]") for i, item in enumerate(data))
+    return Page(rows, page, total, pages)
+
+
+def parse_member(item: object, where: str = "member") -> Member:
+    """Validate one ``WorkspaceMember``. The schema puts ``id`` (the user id) and
+    ``email`` at the top; the documented example nests them in ``user``: both are read,
+    the nested user winning."""
+    if not isinstance(item, dict):
+        raise InvalidResponse(f"{where} is not an object")
+    user = item.get("user")
+    if user is not None:
+        if not isinstance(user, dict):
+            raise InvalidResponse(f"{where}.user is not an object")
+        user_id = _string(user.get("id"), f"{where}.user.id", required=True)
+        email = _string(user.get("email"), f"{where}.user.email")
+    else:
+        user_id = _string(item.get("id"), f"{where}.id", required=True)
+        email = _string(item.get("email"), f"{where}.email")
+    assert user_id is not None
+    return Member(user_id, email)
+
+
+def parse_members_page(body: object) -> Page:
+    """A page of ``GET /workspace/members``: items of :class:`Member`."""
+    data, page, total, pages = _page_of(body, "members")
+    return Page(tuple(parse_member(item, f"data[{i}]") for i, item in enumerate(data)),
+                page, total, pages)
+
+
 # --- errors from responses -------------------------------------------------
 
 
@@ -507,6 +634,16 @@ class ExecClient:
         """GET /scenarios/{id}/analytics/summary with the cohort's filters."""
         path = f"/scenarios/{quote(scenario_id, safe='')}/analytics/summary"
         return self._call(path, params, parse_summary)
+
+    def participants(self, scenario_id: str, params: Mapping[str, str]) -> Page:
+        """One page of GET /scenarios/{id}/analytics/participants (``page`` and
+        ``page_size`` go in ``params`` with the date filters)."""
+        path = f"/scenarios/{quote(scenario_id, safe='')}/analytics/participants"
+        return parse_participants_page(self.get_json(path, params))
+
+    def members(self, params: Mapping[str, str]) -> Page:
+        """One page of GET /workspace/members (``group_ids``, ``page``, ``page_size``)."""
+        return parse_members_page(self.get_json("/workspace/members", params))
 
     def list_page(self, path: str, params: Mapping[str, str]) -> tuple[list[Any], int]:
         """One page of a list endpoint: its items and the total number of pages."""

@@ -297,6 +297,17 @@ class ListingConfig(_Strict):
     interval: Duration = 3600.0
 
 
+class PlannerConfig(_Strict):
+    """How cohorts are refreshed: one summary request each, or derived from one
+    participants pull per scenario and date range when that is cheaper."""
+
+    mode: Literal["auto", "summary"] = "auto"
+    cross_check_share: float = Field(0.05, ge=0, lt=1)
+    tolerance: float = Field(0.1, ge=0)
+    fallback_for: Duration = Field(24 * 3600.0, ge=0)
+    membership_interval: Duration = Field(3600.0, gt=0)
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
@@ -309,6 +320,7 @@ class Config(_Strict):
     max_targets: int = Field(500, gt=0)
     skills: ListingConfig | None = None
     assignments: ListingConfig | None = None
+    planner: PlannerConfig = PlannerConfig()
 
     def cohort(self, name: str) -> CohortConfig:
         """The cohort called ``name``."""

@@ -59,6 +59,9 @@ class Job:
     label: str = ""  # for logs: "scenario=x cohort=y", "scenarios page 2"
     # Whose errors count: a target key whose errors_total gains the failure, if any.
     target: tuple[str, str] | None = None
+    # Requests one run of this recurring job sends: a participants pull of n pages
+    # sends page 1 itself and pages 2..n as follow-ups, and costs n in the interval.
+    cost: int = 1
 
 
 class JobSource(Protocol):

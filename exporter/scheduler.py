@@ -10,7 +10,8 @@ without sleeping.
 Policy (see the README's "Quota arithmetic"):
 
 * effective interval ``I = max(refresh_interval, N x 86400 / day budget,
-  N x 60 / minute budget)`` over the N recurring jobs, with what the job
+  N x 60 / minute budget)`` over the N requests of one round of the recurring
+  jobs (a job's ``cost``: a participants pull of n pages counts n), with what the job
   sources (discovery listings) need a day taken out of the day budget first;
 * first fill (jobs with no data at all) goes as fast as the minute budget
   allows; afterwards each job is due ``I`` after its last attempt, stalest
@@ -171,6 +172,7 @@ class Scheduler:
     on_view: Callable[[ScheduleView], None] | None = None
     _jobs: dict[JobKey, Job] = field(default_factory=dict)
     _times: dict[JobKey, JobTimes] = field(default_factory=dict)
+    _cost: int = 0  # requests one round of the recurring jobs sends (sum of job.cost)
     pause: Pause | None = None
     # Pacing spaces recurring jobs only (sources are paid for separately); before the
     # first of this process, the restored ledger's last request stands in.
@@ -211,6 +213,7 @@ class Scheduler:
                 times.order = order
             self._jobs[key] = job
             self._times[key] = times
+        self._cost = sum(max(job.cost, 1) for job in self._jobs.values())
 
     @property
     def keys(self) -> list[JobKey]:
@@ -236,7 +239,7 @@ class Scheduler:
     @property
     def budget_bound(self) -> bool:
         """Whether the jobs want more requests than the day budget affords."""
-        return len(self._times) * DAY / self.poll_day_budget >= self.refresh_interval
+        return self._cost * DAY / self.poll_day_budget >= self.refresh_interval
 
     @property
     def spacing(self) -> float:
@@ -254,7 +257,7 @@ class Scheduler:
     @property
     def interval(self) -> float:
         """The effective refresh interval after budget stretching."""
-        return effective_interval(len(self._times), self.refresh_interval,
+        return effective_interval(self._cost, self.refresh_interval,
                                   self.poll_day_budget, self.budget.minute_limit)
 
     def next_due(self, key: JobKey, now: float | None = None) -> float:
@@ -335,6 +338,13 @@ class Scheduler:
             paced = self._paced(now)
             if paced > now:
                 return Decision(None, min(paced, sources_wake))
+        cost = self._jobs[best_key].cost
+        if cost > 1 and not probe:
+            # A pull's pages go back to back: start it when the budget has room for all
+            # of them, or its data would be as old as the wait between its pages.
+            room = self.budget.next_allowed(now, cost)
+            if room > now:
+                return Decision(None, min(room, sources_wake))
         return Decision(self._jobs[best_key], now, probe)
 
     def blocked_until(self, now: float) -> float:
@@ -355,7 +365,9 @@ class Scheduler:
         self.budget.record(at)
         times = self._times.get(_key(job))
         if times is not None:
-            self._last_poll = at
+            # A job of n requests (its follow-ups run as they come) holds n paces.
+            cost = self._jobs[_key(job)].cost
+            self._last_poll = at + (max(cost, 1) - 1) * self.spacing
             times.previous_attempt = times.last_attempt
             times.last_attempt = at
 

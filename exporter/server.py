@@ -77,8 +77,11 @@ class Web:
     def __init__(self, store: Store, exposition: Exposition, telemetry_path: str = "/metrics",
                  web_config: WebConfig | None = None,
                  reload: Callable[[], tuple[bool, str]] | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 source: Callable[[tuple[str, str]], str] | None = None) -> None:
         self.store = store
+        # Where a target's values come from ("summary" or "participants"), for the page.
+        self.source = source
         self.exposition = exposition
         self.telemetry_path = telemetry_path
         self._web_config = LiveWebConfig(web_config or WebConfig())
@@ -623,7 +626,8 @@ def landing_page(web: Web) -> str:
             "<tr>"
             f"<td>{e(target.scenario)}</td><td>{e(target.display_name or '')}</td>"
             f"<td>{e(target.cohort.name)}</td>"
-            f"<td class={css}>{text}</td>"
+            + (f"<td>{e(web.source(target.key))}</td>" if web.source else "")
+            + f"<td class={css}>{text}</td>"
             f"<td>{_when(state.last_success, now)}</td><td>{error}</td>"
             f"<td>{_when(state.next_due, now)}</td></tr>")
     discovery = ""
@@ -647,8 +651,9 @@ def landing_page(web: Web) -> str:
         notice = (f'<p class="notice">All requests are paused: {why}; {then} '
                   f"{_when(snapshot.pause_until, now)}.</p>")
     if snapshot.targets:
-        table = f"""<table><thead><tr><th>Scenario</th><th>Name</th><th>Cohort</th><th>State</th>
-<th>Last success</th><th>Last error</th><th>Next refresh</th></tr></thead>
+        source = "<th>Source</th>" if web.source else ""
+        table = f"""<table><thead><tr><th>Scenario</th><th>Name</th><th>Cohort</th>{source}
+<th>State</th><th>Last success</th><th>Last error</th><th>Next refresh</th></tr></thead>
 <tbody>
 {''.join(rows)}
 </tbody></table>"""

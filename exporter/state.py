@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +46,17 @@ class SavedState:
     targets: dict[Key, SavedTarget] = field(default_factory=dict)
     ledger: list[float] = field(default_factory=list)
     lists: Lists | None = None  # the discovery lists, so a restart need not re-read them
+    # Group id -> (member user ids, when read): the planner's member lists.
+    members: dict[str, tuple[frozenset[str], float]] = field(default_factory=dict)
+
+
+Members = Mapping[str, tuple[frozenset[str], float]]
 
 
 def encode(snapshot: Snapshot, ledger: Iterable[float], now: float,
-           lists: Lists | None = None) -> bytes:
-    """The file's bytes for ``snapshot``, the request ``ledger`` and discovery ``lists``."""
+           lists: Lists | None = None, members: Members | None = None) -> bytes:
+    """The file's bytes for ``snapshot``, the request ``ledger``, discovery ``lists`` and
+    the planner's member lists."""
     targets = []
     for state in snapshot.targets:
         if state.summary is None and state.last_error is None:
@@ -77,6 +83,9 @@ def encode(snapshot: Snapshot, ledger: Iterable[float], now: float,
                 {"id": g.id, "name": g.name} for g in lists.groups],
             "groups_at": lists.groups_at,
         }
+    if members:
+        doc["members"] = {group: {"user_ids": sorted(ids), "at": at}
+                          for group, (ids, at) in members.items()}
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -97,6 +106,17 @@ def decode(data: bytes, now: float) -> SavedState:
             saved.lists = _decode_lists(found, now)
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("state file: ignoring the saved discovery lists: %s", exc)
+    found_members = doc.get("members")
+    if isinstance(found_members, dict):
+        for group, item in found_members.items():
+            try:
+                at = item["at"]
+                ids = item["user_ids"]
+                if not isinstance(at, int | float) or at > now + 60 or not isinstance(ids, list):
+                    raise ValueError("bad member list")
+                saved.members[str(group)] = (frozenset(str(i) for i in ids), float(at))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("state file: ignoring the saved members of group %s: %s", group, exc)
     for item in doc.get("targets", []):
         try:
             key = (str(item["scenario"]), str(item["cohort"]))
@@ -152,7 +172,8 @@ class StateFile:
         self.min_gap = min_gap
         self._last_save = float("-inf")
         self._lock = threading.Lock()
-        self._pending: tuple[Snapshot, list[float], float, Lists | None] | None = None
+        self._pending: tuple[Snapshot, list[float], float, Lists | None,
+                             Members | None] | None = None
         self._timer: threading.Timer | None = None
 
     def load(self, now: float) -> SavedState:
@@ -176,13 +197,14 @@ class StateFile:
         return saved
 
     def save(self, snapshot: Snapshot, ledger: Iterable[float], now: float,
-             force: bool = False, lists: Lists | None = None) -> bool:
+             force: bool = False, lists: Lists | None = None,
+             members: Members | None = None) -> bool:
         """Write atomically now (returns True), or, inside ``min_gap`` of the last
         write, remember the data and write it when the gap ends (returns False)."""
         with self._lock:
             wait = self.min_gap - (now - self._last_save)
             if not force and wait > 0:
-                self._pending = (snapshot, list(ledger), now, lists)
+                self._pending = (snapshot, list(ledger), now, lists, members)
                 if self._timer is None:
                     self._timer = threading.Timer(wait, self._flush)
                     self._timer.daemon = True
@@ -192,7 +214,7 @@ class StateFile:
             if force and self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            return self._save_locked(snapshot, ledger, now, lists)
+            return self._save_locked(snapshot, ledger, now, lists, members)
 
     def _flush(self) -> None:
         with self._lock:
@@ -202,8 +224,8 @@ class StateFile:
                 self._save_locked(*pending)
 
     def _save_locked(self, snapshot: Snapshot, ledger: Iterable[float], now: float,
-                     lists: Lists | None) -> bool:
-        data = encode(snapshot, ledger, now, lists)
+                     lists: Lists | None, members: Members | None = None) -> bool:
+        data = encode(snapshot, ledger, now, lists, members)
         try:
             self._write(data)
         except OSError as exc:

@@ -60,12 +60,16 @@ from exporter.demo import (
     not_found_response,
     paginate,
     parse_bool,
+    parse_datetime,
+    rank_for,
     split_list,
     unauthorized_response,
 )
 from exporter.demo import _Handler as _DemoHandler
+from exporter.demo import _summary_body as summary_from_bests
 
-__all__ = ["FAULTS", "LIST_FAULTS", "FakeExecAPI", "RecordedRequest", "summary_body"]
+__all__ = ["FAULTS", "LIST_FAULTS", "FakeExecAPI", "RecordedRequest", "Session", "User",
+           "summary_body"]
 
 HUGE_BODY_SIZE = 64 * 1024 * 1024
 _CHUNK = 64 * 1024
@@ -131,6 +135,25 @@ class RecordedRequest:
     time: float  # from the fake's clock (time.time by default)
     scenario_id: str | None = None  # set for summary requests
     raw_query: str = ""
+
+
+@dataclass(frozen=True)
+class User:
+    """A workspace member of the fake's session log."""
+
+    id: str
+    email: str
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Session:
+    """One graded practice session of the fake's session log."""
+
+    user_id: str
+    time: float
+    score: float
+    seconds: float
 
 
 @dataclass
@@ -237,6 +260,11 @@ class FakeExecAPI(LoopbackAPIServer):
         # Skills and assignments (set_list_fault takes "skills" and "assignments" too).
         self._lists.update(skills=[], assignments=[])
 
+        # The session log: summaries and participant rows are both computed from it.
+        self._users: dict[str, User] = {}
+        self._sessions: dict[str, list[Session]] = {}
+        self._skew: dict[str, dict[str, float]] = {}
+
     def start(self) -> FakeExecAPI:
         """Bind and serve (see :meth:`LoopbackAPIServer.start`), with the trickle faults."""
         super().start()
@@ -288,10 +316,45 @@ class FakeExecAPI(LoopbackAPIServer):
         with self._lock:
             self._lists["groups"] = [dict(item) for item in items]
 
+    def set_users(self, users: list[User]) -> None:
+        """The workspace members (GET /workspace/members, filtered by ``group_ids``)."""
+        with self._lock:
+            self._users = {u.id: u for u in users}
+
+    def set_sessions(self, scenario_id: str, sessions: list[Session]) -> None:
+        """A session log for ``scenario_id``: from now on its summary (unless
+        :meth:`set_summary` set one) and its participants table are both computed from
+        these sessions, with the summary endpoint's filters."""
+        with self._lock:
+            self._sessions[scenario_id] = sorted(sessions, key=lambda s: s.time)
+
+    def add_sessions(self, scenario_id: str, sessions: list[Session]) -> None:
+        """New sessions arrive for ``scenario_id``."""
+        with self._lock:
+            log = self._sessions.setdefault(scenario_id, [])
+            log.extend(sessions)
+            log.sort(key=lambda s: s.time)
+
+    def set_summary_skew(self, scenario_id: str, field: str | None, delta: float = 0.0) -> None:
+        """Change the summary's formula for one field behind the exporter's back:
+        ``field`` (a summary body key) gets ``delta`` added; None clears every skew."""
+        with self._lock:
+            if field is None:
+                self._skew.pop(scenario_id, None)
+            else:
+                self._skew.setdefault(scenario_id, {})[field] = delta
+
+    def requests_to(self, suffix: str) -> list[RecordedRequest]:
+        """The requests whose path ends with ``suffix`` ("/summary", "/participants",
+        "/workspace/members")."""
+        with self._lock:
+            return [r for r in self.requests if r.path.endswith(suffix)]
+
     def set_list_fault(self, which: str, fault: str | None, **kw: Any) -> None:
-        """Inject (or clear, with None) a fault on ``"scenarios"`` or ``"groups"``."""
-        if which not in self._lists:
-            raise ValueError(f"which must be 'scenarios' or 'groups', not {which!r}")
+        """Inject (or clear, with None) a fault on ``"scenarios"``, ``"groups"`` or
+        ``"members"`` (GET /workspace/members)."""
+        if which not in (*self._lists, "members"):
+            raise ValueError(f"which must be 'scenarios', 'groups' or 'members', not {which!r}")
         with self._lock:
             if fault is None:
                 self._list_faults.pop(which, None)
@@ -362,7 +425,14 @@ class FakeExecAPI(LoopbackAPIServer):
         match segments:
             case ["scenarios", sid, "analytics", "summary"]:
                 fault = self._take_fault(self._faults, sid, None)
-                return self._apply(fault, lambda: self._summary(sid), sid, summary=True)
+                return self._apply(fault, lambda: self._summary(sid, request.query), sid,
+                                   summary=True)
+            case ["scenarios", sid, "analytics", "participants"]:
+                fault = self._take_fault(self._faults, sid, None)
+                return self._apply(fault, lambda: self._participants(sid, request.query), sid)
+            case ["workspace", "members"]:
+                fault = self._take_fault(self._list_faults, "members")
+                return self._apply(fault, lambda: self._members(request.query), "members")
             case ["scenarios"]:
                 fault = self._take_fault(self._list_faults, "scenarios")
                 return self._apply(fault, lambda: self._scenario_list(request.query), "scenarios")
@@ -392,9 +462,12 @@ class FakeExecAPI(LoopbackAPIServer):
                 return fault
         return None
 
-    def _summary(self, scenario_id: str) -> APIResponse:
+    def _summary(self, scenario_id: str, query: dict[str, str] | None = None) -> APIResponse:
         with self._lock:
             entry = self._summaries.get(scenario_id)
+            logged = scenario_id in self._sessions
+        if entry is None and logged:
+            return self._derived_summary(scenario_id, query or {})
         if entry is None:
             return not_found_response(
                 f"Scenario not found: {scenario_id}", code="scenario_not_found"
@@ -405,6 +478,94 @@ class FakeExecAPI(LoopbackAPIServer):
         if isinstance(body, str):
             return APIResponse(status, body.encode())
         return APIResponse.json(status, body)
+
+    # --- the session log ---------------------------------------------------
+
+    def _per_user(self, scenario_id: str, query: dict[str, str]
+                  ) -> dict[str, list[Session]] | APIResponse:
+        """The matching sessions by user, in time order (or a 400)."""
+        try:
+            start = parse_datetime(query["start_date"]) if query.get("start_date") else None
+            end = parse_datetime(query["end_date"]) if query.get("end_date") else None
+            exclude = parse_bool(query.get("exclude_system_users") or "false")
+        except ValueError:
+            return bad_request_response("Invalid filter")
+        ids = set(split_list(query.get("user_ids")))
+        emails = {e.lower() for e in split_list(query.get("user_emails"))}
+        groups = set(split_list(query.get("group_ids")))
+        with self._lock:
+            users = dict(self._users)
+            sessions = list(self._sessions.get(scenario_id, []))
+        now = self.clock()
+        out: dict[str, list[Session]] = {}
+        for session in sessions:
+            user = users.get(session.user_id)
+            email = user.email.lower() if user else ""
+            if session.time > now or (start is not None and session.time < start):
+                continue
+            if end is not None and session.time > end:
+                continue
+            if (ids or emails) and session.user_id not in ids and email not in emails:
+                continue
+            if groups and not (user and user.groups & groups):
+                continue
+            if exclude and email.endswith("@exec.com"):
+                continue
+            out.setdefault(session.user_id, []).append(session)
+        return out
+
+    def _derived_summary(self, scenario_id: str, query: dict[str, str]) -> APIResponse:
+        per_user = self._per_user(scenario_id, query)
+        if isinstance(per_user, APIResponse):
+            return per_user
+        bests = [max(s.score for s in log) for log in per_user.values()]
+        firsts = [log[0].score for log in per_user.values()]
+        sessions = sum(len(log) for log in per_user.values())
+        seconds = sum(s.seconds for log in per_user.values() for s in log)
+        body = summary_from_bests(bests, firsts, sessions, seconds)
+        with self._lock:
+            skew = dict(self._skew.get(scenario_id, {}))
+        for name, delta in skew.items():
+            if isinstance(body.get(name), int | float):
+                body[name] = round(body[name] + delta, 1)
+        return APIResponse.json(200, body)
+
+    def _participants(self, scenario_id: str, query: dict[str, str]) -> APIResponse:
+        with self._lock:
+            logged = scenario_id in self._sessions
+            users = dict(self._users)
+        if not logged:
+            return not_found_response(
+                f"Scenario not found: {scenario_id}", code="scenario_not_found"
+            )
+        per_user = self._per_user(scenario_id, query)
+        if isinstance(per_user, APIResponse):
+            return per_user
+        rows = []
+        for uid, log in per_user.items():
+            user = users.get(uid)
+            first, best = log[0].score, max(s.score for s in log)
+            rows.append({
+                "user": {"id": uid, "email": user.email if user else None,
+                         "first_name": "F", "last_name": "L"},
+                "session_count": len(log),
+                "first_score": first, "first_rank": rank_for(first),
+                "best_score": best, "best_rank": rank_for(best),
+                "lift_percentage": best - first,
+                "total_duration_seconds": sum(s.seconds for s in log),
+            })
+        # The endpoint's default sorting: -best_score (ties by user, for stable pages).
+        rows.sort(key=lambda r: (-r["best_score"], r["user"]["id"]))
+        return paginate(rows, query)
+
+    def _members(self, query: dict[str, str]) -> APIResponse:
+        groups = set(split_list(query.get("group_ids")))
+        with self._lock:
+            users = sorted(self._users.values(), key=lambda u: u.id)
+        items = [{"id": u.id, "email": u.email, "first_name": "F", "last_name": "L",
+                  "role": "member", "created_at": "2024-01-15T10:30:00Z"}
+                 for u in users if not groups or u.groups & groups]
+        return paginate(items, query)
 
     def _scenario_list(self, query: dict[str, str]) -> APIResponse:
         try:

@@ -74,6 +74,7 @@ def test_config_check_prints_the_plan(write_config) -> None:
         refresh_interval: 15m
         scenarios: [{scenarios}]
         cohorts: [{{name: all}}, {{name: sales, group_ids: [g1]}}]
+        planner: {{mode: summary}}  # the summary plan's arithmetic (auto: test_planner)
     """)
     result = run_cli("--config.check", f"--config.file={path}")
     assert result.returncode == 0, result.stderr
@@ -195,7 +196,10 @@ def test_exports_what_the_api_returned(api: FakeExecAPI, write_config,
         before = len(api.requests)
         for _ in range(30):
             assert proc.get("/metrics").status_code == 200
-        assert len(api.requests) == before == 8
+        assert len(api.requests) == before
+        # One summary per target; planner.mode auto also tried one participants pull per
+        # scenario (this fake has none: 404, so summaries only) and read the group lists.
+        assert len(api.requests_to("/summary")) == 8
 
         # gzip and OpenMetrics when asked for.
         raw = requests.get(proc.url + "/metrics", headers={"Accept-Encoding": "gzip"},

@@ -24,7 +24,9 @@ from exporter.client import (
     ExecClient,
     Forbidden,
     InvalidResponse,
+    Member,
     NotFound,
+    ParticipantRow,
     RateLimited,
     Summary,
     Timeout,
@@ -320,3 +322,76 @@ def test_timeout_covers_name_resolution(monkeypatch: pytest.MonkeyPatch) -> None
     finally:
         release.set()
     wait_until(lambda: not request_workers(), BOUND, what="the request's worker to end")
+
+
+# --- participants and members ---------------------------------------------------
+
+PARTICIPANTS_URL = f"{BASE}/scenarios/discovery-call/analytics/participants"
+ENTRY: dict[str, Any] = {  # the OpenAPI example row
+    "user": {"id": "u1a2b3c4d5e6", "email": "jane@acme.com", "first_name": "Jane",
+             "last_name": "Smith"},
+    "session_count": 4, "first_score": 55, "first_rank": "bronze", "best_score": 88,
+    "best_rank": "gold", "lift_percentage": 33, "total_duration_seconds": 1240,
+}
+
+
+def page_body(items: list[Any], total: int, pages: int, page: int = 1) -> dict[str, Any]:
+    return {"data": items, "pagination": {"page": page, "page_size": 100,
+                                          "total_count": total, "total_pages": pages}}
+
+
+def test_participants_page_rows_and_pagination(client: ExecClient,
+                                               requests_mock: rm.Mocker) -> None:
+    null_row = {**ENTRY, "user": {"id": "u2", "email": None}, "first_score": None,
+                "first_rank": None, "best_score": None, "best_rank": None,
+                "lift_percentage": None, "unknown_new_field": [1]}
+    requests_mock.get(PARTICIPANTS_URL, json=page_body([ENTRY, null_row], 250, 3, page=2))
+    page = client.participants("discovery-call", {"page": "2", "page_size": "100",
+                                                  "start_date": "2026-07-01T00:00:00Z"})
+    assert page.items == (
+        ParticipantRow("u1a2b3c4d5e6", "jane@acme.com", 4, 55.0, 88.0, 33.0, 1240.0),
+        ParticipantRow("u2", None, 4, None, None, None, 1240.0))
+    assert (page.page, page.total_count, page.total_pages) == (2, 250, 3)
+    query = requests_mock.last_request.url.split("?", 1)[1]
+    assert "page=2" in query and "start_date=2026-07-01T00:00:00Z" in query
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"session_count": "4"}, "data[0]: session_count is str"),
+    ({"session_count": -1}, "session_count is -1"),
+    ({"best_score": 120}, "best_score is 120"),
+    ({"best_rank": "platinum"}, "data[0].best_rank"),
+    ({"user": None}, "data[0].user is not an object"),
+    ({"user": {"email": "x@y.z"}}, "data[0].user.id"),
+    ({"user": {"id": "u", "email": 7}}, "data[0].user.email is int"),
+])
+def test_participants_strict_types(client: ExecClient, requests_mock: rm.Mocker,
+                                   change: dict[str, Any], message: str) -> None:
+    requests_mock.get(PARTICIPANTS_URL, json=page_body([{**ENTRY, **change}], 1, 1))
+    with pytest.raises(InvalidResponse) as caught:
+        client.participants("discovery-call", {})
+    assert message.split(": ")[-1] in str(caught.value)
+
+
+@pytest.mark.parametrize("body", [
+    [ENTRY], {"data": "rows"}, {"data": [], "pagination": {"total_count": "3"}},
+    {"data": [], "pagination": {"total_pages": -1}}, {"data": [], "pagination": []},
+])
+def test_participants_page_shape(client: ExecClient, requests_mock: rm.Mocker,
+                                 body: object) -> None:
+    requests_mock.get(PARTICIPANTS_URL, json=body)
+    with pytest.raises(InvalidResponse):
+        client.participants("discovery-call", {})
+
+
+def test_members_page_flat_and_nested(client: ExecClient, requests_mock: rm.Mocker) -> None:
+    flat = {"id": "u7", "email": "a@acme.com", "role": "member"}
+    nested = {"id": "m1n2o3p4q5r6", "user": {"id": "u7v8w9x0y1z2", "email": "jane@acme.com"},
+              "role": "admin"}
+    requests_mock.get(f"{BASE}/workspace/members", json=page_body([flat, nested], 2, 1))
+    page = client.members({"group_ids": "g1", "page": "1", "page_size": "100"})
+    assert page.items == (Member("u7", "a@acme.com"), Member("u7v8w9x0y1z2", "jane@acme.com"))
+    assert "group_ids=g1" in requests_mock.last_request.url
+    requests_mock.get(f"{BASE}/workspace/members", json=page_body([{"email": "a@b.c"}], 1, 1))
+    with pytest.raises(InvalidResponse, match=r"data\[0\]\.id"):
+        client.members({})

@@ -339,3 +339,21 @@ def test_unreadable_or_empty_key_file(tmp_path: Path) -> None:
                            "scenarios": [{"id": "s"}]})
     with pytest.raises(ConfigError, match="is empty"):
         load_api_key(config, {})
+
+
+def test_planner_section_defaults_and_strict_errors() -> None:
+    config = parse_config({"scenarios": [{"id": "x"}]})
+    assert (config.planner.mode, config.planner.cross_check_share, config.planner.tolerance,
+            config.planner.fallback_for, config.planner.membership_interval) == (
+        "auto", 0.05, 0.1, 86400.0, 3600.0)
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"scenarios": [{"id": "x"}],
+                      "planner": {"mode": "fast", "cross_check_share": 1.5,
+                                  "tolerance": "0.1", "membership_interval": "0s",
+                                  "extra": 1}})
+    problems = caught.value.problems
+    assert "planner.mode: must be 'auto' or 'summary'" in problems
+    assert "planner.cross_check_share: must be less than 1" in problems
+    assert "planner.tolerance: must be a number" in problems
+    assert any(p.startswith("planner.membership_interval: ") for p in problems)
+    assert "planner.extra: unknown key" in problems

@@ -43,8 +43,10 @@ def api() -> Iterator[FakeExecAPI]:
 def write_config(tmp_path: Path, api: FakeExecAPI, refresh: str = "10m",
                  extra: str = "") -> Path:
     path = tmp_path / "config.yaml"
+    # These tests pin the restore behaviour of summary requests, request by request;
+    # the planner's own restore (pulls due by their targets' age) is in test_planner.
     path.write_text(config_text(api.base_url, list(SCENARIOS), COHORTS, refresh=refresh,
-                                extra=extra))
+                                extra="planner: {mode: summary}\n" + extra))
     return path
 
 
