@@ -206,7 +206,10 @@ def test_output_is_openmetrics_with_the_families_of_metrics_and_timestamps() -> 
              if s.labels["scenario"] == "s1"}
     assert ranks[("silver", t0)] == 1 and ranks[("gold", t0)] == 0
     info = [(s.labels, float(s.timestamp)) for s in families["exec_scenario_info"].samples]
-    assert info == [({"scenario": "s1", "name": "Scenario one", "id": "s1"}, t0),
+    # Every scenario has its info series, a name-less one with name="" (as on /metrics).
+    assert info == [({"scenario": "s0", "name": "", "id": "s0"}, t0),
+                    ({"scenario": "s0", "name": "", "id": "s0"}, t1),
+                    ({"scenario": "s1", "name": "Scenario one", "id": "s1"}, t0),
                     ({"scenario": "s1", "name": "Scenario one", "id": "s1"}, t1)]
 
 
