@@ -80,6 +80,21 @@ def target(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False
     return query
 
 
+def stacked_bars_options(x_field: str) -> dict[str, Any]:
+    """Options of a horizontal stacked bar chart with ``x_field`` as its categories."""
+    return {
+        "barWidth": 0.8,
+        "groupWidth": 0.7,
+        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+        "orientation": "horizontal",
+        "showValue": "auto",
+        "stacking": "normal",
+        "tooltip": {"mode": "multi", "sort": "none"},
+        "xField": x_field,
+        "xTickLabelRotation": 0,
+    }
+
+
 def overrides_by_name(**props: dict[str, Any]) -> list[dict[str, Any]]:
     """Field overrides: {field name: {property id: value}}."""
     return [
@@ -347,17 +362,7 @@ def rank_distribution(layout: Layout) -> dict[str, Any]:
         },
         "gridPos": layout.place(12, 8),
         "id": layout.take_id(),
-        "options": {
-            "barWidth": 0.8,
-            "groupWidth": 0.7,
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-            "orientation": "horizontal",
-            "showValue": "auto",
-            "stacking": "normal",
-            "tooltip": {"mode": "multi", "sort": "none"},
-            "xField": "target\\rank",
-            "xTickLabelRotation": 0,
-        },
+        "options": stacked_bars_options("target\\rank"),
         "targets": [target(expr, instant=True, table=True)],
         "title": "Rank distribution",
         "transformations": [
@@ -457,17 +462,7 @@ def assignment_panels(layout: Layout) -> list[dict[str, Any]]:
             },
             "gridPos": layout.place(12, 8),
             "id": layout.take_id(),
-            "options": {
-                "barWidth": 0.8,
-                "groupWidth": 0.7,
-                "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                "orientation": "horizontal",
-                "showValue": "auto",
-                "stacking": "normal",
-                "tooltip": {"mode": "multi", "sort": "none"},
-                "xField": "scenario\\status",
-                "xTickLabelRotation": 0,
-            },
+            "options": stacked_bars_options("scenario\\status"),
             "targets": [target(f"exec_assignments{{{ASSIGNMENTS}}}", instant=True,
                                table=True)],
             "title": "Assignments by status",
