@@ -205,8 +205,12 @@ def test_output_is_openmetrics_with_the_families_of_metrics_and_timestamps() -> 
              for s in families["exec_scenario_average_best_rank"].samples
              if s.labels["scenario"] == "s1"}
     assert ranks[("silver", t0)] == 1 and ranks[("gold", t0)] == 0
+    # The info series is there for every scenario, as on /metrics (an empty name when
+    # none is known).
     info = [(s.labels, float(s.timestamp)) for s in families["exec_scenario_info"].samples]
-    assert info == [({"scenario": "s1", "name": "Scenario one", "id": "s1"}, t0),
+    assert info == [({"scenario": "s0", "name": "", "id": "s0"}, t0),
+                    ({"scenario": "s0", "name": "", "id": "s0"}, t1),
+                    ({"scenario": "s1", "name": "Scenario one", "id": "s1"}, t0),
                     ({"scenario": "s1", "name": "Scenario one", "id": "s1"}, t1)]
 
 
