@@ -62,16 +62,20 @@ class HistoryAPI(SimulatedExecAPI):
         super().__init__(**kw)
         self.seen: list[Seen] = []
         self._seen_lock = threading.Lock()
-        self._skew: dict[str, dict[str, float]] = {}
+        # scenario -> (the query items a skewed request has, field, delta)
+        self._skew: dict[str, list[tuple[dict[str, str], str, float]]] = {}
 
-    def set_summary_skew(self, scenario: str, field: str | None, delta: float = 0.0) -> None:
-        """Change the summary's formula for one field of ``scenario`` (a summary body
-        key gets ``delta`` added); the participants table is unchanged. None clears."""
+    def set_summary_skew(self, scenario: str, field: str | None, delta: float = 0.0,
+                         when: dict[str, str] | None = None) -> None:
+        """Change the summary's formula for one field of ``scenario`` behind the client's
+        back: ``field`` (a summary body key) gets ``delta`` added, in every answer whose
+        query has the items of ``when`` (one cohort's filters, say; default every
+        query). The participants table is unchanged. ``field=None`` clears."""
         with self._seen_lock:
             if field is None:
                 self._skew.pop(scenario, None)
             else:
-                self._skew.setdefault(scenario, {})[field] = delta
+                self._skew.setdefault(scenario, []).append((dict(when or {}), field, delta))
 
     def handle(self, request: APIRequest) -> APIResponse:
         # The demo authenticates, counts the rate limits and answers what it knows; the
@@ -83,7 +87,7 @@ class HistoryAPI(SimulatedExecAPI):
             case ["scenarios", sid, "analytics", "summary"]:
                 kind, scenario = "summary", sid
                 if response.status == 200:
-                    response = self._skewed(sid, response)
+                    response = self._skewed(sid, request.query, response)
             case ["scenarios", sid, "analytics", "participants"]:
                 kind = "participants"
                 if _generic_404(response):
@@ -99,14 +103,16 @@ class HistoryAPI(SimulatedExecAPI):
                                   self.clock(), kind))
         return response
 
-    def _skewed(self, scenario: str, response: APIResponse) -> APIResponse:
+    def _skewed(self, scenario: str, query: Mapping[str, str],
+                response: APIResponse) -> APIResponse:
         with self._seen_lock:
-            skew = dict(self._skew.get(scenario, {}))
+            skew = [(name, delta) for when, name, delta in self._skew.get(scenario, [])
+                    if all(query.get(k) == v for k, v in when.items())]
         if not skew:
             return response
         assert isinstance(response.body, bytes)
         body = json.loads(response.body)
-        for name, delta in skew.items():
+        for name, delta in skew:
             if isinstance(body.get(name), int | float):
                 body[name] = round(body[name] + delta, 1)
         return APIResponse.json(200, body)
@@ -173,7 +179,7 @@ class HistoryAPI(SimulatedExecAPI):
         with self._lock:
             response = self._summary(scenario, query, self.clock())
         assert response.status == 200, response.body
-        response = self._skewed(scenario, response)
+        response = self._skewed(scenario, query, response)
         assert isinstance(response.body, bytes)
         body: dict[str, Any] = json.loads(response.body)
         return body
