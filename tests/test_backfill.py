@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -879,3 +880,61 @@ def test_a_stopped_derived_run_resumes_without_repeating_a_request(
     fresh = tmp_path / "fresh.om"
     code, _, _ = run([*argv[:3], f"--output={fresh}"])
     assert code == 0 and fresh.read_bytes() == resumed
+
+
+@pytest.mark.parametrize(("users", "pages", "derived"), [(150, 2, True), (350, 4, False)])
+def test_the_page_count_from_the_first_pull_decides(tmp_path: Path, key_env: None, users: int,
+                                                    pages: int, derived: bool) -> None:
+    """150 participants: 2 pages per pull serve 4 cohorts, so the pulls are read page by
+    page and the values still equal the summaries. 350: the first page says 4 pages,
+    as many as the 4 summaries, so the run stops that pull and uses summaries."""
+    from fakeapi import FakeExecAPI, Session, User
+
+    with FakeExecAPI(DEMO_API_KEY) as fake:
+        until = midnight(1)
+        people = [User(f"u{i:04d}", f"p{i}@{'exec.com' if i % 10 == 0 else 'acme.com'}",
+                       frozenset({"gs"} if i % 3 == 0 else set())) for i in range(users)]
+        fake.set_users(people)
+        sessions = [Session(u.id, until - (i % 9) * DAY - 3600 * (1 + j),
+                            40 + (i * 7 + j * 13) % 60, 200 + i % 50)
+                    for i, u in enumerate(people) for j in range(1 + i % 3)]
+        fake.set_sessions("cold-call", sessions)
+        config = write_config(tmp_path / "c.yaml", fake.base_url, extra_cohorts=[
+            {"name": "no-staff", "exclude_system_users": True},
+            {"name": "gs", "group_ids": ["gs"]},
+            {"name": "vip", "user_emails": ["p1@acme.com", "p2@acme.com"]}])
+        raw = yaml.safe_load(config.read_text())
+        raw["scenarios"] = [{"id": "cold-call"}]
+        raw["cohorts"] = [c for c in raw["cohorts"] if c["name"] != "last-7d"]
+        config.write_text(yaml.safe_dump(raw))
+        output = tmp_path / "h.om"
+        code, out, err = run([f"--config.file={config}", "--since=4d", f"--until={until}",
+                              f"--output={output}"])
+        assert code == 0, err
+        pulled = fake.requests_to("/participants")
+        summaries = fake.requests_to("/summary")
+        if derived:
+            # One pull per instant, every page of it (fewer participants further back).
+            assert len([r for r in pulled if r.query["page"] == "1"]) == 5
+            assert len(pulled) == sum(
+                math.ceil(len({s.user_id for s in sessions if s.time <= until - d * DAY}) / 100)
+                for d in range(5))
+            assert len([r for r in pulled if r.query["page"] == str(pages)]) >= 1
+            assert len(summaries) == 4  # the proofs
+            assert "derived: 16 points of 4 cohorts from 5 participants pulls" in out
+        else:
+            assert len(pulled) == 1  # the first page said 4 pages: no saving
+            assert len(summaries) == 4 * 5
+            assert f"{pages} pages per pull cost as much as the summaries" in out
+        written = _written(output)
+        for d in range(5):
+            instant = until - d * DAY
+            end = _iso(instant)
+            for cohort, query in {
+                    "all": {"end_date": end},
+                    "no-staff": {"exclude_system_users": "true", "end_date": end},
+                    "gs": {"group_ids": "gs", "end_date": end},
+                    "vip": {"user_emails": "p1@acme.com,p2@acme.com", "end_date": end}}.items():
+                answer = fake._summary("cold-call", query)
+                want = _as_metrics(json.loads(answer.body))
+                assert written[("cold-call", cohort, instant)] == want, (cohort, d)
