@@ -17,6 +17,15 @@ day budgets, then write the file. The journal (``OUTPUT.journal``) records each
 finished request as one JSON line under a fingerprint of the configuration and
 the time range, so a stopped run (Ctrl-C, SIGTERM, a crash) resumes where it
 was, and an output of another configuration is never overwritten.
+
+With ``planner.mode: auto`` (the default) the cohorts of a scenario and date
+range that one participants pull serves are derived from one pull per instant
+where that costs fewer requests than a summary per cohort (:func:`plan_pulls`,
+:class:`Derivation`): each such cohort is first proven at the newest instant
+against its own summary (:func:`exporter.aggregate.compare`), and one that does
+not reproduce it is written from summaries at every instant. The member lists
+the cohorts' groups need are read once per run. ``planner.mode: summary``
+sends one summary request per distinct query, as before.
 """
 
 from __future__ import annotations
