@@ -1044,6 +1044,8 @@ class Progress:
     def advance(self) -> None:
         """One more request finished."""
         self.done += 1
+        if self.done > self.total:  # a pull had more pages than the estimate said
+            self.set_total(self.done)
         if self.bar is not None:
             self.bar.set_postfix_str(self._left(), refresh=False)
             self.bar.update(1)
