@@ -17,12 +17,22 @@ day budgets, then write the file. The journal (``OUTPUT.journal``) records each
 finished request as one JSON line under a fingerprint of the configuration and
 the time range, so a stopped run (Ctrl-C, SIGTERM, a crash) resumes where it
 was, and an output of another configuration is never overwritten.
+
+With ``planner.mode: auto`` (the default) the cohorts of a scenario and date
+range that one participants pull serves are derived from one pull per instant
+where that costs fewer requests than a summary per cohort (:func:`plan_pulls`,
+:class:`Derivation`): each such cohort is first proven at the newest instant
+against its own summary (:func:`exporter.aggregate.compare`), and one that does
+not reproduce it is written from summaries at every instant. The member lists
+the cohorts' groups need are read once per run. ``planner.mode: summary``
+sends one summary request per distinct query, as before.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -44,13 +54,17 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest
 
 from . import logs
+from .aggregate import Precision, aggregate, compare
 from .budget import DAY, Budget
 from .client import (
     ApiError,
     BadRequest,
     ExecClient,
     Forbidden,
+    Member,
     NotFound,
+    Page,
+    ParticipantRow,
     RateLimited,
     Summary,
     Unauthorized,
@@ -60,15 +74,17 @@ from .config import (
     CohortConfig,
     Config,
     ConfigError,
+    PlannerConfig,
     format_duration,
     load_api_key,
     load_config,
     parse_duration,
 )
 from .discovery import Discovery, Lists
+from .planner import PAGE_SIZE, DatesKey, choose, cohort_filter, pages_for, pull_groups
 from .state import StateFile
 from .store import TargetState
-from .targets import Target, select_targets
+from .targets import Target, TargetKey, select_targets
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +97,11 @@ PROGRESS_EVERY = 30.0  # seconds between plain progress lines (not a terminal)
 
 # A request, as sent: the scenario and its sorted query parameters.
 RequestKey = tuple[str, tuple[tuple[str, str], ...]]
+# A page of a list, as sent: its kind (PARTICIPANTS or MEMBERS), the scenario or
+# group, and the sorted query parameters (page and page_size included).
+PageKey = tuple[str, str, tuple[tuple[str, str], ...]]
+PARTICIPANTS = "participants"
+MEMBERS = "members"
 
 
 class UsageError(Exception):
@@ -242,8 +263,9 @@ def estimate_seconds(requests: int, budget: Budget, now: float) -> float:
 
 
 def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
-             daemon_spent: int | None) -> str:
-    """The plan printed before anything is sent."""
+             daemon_spent: int | None, groups: Sequence[PullGroup] | None = None) -> str:
+    """The plan printed before anything is sent. With ``groups`` (``planner.mode:
+    auto``): both ways' requests per scenario and date range, and the chosen total."""
     w = plan.window
     lines = [
         f"backfill: {len(plan.targets)} targets x {len(w.instants)} instants "
@@ -251,10 +273,33 @@ def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
         f"points: {len(plan.points)}"
         + (f" ({plan.skipped} before their cohort's start_date are left out)"
            if plan.skipped else ""),
-        f"requests: {len(plan.requests)} summary requests (one per distinct as-of query)"
-        + (f"; {len(plan.requests) - todo} already done, {todo} to send"
-           if todo != len(plan.requests) else ""),
     ]
+    chosen = [g for g in groups or () if g.source == PARTICIPANTS]
+    if groups is None or not chosen:
+        total = len(plan.requests)
+        lines.append(f"requests: {total} summary requests (one per distinct as-of query)"
+                     + ("" if groups is None else "; no scenario has cohorts that one "
+                        "participants pull per instant serves for fewer requests")
+                     + (f"; {total - todo} already done, {todo} to send"
+                        if todo != total else ""))
+    else:
+        lines.append(f"one summary per target and instant: {len(plan.requests)} requests")
+        for g in groups or ():
+            way = f"{g.summary_cost} summaries"
+            if len(g.targets) > 1:
+                way += (f", or {g.proofs} proof summaries + {len(g.pulls)} pulls x "
+                        f"{g.pages} page{'s' if g.pages > 1 else ''}"
+                        + (f" + {len(g.members)} member lists" if g.members else "")
+                        + f" = {g.participants_cost}")
+            lines.append(f"  {g.label()}: {way} -> {g.source}")
+        total = sum(g.cost for g in groups or ())
+        lines.append(f"requests: about {total} with participants pulls where cheaper "
+                     f"({len(plan.requests) - total} fewer; pages are 1 per pull until a "
+                     f"pull's total_count says)"
+                     + (f"; {total - todo} already done, about {todo} to send"
+                        if todo != total else ""))
+        lines.append("member lists are read once, today: group cohorts' past values use "
+                     "today's membership (docs/backfill.md)")
     if listing:
         lines.append(f"discovery: {listing} listing requests were sent to find the targets")
     if daemon_spent is not None:
@@ -303,24 +348,48 @@ class Outcome:
     error: str | None = None
 
 
+@dataclass
+class PageOutcome:
+    """A finished list request (a participants page, a member list page): the page,
+    or the reason the API refused it for good."""
+
+    page: Page | None
+    error: str | None = None
+
+
+def page_key(kind: str, subject: str, params: Mapping[str, str]) -> PageKey:
+    """A hashable, order-independent name for one list page request."""
+    return (kind, subject, tuple(sorted(params.items())))
+
+
+_ITEM_TYPES: dict[str, type[ParticipantRow] | type[Member]] = {
+    PARTICIPANTS: ParticipantRow, MEMBERS: Member}
+
+
 class Journal:
     """``OUTPUT.journal``: a header line, then one JSON line per finished request and one
-    (``{"sent": t}``) per request sent, so a resumed run counts the stopped run's spend."""
+    (``{"sent": t}``) per request sent, so a resumed run counts the stopped run's spend.
+
+    A summary line has ``scenario``, ``params`` and ``summary``; a list page line (a
+    participants page or a member list page) has ``kind``, ``subject``, ``params`` and
+    the page's ``items``, ``total_count`` and ``total_pages``.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._handle: TextIO | None = None
 
-    def read(self) -> tuple[dict[str, Any] | None, dict[RequestKey, Outcome], list[float]]:
-        """The header (None without a journal), the finished requests and when requests
-        were sent.
+    def read(self) -> tuple[dict[str, Any] | None, dict[RequestKey, Outcome],
+                            dict[PageKey, PageOutcome], list[float]]:
+        """The header (None without a journal), the finished summary requests, the
+        finished list page requests and when requests were sent.
 
         A torn last line (a run killed mid-write) is ignored: that request is sent again.
         """
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
-            return None, {}, []
+            return None, {}, {}, []
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"--output: cannot read the journal {self.path}: {exc}") from None
         try:
@@ -331,6 +400,7 @@ class Journal:
             raise UsageError(f"--output: {self.path} is not a backfill journal; remove it or "
                              "choose another --output")
         done: dict[RequestKey, Outcome] = {}
+        pages: dict[PageKey, PageOutcome] = {}
         sent: list[float] = []
         for line in lines[1:]:
             try:
@@ -338,12 +408,17 @@ class Journal:
                 if "sent" in item:
                     sent.append(float(item["sent"]))
                     continue
+                kind = item.get("kind")
+                if kind in _ITEM_TYPES:
+                    pkey = page_key(kind, str(item["subject"]), dict(item["params"]))
+                    pages[pkey] = PageOutcome(_page_from_json(kind, item), item.get("error"))
+                    continue
                 key = request_key(str(item["scenario"]), dict(item["params"]))
                 summary = Summary.from_json(item["summary"]) if item.get("summary") else None
                 done[key] = Outcome(summary, item.get("error"))
-            except (ValueError, KeyError, TypeError, ApiError):
+            except (ValueError, KeyError, TypeError, AttributeError, ApiError):
                 continue
-        return header, done, sent
+        return header, done, pages, sent
 
     def start(self, header: dict[str, Any], fresh: bool) -> None:
         """Open for appending; ``fresh`` writes a new file with ``header``."""
@@ -357,6 +432,19 @@ class Journal:
         item = {"scenario": key[0], "params": dict(key[1]),
                 "summary": outcome.summary.to_json() if outcome.summary else None,
                 "error": outcome.error}
+        self._handle.write(json.dumps(item, sort_keys=True, separators=(",", ":")) + "\n")
+        self._handle.flush()
+
+    def add_page(self, key: PageKey, outcome: PageOutcome) -> None:
+        """Record one finished list page request (flushed at once)."""
+        assert self._handle is not None
+        kind, subject, params = key
+        page = outcome.page
+        item: dict[str, Any] = {"kind": kind, "subject": subject, "params": dict(params),
+                                "error": outcome.error}
+        if page is not None:
+            item.update(items=[dataclasses.asdict(x) for x in page.items], page=page.page,
+                        total_count=page.total_count, total_pages=page.total_pages)
         self._handle.write(json.dumps(item, sort_keys=True, separators=(",", ":")) + "\n")
         self._handle.flush()
 
@@ -375,6 +463,15 @@ class Journal:
             self._handle = None
 
 
+def _page_from_json(kind: str, item: Mapping[str, Any]) -> Page | None:
+    if item.get("items") is None:
+        return None
+    make = _ITEM_TYPES[kind]
+    total = item.get("total_count")
+    return Page(tuple(make(**x) for x in item["items"]), int(item["page"]),
+                None if total is None else int(total), int(item["total_pages"]))
+
+
 # --- the output ----------------------------------------------------------------------
 
 
@@ -387,24 +484,31 @@ class _Families:
 
 
 def render(plan: Plan, results: Mapping[RequestKey, Outcome],
-           extra: Mapping[str, str] | None = None) -> bytes:
+           extra: Mapping[str, str] | None = None,
+           derived: Mapping[tuple[TargetKey, int], Summary] | None = None) -> bytes:
     """The OpenMetrics text: the ``exec_scenario_*`` families with the names, HELP, types
     and labels of ``/metrics``, each series' samples together and in time order (the
     format wants every family, and promtool every series, contiguous), then ``# EOF``.
 
     ``extra`` labels go on every sample: the target labels Prometheus adds when it
     scrapes (``job``, ``instance``...), so backfilled and scraped samples are one series.
+    ``derived`` values (a proven cohort aggregated from a participants pull) stand in for
+    the summary request of their point.
     """
     extra = dict(extra or {})
+    derived = derived or {}
     data_specs = TARGET_FAMILIES[:INFO_POSITION]
     series: list[dict[tuple[str, ...], list[tuple[int, float]]]] = [{} for _ in data_specs]
     info: dict[tuple[str, ...], list[tuple[int, float]]] = {}
     by_instant: dict[int, list[TargetState]] = {}
     for point in plan.points:
-        outcome = results.get(point.request)
-        if outcome is None or outcome.summary is None:
+        summary = derived.get((point.target.key, point.instant))
+        if summary is None:
+            outcome = results.get(point.request)
+            summary = outcome.summary if outcome is not None else None
+        if summary is None:
             continue
-        state = TargetState(target=point.target, summary=outcome.summary,
+        state = TargetState(target=point.target, summary=summary,
                             last_success=float(point.instant), up=True)
         by_instant.setdefault(point.instant, []).append(state)
         for index, labels, value in target_samples(state, fresh=True):
@@ -548,12 +652,36 @@ class Sender:
     def fetch(self, key: RequestKey) -> Outcome | None:
         """The outcome of one request; None when it kept failing (try again next run)."""
         scenario, params = key
+        sent = self._send(lambda: self.client.summary(scenario, dict(params)),
+                          f"{scenario} {dict(params).get('end_date')}", "no value for this point")
+        return None if sent is None else Outcome(*sent)
+
+    def fetch_page(self, key: PageKey) -> PageOutcome | None:
+        """The outcome of one list page request (a participants page or a member list
+        page); None when it kept failing."""
+        kind, subject, params = key
+        query = dict(params)
+        if kind == PARTICIPANTS:
+            def call() -> Page:
+                return self.client.participants(subject, query)
+            what = f"participants of {subject} {query.get('end_date')} page {query['page']}"
+        else:
+            def call() -> Page:
+                return self.client.members(query)
+            what = f"members of group {subject} page {query['page']}"
+        sent = self._send(call, what, "its cohorts use summary requests")
+        return None if sent is None else PageOutcome(*sent)
+
+    def _send(self, call: Callable[[], Any], what: str,
+              refused: str) -> tuple[Any, str | None] | None:
+        """(answer, None), or (None, reason) when the API refused it for good; None
+        when it kept failing."""
         failures = 0
         while True:
             self._wait_for_slot()
             self.count_send()
             try:
-                return Outcome(self.client.summary(scenario, dict(params)))
+                return call(), None
             except RateLimited as exc:
                 # Not a failure of this request: every request waits, then it goes again.
                 self.rate_limited += 1
@@ -562,18 +690,309 @@ class Sender:
             except (Unauthorized, Forbidden) as exc:
                 raise WorkspaceError(f"{exc.reason}: {exc}") from None
             except (NotFound, BadRequest) as exc:
-                # A scenario missing, or a query the API refuses, stays so: no point.
-                log.warning("%s %s: %s; no value for this point", scenario,
-                            dict(params).get("end_date"), exc)
-                return Outcome(None, exc.reason)
+                # A scenario missing, or a query the API refuses, stays so.
+                log.warning("%s: %s; %s", what, exc, refused)
+                return None, exc.reason
             except ApiError as exc:
                 failures += 1
-                log.warning("%s %s: %s (try %d of %d)", scenario, dict(params).get("end_date"),
-                            exc, failures, TRANSIENT_TRIES)
+                log.warning("%s: %s (try %d of %d)", what, exc, failures, TRANSIENT_TRIES)
                 if failures >= TRANSIENT_TRIES:
                     return None
                 backoff = min(2.0 ** failures, 30.0)
                 self._hold_until = max(self._hold_until, self.now() + backoff)
+
+
+# --- answering requests: the journal first, then the API ----------------------------
+
+
+class Fetcher:
+    """Answers each request from the journal when a run already finished it, else sends it
+    through the :class:`Sender` and journals the answer at once. So every finished
+    request, summary or list page, is sent once over any number of reruns, and the
+    choices made from the answers come out the same on a rerun."""
+
+    def __init__(self, sender: Sender, journal: Journal, done: dict[RequestKey, Outcome],
+                 pages: dict[PageKey, PageOutcome],
+                 on_sent: Callable[[], None] | None = None) -> None:
+        self.sender = sender
+        self.journal = journal
+        self.done = done
+        self.pages = pages
+        self.on_sent = on_sent
+
+    def summary(self, key: RequestKey) -> Outcome | None:
+        """The outcome of a summary request; None when it kept failing this run."""
+        if key in self.done:
+            return self.done[key]
+        outcome = self.sender.fetch(key)
+        if outcome is not None:
+            self.journal.add(key, outcome)
+            self.done[key] = outcome
+            self._sent()
+        return outcome
+
+    def page(self, key: PageKey) -> PageOutcome | None:
+        """The outcome of a list page request; None when it kept failing this run."""
+        if key in self.pages:
+            return self.pages[key]
+        outcome = self.sender.fetch_page(key)
+        if outcome is not None:
+            self.journal.add_page(key, outcome)
+            self.pages[key] = outcome
+            self._sent()
+        return outcome
+
+    def _sent(self) -> None:
+        if self.on_sent is not None:
+            self.on_sent()
+
+
+# --- derived cohorts: one participants pull instead of a summary per cohort ---------
+
+
+def pull_dates(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
+    """The participants query of ``cohort``'s pull as of ``instant``: the dates of its
+    as-of summary query only (the rows are kept or dropped here, by the cohort's
+    filter), or None before the cohort's ``start_date``."""
+    params = as_of_query(cohort, instant)
+    if params is None:
+        return None
+    return {k: params[k] for k in ("start_date", "end_date") if k in params}
+
+
+def _paged(query: Mapping[str, str], page: int) -> dict[str, str]:
+    return {**query, "page": str(page), "page_size": str(PAGE_SIZE)}
+
+
+@dataclass
+class PullGroup:
+    """One scenario and date range (the cohorts one participants pull can serve), the
+    distinct pulls of the run, newest first, and both ways' costs in requests."""
+
+    scenario: str
+    dates: DatesKey
+    targets: list[Target]
+    pulls: list[tuple[dict[str, str], list[int]]]  # pull dates -> its instants, newest first
+    summary_cost: int  # distinct summary requests of these cohorts over the run
+    proofs: int  # summary requests at the newest instant: the proofs, needed either way
+    members: tuple[str, ...] = ()  # member lists this group adds to the run
+    pages: int = 1  # per pull: 1 until a pull's total_count says
+    source: str = "summary"
+
+    @property
+    def participants_cost(self) -> int:
+        """The proofs, every pull at ``pages`` pages, and the member lists it adds."""
+        return self.proofs + len(self.pulls) * self.pages + len(self.members)
+
+    @property
+    def cost(self) -> int:
+        """Requests of the chosen way."""
+        return self.participants_cost if self.source == PARTICIPANTS else self.summary_cost
+
+    def label(self) -> str:
+        """``scenario=s all time (all, sales)``."""
+        window, start, end = self.dates
+        dates = (f"last {format_duration(window)}" if window is not None
+                 else "all time" if start is None and end is None
+                 else f"{start or '...'} .. {end or '...'}")
+        names = ", ".join(t.cohort.name for t in self.targets)
+        return f"scenario={self.scenario} {dates} ({names})"
+
+
+def plan_pulls(plan: Plan, settings: PlannerConfig,
+               known_pages: Mapping[PageKey, PageOutcome] | None = None) -> list[PullGroup]:
+    """Per scenario and date range, both costs over the whole run and the cheaper way.
+
+    The participants way: the summaries at the newest instant (the proofs), one pull
+    per distinct date range of the run (``ceil(participants / 100)`` pages, 1 until a
+    pull's ``total_count`` says; a resumed run knows it from its journal) and the
+    member lists of the groups its cohorts use that no group before it reads. A tie
+    keeps the summaries; so does ``planner.mode: summary``, and so does a group of one
+    cohort (the planner's own rule, :func:`exporter.planner.choose`).
+    """
+    groups: list[PullGroup] = []
+    charged: set[str] = set()
+    for (_, scenario, dates), members in pull_groups(plan.targets).items():
+        keys = {t.key for t in members}
+        points = [p for p in plan.points if p.target.key in keys]
+        by_dates: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], list[int]]] = {}
+        for instant in reversed(plan.window.instants):
+            query = pull_dates(members[0].cohort, instant)
+            if query is not None:
+                by_dates.setdefault(tuple(sorted(query.items())), (query, []))[1].append(instant)
+        pulls = list(by_dates.values())
+        newest = pulls[0][1][0] if pulls else None
+        group = PullGroup(scenario, dates, list(members), pulls,
+                          summary_cost=len({p.request for p in points}),
+                          proofs=len({p.request for p in points if p.instant == newest}))
+        if pulls and known_pages:
+            first = known_pages.get(page_key(PARTICIPANTS, scenario, _paged(pulls[0][0], 1)))
+            if first is not None and first.page is not None:
+                group.pages = _pages_of(first.page)
+        needs = dict.fromkeys(g for t in members for g in t.cohort.group_ids)
+        group.members = tuple(g for g in needs if g not in charged)
+        if (settings.mode == "auto" and pulls
+                and choose(len(members), len(members), group.pages) == PARTICIPANTS
+                and group.participants_cost < group.summary_cost):
+            group.source = PARTICIPANTS
+            charged.update(group.members)
+        else:
+            group.members = ()
+        groups.append(group)
+    return groups
+
+
+def _pages_of(page: Page) -> int:
+    return pages_for(page.total_count) if page.total_count is not None else page.total_pages
+
+
+class Derivation:
+    """Runs the participants side of the plan: member lists, proofs, pulls.
+
+    Honesty as in the daemon: each cohort of a participants group is proven once, at
+    the newest instant, where both its summary and the pull are fetched; only a cohort
+    whose derived summary reproduces the endpoint's (counts exactly, averages within
+    ``planner.tolerance``: :func:`exporter.aggregate.compare`) is derived at the other
+    instants. One that does not is written from summaries at every instant and the log
+    says which field differed. At the newest instant every cohort is written from its
+    summary (it was fetched anyway).
+
+    Member lists are read once per run: today's membership is applied to every past
+    instant (as the summary endpoint's ``group_ids`` filter does; docs/backfill.md).
+    """
+
+    def __init__(self, groups: Sequence[PullGroup], fetcher: Fetcher,
+                 settings: PlannerConfig) -> None:
+        self.groups = [g for g in groups if g.source == PARTICIPANTS]
+        self.fetcher = fetcher
+        self.settings = settings
+        self.precision = Precision()
+        self.members: dict[str, frozenset[str]] = {}
+        self.proven: set[TargetKey] = set()
+        self.values: dict[tuple[TargetKey, int], Summary] = {}
+        self.notes: list[str] = []  # one line per cohort not proven, per group dropped
+        self.pulls = 0  # pulls whose rows served derived values (the proofs' included)
+
+    def run(self) -> None:
+        """Read, prove, pull; fills :attr:`values`. Raises Stopped/WorkspaceError."""
+        for group_id in dict.fromkeys(g for grp in self.groups for g in grp.members):
+            self._read_members(group_id)
+        proofs: dict[TargetKey, Summary] = {}
+        for grp in self.groups:  # every proof summary first: they set the rounding
+            newest = grp.pulls[0][1][0]
+            for target in grp.targets:
+                query = as_of_query(target.cohort, newest)
+                assert query is not None
+                outcome = self.fetcher.summary(request_key(target.scenario, query))
+                if outcome is not None and outcome.summary is not None:
+                    proofs[target.key] = outcome.summary
+                    self.precision.observe(outcome.summary)
+        for grp in self.groups:
+            self._prove(grp, proofs)
+            self._derive_past(grp)
+
+    def _read_members(self, group_id: str) -> None:
+        ids: list[str] = []
+        page_no = 1
+        while True:
+            key = page_key(MEMBERS, group_id, {"group_ids": group_id, **_paged({}, page_no)})
+            outcome = self.fetcher.page(key)
+            if outcome is None or outcome.page is None:
+                self.notes.append(f"members of group {group_id}: not readable "
+                                  f"({outcome.error if outcome else 'kept failing'}); "
+                                  "its cohorts use summary requests")
+                return
+            ids.extend(m.user_id for m in outcome.page.items)
+            if page_no >= outcome.page.total_pages or not outcome.page.items:
+                break
+            page_no += 1
+        self.members[group_id] = frozenset(ids)
+
+    def _pull(self, grp: PullGroup, query: Mapping[str, str],
+              first: bool) -> tuple[list[ParticipantRow], int] | None:
+        """Every row of one pull and its page count, or None (unavailable, failing,
+        inconsistent, or, for the first pull, more pages than it saves)."""
+        rows: list[ParticipantRow] = []
+        total: int | None = None
+        page_no = 1
+        pages = 1
+        while True:
+            key = page_key(PARTICIPANTS, grp.scenario, _paged(query, page_no))
+            outcome = self.fetcher.page(key)
+            if outcome is None or outcome.page is None:
+                why = outcome.error if outcome is not None else "kept failing"
+                self.notes.append(f"{grp.label()}: the participants pull as of "
+                                  f"{query.get('end_date')} failed ({why}); summaries there")
+                return None
+            page = outcome.page
+            if page_no == 1:
+                total, pages = page.total_count, _pages_of(page)
+                grp.pages = pages
+                if first and choose(len(grp.targets), len(grp.targets), pages) != PARTICIPANTS:
+                    # The page count is learned here: a pull this long saves nothing.
+                    self.notes.append(f"{grp.label()}: {pages} pages per pull cost as much "
+                                      "as the summaries; summaries for these cohorts")
+                    return None
+            elif page.total_count != total:
+                self.notes.append(f"{grp.label()}: the table changed between pages as of "
+                                  f"{query.get('end_date')}; summaries there")
+                return None
+            rows.extend(page.items)
+            if page_no >= page.total_pages or not page.items:
+                break
+            page_no += 1
+        if len({r.user_id for r in rows}) != len(rows) or (total is not None
+                                                           and total != len(rows)):
+            self.notes.append(f"{grp.label()}: rows moved between pages as of "
+                              f"{query.get('end_date')}; summaries there")
+            return None
+        return rows, pages
+
+    def _derive(self, target: Target, rows: Sequence[ParticipantRow]) -> Summary:
+        members = {g: self.members[g] for g in target.cohort.group_ids}
+        keep = cohort_filter(target.cohort)
+        return aggregate((r for r in rows if keep.keeps(r, members)), self.precision)
+
+    def _prove(self, grp: PullGroup, proofs: Mapping[TargetKey, Summary]) -> None:
+        candidates = [t for t in grp.targets if t.key in proofs
+                      and all(g in self.members for g in t.cohort.group_ids)]
+        if not candidates:
+            return
+        pulled = self._pull(grp, grp.pulls[0][0], first=True)
+        if pulled is None:
+            return
+        rows, _pages = pulled
+        self.pulls += 1
+        newest = grp.pulls[0][1][0]
+        for target in candidates:
+            result = compare(self._derive(target, rows), proofs[target.key],
+                             self.settings.tolerance)
+            scenario, cohort = target.key
+            if result.match:
+                self.proven.add(target.key)
+                continue
+            log.warning("scenario=%s cohort=%s: the participants pull as of %s does not "
+                        "reproduce its summary (%s); summaries for this cohort at every instant",
+                        scenario, cohort, _iso(newest), result.describe())
+            self.notes.append(f"scenario={scenario} cohort={cohort}: not reproduced by the "
+                              f"pull ({result.describe()}); summaries at every instant")
+
+    def _derive_past(self, grp: PullGroup) -> None:
+        proven = [t for t in grp.targets if t.key in self.proven]
+        for query, instants in grp.pulls[1:]:
+            # As the planner chooses: the pull's pages (the last pull's count) plus a
+            # summary for each cohort it cannot serve, against a summary per cohort.
+            if choose(len(grp.targets), len(proven), grp.pages) != PARTICIPANTS:
+                return
+            pulled = self._pull(grp, query, first=False)
+            if pulled is None:
+                continue
+            rows, _ = pulled
+            self.pulls += 1
+            for target in proven:
+                derived = self._derive(target, rows)
+                for instant in instants:
+                    self.values[(target.key, instant)] = derived
 
 
 # --- progress ------------------------------------------------------------------------
@@ -610,6 +1029,13 @@ class Progress:
         seconds = self.time_left(self.total - self.done)
         return f"about {format_duration(seconds)} left" if seconds >= 60 else "under a minute left"
 
+    def set_total(self, total: int) -> None:
+        """The total once it is known (the pulls' pages, the summaries left)."""
+        self.total = max(total, self.done)
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+
     def waiting(self, until: float) -> None:
         """Say the run waits for the quota (or a 429)."""
         if self.bar is not None:
@@ -618,6 +1044,8 @@ class Progress:
     def advance(self) -> None:
         """One more request finished."""
         self.done += 1
+        if self.done > self.total:  # a pull had more pages than the estimate said
+            self.set_total(self.done)
         if self.bar is not None:
             self.bar.set_postfix_str(self._left(), refresh=False)
             self.bar.update(1)
@@ -748,7 +1176,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return 2
-    config, key, window, output, journal, header, done, own, state, labels = prepared
+    config, key, window, output, journal, header, done, pages, own, state, labels = prepared
 
     client = ExecClient(config.api.base_url, key, config.api.timeout)
     rate = config.api.rate_limit
@@ -781,34 +1209,44 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
             print(f"error: {exc}", file=err)
             return 1
         plan = make_plan(targets, window)
+        settings = config.planner
+        groups = plan_pulls(plan, settings, pages) if settings.mode == "auto" else None
         wanted = set(plan.requests)
         results = {k: v for k, v in done.items() if k in wanted}
-        todo = [k for k in plan.requests if k not in results]
-        print(describe(plan, len(todo), sender.budget, now(), listing,
-                       len(seed) if state else None), file=out, flush=True)
+        if groups is None:
+            total, finished = len(plan.requests), len(results)
+        else:  # an estimate until the pulls say how many pages they have
+            total = sum(g.cost for g in groups)
+            finished = min(total, len(results) + len(pages))
+        print(describe(plan, total - finished, sender.budget, now(), listing,
+                       len(seed) if state else None, groups), file=out, flush=True)
         if labels:
             print("labels on every sample: " + ", ".join(f"{k}={v!r}" for k, v in labels.items()),
                   file=out, flush=True)
         else:
             print("note: no --label: the series will lack the job/instance labels Prometheus "
                   "adds when scraping (see docs/backfill.md)", file=out, flush=True)
-        progress = Progress(len(plan.requests), len(plan.requests) - len(todo), err,
+        progress = Progress(total, finished, err,
                             lambda n: estimate_seconds(n, sender.budget, now()))
         sender.on_wait = progress.waiting
+        fetcher = Fetcher(sender, journal, results, pages, on_sent=progress.advance)
+        derivation = Derivation(groups or [], fetcher, settings)
         failed = 0
         try:
-            for request in todo:
-                outcome = sender.fetch(request)
-                if outcome is None:
+            derivation.run()
+            for note in derivation.notes:
+                print(f"planner: {note}", file=out, flush=True)
+            derived = derivation.values
+            needed = list(dict.fromkeys(p.request for p in plan.points
+                                        if (p.target.key, p.instant) not in derived))
+            progress.set_total(progress.done + sum(1 for k in needed if k not in results))
+            for request in needed:
+                if fetcher.summary(request) is None:
                     failed += 1
-                    continue
-                journal.add(request, outcome)
-                results[request] = outcome
-                progress.advance()
         except Stopped:
             progress.close()
-            print(f"stopped: {len(results)} of {len(plan.requests)} requests done and kept "
-                  f"in {journal.path}; run the same command again to resume", file=err)
+            print(f"stopped: {len(results) + len(pages)} requests done and kept in "
+                  f"{journal.path}; run the same command again to resume", file=err)
             return 0
         except WorkspaceError as exc:
             progress.close()
@@ -824,14 +1262,18 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
         print(f"error: {failed} requests kept failing (see the log); {output} not written. "
               "Run the same command again to retry them", file=err)
         return 1
-    data = render(plan, results, labels)
+    data = render(plan, results, labels, derived)
     write_atomically(output, data)
     samples = sum(1 for line in data.splitlines() if line and not line.startswith(b"#"))
-    refused = sum(1 for k in plan.requests if results[k].error)
+    refused = sum(1 for k in needed if results[k].error)
     print(f"wrote {output}: {samples} samples from {_iso(window.until - window.since)} to "
           f"{_iso(window.until)}; {sender.sent_count} requests sent this run"
           + (f"; {refused} requests refused by the API (no value for those points)"
              if refused else ""), file=out)
+    if derived:
+        print(f"derived: {len(derived)} points of {len(derivation.proven)} cohorts from "
+              f"{derivation.pulls} participants pulls (each cohort proven against its "
+              "summary at the newest instant)", file=out)
     print(f"next: promtool tsdb create-blocks-from openmetrics {output} DATA_DIR "
           "(then move the blocks into Prometheus's data directory; see docs/backfill.md)",
           file=out)
@@ -840,7 +1282,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
 
 def _prepare(args: argparse.Namespace, now: float) -> tuple[
         Config, str, Window, Path, Journal, dict[str, Any], dict[RequestKey, Outcome],
-        list[float], StateFile | None, dict[str, str]]:
+        dict[PageKey, PageOutcome], list[float], StateFile | None, dict[str, str]]:
     """Every check that must pass before a request is sent; raise UsageError/ConfigError."""
     output = _check_output(args.output)
     labels = parse_labels(args.labels)
@@ -853,7 +1295,7 @@ def _prepare(args: argparse.Namespace, now: float) -> tuple[
                            "api.api_key_file in the configuration"])
     logs.add_secret(key.value)
     journal = Journal(output.with_name(output.name + ".journal"))
-    previous, done, own = journal.read()
+    previous, done, pages, own = journal.read()
     # Check the flags first (their errors say more), then whether a previous run is resumed.
     window = parse_window(args.since, args.until, args.step, now)
     resumed = None
@@ -878,7 +1320,7 @@ def _prepare(args: argparse.Namespace, now: float) -> tuple[
         log.warning("--until is within the last 3 hours: Prometheus's head block may "
                     "already hold that range; see docs/backfill.md")
     state = StateFile(args.state_file) if args.state_file else None
-    return config, key.value, window, output, journal, header, done, own, state, labels
+    return config, key.value, window, output, journal, header, done, pages, own, state, labels
 
 
 def _install_signals(stop: StopFlag) -> dict[int, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -205,8 +206,9 @@ def test_output_is_openmetrics_with_the_families_of_metrics_and_timestamps() -> 
              for s in families["exec_scenario_average_best_rank"].samples
              if s.labels["scenario"] == "s1"}
     assert ranks[("silver", t0)] == 1 and ranks[("gold", t0)] == 0
+    # The info series is there for every scenario, as on /metrics (an empty name when
+    # none is known).
     info = [(s.labels, float(s.timestamp)) for s in families["exec_scenario_info"].samples]
-    # Every scenario has its info series, a name-less one with name="" (as on /metrics).
     assert info == [({"scenario": "s0", "name": "", "id": "s0"}, t0),
                     ({"scenario": "s0", "name": "", "id": "s0"}, t1),
                     ({"scenario": "s1", "name": "Scenario one", "id": "s1"}, t0),
@@ -484,7 +486,7 @@ def test_discovered_targets_are_backfilled_and_the_listing_is_counted(
     code, out, err = run([f"--config.file={config}", "--since=1d", f"--until={midnight(1)}",
                           f"--output={output}"])
     assert code == 0, err
-    listed = [s for s in api.seen if s.scenario is None]
+    listed = api.of_kind("list")
     assert listed and "discovery: 1 listing requests" in out
     scenarios = {s.scenario for s in api.summaries()}
     assert len(scenarios) >= 3
@@ -506,10 +508,12 @@ def _prometheus_query(url: str, expr: str, at: float) -> list[dict[str, Any]]:
 
 @pytest.mark.e2e
 def test_backfill_interrupted_resumed_imported_and_queried(tmp_path: Path) -> None:
-    """30 days of history under a tight minute limit: the run is stopped with SIGINT while
-    it waits for quota, the rerun finishes without repeating a request and without a
-    single 429, promtool imports the file, and a real Prometheus answers past instants
-    with exactly what the API says for those instants."""
+    """30 days of history under a tight minute limit, with the planner deriving the
+    cohorts one participants pull serves: the run is stopped with SIGINT while it waits
+    for quota, the rerun finishes without repeating a request (summary, participants
+    page or member list) and without a single 429, promtool imports the file, and a
+    real Prometheus answers past instants with exactly what the summary endpoint says
+    for those instants, derived cohorts included."""
     promtool = require_tool("promtool")
     prometheus_bin = require_tool("prometheus")
     minute_limit = 20
@@ -521,6 +525,8 @@ def test_backfill_interrupted_resumed_imported_and_queried(tmp_path: Path) -> No
                               extra_cohorts=[
                                   {"name": "sales", "group_ids": ["g1h2i3j4k5l6"],
                                    "exclude_system_users": True},
+                                  {"name": "cs", "group_ids": [CS]},
+                                  {"name": "no-staff", "exclude_system_users": True},
                                   {"name": "pilot",
                                    "start_date": dt.datetime.fromtimestamp(
                                        fixed_start, dt.UTC).isoformat(),
@@ -538,28 +544,35 @@ def test_backfill_interrupted_resumed_imported_and_queried(tmp_path: Path) -> No
         def answered() -> int:
             if not journal.exists():
                 return 0
-            return journal.read_text().count('"summary"')
+            return journal.read_text().count('"params"')
 
-        # 2 scenarios x (all, last-7d, sales: 4 instants; pilot: 2 distinct) = 28 requests,
-        # more than a minute's budget: the run must wait for quota after 20.
+        # One summary per target and instant: 2 scenarios x (all, last-7d, sales, cs,
+        # no-staff: 4 instants; pilot: 2 distinct) = 44 requests. With the planner, per
+        # scenario: all, sales, cs and no-staff from one pull per instant (4 proofs + 4
+        # one-page pulls), last-7d and pilot on summaries (4 + 2), and the 2 member lists
+        # once: 2 x 14 + 2 = 30, more than a minute's budget: the run waits after 20.
         wait_for(lambda: answered() >= minute_limit, 30, "the first minute's requests")
         first.send_signal(signal.SIGINT)
         out1, err1 = first.communicate(timeout=20)
         assert first.returncode == 0, err1
-        assert "requests: 28 summary requests" in out1
+        assert "one summary per target and instant: 44 requests" in out1
+        assert "requests: about 30 with participants pulls" in out1
         assert "stopped:" in err1 and "run the same command again" in err1
         assert not output.exists()
-        sent_first = len(api.summaries())
-        assert sent_first < 28
+        sent_first = len(api.seen)
+        assert sent_first < 30
 
         second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=150)
         assert second.returncode == 0, second.stderr
         assert f"{sent_first} already done" in second.stdout
-        seen = api.summaries()
+        seen = api.seen
         assert [s for s in seen if s.status == 429] == [], "the budget must prevent 429s"
-        keys = [(s.scenario, tuple(sorted(s.query.items()))) for s in seen]
-        assert len(keys) == len(set(keys)) == 28, "a finished request was sent again"
+        keys = [(s.path, tuple(sorted(s.query.items()))) for s in seen]
+        assert len(keys) == len(set(keys)) == 30, "a finished request was sent again"
+        assert _kinds(api) == {"summary": 2 * (4 + 4 + 2), "participants": 2 * 4,
+                               "members": 2}
+        assert "derived: 24 points of 8 cohorts" in second.stdout
 
         blocks = tmp_path / "data"
         result = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics",
@@ -590,7 +603,7 @@ def test_backfill_interrupted_resumed_imported_and_queried(tmp_path: Path) -> No
                         got = _stored(url, scenario, cohort, instant)
                         assert got == _as_metrics(want), (scenario, cohort, days_ago)
                         checked += 1
-            assert checked == 2 * 3 * 4 + 2 * 3
+            assert checked == 2 * 5 * 4 + 2 * 3
         finally:
             prometheus.stop()
 
@@ -607,6 +620,8 @@ def _as_of(instant: int, fixed_start: int, fixed_end: int) -> dict[str, dict[str
         "last-7d": {"start_date": _iso(instant - 7 * DAY), "end_date": _iso(instant)},
         "sales": {"group_ids": "g1h2i3j4k5l6", "exclude_system_users": "true",
                   "end_date": _iso(instant)},
+        "cs": {"group_ids": CS, "end_date": _iso(instant)},
+        "no-staff": {"exclude_system_users": "true", "end_date": _iso(instant)},
         "pilot": None if instant < fixed_start else {
             "start_date": _iso(fixed_start), "end_date": _iso(min(instant, fixed_end))},
     }
@@ -713,3 +728,213 @@ def test_a_429_on_a_discovery_listing_waits_and_reads_the_page_again(tmp_path: P
         assert "discovery: 2 listing requests" in out
         assert len(fake.requests_for("cold-call")) == 4  # 2 cohorts x 2 instants
         assert 'scenario="cold-call"' in output.read_text()
+
+
+# --- derived cohorts: one participants pull per scenario, date range and instant -------
+
+SCENARIOS = ("discovery-call-it-director", "renewal-negotiation")
+SALES, CS, SDR = "g1h2i3j4k5l6", "g7h8i9j0k1l2", "g3m4n5o6p7q8"
+# Five cohorts that one all-time pull serves, and one rolling window alone in its range.
+MANY_COHORTS: list[dict[str, Any]] = [
+    {"name": "sales", "group_ids": [SALES], "exclude_system_users": True},
+    {"name": "cs", "group_ids": [CS]},
+    {"name": "no-staff", "exclude_system_users": True},
+    {"name": "sdr", "group_ids": [SDR]},
+]
+
+
+def _queries(instant: int) -> dict[str, dict[str, str]]:
+    """Each cohort's as-of summary query (written out here, apart from the exporter)."""
+    end = _iso(instant)
+    return {
+        "all": {"end_date": end},
+        "last-7d": {"start_date": _iso(instant - 7 * DAY), "end_date": end},
+        "sales": {"group_ids": SALES, "exclude_system_users": "true", "end_date": end},
+        "cs": {"group_ids": CS, "end_date": end},
+        "no-staff": {"exclude_system_users": "true", "end_date": end},
+        "sdr": {"group_ids": SDR, "end_date": end},
+    }
+
+
+def _written(path: Path) -> dict[tuple[str, str, int], dict[str, float]]:
+    """(scenario, cohort, instant) -> the values in the file, named as :func:`_as_metrics`."""
+    out: dict[tuple[str, str, int], dict[str, float]] = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for s in family.samples:
+            if "cohort" not in s.labels:
+                continue
+            name = s.name + (f"/{s.labels['rank']}" if "rank" in s.labels else "")
+            key = (s.labels["scenario"], s.labels["cohort"], int(float(s.timestamp)))
+            out.setdefault(key, {})[name] = s.value
+    return out
+
+
+def _kinds(api: HistoryAPI) -> dict[str, int]:
+    return {kind: len(api.of_kind(kind)) for kind in ("summary", "participants", "members")}
+
+
+def test_cohorts_one_pull_serves_cost_fewer_requests_and_equal_the_summaries(
+        api: HistoryAPI, tmp_path: Path, key_env: None) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url, extra_cohorts=MANY_COHORTS)
+    output = tmp_path / "h.om"
+    until = midnight(1)
+    code, out, err = run([f"--config.file={config}", "--since=6d", f"--until={until}",
+                          f"--output={output}"])
+    assert code == 0, err
+    instants = [until - d * DAY for d in range(6, -1, -1)]
+    one_per_target = 2 * 6 * 7
+    assert f"one summary per target and instant: {one_per_target} requests" in out
+    assert "(all, sales, cs, no-staff, sdr): 35 summaries, or 5 proof summaries" in out
+    # Per scenario: 5 proofs at the newest instant, 7 one-page pulls and 7 last-7d
+    # summaries; the 3 member lists once for the run.
+    assert _kinds(api) == {"summary": 2 * (5 + 7), "participants": 2 * 7, "members": 3}
+    assert len(api.seen) == 41 < one_per_target
+    assert "requests: about 41 with participants pulls" in out
+    assert "derived: 60 points of 10 cohorts from 14 participants pulls" in out
+    written = _written(output)
+    for scenario in SCENARIOS:
+        for instant in instants:
+            for cohort, query in _queries(instant).items():
+                want = _as_metrics(api.expected(scenario, query))
+                assert written[(scenario, cohort, instant)] == want, (scenario, cohort, instant)
+    assert len(written) == one_per_target
+
+
+def test_a_cohort_the_pull_does_not_reproduce_is_written_from_summaries(
+        api: HistoryAPI, tmp_path: Path, key_env: None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    skewed = {"group_ids": SALES}
+    api.set_summary_skew(SCENARIOS[0], "average_best_score", 2.0, when=skewed)
+    config = write_config(tmp_path / "c.yaml", api.base_url, extra_cohorts=MANY_COHORTS)
+    output = tmp_path / "h.om"
+    until = midnight(1)
+    code, out, err = run([f"--config.file={config}", "--since=6d", f"--until={until}",
+                          f"--output={output}"])
+    assert code == 0, err
+    assert f"scenario={SCENARIOS[0]} cohort=sales: not reproduced" in out
+    assert "average_best_score derived=" in out
+    assert any("average_best_score" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
+    # Its summary is asked at every instant; the other cohorts are still derived.
+    sales_asked = [s for s in api.summaries()
+                   if s.scenario == SCENARIOS[0] and s.query.get("group_ids") == SALES]
+    assert len(sales_asked) == 7
+    assert "derived: 54 points of 9 cohorts" in out
+    written = _written(output)
+    for instant in [until - d * DAY for d in range(7)]:
+        for scenario in SCENARIOS:
+            for cohort, query in _queries(instant).items():
+                want = _as_metrics(api.expected(scenario, query))
+                assert written[(scenario, cohort, instant)] == want, (scenario, cohort, instant)
+        # What was written for the skewed cohort is the endpoint's skewed value.
+        sales = _queries(instant)["sales"]
+        assert written[(SCENARIOS[0], "sales", instant)]["exec_scenario_average_best_score"] \
+            == api.expected(SCENARIOS[0], sales)["average_best_score"]
+
+
+def test_planner_mode_summary_sends_only_summary_requests(api: HistoryAPI, tmp_path: Path,
+                                                          key_env: None) -> None:
+    config = write_config(tmp_path / "c.yaml", api.base_url, extra_cohorts=MANY_COHORTS)
+    raw = yaml.safe_load(config.read_text())
+    raw["planner"] = {"mode": "summary"}
+    config.write_text(yaml.safe_dump(raw))
+    output = tmp_path / "h.om"
+    code, out, err = run([f"--config.file={config}", "--since=6d", f"--until={midnight(1)}",
+                          f"--output={output}"])
+    assert code == 0, err
+    assert "requests: 84 summary requests (one per distinct as-of query)" in out
+    assert _kinds(api) == {"summary": 84, "participants": 0, "members": 0}
+    assert "derived:" not in out
+
+
+@pytest.mark.parametrize("stop_after", [2, 6, 20, 35])
+def test_a_stopped_derived_run_resumes_without_repeating_a_request(
+        api: HistoryAPI, tmp_path: Path, key_env: None, monkeypatch: pytest.MonkeyPatch,
+        stop_after: int) -> None:
+    """Stopped among the member lists (2), the proofs (6), the pulls (20) or the last
+    summaries (35): the rerun sends only what the journal lacks, and writes the same
+    file as a run that was never stopped."""
+    config = write_config(tmp_path / "c.yaml", api.base_url, extra_cohorts=MANY_COHORTS)
+    output = tmp_path / "h.om"
+    argv = [f"--config.file={config}", "--since=6d", f"--until={midnight(1)}",
+            f"--output={output}"]
+    count_send = backfill.Sender.count_send
+
+    def stop_later(sender: Sender) -> None:
+        count_send(sender)
+        if sender.sent_count == stop_after:
+            sender.stop.set()  # what SIGINT does: the next wait for a slot ends the run
+
+    monkeypatch.setattr(backfill.Sender, "count_send", stop_later)
+    code, _, err = run(argv)
+    assert code == 0 and "stopped:" in err and not output.exists()
+    assert len(api.seen) == stop_after
+    monkeypatch.setattr(backfill.Sender, "count_send", count_send)
+    code, out, err = run(argv)
+    assert code == 0, err
+    assert f"{stop_after} already done" in out
+    sent = [(s.path, tuple(sorted(s.query.items()))) for s in api.seen]
+    assert len(sent) == len(set(sent)) == 41, "a finished request was sent again"
+    resumed = output.read_bytes()
+    # The same command from scratch writes the same file.
+    fresh = tmp_path / "fresh.om"
+    code, _, _ = run([*argv[:3], f"--output={fresh}"])
+    assert code == 0 and fresh.read_bytes() == resumed
+
+
+@pytest.mark.parametrize(("users", "pages", "derived"), [(150, 2, True), (350, 4, False)])
+def test_the_page_count_from_the_first_pull_decides(tmp_path: Path, key_env: None, users: int,
+                                                    pages: int, derived: bool) -> None:
+    """150 participants: 2 pages per pull serve 4 cohorts, so the pulls are read page by
+    page and the values still equal the summaries. 350: the first page says 4 pages,
+    as many as the 4 summaries, so the run stops that pull and uses summaries."""
+    from fakeapi import FakeExecAPI, Session, User
+
+    with FakeExecAPI(DEMO_API_KEY) as fake:
+        until = midnight(1)
+        people = [User(f"u{i:04d}", f"p{i}@{'exec.com' if i % 10 == 0 else 'acme.com'}",
+                       frozenset({"gs"} if i % 3 == 0 else set())) for i in range(users)]
+        fake.set_users(people)
+        sessions = [Session(u.id, until - (i % 9) * DAY - 3600 * (1 + j),
+                            40 + (i * 7 + j * 13) % 60, 200 + i % 50)
+                    for i, u in enumerate(people) for j in range(1 + i % 3)]
+        fake.set_sessions("cold-call", sessions)
+        config = write_config(tmp_path / "c.yaml", fake.base_url, extra_cohorts=[
+            {"name": "no-staff", "exclude_system_users": True},
+            {"name": "gs", "group_ids": ["gs"]},
+            {"name": "vip", "user_emails": ["p1@acme.com", "p2@acme.com"]}])
+        raw = yaml.safe_load(config.read_text())
+        raw["scenarios"] = [{"id": "cold-call"}]
+        raw["cohorts"] = [c for c in raw["cohorts"] if c["name"] != "last-7d"]
+        config.write_text(yaml.safe_dump(raw))
+        output = tmp_path / "h.om"
+        code, out, err = run([f"--config.file={config}", "--since=4d", f"--until={until}",
+                              f"--output={output}"])
+        assert code == 0, err
+        pulled = fake.requests_to("/participants")
+        summaries = fake.requests_to("/summary")
+        if derived:
+            # One pull per instant, every page of it (fewer participants further back).
+            assert len([r for r in pulled if r.query["page"] == "1"]) == 5
+            assert len(pulled) == sum(
+                math.ceil(len({s.user_id for s in sessions if s.time <= until - d * DAY}) / 100)
+                for d in range(5))
+            assert len([r for r in pulled if r.query["page"] == str(pages)]) >= 1
+            assert len(summaries) == 4  # the proofs
+            assert "derived: 16 points of 4 cohorts from 5 participants pulls" in out
+        else:
+            assert len(pulled) == 1  # the first page said 4 pages: no saving
+            assert len(summaries) == 4 * 5
+            assert f"{pages} pages per pull cost as much as the summaries" in out
+        written = _written(output)
+        for d in range(5):
+            instant = until - d * DAY
+            end = _iso(instant)
+            for cohort, query in {
+                    "all": {"end_date": end},
+                    "no-staff": {"exclude_system_users": "true", "end_date": end},
+                    "gs": {"group_ids": "gs", "end_date": end},
+                    "vip": {"user_emails": "p1@acme.com,p2@acme.com", "end_date": end}}.items():
+                answer = fake._summary("cold-call", query)
+                want = _as_metrics(json.loads(answer.body))
+                assert written[("cold-call", cohort, instant)] == want, (cohort, d)
