@@ -23,7 +23,9 @@ documented 429 envelope, and answers from a simulated workspace:
   so past-due assignments grow while the demo runs; skills' proficiency is
   computed from the sessions of the scenarios that train them;
 * ``pricing-objection`` loses about 20 points of average best score shortly
-  after ``drop_after`` seconds, so the score-drop alert has something to catch.
+  after ``drop_after`` seconds (a re-graded rubric that shows as everyone
+  retakes it, so values only move with new sessions), so the score-drop
+  alert has something to catch.
 
 The HTTP plumbing (:class:`LoopbackAPIServer`, :class:`APIRequest`,
 :class:`APIResponse` and the small response helpers) is shared with the test
@@ -566,6 +568,8 @@ class DemoScenario:
 
 DROP_SCENARIO_SLUG = "pricing-objection"
 DROP_POINTS = 20.0
+# After drop_after, every participant of the drop scenario retakes it within this many
+# seconds; a user's scores are re-graded with their first session under the new rubric.
 DROP_RAMP_SECONDS = 90.0
 
 DEMO_SCENARIOS: tuple[DemoScenario, ...] = (
@@ -723,9 +727,17 @@ class _ScenarioSim:
     """
 
     def __init__(
-        self, scenario: DemoScenario, users: list[_User], start: float, rng: random.Random
+        self,
+        scenario: DemoScenario,
+        users: list[_User],
+        start: float,
+        rng: random.Random,
+        regrade_at: float | None = None,
     ) -> None:
         self.scenario = scenario
+        self.regrade_at = regrade_at
+        # (time, user, score, duration) of the retakes after the re-grade, not yet logged.
+        self.retakes: deque[tuple[float, int, float, float]] | None = None
         self.users = users
         self.start = start
         self.rng = rng
@@ -784,8 +796,9 @@ class _ScenarioSim:
         for when, idx in planned:
             self._append(when, idx)
 
-    def _append(self, when: float, idx: int) -> None:
-        score, duration = self._attempt(idx)
+    def _append(self, when: float, idx: int, attempt: tuple[float, float] | None = None
+                ) -> None:
+        score, duration = attempt or self._attempt(idx)
         self.times.append(when)
         self.user_idx.append(idx)
         self.scores.append(score)
@@ -802,6 +815,7 @@ class _ScenarioSim:
         while self.next_slot <= last_slot:
             slot = self.next_slot
             self.next_slot += 1
+            self._plan_retakes(slot)
             when = self.start + (slot + self.rng.random()) * _SLOT_SECONDS
             if self.rng.random() >= probability:
                 continue
@@ -810,7 +824,27 @@ class _ScenarioSim:
                 participants.append(idx)
             else:
                 idx = self.rng.choice(participants)
+            self._log_retakes(before=when)
             self._append(when, idx)
+        # No later slot can log a session before the next slot starts.
+        self._log_retakes(before=self.start + self.next_slot * _SLOT_SECONDS)
+
+    def _plan_retakes(self, slot: int) -> None:
+        """In the slot of the re-grade, draw every participant's retake (time and result)
+        at once: the history stays the same whatever the request timing."""
+        if (self.regrade_at is None or self.retakes is not None
+                or self.start + (slot + 1) * _SLOT_SECONDS <= self.regrade_at):
+            return
+        planned = sorted(
+            (self.regrade_at + self.rng.uniform(0, DROP_RAMP_SECONDS), idx)
+            for idx in sorted(self.learners)
+        )
+        self.retakes = deque((when, idx, *self._attempt(idx)) for when, idx in planned)
+
+    def _log_retakes(self, before: float) -> None:
+        while self.retakes and self.retakes[0][0] < before:
+            when, idx, score, duration = self.retakes.popleft()
+            self._append(when, idx, (score, duration))
 
     def tallies(
         self, now: float, allowed: set[int] | None, start: float | None, end: float | None
@@ -823,6 +857,7 @@ class _ScenarioSim:
         hi = bisect.bisect_right(self.times, upper)
         out: dict[int, _Tally] = {}
         users, scores, durations = self.user_idx, self.scores, self.durations
+        regrade_at = self.regrade_at
         for i in range(lo, hi):
             u = users[i]
             if allowed is not None and u not in allowed:
@@ -830,35 +865,27 @@ class _ScenarioSim:
             s = scores[i]
             tally = out.get(u)
             if tally is None:
-                out[u] = _Tally(1, s, s, durations[i])
+                tally = out[u] = _Tally(1, s, s, durations[i])
             else:
                 tally.sessions += 1
                 tally.seconds += durations[i]
                 tally.best = max(tally.best, s)
+            if regrade_at is not None and self.times[i] >= regrade_at:
+                tally.regraded = True
         return out
 
     def rows(
-        self,
-        now: float,
-        allowed: set[int] | None,
-        start: float | None,
-        end: float | None,
-        penalty: float,
+        self, now: float, allowed: set[int] | None, start: float | None, end: float | None
     ) -> list[_Row]:
         """Every matching participant's row, the values both endpoints report."""
-        return [_row(u, t, penalty) for u, t in self.tallies(now, allowed, start, end).items()]
+        return [_row(u, t) for u, t in self.tallies(now, allowed, start, end).items()]
 
     def summary(
-        self,
-        now: float,
-        allowed: set[int] | None,
-        start: float | None,
-        end: float | None,
-        penalty: float,
+        self, now: float, allowed: set[int] | None, start: float | None, end: float | None
     ) -> dict[str, Any]:
         """The ScenarioAnalyticsSummary of the sessions that match: computed from the
         same rows as the participants table, so the two always agree."""
-        rows = self.rows(now, allowed, start, end, penalty)
+        rows = self.rows(now, allowed, start, end)
         return _summary_body(
             [r.best for r in rows],
             [r.first for r in rows],
@@ -876,6 +903,8 @@ class _Tally:
     first: float
     best: float
     seconds: float
+    # A matching session is under the re-graded rubric: every score of the user is.
+    regraded: bool = False
 
 
 @dataclass(frozen=True)
@@ -890,13 +919,15 @@ class _Row:
     seconds: float
 
 
-def _row(user: int, tally: _Tally, penalty: float) -> _Row:
-    # Scores are whole points and the penalty has one decimal, so every reported score
-    # (and the lift) is exact at one decimal: the participants table and the summary
-    # rank and average the very same numbers.
-    best = round(max(0.0, tally.best - penalty), 1)
-    first = round(max(0.0, tally.first - penalty), 1)
-    return _Row(user, tally.sessions, first, best, round(best - first, 1), tally.seconds)
+def _row(user: int, tally: _Tally) -> _Row:
+    # A user's values change only with a session of theirs (the re-grade shows with
+    # their retake), so whatever a cohort keeps, its values never move while its
+    # counts stand still: the exporter's cross-checks can tell new sessions from a
+    # wrong derivation. Scores are whole points: both endpoints average the same numbers.
+    penalty = DROP_POINTS if tally.regraded else 0.0
+    best = max(0.0, tally.best - penalty)
+    first = max(0.0, tally.first - penalty)
+    return _Row(user, tally.sessions, first, best, best - first, tally.seconds)
 
 
 def _summary_body(
@@ -1003,8 +1034,18 @@ class SimulatedExecAPI(LoopbackAPIServer):
         self._due_dates = _due_dates(self._users, self.start_time, random.Random(seed + 1))
         for n, scenario in enumerate(DEMO_SCENARIOS):
             # One stream per scenario: adding a scenario does not reshuffle the others.
+            # The score drop: the API averages each participant's *best* score, so a few
+            # bad new sessions could never pull it down. The demo models a tightened
+            # rubric instead: the scenario is re-graded at drop_at, every participant
+            # retakes it within DROP_RAMP_SECONDS, and each user's scores fall by
+            # DROP_POINTS from their first session under the new rubric.
+            regrade_at = self.drop_at if scenario.slug == DROP_SCENARIO_SLUG else None
             sim = _ScenarioSim(
-                scenario, self._users, self.start_time, random.Random(seed * 1000 + n)
+                scenario,
+                self._users,
+                self.start_time,
+                random.Random(seed * 1000 + n),
+                regrade_at,
             )
             self._sims[scenario.slug] = sim
             self._sims[scenario.id] = sim
@@ -1100,16 +1141,7 @@ class SimulatedExecAPI(LoopbackAPIServer):
                 f"Invalid exclude_system_users: {query['exclude_system_users']}"
             )
         allowed = self._select_users(query, exclude_system)
-        penalty = 0.0
-        if sim.scenario.slug == DROP_SCENARIO_SLUG and now > self.drop_at:
-            # The API averages each participant's *best* score over all their
-            # sessions, so a few bad new sessions could never pull it down. The
-            # demo models a tightened rubric instead: the scenario is re-graded
-            # and every score falls, ramping in over DROP_RAMP_SECONDS (in steps
-            # of a tenth of a point: scores keep one decimal).
-            ramp = min(1.0, (now - self.drop_at) / DROP_RAMP_SECONDS)
-            penalty = round(DROP_POINTS * ramp, 1)
-        return _Selection(sim, (allowed, start, end, penalty))
+        return _Selection(sim, (allowed, start, end))
 
     def _select_users(self, query: Mapping[str, str], exclude_system: bool) -> set[int] | None:
         """Indexes of the users the filters allow; None means everyone."""
@@ -1214,10 +1246,10 @@ class SimulatedExecAPI(LoopbackAPIServer):
 @dataclass(frozen=True)
 class _Selection:
     """A scenario's simulation and the arguments of its ``rows``/``summary`` calls:
-    (allowed users, start, end, penalty)."""
+    (allowed users, start, end)."""
 
     sim: _ScenarioSim
-    args: tuple[set[int] | None, float | None, float | None, float]
+    args: tuple[set[int] | None, float | None, float | None]
 
 
 # The participants endpoint's ``sorting`` values (without the "-") and the row field.
