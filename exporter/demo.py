@@ -839,7 +839,16 @@ class _ScenarioSim:
             (self.regrade_at + self.rng.uniform(0, DROP_RAMP_SECONDS), idx)
             for idx in sorted(self.learners)
         )
-        self.retakes = deque((when, idx, *self._attempt(idx)) for when, idx in planned)
+        best: dict[int, float] = {}
+        for idx, score in zip(self.user_idx, self.scores, strict=True):
+            best[idx] = max(best.get(idx, 0.0), score)
+        retakes = deque[tuple[float, int, float, float]]()
+        for when, idx in planned:
+            score, duration = self._attempt(idx)
+            # A retake under the stricter rubric does not beat the user's best: the
+            # average falls by the full DROP_POINTS (a newcomer's first try might).
+            retakes.append((when, idx, min(score, best.get(idx, score)), duration))
+        self.retakes = retakes
 
     def _log_retakes(self, before: float) -> None:
         while self.retakes and self.retakes[0][0] < before:
