@@ -1,8 +1,9 @@
 """The simulated Exec API behind ``exec-exporter demo``.
 
 :class:`SimulatedExecAPI` serves the endpoints the exporter uses (the
-scenario analytics summary, the scenario list, the workspace group list, the
-skills list with proficiency and the scenario assignments) over real HTTP on
+scenario analytics summary and participants table, the scenario list, the
+workspace group and member lists, the skills list with proficiency and the
+scenario assignments) over real HTTP on
 loopback, so the demo exercises the exporter's real client, budget and error
 handling rather than a shortcut. It checks the bearer key,
 enforces the Exec rate limits (rolling minute and rolling day) with the
@@ -12,13 +13,19 @@ documented 429 envelope, and answers from a simulated workspace:
   with practice sessions spread over the past 90 days and new sessions
   arriving slowly as the clock moves, so every query filter genuinely works
   and counts only ever grow;
+* the summary and the participants table (one row per user) are computed from
+  the same rows, rounded as the documented endpoint rounds, so cohorts derived
+  from a participants pull reproduce the summary and the exporter's planner
+  can show them (``planner.mode: auto``);
 * every scenario is assigned to its audience with a due date; an assignment's
   status follows the simulated sessions (completed at silver or better, did
   not pass after five attempts below it, past due once the due date passes),
   so past-due assignments grow while the demo runs; skills' proficiency is
   computed from the sessions of the scenarios that train them;
 * ``pricing-objection`` loses about 20 points of average best score shortly
-  after ``drop_after`` seconds, so the score-drop alert has something to catch.
+  after ``drop_after`` seconds (a re-graded rubric that shows as everyone
+  retakes it, so values only move with new sessions), so the score-drop
+  alert has something to catch.
 
 The HTTP plumbing (:class:`LoopbackAPIServer`, :class:`APIRequest`,
 :class:`APIResponse` and the small response helpers) is shared with the test
@@ -561,6 +568,8 @@ class DemoScenario:
 
 DROP_SCENARIO_SLUG = "pricing-objection"
 DROP_POINTS = 20.0
+# After drop_after, every participant of the drop scenario retakes it within this many
+# seconds; a user's scores are re-graded with their first session under the new rubric.
 DROP_RAMP_SECONDS = 90.0
 
 DEMO_SCENARIOS: tuple[DemoScenario, ...] = (
@@ -718,9 +727,17 @@ class _ScenarioSim:
     """
 
     def __init__(
-        self, scenario: DemoScenario, users: list[_User], start: float, rng: random.Random
+        self,
+        scenario: DemoScenario,
+        users: list[_User],
+        start: float,
+        rng: random.Random,
+        regrade_at: float | None = None,
     ) -> None:
         self.scenario = scenario
+        self.regrade_at = regrade_at
+        # (time, user, score, duration) of the retakes after the re-grade, not yet logged.
+        self.retakes: deque[tuple[float, int, float, float]] | None = None
         self.users = users
         self.start = start
         self.rng = rng
@@ -779,8 +796,9 @@ class _ScenarioSim:
         for when, idx in planned:
             self._append(when, idx)
 
-    def _append(self, when: float, idx: int) -> None:
-        score, duration = self._attempt(idx)
+    def _append(self, when: float, idx: int, attempt: tuple[float, float] | None = None
+                ) -> None:
+        score, duration = attempt or self._attempt(idx)
         self.times.append(when)
         self.user_idx.append(idx)
         self.scores.append(score)
@@ -797,6 +815,7 @@ class _ScenarioSim:
         while self.next_slot <= last_slot:
             slot = self.next_slot
             self.next_slot += 1
+            self._plan_retakes(slot)
             when = self.start + (slot + self.rng.random()) * _SLOT_SECONDS
             if self.rng.random() >= probability:
                 continue
@@ -805,65 +824,148 @@ class _ScenarioSim:
                 participants.append(idx)
             else:
                 idx = self.rng.choice(participants)
+            self._log_retakes(before=when)
             self._append(when, idx)
+        # No later slot can log a session before the next slot starts.
+        self._log_retakes(before=self.start + self.next_slot * _SLOT_SECONDS)
 
-    def summary(
-        self,
-        now: float,
-        allowed: set[int] | None,
-        start: float | None,
-        end: float | None,
-        penalty: float,
-    ) -> dict[str, Any]:
-        """The ScenarioAnalyticsSummary of the sessions that match."""
+    def _plan_retakes(self, slot: int) -> None:
+        """In the slot of the re-grade, draw every participant's retake (time and result)
+        at once: the history stays the same whatever the request timing."""
+        if (self.regrade_at is None or self.retakes is not None
+                or self.start + (slot + 1) * _SLOT_SECONDS <= self.regrade_at):
+            return
+        planned = sorted(
+            (self.regrade_at + self.rng.uniform(0, DROP_RAMP_SECONDS), idx)
+            for idx in sorted(self.learners)
+        )
+        best: dict[int, float] = {}
+        for idx, score in zip(self.user_idx, self.scores, strict=True):
+            best[idx] = max(best.get(idx, 0.0), score)
+        retakes = deque[tuple[float, int, float, float]]()
+        for when, idx in planned:
+            score, duration = self._attempt(idx)
+            # A retake under the stricter rubric does not beat the user's best: the
+            # average falls by the full DROP_POINTS (a newcomer's first try might).
+            retakes.append((when, idx, min(score, best.get(idx, score)), duration))
+        self.retakes = retakes
+
+    def _log_retakes(self, before: float) -> None:
+        while self.retakes and self.retakes[0][0] < before:
+            when, idx, score, duration = self.retakes.popleft()
+            self._append(when, idx, (score, duration))
+
+    def tallies(
+        self, now: float, allowed: set[int] | None, start: float | None, end: float | None
+    ) -> dict[int, _Tally]:
+        """Per user index, the matching sessions' count, first and best score and time,
+        in the order of each user's first matching session."""
         self.extend_to(now)
         upper = now if end is None else min(now, end)
         lo = 0 if start is None else bisect.bisect_left(self.times, start)
         hi = bisect.bisect_right(self.times, upper)
-        first: dict[int, float] = {}
-        best: dict[int, float] = {}
-        sessions = 0
-        seconds = 0.0
+        out: dict[int, _Tally] = {}
         users, scores, durations = self.user_idx, self.scores, self.durations
+        regrade_at = self.regrade_at
         for i in range(lo, hi):
             u = users[i]
             if allowed is not None and u not in allowed:
                 continue
             s = scores[i]
-            sessions += 1
-            seconds += durations[i]
-            if u not in first:
-                first[u] = s
-                best[u] = s
-            elif s > best[u]:
-                best[u] = s
+            tally = out.get(u)
+            if tally is None:
+                tally = out[u] = _Tally(1, s, s, durations[i])
+            else:
+                tally.sessions += 1
+                tally.seconds += durations[i]
+                tally.best = max(tally.best, s)
+            if regrade_at is not None and self.times[i] >= regrade_at:
+                tally.regraded = True
+        return out
+
+    def rows(
+        self, now: float, allowed: set[int] | None, start: float | None, end: float | None
+    ) -> list[_Row]:
+        """Every matching participant's row, the values both endpoints report."""
+        return [_row(u, t) for u, t in self.tallies(now, allowed, start, end).items()]
+
+    def summary(
+        self, now: float, allowed: set[int] | None, start: float | None, end: float | None
+    ) -> dict[str, Any]:
+        """The ScenarioAnalyticsSummary of the sessions that match: computed from the
+        same rows as the participants table, so the two always agree."""
+        rows = self.rows(now, allowed, start, end)
         return _summary_body(
-            [max(0.0, best[u] - penalty) for u in best],
-            [max(0.0, first[u] - penalty) for u in best],
-            sessions,
-            seconds,
+            [r.best for r in rows],
+            [r.first for r in rows],
+            sum(r.sessions for r in rows),
+            math.fsum(r.seconds for r in rows),
+            lifts=[r.lift for r in rows],
         )
 
 
+@dataclass
+class _Tally:
+    """One user's matching sessions (scores are the simulation's whole points)."""
+
+    sessions: int
+    first: float
+    best: float
+    seconds: float
+    # A matching session is under the re-graded rubric: every score of the user is.
+    regraded: bool = False
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One participant as both analytics endpoints report them (after a re-grade)."""
+
+    user: int
+    sessions: int
+    first: float
+    best: float
+    lift: float
+    seconds: float
+
+
+def _row(user: int, tally: _Tally) -> _Row:
+    # A user's values change only with a session of theirs (the re-grade shows with
+    # their retake), so whatever a cohort keeps, its values never move while its
+    # counts stand still: the exporter's cross-checks can tell new sessions from a
+    # wrong derivation. Scores are whole points: both endpoints average the same numbers.
+    penalty = DROP_POINTS if tally.regraded else 0.0
+    best = max(0.0, tally.best - penalty)
+    first = max(0.0, tally.first - penalty)
+    return _Row(user, tally.sessions, first, best, best - first, tally.seconds)
+
+
 def _summary_body(
-    bests: list[float], firsts: list[float], sessions: int, seconds: float
+    bests: list[float],
+    firsts: list[float],
+    sessions: int,
+    seconds: float,
+    lifts: list[float] | None = None,
 ) -> dict[str, Any]:
+    """A ScenarioAnalyticsSummary body, rounded as the documented endpoint rounds
+    (averages to one decimal, practice to whole minutes); ``lifts`` defaults to each
+    participant's best minus first."""
     n = len(bests)
+    if lifts is None:
+        lifts = [b - f for b, f in zip(bests, firsts, strict=True)]
     counts = dict.fromkeys(RANKS, 0)
     for b in bests:
         counts[rank_for(b)] += 1
-    average = round(sum(bests) / n, 1) if n else None
+    # fsum, as exporter.aggregate sums: the same numbers round the same way.
+    average = round(math.fsum(bests) / n, 1) if n else None
     return {
         "participant_count": n,
         "total_sessions": sessions,
         "average_best_score": average,
         # From the rounded score, so rank and score never disagree at a boundary.
         "average_best_rank": rank_for(average) if average is not None else None,
-        "average_lift_percentage": (
-            round(sum(b - f for b, f in zip(bests, firsts, strict=True)) / n, 1) if n else None
-        ),
+        "average_lift_percentage": round(math.fsum(lifts) / n, 1) if n else None,
         "total_practice_minutes": round(seconds / 60),
-        "average_session_duration_seconds": round(seconds / sessions) if sessions else None,
+        "average_session_duration_seconds": round(seconds / sessions, 1) if sessions else None,
         "score_distribution": [
             {
                 "rank": rank,
@@ -902,8 +1004,10 @@ class _RollingLimiter:
 class SimulatedExecAPI(LoopbackAPIServer):
     """A simulated Exec API on loopback for ``exec-exporter demo``.
 
-    Serves ``GET /rest/v1/scenarios/{id}/analytics/summary``, ``GET
-    /rest/v1/scenarios`` and ``GET /rest/v1/workspace/groups`` from a seeded
+    Serves ``GET /rest/v1/scenarios/{id}/analytics/summary`` and
+    ``.../analytics/participants``, ``GET /rest/v1/scenarios``,
+    ``GET /rest/v1/workspace/groups`` and ``/workspace/members``, ``GET
+    /rest/v1/skills`` and ``/scenarios/assignments`` from a seeded
     simulated workspace (see the module docstring), checks the bearer key and
     enforces ``requests_per_minute`` / ``requests_per_day`` over rolling windows
     with a 429 carrying ``retry_after`` in the error object and a
@@ -939,8 +1043,18 @@ class SimulatedExecAPI(LoopbackAPIServer):
         self._due_dates = _due_dates(self._users, self.start_time, random.Random(seed + 1))
         for n, scenario in enumerate(DEMO_SCENARIOS):
             # One stream per scenario: adding a scenario does not reshuffle the others.
+            # The score drop: the API averages each participant's *best* score, so a few
+            # bad new sessions could never pull it down. The demo models a tightened
+            # rubric instead: the scenario is re-graded at drop_at, every participant
+            # retakes it within DROP_RAMP_SECONDS, and each user's scores fall by
+            # DROP_POINTS from their first session under the new rubric.
+            regrade_at = self.drop_at if scenario.slug == DROP_SCENARIO_SLUG else None
             sim = _ScenarioSim(
-                scenario, self._users, self.start_time, random.Random(seed * 1000 + n)
+                scenario,
+                self._users,
+                self.start_time,
+                random.Random(seed * 1000 + n),
+                regrade_at,
             )
             self._sims[scenario.slug] = sim
             self._sims[scenario.id] = sim
@@ -970,6 +1084,10 @@ class SimulatedExecAPI(LoopbackAPIServer):
             match segments:
                 case ["scenarios", scenario_id, "analytics", "summary"]:
                     return self._summary(scenario_id, request.query, now)
+                case ["scenarios", scenario_id, "analytics", "participants"]:
+                    return self._participants(scenario_id, request.query, now)
+                case ["workspace", "members"]:
+                    return self._members(request.query)
                 case ["scenarios"]:
                     return self._scenarios(request.query)
                 case ["workspace", "groups"]:
@@ -981,6 +1099,39 @@ class SimulatedExecAPI(LoopbackAPIServer):
             return not_found_response(f"Not found: {request.path}")
 
     def _summary(self, scenario_id: str, query: Mapping[str, str], now: float) -> APIResponse:
+        selection = self._selection(scenario_id, query, now)
+        if isinstance(selection, APIResponse):
+            return selection
+        return APIResponse.json(200, selection.sim.summary(now, *selection.args))
+
+    def _participants(
+        self, scenario_id: str, query: Mapping[str, str], now: float
+    ) -> APIResponse:
+        """GET /scenarios/{id}/analytics/participants: the rows behind the summary of
+        the same filters, sorted (default ``-best_score``, ties by user id) and paged."""
+        selection = self._selection(scenario_id, query, now)
+        if isinstance(selection, APIResponse):
+            return selection
+        sorting = query.get("sorting") or "-best_score"
+        column = _SORT_COLUMNS.get(sorting.removeprefix("-"))
+        if column is None:
+            return bad_request_response(f"Invalid sorting: {sorting}")
+        rows = selection.sim.rows(now, *selection.args)
+        users = self._users
+        rows.sort(key=lambda r: users[r.user].id)
+        rows.sort(key=lambda r: getattr(r, column), reverse=sorting.startswith("-"))
+        return paginate([_participant_json(users[r.user], r) for r in rows], query)
+
+    def _members(self, query: Mapping[str, str]) -> APIResponse:
+        """GET /workspace/members, optionally only the members of ``group_ids``."""
+        groups = set(split_list(query.get("group_ids")))
+        items = [_member_json(u) for u in self._users if not groups or u.group_ids & groups]
+        return paginate(items, query)
+
+    def _selection(
+        self, scenario_id: str, query: Mapping[str, str], now: float
+    ) -> _Selection | APIResponse:
+        """The scenario and the parsed filters both analytics endpoints share, or an error."""
         sim = self._sims.get(scenario_id)
         if sim is None:
             return not_found_response(f"Scenario not found: {scenario_id}", "scenario_not_found")
@@ -999,14 +1150,7 @@ class SimulatedExecAPI(LoopbackAPIServer):
                 f"Invalid exclude_system_users: {query['exclude_system_users']}"
             )
         allowed = self._select_users(query, exclude_system)
-        penalty = 0.0
-        if sim.scenario.slug == DROP_SCENARIO_SLUG and now > self.drop_at:
-            # The API averages each participant's *best* score over all their
-            # sessions, so a few bad new sessions could never pull it down. The
-            # demo models a tightened rubric instead: the scenario is re-graded
-            # and every score falls, ramping in over DROP_RAMP_SECONDS.
-            penalty = DROP_POINTS * min(1.0, (now - self.drop_at) / DROP_RAMP_SECONDS)
-        return APIResponse.json(200, sim.summary(now, allowed, start, end, penalty))
+        return _Selection(sim, (allowed, start, end))
 
     def _select_users(self, query: Mapping[str, str], exclude_system: bool) -> set[int] | None:
         """Indexes of the users the filters allow; None means everyone."""
@@ -1106,6 +1250,54 @@ class SimulatedExecAPI(LoopbackAPIServer):
                 rows.append(_assignment_json(scenario, user, status, due, attempts,
                                              best if attempts else None))
         return paginate(rows, query)
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """A scenario's simulation and the arguments of its ``rows``/``summary`` calls:
+    (allowed users, start, end)."""
+
+    sim: _ScenarioSim
+    args: tuple[set[int] | None, float | None, float | None]
+
+
+# The participants endpoint's ``sorting`` values (without the "-") and the row field.
+_SORT_COLUMNS = {
+    "best_score": "best",
+    "first_score": "first",
+    "lift_percentage": "lift",
+    "total_duration_seconds": "seconds",
+    "session_count": "sessions",
+}
+
+
+def _user_json(user: _User) -> dict[str, Any]:
+    first, _, last = user.email.split("@")[0].partition(".")
+    return {"id": user.id, "email": user.email, "first_name": first.capitalize(),
+            "last_name": last.capitalize()}
+
+
+def _participant_json(user: _User, row: _Row) -> dict[str, Any]:
+    """A ScenarioParticipantEntry."""
+    return {
+        "user": _user_json(user),
+        "session_count": row.sessions,
+        "first_score": row.first,
+        "first_rank": rank_for(row.first),
+        "best_score": row.best,
+        "best_rank": rank_for(row.best),
+        "lift_percentage": row.lift,
+        "total_duration_seconds": row.seconds,
+    }
+
+
+def _member_json(user: _User) -> dict[str, Any]:
+    """A WorkspaceMember: the schema's flat shape, ``id`` being the user id."""
+    return {**_user_json(user), "role": "staff" if user.system else "member",
+            "created_at": _MEMBER_SINCE}
+
+
+_MEMBER_SINCE = "2024-02-01T09:00:00Z"
 
 
 ASSIGNMENT_STATUSES = ("not_started", "in_progress", "completed", "past_due", "did_not_pass")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -13,9 +14,13 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import FakeClock
+from conftest import FakeClock, metric_values, sample
 from fakeapi import FakeExecAPI, summary_body
 
+from exporter.aggregate import aggregate, compare
+from exporter.cli import Exporter
+from exporter.client import Summary, parse_member, parse_participant, parse_summary
+from exporter.config import ApiKey, CohortConfig, parse_config
 from exporter.demo import (
     DEMO_API_KEY,
     DEMO_GROUPS,
@@ -29,6 +34,8 @@ from exporter.demo import (
     demo_config,
     rank_for,
 )
+from exporter.planner import cohort_filter, pull_query
+from exporter.server import Web, landing_page
 
 START = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 ACTIVE = [s for s in DEMO_SCENARIOS if not s.archived]
@@ -374,6 +381,203 @@ def test_demo_source_has_no_live_key_pattern() -> None:
 def test_refuses_non_loopback_hosts() -> None:
     with pytest.raises(ValueError):
         SimulatedExecAPI(host="0.0.0.0")
+
+
+# --- derived cohorts: participants and members ------------------------------
+
+
+def pages(api: SimulatedExecAPI, path: str, page_size: int, **params: str
+          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every item of a paginated list, read ``page_size`` at a time, and each page's
+    pagination object."""
+    items: list[dict[str, Any]] = []
+    seen: list[dict[str, Any]] = []
+    for number in range(1, 200):
+        response = get(api, path, {**params, "page": str(number), "page_size": str(page_size)})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        items += body["data"]
+        seen.append(body["pagination"])
+        if number >= body["pagination"]["total_pages"]:
+            return items, seen
+    raise AssertionError("pagination never ended")
+
+
+def test_members_paginate_and_filter_by_group(sim: SimulatedExecAPI) -> None:
+    everyone, paging = pages(sim, "/workspace/members", 40)
+    assert [p["total_count"] for p in paging] == [94] * 3
+    assert [p["total_pages"] for p in paging] == [3] * 3
+    assert [p["page"] for p in paging] == [1, 2, 3]
+    ids = [m["id"] for m in everyone]
+    assert len(set(ids)) == len(ids) == 94
+    assert get(sim, "/workspace/members").json()["pagination"]["page_size"] == 50
+    member = parse_member(everyone[0])
+    assert member.user_id == everyone[0]["id"] and member.email == everyone[0]["email"]
+    sales, paging = pages(sim, "/workspace/members", 7, group_ids=SALES_TEAM_GROUP_ID)
+    assert 20 < len(sales) < 94 and paging[0]["total_count"] == len(sales)
+    staff = {m["email"] for m in sales if m["email"].endswith("@exec.com")}
+    assert len(staff) == 2, "two staff accounts sit in Sales Team"
+    both, _ = pages(sim, "/workspace/members", 100,
+                    group_ids=f"{SALES_TEAM_GROUP_ID},{DEMO_GROUPS[1].id}")
+    assert {m["id"] for m in sales} < {m["id"] for m in both}
+    assert get(sim, "/workspace/members", {"group_ids": "g-unknown"}).json()["data"] == []
+    for bad in ({"page_size": "101"}, {"page": "0"}, {"page_size": "x"}):
+        response = get(sim, "/workspace/members", bad)
+        assert response.status_code == 400, bad
+        assert response.json()["error"]["code"] == "invalid_pagination"
+
+
+def test_participants_paginate_sort_and_check_parameters(sim: SimulatedExecAPI) -> None:
+    path = "/scenarios/cold-call-gatekeeper/analytics/participants"
+    rows, paging = pages(sim, path, 9)
+    n = summary(sim, "cold-call-gatekeeper")["participant_count"]
+    assert len(rows) == n == paging[0]["total_count"] > 9
+    assert paging[0]["total_pages"] == -(-n // 9) == len(paging)
+    assert len({r["user"]["id"] for r in rows}) == n
+    bests = [r["best_score"] for r in rows]
+    assert bests == sorted(bests, reverse=True), "default sorting: -best_score"
+    for row in rows:
+        assert row["best_rank"] == rank_for(row["best_score"])
+        assert row["first_rank"] == rank_for(row["first_score"])
+        assert row["lift_percentage"] == round(row["best_score"] - row["first_score"], 1)
+        parsed = parse_participant(row)
+        assert parsed.session_count == row["session_count"] >= 1
+    by_sessions, _ = pages(sim, path, 100, sorting="session_count")
+    counts = [r["session_count"] for r in by_sessions]
+    assert counts == sorted(counts) and sorted(map(str, by_sessions)) == sorted(map(str, rows))
+    uuid_rows, _ = pages(sim, f"/scenarios/{ACTIVE[2].id}/analytics/participants", 100)
+    assert uuid_rows == rows, "slug and UUID name the same scenario"
+    for bad in ({"sorting": "name"}, {"page_size": "101"}, {"start_date": "yesterday"},
+                {"exclude_system_users": "maybe"}):
+        response = get(sim, path, bad)
+        assert response.status_code == 400, bad
+        assert response.json()["error"]["type"] == "invalid_request"
+    missing = get(sim, "/scenarios/no-such-thing/analytics/participants")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "scenario_not_found"
+    never = get(sim, "/scenarios/legacy-product-pitch/analytics/participants").json()
+    assert never["data"] == [] and never["pagination"]["total_count"] == 0
+
+
+def test_the_drop_does_not_depend_on_request_timing(clock: FakeClock) -> None:
+    """The re-grade's retakes are drawn at once: a simulation asked every few seconds
+    through the drop answers as one asked only at the end."""
+    quiet = SimulatedExecAPI(clock=clock, requests_per_minute=10_000).start()
+    with SimulatedExecAPI(clock=clock, requests_per_minute=10_000) as busy:
+        try:
+            for _ in range(100):
+                clock.advance(7)
+                summary(busy, DROP_SCENARIO_SLUG)
+            for query in ({}, {"group_ids": SALES_TEAM_GROUP_ID},
+                          {"end_date": iso(START + 650)}):
+                assert summary(busy, DROP_SCENARIO_SLUG, **query) == summary(
+                    quiet, DROP_SCENARIO_SLUG, **query)
+        finally:
+            quiet.stop()
+
+
+# Cohorts beyond the demo's own: user lists (unioned), staff only, a fixed range.
+EXTRA_COHORTS: list[dict[str, Any]] = [
+    {"name": "staff-list", "user_emails": ["QA.Bot@exec.com", "support@exec.com"]},
+    {"name": "humans", "exclude_system_users": True},
+    {"name": "two-groups", "group_ids": [SALES_TEAM_GROUP_ID, DEMO_GROUPS[2].id]},
+    {"name": "before-the-week", "end_date": iso(START - 7 * 86400)},
+]
+
+
+def derived_and_real(api: SimulatedExecAPI, clock: FakeClock, scenario: str,
+                     cohort: CohortConfig) -> tuple[Summary, Summary]:
+    """A cohort's summary as the exporter derives it (one pull of the scenario with the
+    cohort's dates only, plus its groups' member lists) and as the endpoint gives it."""
+    query = pull_query(cohort, clock.now)
+    rows, _ = pages(api, f"/scenarios/{scenario}/analytics/participants", 100, **query)
+    members = {}
+    for group in cohort.group_ids:
+        listed, _ = pages(api, "/workspace/members", 100, group_ids=group)
+        members[group] = frozenset(parse_member(m).user_id for m in listed)
+    kept = [r for r in map(parse_participant, rows) if cohort_filter(cohort).keeps(r, members)]
+    real = parse_summary(summary(api, scenario, **cohort.query(clock.now)))
+    return aggregate(kept), real
+
+
+@pytest.mark.parametrize("offset", [0.0, 640.0, 700.0, 86400.0])
+def test_aggregating_the_participants_gives_the_summary(
+        sim: SimulatedExecAPI, clock: FakeClock, offset: float) -> None:
+    """For every demo cohort (and a few more) of every scenario, what the exporter derives
+    from the participant rows is the summary itself: counts, rounded averages, rank and
+    rank counts exactly, before, during and after the pricing-objection drop."""
+    config = parse_config({**demo_config(sim.base_url),
+                           "cohorts": [*demo_config(sim.base_url)["cohorts"],
+                                       *EXTRA_COHORTS]})
+    clock.advance(offset)
+    nonempty = 0
+    for scenario in [s.slug for s in DEMO_SCENARIOS]:
+        for cohort in config.cohorts:
+            derived, real = derived_and_real(sim, clock, scenario, cohort)
+            assert derived == real, (scenario, cohort.name)
+            assert compare(derived, real, 0.0).match
+            nonempty += bool(real.participants)
+    assert nonempty > 5 * 5
+
+
+def run_until(exporter: Exporter, clock: FakeClock, until: float) -> None:
+    """Step the poller, moving the fake clock to each wake-up, up to ``until``."""
+    for _ in range(100_000):
+        wake = exporter.poller.step()
+        if wake > until:
+            clock.now = until
+            return
+        clock.now = max(clock.now, wake)
+    raise AssertionError("the poller never went idle")
+
+
+# 600 s is the demo's own; with a 900 s drop a cross-check lands inside the drop (a
+# re-grade that moved values without new sessions made that check a mismatch).
+@pytest.mark.parametrize("drop_after", [600.0, 900.0])
+def test_the_demo_derives_cohorts_within_a_minute(
+        clock: FakeClock, caplog: pytest.LogCaptureFixture, drop_after: float) -> None:
+    """The demo as a new user starts it: its member list is read, participants pulls
+    reproduce the summaries, and cohorts move to the participants source at once, with
+    no warning in the log and no cross-check mismatch, through the pricing drop."""
+    caplog.set_level(logging.INFO)
+    with SimulatedExecAPI(clock=clock, drop_after=drop_after) as simulated:
+        config = parse_config(demo_config(simulated.base_url))
+        assert config.planner.mode == "auto"
+        exporter = Exporter(config, ApiKey(DEMO_API_KEY, "demo"), None, None, clock)
+        try:
+            run_until(exporter, clock, START + 60)
+            values = metric_values(exporter.exposition.render().decode())
+            derived = {(dict(k[1])["scenario"], dict(k[1])["cohort"])
+                       for k, v in values.items()
+                       if k[0] == "exec_exporter_target_source" and v == 1
+                       and ("source", "participants") in k[1]}
+            # One pull serves "all" and "sales" of every scenario; "last-7d" needs a pull
+            # of its own, no cheaper than its summary.
+            assert derived == {(s["id"], c) for s in demo_config("")["scenarios"]
+                               for c in ("all", "sales")}
+            html = landing_page(Web(exporter.store, exporter.exposition, clock=clock.time,
+                                    source=exporter.planner.source))
+            assert "<th>Source</th>" in html
+            assert html.count("<td>participants</td>") == len(derived) == 10
+            members = [r for r in caplog.records if "members" in r.getMessage()]
+            assert not [r.getMessage() for r in members if r.levelno >= logging.INFO]
+            before = sample(values, "exec_scenario_average_best_score",
+                            scenario=DROP_SCENARIO_SLUG, cohort="all")
+            # Past the pricing drop, cross-checks keep agreeing and the derived values
+            # show the drop.
+            run_until(exporter, clock, START + drop_after + 900)
+            counters = exporter.planner.counters()
+            assert sum(v for (_, result), v in counters.items() if result == "match") >= 5
+            assert sum(v for (_, result), v in counters.items() if result == "mismatch") == 0
+            assert exporter.planner.source((DROP_SCENARIO_SLUG, "all")) == "participants"
+            after = metric_values(exporter.exposition.render().decode())
+            dropped = sample(after, "exec_scenario_average_best_score",
+                             scenario=DROP_SCENARIO_SLUG, cohort="all")
+            assert before is not None and dropped is not None and before - dropped >= 15
+        finally:
+            exporter.client.close()
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert problems == []
 
 
 # --- the fake API ------------------------------------------------------------
