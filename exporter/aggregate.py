@@ -72,6 +72,11 @@ def decimals_of(value: float) -> int:
     return MAX_DECIMALS
 
 
+# Summaries that must all show fewer decimals than documented before derived
+# values are rounded that way (all whole by chance at one decimal: 1 in 100,000).
+FEWER_AFTER = 5
+
+
 @dataclass
 class Precision:
     """How many decimals the summary endpoint gives each rounded field.
@@ -83,16 +88,24 @@ class Precision:
     """
 
     seen: dict[str, int] = field(default_factory=dict)
+    observed: dict[str, int] = field(default_factory=dict)
 
     def observe(self, summary: Summary) -> None:
         """Learn from one real summary."""
         for name, value in _rounded_values(summary).items():
             if value is not None:
                 self.seen[name] = max(self.seen.get(name, 0), decimals_of(value))
+                self.observed[name] = self.observed.get(name, 0) + 1
 
     def decimals(self, name: str) -> int:
-        """The decimals to round ``name`` to."""
-        return self.seen.get(name, DOCUMENTED_DECIMALS[name])
+        """The decimals to round ``name`` to. Fewer than documented only after enough
+        summaries showed no more: one value in ten is whole at one decimal, so a
+        single whole value must not make derived values round to whole numbers."""
+        documented = DOCUMENTED_DECIMALS[name]
+        seen = self.seen.get(name)
+        if seen is None or (seen < documented and self.observed.get(name, 0) < FEWER_AFTER):
+            return documented
+        return seen
 
 
 def _rounded_values(summary: Summary) -> dict[str, float | None]:

@@ -498,9 +498,17 @@ class Planner:
         log.warning("participants of scenario=%s: %d pulls in a row were inconsistent (%s); "
                     "its cohorts use summary requests for %s", key[1], count, why,
                     _duration(self.settings.fallback_for))
-        self._fallback[key[1]] = at + self.settings.fallback_for
-        self._verified -= {k for k in self._targets if k[0] == key[1]}
+        self._fall_back(key[1], at)
         return True
+
+    def _fall_back(self, scenario: str, at: float) -> None:
+        """Summary requests for ``scenario``'s cohorts for ``fallback_for``. Its pulls are
+        forgotten: the proofs after the fallback start from a new pull, not from the
+        one just found wanting (which would refuse every target a second time)."""
+        self._fallback[scenario] = at + self.settings.fallback_for
+        self._verified -= {k for k in self._targets if k[0] == scenario}
+        for key in [k for k in self._pulls if k[1] == scenario]:
+            del self._pulls[key]
 
     def _pulled(self, key: PullKey, rows: tuple[ParticipantRow, ...], pages: int,
                 at: float) -> bool:
@@ -532,8 +540,7 @@ class Planner:
                       and pull_key(self._targets[k]) == key]
             if error.reason in _UNAVAILABLE:
                 changed = key[1] not in self._active_fallbacks(at)
-                self._fallback[key[1]] = at + self.settings.fallback_for
-                self._verified -= {k for k in self._targets if k[0] == key[1]}
+                self._fall_back(key[1], at)
         for target_key in served:
             self.store.record_failure(target_key, error.reason, str(error), at)
         if error.reason in _UNAVAILABLE:
@@ -633,11 +640,10 @@ class Planner:
                         "summary endpoint (%s); scenario=%s uses summary requests for %s",
                         scenario, cohort, result.describe(), scenario,
                         _duration(self.settings.fallback_for))
-            self._fallback[scenario] = at + self.settings.fallback_for
             served = {k for k in self._targets if k[0] == scenario and self._served(k)}
+            self._fall_back(scenario, at)
             # Their derived values are now suspect: summaries for them at once.
             self._refetch |= served
-            self._verified -= {k for k in self._targets if k[0] == scenario}
             changed = True
         if changed:
             self._changed()

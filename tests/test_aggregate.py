@@ -123,8 +123,12 @@ def test_precision_follows_the_endpoint() -> None:
     precision = Precision()
     rows = cohort_rows(CohortFilter.of(exclude_system_users=True))
     assert aggregate(rows, precision).average_session_duration_seconds == 304.4
-    # The endpoint gives whole seconds: derived values are rounded the same way.
+    # One whole value proves nothing (one in ten is whole at one decimal) ...
     precision.observe(Summary(average_session_duration_seconds=348.0, average_best_score=74.2))
+    assert aggregate(rows, precision).average_session_duration_seconds == 304.4
+    # ... but when the endpoint keeps giving whole seconds, derived values follow it.
+    for seconds in (351.0, 290.0, 302.0, 333.0):
+        precision.observe(Summary(average_session_duration_seconds=seconds))
     assert aggregate(rows, precision).average_session_duration_seconds == 304.0
     assert aggregate(rows, precision).average_best_score == 76.3
     # A decimal once seen stays: a value that happens to be whole does not lower it.
