@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -265,11 +264,9 @@ def test_effective_interval_on_metrics_matches_the_plan(api: FakeExecAPI, write_
 def test_demo_serves_data_without_key_or_file(tmp_path: Path) -> None:
     proc = start(tmp_path, ["demo"], {})
     try:
-        started = time.monotonic()
         wait_until(lambda: sample(metrics(proc), "exec_scenario_participants",
                                 scenario="discovery-call-it-director", cohort="all")
                  is not None, timeout=30)
-        assert time.monotonic() - started < 30
         v = metrics(proc)
         up = [value for (name, _), value in v.items() if name == "exec_exporter_target_up"]
         assert len(up) == 15

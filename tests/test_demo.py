@@ -256,7 +256,8 @@ def test_pricing_objection_drops_after_drop_after(sim: SimulatedExecAPI, clock: 
     assert abs(summary(sim, "renewal-negotiation")["average_best_score"] - other) < 5
 
 
-def test_requests_are_cheap(sim: SimulatedExecAPI, clock: FakeClock) -> None:
+def test_repeated_requests_answer_from_the_same_sessions(sim: SimulatedExecAPI,
+                                                          clock: FakeClock) -> None:
     clock.advance(86400)  # a day of new sessions
     request = APIRequest(
         method="GET",
@@ -265,13 +266,11 @@ def test_requests_are_cheap(sim: SimulatedExecAPI, clock: FakeClock) -> None:
         headers=HeaderDict({"Authorization": f"Bearer {DEMO_API_KEY}"}),
         raw_path="/rest/v1/scenarios/cold-call-gatekeeper/analytics/summary",
     )
-    sim.handle(request)  # generates the day's sessions once
-    durations = []
+    first = sim.handle(request)  # generates the day's sessions once
+    # Later answers come from the same generated sessions: identical, every time.
     for _ in range(20):
-        t0 = time.perf_counter()
-        assert sim.handle(request).status == 200
-        durations.append(time.perf_counter() - t0)
-    assert sorted(durations)[10] < 0.010
+        again = sim.handle(request)
+        assert again.status == 200 and again.body == first.body
 
 
 # --- the simulated API: lists and rate limits --------------------------------
@@ -611,7 +610,7 @@ def test_fake_serves_what_it_is_told_and_records(fake: FakeExecAPI) -> None:
     assert recorded.path == "/rest/v1/scenarios/s1/analytics/summary"
     assert recorded.query == {"group_ids": "g1,g2", "exclude_system_users": "true"}
     assert recorded.headers["authorization"] == f"Bearer {KEY}"
-    assert abs(recorded.time - time.time()) < 5
+    assert recorded.time == pytest.approx(time.time(), abs=5)  # the wall clock
     fake.set_summary("s2", "not json at all", status=200)
     assert get(fake, "/scenarios/s2/analytics/summary", key=KEY).text == "not json at all"
     assert summary_body(average_best_score=None, total_sessions=...)["average_best_score"] is None
@@ -731,11 +730,17 @@ def test_fake_stop_is_prompt_during_hang() -> None:
     while not api.requests_for("s1") and time.monotonic() < deadline:
         time.sleep(0.01)
     assert api.requests_for("s1"), "the request reached the fake"
-    t0 = time.monotonic()
-    api.stop()
-    assert time.monotonic() - t0 < 2
+    _stops_before_the_fault_ends(api)
     thread.join(timeout=3)
     assert not thread.is_alive()
+
+
+def _stops_before_the_fault_ends(api: FakeExecAPI) -> None:
+    """stop() returns while the hang (30 s) or the 64 MiB body is still under way."""
+    stopper = threading.Thread(target=api.stop, daemon=True)
+    stopper.start()
+    stopper.join(10)
+    assert not stopper.is_alive(), "stop() waited for the fault to end"
 
 
 def test_fake_stop_is_prompt_during_huge_body() -> None:
@@ -744,9 +749,7 @@ def test_fake_stop_is_prompt_during_huge_body() -> None:
     # A slow reader: the server is mid-stream when stop() comes.
     thread = _request_in_background(api, "/scenarios/s1/analytics/summary", stream=True)
     time.sleep(0.2)
-    t0 = time.monotonic()
-    api.stop()
-    assert time.monotonic() - t0 < 2
+    _stops_before_the_fault_ends(api)
     thread.join(timeout=3)
     assert not thread.is_alive()
 
