@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -579,14 +580,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             simulated.stop()
         return 2
 
-    stop = threading.Event()
-    reload_requested = threading.Event()
+    # The handlers only set plain flags: a handler runs in the main thread between two
+    # bytecodes, and one that took a lock (Event.set) could find the main thread
+    # holding it (in Event.wait) and deadlock, as a second signal during shutdown did.
+    signals = {"stop": False, "reload": False}
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        signals["stop"] = True
 
     def on_hup(signum: int, frame: FrameType | None) -> None:
-        reload_requested.set()
+        signals["reload"] = True
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
@@ -610,10 +613,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "localhost" if address[0] in ("0.0.0.0", "::") else address[0],
                  exporter.server.server_address[1])
     try:
-        while not stop.is_set():
-            stop.wait(0.5)
-            if reload_requested.is_set():
-                reload_requested.clear()
+        while not signals["stop"]:
+            time.sleep(0.1)  # a signal interrupts the sleep; its handler runs at once
+            if signals["reload"]:
+                signals["reload"] = False
                 exporter.reload()
     finally:
         log.info("shutting down")

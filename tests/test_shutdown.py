@@ -134,3 +134,22 @@ def test_second_signal_during_shutdown_does_not_break_it(tmp_path: Path,
         logs = proc.logs()
     assert json.loads(state.read_text())["version"] == 1
     assert "Traceback" not in logs
+
+
+def test_a_burst_of_signals_never_deadlocks_the_main_thread(tmp_path: Path,
+                                                            api: FakeExecAPI) -> None:
+    # Signal handlers run in the main thread between two bytecodes; one that takes a
+    # lock the main thread may hold (Event.set against Event.wait/clear) can deadlock.
+    # Reloads and stops in a burst: the exporter keeps serving, then stops with 0.
+    proc, state = start(tmp_path, api)
+    with proc:
+        wait_until(lambda: filled(proc), 10, what="the first fill")
+        for _ in range(200):
+            proc.signal(signal.SIGHUP)
+        assert proc.get("/-/healthy").status_code == 200
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT) * 20:
+            proc.signal(signum)
+        assert proc.wait(WAIT) == 0
+        logs = proc.logs()
+    assert json.loads(state.read_text())["version"] == 1
+    assert "Traceback" not in logs
