@@ -77,12 +77,19 @@ class JobSource(Protocol):
         """What this source costs a day, taken out of the day budget."""
 
 
-def summary_job(target: Target, store: Store) -> Job:
-    """The recurring job of one target: its summary, stored as its last good value."""
-    key = target.key
+def fetch_summary(target: Target) -> Callable[[ExecClient, float], Summary]:
+    """The request of a summary job: ``target``'s summary with its cohort's filters as
+    of ``now`` (a rolling window becomes a start_date)."""
 
     def fetch(client: ExecClient, now: float) -> Summary:
         return client.summary(target.scenario, target.cohort.query(now))
+
+    return fetch
+
+
+def summary_job(target: Target, store: Store) -> Job:
+    """The recurring job of one target: its summary, stored as its last good value."""
+    key = target.key
 
     def apply(summary: Summary, at: float) -> None:
         store.record_success(key, summary, at)
@@ -94,7 +101,7 @@ def summary_job(target: Target, store: Store) -> Job:
             log.warning("refresh failed scenario=%s cohort=%s reason=%s: %s", key[0], key[1],
                         error.reason, error)
 
-    return Job(kind="summary", key=key, fetch=fetch, apply=apply, fail=fail,
+    return Job(kind="summary", key=key, fetch=fetch_summary(target), apply=apply, fail=fail,
                label=f"scenario={key[0]} cohort={key[1]}", target=key)
 
 

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 from .aggregate import CohortFilter, Precision, aggregate, compare
 from .client import ApiError, ExecClient, Page, ParticipantRow, Summary
 from .config import CohortConfig, PlannerConfig, format_duration
-from .jobs import Job, summary_job
+from .jobs import Job, fetch_summary, summary_job
 
 if TYPE_CHECKING:
     from .store import Store
@@ -651,9 +651,6 @@ class Planner:
     def _cross_check_job(self, target: Target) -> Job:
         key = target.key
 
-        def fetch(client: ExecClient, now: float) -> Summary:
-            return client.summary(target.scenario, target.cohort.query(now))
-
         def apply(summary: Summary, at: float) -> None:
             self.cross_checked(key, summary, at)
 
@@ -662,8 +659,9 @@ class Planner:
                 log.info("cross-check scenario=%s cohort=%s failed (%s: %s); next target",
                          key[0], key[1], error.reason, error)
 
-        return Job(kind="cross_check", key=("cross_check", *key), fetch=fetch, apply=apply,
-                   fail=fail, label=f"cross-check scenario={key[0]} cohort={key[1]}")
+        return Job(kind="cross_check", key=("cross_check", *key), fetch=fetch_summary(target),
+                   apply=apply, fail=fail,
+                   label=f"cross-check scenario={key[0]} cohort={key[1]}")
 
     def _checks_per_day(self) -> float:
         served = sum(1 for k in self._targets if self._served(k))
