@@ -638,7 +638,7 @@ def landing_page(web: Web) -> str:
             last = _when(snapshot.discovery_success.get(kind), now)
             items.append(f"<li>{e(kind)}: last read {last}"
                          + (f"; last error: {e(err)}" if err else "") + "</li>")
-        discovery = "<h2>Discovery</h2><ul>" + "".join(items) + "</ul>"
+        discovery = "<h2>Workspace lists</h2><ul>" + "".join(items) + "</ul>"
     notice = ""
     if snapshot.pause_reason is not None and snapshot.pause_until is not None \
             and snapshot.pause_until > now:
