@@ -34,9 +34,8 @@ from .config import (
 )
 from .discovery import Discovery, Lists
 from .exposition import Exposition
-from .jobs import Running, key_id, summary_job
+from .jobs import Job, Running, key_id, summary_job
 from .listings import DAY_SHARE, Assignments, ListingsCollector, Skills
-from .plan_collector import PlanCollector
 from .planner import Planner, offline_plan
 from .scheduler import (
     Clock,
@@ -264,7 +263,6 @@ class Exporter:
         # Per scrape, like the other live families: a few samples per skill and per
         # scenario, and collector.py/exposition.py stay about the targets.
         live.register(ListingsCollector(lambda: (self.skills, self.assignments)))
-        live.register(PlanCollector(self.planner, lambda: self.scheduler.interval))
         self.exposition = Exposition(snapshot_collector, live, self.clock)
         self._stop_saving = threading.Event()
         self._saver: threading.Thread | None = None
@@ -294,9 +292,10 @@ class Exporter:
             self.running = self._build(self.config, self.running.client, self.key)
             self.poller.wake()
 
-    def _interval(self, config: Config) -> float:
-        """The effective interval of the running plan (a pull of n pages counts n)."""
-        cost = sum(max(job.cost, 1) for job in self.running.jobs)
+    def _interval(self, config: Config, jobs: tuple[Job, ...] | None = None) -> float:
+        """The effective interval of the running plan, or of ``jobs`` (a pull of n
+        pages counts n)."""
+        cost = sum(max(job.cost, 1) for job in (self.running.jobs if jobs is None else jobs))
         return effective_interval(cost, config.refresh_interval, self._poll_day_budget(),
                                   config.api.rate_limit.minute_budget)
 
@@ -396,6 +395,11 @@ class Exporter:
                 known[pull] = min(known[t] for t in members)  # type: ignore[index]
         if config.planner.mode == "summary":
             jobs = tuple(summary_job(t, self.store) for t in kept)  # exactly as before
+            self.store.set_sources(dict.fromkeys(self._targets, "summary"))
+        else:
+            self.store.set_sources(dict(self.planner.sources()))
+        # Published with the store (cached exposition), not computed per scrape.
+        self.store.set_plan_cost(self.planner.requests_per_cycle(self._interval(config, jobs)))
         return Running(
             client=client,
             jobs=jobs,

@@ -50,7 +50,7 @@ from prometheus_client.samples import Sample
 from . import __version__
 from .client import RANKS, REASONS
 from .scheduler import Clock
-from .store import REQUEST_BUCKETS, Snapshot, Store, TargetState
+from .store import CROSS_CHECK_RESULTS, REQUEST_BUCKETS, SOURCES, Snapshot, Store, TargetState
 
 TARGET_LABELS = ("scenario", "cohort")
 CACHED = "as of the last successful poll"
@@ -111,8 +111,13 @@ TARGET_FAMILIES: tuple[FamilySpec, ...] = (
                "Unix time the target's data was last fetched successfully.", TARGET_LABELS),
     FamilySpec("exec_exporter_target_errors", "Failed refreshes of the target, by reason.",
                (*TARGET_LABELS, "reason"), "counter"),
+    FamilySpec("exec_exporter_target_source",
+               "Where the target's exported values come from: its own summary requests, or "
+               "aggregated from the scenario's participants pull (state set).",
+               (*TARGET_LABELS, "source")),
 )
-_RANK, _RANK_COUNTS, _UP, _LAST_SUCCESS, _ERRORS = range(len(DATA_GAUGES), len(TARGET_FAMILIES))
+_RANK, _RANK_COUNTS, _UP, _LAST_SUCCESS, _ERRORS, _SOURCE = range(len(DATA_GAUGES),
+                                                                  len(TARGET_FAMILIES))
 INFO_POSITION = _UP  # the info family is exposed just before TARGET_FAMILIES[INFO_POSITION]
 INFO_FAMILY = FamilySpec("exec_scenario_info", "Scenario display name and id; always 1.",
                          ("scenario", "name", "id"))
@@ -161,6 +166,7 @@ def target_samples(state: TargetState, fresh: bool) -> list[TargetSample]:
     if not errors.keys() <= _REASON_SET:  # a reason from an older state file: keep counting it
         out.extend((_ERRORS, (*key, reason), count)
                    for reason, count in sorted(errors.items()) if reason not in _REASON_SET)
+    out.extend((_SOURCE, (*key, name), 1 if name == state.source else 0) for name in SOURCES)
     return out
 
 
@@ -253,6 +259,22 @@ def exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
     if snapshot.reload_time is not None:
         reload_time.add_metric((), snapshot.reload_time)
     yield reload_time
+    # Derived cohorts: verdicts from 0 for every polled scenario, and the plan's cost.
+    checks = CounterMetricFamily(
+        "exec_exporter_cross_checks",
+        "Cross-checks of derived values against the summary endpoint with equal counts, "
+        "by verdict.", labels=("scenario", "result"))
+    scenarios = dict.fromkeys(state.target.scenario for state in snapshot.targets)
+    verdicts = {(s, r): 0 for s in scenarios for r in CROSS_CHECK_RESULTS}
+    verdicts.update(snapshot.cross_checks)
+    for (scenario, result), count in sorted(verdicts.items()):
+        checks.add_metric((scenario, result), count)
+    yield checks
+    if snapshot.plan_requests_per_cycle is not None:
+        yield GaugeMetricFamily("exec_exporter_plan_requests_per_cycle",
+                                "Requests one full refresh of every target costs under the "
+                                "current plan, member lists and cross-checks included.",
+                                value=snapshot.plan_requests_per_cycle)
     build = GaugeMetricFamily("exec_exporter_build_info", "Exporter version; always 1.",
                               labels=("version",))
     build.add_metric((__version__,), 1)

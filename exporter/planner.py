@@ -45,6 +45,7 @@ from .aggregate import CohortFilter, Precision, aggregate, compare
 from .client import ApiError, ExecClient, Page, ParticipantRow, Summary
 from .config import CohortConfig, PlannerConfig, format_duration
 from .jobs import Job, fetch_summary, summary_job
+from .store import CROSS_CHECK_RESULTS
 
 if TYPE_CHECKING:
     from .store import Store
@@ -62,8 +63,6 @@ _PAUSE_REASONS = frozenset({"unauthorized", "forbidden", "rate_limited"})
 # The participants endpoint refused this scenario or its filters: summaries only.
 _UNAVAILABLE = frozenset({"not_found", "bad_request"})
 
-SOURCES = ("summary", "participants")
-RESULTS = ("match", "mismatch")
 
 DatesKey = tuple[float | None, str | None, str | None]
 PullKey = tuple[str, str, DatesKey]
@@ -259,7 +258,6 @@ class Planner:
         self._checks_cursor = 0
         self._day_budget = 1.0
         self._refresh_interval = 900.0
-        self.cross_checks: dict[tuple[str, str], int] = {}
 
     # --- settings and plan -------------------------------------------------------
 
@@ -632,8 +630,7 @@ class Planner:
                           result.describe())
                 return
             verdict = "match" if result.match else "mismatch"
-            self.cross_checks[(scenario, verdict)] = (
-                self.cross_checks.get((scenario, verdict), 0) + 1)
+            self.store.record_cross_check(scenario, verdict)
             if result.match:
                 return
             log.warning("cross-check scenario=%s cohort=%s: derived values differ from the "
@@ -819,8 +816,8 @@ class Planner:
         """Cross-check verdicts by (scenario, result), every known scenario at 0 first."""
         with self._lock:
             out = {(s, r): 0 for s in dict.fromkeys(k[0] for k in self._targets)
-                   for r in RESULTS}
-            out.update(self.cross_checks)
+                   for r in CROSS_CHECK_RESULTS}
+            out.update(self.store.cross_checks())
             return out
 
     def sources(self) -> list[tuple[TargetKey, str]]:

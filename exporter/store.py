@@ -15,6 +15,12 @@ from .targets import Target, TargetKey
 
 Key = TargetKey
 
+# Where a target's exported values come from: its own summary requests, or derived
+# from its scenario's participants pull (exec_exporter_target_source's state set).
+SOURCES = ("summary", "participants")
+# The verdicts of a cross-check (exec_exporter_cross_checks_total's result label).
+CROSS_CHECK_RESULTS = ("match", "mismatch")
+
 # Latency buckets for API requests: the API answers in tens to hundreds of ms.
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -32,6 +38,7 @@ class TargetState:
     last_error_time: float | None = None
     errors: Mapping[str, int] = field(default_factory=dict)
     next_due: float | None = None
+    source: str = SOURCES[0]
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,10 @@ class Snapshot:
     discovery_error: Mapping[str, str]
     reload_ok: bool
     reload_time: float | None
+    # Derived cohorts: cross-check verdicts by (scenario, result), what a full refresh
+    # costs under the plan (None: no plan published).
+    cross_checks: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    plan_requests_per_cycle: float | None = None
     pause_reason: str | None = None  # a workspace-wide pause in force: its reason
     pause_until: float | None = None
     stretched: bool = False  # the interval was stretched to fit the budget
@@ -90,6 +101,8 @@ class Store:
         self._dropped = 0
         self._discovery_success: dict[str, float] = {}
         self._discovery_error: dict[str, str] = {}
+        self._cross_checks: dict[tuple[str, str], int] = {}
+        self._plan_cost: float | None = None
         self._reload_ok = True
         self._reload_time: float | None = None
         self._pause: tuple[str, float] | None = None
@@ -186,6 +199,19 @@ class Store:
             if changed:
                 self._bump()
 
+    def set_sources(self, sources: Mapping[Key, str]) -> None:
+        """Where each target's values come from (the plan); a change is a new version,
+        so the cached exposition shows it without rendering anything per scrape."""
+        with self._lock:
+            changed = False
+            for key, source in sources.items():
+                old = self._targets.get(key)
+                if old is not None and old.source != source:
+                    self._targets[key] = replace(old, source=source)
+                    changed = True
+            if changed:
+                self._bump()
+
     # --- exporter-wide --------------------------------------------------------
 
     def record_request(self, code: str, duration: float) -> None:
@@ -221,6 +247,25 @@ class Store:
                 self._discovery_error[kind] = error
             self._bump()
 
+    def record_cross_check(self, scenario: str, result: str) -> None:
+        """A cross-check of ``scenario`` ended with ``result`` (match or mismatch)."""
+        with self._lock:
+            key = (scenario, result)
+            self._cross_checks[key] = self._cross_checks.get(key, 0) + 1
+            self._bump()
+
+    def cross_checks(self) -> dict[tuple[str, str], int]:
+        """Cross-check verdicts so far, by (scenario, result)."""
+        with self._lock:
+            return dict(self._cross_checks)
+
+    def set_plan_cost(self, requests_per_cycle: float) -> None:
+        """What one full refresh costs under the running plan."""
+        with self._lock:
+            if requests_per_cycle != self._plan_cost:
+                self._plan_cost = requests_per_cycle
+                self._bump()
+
     def record_reload(self, ok: bool, at: float) -> None:
         """The outcome of a configuration (re)load."""
         with self._lock:
@@ -242,6 +287,8 @@ class Store:
                 latency_count=self._latency_count,
                 latency_sum=self._latency_sum,
                 targets_dropped=self._dropped,
+                cross_checks=dict(self._cross_checks),
+                plan_requests_per_cycle=self._plan_cost,
                 discovery_success=dict(self._discovery_success),
                 discovery_error=dict(self._discovery_error),
                 reload_ok=self._reload_ok,

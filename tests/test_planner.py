@@ -16,13 +16,10 @@ from typing import Any
 import pytest
 from conftest import FakeClock, make_key, metric_values, sample
 from fakeapi import FakeExecAPI, Session, User
-from prometheus_client import generate_latest
-from prometheus_client.registry import CollectorRegistry
 
 from exporter.cli import Exporter, describe_plan
 from exporter.client import ExecClient, Page, ParticipantRow
 from exporter.config import ApiKey, PlannerConfig, parse_config
-from exporter.plan_collector import PlanCollector
 from exporter.planner import Planner, choose, offline_plan, pages_for
 from exporter.server import Web, landing_page
 from exporter.state import decode, encode
@@ -264,9 +261,8 @@ def test_plan_metrics(fake: FakeExecAPI, clock: FakeClock) -> None:
     rig = Rig(fake, clock, config(fake.base_url))
     try:
         rig.run(600)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(PlanCollector(rig.exporter.planner, lambda: 600.0))
-        values = metric_values(generate_latest(registry).decode())
+        # Everything in the store: rendered with the cached page, not per scrape.
+        values = metric_values(rig.exporter.exposition.render().decode())
         assert sample(values, "exec_exporter_target_source", scenario="pitch",
                       cohort="g1", source="participants") == 1
         assert sample(values, "exec_exporter_target_source", scenario="pitch",
