@@ -260,10 +260,10 @@ class Exporter:
         live = CollectorRegistry(auto_describe=False)
         live.register(LiveCollector(self.budget.remaining, self.clock))
         live.register(ProcessMetrics())
-        # Per scrape, like the other live families: a few samples per skill and per
-        # scenario, and collector.py/exposition.py stay about the targets.
-        live.register(ListingsCollector(lambda: (self.skills, self.assignments)))
-        self.exposition = Exposition(snapshot_collector, live, self.clock)
+        # The listings change only with a completed read or a new target set, both of
+        # which change the store: rendered with the cached page, not per scrape.
+        self.exposition = Exposition(snapshot_collector, live, self.clock,
+                                     ListingsCollector(lambda: (self.skills, self.assignments)))
         self._stop_saving = threading.Event()
         self._saver: threading.Thread | None = None
 

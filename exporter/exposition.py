@@ -275,6 +275,7 @@ class _Page:
     snapshot: Snapshot
     sections: tuple[list[bytes], ...]  # sample lines per family of TARGET_FAMILIES
     info: bytes  # the exec_scenario_info sample lines
+    extra: tuple[Metric, ...] = ()  # families that change only with the store's version
     _plain: dict[bool, bytes] = field(default_factory=dict)
     _gzipped: dict[bool, _Gzipped] = field(default_factory=dict)
 
@@ -291,6 +292,8 @@ class _Page:
                 pieces += lines
             # The exporter-wide families are few: prometheus_client renders them.
             pieces.append(_generate(_Families(exporter_families(self.snapshot)), openmetrics))
+            if self.extra:
+                pieces.append(_generate(_Families(self.extra), openmetrics))
             body = self._plain[openmetrics] = b"".join(pieces)
         return body
 
@@ -306,14 +309,14 @@ class _Page:
         return result
 
 
-def _build(snapshot: Snapshot, now: float) -> _Page:
+def _build(snapshot: Snapshot, now: float, extra: tuple[Metric, ...] = ()) -> _Page:
     """Render the snapshot part of ``snapshot`` as of ``now``."""
     states = snapshot.targets
     fresh = [is_fresh(state, snapshot, now) for state in states]
     expiries = [until for state, is_new in zip(states, fresh, strict=True)
                 if is_new and (until := snapshot.fresh_until(state)) is not None]
     return _Page(snapshot.version, now, min(expiries, default=math.inf), snapshot,
-                 _render_targets(states, fresh), _render_info(info_samples(states)))
+                 _render_targets(states, fresh), _render_info(info_samples(states)), extra)
 
 
 class Exposition:
@@ -324,9 +327,12 @@ class Exposition:
     """
 
     def __init__(self, collector: SnapshotCollector, live: CollectorRegistry,
-                 clock: Clock) -> None:
+                 clock: Clock, with_page: Collector | None = None) -> None:
         self.collector = collector
         self.live = live
+        # Collected once per page, not per scrape: its output may change only when the
+        # store's version does (the listings report every completed read to the store).
+        self.with_page = with_page
         self.clock = clock
         self._lock = threading.Lock()
         self._page: _Page | None = None
@@ -340,7 +346,8 @@ class Exposition:
             page = self._page
             if (page is None or page.version != store.version
                     or not page.built_at <= now <= page.valid_until):
-                page = self._page = _build(store.snapshot(), now)
+                extra = tuple(self.with_page.collect()) if self.with_page else ()
+                page = self._page = _build(store.snapshot(), now, extra)
             return page
 
     def render(self, openmetrics: bool = False, gzip: bool = False) -> bytes:
