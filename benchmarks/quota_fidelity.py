@@ -63,7 +63,6 @@ from typing import Any
 import _workload as w
 
 from exporter.budget import DAY, MINUTE, Budget
-from exporter.cli import Exporter
 from exporter.client import (
     ExecClient,
     Page,
@@ -75,6 +74,7 @@ from exporter.client import (
     parse_summary,
 )
 from exporter.config import ApiKey, Config, parse_config
+from exporter.daemon import Exporter
 from exporter.demo import _summary_body as summary_body
 from exporter.demo import rank_for
 from exporter.jobs import Running, summary_job

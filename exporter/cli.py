@@ -1,4 +1,5 @@
-"""Command line and wiring: config -> client -> poller -> store -> collector -> server.
+"""Command line: arguments, subcommands, the plan ``--config.check`` prints; the daemon is
+:mod:`exporter.daemon`.
 
 Exit codes: 0 clean stop, 2 bad usage or configuration, 1 anything else.
 """
@@ -7,22 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from prometheus_client.registry import CollectorRegistry
-
 from . import __version__, backfill, logs
-from .budget import Budget
-from .client import ExecClient
-from .collector import LiveCollector, ProcessMetrics, SnapshotCollector
 from .config import (
     ApiKey,
     Config,
@@ -32,29 +25,18 @@ from .config import (
     load_config,
     parse_config,
 )
-from .discovery import Discovery, Lists
-from .exposition import Exposition
-from .jobs import Job, Running, key_id, summary_job
-from .listings import DAY_SHARE, Assignments, ListingsCollector, Skills
-from .planner import Planner, offline_plan
-from .scheduler import (
-    Clock,
-    Poller,
-    Scheduler,
-    ScheduleView,
-    SystemClock,
-    effective_interval,
-)
-from .server import Web, listen_failure, parse_listen_address, serve
-from .state import SavedState, StateFile
-from .store import Key, Store, TargetState
-from .targets import Target, build_targets, select_targets
-from .webconfig import WebConfig, load_web_config
+from .daemon import Exporter, prepare_state_dir
+from .discovery import Discovery
+from .listings import DAY_SHARE, Assignments, Skills
+from .planner import offline_plan
+from .scheduler import effective_interval
+from .server import listen_failure, parse_listen_address
+from .targets import Target, build_targets
+from .webconfig import load_web_config
 
 log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 10025
-SHUTDOWN_GRACE = 6.0  # in-flight request allowance on SIGTERM; the whole stop stays under 10 s
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,314 +194,6 @@ def _listing_plan(config: Config, targets: list[Target]) -> list[tuple[str, floa
                     f"{DAY_SHARE:.0%} of the daily budget, the interval "
                     "stretches past that)", assignments.requests_per_day()))
     return out
-
-
-# --- the running exporter -----------------------------------------------------------
-
-
-class Exporter:
-    """The long-running daemon: owns every part and their lifecycles.
-
-    The poller works from :attr:`running`, one immutable
-    :class:`~exporter.jobs.Running` value that start, reloads and discovery
-    updates build in full and swap in one assignment.
-    """
-
-    def __init__(self, config: Config, key: ApiKey, config_path: str | None,
-                 state_file: str | None = None, clock: Clock | None = None) -> None:
-        self.config = config
-        self.key = key
-        self.config_path = config_path
-        self.clock = clock or SystemClock()
-        self.store = Store()
-        self.state = StateFile(state_file) if state_file else None
-        now = self.clock.time()
-        saved = self.state.load(now) if self.state else SavedState()
-        rate = config.api.rate_limit
-        self.budget = Budget(rate.minute_budget, rate.day_budget, saved.ledger)
-        self.scheduler = Scheduler(self.budget, config.refresh_interval,
-                                   on_view=self._on_view)
-        self._saved = saved
-        self._targets: dict[Key, Target] = {}
-        self._polled: tuple[tuple[str, str | None], ...] = ()
-        # Serialises building the running value (reloads against discovery updates);
-        # never held across a request.
-        self._apply_lock = threading.RLock()
-        self._reload_lock = threading.Lock()
-        self.discovery: Discovery | None = self._discovery(config, saved.lists, reread=False)
-        self.skills: Skills | None = None
-        self.assignments: Assignments | None = None
-        self._listings(config)
-        self.planner = Planner(config.planner, self.store, saved.members,
-                               on_change=self._on_plan)
-        self.planner.configure(config.planner, rate.day_budget, config.refresh_interval)
-        self.running = self._build(config, self._client(config), key)
-        self.poller = Poller(self.scheduler, lambda: self.running, self.store, self.clock)
-        self.store.record_reload(True, now)
-        snapshot_collector = SnapshotCollector(self.store, self.clock)
-        live = CollectorRegistry(auto_describe=False)
-        live.register(LiveCollector(self.budget.remaining, self.clock))
-        live.register(ProcessMetrics())
-        # The listings change only with a completed read or a new target set, both of
-        # which change the store: rendered with the cached page, not per scrape.
-        self.exposition = Exposition(snapshot_collector, live, self.clock,
-                                     ListingsCollector(lambda: (self.skills, self.assignments)))
-        self._stop_saving = threading.Event()
-        self._saver: threading.Thread | None = None
-
-    @property
-    def client(self) -> ExecClient:
-        """The client of the running configuration."""
-        return self.running.client
-
-    def _client(self, config: Config) -> ExecClient:
-        return ExecClient(config.api.base_url, self.key.value, config.api.timeout)
-
-    def _on_view(self, view: ScheduleView) -> None:
-        pause = (view.pause.reason, view.pause.until) if view.pause is not None else None
-        next_due = dict(view.next_due)
-        # A derived target is refreshed by its scenario's participants pull.
-        for pull, targets in self.planner.served_by_pull().items():
-            if pull in next_due:
-                next_due.update(dict.fromkeys(targets, next_due[pull]))
-        self.store.record_schedule(view.interval, next_due, pause,  # type: ignore[arg-type]
-                                   view.stretched)
-
-    def _on_plan(self) -> None:
-        # A target was proven or refused, a scenario fell back, a pull's size changed or
-        # a member list was first read: the recurring jobs change (in the poller thread).
-        with self._apply_lock:
-            self.running = self._build(self.config, self.running.client, self.key)
-            self.poller.wake()
-
-    def _interval(self, config: Config, jobs: tuple[Job, ...] | None = None) -> float:
-        """The effective interval of the running plan, or of ``jobs`` (a pull of n
-        pages counts n)."""
-        cost = sum(max(job.cost, 1) for job in (self.running.jobs if jobs is None else jobs))
-        return effective_interval(cost, config.refresh_interval, self._poll_day_budget(),
-                                  config.api.rate_limit.minute_budget)
-
-    def _discovery(self, config: Config, lists: Lists | None, reread: bool) -> Discovery | None:
-        """Discovery for ``config`` (None when it reads no list)."""
-        settings = config.discovery
-        if settings is None or (settings.scenarios is None and settings.group_cohorts is None):
-            return None
-        discovery = Discovery(settings, lists, on_update=self._on_lists,
-                              report=self.store.record_discovery)
-        if reread:
-            discovery.reread()
-        return discovery
-
-    def _listings(self, config: Config) -> None:
-        """Start, reconfigure or stop the skills and assignments listings; a kept
-        listing keeps its last values and schedule."""
-        day = config.api.rate_limit.day_budget
-        report = self.store.record_discovery
-        if config.skills is None or not config.skills.enabled:
-            self.skills = None
-        elif self.skills is None:
-            self.skills = Skills(config.skills, day, report)
-        else:
-            self.skills.configure(config.skills, day)
-        if config.assignments is None or not config.assignments.enabled:
-            self.assignments = None
-        elif self.assignments is None:
-            self.assignments = Assignments(config.assignments, day, self._polled_scenarios,
-                                           report)
-        else:
-            self.assignments.configure(config.assignments, day)
-
-    def _polled_scenarios(self) -> tuple[tuple[str, str | None], ...]:
-        """The scenarios of the current targets: (label, id when known); the same
-        object until the targets change."""
-        return self._polled
-
-    @property
-    def sources(self) -> tuple[Discovery | Skills | Assignments | Planner, ...]:
-        """The job sources: discovery first (it decides the scenarios), then the listings,
-        then the planner's member lists and cross-checks (in auto mode)."""
-        planner = self.planner if self.config.planner.mode == "auto" else None
-        return tuple(s for s in (self.discovery, self.skills, self.assignments, planner)
-                     if s is not None)
-
-    def _on_lists(self, lists: Lists) -> None:
-        # Runs in the poller thread, inside a listing job's handler: new lists, new targets.
-        with self._apply_lock:
-            self.running = self._build(self.config, self.running.client, self.key)
-            self.poller.wake()
-        interval = self._interval(self.config)
-        wanted = format_duration(self.config.refresh_interval)
-        how = (f"stretched from refresh_interval {wanted} to fit the budget"
-               if interval > self.config.refresh_interval else "as configured")
-        log.info("discovery: %d targets; effective refresh interval %s (%s)",
-                 len(self._targets), format_duration(interval), how)
-
-    def _poll_day_budget(self) -> float:
-        listing = sum(source.requests_per_day() for source in self.sources)
-        return max(self.config.api.rate_limit.day_budget - listing, 1.0)
-
-    def _build(self, config: Config, client: ExecClient, key: ApiKey) -> Running:
-        """Make ``config`` (with the current discovery lists) the running target set:
-        update the store and return the running value to swap in."""
-        kept, dropped = select_targets(config,
-                                       self.discovery.lists if self.discovery else None)
-        self.store.set_targets_dropped(dropped)
-        # Same labels, other filters: the old values describe another population.
-        changed = {t.key for t in kept if t.key in self._targets
-                   and (self._targets[t.key].cohort, self._targets[t.key].scenario_uuid)
-                   != (t.cohort, t.scenario_uuid)}
-        restored: dict[Key, TargetState] = {}
-        for t in kept:
-            s = self._saved.targets.get(t.key) if t.key not in changed else None
-            if s is not None:
-                restored[t.key] = TargetState(
-                    target=t, summary=s.summary, last_success=s.last_success, up=s.up,
-                    last_error=s.last_error, last_error_message=s.last_error_message,
-                    last_error_time=s.last_error_time, errors=s.errors)
-        self.store.set_targets(kept, restored, forget=changed)
-        self.store.set_max_staleness(config.max_staleness)
-        self._targets = {t.key: t for t in kept}
-        self._polled = tuple({t.scenario: t.scenario_uuid for t in kept}.items())
-        known: dict[Key, float] = {}
-        for t in kept:
-            state = self.store.get(t.key)
-            if state is not None and state.last_success is not None:
-                known[t.key] = state.last_success
-        rate = config.api.rate_limit
-        jobs = self.planner.jobs(kept, self.clock.time())
-        for refetch in self.planner.take_refetch():
-            known.pop(refetch, None)  # suspect derived values: its summary is due now
-        for pull, members in self.planner.pull_targets().items():
-            # A pull is as old as the oldest data it would refresh: no burst on restart.
-            if all(t in known for t in members):
-                known[pull] = min(known[t] for t in members)  # type: ignore[index]
-        if config.planner.mode == "summary":
-            jobs = tuple(summary_job(t, self.store) for t in kept)  # exactly as before
-            self.store.set_sources(dict.fromkeys(self._targets, "summary"))
-        else:
-            self.store.set_sources(dict(self.planner.sources()))
-        # Published with the store (cached exposition), not computed per scrape.
-        self.store.set_plan_cost(self.planner.requests_per_cycle(self._interval(config, jobs)))
-        return Running(
-            client=client,
-            jobs=jobs,
-            sources=self.sources,
-            refresh_interval=config.refresh_interval,
-            minute_budget=rate.minute_budget, day_budget=rate.day_budget,
-            restored=known, forget=frozenset(changed), key_id=key_id(key.value))
-
-    def reload(self) -> tuple[bool, str]:
-        """Reread the configuration file; a bad file keeps the running configuration.
-
-        Builds a new running value and swaps it in: nothing here waits for a request
-        in flight (the poller adopts the new value between two requests)."""
-        with self._reload_lock:
-            now = self.clock.time()
-            if self.config_path is None:
-                return False, "no configuration file to reload (built-in configuration)"
-            try:
-                config = load_config(self.config_path)
-                key, warnings = load_api_key(config)
-                if key is None:
-                    raise ConfigError(["no API key: set EXEC_API_KEY or api.api_key_file"])
-            except ConfigError as exc:
-                self.store.record_reload(False, now)
-                for problem in exc.problems:
-                    log.error("reload failed, keeping the running configuration: %s", problem)
-                return False, "reload failed:\n" + "\n".join(exc.problems)
-            for warning in warnings:
-                log.warning("%s", warning)
-            logs.add_secret(key.value)
-            with self._apply_lock:
-                client = self.running.client
-                if config.api != self.config.api or key.value != self.key.value:
-                    self.key = key
-                    client = self._client(config)  # the poller closes the old one
-                if config.discovery != self.config.discovery:
-                    lists = self.discovery.lists if self.discovery else None
-                    self.discovery = self._discovery(config, lists, reread=True)
-                self._listings(config)
-                self.config = config
-                self.planner.configure(config.planner, config.api.rate_limit.day_budget,
-                                       config.refresh_interval, reread_members=True)
-                self.running = self._build(config, client, key)
-            self.store.record_reload(True, now)
-            self.poller.wake()
-            interval = self._interval(config)
-            log.info("configuration reloaded: %d targets, effective interval %s",
-                     len(self._targets), format_duration(interval))
-            return True, "configuration reloaded"
-
-    def _save_state(self, force: bool = False) -> None:
-        if self.state is None:
-            return
-        now = self.clock.time()
-        lists = self.discovery.lists if self.discovery else None
-        self.state.save(self.store.snapshot(), self.budget.ledger(now), now, force=force,
-                        lists=lists, members=self.planner.members())
-
-    def _save_loop(self) -> None:
-        # The state file follows the store: every change is saved (coalesced by the
-        # state file to one write a second), in this thread, not the poller's.
-        version = self.store.version
-        while not self._stop_saving.is_set():
-            current = self.store.wait_for_change(version, 1.0)
-            if current != version and not self._stop_saving.is_set():
-                version = current
-                self._save_state()
-
-    def start(self, address: tuple[str, int], telemetry_path: str,
-              web_config: WebConfig | None) -> None:
-        """Start polling, saving and serving."""
-        web = Web(self.store, self.exposition, telemetry_path, web_config, self.reload,
-                  self.clock.time, source=self.planner.source)
-        self.server = serve(address, web)
-        self.poller.start()
-        if self.state is not None:
-            self._saver = threading.Thread(target=self._save_loop, name="state", daemon=True)
-            self._saver.start()
-        host, port = (str(part) for part in self.server.server_address[:2])
-        host = f"[{host}]" if ":" in host else host
-        interval = self._interval(self.config)
-        log.info("exec-exporter %s listening on %s:%s; %d targets, effective refresh "
-                 "interval %s", __version__, host, port, len(self._targets),
-                 format_duration(interval))
-
-    def stop(self) -> None:
-        """Stop polling (letting an in-flight request finish), save state, stop serving."""
-        self.poller.stop(SHUTDOWN_GRACE)
-        self._stop_saving.set()
-        if self._saver is not None:
-            self._saver.join(5.0)
-        self._save_state(force=True)
-        self.server.shutdown()
-        self.server.server_close()
-        self.running.client.close()
-
-
-def prepare_state_dir(path: str) -> None:
-    """Make sure the state file can be written: create its directory when that
-    directory's parent exists and is writable; otherwise raise ConfigError naming the
-    path (starting without a usable state file would silently lose it)."""
-    directory = Path(path).absolute().parent
-    if not directory.exists():
-        parent = directory.parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise ConfigError([
-                f"--state.file: the directory {directory} does not exist and cannot be "
-                f"created ({parent} is {'not writable' if parent.is_dir() else 'missing'}); "
-                f"create it first, e.g. sudo install -d -m 700 -o \"$USER\" {directory}"])
-        try:
-            directory.mkdir(mode=0o700)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise ConfigError([f"--state.file: cannot create {directory}: "
-                               f"{exc.strerror or exc}"]) from None
-        log.info("created the state directory %s", directory)
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise ConfigError([f"--state.file: the directory {directory} is not writable by "
-                           "this user; the state file could not be saved"])
 
 
 def _print_problems(problems: Sequence[str], stream: TextIO) -> None:

@@ -2,7 +2,7 @@
 
 Two ways to run it:
 
-* :class:`InProcess` builds :class:`exporter.cli.Exporter` in this process
+* :class:`InProcess` builds :class:`exporter.daemon.Exporter` in this process
   (fast; used where signals, exit codes and log capture do not matter);
 * :class:`Subprocess` runs ``python -m exporter`` with ``EXEC_API_KEY`` in its
   environment (signals, exit codes, stderr logs, RSS).
@@ -30,8 +30,8 @@ import requests
 from fakeapi import FakeExecAPI, summary_body
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.cli import Exporter
 from exporter.config import ApiKey, load_config
+from exporter.daemon import Exporter
 from exporter.webconfig import WebConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,9 +18,9 @@ from conftest import FakeClock, metric_values, sample
 from fakeapi import FakeExecAPI, summary_body
 
 from exporter.aggregate import aggregate, compare
-from exporter.cli import Exporter
 from exporter.client import Summary, parse_member, parse_participant, parse_summary
 from exporter.config import ApiKey, CohortConfig, parse_config
+from exporter.daemon import Exporter
 from exporter.demo import (
     DEMO_API_KEY,
     DEMO_GROUPS,

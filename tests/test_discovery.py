@@ -16,9 +16,10 @@ from fakeapi import FakeExecAPI, summary_body
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.cli import Exporter, describe_plan
+from exporter.cli import describe_plan
 from exporter.collector import SnapshotCollector
 from exporter.config import ApiKey, parse_config
+from exporter.daemon import Exporter
 
 SCENARIOS = [{"id": f"uuid-{i:03d}", "slug": f"scenario-{i:03d}", "name": f"Scenario {i}",
               "visibility": "workspace"} for i in range(230)]

@@ -20,8 +20,8 @@ from conftest import FakeClock, make_key
 from fakeapi import FakeExecAPI, summary_body
 from harness import wait_until
 
-from exporter.cli import Exporter
 from exporter.config import ApiKey, parse_config
+from exporter.daemon import Exporter
 from exporter.server import Web, landing_page, serve
 
 SCENARIOS = [f"scenario-{i:02d}" for i in range(55)]

@@ -12,9 +12,10 @@ import pytest
 from conftest import FakeClock, make_key, metric_values, sample
 from fakeapi import FakeExecAPI, summary_body
 
-from exporter.cli import Exporter, describe_plan
+from exporter.cli import describe_plan
 from exporter.client import BadRequest, InvalidResponse
 from exporter.config import ApiKey, ConfigError, ListingConfig, load_config, parse_config
+from exporter.daemon import Exporter
 from exporter.listings import (
     STATUSES,
     AssignmentRow,

@@ -17,9 +17,10 @@ import pytest
 from conftest import FakeClock, make_key, metric_values, sample
 from fakeapi import FakeExecAPI, Session, User
 
-from exporter.cli import Exporter, describe_plan
+from exporter.cli import describe_plan
 from exporter.client import ExecClient, Page, ParticipantRow
 from exporter.config import ApiKey, PlannerConfig, parse_config
+from exporter.daemon import Exporter
 from exporter.planner import Planner, choose, offline_plan, pages_for
 from exporter.server import Web, landing_page
 from exporter.state import decode, encode
