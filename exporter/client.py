@@ -20,16 +20,29 @@ from urllib.parse import quote, urlencode
 
 import requests
 import urllib3
+from pydantic import BaseModel
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import __version__
+from .models import (
+    RANKS,
+    ErrorEnvelope,
+    MemberPayload,
+    NestedMemberPayload,
+    Page,
+    ParticipantPayload,
+    PayloadError,
+    SummaryPayload,
+    read_page,
+    validate,
+)
 
 MAX_BODY_BYTES = 1 << 20  # a summary is a few hundred bytes; anything near 1 MiB is wrong
-RANKS = ("gold", "silver", "bronze", "unranked")
 DEFAULT_RETRY_AFTER = 60.0
 MAX_RETRY_AFTER = 86400.0
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 # --- errors ----------------------------------------------------------------
@@ -110,6 +123,11 @@ class InvalidResponse(ApiError):
     reason = "invalid_response"
 
 
+# Workspace-wide refusals: every request pauses (the scheduler's pause decides when the
+# next one goes), so whoever sent the request waits rather than backing off on its own.
+WORKSPACE_REASONS = frozenset({Unauthorized.reason, Forbidden.reason})
+PAUSE_REASONS = WORKSPACE_REASONS | {RateLimited.reason}
+
 # Every reason label value, in the contract's order (the error counters start at 0 for each).
 REASONS = tuple(error.reason for error in (Timeout, ConnectionFailed, RateLimited, Unauthorized,
                                            Forbidden, NotFound, UpstreamError, BadRequest,
@@ -150,30 +168,13 @@ class Summary:
         return summary
 
 
-def _number(body: Mapping[str, Any], key: str, lo: float | None = None,
-            hi: float | None = None, integer: bool = False) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidResponse(f"{key} is {type(value).__name__}, expected a number")
-    if integer and isinstance(value, float) and not value.is_integer():
-        raise InvalidResponse(f"{key} is {value!r}, expected a whole number")
-    if not math.isfinite(value):
-        raise InvalidResponse(f"{key} is not finite")
-    if lo is not None and value < lo:
-        raise InvalidResponse(f"{key} is {value!r}, below {lo:g}")
-    if hi is not None and value > hi:
-        raise InvalidResponse(f"{key} is {value!r}, above {hi:g}")
-    return value
-
-
-def _rank(value: object, key: str) -> str | None:
-    if value is None:
-        return None
-    if value not in RANKS:
-        raise InvalidResponse(f"{key} is {value!r}, not one of {', '.join(RANKS)}")
-    return str(value)
+def payload(model: type[M], data: object, where: str = "") -> M:
+    """``data`` validated as the pydantic ``model``, or :class:`InvalidResponse` naming
+    the first wrong field (see :mod:`exporter.models`)."""
+    try:
+        return validate(model, data, where)
+    except PayloadError as exc:
+        raise InvalidResponse(str(exc)) from None
 
 
 def parse_summary(body: object) -> Summary:
@@ -182,42 +183,21 @@ def parse_summary(body: object) -> Summary:
     Lenient on nulls, missing and unknown fields; strict on wrong types and
     impossible values, which raise :class:`InvalidResponse`.
     """
-    if not isinstance(body, dict):
-        raise InvalidResponse(f"expected a JSON object, got {type(body).__name__}")
-    participants = _number(body, "participant_count", lo=0, integer=True)
-    sessions = _number(body, "total_sessions", lo=0, integer=True)
-    score = _number(body, "average_best_score", lo=0, hi=100)
-    lift = _number(body, "average_lift_percentage", lo=-100, hi=100)
-    minutes = _number(body, "total_practice_minutes", lo=0)
-    duration = _number(body, "average_session_duration_seconds", lo=0)
-    rank = _rank(body.get("average_best_rank"), "average_best_rank")
-    distribution = body.get("score_distribution")
+    got = payload(SummaryPayload, body)
     ranks: dict[str, int] | None = None
-    if distribution is not None:
-        if not isinstance(distribution, list):
-            raise InvalidResponse("score_distribution is not a list")
+    if got.score_distribution is not None:
         ranks = dict.fromkeys(RANKS, 0)
-        seen: set[str] = set()
-        for i, item in enumerate(distribution):
-            if not isinstance(item, dict):
-                raise InvalidResponse(f"score_distribution[{i}] is not an object")
-            name = _rank(item.get("rank"), f"score_distribution[{i}].rank")
-            count = _number(item, "count", lo=0, integer=True)
-            _number(item, "percentage", lo=0, hi=100)
-            if name is None:
-                raise InvalidResponse(f"score_distribution[{i}].rank is missing")
-            if name in seen:
-                raise InvalidResponse(f"score_distribution lists {name!r} twice")
-            seen.add(name)
-            ranks[name] = int(count or 0)
+        for entry in got.score_distribution:
+            ranks[entry.rank] = entry.count or 0
+    minutes = got.total_practice_minutes
     return Summary(
-        participants=None if participants is None else int(participants),
-        sessions=None if sessions is None else int(sessions),
-        average_best_score=None if score is None else float(score),
-        average_best_rank=rank,
-        average_score_lift=None if lift is None else float(lift),
-        practice_seconds=None if minutes is None else float(minutes) * 60.0,
-        average_session_duration_seconds=None if duration is None else float(duration),
+        participants=got.participant_count,
+        sessions=got.total_sessions,
+        average_best_score=got.average_best_score,
+        average_best_rank=got.average_best_rank,
+        average_score_lift=got.average_lift_percentage,
+        practice_seconds=None if minutes is None else minutes * 60.0,
+        average_session_duration_seconds=got.average_session_duration_seconds,
         rank_participants=ranks,
     )
 
@@ -267,107 +247,44 @@ class Member:
     email: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page of a paginated list: its items and what the pagination says."""
-
-    items: tuple[Any, ...]
-    page: int
-    total_count: int | None
-    total_pages: int
-
-
-def _string(value: object, key: str, required: bool = False) -> str | None:
-    if value is None and not required:
-        return None
-    if not isinstance(value, str):
-        raise InvalidResponse(f"{key} is {type(value).__name__}, expected a string")
-    if required and not value:
-        raise InvalidResponse(f"{key} is empty")
-    return value
-
-
-def _page_of(body: object, what: str) -> tuple[list[Any], int, int | None, int]:
-    """The items and (page, total_count, total_pages) of a list body."""
-    if not isinstance(body, dict):
-        raise InvalidResponse(f"{what}: expected a JSON object, got {type(body).__name__}")
-    data = body.get("data")
-    if not isinstance(data, list):
-        raise InvalidResponse(f"{what}: data is not a list")
-    pagination = body.get("pagination")
-    if pagination is None:
-        return data, 1, len(data), 1
-    if not isinstance(pagination, dict):
-        raise InvalidResponse(f"{what}: pagination is not an object")
-    page = _number(pagination, "page", lo=1, integer=True)
-    total = _number(pagination, "total_count", lo=0, integer=True)
-    pages = _number(pagination, "total_pages", lo=0, integer=True)
-    return (data, 1 if page is None else int(page), None if total is None else int(total),
-            1 if pages is None else int(pages))
-
-
 def parse_participant(item: object, where: str = "participant") -> ParticipantRow:
     """Validate one ``ScenarioParticipantEntry`` into a :class:`ParticipantRow`.
 
     Strict like :func:`parse_summary`: a wrong type, a negative count or a score
     outside 0-100 raises :class:`InvalidResponse`; nulls are kept as None.
     """
-    if not isinstance(item, dict):
-        raise InvalidResponse(f"{where} is not an object")
-    user = item.get("user")
-    if not isinstance(user, dict):
-        raise InvalidResponse(f"{where}.user is not an object")
-    user_id = _string(user.get("id"), f"{where}.user.id", required=True)
-    email = _string(user.get("email"), f"{where}.user.email")
-    sessions = _number(item, "session_count", lo=0, integer=True)
-    first = _number(item, "first_score", lo=0, hi=100)
-    best = _number(item, "best_score", lo=0, hi=100)
-    lift = _number(item, "lift_percentage", lo=-100, hi=100)
-    duration = _number(item, "total_duration_seconds", lo=0)
-    for key in ("first_rank", "best_rank"):
-        _rank(item.get(key), f"{where}.{key}")
-    assert user_id is not None
+    row = payload(ParticipantPayload, item, where)
     return ParticipantRow(
-        user_id=user_id, email=email,
-        session_count=0 if sessions is None else int(sessions),
-        first_score=None if first is None else float(first),
-        best_score=None if best is None else float(best),
-        lift=None if lift is None else float(lift),
-        duration_seconds=0.0 if duration is None else float(duration))
-
-
-def parse_participants_page(body: object) -> Page:
-    """A page of ``GET /scenarios/{id}/analytics/participants``: rows of
-    :class:`ParticipantRow`, strict on types (:class:`InvalidResponse`)."""
-    data, page, total, pages = _page_of(body, "participants")
-    rows = tuple(parse_participant(item, f"data[{i}]") for i, item in enumerate(data))
-    return Page(rows, page, total, pages)
+        user_id=row.user.id, email=row.user.email,
+        session_count=row.session_count or 0,
+        first_score=row.first_score, best_score=row.best_score, lift=row.lift_percentage,
+        duration_seconds=row.total_duration_seconds or 0.0)
 
 
 def parse_member(item: object, where: str = "member") -> Member:
     """Validate one ``WorkspaceMember``. The schema puts ``id`` (the user id) and
     ``email`` at the top; the documented example nests them in ``user``: both are read,
     the nested user winning."""
-    if not isinstance(item, dict):
-        raise InvalidResponse(f"{where} is not an object")
-    user = item.get("user")
-    if user is not None:
-        if not isinstance(user, dict):
-            raise InvalidResponse(f"{where}.user is not an object")
-        user_id = _string(user.get("id"), f"{where}.user.id", required=True)
-        email = _string(user.get("email"), f"{where}.user.email")
-    else:
-        user_id = _string(item.get("id"), f"{where}.id", required=True)
-        email = _string(item.get("email"), f"{where}.email")
-    assert user_id is not None
-    return Member(user_id, email)
+    if isinstance(item, dict) and item.get("user") is not None:
+        user = payload(NestedMemberPayload, item, where).user
+        return Member(user.id, user.email)
+    flat = payload(MemberPayload, item, where)
+    return Member(flat.id, flat.email)
 
 
-def parse_members_page(body: object) -> Page:
-    """A page of ``GET /workspace/members``: items of :class:`Member`."""
-    data, page, total, pages = _page_of(body, "members")
-    return Page(tuple(parse_member(item, f"data[{i}]") for i, item in enumerate(data)),
-                page, total, pages)
+def parse_list_page(body: object, asked: int, what: str = "") -> Page[Any]:
+    """A list body's envelope (``data`` and ``pagination``), its items as they came:
+    whoever reads the list decides how to read each item (see :mod:`exporter.paged`)."""
+    try:
+        return read_page(body, asked)
+    except PayloadError as exc:
+        raise InvalidResponse(f"{what}: {exc}" if what else str(exc)) from None
+
+
+def _typed_page(page: Page[Any], parse: Callable[[object, str], T]) -> Page[T]:
+    """``page`` with every item parsed strictly: one bad item fails the page."""
+    items = tuple(parse(item, f"data[{i}]") for i, item in enumerate(page.items))
+    return Page(items, page.page, page.total_count, page.total_pages, page.page_size)
 
 
 # --- errors from responses -------------------------------------------------
@@ -376,13 +293,9 @@ def parse_members_page(body: object) -> Page:
 def parse_retry_after(body: object, header: str | None) -> float:
     """Seconds to wait after a 429: from ``error.retry_after``, a top-level
     ``retry_after`` or the ``Retry-After`` header (seconds or an HTTP date)."""
-    candidates: list[object] = []
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict):
-            candidates.append(error.get("retry_after"))
-        candidates.append(body.get("retry_after"))
-    candidates.append(header)
+    envelope = ErrorEnvelope.model_validate(body)
+    candidates = [envelope.error.retry_after if envelope.error else None,
+                  envelope.retry_after, header]
     for value in candidates:
         seconds = _seconds(value)
         if seconds is not None:
@@ -410,13 +323,11 @@ def _seconds(value: object) -> float | None:
 
 
 def _error_message(body: object) -> str:
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict):
-            parts = [str(error.get(k)) for k in ("type", "code", "message") if error.get(k)]
-            if parts:
-                return ": ".join(parts)[:300]
-    return ""
+    error = ErrorEnvelope.model_validate(body).error
+    if error is None:
+        return ""
+    parts = [str(v) for v in (error.type, error.code, error.message) if v]
+    return ": ".join(parts)[:300]
 
 
 def error_for_status(status: int, body: object, retry_after_header: str | None) -> ApiError:
@@ -635,25 +546,24 @@ class ExecClient:
         path = f"/scenarios/{quote(scenario_id, safe='')}/analytics/summary"
         return self._call(path, params, parse_summary)
 
-    def participants(self, scenario_id: str, params: Mapping[str, str]) -> Page:
+    def participants(self, scenario_id: str, params: Mapping[str, str]) -> Page[ParticipantRow]:
         """One page of GET /scenarios/{id}/analytics/participants (``page`` and
-        ``page_size`` go in ``params`` with the date filters)."""
+        ``page_size`` go in ``params`` with the date filters). Strict: one bad row fails
+        the page (a pull without it would give wrong cohorts)."""
         path = f"/scenarios/{quote(scenario_id, safe='')}/analytics/participants"
-        return parse_participants_page(self.get_json(path, params))
+        return _typed_page(self.list_page(path, params), parse_participant)
 
-    def members(self, params: Mapping[str, str]) -> Page:
-        """One page of GET /workspace/members (``group_ids``, ``page``, ``page_size``)."""
-        return parse_members_page(self.get_json("/workspace/members", params))
+    def members(self, params: Mapping[str, str]) -> Page[Member]:
+        """One page of GET /workspace/members (``group_ids``, ``page``, ``page_size``).
+        Strict: one bad member fails the page (a group without it is a wrong cohort)."""
+        return _typed_page(self.list_page("/workspace/members", params), parse_member)
 
-    def list_page(self, path: str, params: Mapping[str, str]) -> tuple[list[Any], int]:
-        """One page of a list endpoint: its items and the total number of pages."""
-        return self._call(path, params, lambda body: _parse_page(path, body)[:2])
-
-    def list_page_counted(self, path: str, params: Mapping[str, str],
-                          ) -> tuple[list[Any], int, int | None]:
-        """Like :meth:`list_page`, plus ``pagination.total_count`` (None when the
-        API leaves it out): with ``page_size=1`` and filters, a count for one request."""
-        return self._call(path, params, lambda body: _parse_page(path, body))
+    def list_page(self, path: str, params: Mapping[str, str]) -> Page[Any]:
+        """One page of a list endpoint, its items as they came, with what its pagination
+        says (with ``page_size=1`` and filters, ``total_count`` is a count for one
+        request)."""
+        asked = int(params.get("page", "1"))
+        return self._call(path, params, lambda body: parse_list_page(body, asked, path))
 
     def get_json(self, path: str, params: Mapping[str, str]) -> object:
         """GET a path under the base URL and return the decoded JSON body, or raise ApiError."""
@@ -735,28 +645,6 @@ class ExecClient:
         except requests.RequestException as exc:
             raise ConnectionFailed(f"reading the body failed: {_short(exc)}") from None
         return b"".join(chunks)
-
-
-def _parse_page(path: str, body: object) -> tuple[list[Any], int, int | None]:
-    """A list page: its items, ``pagination.total_pages`` (1 when left out) and
-    ``pagination.total_count`` (None when left out)."""
-    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-        raise InvalidResponse(f"{path}: expected an object with a data list")
-    return (body["data"], _pagination_int(path, body, "total_pages", 1),
-            _pagination_int(path, body, "total_count", None))
-
-
-def _pagination_int(path: str, body: Mapping[str, Any], key: str,
-                    default: int | None) -> Any:
-    pagination = body.get("pagination")
-    if not isinstance(pagination, dict):
-        return default
-    value = pagination.get(key)
-    if value is None:
-        return default
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise InvalidResponse(f"{path}: pagination.{key} is {value!r}")
 
 
 def _short(exc: BaseException) -> str:

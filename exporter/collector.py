@@ -119,6 +119,8 @@ TARGET_FAMILIES: tuple[FamilySpec, ...] = (
 _RANK, _RANK_COUNTS, _UP, _LAST_SUCCESS, _ERRORS, _SOURCE = range(len(DATA_GAUGES),
                                                                   len(TARGET_FAMILIES))
 INFO_POSITION = _UP  # the info family is exposed just before TARGET_FAMILIES[INFO_POSITION]
+# The lists whose malformed items are skipped and counted (exec_exporter_invalid_items_total).
+LIST_KINDS = ("scenarios", "groups", "skills", "assignments")
 INFO_FAMILY = FamilySpec("exec_scenario_info", "Scenario display name and id; always 1.",
                          ("scenario", "name", "id"))
 
@@ -251,6 +253,14 @@ def exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
     for kind, at in sorted(snapshot.discovery_success.items()):
         discovery.add_metric((kind,), at)
     yield discovery
+    invalid = CounterMetricFamily(
+        "exec_exporter_invalid_items",
+        "Malformed items skipped in the workspace lists (the rest of the list is used).",
+        labels=("kind",))
+    for kind, count in sorted((dict.fromkeys(LIST_KINDS, 0)
+                               | dict(snapshot.invalid_items)).items()):
+        invalid.add_metric((kind,), count)
+    yield invalid
     yield GaugeMetricFamily("exec_exporter_config_last_reload_successful",
                             "Whether the last configuration reload succeeded.",
                             value=1 if snapshot.reload_ok else 0)

@@ -13,20 +13,25 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .client import ApiError, ExecClient, InvalidResponse
-from .config import DiscoveryConfig
+from .client import PAUSE_REASONS, ApiError, ExecClient, payload
+from .config import Config, DiscoveryConfig
 from .jobs import Job
+from .models import GroupPayload, Page, ScenarioPayload
+from .paged import PagedRead, retry_at
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 100  # the API's maximum: fewest requests per list
-RETRY_FIRST = 60.0
-MAX_PAGES = 1000  # a guard against a pagination that never ends
-# Workspace-wide refusals: the scheduler's pause decides when the list is tried again.
-_PAUSE_REASONS = frozenset({"unauthorized", "forbidden", "rate_limited"})
+# The scenario list read for display names alone (discovery off): a page or two a day,
+# the first a while after start, so that the first requests of a new exporter are its
+# targets' own (a refused key then shows on the targets, and the first fill is not held up).
+NAMES_INTERVAL = 86400.0
+NAMES_FIRST_DELAY = 300.0
+Report = Callable[[str, float | None, str | None, int], None]
+"""``report(kind, at, error, skipped)``: a list read completed at ``at`` or failed with
+``error``; ``skipped`` malformed items were left out (``store.record_discovery``)."""
 
 
 @dataclass(frozen=True)
@@ -56,77 +61,89 @@ class Lists:
     groups_at: float | None = None
 
 
-def _scenario(item: Any) -> DiscoveredScenario:
-    if not isinstance(item, dict):
-        raise InvalidResponse("scenario list item is not an object")
-    sid, slug, name = item.get("id"), item.get("slug"), item.get("name")
-    if not isinstance(sid, str) or not sid:
-        raise InvalidResponse("scenario list item has no id")
-    if slug is not None and not isinstance(slug, str):
-        raise InvalidResponse("scenario slug is not a string")
-    return DiscoveredScenario(id=sid, slug=slug or sid,
-                              name=name if isinstance(name, str) and name else None)
+def parse_scenario(item: object) -> DiscoveredScenario:
+    """One item of ``GET /scenarios``; a wrong type raises InvalidResponse. The slug
+    defaults to the id; a name that is not text is no name."""
+    got = payload(ScenarioPayload, item, "scenario")
+    return DiscoveredScenario(id=got.id, slug=got.slug or got.id, name=got.name)
 
 
-def _group(item: Any) -> Group:
-    if not isinstance(item, dict):
-        raise InvalidResponse("group list item is not an object")
-    gid, name = item.get("id"), item.get("name")
-    if not isinstance(gid, str) or not gid:
-        raise InvalidResponse("group list item has no id")
-    return Group(id=gid, name=name if isinstance(name, str) and name else gid)
+def parse_group(item: object) -> Group:
+    """One item of ``GET /workspace/groups``; the name defaults to the id."""
+    got = payload(GroupPayload, item, "group")
+    return Group(id=got.id, name=got.name or got.id)
 
 
-@dataclass
-class _Run:
-    kind: str
-    page: int = 1
-    items: list[Any] = field(default_factory=list)
+def names_wanted(config: Config) -> bool:
+    """Whether the scenario list is read for display names alone: a scenario is
+    configured without ``name`` and discovery does not read the list anyway."""
+    reads = config.discovery is not None and config.discovery.scenarios is not None
+    return not reads and any(not scenario.name for scenario in config.scenarios)
 
 
 class Discovery:
     """Reads the configured lists every ``interval``: a job source, one page per job.
 
+    With ``names`` (see :func:`names_wanted`) the scenario list is read once a day
+    for the display names and ids of the configured scenarios, also when discovery
+    is off (``settings`` None): it adds no target.
+
     ``on_update(lists)`` runs when a list is complete (the exporter rebuilds its
-    targets); ``report(kind, at, error)`` says how each list read ended.
+    targets); ``report(kind, at, error, skipped)`` says how each list read ended and
+    how many malformed items it skipped.
     """
 
-    def __init__(self, settings: DiscoveryConfig, lists: Lists | None = None,
+    def __init__(self, settings: DiscoveryConfig | None, lists: Lists | None = None,
                  on_update: Callable[[Lists], None] | None = None,
-                 report: Callable[[str, float | None, str | None], None] | None = None,
-                 ) -> None:
-        self.settings = settings
+                 report: Report | None = None, names: bool = False) -> None:
+        self.settings = settings or DiscoveryConfig()
+        self.names = names and self.settings.scenarios is None
         self.lists = lists or Lists()
         self.on_update = on_update
         self.report = report
         self.errors: dict[str, str] = {}
-        self._runs: dict[str, _Run] = {}
+        self._reads: dict[str, PagedRead[Any]] = {}
         self._next: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self.pages: dict[str, int] = {}
+        self._names_first = False  # the names' first read: due NAMES_FIRST_DELAY after start
         for kind in self.kinds:
             last = self.lists.scenarios_at if kind == "scenarios" else self.lists.groups_at
-            self._next[kind] = -1.0 if last is None else last + settings.interval
+            self._next[kind] = -1.0 if last is None else last + self.interval(kind)
+        if self.names and self.lists.scenarios_at is None:
+            self._names_first, self._next["scenarios"] = True, float("inf")
 
     @property
     def kinds(self) -> list[str]:
         """The lists this configuration reads."""
         kinds = []
-        if self.settings.scenarios is not None:
+        if self.settings.scenarios is not None or self.names:
             kinds.append("scenarios")
         if self.settings.group_cohorts is not None:
             kinds.append("groups")
         return kinds
 
+    def interval(self, kind: str) -> float:
+        """How often ``kind`` is read: discovery's interval; a day for names alone."""
+        if kind == "scenarios" and self.names:
+            return max(NAMES_INTERVAL, self.settings.interval)
+        return self.settings.interval
+
     def requests_per_day(self) -> float:
-        """Listing requests per day at the current page counts (one page at the least)."""
-        pages = sum(max(self.pages.get(kind, 1), 1) for kind in self.kinds)
-        return pages * 86400 / self.settings.interval
+        """Listing requests per day at the current page counts (one page at the least),
+        taken out of the targets' day budget. The names' read is left out: a request a
+        day per 100 scenarios, whose page count ``--config.check`` cannot know, would
+        make the effective interval differ between the check and the running exporter
+        for almost nothing; the ledger counts it like any request."""
+        return sum(max(self.pages.get(kind, 1), 1) * 86400 / self.interval(kind)
+                   for kind in self.kinds if not (kind == "scenarios" and self.names))
 
     def due_kind(self, now: float) -> str | None:
         """The list to read next, if one is due."""
+        if self._names_first:
+            self._names_first, self._next["scenarios"] = False, now + NAMES_FIRST_DELAY
         for kind in self.kinds:
-            if kind in self._runs or now >= self._next[kind]:
+            if kind in self._reads or now >= self._next[kind]:
                 return kind
         return None
 
@@ -135,96 +152,105 @@ class Discovery:
         kind = self.due_kind(now)
         if kind is None:
             return None
-        run = self._runs.setdefault(kind, _Run(kind))
+        read = self._reads.get(kind)
+        if read is None:
+            read = self._reads[kind] = (
+                PagedRead[Any]("scenario list", key=lambda s: s.id, parse=parse_scenario)
+                if kind == "scenarios" else
+                PagedRead[Any]("group list", key=lambda g: g.id, parse=parse_group))
         path = "/scenarios" if kind == "scenarios" else "/workspace/groups"
-        params = self._query(kind, run.page)
+        params = read.query(self._filters(kind))
+        page = read.page
 
-        def fetch(client: ExecClient, at: float) -> tuple[list[Any], int]:
+        def fetch(client: ExecClient, at: float) -> Page[Any]:
             return client.list_page(path, params)
 
-        def apply(answer: tuple[list[Any], int], at: float) -> None:
-            self.page_read(kind, *answer, at)
+        def apply(answer: Page[Any], at: float) -> None:
+            self.page_read(kind, read, answer, at)
 
         def fail(error: ApiError, at: float) -> None:
-            self.failed(kind, error, at, error.reason in _PAUSE_REASONS)
+            self.failed(kind, error, at)
 
-        return Job(kind=f"list_{kind}", key=("list", kind, run.page), fetch=fetch,
-                   apply=apply, fail=fail, label=f"{kind} page {run.page}")
+        return Job(kind=f"list_{kind}", key=("list", kind, page), fetch=fetch,
+                   apply=apply, fail=fail, label=f"{kind} page {page}")
 
     def reread(self) -> None:
         """Read every list again at the next chance (after a reload changed the filters)."""
-        self._runs.clear()
+        self._reads.clear()
+        self._names_first = False
         for kind in self.kinds:
             self._next[kind] = -1.0
 
     @property
     def in_progress(self) -> set[str]:
         """Lists read part-way (more pages to come)."""
-        return set(self._runs)
+        return set(self._reads)
 
     def next_due(self) -> float:
         """When the next list is due."""
-        if self._runs:
+        if self._reads:
             return -1.0
         return min(self._next.values(), default=float("inf"))
 
-    def _query(self, kind: str, page: int) -> dict[str, str]:
-        params = {"page": str(page), "page_size": str(PAGE_SIZE)}
+    def _filters(self, kind: str) -> dict[str, str]:
+        if kind != "scenarios":
+            return {}
         wanted = self.settings.scenarios
-        if kind == "scenarios" and wanted is not None:
-            if wanted.visibility:
-                params["visibility"] = wanted.visibility
-            if wanted.collection_ids:
-                params["collection_ids"] = ",".join(wanted.collection_ids)
-            if wanted.skill_ids:
-                params["skill_ids"] = ",".join(wanted.skill_ids)
-            params["include_archived"] = "true" if wanted.include_archived else "false"
+        if wanted is None:
+            # Names alone: every scenario, archived ones too (a configured scenario may be).
+            return {"include_archived": "true"}
+        params: dict[str, str] = {}
+        if wanted.visibility:
+            params["visibility"] = wanted.visibility
+        if wanted.collection_ids:
+            params["collection_ids"] = ",".join(wanted.collection_ids)
+        if wanted.skill_ids:
+            params["skill_ids"] = ",".join(wanted.skill_ids)
+        params["include_archived"] = "true" if wanted.include_archived else "false"
         return params
 
-    def page_read(self, kind: str, items: list[Any], pages: int, now: float) -> None:
-        """One page of ``kind`` arrived; finish the list when it was the last page."""
-        run = self._runs.setdefault(kind, _Run(kind))
-        run.items.extend(items)
-        if run.page < pages and items and run.page < MAX_PAGES:
-            run.page += 1
+    def page_read(self, kind: str, read: PagedRead[Any], page: Page[Any], now: float) -> None:
+        """One page of ``kind`` arrived; finish the list when it was the last page.
+        Raises :class:`~exporter.paged.ListChanged` when the pages disagree."""
+        if self._reads.get(kind) is not read:
+            return  # a reload started the list over
+        if not read.take(page):
             return
-        del self._runs[kind]
-        self.pages[kind] = run.page
+        del self._reads[kind]
+        self.pages[kind] = read.pages
         if kind == "scenarios":
-            scenarios = [_scenario(item) for item in run.items]
             excluded = set(self.settings.scenarios.exclude if self.settings.scenarios else [])
-            found = [s for s in scenarios if s.slug not in excluded and s.id not in excluded]
+            found = [s for s in read.items if s.slug not in excluded and s.id not in excluded]
             self.lists.scenarios, self.lists.scenarios_at = _unique_scenarios(found), now
         else:
-            groups = [_group(item) for item in run.items]
             self.lists.groups, self.lists.groups_at = _matching_groups(
-                groups, self.settings.group_cohorts.include if self.settings.group_cohorts
+                read.items, self.settings.group_cohorts.include if self.settings.group_cohorts
                 else []), now
-        self._next[kind] = now + self.settings.interval
+        self._next[kind] = now + self.interval(kind)
         self._failures.pop(kind, None)
         self.errors.pop(kind, None)
-        log.info("discovery: read %s (%d pages, %d %s)", kind, run.page,
+        log.info("discovery: read %s (%d pages, %d %s)", kind, read.pages,
                  len(self.lists.scenarios or []) if kind == "scenarios"
                  else len(self.lists.groups or []), kind)
         if self.report is not None:
-            self.report(kind, now, None)
+            self.report(kind, now, None, read.skipped)
         if self.on_update is not None:
             self.on_update(self.lists)
 
-    def failed(self, kind: str, error: ApiError, now: float, workspace_pause: bool) -> None:
-        """A page request failed: keep the last lists, retry the whole list later."""
-        self._runs.pop(kind, None)
+    def failed(self, kind: str, error: ApiError, now: float) -> None:
+        """A page request failed (or the pages disagreed): keep the last lists, retry
+        the whole list later."""
+        self._reads.pop(kind, None)
         self.errors[kind] = f"{error.reason}: {error}"
         if self.report is not None:
-            self.report(kind, None, self.errors[kind])
-        if workspace_pause:
-            self._next[kind] = now  # the scheduler's pause decides when to try again
-            return
-        failures = self._failures.get(kind, 0) + 1
-        self._failures[kind] = failures
-        self._next[kind] = now + min(RETRY_FIRST * 2 ** (failures - 1), self.settings.interval)
-        log.warning("discovery: reading %s failed (%s); keeping the last known list, "
-                    "retrying in %.0fs", kind, self.errors[kind], self._next[kind] - now)
+            self.report(kind, None, self.errors[kind], 0)
+        if error.reason not in PAUSE_REASONS:
+            self._failures[kind] = self._failures.get(kind, 0) + 1
+        self._next[kind] = retry_at(error, self._failures.get(kind, 0), now,
+                                    self.interval(kind))
+        if error.reason not in PAUSE_REASONS:
+            log.warning("discovery: reading %s failed (%s); keeping the last known list, "
+                        "retrying in %.0fs", kind, self.errors[kind], self._next[kind] - now)
 
 
 def _unique_scenarios(scenarios: list[DiscoveredScenario]) -> list[DiscoveredScenario]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .client import ApiError, ExecClient, Summary
+from .client import PAUSE_REASONS, ApiError, ExecClient, Summary
 
 if TYPE_CHECKING:
     from .store import Store
@@ -96,7 +96,7 @@ def summary_job(target: Target, store: Store) -> Job:
 
     def fail(error: ApiError, at: float) -> None:
         store.record_failure(key, error.reason, str(error), at)
-        if error.reason not in ("unauthorized", "forbidden", "rate_limited"):
+        if error.reason not in PAUSE_REASONS:
             # Workspace-wide refusals are said once, by the poller.
             log.warning("refresh failed scenario=%s cohort=%s reason=%s: %s", key[0], key[1],
                         error.reason, error)

@@ -40,64 +40,30 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .client import ApiError, ExecClient, InvalidResponse
+from .client import PAUSE_REASONS, ApiError, ExecClient, InvalidResponse, payload
 from .config import ListingConfig, format_duration
 from .jobs import Job
+from .models import AssignmentPayload, Page, SkillPayload
+from .paged import PAGE_SIZE, PagedRead, retry_at
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("not_started", "in_progress", "completed", "past_due", "did_not_pass")
-PAGE_SIZE = 100  # the API's maximum: fewest requests per list
-MAX_PAGES = 1000  # a guard against a pagination that never ends
-RETRY_FIRST = 60.0
 # Each listing may use at most this share of the day budget: a workspace with
 # very many assignments stretches the listing's interval, not the targets'.
 DAY_SHARE = 0.25
 # Longer scenario_ids filters are left out (servers refuse very long URLs): the
 # read then pages through every row.
 MAX_FILTER_CHARS = 2000
-_PAUSE_REASONS = frozenset({"unauthorized", "forbidden", "rate_limited"})
 
-Report = Callable[[str, float | None, str | None], None]
+Report = Callable[[str, float | None, str | None, int], None]
+"""``report(kind, at, error, skipped)``, as discovery's (``store.record_discovery``)."""
 PolledScenario = tuple[str, str | None]
 """A polled scenario: its label (configured id, or slug when discovered) and its
 id when known (``Target.scenario_uuid``)."""
 
 
 # --- parsing ------------------------------------------------------------------
-
-
-def _count(data: dict[str, Any], key: str, where: str) -> int | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidResponse(f"{where}.{key} is {type(value).__name__}, expected a number")
-    if isinstance(value, float) and not value.is_integer():
-        raise InvalidResponse(f"{where}.{key} is {value!r}, expected a whole number")
-    if value < 0:
-        raise InvalidResponse(f"{where}.{key} is {value!r}, below 0")
-    return int(value)
-
-
-def _score(data: dict[str, Any], key: str, where: str) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidResponse(f"{where}.{key} is {value!r}, expected a number")
-    if not 0 <= value <= 100:
-        raise InvalidResponse(f"{where}.{key} is {value!r}, outside 0-100")
-    return float(value)
-
-
-def _text(item: dict[str, Any], key: str, where: str) -> str | None:
-    value = item.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise InvalidResponse(f"{where}.{key} is {type(value).__name__}, expected a string")
-    return value
 
 
 @dataclass(frozen=True)
@@ -110,6 +76,7 @@ class Skill:
     scored_participants: int | None = None
     proficient_ratio: float | None = None  # 0-1, from pct_proficient_plus (0-100)
     average_score: float | None = None
+    id: str | None = None  # the skill's own id (a row listed twice is caught)
 
 
 def parse_skill(item: object) -> Skill:
@@ -118,25 +85,18 @@ def parse_skill(item: object) -> Skill:
     The label is the slug (the id when the slug is missing); the name defaults to
     the slug. A null ``proficiency_summary`` or null field gives no value.
     """
-    if not isinstance(item, dict):
-        raise InvalidResponse("skill list item is not an object")
-    sid = _text(item, "id", "skill")
-    slug = _text(item, "slug", "skill") or sid
-    if slug is None:
-        raise InvalidResponse("skill list item has neither slug nor id")
-    name = _text(item, "name", f"skill {slug}") or slug
-    summary = item.get("proficiency_summary")
-    if summary is None:
-        return Skill(slug, name)
-    where = f"skill {slug}.proficiency_summary"
-    if not isinstance(summary, dict):
-        raise InvalidResponse(f"{where} is not an object")
-    pct = _score(summary, "pct_proficient_plus", where)
-    return Skill(slug, name,
-                 participants=_count(summary, "participant_count", where),
-                 scored_participants=_count(summary, "scored_participant_count", where),
+    got = payload(SkillPayload, item, "skill")
+    slug = got.slug or got.id
+    assert slug is not None  # the model refuses an item with neither
+    proficiency = got.proficiency_summary
+    if proficiency is None:
+        return Skill(slug, got.name or slug, id=got.id or None)
+    pct = proficiency.pct_proficient_plus
+    return Skill(slug, got.name or slug,
+                 participants=proficiency.participant_count,
+                 scored_participants=proficiency.scored_participant_count,
                  proficient_ratio=None if pct is None else pct / 100.0,
-                 average_score=_score(summary, "avg_score", where))
+                 average_score=proficiency.avg_score, id=got.id or None)
 
 
 @dataclass(frozen=True)
@@ -146,6 +106,7 @@ class AssignmentRow:
     scenario_id: str
     scenario_slug: str | None
     status: str | None  # None: a status this exporter does not know (not counted)
+    id: str | None = None  # the assignment's own id (a row listed twice is caught)
 
 
 def parse_assignment(item: object) -> AssignmentRow:
@@ -154,19 +115,9 @@ def parse_assignment(item: object) -> AssignmentRow:
     A status string outside the five known ones is kept as None (not counted)
     rather than failing the read: the API may add statuses over time.
     """
-    if not isinstance(item, dict):
-        raise InvalidResponse("assignment list item is not an object")
-    scenario = item.get("scenario")
-    if not isinstance(scenario, dict):
-        raise InvalidResponse("assignment.scenario is not an object")
-    sid = _text(scenario, "id", "assignment.scenario")
-    if sid is None:
-        raise InvalidResponse("assignment.scenario has no id")
-    status = item.get("status")
-    if not isinstance(status, str):
-        raise InvalidResponse(f"assignment.status is {status!r}, expected a string")
-    return AssignmentRow(sid, _text(scenario, "slug", "assignment.scenario"),
-                         status if status in STATUSES else None)
+    got = payload(AssignmentPayload, item, "assignment")
+    return AssignmentRow(got.scenario.id, got.scenario.slug or None,
+                         got.status if got.status in STATUSES else None, got.id or None)
 
 
 # --- the common mechanics -----------------------------------------------------------
@@ -187,6 +138,7 @@ class _Listing:
         self._next = -1.0  # due at once
         self._failures = 0
         self._started: float | None = None  # set while a read is under way
+        self._skipped = 0  # malformed items the read about to finish left out
 
     def configure(self, settings: ListingConfig, day_budget: float) -> None:
         """Take a reloaded configuration; the values and the schedule stay."""
@@ -233,18 +185,18 @@ class _Listing:
         # one read, whatever the read's length.
         self._next = started + self.interval
         if self.report is not None:
-            self.report(self.kind, now, None)
+            self.report(self.kind, now, None, self._skipped)
 
     def _fail(self, error: ApiError, now: float) -> None:
         self._started = None
         self.error = f"{error.reason}: {error}"
         if self.report is not None:
-            self.report(self.kind, None, self.error)
-        if error.reason in _PAUSE_REASONS:
-            self._next = now  # the scheduler's pause decides when to try again
-            return
-        self._failures += 1
-        self._next = now + min(RETRY_FIRST * 2 ** (self._failures - 1), self.interval)
+            self.report(self.kind, None, self.error, 0)
+        if error.reason not in PAUSE_REASONS:
+            self._failures += 1
+        self._next = retry_at(error, self._failures, now, self.interval)
+        if error.reason in PAUSE_REASONS:
+            return  # the scheduler's pause decides when the read is tried again
         log.warning("%s: reading failed (%s); keeping the last values, retrying in %s",
                     self.kind, self.error, format_duration(self._next - now))
 
@@ -262,46 +214,49 @@ class Skills(_Listing):
         super().__init__(settings, day_budget, report)
         self.skills: tuple[Skill, ...] = ()  # the last complete read
         self.pages = 1
-        self._page = 1
-        self._items: list[Skill] = []
+        self._paged = self._new_read()
+
+    @staticmethod
+    def _new_read() -> PagedRead[Skill]:
+        return PagedRead("skill list", key=lambda skill: skill.id, parse=parse_skill)
 
     def cost(self) -> int:
         return max(self.pages, 1)
 
     def _begin(self, now: float) -> None:
-        self._page, self._items = 1, []
+        self._paged = self._new_read()
 
     def due(self, now: float) -> Job | None:
         """The next page to read, if a read is due."""
         if not self._due(now):
             return None
-        page = self._page
-        params = {"include": "proficiency", "page": str(page), "page_size": str(PAGE_SIZE)}
+        read = self._paged
+        page = read.page
+        params = read.query({"include": "proficiency"})
 
-        def fetch(client: ExecClient, at: float) -> tuple[list[Skill], int]:
-            items, pages = client.list_page("/skills", params)
-            return [parse_skill(item) for item in items], pages
+        def fetch(client: ExecClient, at: float) -> Page[Any]:
+            return client.list_page("/skills", params)
 
-        def apply(answer: tuple[list[Skill], int], at: float) -> None:
-            self.page_read(*answer, at)
+        def apply(answer: Page[Any], at: float) -> None:
+            self.page_read(read, answer, at)
 
         return Job(kind="list_skills", key=("list", "skills", page), fetch=fetch,
                    apply=apply, fail=self._fail, label=f"skills page {page}")
 
-    def page_read(self, skills: list[Skill], pages: int, now: float) -> None:
-        """One page arrived; publish the list when it was the last page."""
-        self._items.extend(skills)
-        if self._page < pages and skills and self._page < MAX_PAGES:
-            self._page += 1
+    def page_read(self, read: PagedRead[Skill], page: Page[Any], now: float) -> None:
+        """One page arrived; publish the list when it was the last page (raises
+        :class:`~exporter.paged.ListChanged` when the pages disagree)."""
+        if read is not self._paged or not read.take(page):
             return
-        self.pages = self._page
+        self.pages = read.pages
         unique: dict[str, Skill] = {}
-        for skill in self._items:
+        for skill in read.items:
             if skill.slug in unique:
                 log.warning("skills: two skills share the slug %r; keeping the first", skill.slug)
                 continue
             unique[skill.slug] = skill
         self.skills = tuple(unique.values())
+        self._skipped = read.skipped
         log.debug("skills: read %d skills in %d pages", len(self.skills), self.pages)
         self._finish(now)
 
@@ -317,7 +272,8 @@ class _Read:
     ids: dict[str, str]  # label -> scenario id, for the labels whose id is known
     counting: bool
     scenario_filter: str | None = None  # the scenario_ids of a paging read
-    page: int = 1
+    paged: PagedRead[AssignmentRow] = field(default_factory=lambda: PagedRead(
+        "assignment list", key=lambda row: row.id, parse=parse_assignment))
     queue: list[tuple[str, str]] = field(default_factory=list)  # counting: (label, status)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -421,7 +377,7 @@ class Assignments(_Listing):
                       "page_size": "1"}
 
             def count(client: ExecClient, at: float) -> int:
-                _, _, total = client.list_page_counted("/scenarios/assignments", params)
+                total = client.list_page("/scenarios/assignments", params).total_count
                 if total is None:
                     raise InvalidResponse("/scenarios/assignments: no pagination.total_count")
                 return total
@@ -429,17 +385,15 @@ class Assignments(_Listing):
             return Job(kind="list_assignments", key=("count", "assignments", label, status),
                        fetch=count, apply=lambda n, at: self.counted(label, status, n, at),
                        fail=self._fail, label=f"assignments {label} {status}")
-        page = read.page
-        paging = {"page": str(page), "page_size": str(PAGE_SIZE)}
-        if read.scenario_filter is not None:
-            paging["scenario_ids"] = read.scenario_filter
+        page = read.paged.page
+        paging = read.paged.query({"scenario_ids": read.scenario_filter}
+                                  if read.scenario_filter is not None else None)
 
-        def fetch(client: ExecClient, at: float) -> tuple[list[AssignmentRow], int, int | None]:
-            items, pages, total = client.list_page_counted("/scenarios/assignments", paging)
-            return [parse_assignment(item) for item in items], pages, total
+        def fetch(client: ExecClient, at: float) -> Page[Any]:
+            return client.list_page("/scenarios/assignments", paging)
 
-        def apply(answer: tuple[list[AssignmentRow], int, int | None], at: float) -> None:
-            self.page_read(answer[0], answer[1], at)
+        def apply(answer: Page[Any], at: float) -> None:
+            self._page(read, answer, at)
 
         return Job(kind="list_assignments", key=("list", "assignments", page), fetch=fetch,
                    apply=apply, fail=self._fail, label=f"assignments page {page}")
@@ -483,11 +437,23 @@ class Assignments(_Listing):
         if not read.queue:
             self._complete(read, now)
 
-    def page_read(self, rows: list[AssignmentRow], pages: int, now: float) -> None:
-        """One page of rows arrived; publish the counts when it was the last page."""
+    def page_read(self, rows: list[AssignmentRow], pages: int, now: float,
+                  total_count: int | None = None) -> None:
+        """One page of rows (already read) arrived; publish the counts when it was the
+        last page."""
         read = self._read
-        if read is None or read.counting:
+        if read is not None:
+            self._page(read, Page(tuple(rows), read.paged.page, total_count, pages), now,
+                       raw=False)
+
+    def _page(self, read: _Read, page: Page[Any], now: float, raw: bool = True) -> None:
+        """A page of the paging read ``read`` arrived (raises
+        :class:`~exporter.paged.ListChanged` when the pages disagree)."""
+        if read is not self._read or read.counting:
             return
+        page_no, before = read.paged.page, len(read.paged.items)
+        complete = read.paged.take(page, raw)
+        rows = read.paged.items[before:]
         for row in rows:
             if row.scenario_slug:
                 self._learned[row.scenario_slug] = row.scenario_id
@@ -499,15 +465,15 @@ class Assignments(_Listing):
             for label in labels(row):
                 key = (label, row.status)
                 read.counts[key] = read.counts.get(key, 0) + 1
-        if read.page == 1 and pages > 1:
-            self._maybe_switch(read, pages)
+        if page_no == 1 and page.total_pages > 1:
+            self._maybe_switch(read, page.total_pages)
             if read is not self._read:
                 return
-        if read.page < pages and rows and read.page < MAX_PAGES:
-            read.page += 1
+        if not complete:
             return
         if read.scenario_filter is None:
-            self._all_pages = read.page
+            self._all_pages = read.paged.pages
+        self._skipped = read.paged.skipped
         self._complete(read, now)
 
     def _maybe_switch(self, read: _Read, pages: int) -> None:

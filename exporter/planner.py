@@ -42,9 +42,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .aggregate import CohortFilter, Precision, aggregate, compare
-from .client import ApiError, ExecClient, Page, ParticipantRow, Summary
+from .client import PAUSE_REASONS, ApiError, ExecClient, Member, Page, ParticipantRow, Summary
 from .config import CohortConfig, PlannerConfig, format_duration
 from .jobs import Job, fetch_summary, summary_job
+from .paged import PAGE_SIZE, ListChanged, PagedRead, page_query, retry_at
 from .store import CROSS_CHECK_RESULTS
 
 if TYPE_CHECKING:
@@ -53,13 +54,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 100  # the API's maximum: fewest requests per pull
-MAX_PAGES = 1000  # a guard against a pagination that never ends
 # Pulls in a row whose counts differed from a target's summary (new sessions each
 # time) before the target gives up proving itself for fallback_for.
 VERIFY_PULLS = 3
-MEMBERS_RETRY_FIRST = 60.0
-_PAUSE_REASONS = frozenset({"unauthorized", "forbidden", "rate_limited"})
 # The participants endpoint refused this scenario or its filters: summaries only.
 _UNAVAILABLE = frozenset({"not_found", "bad_request"})
 
@@ -195,9 +192,13 @@ class _PullRun:
     """A pull in progress: its query (the same for every page) and rows so far."""
 
     query: dict[str, str]
-    page: int = 1
-    total: int | None = None
-    rows: list[ParticipantRow] = field(default_factory=list)
+    read: PagedRead[ParticipantRow] = field(default_factory=lambda: PagedRead(
+        "participants", key=lambda row: row.user_id))
+
+    @property
+    def page(self) -> int:
+        """The page asked for next."""
+        return self.read.page
 
 
 @dataclass(frozen=True)
@@ -206,12 +207,6 @@ class _Pull:
 
     rows: tuple[ParticipantRow, ...]
     at: float
-
-
-@dataclass
-class _MembersRun:
-    page: int = 1
-    ids: list[str] = field(default_factory=list)
 
 
 class Planner:
@@ -247,7 +242,7 @@ class Planner:
         self._discards: dict[PullKey, int] = {}
         self._members: dict[str, tuple[frozenset[str], float]] = {
             g: (frozenset(ids), at) for g, (ids, at) in (members or {}).items()}
-        self._member_runs: dict[str, _MembersRun] = {}
+        self._member_runs: dict[str, PagedRead[Member]] = {}
         # A restored list is read again when it is membership_interval old, not at start.
         self._member_next: dict[str, float] = {
             g: at + settings.membership_interval for g, (_, at) in self._members.items()}
@@ -416,7 +411,7 @@ class Planner:
     def _pull_job(self, key: PullKey, cohort: CohortConfig, pages: int) -> Job:
         def fetch(client: ExecClient, now: float) -> tuple[dict[str, str], Page]:
             query = pull_query(cohort, now)
-            return query, client.participants(key[1], _paged(query, 1))
+            return query, client.participants(key[1], page_query(query, 1))
 
         def apply(answer: tuple[dict[str, str], Page], at: float) -> None:
             query, page = answer
@@ -431,16 +426,16 @@ class Planner:
                    label=_pull_label(key, 1), cost=pages)
 
     def _page_job(self, key: PullKey, run: _PullRun) -> Job:
-        page_no, query = run.page, run.query
+        page_no, params = run.page, run.read.query(run.query)
 
         def fetch(client: ExecClient, now: float) -> Page:
-            return client.participants(key[1], _paged(query, page_no))
+            return client.participants(key[1], params)
 
         def apply(page: Page, at: float) -> None:
             self.page_read(key, page_no, page, at)
 
         def fail(error: ApiError, at: float) -> None:
-            if error.reason in _PAUSE_REASONS:
+            if error.reason in PAUSE_REASONS:
                 return  # the page is asked again once the pause is over
             with self._lock:
                 self._runs.pop(key, None)
@@ -457,28 +452,16 @@ class Planner:
             run = self._runs.get(key)
             if run is None or run.page != page_no:
                 return  # a reload dropped the pull, or an old page
-            if page_no > 1 and page.total_count != run.total:
+            try:
+                complete = run.read.take(page, raw=False)
+            except ListChanged as exc:  # the table changed or rows moved between pages
                 del self._runs[key]
-                changed = self._discarded(key, at, f"the table changed between pages "
-                                                   f"({run.total} then {page.total_count} "
-                                                   "participants)")
-            elif page_no < page.total_pages and page.items and page_no < MAX_PAGES:
-                run.total = page.total_count
-                run.rows.extend(page.items)
-                run.page += 1  # the next page is a follow-up job of this source
-                return
+                changed = self._discarded(key, at, str(exc))
             else:
+                if not complete:
+                    return  # the next page is a follow-up job of this source
                 del self._runs[key]
-                run.rows.extend(page.items)
-                ids = {r.user_id for r in run.rows}
-                if len(ids) != len(run.rows) or (page.total_count is not None
-                                                 and page.total_count != len(run.rows)):
-                    changed = self._discarded(key, at, f"rows moved between pages "
-                                                       f"({len(run.rows)} rows, {len(ids)} "
-                                                       f"users, total_count "
-                                                       f"{page.total_count})")
-                else:
-                    changed = self._pulled(key, tuple(run.rows), page_no, at)
+                changed = self._pulled(key, tuple(run.read.items), page_no, at)
         if changed:
             self._changed()
 
@@ -530,7 +513,7 @@ class Planner:
     def pull_failed(self, key: PullKey, error: ApiError, at: float) -> None:
         """A pull's page failed: the targets it serves keep their last values, marked
         down; an endpoint that refuses the scenario sends it back to summaries."""
-        if error.reason in _PAUSE_REASONS:
+        if error.reason in PAUSE_REASONS:
             return  # workspace-wide: the poller said it and pauses every request
         changed = False
         with self._lock:
@@ -652,7 +635,7 @@ class Planner:
             self.cross_checked(key, summary, at)
 
         def fail(error: ApiError, at: float) -> None:
-            if error.reason not in _PAUSE_REASONS:
+            if error.reason not in PAUSE_REASONS:
                 log.info("cross-check scenario=%s cohort=%s failed (%s: %s); next target",
                          key[0], key[1], error.reason, error)
 
@@ -677,12 +660,11 @@ class Planner:
 
     # --- member lists -------------------------------------------------------------------
 
-    def _member_job(self, group: str, run: _MembersRun) -> Job:
-        page_no = run.page
+    def _member_job(self, group: str, run: PagedRead[Member]) -> Job:
+        page_no, params = run.page, run.query({"group_ids": group})
 
         def fetch(client: ExecClient, now: float) -> Page:
-            return client.members({"group_ids": group, "page": str(page_no),
-                                   "page_size": str(PAGE_SIZE)})
+            return client.members(params)
 
         def apply(page: Page, at: float) -> None:
             self.members_read(group, page_no, page, at)
@@ -700,17 +682,15 @@ class Planner:
             run = self._member_runs.get(group)
             if run is None or run.page != page_no:
                 return
-            run.ids.extend(m.user_id for m in page.items)
-            if page_no < page.total_pages and page.items and page_no < MAX_PAGES:
-                run.page += 1
+            if not run.take(page, raw=False):  # ListChanged: members_failed drops the read
                 return
             del self._member_runs[group]
             first = group not in self._members
-            self._members[group] = (frozenset(run.ids), at)
+            self._members[group] = (frozenset(m.user_id for m in run.items), at)
             self._member_pages[group] = page_no
             self._member_failures.pop(group, None)
             self._member_next[group] = at + self.settings.membership_interval
-        log.debug("members of group %s: %d", group, len(run.ids))
+        log.debug("members of group %s: %d", group, len(run.items))
         if first:
             self._changed()
 
@@ -718,13 +698,12 @@ class Planner:
         """A member list page failed: the last list stays; retry later."""
         with self._lock:
             self._member_runs.pop(group, None)
-            if error.reason in _PAUSE_REASONS:
+            if error.reason in PAUSE_REASONS:
                 self._member_next[group] = at  # the scheduler's pause decides
                 return
             failures = self._member_failures.get(group, 0) + 1
             self._member_failures[group] = failures
-            wait = min(MEMBERS_RETRY_FIRST * 2 ** (failures - 1),
-                       self.settings.membership_interval)
+            wait = retry_at(error, failures, at, self.settings.membership_interval) - at
             if error.reason in _UNAVAILABLE:
                 # No such group, or no member list endpoint: not worth an hourly retry.
                 wait = max(self.settings.fallback_for, self.settings.membership_interval)
@@ -757,7 +736,8 @@ class Planner:
             for group in self._plan.member_groups:
                 reading = self._member_runs.get(group)
                 if reading is None and now >= self._member_due(group):
-                    reading = self._member_runs[group] = _MembersRun()
+                    reading = self._member_runs[group] = PagedRead(
+                        f"members of group {group}", key=lambda member: member.user_id)
                     if group in self._members:
                         self._rereads_after = now + self._reread_gap()
                 if reading is not None:
@@ -829,10 +809,6 @@ class Planner:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
-
-
-def _paged(query: Mapping[str, str], page: int) -> dict[str, str]:
-    return {**query, "page": str(page), "page_size": str(PAGE_SIZE)}
 
 
 def _pull_label(key: PullKey, page: int) -> str:

@@ -62,6 +62,7 @@ class Snapshot:
     # costs under the plan (None: no plan published).
     cross_checks: Mapping[tuple[str, str], int] = field(default_factory=dict)
     plan_requests_per_cycle: float | None = None
+    invalid_items: Mapping[str, int] = field(default_factory=dict)  # by list kind
     pause_reason: str | None = None  # a workspace-wide pause in force: its reason
     pause_until: float | None = None
     stretched: bool = False  # the interval was stretched to fit the budget
@@ -102,6 +103,7 @@ class Store:
         self._discovery_success: dict[str, float] = {}
         self._discovery_error: dict[str, str] = {}
         self._cross_checks: dict[tuple[str, str], int] = {}
+        self._invalid_items: dict[str, int] = {}
         self._plan_cost: float | None = None
         self._reload_ok = True
         self._reload_time: float | None = None
@@ -237,9 +239,13 @@ class Store:
             self._dropped = count
             self._bump()
 
-    def record_discovery(self, kind: str, at: float | None, error: str | None = None) -> None:
-        """A discovery listing of ``kind`` completed at ``at`` (or failed with ``error``)."""
+    def record_discovery(self, kind: str, at: float | None, error: str | None = None,
+                         invalid_items: int = 0) -> None:
+        """A discovery listing of ``kind`` completed at ``at`` (or failed with ``error``),
+        leaving out ``invalid_items`` malformed items."""
         with self._lock:
+            if invalid_items:
+                self._invalid_items[kind] = self._invalid_items.get(kind, 0) + invalid_items
             if at is not None:
                 self._discovery_success[kind] = at
                 self._discovery_error.pop(kind, None)
@@ -289,6 +295,7 @@ class Store:
                 targets_dropped=self._dropped,
                 cross_checks=dict(self._cross_checks),
                 plan_requests_per_cycle=self._plan_cost,
+                invalid_items=dict(self._invalid_items),
                 discovery_success=dict(self._discovery_success),
                 discovery_error=dict(self._discovery_error),
                 reload_ok=self._reload_ok,

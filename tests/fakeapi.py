@@ -42,6 +42,7 @@ requests only, then clears itself (a 429 then a success, for instance).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -93,6 +94,7 @@ LIST_FAULTS = frozenset(
         "403",
         "404",
         "400",
+        "short_page",
     }
 )
 FAULTS = LIST_FAULTS | SUMMARY_FAULTS
@@ -698,6 +700,14 @@ class FakeExecAPI(LoopbackAPIServer):
                 )
             case "400":
                 return bad_request_response("Invalid request parameters")
+            case "short_page":
+                # An eventually consistent list: the page lost its last item after the
+                # total was counted (its pagination still says the full size).
+                answer = normal()
+                assert isinstance(answer.body, bytes)
+                body = json.loads(answer.body)
+                body["data"] = body["data"][:-1]
+                return APIResponse.json(answer.status, body)
         raise AssertionError(f"unhandled fault {name!r}")
 
 

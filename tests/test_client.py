@@ -26,6 +26,7 @@ from exporter.client import (
     InvalidResponse,
     Member,
     NotFound,
+    Page,
     ParticipantRow,
     RateLimited,
     Summary,
@@ -216,7 +217,14 @@ def test_redirects_are_not_followed(client: ExecClient, requests_mock: rm.Mocker
 def test_list_page(client: ExecClient, requests_mock: rm.Mocker) -> None:
     requests_mock.get(f"{BASE}/workspace/groups",
                       json={"data": [{"id": "g1"}], "pagination": {"total_pages": 3}})
-    assert client.list_page("/workspace/groups", {"page": "1"}) == ([{"id": "g1"}], 3)
+    assert client.list_page("/workspace/groups", {"page": "1"}) == Page(
+        ({"id": "g1"},), 1, None, 3)
+    # A page number the envelope leaves out is the one asked for; no pagination at all is
+    # one page whose total is its length.
+    assert client.list_page("/workspace/groups", {"page": "2"}).page == 2
+    requests_mock.get(f"{BASE}/workspace/groups", json={"data": [{"id": "g1"}, {"id": "g2"}]})
+    assert client.list_page("/workspace/groups", {}) == Page(
+        ({"id": "g1"}, {"id": "g2"}), 1, 2, 1)
 
 @pytest.mark.parametrize("kwargs", [
     {"json": {"items": []}},

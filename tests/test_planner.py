@@ -59,7 +59,8 @@ def config(base_url: str, planner: dict[str, Any] | None = None, per_day: int = 
                 "rate_limit": {"requests_per_minute": 6000, "requests_per_day": per_day,
                                "reserve": 0}},
         "refresh_interval": "10m",
-        "scenarios": [{"id": "pitch"}],
+        # Named: no scenario list read for a display name among the requests counted here.
+        "scenarios": [{"id": "pitch", "name": "Pitch"}],
         "cohorts": cohorts or COHORTS,
         "planner": planner or {},
     }
@@ -236,6 +237,28 @@ def test_a_group_never_read_uses_summaries(fake: FakeExecAPI, clock: FakeClock) 
         rig.close()
 
 
+def test_a_short_member_list_is_never_stored(fake: FakeExecAPI, clock: FakeClock) -> None:
+    # Each group's list comes back one member short of its total_count (a list that lags):
+    # before, the partial list was stored and the group's cohorts derived from it.
+    fake.set_list_fault("members", "short_page", times=3)
+    rig = Rig(fake, clock, config(fake.base_url))
+    try:
+        rig.run(30)
+        assert len(fake.requests_to("/members")) == 3
+        assert not rig.exporter.planner.members()  # none of the three lists kept
+        grouped = {("pitch", "g1"), ("pitch", "g2-humans"), ("pitch", "last-7d-g3"),
+                   ("pitch", "last-7d")}
+        assert all(rig.source(k) == "summary" for k in grouped)
+        # Read again, whole, a minute later: proven, and equal to the summary endpoint.
+        rig.run(1200)
+        assert len(fake.requests_to("/members")) == 6
+        assert all(rig.source(k) == "participants" for k in KEYS)
+        for key in KEYS:
+            assert rig.value(key) == rig.truth(key), key
+    finally:
+        rig.close()
+
+
 def test_a_pull_of_many_pages_counts_each_page(clock: FakeClock) -> None:
     with FakeExecAPI(make_key(), clock=clock) as api:
         people, sessions = session_log(250, clock.now)
@@ -402,11 +425,11 @@ def test_inconsistent_pulls_are_dropped_then_the_scenario_uses_summaries(
     with caplog.at_level(logging.INFO, logger="exporter.planner"):
         for i in range(3):
             now = 1000.0 + i
-            pull.apply(({}, Page((first,), 1, 2, 2)), now)
+            pull.apply(({}, Page((first,), 1, 2, 2, page_size=1)), now)
             follow = planner.due(now)
             assert follow is not None and follow.key[-1] == 2  # page 2, back to back
             # u1 again on page 2: the order moved under the pull (u2 never seen).
-            follow.apply(Page((first,), 2, 2, 2), now)
+            follow.apply(Page((first,), 2, 2, 2, page_size=1), now)
     assert "rows moved between pages" in caplog.text
     assert "3 pulls in a row were inconsistent" in caplog.text
     assert [j.kind for j in planner.jobs(targets, 1010.0)] == ["summary"] * 5
@@ -414,9 +437,9 @@ def test_inconsistent_pulls_are_dropped_then_the_scenario_uses_summaries(
     planner = Planner(cfg.planner, store, members={"g1": (["u1"], 900.0),
                                                    "g2": (["u2"], 900.0)})
     pull = next(j for j in planner.jobs(targets, 1000.0) if j.kind == "participants")
-    pull.apply(({}, Page((first,), 1, 2, 2)), 1000.0)
+    pull.apply(({}, Page((first,), 1, 2, 2, page_size=1)), 1000.0)
     follow = planner.due(1000.0)
     assert follow is not None
-    follow.apply(Page((second,), 2, 2, 2), 1000.0)
+    follow.apply(Page((second,), 2, 2, 2, page_size=1), 1000.0)
     assert planner.plan.groups[0].pages == 1  # the plan is rebuilt on the next jobs() call
     assert [j.cost for j in planner.jobs(targets, 1001.0) if j.kind == "participants"] == [2]

@@ -1,0 +1,341 @@
+"""The API's payloads as pydantic models: one model per payload, one error path.
+
+Each model reads one JSON payload of the Exec API (see ``openapi.yaml``):
+lenient on nulls, missing and unknown fields (nothing is marked required and new
+fields appear), strict on wrong types and impossible values. :func:`validate`
+turns pydantic's first complaint into :class:`~exporter.client.InvalidResponse`
+with the path a user can find in the payload, for example
+``data[0].user.email is int, expected a string``.
+
+The models are the edge; the rest of the package works with the typed values
+built from them (``Summary``, ``ParticipantRow``, ``Member``, ``Skill`` ...).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+RANKS = ("gold", "silver", "bronze", "unranked")
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+class PayloadError(ValueError):
+    """A payload that is not what the API promises; ``str()`` names the field."""
+
+
+# --- field types --------------------------------------------------------------------------
+
+
+def _bad(detail: str) -> PydanticCustomError:
+    return PydanticCustomError("exec_payload", "{detail}", {"detail": detail})
+
+
+def _number(lo: float | None = None, hi: float | None = None,
+            integer: bool = False) -> Callable[[object], float | int | None]:
+    def check(value: object) -> float | int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _bad(f"is {type(value).__name__}, expected a number")
+        if not math.isfinite(value):
+            raise _bad("is not finite")
+        if integer and isinstance(value, float) and not value.is_integer():
+            raise _bad(f"is {value!r}, expected a whole number")
+        if lo is not None and hi is not None and not lo <= value <= hi:
+            raise _bad(f"is {value!r}, outside {lo:g}-{hi:g}")
+        if lo is not None and value < lo:
+            raise _bad(f"is {value!r}, below {lo:g}")
+        return int(value) if integer else float(value)
+    return check
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _bad(f"is {type(value).__name__}, expected a string")
+    return value
+
+
+def _required_text(value: object) -> str:
+    if value is None:
+        raise _bad("is missing")
+    text = _text(value)
+    if not text:
+        raise _bad("is empty")
+    return text
+
+
+def _label(value: object) -> str | None:
+    # Display names are best effort: a name of another type is no name, not a bad item.
+    return value if isinstance(value, str) and value else None
+
+
+def _rank(value: object) -> str | None:
+    if value is None:
+        return None
+    if value not in RANKS:
+        raise _bad(f"is {value!r}, not one of {', '.join(RANKS)}")
+    return str(value)
+
+
+Count = Annotated[int | None, BeforeValidator(_number(lo=0, integer=True))]
+Positive = Annotated[int | None, BeforeValidator(_number(lo=1, integer=True))]
+Amount = Annotated[float | None, BeforeValidator(_number(lo=0))]
+Score = Annotated[float | None, BeforeValidator(_number(lo=0, hi=100))]
+Lift = Annotated[float | None, BeforeValidator(_number(lo=-100, hi=100))]
+Rank = Annotated[str | None, BeforeValidator(_rank)]
+Text = Annotated[str | None, BeforeValidator(_text)]
+Id = Annotated[str, BeforeValidator(_required_text)]
+Label = Annotated[str | None, BeforeValidator(_label)]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# --- the summary --------------------------------------------------------------------------
+
+
+class RankCount(_Payload):
+    """One entry of ``score_distribution``."""
+
+    rank: Annotated[str, BeforeValidator(_rank)]
+    count: Count = None
+    percentage: Score = None
+
+
+class SummaryPayload(_Payload):
+    """``GET /scenarios/{id}/analytics/summary``."""
+
+    participant_count: Count = None
+    total_sessions: Count = None
+    average_best_score: Score = None
+    average_best_rank: Rank = None
+    average_lift_percentage: Lift = None
+    total_practice_minutes: Amount = None
+    average_session_duration_seconds: Amount = None
+    score_distribution: list[RankCount] | None = None
+
+    @model_validator(mode="after")
+    def _ranks_once(self) -> SummaryPayload:
+        seen: set[str] = set()
+        for entry in self.score_distribution or ():
+            if entry.rank in seen:
+                raise _bad(f"score_distribution lists {entry.rank!r} twice")
+            seen.add(entry.rank)
+        return self
+
+
+# --- people -------------------------------------------------------------------------------
+
+
+class UserRef(_Payload):
+    """A user as lists nest it: ``{"id", "email"}``."""
+
+    id: Id
+    email: Text = None
+
+
+class ParticipantPayload(_Payload):
+    """One ``ScenarioParticipantEntry`` of ``GET /scenarios/{id}/analytics/participants``."""
+
+    user: UserRef
+    session_count: Count = None
+    first_score: Score = None
+    best_score: Score = None
+    lift_percentage: Lift = None
+    total_duration_seconds: Amount = None
+    first_rank: Rank = None
+    best_rank: Rank = None
+
+
+class MemberPayload(_Payload):
+    """A ``WorkspaceMember`` as the schema has it: ``id`` (the user id) and ``email``
+    at the top."""
+
+    id: Id
+    email: Text = None
+
+
+class NestedMemberPayload(_Payload):
+    """A ``WorkspaceMember`` as the documented example has it: the user nested."""
+
+    user: UserRef
+
+
+# --- workspace lists ----------------------------------------------------------------------
+
+
+class ScenarioPayload(_Payload):
+    """One item of ``GET /scenarios``."""
+
+    id: Id
+    slug: Text = None
+    name: Label = None
+
+
+class GroupPayload(_Payload):
+    """One item of ``GET /workspace/groups``."""
+
+    id: Id
+    name: Label = None
+
+
+class ProficiencyPayload(_Payload):
+    """A skill's ``proficiency_summary``."""
+
+    participant_count: Count = None
+    scored_participant_count: Count = None
+    pct_proficient_plus: Score = None
+    avg_score: Score = None
+
+
+class SkillPayload(_Payload):
+    """One item of ``GET /skills?include=proficiency``."""
+
+    id: Text = None
+    slug: Text = None
+    name: Text = None
+    proficiency_summary: ProficiencyPayload | None = None
+
+    @model_validator(mode="after")
+    def _has_a_label(self) -> SkillPayload:
+        if not (self.slug or self.id):
+            raise _bad("has neither slug nor id")
+        return self
+
+
+class ScenarioRef(_Payload):
+    """An assignment's scenario."""
+
+    id: Id
+    slug: Text = None
+
+
+class AssignmentPayload(_Payload):
+    """One item of ``GET /scenarios/assignments``; ``status`` is kept as given (the API
+    may add statuses)."""
+
+    id: Text = None
+    scenario: ScenarioRef
+    status: Annotated[str, BeforeValidator(_required_text)]
+
+
+# --- envelopes ----------------------------------------------------------------------------
+
+
+class Pagination(_Payload):
+    """The ``pagination`` object of every list."""
+
+    page: Positive = None
+    page_size: Positive = None
+    total_count: Count = None
+    total_pages: Count = None
+
+
+class PageEnvelope(_Payload):
+    """Every list body: ``{"data": [...], "pagination": {...}}``."""
+
+    data: list[Any]
+    pagination: Pagination | None = None
+
+
+class ErrorDetail(BaseModel):
+    """The ``error`` object of an error body (read as far as it goes: never strict)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Any = None
+    code: Any = None
+    message: Any = None
+    retry_after: Any = None
+
+
+class ErrorEnvelope(BaseModel):
+    """An error body: ``{"error": {"type", "code", "message"}}``, maybe a top-level
+    ``retry_after``. Read as far as it goes: any body gives an envelope."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    error: ErrorDetail | None = None
+    retry_after: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whatever_came(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return {}
+        if not isinstance(data.get("error"), dict):
+            return {**data, "error": None}
+        return data
+
+
+# --- one page of a list -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a paginated list: its items and what the pagination says.
+
+    ``page_size`` is the envelope's (None: not given); a list without pagination is
+    one page whose ``total_count`` is its length.
+    """
+
+    items: tuple[T, ...]
+    page: int
+    total_count: int | None
+    total_pages: int
+    page_size: int | None = None
+
+
+def read_page(body: object, asked: int, where: str = "") -> Page[Any]:
+    """The envelope of a list body, its items left as they came (see :func:`read_items`).
+
+    ``asked`` is the page number the request asked for: the page when the envelope
+    leaves it out.
+    """
+    envelope = validate(PageEnvelope, body, where)
+    pagination = envelope.pagination
+    if pagination is None:
+        return Page(tuple(envelope.data), asked, len(envelope.data), 1)
+    return Page(tuple(envelope.data), pagination.page or asked, pagination.total_count,
+                1 if pagination.total_pages is None else pagination.total_pages,
+                pagination.page_size)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def validate(model: type[M], data: object, where: str = "") -> M:
+    """``data`` as ``model``, or :class:`PayloadError` naming the first wrong field
+    (``where`` is the payload's own path, such as ``data[3]``)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PayloadError(_message(exc.errors(include_url=False)[0], where)) from None
+
+
+def _message(error: Any, where: str) -> str:
+    path = where
+    for part in error["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    kind = error["type"]
+    if kind == "exec_payload":
+        detail = error["msg"]
+    elif kind == "missing":
+        detail = "is missing"
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        detail = "is not an object"
+    elif kind == "list_type":
+        detail = "is not a list"
+    else:
+        detail = f"is invalid ({error['msg']})"
+    return f"{path or 'the body'} {detail}"
