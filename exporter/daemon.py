@@ -18,7 +18,7 @@ from .budget import Budget
 from .client import ExecClient
 from .collector import LiveCollector, ProcessMetrics, SnapshotCollector
 from .config import ApiKey, Config, ConfigError, format_duration, load_api_key, load_config
-from .discovery import Discovery, Lists
+from .discovery import Discovery, Lists, names_wanted
 from .exposition import Exposition
 from .jobs import Job, Running, key_id, summary_job
 from .listings import Assignments, ListingsCollector, Skills
@@ -119,11 +119,12 @@ class Exporter:
 
     def _discovery(self, config: Config, lists: Lists | None, reread: bool) -> Discovery | None:
         """Discovery for ``config`` (None when it reads no list)."""
-        settings = config.discovery
-        if settings is None or (settings.scenarios is None and settings.group_cohorts is None):
+        settings, names = config.discovery, names_wanted(config)
+        if not names and (settings is None or (settings.scenarios is None
+                                               and settings.group_cohorts is None)):
             return None
         discovery = Discovery(settings, lists, on_update=self._on_lists,
-                              report=self.store.record_discovery)
+                              report=self.store.record_discovery, names=names)
         if reread:
             discovery.reread()
         return discovery
@@ -253,7 +254,8 @@ class Exporter:
                 if config.api != self.config.api or key.value != self.key.value:
                     self.key = key
                     client = self._client(config)  # the poller closes the old one
-                if config.discovery != self.config.discovery:
+                if (config.discovery != self.config.discovery
+                        or names_wanted(config) != names_wanted(self.config)):
                     lists = self.discovery.lists if self.discovery else None
                     self.discovery = self._discovery(config, lists, reread=True)
                 self._listings(config)

@@ -260,3 +260,84 @@ def test_non_ascii_slug_and_free_text_cohort_are_polled_and_labelled_as_written(
                   cohort="Équipe Nord") == 4
     assert {r.query.get("group_ids") for r in api.requests_for("überblick-ç")} == {
         None, "g-emea"}
+
+
+# --- display names of scenarios configured by slug or id ------------------------------------
+
+NAMELESS = [{"id": "scenario-005"}, {"id": "uuid-007"}, {"id": "scenario-009", "name": "Own"}]
+
+
+def info_names(values: dict) -> dict[str, str]:
+    return {dict(labels)["scenario"]: dict(labels)["name"]
+            for (name, labels) in values if name == "exec_scenario_info"}
+
+
+def test_names_come_from_the_scenario_list_when_discovery_is_off(api: FakeExecAPI,
+                                                                clock: FakeClock) -> None:
+    for sid in ("uuid-007", "scenario-009"):
+        api.set_summary(sid, summary_body())
+    exporter = exporter_for(api, clock, {
+        "api": {"base_url": api.base_url, "rate_limit": {"requests_per_day": 1000}},
+        "scenarios": NAMELESS})
+    assert info_names(scrape(exporter, clock)) == {
+        "scenario-005": "", "uuid-007": "", "scenario-009": "Own"}
+    start = clock.now
+    run(exporter, clock, 3)
+    # The targets' own requests first (a refused key shows on them), the list 5 min later.
+    assert not api.list_requests("scenarios")
+    run(exporter, clock, 4)  # to the list's turn, then its 3 pages
+    assert [r.query["page"] for r in api.list_requests("scenarios")] == ["1", "2", "3"]
+    assert clock.now >= start + 300
+    # By slug or by id; a configured name wins over the list's.
+    assert info_names(scrape(exporter, clock)) == {
+        "scenario-005": "Scenario 5", "uuid-007": "Scenario 7", "scenario-009": "Own"}
+    listed = api.list_requests("scenarios")
+    assert [r.query["page"] for r in listed] == ["1", "2", "3"]
+    assert listed[0].query["include_archived"] == "true"  # a configured one may be archived
+    # Once a day, inside the listing share (a quarter of the day budget) by far, and not
+    # taken out of the targets' budget: the interval is the one --config.check prints.
+    assert exporter.scheduler.listing_requests_per_day == 0
+    assert exporter.scheduler.interval == 3600
+    start = clock.now
+    run(exporter, clock, 400)
+    assert clock.now - start > 2 * 86400
+    days = (clock.now - start) / 86400
+    assert len(api.list_requests("scenarios")) <= 3 * (days + 1) <= 0.25 * 1000 * days
+    assert not [k for k in target_keys(exporter) if k[0].startswith("scenario-0")
+                and k[0] not in ("scenario-005", "scenario-009")]  # no target added
+
+
+def test_no_list_is_read_when_every_scenario_is_named(api: FakeExecAPI,
+                                                      clock: FakeClock) -> None:
+    exporter = exporter_for(api, clock, {"scenarios": [{"id": "scenario-005", "name": "Five"}]})
+    run(exporter, clock, 3)
+    assert not api.list_requests("scenarios")
+    assert info_names(scrape(exporter, clock)) == {"scenario-005": "Five"}
+
+
+def test_learned_names_survive_a_restart(api: FakeExecAPI, clock: FakeClock,
+                                         tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    config = {"scenarios": [{"id": "scenario-005"}]}
+    first = exporter_for(api, clock, config, state)
+    run(first, clock, 5)
+    first._save_state(force=True)
+    listed = len(api.list_requests("scenarios"))
+    clock.advance(60)
+    second = exporter_for(api, clock, config, state)
+    assert info_names(scrape(second, clock)) == {"scenario-005": "Scenario 5"}
+    run(second, clock, 3)
+    assert len(api.list_requests("scenarios")) == listed  # not read again before a day
+
+
+def test_the_landing_page_shows_the_learned_name(api: FakeExecAPI, tmp_path: Path) -> None:
+    from harness import InProcess, config_text, wait_until
+
+    path = tmp_path / "config.yaml"
+    path.write_text(config_text(api.base_url, ["scenario-005"], refresh="1h"))
+    with InProcess(path, api.api_key) as exporter:
+        wait_until(lambda: api.requests_for("scenario-005"), 10, what="the first summary")
+        exporter.advance(301)  # the list is read 5 minutes after start
+        wait_until(lambda: "<td>Scenario 5</td>" in exporter.get("/").text, 10,
+                   what="the learned name on the landing page")
+        assert info_names(exporter.scrape()[0]) == {"scenario-005": "Scenario 5"}
