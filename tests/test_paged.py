@@ -202,3 +202,39 @@ def test_a_malformed_scenario_is_skipped_counted_and_the_rest_discovered(
     assert sample(values, "exec_exporter_invalid_items_total", kind="scenarios") == 1
     assert sample(values, "exec_exporter_invalid_items_total", kind="groups") == 0
     assert "scenarios" not in exporter.store.snapshot().discovery_error
+
+
+def test_a_malformed_assignment_is_skipped_counted_and_the_rest_counted(
+        api: FakeExecAPI, clock: FakeClock) -> None:
+    def row(i: int, status: str) -> dict[str, Any]:
+        return {"id": f"a{i}", "user": {"id": f"u{i}"}, "status": status,
+                "scenario": {"id": "uuid-000", "slug": "scenario-000", "name": "Scenario 0"}}
+
+    api.set_assignments([row(1, "past_due"), {"id": "a2", "scenario": {"id": 5},
+                                              "status": "past_due"},
+                         row(3, "past_due"), row(4, "completed")])
+    exporter = exporter_for(api, clock, {"scenarios": [{"id": "scenario-000", "name": "Zero"}],
+                                         "assignments": {}})
+    step(exporter, clock, 3)
+    assert len(api.listing_requests("assignments")) == 1
+    values = metric_values(exporter.exposition.render().decode())
+    assert sample(values, "exec_assignments", scenario="scenario-000", status="past_due") == 2
+    assert sample(values, "exec_assignments", scenario="scenario-000", status="completed") == 1
+    assert sample(values, "exec_exporter_invalid_items_total", kind="assignments") == 1
+
+
+def test_an_assignment_listed_twice_across_pages_drops_the_read(
+        api: FakeExecAPI, clock: FakeClock) -> None:
+    # The order moved under the read: a0 is served again at the top of page 2 and a100
+    # is never served, with a total that adds up. Counted as is, a0 would count twice.
+    rows = [{"id": f"a{i}", "user": {"id": f"u{i}"}, "status": "completed",
+             "scenario": {"id": "uuid-000", "slug": "scenario-000"}} for i in range(150)]
+    api.set_assignments([*rows[:100], rows[0], *rows[101:149]])
+    exporter = exporter_for(api, clock, {"scenarios": [{"id": "scenario-000", "name": "Zero"}],
+                                         "assignments": {}})
+    step(exporter, clock, 4)
+    assert [r.query["page"] for r in api.listing_requests("assignments")] == ["1", "2"]
+    assert exporter.assignments is not None and exporter.assignments.read_at is None
+    assert "listed twice" in (exporter.assignments.error or "")
+    values = metric_values(exporter.exposition.render().decode())
+    assert sample(values, "exec_assignments", scenario="scenario-000", status="completed") is None
