@@ -18,7 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 RANKS = ("gold", "silver", "bronze", "unranked")
@@ -65,9 +72,7 @@ def _text(value: object) -> str | None:
 
 
 def _required_text(value: object) -> str:
-    if value is None:
-        raise _bad("is missing")
-    text = _text(value)
+    text = _text(_present(value))
     if not text:
         raise _bad("is empty")
     return text
@@ -76,6 +81,12 @@ def _required_text(value: object) -> str:
 def _label(value: object) -> str | None:
     # Display names are best effort: a name of another type is no name, not a bad item.
     return value if isinstance(value, str) and value else None
+
+
+def _present(value: object) -> object:
+    if value is None:
+        raise _bad("is missing")
+    return value
 
 
 def _rank(value: object) -> str | None:
@@ -107,7 +118,7 @@ class _Payload(BaseModel):
 class RankCount(_Payload):
     """One entry of ``score_distribution``."""
 
-    rank: Annotated[str, BeforeValidator(_rank)]
+    rank: Annotated[str, BeforeValidator(lambda value: _rank(_present(value)))]
     count: Count = None
     percentage: Score = None
 
@@ -124,14 +135,15 @@ class SummaryPayload(_Payload):
     average_session_duration_seconds: Amount = None
     score_distribution: list[RankCount] | None = None
 
-    @model_validator(mode="after")
-    def _ranks_once(self) -> SummaryPayload:
+    @field_validator("score_distribution")
+    @classmethod
+    def _ranks_once(cls, entries: list[RankCount] | None) -> list[RankCount] | None:
         seen: set[str] = set()
-        for entry in self.score_distribution or ():
+        for entry in entries or ():
             if entry.rank in seen:
-                raise _bad(f"score_distribution lists {entry.rank!r} twice")
+                raise _bad(f"lists {entry.rank!r} twice")
             seen.add(entry.rank)
-        return self
+        return entries
 
 
 # --- people -------------------------------------------------------------------------------

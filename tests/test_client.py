@@ -101,6 +101,25 @@ def test_missing_ranks_count_zero() -> None:
     assert summary.rank_participants == {"gold": 3, "silver": 0, "bronze": 0, "unranked": 0}
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    ([1, 2], "the body is not an object"),
+    ({"participant_count": "forty"}, "participant_count is str, expected a number"),
+    ({"participant_count": 4.5}, "participant_count is 4.5, expected a whole number"),
+    ({"average_best_score": 250}, "average_best_score is 250, outside 0-100"),
+    ({"average_best_rank": "platinum"}, "average_best_rank is 'platinum', not one of"),
+    ({"score_distribution": {"gold": 1}}, "score_distribution is not a list"),
+    ({"score_distribution": [{"rank": "gold", "count": -1}]},
+     "score_distribution[0].count is -1, below 0"),
+    ({"score_distribution": [{"count": 1}]}, "score_distribution[0].rank is missing"),
+    ({"score_distribution": [{"rank": "gold"}, {"rank": "gold"}]},
+     "score_distribution lists 'gold' twice"),
+])
+def test_an_invalid_summary_names_the_field(body: object, message: str) -> None:
+    with pytest.raises(InvalidResponse) as caught:
+        parse_summary(body)
+    assert str(caught.value).startswith(message)
+
+
 @pytest.mark.parametrize("body", [
     [1, 2],
     "text",
