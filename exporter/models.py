@@ -3,9 +3,9 @@
 Each model reads one JSON payload of the Exec API (see ``openapi.yaml``):
 lenient on nulls, missing and unknown fields (nothing is marked required and new
 fields appear), strict on wrong types and impossible values. :func:`validate`
-turns pydantic's first complaint into :class:`~exporter.client.InvalidResponse`
-with the path a user can find in the payload, for example
-``data[0].user.email is int, expected a string``.
+turns pydantic's first complaint into one line with the path a user can find in
+the payload, for example ``data[0].user.email is int, expected a string``
+(:func:`exporter.client.payload` raises it as ``InvalidResponse``).
 
 The models are the edge; the rest of the package works with the typed values
 built from them (``Summary``, ``ParticipantRow``, ``Member``, ``Skill`` ...).
