@@ -3,7 +3,10 @@
 The lists (``GET /scenarios``, ``GET /workspace/groups``) are read page by page,
 one job per page (:class:`Discovery` is a job source of the scheduler), so every
 listing request goes through the same budget ledger and pauses as the summary
-requests. A failed listing keeps the last known lists.
+requests (:mod:`exporter.paged` reads and checks every page). A failed or
+inconsistent listing keeps the last known lists. With discovery of scenarios
+off, the scenario list is still read once a day for the display names of the
+scenarios configured without ``name`` (:func:`names_wanted`).
 :func:`exporter.targets.build_targets` merges what was found with the explicit
 configuration into the ordered target list.
 """
