@@ -565,10 +565,6 @@ class ExecClient:
         asked = int(params.get("page", "1"))
         return self._call(path, params, lambda body: parse_list_page(body, asked, path))
 
-    def get_json(self, path: str, params: Mapping[str, str]) -> object:
-        """GET a path under the base URL and return the decoded JSON body, or raise ApiError."""
-        return self._call(path, params, lambda body: body)
-
     def _call(self, path: str, params: Mapping[str, str], parse: Callable[[object], T]) -> T:
         try:
             status, body = self._get_json(path, params)

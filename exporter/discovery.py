@@ -184,11 +184,6 @@ class Discovery:
         for kind in self.kinds:
             self._next[kind] = -1.0
 
-    @property
-    def in_progress(self) -> set[str]:
-        """Lists read part-way (more pages to come)."""
-        return set(self._reads)
-
     def next_due(self) -> float:
         """When the next list is due."""
         if self._reads:
