@@ -6,6 +6,7 @@ hand, so each test sees exactly which requests were sent and in what order.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,13 @@ from typing import Any
 import pytest
 from conftest import FakeClock, make_key, metric_values, sample
 from fakeapi import FakeExecAPI, summary_body
+from harness import InProcess, config_text, wait_until
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.cli import describe_plan
 from exporter.collector import SnapshotCollector
-from exporter.config import ApiKey, parse_config
+from exporter.config import ApiKey, load_config, parse_config
 from exporter.daemon import Exporter
 
 SCENARIOS = [{"id": f"uuid-{i:03d}", "slug": f"scenario-{i:03d}", "name": f"Scenario {i}",
@@ -331,8 +333,6 @@ def test_learned_names_survive_a_restart(api: FakeExecAPI, clock: FakeClock,
 
 
 def test_the_landing_page_shows_the_learned_name(api: FakeExecAPI, tmp_path: Path) -> None:
-    from harness import InProcess, config_text, wait_until
-
     path = tmp_path / "config.yaml"
     path.write_text(config_text(api.base_url, ["scenario-005"], refresh="1h"))
     with InProcess(path, api.api_key) as exporter:
@@ -341,3 +341,24 @@ def test_the_landing_page_shows_the_learned_name(api: FakeExecAPI, tmp_path: Pat
         wait_until(lambda: "<td>Scenario 5</td>" in exporter.get("/").text, 10,
                    what="the learned name on the landing page")
         assert info_names(exporter.scrape()[0]) == {"scenario-005": "Scenario 5"}
+
+
+def test_a_reload_that_adds_a_nameless_scenario_reads_the_names_at_once(
+        api: FakeExecAPI, clock: FakeClock, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def write(scenarios: list[dict[str, str]]) -> None:
+        path.write_text(json.dumps({"api": {"base_url": api.base_url, "timeout": "2s"},
+                                    "refresh_interval": "1h", "scenarios": scenarios}))
+
+    monkeypatch.setenv("EXEC_API_KEY", make_key())
+    path = tmp_path / "config.yaml"
+    write([{"id": "scenario-005", "name": "Five"}])
+    exporter = Exporter(load_config(path), ApiKey(make_key(), "test"), str(path), None, clock)
+    run(exporter, clock, 3)
+    assert exporter.discovery is None and not api.list_requests("scenarios")
+    write([{"id": "scenario-005", "name": "Five"}, {"id": "scenario-006"}])
+    assert exporter.reload()[0]
+    run(exporter, clock, 5)
+    assert len(api.list_requests("scenarios")) == 3  # at once, not 5 minutes later
+    assert info_names(scrape(exporter, clock)) == {"scenario-005": "Five",
+                                                   "scenario-006": "Scenario 6"}
