@@ -84,6 +84,7 @@ class PagedRead(Generic[T]):
         self.total_count: int | None = None
         self.total_pages: int | None = None
         self._keys: set[Hashable] = set()
+        self._size: int | None = None  # a full page's length, once known
 
     def query(self, filters: Mapping[str, str] | None = None) -> dict[str, str]:
         """The parameters of the next page's request: ``filters`` plus the paging."""
@@ -112,7 +113,10 @@ class PagedRead(Generic[T]):
                 self._keys.add(key)
             self.items.append(item)
         if self.page < page.total_pages:
-            size = page.page_size or self.page_size
+            # The envelope's page_size, else the first page's length: an API that caps
+            # the size below the one asked for without saying so still reads whole.
+            size = page.page_size or self._size or max(len(page.items), 1)
+            self._size = size
             if len(page.items) < size:
                 raise self._changed(f"page {self.page} of {page.total_pages} has "
                                     f"{len(page.items)} items, not {size}")

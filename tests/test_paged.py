@@ -69,18 +69,25 @@ def test_an_early_short_page_drops_the_read() -> None:
     read = scenarios_read()
     # Page 1 of 2 with one item where two fit: a partial list must not be stored.
     with pytest.raises(ListChanged, match="page 1 of 2 has 1 items, not 2"):
-        read.take(Page((scenario(0),), 1, 3, 2))
+        read.take(Page((scenario(0),), 1, 3, 2, page_size=2))
     # An empty page before the last is short too (it used to end the read quietly).
     read = scenarios_read()
     with pytest.raises(ListChanged, match="has 0 items"):
         read.take(Page((), 1, 3, 2))
+    # Without page_size in the envelope, the first page sets the size the others keep.
+    read = scenarios_read()
+    assert read.take(Page((scenario(0), scenario(1)), 1, 5, 3)) is False
+    with pytest.raises(ListChanged, match="page 2 of 3 has 1 items, not 2"):
+        read.take(Page((scenario(2),), 2, 5, 3))
 
 
-def test_the_page_size_the_api_reports_is_the_one_checked() -> None:
-    # A server that caps page_size lower than asked says so in the envelope.
-    read = PagedRead[Any]("scenario list", key=lambda s: s.id, parse=parse_scenario)
-    assert read.take(Page((scenario(0),), 1, 2, 2, page_size=1)) is False
-    assert read.take(Page((scenario(1),), 2, 2, 2, page_size=1)) is True
+def test_a_server_that_caps_the_page_size_still_reads_whole() -> None:
+    # Asked for 100 a page, served 1: said in the envelope, or not said at all.
+    for said in (1, None):
+        read = PagedRead[Any]("scenario list", key=lambda s: s.id, parse=parse_scenario)
+        assert read.take(Page((scenario(0),), 1, 2, 2, page_size=said)) is False
+        assert read.take(Page((scenario(1),), 2, 2, 2, page_size=said)) is True
+        assert [s.id for s in read.items] == ["uuid-000", "uuid-001"]
 
 
 def test_a_duplicate_across_pages_drops_the_read() -> None:
