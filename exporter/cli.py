@@ -13,13 +13,14 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from . import __version__, backfill, logs
 from .config import (
     ApiKey,
     Config,
     ConfigError,
+    InvalidApiKey,
     format_duration,
     load_api_key,
     load_config,
@@ -39,46 +40,122 @@ log = logging.getLogger("exporter")
 DEFAULT_PORT = 10025
 
 
+KEY_HELP = ("The API key comes from the file named by api.api_key_file in the configuration, "
+            "else from the EXEC_API_KEY environment variable (never a flag, so it stays out "
+            "of process listings).")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a hint when a subcommand's flag is given without its subcommand."""
+
+    def error(self, message: str) -> NoReturn:
+        for flag, command in _SUBCOMMAND_FLAGS.items():
+            if "unrecognized arguments" in message and flag in message:
+                message += (f" ({flag} belongs to a subcommand: exec-exporter {command} "
+                            f"{flag}=...; see exec-exporter {command} --help)")
+                break
+        super().error(message)
+
+
+_SUBCOMMAND_FLAGS = {"--since": "backfill", "--until": "backfill", "--step": "backfill",
+                     "--output": "backfill", "--label": "backfill"}
+
+
+def _config_flag(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--config.file", dest="config_file", default=default, metavar="PATH",
+                        help="configuration file (default: config.yaml)")
+
+
+def _web_flags(parser: argparse.ArgumentParser, default: bool) -> None:
+    # A subcommand's copy of a shared flag defaults to SUPPRESS, so a value given before
+    # the subcommand (exec-exporter --log.level=debug demo) is not reset by it.
+    def value(given: object) -> object:
+        return given if default else argparse.SUPPRESS
+
+    parser.add_argument("--web.listen-address", dest="listen", metavar="[HOST]:PORT",
+                        default=value(f":{DEFAULT_PORT}"),
+                        help=f"address to listen on (default: :{DEFAULT_PORT})")
+    parser.add_argument("--web.telemetry-path", dest="telemetry_path", metavar="PATH",
+                        default=value("/metrics"),
+                        help="path of the metrics endpoint (default: /metrics)")
+    parser.add_argument("--web.config.file", dest="web_config", default=value(None),
+                        metavar="PATH",
+                        help="exporter-toolkit web configuration (TLS, basic auth, headers)")
+
+
+def _state_flag(parser: argparse.ArgumentParser, default: object, help: str) -> None:
+    parser.add_argument("--state.file", dest="state_file", default=default, metavar="PATH",
+                        help=help)
+
+
+def _log_flags(parser: argparse.ArgumentParser, default: bool) -> None:
+    parser.add_argument("--log.level", dest="log_level",
+                        default="info" if default else argparse.SUPPRESS,
+                        choices=["debug", "info", "warn", "error"],
+                        help="(default: info)")
+    parser.add_argument("--log.format", dest="log_format",
+                        default="logfmt" if default else argparse.SUPPRESS,
+                        choices=["logfmt", "json"], help="(default: logfmt)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line, Prometheus-style dotted flags."""
-    parser = argparse.ArgumentParser(
-        prog="exec-exporter",
+    """The command line: the daemon's flags, and the ``demo`` and ``backfill``
+    subcommands, each with its own flags (``exec-exporter backfill --help``)."""
+    parser = _Parser(
+        prog="exec-exporter", allow_abbrev=False,
         description="Prometheus exporter for Exec scenario analytics. "
                     "Run 'exec-exporter demo' to try it without an account.",
-        epilog="The API key comes from the file named by api.api_key_file in the "
-               "configuration, else from the EXEC_API_KEY environment variable (never a "
-               "flag, so it stays out of process listings). The demo needs no key. "
-               "SIGHUP or POST /-/reload rereads the configuration; SIGTERM stops cleanly.")
-    parser.add_argument("mode", nargs="?", choices=["demo", "backfill"],
-                        help="'demo': run against a simulated Exec API inside the process; "
-                             "'backfill': write past values for promtool (docs/backfill.md)")
-    parser.add_argument("--config.file", dest="config_file", default="config.yaml",
-                        help="configuration file (default: %(default)s)")
+        epilog=KEY_HELP + " SIGHUP or POST /-/reload rereads the configuration; SIGTERM "
+               "stops cleanly. Each subcommand has its own --help.")
+    parser.set_defaults(mode=None, config_check=False)
+    _config_flag(parser, "config.yaml")
     parser.add_argument("--config.check", dest="config_check", action="store_true",
                         help="validate the configuration, print the polling plan and exit")
-    parser.add_argument("--web.listen-address", dest="listen", default=f":{DEFAULT_PORT}",
-                        help="address to listen on, [HOST]:PORT (default: %(default)s)")
-    parser.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
-                        help="path of the metrics endpoint (default: %(default)s)")
-    parser.add_argument("--web.config.file", dest="web_config", default=None,
-                        help="exporter-toolkit web configuration (TLS, basic auth, headers)")
-    parser.add_argument("--state.file", dest="state_file", default=None,
-                        help="where to keep data and the quota ledger across restarts")
-    parser.add_argument("--log.level", dest="log_level", default="info",
-                        choices=["debug", "info", "warn", "error"])
-    parser.add_argument("--log.format", dest="log_format", default="logfmt",
-                        choices=["logfmt", "json"])
+    _web_flags(parser, default=True)
+    _state_flag(parser, None, "where to keep data and the quota ledger across restarts")
+    _log_flags(parser, default=True)
     parser.add_argument("--version", action="version",
                         version=f"exec-exporter {__version__} (python {sys.version.split()[0]})")
-    backfill.add_arguments(parser)
+    commands = parser.add_subparsers(title="subcommands", dest="mode", metavar="{demo,backfill}",
+                                     parser_class=_Parser)
+    demo = commands.add_parser(
+        "demo", allow_abbrev=False, help="run against a simulated Exec API inside the process",
+        description="Start a simulated Exec API inside the process and the exporter against "
+                    "it with a built-in configuration: no account, key or file needed.")
+    _web_flags(demo, default=False)
+    _state_flag(demo, argparse.SUPPRESS, "where to keep data across restarts")
+    _log_flags(demo, default=False)
+    past = commands.add_parser(
+        "backfill", allow_abbrev=False,
+        help="write past values as OpenMetrics for promtool (docs/backfill.md)",
+        description="Write past values of the exec_scenario_* families as OpenMetrics for "
+                    "'promtool tsdb create-blocks-from openmetrics' (see docs/backfill.md).",
+        epilog=KEY_HELP)
+    _config_flag(past, argparse.SUPPRESS)
+    _state_flag(past, argparse.SUPPRESS,
+                "the daemon's state file: share its quota ledger both ways")
+    _log_flags(past, default=False)
+    backfill.add_arguments(past)
     return parser
+
+
+def _missing_backfill_flags(args: argparse.Namespace) -> list[str]:
+    """Every required backfill flag left out, reported together in one run."""
+    problems = []
+    if args.since is None:
+        problems.append("--since: required (how far back, e.g. --since=30d)")
+    if args.output is None:
+        problems.append("--output: required (the OpenMetrics file to write, e.g. "
+                        "--output=backfill.om)")
+    return problems
 
 
 # --- the plan ---------------------------------------------------------------------
 
 
-def describe_plan(config: Config, key: ApiKey | None) -> str:
-    """The polling plan that ``--config.check`` prints."""
+def describe_plan(config: Config, key: ApiKey | None = None) -> str:
+    """The polling plan that ``--config.check`` prints (``key`` is unused: the line
+    about the key is printed by :func:`main`, which knows why a key is missing)."""
     targets = build_targets(config)
     rate = config.api.rate_limit
     lines = []
@@ -162,12 +239,16 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
                  f"({interval:.0f}s){stretched}")
     staleness = config.max_staleness or 3 * interval
     lines.append(f"max staleness: {format_duration(staleness)}")
-    if key is None:
-        lines.append("warning: no API key found: set EXEC_API_KEY or api.api_key_file "
-                     "before running")
-    else:
-        lines.append(f"api key: found ({key.source})")
     return "\n".join(lines)
+
+
+def _key_line(key: ApiKey | None, problems: Sequence[str]) -> str:
+    """The check's one line about the key: found, unreadable (why), or not set."""
+    if key is not None:
+        return f"api key: found ({key.source})"
+    if problems:
+        return f"warning: api key: {'; '.join(problems)} (running needs it)"
+    return ("warning: no API key found: set EXEC_API_KEY or api.api_key_file before running")
 
 
 def _listing_plan(config: Config, targets: list[Target]) -> list[tuple[str, float]]:
@@ -207,6 +288,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     if args.mode == "backfill":
+        if args.config_check:
+            _print_problems(["--config.check checks the daemon's configuration: run "
+                             "exec-exporter --config.check --config.file=PATH"], sys.stderr)
+            return 2
+        missing = _missing_backfill_flags(args)
+        if missing:
+            _print_problems(missing, sys.stderr)
+            return 2
         return backfill.main(args)
     demo = args.mode == "demo"
     try:
@@ -227,13 +316,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             config_path = None
         else:
             config = load_config(args.config_file)
+            key_problems: list[str] = []
             if args.config_check:
                 # The check does not need the key (the file may only exist where the
-                # exporter will run): a key problem is a warning here.
+                # exporter will run): a key it cannot find is a warning here. A key it
+                # found but that cannot be sent is an error everywhere.
                 try:
                     key, warnings = load_api_key(config)
+                except InvalidApiKey:
+                    raise
                 except ConfigError as exc:
-                    key, warnings = None, [f"{p}" for p in exc.problems]
+                    key, warnings, key_problems = None, [], exc.problems
             else:
                 key, warnings = load_api_key(config)
         if key is not None:
@@ -241,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.config_check:
             print(f"configuration OK: {config_path or 'built-in demo configuration'}")
             print(describe_plan(config, key))
+            print(_key_line(key, key_problems))
             for warning in warnings:
                 print(f"warning: {warning}")
             return 0

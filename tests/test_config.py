@@ -288,7 +288,33 @@ def test_discovery_alone_is_enough() -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config("/nonexistent/config.yaml")
-    assert caught.value.problems == ["/nonexistent/config.yaml: no such file"]
+    assert caught.value.problems == [
+        "/nonexistent/config.yaml: no such file; pass --config.file=PATH or create one from "
+        "the example: cp config.example.yaml config.yaml"]
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ({"refresh_intervall": "5m"}, "refresh_intervall: unknown key; did you mean refresh_interval?"),
+    ({"api": {"rate_limit": {"requests_per_minut": 5}}},
+     "api.rate_limit.requests_per_minut: unknown key; did you mean requests_per_minute?"),
+    ({"cohorts": [{"name": "a"}, {"name": "b", "group_id": ["g"]}]},
+     "cohorts[1].group_id: unknown key; did you mean group_ids?"),
+    ({"discovery": {"scenarios": {"include_archive": True}}},
+     "discovery.scenarios.include_archive: unknown key; did you mean include_archived?"),
+    ({"verbose": True}, "verbose: unknown key"),  # nothing close: no guess
+])
+def test_an_unknown_key_suggests_the_closest_known_one(raw: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"scenarios": [{"id": "s"}], **raw})
+    assert caught.value.problems == [expected]
+
+
+@pytest.mark.parametrize("value", ["-5m", "-1h30m"])
+def test_a_negative_duration_must_be_positive(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"scenarios": [{"id": "s"}], "refresh_interval": value})
+    assert caught.value.problems == [
+        f"refresh_interval: duration {value!r} must be positive, e.g. {value[1:]!r}"]
 
 
 def test_a_directory_is_not_a_configuration_file(tmp_path: Path, capsys) -> None:
