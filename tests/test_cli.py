@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -357,3 +359,55 @@ def test_help_says_where_the_key_comes_from() -> None:
     from exporter.cli import build_parser
     text = build_parser().format_help()
     assert "EXEC_API_KEY" in text and "api_key_file" in text
+
+
+# --- the README's command line ----------------------------------------------------------
+
+
+def _readme_block(after: str) -> str:
+    """The README's text from the line after ``after`` (itself or a heading before the
+    block) to the end of the code block that holds or follows it."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n", text.index(after)) + 1
+    if text.startswith("```", start):
+        start = text.index("\n", start) + 1
+    elif after.startswith("#"):
+        start = text.index("\n", text.index("```", start)) + 1
+    return text[start:text.index("```", start)]
+
+
+def _synopsis() -> dict[str, set[str]]:
+    """The README's synopsis: each subcommand (``""`` for the daemon) and its flags."""
+    commands: dict[str, set[str]] = {}
+    current = ""
+    for line in _readme_block("## Command line").splitlines():
+        if line.startswith("exec-exporter "):
+            word = line.split()[1]
+            current = "" if word.startswith(("-", "[")) else word
+            commands.setdefault(current, set())
+        elif not line.startswith(" "):
+            continue  # python -m exporter ...
+        commands[current].update(flag.split("=")[0] for flag in
+                                 re.findall(r"--[a-z][\w.-]*=?", line))
+    return commands
+
+
+def test_the_readme_is_short_and_its_synopsis_matches_the_help() -> None:
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 300
+    synopsis = _synopsis()
+    from exporter.cli import build_parser
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(synopsis) - {""} == set(subparsers.choices)
+    for name, flags in synopsis.items():
+        command = parser if not name else subparsers.choices[name]
+        known = {option for action in command._actions for option in action.option_strings
+                 if option not in ("-h", "--help")}
+        assert flags == known, (name or "the daemon", flags ^ known)
+
+
+def test_the_readmes_config_check_example_is_the_real_output() -> None:
+    example = _readme_block("$ exec-exporter --config.check --config.file=config.example.yaml")
+    result = run_cli("--config.check", "--config.file=config.example.yaml", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == example
