@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import time
@@ -49,6 +50,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with a hint when a subcommand's flag is given without its subcommand."""
 
     def error(self, message: str) -> NoReturn:
+        missing_value = re.match(r"argument (--[\w.-]+)(?:/\S+)?: expected one argument$", message)
+        if missing_value:
+            # `--since -5m`: argparse takes a value starting with '-' for another flag.
+            message += f" (a value starting with '-' goes after '=': {missing_value[1]}=VALUE)"
         for flag, command in _SUBCOMMAND_FLAGS.items():
             if "unrecognized arguments" in message and flag in message:
                 message += (f" ({flag} belongs to a subcommand: exec-exporter {command} "

@@ -319,6 +319,21 @@ def test_backfill_reports_every_missing_flag_in_one_run(write_config, tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
+def test_a_negative_backfill_duration_must_be_positive(write_config, tmp_path: Path) -> None:
+    path = write_config("scenarios: [{id: s}]")
+    output = tmp_path / "out.om"
+    joined = run_cli("backfill", f"--config.file={path}", "--since=-5d", f"--output={output}",
+                     env={"EXEC_API_KEY": make_key()})
+    assert joined.returncode == 2
+    assert joined.stderr == "error: --since: duration '-5d' must be positive, e.g. '5d'\n"
+    apart = run_cli("backfill", f"--config.file={path}", "--since", "-5d", f"--output={output}")
+    assert apart.returncode == 2
+    assert apart.stderr.splitlines()[-1].endswith(
+        "argument --since: expected one argument (a value starting with '-' goes after '=': "
+        "--since=VALUE)")
+    assert not output.exists() and not output.with_name("out.om.journal").exists()
+
+
 def test_flags_given_before_a_subcommand_are_kept() -> None:
     from exporter.cli import build_parser
     args = build_parser().parse_args(["--config.file=a.yaml", "--log.level=debug", "backfill",
