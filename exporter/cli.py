@@ -144,6 +144,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flags_that_do_not_apply(args: argparse.Namespace) -> list[str]:
+    """Daemon flags given before a subcommand that does not use them: refused rather
+    than ignored (``exec-exporter --config.file=x demo`` would not read x)."""
+    unused: dict[str, list[tuple[str, str, str | None]]] = {
+        "demo": [("--config.file", "config_file", "config.yaml")],
+        "backfill": [("--web.listen-address", "listen", f":{DEFAULT_PORT}"),
+                     ("--web.telemetry-path", "telemetry_path", "/metrics"),
+                     ("--web.config.file", "web_config", None)]}
+    problems = [f"{flag}: does not apply to '{args.mode}' (see exec-exporter {args.mode} --help)"
+                for flag, dest, default in unused.get(args.mode or "", [])
+                if getattr(args, dest) != default]
+    if args.mode == "backfill" and args.config_check:
+        problems.append("--config.check checks the daemon's configuration: run "
+                        "exec-exporter --config.check --config.file=PATH")
+    return problems
+
+
 def _missing_backfill_flags(args: argparse.Namespace) -> list[str]:
     """Every required backfill flag left out, reported together in one run."""
     problems = []
@@ -292,11 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.setup(args.log_level, args.log_format)
+    misplaced = _flags_that_do_not_apply(args)
+    if misplaced:
+        _print_problems(misplaced, sys.stderr)
+        return 2
     if args.mode == "backfill":
-        if args.config_check:
-            _print_problems(["--config.check checks the daemon's configuration: run "
-                             "exec-exporter --config.check --config.file=PATH"], sys.stderr)
-            return 2
         missing = _missing_backfill_flags(args)
         if missing:
             _print_problems(missing, sys.stderr)

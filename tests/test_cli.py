@@ -334,6 +334,22 @@ def test_a_negative_backfill_duration_must_be_positive(write_config, tmp_path: P
     assert not output.exists() and not output.with_name("out.om.journal").exists()
 
 
+def test_daemon_flags_a_subcommand_does_not_use_are_refused(write_config) -> None:
+    path = write_config("scenarios: [{id: s}]")
+    demo = run_cli(f"--config.file={path}", "demo")
+    assert demo.returncode == 2
+    assert demo.stderr == ("error: --config.file: does not apply to 'demo' "
+                           "(see exec-exporter demo --help)\n")
+    past = run_cli("--web.listen-address=:1", "--config.check", "backfill",
+                   f"--config.file={path}", "--since=1d", "--output=x.om")
+    assert past.returncode == 2
+    assert past.stderr.splitlines() == [
+        "error: --web.listen-address: does not apply to 'backfill' "
+        "(see exec-exporter backfill --help)",
+        "error: --config.check checks the daemon's configuration: run "
+        "exec-exporter --config.check --config.file=PATH"]
+
+
 def test_flags_given_before_a_subcommand_are_kept() -> None:
     from exporter.cli import build_parser
     args = build_parser().parse_args(["--config.file=a.yaml", "--log.level=debug", "backfill",
