@@ -591,8 +591,9 @@ def _check_key(value: str, where: str) -> None:
            if not ("!" <= c <= "~") or c in _KEY_QUOTES]
     if not bad:
         return
-    shown = ", ".join(f"character {i}{f' of {len(value)}' if n == 0 else ''} is "
-                      f"{describe_character(c)}" for n, (i, c) in enumerate(bad[:3]))
+    shown = ", ".join(f"{describe_character(c)} at position {i}"
+                      f"{f' of {len(value)}' if n == 0 else ''}"
+                      for n, (i, c) in enumerate(bad[:3]))
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
     hint = ("remove the quotation marks around it"
             if any(c in "\u201c\u201d\u2018\u2019\"'`" for _, c in bad)

@@ -383,3 +383,26 @@ def test_planner_section_defaults_and_strict_errors() -> None:
     assert "planner.tolerance: must be a number" in problems
     assert any(p.startswith("planner.membership_interval: ") for p in problems)
     assert "planner.extra: unknown key" in problems
+
+
+def test_an_unsendable_key_names_every_bad_character_and_never_the_key() -> None:
+    config = parse_config({"scenarios": [{"id": "s"}]})
+    pasted = "\u201cexec_live_\u2026\u201d"  # the paste: smart quotes and an ellipsis
+    with pytest.raises(ConfigError) as caught:
+        load_api_key(config, {"EXEC_API_KEY": pasted})
+    assert caught.value.problems == [
+        "environment variable EXEC_API_KEY: the API key cannot be sent in an HTTP header: "
+        "U+201C LEFT DOUBLE QUOTATION MARK at position 1 of 13, U+2026 HORIZONTAL ELLIPSIS at "
+        "position 12, U+201D RIGHT DOUBLE QUOTATION MARK at position 13; remove the quotation "
+        "marks around it"]
+    secret = "exec_live_" + "x" * 40
+    with pytest.raises(ConfigError) as caught:
+        load_api_key(config, {"EXEC_API_KEY": " ".join(secret[i:i + 10] for i in range(0, 50, 10))})
+    (problem,) = caught.value.problems
+    assert problem.endswith("U+0020 SPACE at position 11 of 54, U+0020 SPACE at position 22, "
+                            "U+0020 SPACE at position 33 and 1 more; a key is printable ASCII: "
+                            "no spaces, line breaks or accented letters")
+    assert "xxxxx" not in problem
+    # A plain key passes, whatever printable ASCII it holds.
+    key, _ = load_api_key(config, {"EXEC_API_KEY": "exec_live_AZaz09-._~+/="})
+    assert key is not None and key.value == "exec_live_AZaz09-._~+/="
