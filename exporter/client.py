@@ -824,10 +824,14 @@ def _cause_in_words(chain: list[BaseException]) -> str:
             return f"the proxy refused the connection ({first.partition(': ')[2]})"
         if isinstance(error, ConnectionRefusedError):
             return "connection refused (nothing listens on that port)"
+        if isinstance(error, http.client.RemoteDisconnected):
+            return "the server closed the connection without answering"
         if isinstance(error, ConnectionResetError):
             return "connection reset by the other side"
         if isinstance(error, ssl.SSLError):
-            return f"TLS handshake failed ({error.reason or 'unknown reason'})"
+            hint = (": the server does not speak TLS on that port (an http:// address?)"
+                    if error.reason == "WRONG_VERSION_NUMBER" else "")
+            return f"TLS handshake failed ({error.reason or 'unknown reason'}){hint}"
         if isinstance(error, TimeoutError | socket.timeout):
             return "timed out"
         if isinstance(error, OSError) and error.errno in _ERRNO_WORDS:

@@ -196,3 +196,17 @@ def test_the_backfill_says_connection_refused(tmp_path: Path, closed_port: int) 
     assert f"127.0.0.1:{closed_port}: connection refused (nothing listens on that port)" in text
     for word in INTERNALS:
         assert word not in text
+
+
+def test_tls_to_a_plain_http_port_says_so(listener) -> None:
+    plain = listener(lambda conn: (conn.recv(4096), conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")))
+    assert fail(f"https://127.0.0.1:{plain.port}") == (
+        f"127.0.0.1:{plain.port}: TLS handshake failed (WRONG_VERSION_NUMBER): the server does "
+        "not speak TLS on that port (an http:// address?)")
+
+
+def test_a_server_that_hangs_up_without_answering(listener) -> None:
+    rude = listener(lambda conn: (conn.recv(4096), conn.close()))
+    assert fail(f"http://127.0.0.1:{rude.port}") == (
+        f"127.0.0.1:{rude.port}: the server closed the connection without answering")
