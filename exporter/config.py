@@ -501,7 +501,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except FileNotFoundError:
         where = "" if Path(path).is_absolute() else f" in {Path.cwd()}"
         raise ConfigError([f"{path}: no such file{where}; pass --config.file=PATH or create "
-                           "one from the example: cp config.example.yaml config.yaml"]) from None
+                           f"one from the example: cp config.example.yaml {path}"]) from None
     except IsADirectoryError:
         raise ConfigError([f"{path}: is a directory, not a configuration file"]) from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -290,7 +290,7 @@ def test_missing_file() -> None:
         load_config("/nonexistent/config.yaml")
     assert caught.value.problems == [
         "/nonexistent/config.yaml: no such file; pass --config.file=PATH or create one from "
-        "the example: cp config.example.yaml config.yaml"]
+        "the example: cp config.example.yaml /nonexistent/config.yaml"]
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
