@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from . import __version__, backfill, logs
 from .config import (
@@ -47,60 +47,54 @@ KEY_HELP = ("The API key comes from the file named by api.api_key_file in the co
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a hint when a subcommand's flag is given without its subcommand."""
+    """argparse, with hints for the two slips argparse words badly: a subcommand's flag
+    given without its subcommand, and a value starting with '-' given apart."""
+
+    subcommand_flags: dict[str, str] = {}  # flag -> the only subcommand that has it
 
     def error(self, message: str) -> NoReturn:
-        missing_value = re.match(r"argument (--[\w.-]+)(?:/\S+)?: expected one argument$", message)
+        missing_value = re.match(r"argument (--[\w.-]+): expected one argument$", message)
         if missing_value:
             # `--since -5m`: argparse takes a value starting with '-' for another flag.
             message += f" (a value starting with '-' goes after '=': {missing_value[1]}=VALUE)"
-        for flag, command in _SUBCOMMAND_FLAGS.items():
-            if "unrecognized arguments" in message and flag in message:
-                message += (f" ({flag} belongs to a subcommand: exec-exporter {command} "
-                            f"{flag}=...; see exec-exporter {command} --help)")
-                break
+        if message.startswith("unrecognized arguments"):
+            for flag, command in self.subcommand_flags.items():
+                if re.search(rf"(^|\s){re.escape(flag)}(=|\s|$)", message.split(":", 1)[1]):
+                    message += (f" ({flag} belongs to a subcommand: exec-exporter {command} "
+                                f"{flag}=...; see exec-exporter {command} --help)")
+                    break
         super().error(message)
 
 
-_SUBCOMMAND_FLAGS = {"--since": "backfill", "--until": "backfill", "--step": "backfill",
-                     "--output": "backfill", "--label": "backfill"}
+# The flags the daemon shares with its subcommands: dest, default, and add_argument's rest.
+_SHARED: dict[str, tuple[str, object, dict[str, Any]]] = {
+    "--config.file": ("config_file", "config.yaml",
+                      {"metavar": "PATH", "help": "configuration file (default: config.yaml)"}),
+    "--web.listen-address": ("listen", f":{DEFAULT_PORT}", {
+        "metavar": "[HOST]:PORT", "help": f"address to listen on (default: :{DEFAULT_PORT})"}),
+    "--web.telemetry-path": ("telemetry_path", "/metrics", {
+        "metavar": "PATH", "help": "path of the metrics endpoint (default: /metrics)"}),
+    "--web.config.file": ("web_config", None, {
+        "metavar": "PATH",
+        "help": "exporter-toolkit web configuration (TLS, basic auth, headers)"}),
+    "--state.file": ("state_file", None, {
+        "metavar": "PATH", "help": "where to keep data and the quota ledger across restarts"}),
+    "--log.level": ("log_level", "info", {"choices": ["debug", "info", "warn", "error"],
+                                          "help": "(default: info)"}),
+    "--log.format": ("log_format", "logfmt", {"choices": ["logfmt", "json"],
+                                              "help": "(default: logfmt)"}),
+}
 
 
-def _config_flag(parser: argparse.ArgumentParser, default: object) -> None:
-    parser.add_argument("--config.file", dest="config_file", default=default, metavar="PATH",
-                        help="configuration file (default: config.yaml)")
-
-
-def _web_flags(parser: argparse.ArgumentParser, default: bool) -> None:
-    # A subcommand's copy of a shared flag defaults to SUPPRESS, so a value given before
-    # the subcommand (exec-exporter --log.level=debug demo) is not reset by it.
-    def value(given: object) -> object:
-        return given if default else argparse.SUPPRESS
-
-    parser.add_argument("--web.listen-address", dest="listen", metavar="[HOST]:PORT",
-                        default=value(f":{DEFAULT_PORT}"),
-                        help=f"address to listen on (default: :{DEFAULT_PORT})")
-    parser.add_argument("--web.telemetry-path", dest="telemetry_path", metavar="PATH",
-                        default=value("/metrics"),
-                        help="path of the metrics endpoint (default: /metrics)")
-    parser.add_argument("--web.config.file", dest="web_config", default=value(None),
-                        metavar="PATH",
-                        help="exporter-toolkit web configuration (TLS, basic auth, headers)")
-
-
-def _state_flag(parser: argparse.ArgumentParser, default: object, help: str) -> None:
-    parser.add_argument("--state.file", dest="state_file", default=default, metavar="PATH",
-                        help=help)
-
-
-def _log_flags(parser: argparse.ArgumentParser, default: bool) -> None:
-    parser.add_argument("--log.level", dest="log_level",
-                        default="info" if default else argparse.SUPPRESS,
-                        choices=["debug", "info", "warn", "error"],
-                        help="(default: info)")
-    parser.add_argument("--log.format", dest="log_format",
-                        default="logfmt" if default else argparse.SUPPRESS,
-                        choices=["logfmt", "json"], help="(default: logfmt)")
+def _add_shared(parser: argparse.ArgumentParser, flags: list[str], top: bool,
+                **help_for: str) -> None:
+    """Add shared flags. A subcommand's copy defaults to SUPPRESS, so a value given
+    before the subcommand (``exec-exporter --log.level=debug demo``) is not reset."""
+    for flag in flags:
+        dest, default, rest = _SHARED[flag]
+        rest = {**rest, "help": help_for.get(dest, rest["help"])}
+        parser.add_argument(flag, dest=dest, default=default if top else argparse.SUPPRESS,
+                            **rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,12 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=KEY_HELP + " SIGHUP or POST /-/reload rereads the configuration; SIGTERM "
                "stops cleanly. Each subcommand has its own --help.")
     parser.set_defaults(mode=None, config_check=False)
-    _config_flag(parser, "config.yaml")
+    _add_shared(parser, ["--config.file"], top=True)
     parser.add_argument("--config.check", dest="config_check", action="store_true",
                         help="validate the configuration, print the polling plan and exit")
-    _web_flags(parser, default=True)
-    _state_flag(parser, None, "where to keep data and the quota ledger across restarts")
-    _log_flags(parser, default=True)
+    _add_shared(parser, [f for f in _SHARED if f != "--config.file"], top=True)
     parser.add_argument("--version", action="version",
                         version=f"exec-exporter {__version__} (python {sys.version.split()[0]})")
     commands = parser.add_subparsers(title="subcommands", dest="mode", metavar="{demo,backfill}",
@@ -127,20 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", allow_abbrev=False, help="run against a simulated Exec API inside the process",
         description="Start a simulated Exec API inside the process and the exporter against "
                     "it with a built-in configuration: no account, key or file needed.")
-    _web_flags(demo, default=False)
-    _state_flag(demo, argparse.SUPPRESS, "where to keep data across restarts")
-    _log_flags(demo, default=False)
+    _add_shared(demo, [f for f in _SHARED if f != "--config.file"], top=False,
+                state_file="where to keep data across restarts")
     past = commands.add_parser(
         "backfill", allow_abbrev=False,
         help="write past values as OpenMetrics for promtool (docs/backfill.md)",
         description="Write past values of the exec_scenario_* families as OpenMetrics for "
                     "'promtool tsdb create-blocks-from openmetrics' (see docs/backfill.md).",
         epilog=KEY_HELP)
-    _config_flag(past, argparse.SUPPRESS)
-    _state_flag(past, argparse.SUPPRESS,
-                "the daemon's state file: share its quota ledger both ways")
-    _log_flags(past, default=False)
+    _add_shared(past, ["--config.file", "--state.file", "--log.level", "--log.format"],
+                top=False, state_file="the daemon's state file: share its quota ledger both ways")
     backfill.add_arguments(past)
+    parser.subcommand_flags = {
+        flag: name for name, sub in commands.choices.items() for action in sub._actions
+        for flag in action.option_strings if flag.startswith("--") and flag not in _SHARED
+        and flag != "--help"}
     return parser
 
 
