@@ -822,25 +822,19 @@ def _cause_in_words(chain: list[BaseException]) -> str:
         first = str(error.args[0]) if error.args else ""
         if first.startswith("Tunnel connection failed: "):  # CONNECT got an error status
             return f"the proxy refused the connection ({first.partition(': ')[2]})"
-        if isinstance(error, ConnectionRefusedError):
-            return "connection refused (nothing listens on that port)"
-        if isinstance(error, http.client.RemoteDisconnected):
+        if isinstance(error, http.client.RemoteDisconnected):  # a reset without an errno
             return "the server closed the connection without answering"
-        if isinstance(error, ConnectionResetError):
-            return "connection reset by the other side"
         if isinstance(error, ssl.SSLError):
             hint = (": the server does not speak TLS on that port (an http:// address?)"
                     if error.reason == "WRONG_VERSION_NUMBER" else "")
             return f"TLS handshake failed ({error.reason or 'unknown reason'}){hint}"
-        if isinstance(error, TimeoutError | socket.timeout):
-            return "timed out"
         if isinstance(error, OSError) and error.errno in _ERRNO_WORDS:
             return _ERRNO_WORDS[error.errno]
+        if isinstance(error, TimeoutError):
+            return "timed out"
     for error in chain:
         if isinstance(error, urllib3.exceptions.ProtocolError | http.client.HTTPException):
             return "the connection broke off before the answer was complete"
-        if isinstance(error, requests.exceptions.InvalidHeader):
-            return "a request header could not be sent"
     for error in chain:
         if isinstance(error, OSError) and error.strerror:
             return error.strerror.lower()
