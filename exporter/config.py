@@ -548,6 +548,11 @@ def load_api_key(
             raise ConfigError(
                 [f"api.api_key_file: cannot read {str(path)!r}: {exc.strerror or exc}"]
             ) from None
+        except UnicodeDecodeError as exc:
+            raise InvalidApiKey([
+                f"api.api_key_file: {str(path)!r}: the API key cannot be sent in an HTTP "
+                f"header: byte 0x{exc.object[exc.start]:02X} at position {exc.start + 1} is not "
+                "UTF-8 text; a key is printable ASCII"]) from None
         if not value:
             raise ConfigError([f"api.api_key_file: {str(path)!r} is empty"])
         _check_key(value, f"api.api_key_file: {str(path)!r}")

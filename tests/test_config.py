@@ -406,3 +406,19 @@ def test_an_unsendable_key_names_every_bad_character_and_never_the_key() -> None
     # A plain key passes, whatever printable ASCII it holds.
     key, _ = load_api_key(config, {"EXEC_API_KEY": "exec_live_AZaz09-._~+/="})
     assert key is not None and key.value == "exec_live_AZaz09-._~+/="
+
+
+def test_a_key_file_that_is_not_utf8_is_refused_naming_the_byte(tmp_path: Path,
+                                                                 capsys) -> None:
+    path = tmp_path / "key"
+    path.write_bytes(b"exec_live_caf\xe9\n")  # latin-1, as an old editor saves it
+    config = parse_config({"api": {"api_key_file": str(path)}, "scenarios": [{"id": "s"}]})
+    with pytest.raises(ConfigError) as caught:
+        load_api_key(config, {})
+    assert caught.value.problems == [
+        f"api.api_key_file: '{path}': the API key cannot be sent in an HTTP header: byte 0xE9 "
+        "at position 14 is not UTF-8 text; a key is printable ASCII"]
+    file = tmp_path / "config.yaml"
+    file.write_text(f"api: {{api_key_file: {path}}}\nscenarios: [{{id: s}}]\n")
+    assert main(["--config.check", f"--config.file={file}"]) == 2  # refused by the check too
+    assert "byte 0xE9 at position 14 is not UTF-8 text" in capsys.readouterr().err
