@@ -584,6 +584,8 @@ _CONTROL_NAMES = {"\t": "CHARACTER TABULATION (a tab)", "\n": "LINE FEED (a line
 
 def describe_character(char: str) -> str:
     """``U+201C LEFT DOUBLE QUOTATION MARK``: a character named so a reader can find it."""
+    if "\udc80" <= char <= "\udcff":  # how Python keeps a byte of the environment that is not UTF-8
+        return f"byte 0x{ord(char) - 0xDC00:02X} (not UTF-8)"
     name = _CONTROL_NAMES.get(char) or unicodedata.name(char, "") or (
         "a control character" if unicodedata.category(char).startswith("C") else "unnamed")
     return f"U+{ord(char):04X} {name}"

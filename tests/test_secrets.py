@@ -300,6 +300,24 @@ def test_a_key_that_cannot_be_sent_is_refused_at_start_and_by_the_check(
     assert not api.requests
 
 
+def test_a_key_in_the_environment_that_is_not_utf8_names_the_byte(tmp_path: Path,
+                                                                   api: FakeExecAPI) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text(api.base_url, SCENARIOS))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    environ = {k.encode(): v.encode() for k, v in env.items()}
+    environ[b"EXEC_API_KEY"] = api.api_key.encode() + b"\xe9"  # a latin-1 byte
+    result = subprocess.run([sys.executable, "-m", "exporter", "--config.check",
+                             "--config.file", str(config)], cwd=ROOT, env=environ,
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: environment variable EXEC_API_KEY: the API key cannot be sent in an HTTP "
+        f"header: byte 0xE9 (not UTF-8) at position {len(api.api_key) + 1} of "
+        f"{len(api.api_key) + 1}; a key is printable ASCII: no spaces, line breaks or "
+        "accented letters\n")
+
+
 def test_the_backfill_refuses_such_a_key_and_leaves_no_journal(tmp_path: Path,
                                                                api: FakeExecAPI) -> None:
     value, _, _ = bad_key("smart quotes", api.api_key)
