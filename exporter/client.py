@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import errno
-import http.client
 import json
 import math
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 import requests
 import urllib3
@@ -27,6 +24,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import __version__
+from .connection_errors import describe_connection_error, endpoint
 
 MAX_BODY_BYTES = 1 << 20  # a summary is a few hundred bytes; anything near 1 MiB is wrong
 RANKS = ("gold", "silver", "bronze", "unranked")
@@ -691,7 +689,7 @@ class ExecClient:
         try:
             answer = call.wait(self.timeout)
         except _Expired:
-            raise Timeout(f"{_endpoint(url)}: no complete answer within {self.timeout:g}s "
+            raise Timeout(f"{endpoint(url)}: no complete answer within {self.timeout:g}s "
                           "(timeout)") from None
         assert isinstance(answer, _Answer)
         status = answer.status
@@ -711,10 +709,10 @@ class ExecClient:
             response = self._session.get(url, headers=self._auth, timeout=self.timeout,
                                          stream=True, allow_redirects=False)
         except requests.ConnectTimeout:
-            raise Timeout(f"{_endpoint(url)}: could not connect within "
+            raise Timeout(f"{endpoint(url)}: could not connect within "
                           f"{self.timeout:g}s (timeout)") from None
         except requests.Timeout:
-            raise Timeout(f"{_endpoint(url)}: no answer within {self.timeout:g}s "
+            raise Timeout(f"{endpoint(url)}: no answer within {self.timeout:g}s "
                           "(timeout)") from None
         except requests.RequestException as exc:
             raise ConnectionFailed(describe_connection_error(exc, url)) from None
@@ -737,7 +735,7 @@ class ExecClient:
                 chunks.append(chunk)
         except requests.Timeout:
             # No status: a body that never arrived whole is no answer (code "error").
-            raise Timeout(f"{_endpoint(response.url)}: body not complete within "
+            raise Timeout(f"{endpoint(response.url)}: body not complete within "
                           f"{self.timeout:g}s (timeout)") from None
         except requests.RequestException as exc:
             raise ConnectionFailed("reading the answer failed: "
@@ -765,93 +763,3 @@ def _pagination_int(path: str, body: Mapping[str, Any], key: str,
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     raise InvalidResponse(f"{path}: pagination.{key} is {value!r}")
-
-
-def _endpoint(url: str) -> str:
-    """``host:port`` of a URL, the port filled in from the scheme."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    host = f"[{host}]" if ":" in host else host
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return f"{host}:{port or (443 if parts.scheme == 'https' else 80)}"
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """The exception and everything it wraps (urllib3 keeps the cause in ``reason``)."""
-    chain: list[BaseException] = []
-    todo: list[object] = [exc]
-    while todo and len(chain) < 20:
-        item = todo.pop(0)
-        if not isinstance(item, BaseException) or any(item is seen for seen in chain):
-            continue
-        chain.append(item)
-        todo += [getattr(item, "reason", None), item.__cause__, item.__context__,
-                 *(arg for arg in item.args if isinstance(arg, BaseException))]
-    return chain
-
-
-def describe_connection_error(exc: BaseException, url: str) -> str:
-    """A failed connection in a user's words, with the host and port it was for:
-    connection refused, name not found, TLS certificate not trusted, proxy refused...
-
-    Never the HTTP library's text, which names its internal classes (pools and
-    connections) and buries the cause at the end of a long line."""
-    where = _endpoint(url)
-    chain = _causes(exc)
-    proxy = _proxy_for(url) if any(isinstance(e, (requests.exceptions.ProxyError,
-                                                   urllib3.exceptions.ProxyError))
-                                   for e in chain) else None
-    cause = _cause_in_words(chain)
-    if proxy is not None:
-        return f"proxy {proxy} (on the way to {where}): {cause}"
-    return f"{where}: {cause}"
-
-
-def _cause_in_words(chain: list[BaseException]) -> str:
-    for error in chain:
-        if isinstance(error, ssl.SSLCertVerificationError):
-            detail = error.verify_message or "verification failed"
-            return (f"TLS certificate not trusted ({detail}); install the issuing CA or point "
-                    "REQUESTS_CA_BUNDLE at it")
-        if isinstance(error, (socket.gaierror, urllib3.exceptions.NameResolutionError)):
-            return "name not found (DNS lookup failed)"
-    for error in chain:
-        first = str(error.args[0]) if error.args else ""
-        if first.startswith("Tunnel connection failed: "):  # CONNECT got an error status
-            return f"the proxy refused the connection ({first.partition(': ')[2]})"
-        if isinstance(error, http.client.RemoteDisconnected):  # a reset without an errno
-            return "the server closed the connection without answering"
-        if isinstance(error, ssl.SSLError):
-            hint = (": the server does not speak TLS on that port (an http:// address?)"
-                    if error.reason == "WRONG_VERSION_NUMBER" else "")
-            return f"TLS handshake failed ({error.reason or 'unknown reason'}){hint}"
-        if isinstance(error, OSError) and error.errno in _ERRNO_WORDS:
-            return _ERRNO_WORDS[error.errno]
-        if isinstance(error, TimeoutError):
-            return "timed out"
-    for error in chain:
-        if isinstance(error, urllib3.exceptions.ProtocolError | http.client.HTTPException):
-            return "the connection broke off before the answer was complete"
-    for error in chain:
-        if isinstance(error, OSError) and error.strerror:
-            return error.strerror.lower()
-    return "connection failed"
-
-
-_ERRNO_WORDS = {
-    errno.ECONNREFUSED: "connection refused (nothing listens on that port)",
-    errno.ENETUNREACH: "network unreachable",
-    errno.EHOSTUNREACH: "no route to host",
-    errno.ECONNRESET: "connection reset by the other side",
-    errno.ECONNABORTED: "connection aborted",
-    errno.ETIMEDOUT: "timed out",
-}
-
-
-def _proxy_for(url: str) -> str | None:
-    """``host:port`` of the proxy requests would use for ``url`` (from the environment)."""
-    proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
-    return _endpoint(proxy if "://" in proxy else f"http://{proxy}") if proxy else None
