@@ -712,7 +712,7 @@ class ExecClient:
             raise Timeout(f"{endpoint(url)}: could not connect within "
                           f"{self.timeout:g}s (timeout)") from None
         except requests.Timeout:
-            raise Timeout(f"{endpoint(url)}: no answer within {self.timeout:g}s "
+            raise Timeout(f"{endpoint(url)}: no complete answer within {self.timeout:g}s "
                           "(timeout)") from None
         except requests.RequestException as exc:
             raise ConnectionFailed(describe_connection_error(exc, url)) from None
