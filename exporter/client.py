@@ -735,7 +735,7 @@ class ExecClient:
                 chunks.append(chunk)
         except requests.Timeout:
             # No status: a body that never arrived whole is no answer (code "error").
-            raise Timeout(f"{endpoint(response.url)}: body not complete within "
+            raise Timeout(f"{endpoint(response.url)}: no complete answer within "
                           f"{self.timeout:g}s (timeout)") from None
         except requests.RequestException as exc:
             raise ConnectionFailed("reading the answer failed: "
