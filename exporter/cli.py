@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import TextIO
+from typing import Any, NoReturn, TextIO
 
 from . import __version__, backfill, logs
 from .config import (
     ApiKey,
     Config,
     ConfigError,
+    InvalidApiKey,
     format_duration,
     load_api_key,
     load_config,
@@ -39,46 +41,136 @@ log = logging.getLogger("exporter")
 DEFAULT_PORT = 10025
 
 
+KEY_HELP = ("The API key comes from the file named by api.api_key_file in the configuration, "
+            "else from the EXEC_API_KEY environment variable (never a flag, so it stays out "
+            "of process listings).")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with hints for the two slips argparse words badly: a subcommand's flag
+    given without its subcommand, and a value starting with '-' given apart."""
+
+    subcommand_flags: dict[str, str] = {}  # flag -> the only subcommand that has it
+
+    def error(self, message: str) -> NoReturn:
+        missing_value = re.match(r"argument (--[\w.-]+): expected one argument$", message)
+        if missing_value:
+            # `--since -5m`: argparse takes a value starting with '-' for another flag.
+            message += f" (a value starting with '-' goes after '=': {missing_value[1]}=VALUE)"
+        if message.startswith("unrecognized arguments"):
+            for flag, command in self.subcommand_flags.items():
+                if re.search(rf"(^|\s){re.escape(flag)}(=|\s|$)", message.split(":", 1)[1]):
+                    message += (f" ({flag} belongs to a subcommand: exec-exporter {command} "
+                                f"{flag}=...; see exec-exporter {command} --help)")
+                    break
+        super().error(message)
+
+
+# The flags the daemon shares with its subcommands: dest, default, and add_argument's rest.
+_SHARED: dict[str, tuple[str, object, dict[str, Any]]] = {
+    "--config.file": ("config_file", "config.yaml",
+                      {"metavar": "PATH", "help": "configuration file (default: config.yaml)"}),
+    "--web.listen-address": ("listen", f":{DEFAULT_PORT}", {
+        "metavar": "[HOST]:PORT", "help": f"address to listen on (default: :{DEFAULT_PORT})"}),
+    "--web.telemetry-path": ("telemetry_path", "/metrics", {
+        "metavar": "PATH", "help": "path of the metrics endpoint (default: /metrics)"}),
+    "--web.config.file": ("web_config", None, {
+        "metavar": "PATH",
+        "help": "exporter-toolkit web configuration (TLS, basic auth, headers)"}),
+    "--state.file": ("state_file", None, {
+        "metavar": "PATH", "help": "where to keep data and the quota ledger across restarts"}),
+    "--log.level": ("log_level", "info", {"choices": ["debug", "info", "warn", "error"],
+                                          "help": "(default: info)"}),
+    "--log.format": ("log_format", "logfmt", {"choices": ["logfmt", "json"],
+                                              "help": "(default: logfmt)"}),
+}
+
+
+def _add_shared(parser: argparse.ArgumentParser, flags: list[str], top: bool,
+                **help_for: str) -> None:
+    """Add shared flags. A subcommand's copy defaults to SUPPRESS, so a value given
+    before the subcommand (``exec-exporter --log.level=debug demo``) is not reset."""
+    for flag in flags:
+        dest, default, rest = _SHARED[flag]
+        rest = {**rest, "help": help_for.get(dest, rest["help"])}
+        parser.add_argument(flag, dest=dest, default=default if top else argparse.SUPPRESS,
+                            **rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line, Prometheus-style dotted flags."""
-    parser = argparse.ArgumentParser(
-        prog="exec-exporter",
+    """The command line: the daemon's flags, and the ``demo`` and ``backfill``
+    subcommands, each with its own flags (``exec-exporter backfill --help``)."""
+    parser = _Parser(
+        prog="exec-exporter", allow_abbrev=False,
         description="Prometheus exporter for Exec scenario analytics. "
                     "Run 'exec-exporter demo' to try it without an account.",
-        epilog="The API key comes from the file named by api.api_key_file in the "
-               "configuration, else from the EXEC_API_KEY environment variable (never a "
-               "flag, so it stays out of process listings). The demo needs no key. "
-               "SIGHUP or POST /-/reload rereads the configuration; SIGTERM stops cleanly.")
-    parser.add_argument("mode", nargs="?", choices=["demo", "backfill"],
-                        help="'demo': run against a simulated Exec API inside the process; "
-                             "'backfill': write past values for promtool (docs/backfill.md)")
-    parser.add_argument("--config.file", dest="config_file", default="config.yaml",
-                        help="configuration file (default: %(default)s)")
+        epilog=KEY_HELP + " SIGHUP or POST /-/reload rereads the configuration; SIGTERM "
+               "stops cleanly. Each subcommand has its own --help.")
+    parser.set_defaults(mode=None, config_check=False)
+    _add_shared(parser, ["--config.file"], top=True)
     parser.add_argument("--config.check", dest="config_check", action="store_true",
                         help="validate the configuration, print the polling plan and exit")
-    parser.add_argument("--web.listen-address", dest="listen", default=f":{DEFAULT_PORT}",
-                        help="address to listen on, [HOST]:PORT (default: %(default)s)")
-    parser.add_argument("--web.telemetry-path", dest="telemetry_path", default="/metrics",
-                        help="path of the metrics endpoint (default: %(default)s)")
-    parser.add_argument("--web.config.file", dest="web_config", default=None,
-                        help="exporter-toolkit web configuration (TLS, basic auth, headers)")
-    parser.add_argument("--state.file", dest="state_file", default=None,
-                        help="where to keep data and the quota ledger across restarts")
-    parser.add_argument("--log.level", dest="log_level", default="info",
-                        choices=["debug", "info", "warn", "error"])
-    parser.add_argument("--log.format", dest="log_format", default="logfmt",
-                        choices=["logfmt", "json"])
+    _add_shared(parser, [f for f in _SHARED if f != "--config.file"], top=True)
     parser.add_argument("--version", action="version",
                         version=f"exec-exporter {__version__} (python {sys.version.split()[0]})")
-    backfill.add_arguments(parser)
+    commands = parser.add_subparsers(title="subcommands", dest="mode", metavar="{demo,backfill}",
+                                     parser_class=_Parser)
+    demo = commands.add_parser(
+        "demo", allow_abbrev=False, help="run against a simulated Exec API inside the process",
+        description="Start a simulated Exec API inside the process and the exporter against "
+                    "it with a built-in configuration: no account, key or file needed.")
+    _add_shared(demo, [f for f in _SHARED if f != "--config.file"], top=False,
+                state_file="where to keep data across restarts")
+    past = commands.add_parser(
+        "backfill", allow_abbrev=False,
+        help="write past values as OpenMetrics for promtool (docs/backfill.md)",
+        description="Write past values of the exec_scenario_* families as OpenMetrics for "
+                    "'promtool tsdb create-blocks-from openmetrics' (see docs/backfill.md).",
+        epilog=KEY_HELP)
+    _add_shared(past, ["--config.file", "--state.file", "--log.level", "--log.format"],
+                top=False, state_file="the daemon's state file: share its quota ledger both ways")
+    backfill.add_arguments(past)
+    parser.subcommand_flags = {
+        flag: name for name, sub in commands.choices.items() for action in sub._actions
+        for flag in action.option_strings if flag.startswith("--") and flag not in _SHARED
+        and flag != "--help"}
     return parser
+
+
+def _flags_that_do_not_apply(args: argparse.Namespace) -> list[str]:
+    """Daemon flags given before a subcommand that does not use them: refused rather
+    than ignored (``exec-exporter --config.file=x demo`` would not read x)."""
+    unused: dict[str, list[tuple[str, str, str | None]]] = {
+        "demo": [("--config.file", "config_file", "config.yaml")],
+        "backfill": [("--web.listen-address", "listen", f":{DEFAULT_PORT}"),
+                     ("--web.telemetry-path", "telemetry_path", "/metrics"),
+                     ("--web.config.file", "web_config", None)]}
+    problems = [f"{flag}: does not apply to '{args.mode}' (see exec-exporter {args.mode} --help)"
+                for flag, dest, default in unused.get(args.mode or "", [])
+                if getattr(args, dest) != default]
+    if args.mode == "backfill" and args.config_check:
+        problems.append("--config.check checks the daemon's configuration: run "
+                        "exec-exporter --config.check --config.file=PATH")
+    return problems
+
+
+def _missing_backfill_flags(args: argparse.Namespace) -> list[str]:
+    """Every required backfill flag left out, reported together in one run."""
+    problems = []
+    if args.since is None:
+        problems.append("--since: required (how far back, e.g. --since=30d)")
+    if args.output is None:
+        problems.append("--output: required (the OpenMetrics file to write, e.g. "
+                        "--output=backfill.om)")
+    return problems
 
 
 # --- the plan ---------------------------------------------------------------------
 
 
-def describe_plan(config: Config, key: ApiKey | None) -> str:
-    """The polling plan that ``--config.check`` prints."""
+def describe_plan(config: Config, key: ApiKey | None = None) -> str:
+    """The polling plan that ``--config.check`` prints (``key`` is unused: the line
+    about the key is printed by :func:`main`, which knows why a key is missing)."""
     targets = build_targets(config)
     rate = config.api.rate_limit
     lines = []
@@ -162,12 +254,16 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
                  f"({interval:.0f}s){stretched}")
     staleness = config.max_staleness or 3 * interval
     lines.append(f"max staleness: {format_duration(staleness)}")
-    if key is None:
-        lines.append("warning: no API key found: set EXEC_API_KEY or api.api_key_file "
-                     "before running")
-    else:
-        lines.append(f"api key: found ({key.source})")
     return "\n".join(lines)
+
+
+def _key_line(key: ApiKey | None, problems: Sequence[str]) -> str:
+    """The check's one line about the key: found, unreadable (why), or not set."""
+    if key is not None:
+        return f"api key: found ({key.source})"
+    if problems:
+        return f"warning: api key: {'; '.join(problems)} (running needs it)"
+    return ("warning: no API key found: set EXEC_API_KEY or api.api_key_file before running")
 
 
 def _listing_plan(config: Config, targets: list[Target]) -> list[tuple[str, float]]:
@@ -206,7 +302,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.setup(args.log_level, args.log_format)
+    misplaced = _flags_that_do_not_apply(args)
+    if misplaced:
+        _print_problems(misplaced, sys.stderr)
+        return 2
     if args.mode == "backfill":
+        missing = _missing_backfill_flags(args)
+        if missing:
+            _print_problems(missing, sys.stderr)
+            return 2
         return backfill.main(args)
     demo = args.mode == "demo"
     try:
@@ -227,13 +331,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             config_path = None
         else:
             config = load_config(args.config_file)
+            key_problems: list[str] = []
             if args.config_check:
                 # The check does not need the key (the file may only exist where the
-                # exporter will run): a key problem is a warning here.
+                # exporter will run): a key it cannot find is a warning here. A key it
+                # found but that cannot be sent is an error everywhere.
                 try:
                     key, warnings = load_api_key(config)
+                except InvalidApiKey:
+                    raise
                 except ConfigError as exc:
-                    key, warnings = None, [f"{p}" for p in exc.problems]
+                    key, warnings, key_problems = None, [], exc.problems
             else:
                 key, warnings = load_api_key(config)
         if key is not None:
@@ -241,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.config_check:
             print(f"configuration OK: {config_path or 'built-in demo configuration'}")
             print(describe_plan(config, key))
+            print(_key_line(key, key_problems))
             for warning in warnings:
                 print(f"warning: {warning}")
             return 0

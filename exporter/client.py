@@ -25,6 +25,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import __version__
+from .connection_errors import describe_connection_error, endpoint
 from .models import (
     RANKS,
     ErrorEnvelope,
@@ -594,7 +595,8 @@ class ExecClient:
         try:
             answer = call.wait(self.timeout)
         except _Expired:
-            raise Timeout(f"no complete answer within {self.timeout:g}s") from None
+            raise Timeout(f"{endpoint(url)}: no complete answer within {self.timeout:g}s "
+                          "(timeout)") from None
         assert isinstance(answer, _Answer)
         status = answer.status
         body: object = None
@@ -612,12 +614,14 @@ class ExecClient:
         try:
             response = self._session.get(url, headers=self._auth, timeout=self.timeout,
                                          stream=True, allow_redirects=False)
+        except requests.ConnectTimeout:
+            raise Timeout(f"{endpoint(url)}: could not connect within "
+                          f"{self.timeout:g}s (timeout)") from None
         except requests.Timeout:
-            raise Timeout(f"no answer within {self.timeout:g}s") from None
-        except requests.ConnectionError as exc:
-            raise ConnectionFailed(f"connection failed: {_short(exc)}") from None
+            raise Timeout(f"{endpoint(url)}: no complete answer within {self.timeout:g}s "
+                          "(timeout)") from None
         except requests.RequestException as exc:
-            raise ConnectionFailed(f"request failed: {_short(exc)}") from None
+            raise ConnectionFailed(describe_connection_error(exc, url)) from None
         with response:
             raw = self._read_capped(response)
         return _Answer(response.status_code, raw, response.headers.get("Retry-After"))
@@ -637,13 +641,11 @@ class ExecClient:
                 chunks.append(chunk)
         except requests.Timeout:
             # No status: a body that never arrived whole is no answer (code "error").
-            raise Timeout(f"body not complete within {self.timeout:g}s") from None
+            raise Timeout(f"{endpoint(response.url)}: no complete answer within "
+                          f"{self.timeout:g}s (timeout)") from None
         except requests.RequestException as exc:
-            raise ConnectionFailed(f"reading the body failed: {_short(exc)}") from None
+            raise ConnectionFailed("reading the answer failed: "
+                                   + describe_connection_error(exc, response.url)) from None
         return b"".join(chunks)
 
 
-def _short(exc: BaseException) -> str:
-    # requests' messages carry the URL (never the key, which is a header); keep them short.
-    text = str(exc)
-    return text if len(text) <= 200 else text[:200] + "..."

@@ -12,6 +12,7 @@ a bare string is not a list. The API key never lives in the YAML: it comes from
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 import re
 import stat
@@ -66,11 +67,13 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError(f"must be a duration such as '10s', '15m' or '7d', got {value!r}")
     text = value.strip()
+    if text.startswith("-") and _DURATION_RE.match(text[1:]):
+        raise ValueError(f"duration {value!r} must be positive, e.g. '{text[1:]}'")
     if not _DURATION_RE.match(text):
         raise ValueError(f"invalid duration {value!r}: use forms such as '30s', '15m', '6h', '7d'")
     seconds = sum(int(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
     if seconds <= 0:
-        raise ValueError(f"duration {value!r} must be greater than zero")
+        raise ValueError(f"duration {value!r} must be positive (greater than zero)")
     return float(seconds)
 
 
@@ -364,8 +367,34 @@ _MESSAGES = {
 }
 
 
+def _known_keys(loc: Sequence[int | str]) -> list[str]:
+    """The keys the section holding ``loc`` accepts (its last part is the unknown key)."""
+    model: type[BaseModel] | None = Config
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue  # a list index: the items' model is the field's
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The model class inside ``X``, ``X | None``, ``list[X]`` or ``Annotated[X, ...]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _message(error: Mapping[str, Any]) -> str:
     kind = error["type"]
+    if kind == "extra_forbidden":
+        loc = error["loc"]
+        close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1, cutoff=0.75)
+        return "unknown key" + (f"; did you mean {close[0]}?" if close else "")
     if kind in _MESSAGES:
         return _MESSAGES[kind]
     msg = str(error["msg"]).removeprefix("Value error, ")
@@ -470,7 +499,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
+        where = "" if Path(path).is_absolute() else f" in {Path.cwd()}"
+        raise ConfigError([f"{path}: no such file{where}; pass --config.file=PATH or create "
+                           f"one from the example: cp config.example.yaml {path}"]) from None
     except IsADirectoryError:
         raise ConfigError([f"{path}: is a directory, not a configuration file"]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -517,6 +548,11 @@ def load_api_key(
             raise ConfigError(
                 [f"api.api_key_file: cannot read {str(path)!r}: {exc.strerror or exc}"]
             ) from None
+        except UnicodeDecodeError as exc:
+            raise InvalidApiKey([
+                f"api.api_key_file: {str(path)!r}: the API key cannot be sent in an HTTP "
+                f"header: byte 0x{exc.object[exc.start]:02X} at position {exc.start + 1} is not "
+                "UTF-8 text; a key is printable ASCII"]) from None
         if not value:
             raise ConfigError([f"api.api_key_file: {str(path)!r} is empty"])
         _check_key(value, f"api.api_key_file: {str(path)!r}")
@@ -527,14 +563,47 @@ def load_api_key(
         return ApiKey(value, f"file {path}"), warnings
     value = environ.get(API_KEY_ENV, "").strip()
     if value:
-        _check_key(value, API_KEY_ENV)
+        _check_key(value, f"environment variable {API_KEY_ENV}")
         return ApiKey(value, f"environment variable {API_KEY_ENV}"), warnings
     return None, warnings
 
 
+class InvalidApiKey(ConfigError):
+    """A key that cannot be sent as a bearer token: refused wherever a key is loaded,
+    ``--config.check`` included (unlike a key that is merely missing there)."""
+
+
+# A bearer token is printable ASCII (RFC 6750's token68 is narrower still); anything
+# else either cannot be encoded in an HTTP header at all (smart quotes, non-latin-1
+# letters), breaks the header (line breaks, control characters) or is a paste mistake
+# no workspace key contains (spaces, quotation marks).
+_KEY_QUOTES = "\"'`"
+_CONTROL_NAMES = {"\t": "CHARACTER TABULATION (a tab)", "\n": "LINE FEED (a line break)",
+                  "\r": "CARRIAGE RETURN (a line break)", "\x00": "NULL"}
+
+
+def describe_character(char: str) -> str:
+    """``U+201C LEFT DOUBLE QUOTATION MARK``: a character named so a reader can find it."""
+    if "\udc80" <= char <= "\udcff":  # how Python keeps a byte of the environment that is not UTF-8
+        return f"byte 0x{ord(char) - 0xDC00:02X} (not UTF-8)"
+    name = _CONTROL_NAMES.get(char) or unicodedata.name(char, "") or (
+        "a control character" if unicodedata.category(char).startswith("C") else "unnamed")
+    return f"U+{ord(char):04X} {name}"
+
+
 def _check_key(value: str, where: str) -> None:
-    # Two keys pasted into one file, or a stray control character, would make the
-    # HTTP library refuse the header and quote the value in its error message.
-    if any(c.isspace() or not c.isprintable() for c in value):
-        raise ConfigError([f"{where}: the key must be a single token with no spaces, "
-                           "line breaks or control characters"])
+    """Refuse a key that cannot travel in an ``Authorization`` header, naming each bad
+    character and its position, never the key itself."""
+    bad = [(i, c) for i, c in enumerate(value, 1)
+           if not ("!" <= c <= "~") or c in _KEY_QUOTES]
+    if not bad:
+        return
+    shown = ", ".join(f"{describe_character(c)} at position {i}"
+                      f"{f' of {len(value)}' if n == 0 else ''}"
+                      for n, (i, c) in enumerate(bad[:3]))
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    hint = ("remove the quotation marks around it"
+            if any(c in "\u201c\u201d\u2018\u2019\"'`" for _, c in bad)
+            else "a key is printable ASCII: no spaces, line breaks or accented letters")
+    raise InvalidApiKey([f"{where}: the API key cannot be sent in an HTTP header: "
+                         f"{shown}{more}; {hint}"])

@@ -83,6 +83,7 @@ class Exporter:
         self.exposition = Exposition(snapshot_collector, live, self.clock,
                                      ListingsCollector(lambda: (self.skills, self.assignments)))
         self._stop_saving = threading.Event()
+        self._saving = threading.Lock()  # held by a save; stop() waits for one, not for idle
         self._saver: threading.Thread | None = None
 
     @property
@@ -284,9 +285,10 @@ class Exporter:
         version = self.store.version
         while not self._stop_saving.is_set():
             current = self.store.wait_for_change(version, 1.0)
-            if current != version and not self._stop_saving.is_set():
-                version = current
-                self._save_state()
+            with self._saving:
+                if current != version and not self._stop_saving.is_set():
+                    version = current
+                    self._save_state()
 
     def start(self, address: tuple[str, int], telemetry_path: str,
               web_config: WebConfig | None) -> None:
@@ -308,10 +310,12 @@ class Exporter:
     def stop(self) -> None:
         """Stop polling (letting an in-flight request finish), save state, stop serving."""
         self.poller.stop(SHUTDOWN_GRACE)
-        self._stop_saving.set()
-        if self._saver is not None:
-            self._saver.join(5.0)
-        self._save_state(force=True)
+        # The saver may sit up to a second in the store's wait, which nothing wakes: it
+        # is not joined. Under the lock a save in progress finishes first, and once the
+        # flag is set the saver never writes again, so this final save is the last.
+        with self._saving:
+            self._stop_saving.set()
+            self._save_state(force=True)
         self.server.shutdown()
         self.server.server_close()
         self.running.client.close()

@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # Set up a virtual environment and run the built-in demo: a simulated Exec API
 # inside the process, no account, key or file needed. Then open http://localhost:10025/
+# Needs Python >= 3.11 (python3.13, python3.12, python3.11 or python3, first found).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-  echo "installing python3-venv (needs root or sudo)" >&2
-  $( [ "$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
-  $( [ "$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq python3-venv
-fi
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# shellcheck source=scripts/lib/python.sh
+. scripts/lib/python.sh
+use_python
 # Reinstall only when the package's sources changed since the last install, so a
 # second start takes no time: the stamp holds a hash of what `pip install .` reads.
 stamp=.venv/.exec-exporter-demo.stamp

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Set up everything the tests need and run them all: lint, type checks, unit,
 # integration and end-to-end tests against a real Prometheus.
+# Needs Python >= 3.11 (python3.13, python3.12, python3.11 or python3, first found).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/python.sh
+. scripts/lib/python.sh
+find_python  # before anything is installed: without Python >= 3.11 nothing else matters
 SUDO=$( [ "$(id -u)" = 0 ] || echo sudo )
 need_apt=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
-python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== apt-get install ${need_apt[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-[ -x .venv/bin/python ] || python3 -m venv .venv
+use_python  # Python >= 3.11; a .venv built by another version is rebuilt
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 export PATH="$PWD/.venv/bin:$PATH"
@@ -28,7 +31,7 @@ print(next(re.search(r">=([\w.]+)", d).group(1) for d in deps if d.startswith("p
 PY
 )
 echo "== byte-identity tests on prometheus-client $pc_min"
-[ -x .venv/pc-min/bin/python ] || python3 -m venv .venv/pc-min
+[ -x .venv/pc-min/bin/python ] || "$PYTHON" -m venv .venv/pc-min
 .venv/pc-min/bin/python -m pip install --quiet -e ".[test]" "prometheus-client==$pc_min"
 .venv/pc-min/bin/python -m pytest -q -p no:cacheprovider tests/test_exposition.py tests/test_collector.py
 echo "== pytest"; python -m pytest "$@"

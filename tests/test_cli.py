@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,12 +23,16 @@ from exporter import __version__
 BAD = Path(__file__).parent / "data" / "bad"
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k != "EXEC_API_KEY"}
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True,
-                          text=True, env=full_env, timeout=timeout)
+                          text=True, env=full_env, timeout=timeout, cwd=cwd)
 
 
 def start(tmp_path: Path, args: list[str], env: dict[str, str]) -> Subprocess:
@@ -106,8 +112,11 @@ def test_config_check_only_warns_about_a_missing_key_file(write_config) -> None:
     """)
     result = run_cli("--config.check", f"--config.file={path}")
     assert result.returncode == 0
-    assert "warning: api.api_key_file: cannot read" in result.stdout
-    assert "warning: no API key found" in result.stdout
+    # One line about the key, saying why it is missing, and nothing contradicting it.
+    key_lines = [line for line in result.stdout.splitlines() if "key" in line.lower()]
+    assert key_lines == ["warning: api key: api.api_key_file: cannot read "
+                         "'/run/secrets/not-on-this-machine': No such file or directory "
+                         "(running needs it)"]
     # Running for real with that file is an error.
     result = run_cli(f"--config.file={path}", "--web.listen-address=127.0.0.1:0")
     assert result.returncode == 2
@@ -275,7 +284,161 @@ def test_demo_serves_data_without_key_or_file(tmp_path: Path) -> None:
     assert code == 0
 
 
+def test_each_subcommand_prints_its_own_help() -> None:
+    top, past, demo = (run_cli(*args, "--help") for args in ([], ["backfill"], ["demo"]))
+    assert all(r.returncode == 0 for r in (top, past, demo))
+    assert top.stdout.startswith("usage: exec-exporter [")
+    assert "{demo,backfill}" in top.stdout and "--since" not in top.stdout
+    assert past.stdout.startswith("usage: exec-exporter backfill ")
+    for flag in ("--since", "--until", "--step", "--output", "--label", "--config.file",
+                 "--state.file"):
+        assert flag in past.stdout
+    assert "--web.listen-address" not in past.stdout and "--config.check" not in past.stdout
+    assert demo.stdout.startswith("usage: exec-exporter demo ")
+    assert "--web.listen-address" in demo.stdout and "--since" not in demo.stdout
+
+
+@pytest.mark.parametrize("flag", ["--since=3d", "--output=x.om", "--step=1d"])
+def test_backfill_flags_without_the_subcommand_are_refused(write_config, flag: str) -> None:
+    path = write_config("scenarios: [{id: s}]")
+    result = run_cli(flag, "--config.check", f"--config.file={path}")
+    assert result.returncode == 2
+    assert "configuration OK" not in result.stdout
+    name = flag.split("=")[0]
+    assert f"unrecognized arguments: {flag} ({name} belongs to a subcommand: " \
+           f"exec-exporter backfill {name}=..." in result.stderr
+
+
+def test_backfill_reports_every_missing_flag_in_one_run(write_config, tmp_path: Path) -> None:
+    path = write_config("scenarios: [{id: s}]")
+    result = run_cli("backfill", f"--config.file={path}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: --since: required (how far back, e.g. --since=30d)",
+        "error: --output: required (the OpenMetrics file to write, e.g. --output=backfill.om)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_negative_backfill_duration_must_be_positive(write_config, tmp_path: Path) -> None:
+    path = write_config("scenarios: [{id: s}]")
+    output = tmp_path / "out.om"
+    joined = run_cli("backfill", f"--config.file={path}", "--since=-5d", f"--output={output}",
+                     env={"EXEC_API_KEY": make_key()})
+    assert joined.returncode == 2
+    assert joined.stderr == "error: --since: duration '-5d' must be positive, e.g. '5d'\n"
+    apart = run_cli("backfill", f"--config.file={path}", "--since", "-5d", f"--output={output}")
+    assert apart.returncode == 2
+    assert apart.stderr.splitlines()[-1].endswith(
+        "argument --since: expected one argument (a value starting with '-' goes after '=': "
+        "--since=VALUE)")
+    assert not output.exists() and not output.with_name("out.om.journal").exists()
+
+
+def test_daemon_flags_a_subcommand_does_not_use_are_refused(write_config) -> None:
+    path = write_config("scenarios: [{id: s}]")
+    demo = run_cli(f"--config.file={path}", "demo")
+    assert demo.returncode == 2
+    assert demo.stderr == ("error: --config.file: does not apply to 'demo' "
+                           "(see exec-exporter demo --help)\n")
+    past = run_cli("--web.listen-address=:1", "--config.check", "backfill",
+                   f"--config.file={path}", "--since=1d", "--output=x.om")
+    assert past.returncode == 2
+    assert past.stderr.splitlines() == [
+        "error: --web.listen-address: does not apply to 'backfill' "
+        "(see exec-exporter backfill --help)",
+        "error: --config.check checks the daemon's configuration: run "
+        "exec-exporter --config.check --config.file=PATH"]
+
+
+def test_flags_given_before_a_subcommand_are_kept() -> None:
+    from exporter.cli import build_parser
+    args = build_parser().parse_args(["--config.file=a.yaml", "--log.level=debug", "backfill",
+                                      "--since=1d"])
+    assert (args.mode, args.config_file, args.log_level, args.since) == (
+        "backfill", "a.yaml", "debug", "1d")
+    args = build_parser().parse_args(["backfill", "--config.file=b.yaml"])
+    assert (args.config_file, args.log_level, args.state_file) == ("b.yaml", "info", None)
+    args = build_parser().parse_args(["demo", "--web.listen-address=127.0.0.1:0"])
+    assert (args.listen, args.telemetry_path, args.config_check) == (
+        "127.0.0.1:0", "/metrics", False)
+
+
+def test_no_configuration_file_says_how_to_get_one(tmp_path: Path) -> None:
+    for args in ([], ["--config.check"], ["backfill", "--since=1d", "--output=x.om"]):
+        result = run_cli(*args, cwd=tmp_path, env={"EXEC_API_KEY": make_key()})
+        assert result.returncode == 2, args
+        assert result.stderr == (f"error: config.yaml: no such file in {tmp_path}; pass "
+                                 "--config.file=PATH or create one from the example: "
+                                 "cp config.example.yaml config.yaml\n"), args
+
+
+def test_a_misspelt_key_and_a_negative_duration_in_a_real_run(write_config) -> None:
+    path = write_config("""
+        refresh_intervall: 15m
+        max_staleness: -5m
+        scenarios: [{id: s}]
+    """)
+    for args in (["--config.check"], []):
+        result = run_cli(*args, f"--config.file={path}", env={"EXEC_API_KEY": make_key()})
+        assert result.returncode == 2
+        assert sorted(result.stderr.splitlines()) == [
+            "error: max_staleness: duration '-5m' must be positive, e.g. '5m'",
+            "error: refresh_intervall: unknown key; did you mean refresh_interval?"]
+
+
 def test_help_says_where_the_key_comes_from() -> None:
     from exporter.cli import build_parser
     text = build_parser().format_help()
     assert "EXEC_API_KEY" in text and "api_key_file" in text
+
+
+# --- the README's command line ----------------------------------------------------------
+
+
+def _readme_block(after: str) -> str:
+    """The README's text from the line after ``after`` (itself or a heading before the
+    block) to the end of the code block that holds or follows it."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n", text.index(after)) + 1
+    if text.startswith("```", start):
+        start = text.index("\n", start) + 1
+    elif after.startswith("#"):
+        start = text.index("\n", text.index("```", start)) + 1
+    return text[start:text.index("```", start)]
+
+
+def _synopsis() -> dict[str, set[str]]:
+    """The README's synopsis: each subcommand (``""`` for the daemon) and its flags."""
+    commands: dict[str, set[str]] = {}
+    current = ""
+    for line in _readme_block("## Command line").splitlines():
+        if line.startswith("exec-exporter "):
+            word = line.split()[1]
+            current = "" if word.startswith(("-", "[")) else word
+            commands.setdefault(current, set())
+        elif not line.startswith(" "):
+            continue  # python -m exporter ...
+        commands[current].update(flag.split("=")[0] for flag in
+                                 re.findall(r"--[a-z][\w.-]*=?", line))
+    return commands
+
+
+def test_the_readme_is_short_and_its_synopsis_matches_the_help() -> None:
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 300
+    synopsis = _synopsis()
+    from exporter.cli import build_parser
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(synopsis) - {""} == set(subparsers.choices)
+    for name, flags in synopsis.items():
+        command = parser if not name else subparsers.choices[name]
+        known = {option for action in command._actions for option in action.option_strings
+                 if option not in ("-h", "--help")}
+        assert flags == known, (name or "the daemon", flags ^ known)
+
+
+def test_the_readmes_config_check_example_is_the_real_output() -> None:
+    example = _readme_block("$ exec-exporter --config.check --config.file=config.example.yaml")
+    result = run_cli("--config.check", "--config.file=config.example.yaml", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == example

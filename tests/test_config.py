@@ -288,7 +288,33 @@ def test_discovery_alone_is_enough() -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError) as caught:
         load_config("/nonexistent/config.yaml")
-    assert caught.value.problems == ["/nonexistent/config.yaml: no such file"]
+    assert caught.value.problems == [
+        "/nonexistent/config.yaml: no such file; pass --config.file=PATH or create one from "
+        "the example: cp config.example.yaml /nonexistent/config.yaml"]
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ({"refresh_intervall": "5m"}, "refresh_intervall: unknown key; did you mean refresh_interval?"),
+    ({"api": {"rate_limit": {"requests_per_minut": 5}}},
+     "api.rate_limit.requests_per_minut: unknown key; did you mean requests_per_minute?"),
+    ({"cohorts": [{"name": "a"}, {"name": "b", "group_id": ["g"]}]},
+     "cohorts[1].group_id: unknown key; did you mean group_ids?"),
+    ({"discovery": {"scenarios": {"include_archive": True}}},
+     "discovery.scenarios.include_archive: unknown key; did you mean include_archived?"),
+    ({"verbose": True}, "verbose: unknown key"),  # nothing close: no guess
+])
+def test_an_unknown_key_suggests_the_closest_known_one(raw: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"scenarios": [{"id": "s"}], **raw})
+    assert caught.value.problems == [expected]
+
+
+@pytest.mark.parametrize("value", ["-5m", "-1h30m"])
+def test_a_negative_duration_must_be_positive(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"scenarios": [{"id": "s"}], "refresh_interval": value})
+    assert caught.value.problems == [
+        f"refresh_interval: duration {value!r} must be positive, e.g. {value[1:]!r}"]
 
 
 def test_a_directory_is_not_a_configuration_file(tmp_path: Path, capsys) -> None:
@@ -357,3 +383,42 @@ def test_planner_section_defaults_and_strict_errors() -> None:
     assert "planner.tolerance: must be a number" in problems
     assert any(p.startswith("planner.membership_interval: ") for p in problems)
     assert "planner.extra: unknown key" in problems
+
+
+def test_an_unsendable_key_names_every_bad_character_and_never_the_key() -> None:
+    config = parse_config({"scenarios": [{"id": "s"}]})
+    pasted = "\u201cexec_live_\u2026\u201d"  # the paste: smart quotes and an ellipsis
+    with pytest.raises(ConfigError) as caught:
+        load_api_key(config, {"EXEC_API_KEY": pasted})
+    assert caught.value.problems == [
+        "environment variable EXEC_API_KEY: the API key cannot be sent in an HTTP header: "
+        "U+201C LEFT DOUBLE QUOTATION MARK at position 1 of 13, U+2026 HORIZONTAL ELLIPSIS at "
+        "position 12, U+201D RIGHT DOUBLE QUOTATION MARK at position 13; remove the quotation "
+        "marks around it"]
+    secret = "exec_live_" + "x" * 40
+    with pytest.raises(ConfigError) as caught:
+        load_api_key(config, {"EXEC_API_KEY": " ".join(secret[i:i + 10] for i in range(0, 50, 10))})
+    (problem,) = caught.value.problems
+    assert problem.endswith("U+0020 SPACE at position 11 of 54, U+0020 SPACE at position 22, "
+                            "U+0020 SPACE at position 33 and 1 more; a key is printable ASCII: "
+                            "no spaces, line breaks or accented letters")
+    assert "xxxxx" not in problem
+    # A plain key passes, whatever printable ASCII it holds.
+    key, _ = load_api_key(config, {"EXEC_API_KEY": "exec_live_AZaz09-._~+/="})
+    assert key is not None and key.value == "exec_live_AZaz09-._~+/="
+
+
+def test_a_key_file_that_is_not_utf8_is_refused_naming_the_byte(tmp_path: Path,
+                                                                 capsys) -> None:
+    path = tmp_path / "key"
+    path.write_bytes(b"exec_live_caf\xe9\n")  # latin-1, as an old editor saves it
+    config = parse_config({"api": {"api_key_file": str(path)}, "scenarios": [{"id": "s"}]})
+    with pytest.raises(ConfigError) as caught:
+        load_api_key(config, {})
+    assert caught.value.problems == [
+        f"api.api_key_file: '{path}': the API key cannot be sent in an HTTP header: byte 0xE9 "
+        "at position 14 is not UTF-8 text; a key is printable ASCII"]
+    file = tmp_path / "config.yaml"
+    file.write_text(f"api: {{api_key_file: {path}}}\nscenarios: [{{id: s}}]\n")
+    assert main(["--config.check", f"--config.file={file}"]) == 2  # refused by the check too
+    assert "byte 0xE9 at position 14 is not UTF-8 text" in capsys.readouterr().err

@@ -247,3 +247,115 @@ def test_malformed_key_file_is_refused_without_echoing_it(tmp_path: Path,
     for text in (logs, pages, saved):
         assert not leaked(text, first) and not leaked(text, second)
     assert code == 2  # refused as a configuration error
+
+
+# --- keys that cannot be sent in a header ----------------------------------------------
+
+# A key as people paste it by mistake: wrapped in smart quotes, with a space, a stray
+# line break, an accented letter, a control character. Each: (text around the real key,
+# the 1-based position of the first bad character, its U+ name).
+UNSENDABLE = {
+    "smart quotes": ("\u201c{key}\u201d", 1, "U+201C LEFT DOUBLE QUOTATION MARK"),
+    "inner space": ("{key} {key}", None, "U+0020 SPACE"),
+    "line break": ("{key}\n{key}", None, "U+000A LINE FEED"),
+    "non-latin-1": ("{key}\u2013x", None, "U+2013 EN DASH"),
+    "latin-1 accent": ("{key}\u00e9", None, "U+00E9 LATIN SMALL LETTER E WITH ACUTE"),
+    "control": ("{key}\x07", None, "U+0007"),
+    "straight quotes": ('"{key}"', 1, "U+0022 QUOTATION MARK"),
+}
+
+
+def bad_key(kind: str, key: str) -> tuple[str, int, str]:
+    template, position, name = UNSENDABLE[kind]
+    value = template.format(key=key)
+    return value, position or len(key) + 1, name
+
+
+@pytest.mark.parametrize("kind", sorted(UNSENDABLE))
+@pytest.mark.parametrize("source", ["env", "file"])
+def test_a_key_that_cannot_be_sent_is_refused_at_start_and_by_the_check(
+        tmp_path: Path, api: FakeExecAPI, kind: str, source: str) -> None:
+    value, position, name = bad_key(kind, api.api_key)
+    config = tmp_path / "config.yaml"
+    env = {}
+    if source == "file":
+        path = tmp_path / "exec-api-key"
+        path.write_text(value + "\n", encoding="utf-8")
+        path.chmod(0o600)
+        config.write_text(config_text(api.base_url, SCENARIOS, key_file=path))
+        where = f"api.api_key_file: '{path}'"
+    else:
+        config.write_text(config_text(api.base_url, SCENARIOS))
+        env = {"EXEC_API_KEY": value}
+        where = "environment variable EXEC_API_KEY"
+    for args in (["--config.check"], ["--web.listen-address=127.0.0.1:0"]):
+        result = run_cli("--config.file", str(config), *args, env=env)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert result.stderr.startswith(f"error: {where}: the API key cannot be sent in an "
+                                        f"HTTP header: {name}")
+        assert f" at position {position} of {len(value)}" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not leaked(result.stdout + result.stderr, api.api_key)
+        assert "configuration OK" not in result.stdout
+    assert not api.requests
+
+
+def test_a_key_in_the_environment_that_is_not_utf8_names_the_byte(tmp_path: Path,
+                                                                   api: FakeExecAPI) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text(api.base_url, SCENARIOS))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    environ = {k.encode(): v.encode() for k, v in env.items()}
+    environ[b"EXEC_API_KEY"] = api.api_key.encode() + b"\xe9"  # a latin-1 byte
+    result = subprocess.run([sys.executable, "-m", "exporter", "--config.check",
+                             "--config.file", str(config)], cwd=ROOT, env=environ,
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: environment variable EXEC_API_KEY: the API key cannot be sent in an HTTP "
+        f"header: byte 0xE9 (not UTF-8) at position {len(api.api_key) + 1} of "
+        f"{len(api.api_key) + 1}; a key is printable ASCII: no spaces, line breaks or "
+        "accented letters\n")
+
+
+def test_the_backfill_refuses_such_a_key_and_leaves_no_journal(tmp_path: Path,
+                                                               api: FakeExecAPI) -> None:
+    value, _, _ = bad_key("smart quotes", api.api_key)
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text(api.base_url, SCENARIOS))
+    output = tmp_path / "backfill.om"
+    result = run_cli("backfill", "--config.file", str(config), "--since=3d",
+                     f"--output={output}", env={"EXEC_API_KEY": value})
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: environment variable EXEC_API_KEY: the API key "
+                                    "cannot be sent in an HTTP header: U+201C LEFT DOUBLE "
+                                    "QUOTATION MARK at position 1 of")
+    assert "Traceback" not in result.stderr
+    assert not leaked(result.stdout + result.stderr, api.api_key)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # no output, no journal
+    assert not api.requests
+
+
+def test_a_reload_refuses_such_a_key_and_keeps_the_running_one(tmp_path: Path,
+                                                               api: FakeExecAPI) -> None:
+    secret = api.api_key
+    config = tmp_path / "config.yaml"
+    path = key_file(tmp_path, secret)
+    config.write_text(config_text(api.base_url, SCENARIOS, key_file=path))
+    with Subprocess(["--config.file", str(config)], {}, tmp_path / "exporter.log") as proc:
+        proc.wait_serving()
+        path.write_text(bad_key("smart quotes", secret)[0], encoding="utf-8")
+        answer = proc.post("/-/reload")
+        before = len(api.requests)
+        wait_until(lambda: len(api.requests) > before, what="a poll after the failed reload")
+        page = proc.get("/metrics").text
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        logs = proc.logs()
+    assert answer.status_code == 500
+    assert "U+201C LEFT DOUBLE QUOTATION MARK" in answer.text
+    assert "reload failed" in logs and "U+201C LEFT DOUBLE QUOTATION MARK" in logs
+    assert "exec_exporter_config_last_reload_successful 0.0" in page
+    # The running key still works: the polls after the reload are authorised.
+    assert api.requests[-1].headers["Authorization"] == f"Bearer {secret}"
+    assert not leaked(logs + answer.text + page, secret)
