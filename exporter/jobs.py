@@ -87,14 +87,34 @@ def fetch_summary(target: Target) -> Callable[[ExecClient, float], Summary]:
     return fetch
 
 
+def same_definition(current: Target | None, asked: Target) -> bool:
+    """Whether an answer asked for ``asked`` still describes ``current`` (same scenario
+    and filters; a new display name does not change the population)."""
+    return (current is not None and current.cohort == asked.cohort
+            and current.scenario_uuid == asked.scenario_uuid)
+
+
 def summary_job(target: Target, store: Store) -> Job:
-    """The recurring job of one target: its summary, stored as its last good value."""
+    """The recurring job of one target: its summary, stored as its last good value.
+    An answer arriving after a reload changed the target's definition (same labels,
+    other filters) is dropped and logged: it describes another population."""
     key = target.key
 
+    def current(at: float) -> bool:
+        state = store.get(key)
+        if state is not None and not same_definition(state.target, target):
+            log.info("dropped the answer for scenario=%s cohort=%s: the target's definition "
+                     "changed while it was asked", key[0], key[1])
+            return False
+        return True
+
     def apply(summary: Summary, at: float) -> None:
-        store.record_success(key, summary, at)
+        if current(at):
+            store.record_success(key, summary, at)
 
     def fail(error: ApiError, at: float) -> None:
+        if not current(at):
+            return
         store.record_failure(key, error.reason, str(error), at)
         if error.reason not in ("unauthorized", "forbidden", "rate_limited"):
             # Workspace-wide refusals are said once, by the poller.

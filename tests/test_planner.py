@@ -8,6 +8,7 @@ summary endpoint's answer for the same filters.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Iterator
@@ -137,10 +138,13 @@ def test_cohorts_are_proven_then_derived_and_equal_the_summary(
         pulls = fake.requests_to("/participants")
         checks = fake.requests_to("/summary")
         assert 12 <= len(pulls) <= 14  # two every 10 minutes
-        # Only cross-checks asked the summary endpoint, and they all agreed.
-        counters = rig.exporter.planner.counters()
+        # Only cross-checks asked the summary endpoint (each right after a pull, for
+        # the pull's instant), and they all agreed.
+        counters = rig.exporter.store.cross_checks()
         assert counters[("pitch", "match")] == len(checks) > 0
-        assert counters[("pitch", "mismatch")] == 0
+        assert ("pitch", "mismatch") not in counters
+        pull_ends = {r.query["end_date"] for r in pulls}
+        assert all(r.query["end_date"] in pull_ends for r in checks)
         for key in KEYS:
             assert rig.value(key) == rig.truth(key), key
 
@@ -173,10 +177,16 @@ def test_a_field_the_pull_cannot_reproduce_keeps_the_summary(
     fake.set_summary_skew("pitch", "average_best_score", 0.5)
     rig = Rig(fake, clock, config(fake.base_url))
     try:
-        with caplog.at_level(logging.WARNING, logger="exporter.planner"):
+        with caplog.at_level(logging.INFO, logger="exporter.planner"):
             rig.run(5)
+            # The first pull's paired proofs disagree: the summary's values, no verdict.
+            assert "a paired proof disagrees (average_best_score derived=" in caplog.text
+            assert all(rig.source(k) == "summary" for k in KEYS)
+            for key in KEYS:
+                assert rig.value(key) == rig.truth(key)
+            rig.run(700)  # the second pull's proofs disagree too: refuted
         assert all(rig.source(k) == "summary" for k in KEYS)
-        assert "does not reproduce its summary (average_best_score derived=" in caplog.text
+        assert "in 2 paired checks in a row (average_best_score derived=" in caplog.text
         fake.clear_requests()
         rig.run(1800)
         # Nothing proven: the pulls would only add requests, so none are sent.
@@ -196,11 +206,13 @@ def test_a_cross_check_mismatch_sends_the_scenario_back_to_summaries(
         assert all(rig.source(k) == "participants" for k in KEYS)
         # The summary's formula for one field changes behind the exporter's back.
         fake.set_summary_skew("pitch", "average_lift_percentage", 1.0)
-        with caplog.at_level(logging.WARNING, logger="exporter.planner"):
-            rig.run(300)
-        assert rig.exporter.planner.counters()[("pitch", "mismatch")] == 1
-        assert "cross-check scenario=pitch" in caplog.text
-        assert "average_score_lift derived=" in caplog.text
+        with caplog.at_level(logging.INFO, logger="exporter.planner"):
+            # The next pull's cross-check disagrees (the target exports the summary at
+            # once); the pull after it pairs a proof that disagrees too: refuted.
+            rig.run(1300)
+        assert rig.exporter.store.cross_checks()[("pitch", "mismatch")] == 1
+        assert "a paired cross-check disagrees (average_score_lift derived=" in caplog.text
+        assert "in 2 paired checks in a row (average_score_lift derived=" in caplog.text
         assert all(rig.source(k) == "summary" for k in KEYS)
         # At once (not by the age of the suspect values) every exported value follows
         # the summary endpoint again.
@@ -261,7 +273,7 @@ def test_a_pull_of_many_pages_counts_each_page(clock: FakeClock) -> None:
 def test_plan_metrics(fake: FakeExecAPI, clock: FakeClock) -> None:
     rig = Rig(fake, clock, config(fake.base_url))
     try:
-        rig.run(600)
+        rig.run(700)
         # Everything in the store: rendered with the cached page, not per scrape.
         values = metric_values(rig.exporter.exposition.render().decode())
         assert sample(values, "exec_exporter_target_source", scenario="pitch",
@@ -279,11 +291,19 @@ def test_plan_metrics(fake: FakeExecAPI, clock: FakeClock) -> None:
 
 
 def test_member_lists_are_kept_in_the_state_file() -> None:
-    members = {"g1": (frozenset({"u1", "u2"}), 1000.0)}
-    saved = decode(encode(Store().snapshot(), [], 2000.0, members=members), 2000.0)
-    assert saved.members == members
+    cfg = parse_config(config("http://127.0.0.1:9"))
+    planner = Planner(cfg.planner, Store(), {"members": {"g1": {"user_ids": ["u2", "u1"],
+                                                                "at": 1000.0, "pages": 2}}},
+                      now=2000.0)
+    planner.jobs(build_targets(cfg), 2000.0)
+    saved = decode(encode(Store().snapshot(), [], 2000.0, planner=planner.state()), 2000.0)
+    assert saved.planner["members"] == {"g1": {"user_ids": ["u1", "u2"], "at": 1000.0,
+                                               "pages": 2}}
     # A list from the future is not trusted.
-    assert decode(encode(Store().snapshot(), [], 2000.0, members=members), 500.0).members == {}
+    assert Planner(cfg.planner, Store(), saved.planner, now=500.0).state()["members"] == {}
+    # A file of the earlier format (members at the top level) still gives its lists.
+    old = {"version": 1, "members": {"g1": {"user_ids": ["u1"], "at": 1000.0}}}
+    assert decode(json.dumps(old).encode(), 2000.0).planner == {"members": old["members"]}
 
 
 def test_choose_and_the_offline_plan() -> None:
@@ -294,12 +314,19 @@ def test_choose_and_the_offline_plan() -> None:
     assert [pages_for(n) for n in (0, 40, 100, 101, 250)] == [1, 1, 1, 2, 3]
     raw = config("http://127.0.0.1:9", cohorts=COHORTS)
     raw["scenarios"] = [{"id": "a"}, {"id": "b", "cohorts": ["all", "last-7d"]}]
-    plan = offline_plan(build_targets(parse_config(raw)), PlannerConfig())
-    assert [(g.scenario, g.summary_cost, g.participants_cost, g.source) for g in plan.groups] == [
-        ("a", 5, 1, "participants"), ("a", 2, 1, "participants"),
-        ("b", 1, 1, "summary"), ("b", 1, 1, "summary")]
+    plan = offline_plan(build_targets(parse_config(raw)), PlannerConfig(), 600.0)
+    # Participants: 1 page, plus the member lists (one page each, hourly, i.e. 1/6 of a
+    # request per 10-minute cycle each) and the cross-checks (5% of what is sent).
+    lists_a, lists_7d = 2 / 6, 1 / 6
+    costs = [(g.scenario, g.summary_cost, g.participants_cost, g.source) for g in plan.groups]
+    assert costs == [
+        ("a", 5, pytest.approx((1 + lists_a) / 0.95), "participants"),
+        ("a", 2, pytest.approx((1 + lists_7d) / 0.95), "participants"),
+        ("b", 1, pytest.approx(1 / 0.95), "summary"), ("b", 1, pytest.approx(1 / 0.95), "summary")]
     assert plan.member_groups == ("g1", "g2", "g3")
-    assert (plan.summary_cost, plan.chosen_cost) == (9, 4)
+    assert plan.summary_cost == 9
+    assert plan.chosen_cost == pytest.approx((2 + lists_a + lists_7d) / 0.95 + 2)
+    assert plan.recurring == 4  # two one-page pulls and two summaries
 
 
 def test_landing_page_shows_each_targets_source(fake: FakeExecAPI, clock: FakeClock) -> None:
@@ -320,15 +347,26 @@ def test_landing_page_shows_each_targets_source(fake: FakeExecAPI, clock: FakeCl
 def test_config_check_prints_both_costs_per_scenario() -> None:
     raw = config("http://127.0.0.1:9")
     text = describe_plan(parse_config(raw), None)
-    assert ("pitch (all time): 5 cohorts; summary 5 requests/cycle, participants 1 "
-            "(1 page + 0 summaries) -> participants") in text
-    assert "pitch (last 7d): 2 cohorts; summary 2 requests/cycle, participants 1" in text
-    assert "requests per cycle: 7 on summary requests" in text
-    assert "2 with the plan" in text
+    # Every part of each way's cost: pages, summaries, member lists (g1 and g2 hourly:
+    # 2/6 of a page per 10-minute cycle) and cross-checks (5% of what is sent).
+    assert ("pitch (all time): 5 cohorts; summary 5 requests/cycle; participants 1.40 = "
+            "1 page + 0 summaries + 0.33 member-list pages + 0.07 cross-checks "
+            "-> participants") in text
+    assert ("pitch (last 7d): 2 cohorts; summary 2 requests/cycle; participants 1.23 = "
+            "1 page + 0 summaries + 0.17 member-list pages + 0.06 cross-checks") in text
+    assert ("requests per cycle, everything included: summary plan 7 = 7 summaries") in text
+    assert "chosen plan 2.63 = 2 pages + 0 summaries + 0.50 member-list pages" in text
+    assert "effective refresh interval: 10m (600s), as configured (refresh_interval)" in text
+    # A tight day budget stretches it, and the check says which limit did.
+    raw["api"]["rate_limit"]["requests_per_day"] = 300
+    text = describe_plan(parse_config(raw), None)
+    assert "stretched from refresh_interval 10m by the day budget" in text
     raw["planner"] = {"mode": "summary"}
+    raw["cohorts"] = COHORTS[:1]
     text = describe_plan(parse_config(raw), None)
     assert "planner: summary (one summary request per target)" in text
     assert "participants" not in text
+    assert "1 requests" not in text
 
 
 def test_a_reload_that_changes_a_cohorts_filters_proves_it_again(
@@ -393,8 +431,9 @@ def test_inconsistent_pulls_are_dropped_then_the_scenario_uses_summaries(
     targets = build_targets(cfg)
     store = Store()
     store.set_targets(targets)
-    planner = Planner(cfg.planner, store, members={"g1": (["u1"], 900.0),
-                                                   "g2": (["u2"], 900.0)})
+    lists = {"members": {"g1": {"user_ids": ["u1"], "at": 900.0},
+                         "g2": {"user_ids": ["u2"], "at": 900.0}}}
+    planner = Planner(cfg.planner, store, lists, now=1000.0)
     planner.configure(cfg.planner, 900, 600)
     pull = next(j for j in planner.jobs(targets, 1000.0) if j.kind == "participants")
     first = ParticipantRow("u1", "a@acme.com", 1, 50.0, 60.0, 10.0, 100.0)
@@ -402,7 +441,7 @@ def test_inconsistent_pulls_are_dropped_then_the_scenario_uses_summaries(
     with caplog.at_level(logging.INFO, logger="exporter.planner"):
         for i in range(3):
             now = 1000.0 + i
-            pull.apply(({}, Page((first,), 1, 2, 2)), now)
+            pull.apply(({}, now, Page((first,), 1, 2, 2)), now)
             follow = planner.due(now)
             assert follow is not None and follow.key[-1] == 2  # page 2, back to back
             # u1 again on page 2: the order moved under the pull (u2 never seen).
@@ -411,12 +450,12 @@ def test_inconsistent_pulls_are_dropped_then_the_scenario_uses_summaries(
     assert "3 pulls in a row were inconsistent" in caplog.text
     assert [j.kind for j in planner.jobs(targets, 1010.0)] == ["summary"] * 5
     # A consistent pull is kept (and counts its pages).
-    planner = Planner(cfg.planner, store, members={"g1": (["u1"], 900.0),
-                                                   "g2": (["u2"], 900.0)})
+    planner = Planner(cfg.planner, store, lists, now=1000.0)
     pull = next(j for j in planner.jobs(targets, 1000.0) if j.kind == "participants")
-    pull.apply(({}, Page((first,), 1, 2, 2)), 1000.0)
+    pull.apply(({}, 1000.0, Page((first,), 1, 2, 2)), 1000.0)
     follow = planner.due(1000.0)
     assert follow is not None
     follow.apply(Page((second,), 2, 2, 2), 1000.0)
     assert planner.plan.groups[0].pages == 1  # the plan is rebuilt on the next jobs() call
-    assert [j.cost for j in planner.jobs(targets, 1001.0) if j.kind == "participants"] == [2]
+    # Two pages, and the five paired summaries the pull owes until its cohorts are proven.
+    assert [j.cost for j in planner.jobs(targets, 1001.0) if j.kind == "participants"] == [7]
