@@ -405,7 +405,8 @@ class Planner:
         self._member_pages: dict[str, int] = {}
         self._rereads_after = -math.inf
         self._checks_next = -math.inf
-        self._checks_cursor: dict[PullKey, int] = {}
+        self._checks_cursor = 0  # the round robin of cross-checks over served targets
+        self._checks_waited = 0  # pulls completed while the target in turn had none
         self._kept_proofs: dict[TargetKey, tuple[str, _Proof]] = {}
         self._day_budget = 1.0
         self._minute_budget = 60.0
@@ -528,8 +529,6 @@ class Planner:
             del self._pages[key]
         for key in [k for k in self._discards if k not in self._groups]:
             del self._discards[key]
-        for key in [k for k in self._checks_cursor if k not in self._groups]:
-            del self._checks_cursor[key]
         self._paired = [p for p in self._paired
                         if same_definition(self._targets.get(p.target.key), p.target)]
         for gone in [k for k in self._proofs if k not in self._targets]:
@@ -864,16 +863,30 @@ class Planner:
                         REFUTE_AFTER, result.describe(), wait)
 
     def _checks_for(self, key: PullKey, served: list[Target], at: float) -> list[Target]:
-        """The cross-check to pair with this pull, when the cross-check pace has come due:
-        the next served target of its group in turn (at most one per pull; a missed
-        pace is not made up in a burst)."""
+        """The cross-check to pair with this pull when the cross-check pace has come due:
+        the served target whose turn it is (one round robin over every served target, so
+        the first pulls of a cycle do not take every check), if this pull holds it. A
+        target whose pull has not come while every other pull came twice loses its turn
+        (its pull keeps failing). At most one per pull; a missed pace is not made up."""
         per_day = self._checks_per_day()
         if not served or per_day <= 0 or at < self._checks_next:
             return []
+        everyone = [k for k in self._targets
+                    if self._served(k) and self._derivable(self._targets[k], at)]
+        if not everyone:
+            return []
+        turn = everyone[self._checks_cursor % len(everyone)]
+        target = next((t for t in served if t.key == turn), None)
+        if target is None:
+            self._checks_waited += 1
+            if self._checks_waited > 2 * len(self._groups):
+                self._checks_cursor += 1
+                self._checks_waited = 0
+            return []
+        self._checks_cursor += 1
+        self._checks_waited = 0
         self._checks_next = at + 86400.0 / per_day
-        cursor = self._checks_cursor.get(key, 0) % len(served)
-        self._checks_cursor[key] = cursor + 1
-        return [served[cursor]]
+        return [target]
 
     def _checks_per_day(self) -> float:
         if not any(self._served(k) for k in self._targets):

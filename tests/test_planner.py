@@ -18,11 +18,12 @@ import pytest
 from conftest import FakeClock, make_key, metric_values, sample
 from fakeapi import FakeExecAPI, Session, User
 
+from exporter.aggregate import Comparison, Difference
 from exporter.cli import describe_plan
-from exporter.client import ExecClient, Page, ParticipantRow
+from exporter.client import ExecClient, Page, ParticipantRow, Summary
 from exporter.config import ApiKey, PlannerConfig, parse_config
 from exporter.daemon import Exporter
-from exporter.planner import Planner, choose, offline_plan, pages_for
+from exporter.planner import Planner, checks_per_day, choose, judge, offline_plan, pages_for
 from exporter.server import Web, landing_page
 from exporter.state import decode, encode
 from exporter.store import Store
@@ -69,11 +70,12 @@ def config(base_url: str, planner: dict[str, Any] | None = None, per_day: int = 
 class Rig:
     """An Exporter stepped by hand on a fake clock (no threads, no sleeping)."""
 
-    def __init__(self, fake: FakeExecAPI, clock: FakeClock, raw: dict[str, Any]) -> None:
+    def __init__(self, fake: FakeExecAPI, clock: FakeClock, raw: dict[str, Any],
+                 state_file: str | None = None) -> None:
         self.fake = fake
         self.clock = clock
         self.exporter = Exporter(parse_config(raw), ApiKey(fake.api_key, "test"), None,
-                                 clock=clock)
+                                 state_file=state_file, clock=clock)
 
     def run(self, seconds: float, max_steps: int = 20_000) -> None:
         end = self.clock.now + seconds
@@ -459,3 +461,247 @@ def test_inconsistent_pulls_are_dropped_then_the_scenario_uses_summaries(
     assert planner.plan.groups[0].pages == 1  # the plan is rebuilt on the next jobs() call
     # Two pages, and the five paired summaries the pull owes until its cohorts are proven.
     assert [j.cost for j in planner.jobs(targets, 1001.0) if j.kind == "participants"] == [7]
+
+
+# --- issue 18: paired comparisons, drift, restarts, cost, generations, pruning --------
+
+GROUPED = [("pitch", "g1"), ("pitch", "g2-humans"), ("pitch", "last-7d-g3")]
+
+
+def quick(fake: FakeExecAPI, **planner: Any) -> dict[str, Any]:
+    """Pulls every minute and many cross-checks: drift shows within minutes."""
+    raw = config(fake.base_url, {"cross_check_share": 0.3, **planner})
+    raw["refresh_interval"] = "1m"
+    return raw
+
+
+def test_constant_traffic_never_refutes_a_derivation(
+        fake: FakeExecAPI, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    """Sessions arrive during every request (each takes a second) and every few seconds
+    besides: pull and paired summary are pinned to one end_date, so they still agree."""
+    users = [f"u{i:03d}" for i in range(60)]
+    fake.set_traffic("pitch", users, advance=clock.advance, seconds=1.0)
+    rig = Rig(fake, clock, quick(fake))
+    try:
+        with caplog.at_level(logging.INFO, logger="exporter.planner"):
+            for n in range(6 * 360):  # six hours, a session every ten seconds
+                rig.run(10)
+                fake.add_sessions("pitch", [Session(users[n % 60], clock.now, 77.0, 300.0)])
+        checks = rig.exporter.store.cross_checks()
+        assert checks[("pitch", "match")] > 100
+        assert ("pitch", "mismatch") not in checks
+        assert "disagrees" not in caplog.text
+        assert [k for k in KEYS if rig.source(k) != "participants"] == []
+        # Every paired summary carried the end_date of the pull just before it.
+        last_end = None
+        paired = 0
+        for request in fake.requests:
+            if request.path.endswith("/participants"):
+                last_end = request.query["end_date"]
+            elif request.path.endswith("/summary"):
+                assert request.query["end_date"] == last_end
+                paired += 1
+        assert paired == checks[("pitch", "match")] + len(KEYS)  # and the first proofs
+    finally:
+        rig.close()
+
+
+def test_a_member_list_that_lags_its_group_never_shows_a_wrong_value(
+        fake: FakeExecAPI, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig(fake, clock, quick(fake))
+    try:
+        rig.run(600)
+        assert [k for k in KEYS if rig.source(k) != "participants"] == []
+        # Members move between groups; the member list endpoint does not follow.
+        fake.freeze_members(True)
+        for uid in ("u001", "u005", "u009", "u013", "u017", "u021"):  # g1 -> g2
+            fake.move_user(uid, frozenset({"g2"}))
+        moved = [("pitch", "g1"), ("pitch", "g2-humans")]
+        with caplog.at_level(logging.WARNING, logger="exporter.planner"):
+            rig.run(900)  # a few minutes: each target's turn, then the second paired check
+            for _ in range(360):  # then every scrape for an hour equals the endpoint
+                for key in moved:
+                    assert rig.value(key) == rig.truth(key), key
+                rig.run(10)
+        assert all(rig.source(k) == "summary" for k in moved)
+        assert "a member list that lags its group?" in caplog.text
+        # The others are still derived: the scenario did not fall back.
+        assert rig.source(("pitch", "all")) == "participants"
+        assert rig.source(("pitch", "emails")) == "participants"
+    finally:
+        rig.close()
+
+
+def test_an_answer_for_an_edited_or_removed_cohort_is_dropped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    cfg = parse_config(config("http://127.0.0.1:9", cohorts=COHORTS[:5]))
+    targets = build_targets(cfg)
+    store = Store()
+    store.set_targets(targets)
+    lists = {"members": {"g1": {"user_ids": ["u1"], "at": 900.0},
+                         "g2": {"user_ids": ["u2"], "at": 900.0}}}
+    planner = Planner(cfg.planner, store, lists, now=1000.0)
+    planner.configure(cfg.planner, 900, 600)
+    pull = next(j for j in planner.jobs(targets, 1000.0) if j.kind == "participants")
+    rows = (ParticipantRow("u1", "user3@acme.com", 2, 50.0, 60.0, 10.0, 100.0),)
+    pull.apply(({}, 1000.0, Page(rows, 1, 1, 1)), 1000.0)
+    in_flight = planner.due(1000.0)  # the paired summary of "all", asked
+    assert in_flight is not None and in_flight.key == ("summary", "pitch", "all")
+    # A reload while it is in flight: "all" now keeps one user, "g1" is gone.
+    edited = parse_config(config("http://127.0.0.1:9", cohorts=[
+        {"name": "all", "user_ids": ["u2"]}, *COHORTS[2:5]]))
+    new_targets = build_targets(edited)
+    store.set_targets(new_targets)
+    planner.jobs(new_targets, 1001.0)
+    with caplog.at_level(logging.INFO, logger="exporter.planner"):
+        in_flight.apply(Summary(participants=1, sessions=2), 1002.0)
+    assert planner.dropped_answers == 1
+    assert "definition changed while it was asked" in caplog.text
+    state = store.get(("pitch", "all"))
+    assert state is not None and state.summary is None  # not labelled with new filters
+    # The paired summaries still queued for the removed "g1" are never sent.
+    asked = []
+    while (job := planner.due(1003.0)) is not None:
+        asked.append(job.key)
+    assert ("summary", "pitch", "g1") not in asked
+    assert asked == [("summary", "pitch", "g2-humans"), ("summary", "pitch", "emails"),
+                     ("summary", "pitch", "no-staff")]
+
+
+def test_a_field_the_summary_did_not_give_is_not_exported_from_a_pull(
+        fake: FakeExecAPI, clock: FakeClock) -> None:
+    # No score_distribution, durations in whole seconds (the OpenAPI example's 348).
+    fake.set_summary_shape("pitch", drop=("score_distribution",),
+                           whole=("average_session_duration_seconds",))
+    rig = Rig(fake, clock, config(fake.base_url))
+    try:
+        rig.run(1300)  # proven at the first pull, then served by two more
+        assert all(rig.source(k) == "participants" for k in KEYS)
+        for key in KEYS:
+            value, truth = rig.value(key), rig.truth(key)
+            assert value.rank_participants is None  # never proven, never exported
+            assert value == truth, key
+            assert value.average_session_duration_seconds == round(
+                value.average_session_duration_seconds)
+        values = metric_values(rig.exporter.exposition.render().decode())
+        assert not [k for k in values if k[0] == "exec_scenario_rank_participants"]
+    finally:
+        rig.close()
+
+
+def test_a_restart_keeps_the_plan_the_interval_and_every_source(
+        fake: FakeExecAPI, clock: FakeClock, tmp_path: Any) -> None:
+    state = str(tmp_path / "state.json")
+    raw = config(fake.base_url, per_day=400)
+    first = Rig(fake, clock, raw, state)
+    first.run(2100)  # proven, cross-checked; mid-interval, member lists not due yet
+    before = (first.exporter.planner.plan, first.exporter.scheduler.interval,
+              first.exporter.planner.sources())
+    assert all(source == "participants" for _, source in before[2])
+    values = {k: first.value(k) for k in KEYS}
+    first.exporter._save_state(force=True)
+    first.close()
+
+    clock.advance(30)
+    fake.clear_requests()
+    second = Rig(fake, clock, raw, state)
+    try:
+        exporter = second.exporter
+        assert (exporter.planner.plan, exporter.scheduler.interval,
+                exporter.planner.sources()) == before
+        assert {k: second.value(k) for k in KEYS} == values
+        values_page = metric_values(exporter.exposition.render().decode())
+        assert sample(values_page, "exec_exporter_refresh_interval_seconds") == before[1]
+        second.run(60)  # inside the interval: nothing is due
+        assert fake.requests == []
+        second.run(before[1])  # then the pulls go on, still derived
+        assert fake.requests_to("/participants")
+        assert all(second.source(k) == "participants" for k in KEYS)
+    finally:
+        second.close()
+    # A cohort edited while the exporter was down is proven again, the others are not.
+    changed = [dict(c) for c in COHORTS]
+    changed[3] = {"name": "emails", "user_emails": ["user8@acme.com"]}
+    third = Rig(fake, clock, config(fake.base_url, per_day=400, cohorts=changed), state)
+    try:
+        assert third.source(("pitch", "emails")) == "summary"
+        assert third.source(("pitch", "all")) == "participants"
+    finally:
+        third.close()
+
+
+def test_a_large_group_list_refreshed_often_keeps_the_summaries(clock: FakeClock) -> None:
+    """The issue's example: a 450-member group and 15-minute refreshes. Derived, the
+    list alone (5 pages an hour) costs more than the summary it would save."""
+    with FakeExecAPI(make_key(), clock=clock) as api:
+        people = [User(f"u{i:03d}", f"user{i}@acme.com", frozenset({"g1"}))
+                  for i in range(450)]
+        api.set_users(people)
+        api.set_sessions("pitch", [Session(u.id, clock.now - 100, 80.0, 60.0) for u in people])
+        raw = config(api.base_url, cohorts=[{"name": "all"}, {"name": "g1",
+                                                              "group_ids": ["g1"]}])
+        raw["refresh_interval"] = "15m"
+        rig = Rig(api, clock, raw)
+        try:
+            rig.run(1800)  # the first list read learns its five pages
+            plan = rig.exporter.planner.plan
+            assert plan.groups[0].source == "summary"
+            assert plan.groups[0].participants_cost > plan.groups[0].summary_cost
+            api.clear_requests()
+            rig.run(DAY)
+            assert {r.path.rsplit("/", 1)[-1] for r in api.requests} == {"summary"}
+            assert len(api.requests) == 2 * 96  # two summaries every 15 minutes
+        finally:
+            rig.close()
+
+
+def test_cross_checks_are_a_share_of_the_requests_actually_sent() -> None:
+    # 8 recurring requests every 15 minutes and 96 list pages a day: 864 sent, 5% of
+    # (864 + checks) is 45.5 checks a day, whatever the day quota.
+    assert checks_per_day(0.05, 8, 96, 900, 100_000, 54) == pytest.approx(864 / 0.95 * 0.05)
+    # A minute budget of 1 stretches the 8 requests to 8 minutes: still 15 minutes.
+    assert checks_per_day(0.05, 8, 96, 900, 100_000, 1) == pytest.approx(864 / 0.95 * 0.05)
+    # 30 recurring requests at 1 a minute: every 30 minutes, 1,440 + 96 sent a day.
+    assert checks_per_day(0.05, 30, 96, 900, 100_000, 1) == pytest.approx(1536 / 0.95 * 0.05)
+    # A day budget below what the plan wants: 5% of the day budget.
+    assert checks_per_day(0.05, 30, 96, 900, 500, 60) == pytest.approx(25)
+    assert checks_per_day(0.0, 30, 96, 900, 500, 60) == 0
+
+
+def test_the_verdict_rule() -> None:
+    agree = Comparison(True)
+    counts = Comparison(False, (Difference("participants/sessions", (3, 4), (3, 5)),))
+    assert judge(0, agree) == ("agree", 0)
+    assert judge(1, agree) == ("agree", 0)
+    assert judge(0, counts) == ("doubt", 1)
+    assert judge(1, counts) == ("refuted", 2)
+
+
+def test_removing_a_scenario_prunes_its_state(fake: FakeExecAPI, clock: FakeClock) -> None:
+    fake.set_sessions("other", session_log(30, clock.now, seed=5)[1])
+    raw = config(fake.base_url)
+    raw["scenarios"] = [{"id": "pitch"}, {"id": "other"}]
+    rig = Rig(fake, clock, raw)
+    try:
+        rig.run(12 * 3600)  # the cross-checks' round robin reaches "other" (34 a day)
+        exporter = rig.exporter
+        assert ("other", "match") in exporter.store.cross_checks()
+        # A reload drops "other" and every group cohort.
+        raw["scenarios"] = [{"id": "pitch"}]
+        raw["cohorts"] = [c for c in COHORTS if "group_ids" not in c]
+        exporter.config = parse_config(raw)
+        exporter.running = exporter._build(exporter.config, exporter.running.client,
+                                           exporter.key)
+        assert {s for s, _ in exporter.store.cross_checks()} == {"pitch"}
+        values = metric_values(exporter.exposition.render().decode())
+        assert not [k for k in values if ("scenario", "other") in k[1]]
+        kept = exporter.planner.state()
+        assert kept["members"] == {}
+        assert {p["scenario"] for p in kept["proofs"]} == {"pitch"}
+        assert {p[0] for p in kept["pages"]} == {"pitch"}
+        fake.clear_requests()
+        rig.run(1800)
+        assert not fake.requests_for("other")
+        assert not fake.requests_to("/members")
+    finally:
+        rig.close()
