@@ -1077,6 +1077,8 @@ class Planner:
 
         def member(item: tuple[str, Any]) -> None:
             group, doc = item
+            if not isinstance(doc["user_ids"], list):
+                raise ValueError("user_ids is not a list")
             self._members[str(group)] = (frozenset(str(i) for i in doc["user_ids"]),
                                          when(doc["at"]))
             self._member_pages[str(group)] = max(int(doc.get("pages", 1)), 1)
