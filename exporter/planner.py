@@ -510,7 +510,19 @@ class Planner:
                               sum(max(j.cost, 1) for j in jobs))
             self._served_keys = {(p.scenario, name) for p in group_plans for name in p.derived}
             self._prune(pulled)
+            self._ask_newcomers()
             return tuple(jobs)
+
+    def _ask_newcomers(self) -> None:
+        """A target new to a pull that already runs (a reload, a discovered group) has no
+        value until that pull's next turn: its summary is asked at once (plain), as
+        every target's first value is; the proof comes with the next pull."""
+        queued = {p.target.key for p in self._paired}
+        for key in self._owed - queued:
+            target = self._targets[key]
+            state = self.store.get(key)
+            if pull_key(target) in self._pulls and (state is None or state.last_success is None):
+                self._paired.append(_Paired(target, 0.0, None))
 
     def _forget(self, key: TargetKey) -> None:
         self._proofs.pop(key, None)

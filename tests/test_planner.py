@@ -23,6 +23,7 @@ from exporter.cli import describe_plan
 from exporter.client import ExecClient, Page, ParticipantRow, Summary
 from exporter.config import ApiKey, PlannerConfig, parse_config
 from exporter.daemon import Exporter
+from exporter.discovery import Group
 from exporter.planner import Planner, checks_per_day, choose, judge, offline_plan, pages_for
 from exporter.server import Web, landing_page
 from exporter.state import decode, encode
@@ -98,7 +99,7 @@ class Rig:
 
     def truth(self, key: tuple[str, str]) -> Any:
         """What the summary endpoint says now for ``key``'s filters."""
-        cohort = self.exporter.config.cohort(key[1])
+        cohort = self.exporter._targets[key].cohort
         client = ExecClient(self.fake.base_url, self.fake.api_key, timeout=5)
         try:
             return client.summary(key[0], cohort.query(self.clock.now))
@@ -564,8 +565,9 @@ def test_an_answer_for_an_edited_or_removed_cohort_is_dropped(
     while (job := planner.due(1003.0)) is not None:
         asked.append(job.key)
     assert ("summary", "pitch", "g1") not in asked
+    # (and the edited "all", with no value under its new filters, is asked at once)
     assert asked == [("summary", "pitch", "g2-humans"), ("summary", "pitch", "emails"),
-                     ("summary", "pitch", "no-staff")]
+                     ("summary", "pitch", "no-staff"), ("summary", "pitch", "all")]
 
 
 def test_a_field_the_summary_did_not_give_is_not_exported_from_a_pull(
@@ -703,5 +705,51 @@ def test_removing_a_scenario_prunes_its_state(fake: FakeExecAPI, clock: FakeCloc
         rig.run(1800)
         assert not fake.requests_for("other")
         assert not fake.requests_to("/members")
+    finally:
+        rig.close()
+
+
+def test_a_group_renamed_during_a_pull(fake: FakeExecAPI, clock: FakeClock) -> None:
+    """Discovery renames a group cohort between a pull and its paired summaries: the
+    old name's state and series go, the new name is proven again and exports the
+    endpoint's values."""
+    fake.set_groups([{"id": "g1", "name": "Sales"}, {"id": "g2", "name": "Support"}])
+    raw = config(fake.base_url, {"cross_check_share": 0.3}, cohorts=[{"name": "all"}])
+    raw["discovery"] = {"group_cohorts": {}}
+    rig = Rig(fake, clock, raw)
+    try:
+        rig.run(1300)
+        keys = [("pitch", "all"), ("pitch", "Sales"), ("pitch", "Support")]
+        assert [rig.source(k) for k in keys] == ["participants"] * 3
+        exporter = rig.exporter
+        planner = exporter.planner
+        for _ in range(1000):  # request by request, to a pull that queued Sales's check
+            wake = exporter.poller.step()
+            if any(p.target.key == ("pitch", "Sales") for p in planner._paired):
+                break
+            clock.now = max(clock.now, wake)
+        assert [p.target.key for p in planner._paired] == [("pitch", "Sales")]
+        assert exporter.discovery is not None
+        lists = exporter.discovery.lists
+        lists.groups = [Group("g1", "Sales EMEA"), Group("g2", "Support")]
+        fake.clear_requests()
+        exporter._on_lists(lists)
+        renamed = ("pitch", "Sales EMEA")
+        # The old name's queued check is dropped; the new name, with no value yet, has
+        # its summary asked at once (its proof comes with the next pull).
+        assert [p.target.key for p in planner._paired] == [renamed]
+        rig.run(60)
+        assert [(r.path.rsplit("/", 1)[-1], r.query.get("group_ids")) for r in fake.requests] == [
+            ("summary", "g1")]
+        assert rig.value(renamed) == rig.truth(renamed)
+        assert rig.source(renamed) == "summary"
+        rig.run(1300)
+        assert exporter.store.get(("pitch", "Sales")) is None
+        assert rig.source(renamed) == "participants"
+        assert rig.value(renamed) == rig.truth(renamed)
+        assert {p["cohort"] for p in exporter.planner.state()["proofs"]} == {
+            "all", "Sales EMEA", "Support"}
+        values = metric_values(exporter.exposition.render().decode())
+        assert not [k for k in values if ("cohort", "Sales") in k[1]]
     finally:
         rig.close()
