@@ -154,6 +154,12 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
                      f"{format_duration(planner.membership_interval)}, about {lists:.0f} "
                      f"requests/day; cross-checks: {planner.cross_check_share:.0%} of the "
                      f"requests sent, about {checks:.0f}/day")
+        derived_targets = sum(len(g.derived) for g in chosen)
+        if checks > 0:
+            lines.append(f"  each of the {derived_targets} derived targets is cross-checked "
+                         f"about every {format_duration(derived_targets * 86400 / checks)} "
+                         "(a drift is caught at its check; raise cross_check_share to check "
+                         "more often)")
         lines.append("  (every target starts on summary requests and moves to the participants "
                      "source once a pull reproduced its summary; the state file keeps that)")
     else:

@@ -709,7 +709,7 @@ class Planner:
         ``fallback_for``. True when the jobs must be rebuilt."""
         count = self._discards.get(key, 0) + 1
         self._discards[key] = count
-        self._owe_plain(key)
+        self._owe_plain(key, at)
         if count < VERIFY_PULLS:
             log.info("participants pull %s: %s; discarded, the next pull starts over",
                      _pull_label(key, 1), why)
@@ -733,11 +733,17 @@ class Planner:
         for key in [k for k in self._runs if k[1] == scenario]:
             del self._runs[key]
 
-    def _owe_plain(self, key: PullKey) -> None:
+    def _owe_plain(self, key: PullKey, at: float) -> None:
         """The pull failed or was dropped: the summaries it owed still go out (plain, no
-        comparison), or targets not proven yet would have no value at all."""
+        comparison) for targets with no value or one older than ``refresh_interval``, or
+        targets not proven yet would go stale; the pull's quick retries do not repeat
+        them."""
+        queued = {p.target.key for p in self._paired}
         for target in self._groups.get(key, []):
-            if target.key in self._owed:
+            state = self.store.get(target.key)
+            fresh = (state is not None and state.last_success is not None
+                     and at - state.last_success < self._refresh_interval)
+            if target.key in self._owed and target.key not in queued and not fresh:
                 self._paired.append(_Paired(target, 0.0, None))
 
     def _pulled(self, key: PullKey, rows: tuple[ParticipantRow, ...], pages: int,
@@ -777,7 +783,7 @@ class Planner:
                 changed = key[1] not in self._active_fallbacks(at)
                 self._fall_back(key[1], at)
             else:
-                self._owe_plain(key)
+                self._owe_plain(key, at)
         for target_key in served:
             self.store.record_failure(target_key, error.reason, str(error), at)
         if error.reason in _UNAVAILABLE:

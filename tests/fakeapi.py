@@ -391,9 +391,10 @@ class FakeExecAPI(LoopbackAPIServer):
             return [r for r in self.requests if r.path.endswith(suffix)]
 
     def set_list_fault(self, which: str, fault: str | None, **kw: Any) -> None:
-        """Inject (or clear, with None) a fault on ``"scenarios"``, ``"groups"`` or
-        ``"members"`` (GET /workspace/members)."""
-        if which not in (*self._lists, "members"):
+        """Inject (or clear, with None) a fault on ``"scenarios"``, ``"groups"``,
+        ``"members"`` (GET /workspace/members) or ``"participants"`` (every scenario's
+        participants table, its summaries unharmed)."""
+        if which not in (*self._lists, "members", "participants"):
             raise ValueError(f"which must be 'scenarios', 'groups' or 'members', not {which!r}")
         with self._lock:
             if fault is None:
@@ -469,7 +470,8 @@ class FakeExecAPI(LoopbackAPIServer):
                 return self._apply(fault, lambda: self._summary(sid, request.query), sid,
                                    summary=True)
             case ["scenarios", sid, "analytics", "participants"]:
-                fault = self._take_fault(self._faults, sid, None)
+                fault = (self._take_fault(self._list_faults, "participants")
+                         or self._take_fault(self._faults, sid, None))
                 return self._apply(fault, lambda: self._participants(sid, request.query), sid)
             case ["workspace", "members"]:
                 fault = self._take_fault(self._list_faults, "members")

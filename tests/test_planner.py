@@ -360,6 +360,8 @@ def test_config_check_prints_both_costs_per_scenario() -> None:
     assert ("requests per cycle, everything included: summary plan 7 = 7 summaries") in text
     assert "chosen plan 2.63 = 2 pages + 0 summaries + 0.50 member-list pages" in text
     assert "effective refresh interval: 10m (600s), as configured (refresh_interval)" in text
+    # 7 derived targets, 5% of (2 pulls x 144 + 72 list pages) / 0.95 = 18.9 checks a day.
+    assert "each of the 7 derived targets is cross-checked about every 8h52m" in text
     # A tight day budget stretches it, and the check says which limit did.
     raw["api"]["rate_limit"]["requests_per_day"] = 300
     text = describe_plan(parse_config(raw), None)
@@ -751,5 +753,24 @@ def test_a_group_renamed_during_a_pull(fake: FakeExecAPI, clock: FakeClock) -> N
             "all", "Sales EMEA", "Support"}
         values = metric_values(exporter.exposition.render().decode())
         assert not [k for k in values if ("cohort", "Sales") in k[1]]
+    finally:
+        rig.close()
+
+
+def test_a_failing_pull_still_sends_the_summaries_it_owes_once_per_interval(
+        fake: FakeExecAPI, clock: FakeClock) -> None:
+    fake.set_list_fault("participants", "500")
+    rig = Rig(fake, clock, config(fake.base_url))
+    try:
+        rig.run(3600)
+        # Every target has the endpoint's values, though no pull ever succeeded ...
+        for key in KEYS:
+            assert rig.value(key) == rig.truth(key), key
+            assert rig.source(key) == "summary"
+        # ... and the pull's quick retries (10 s, 20 s, ...) did not repeat them: at most
+        # one summary per target per refresh_interval (10 minutes), the fill included.
+        summaries = fake.requests_to("/summary")
+        assert len(fake.requests_to("/participants")) > 12
+        assert len(summaries) <= len(KEYS) * 7
     finally:
         rig.close()
