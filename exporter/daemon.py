@@ -108,8 +108,13 @@ class Exporter:
         # A target was proven or refused, a scenario fell back, a pull's size changed or
         # a member list was first read: the recurring jobs change (in the poller thread).
         with self._apply_lock:
+            before = self._interval(self.config)
             self.running = self._build(self.config, self.running.client, self.key)
             self.poller.wake()
+            if self._interval(self.config) != before:
+                derived = sum(source == "participants" for _, source in self.planner.sources())
+                log.info("plan: %d of %d targets derived; effective refresh interval %s",
+                         derived, len(self._targets), self._describe_interval())
 
     def _interval(self, config: Config, jobs: tuple[Job, ...] | None = None) -> float:
         """The effective interval of the running plan, or of ``jobs`` (a pull of n

@@ -21,7 +21,7 @@ from fakeapi import FakeExecAPI, Session, User
 from exporter.aggregate import Comparison, Difference
 from exporter.cli import describe_plan
 from exporter.client import ExecClient, Page, ParticipantRow, Summary
-from exporter.config import ApiKey, PlannerConfig, parse_config
+from exporter.config import ApiKey, PlannerConfig, format_duration, parse_config
 from exporter.daemon import Exporter
 from exporter.discovery import Group
 from exporter.planner import Planner, checks_per_day, choose, judge, offline_plan, pages_for
@@ -774,3 +774,29 @@ def test_a_failing_pull_still_sends_the_summaries_it_owes_once_per_interval(
         assert len(summaries) <= len(KEYS) * 7
     finally:
         rig.close()
+
+
+def test_the_effective_interval_is_the_same_everywhere(
+        fake: FakeExecAPI, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    """The logs, the landing page, the metric and the scheduler show one interval,
+    computed in one place, and say what set it."""
+    raw = config(fake.base_url, per_day=200)
+    with caplog.at_level(logging.INFO, logger="exporter"):
+        rig = Rig(fake, clock, raw)
+        try:
+            rig.run(600)
+            exporter = rig.exporter
+            interval = exporter.scheduler.interval
+            assert interval > 600  # 2 pulls on what 200 a day leaves: the day budget
+            shown = format_duration(interval)
+            plans = [r.getMessage() for r in caplog.records
+                     if r.getMessage().startswith("plan: ")]
+            assert plans[-1] == (f"plan: 7 of 7 targets derived; effective refresh interval "
+                                 f"{shown} (stretched from refresh_interval 10m by the day "
+                                 "budget)")
+            values = metric_values(exporter.exposition.render().decode())
+            assert sample(values, "exec_exporter_refresh_interval_seconds") == interval
+            page = landing_page(Web(exporter.store, exporter.exposition, clock=clock))
+            assert f"effective refresh interval {shown}" in page
+        finally:
+            rig.close()
