@@ -43,6 +43,12 @@ the two plans; then the same with more group cohorts per scenario.
 
     python benchmarks/quota_fidelity.py --derived
     python benchmarks/quota_fidelity.py --derived --cohorts 8,16,32
+
+Proofs and cross-checks are paired with their pull (issue 18): the simulated
+workspace honours ``end_date``. ``--quotas 60/1000,2/100000`` also runs a tight
+minute quota with a large day quota (cross-checks are a share of the requests
+actually sent, whichever budget is tighter); the table shows the busiest rolling
+minute against the minute budget too.
 """
 
 from __future__ import annotations
