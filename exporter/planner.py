@@ -759,10 +759,16 @@ class Planner:
         served = [t for t in members if self._served(t.key) and self._derivable(t, at)]
         checks = self._checks_for(key, served, at)
         for target in served:
-            if target not in checks:
-                derived = self._export(target, pull)
-                if derived is not None:
-                    self.store.record_success(target.key, derived, at)
+            if target in checks:
+                continue
+            derived = self._export(target, pull)
+            if derived is not None:
+                self.store.record_success(target.key, derived, at)
+            else:
+                # Proven while empty (no averages), it has averages now: proven again.
+                del self._proofs[target.key]
+                self._paired.append(_Paired(target, pulled_at, pull))
+                changed = True
         for target in members:
             if target.key in self._owed and target.key not in self._served_keys:
                 self._paired.append(_Paired(target, pulled_at, pull))
@@ -805,11 +811,14 @@ class Planner:
 
     def _export(self, target: Target, pull: _Pull) -> Summary | None:
         """What a pull exports for proven ``target``: the derived summary, only the
-        fields its proving summary gave (the others are not proven)."""
-        proof = self._proofs.get(target.key)
-        if proof is None:
-            return None
+        fields its proving summary gave (the others are not proven). None when an
+        average the proof never saw (it was proven on an empty cohort) now has a value:
+        that needs a proof of its own."""
+        proof = self._proofs[target.key]
         derived = self._derive(target, pull)
+        if any(getattr(derived, name) is not None and name not in proof.given
+               for name in _AVERAGES):
+            return None
         return replace(derived, **{name: None for name in _SUMMARY_FIELDS
                                    if name not in proof.given})
 
@@ -1141,6 +1150,9 @@ class Planner:
 
 
 _SUMMARY_FIELDS = tuple(Summary.__slots__)
+# Null in the summary of an empty cohort, a value once it has participants.
+_AVERAGES = ("average_best_score", "average_best_rank", "average_score_lift",
+             "average_session_duration_seconds")
 
 
 def _paged(query: Mapping[str, str], page: int) -> dict[str, str]:

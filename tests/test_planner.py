@@ -800,3 +800,26 @@ def test_the_effective_interval_is_the_same_everywhere(
             assert f"effective refresh interval {shown}" in page
         finally:
             rig.close()
+
+
+def test_a_cohort_proven_while_empty_is_proven_again_once_it_has_averages(
+        fake: FakeExecAPI, clock: FakeClock) -> None:
+    people, _ = session_log(60, clock.now)
+    fake.set_users([*people, User("u100", "new@acme.com")])
+    cohorts = [*COHORTS[:5], {"name": "newcomer", "user_ids": ["u100"]}]
+    rig = Rig(fake, clock, config(fake.base_url, cohorts=cohorts))
+    key = ("pitch", "newcomer")
+    try:
+        rig.run(5)
+        assert rig.source(key) == "participants"  # proven: 0 participants, no averages
+        assert rig.value(key).average_best_score is None
+        fake.add_sessions("pitch", [Session("u100", clock.now, 91.0, 200.0)])
+        fake.clear_requests()
+        rig.run(700)  # the next pull has averages the proof never saw: a paired proof
+        asked = [r.query.get("user_ids") for r in fake.requests_to("/summary")]
+        assert asked.count("u100") == 1
+        assert rig.value(key) == rig.truth(key)
+        assert rig.value(key).average_best_score == 91.0
+        assert rig.source(key) == "participants"
+    finally:
+        rig.close()
