@@ -12,6 +12,7 @@ import json
 import logging
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from exporter.client import ExecClient, Page, ParticipantRow, Summary
 from exporter.config import ApiKey, PlannerConfig, format_duration, parse_config
 from exporter.daemon import Exporter
 from exporter.discovery import Group
+from exporter.jobs import summary_job
 from exporter.planner import Planner, checks_per_day, choose, judge, offline_plan, pages_for
 from exporter.server import Web, landing_page
 from exporter.state import decode, encode
@@ -560,6 +562,14 @@ def test_an_answer_for_an_edited_or_removed_cohort_is_dropped(
         in_flight.apply(Summary(participants=1, sessions=2), 1002.0)
     assert planner.dropped_answers == 1
     assert "definition changed while it was asked" in caplog.text
+    # A recurring summary job asked before the reload is dropped the same way.
+    old_emails = summary_job(targets[3], store)
+    emails_now = replace(targets[3], cohort=targets[3].cohort.model_copy(
+        update={"user_emails": ["someone@acme.com"]}))
+    store.set_targets([t if t.key != emails_now.key else emails_now for t in new_targets])
+    old_emails.apply(Summary(participants=7, sessions=9), 1002.0)
+    emails = store.get(("pitch", "emails"))
+    assert emails is not None and emails.summary is None
     state = store.get(("pitch", "all"))
     assert state is not None and state.summary is None  # not labelled with new filters
     # The paired summaries still queued for the removed "g1" are never sent.
