@@ -46,7 +46,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .aggregate import CohortFilter, Comparison, Precision, aggregate, compare, given_fields
+from .aggregate import (
+    MAX_DECIMALS,
+    ROUNDED_FIELDS,
+    CohortFilter,
+    Comparison,
+    Precision,
+    aggregate,
+    compare,
+    given_fields,
+)
 from .client import ApiError, ExecClient, Page, ParticipantRow, Summary
 from .config import CohortConfig, PlannerConfig, format_duration
 from .jobs import Job, same_definition, summary_job
@@ -1062,8 +1071,9 @@ class Planner:
 
     def state(self) -> dict[str, Any]:
         """What the state file keeps (JSON-safe): proofs (with the fingerprint of the
-        definition they proved), doubts, refusals, fallbacks, each pull's pages and the
-        member lists with their failures and next reads."""
+        definition they proved), doubts, refusals, fallbacks, each pull's pages, the
+        member lists with their failures and next reads, and the precision learned (a
+        restored proof exports values rounded as the endpoint was seen rounding)."""
         with self._lock:
             proofs = [{"scenario": k[0], "cohort": k[1],
                        "fingerprint": fingerprint(self._targets[k].cohort),
@@ -1083,6 +1093,7 @@ class Planner:
                             for g, (ids, at) in self._members.items()},
                 "member_retries": {g: {"failures": n, "next": self._member_next.get(g, 0.0)}
                                    for g, n in self._member_failures.items()},
+                "precision": dict(self.precision.seen),
             }
 
     def _restore(self, saved: Mapping[str, Any], now: float) -> None:
@@ -1139,9 +1150,14 @@ class Planner:
                                None if end is None else str(end))
             self._pages[("participants", str(doc[0]), dates)] = max(int(doc[2]), 1)
 
+        def precision(item: tuple[str, Any]) -> None:
+            if item[0] not in ROUNDED_FIELDS or not 0 <= int(item[1]) <= MAX_DECIMALS:
+                raise ValueError(f"bad precision {item!r}")
+            self.precision.seen[item[0]] = int(item[1])
+
         for name, read in (("members", member), ("member_retries", retry), ("proofs", proof),
                            ("doubts", doubt), ("refused", refused), ("fallback", fallback),
-                           ("pages", pages)):
+                           ("pages", pages), ("precision", precision)):
             part(name, read)
 
     def _changed(self) -> None:
