@@ -1094,6 +1094,8 @@ class Planner:
                 "member_retries": {g: {"failures": n, "next": self._member_next.get(g, 0.0)}
                                    for g, n in self._member_failures.items()},
                 "precision": dict(self.precision.seen),
+                # The cross-checks' turn: restarts do not start the round robin over.
+                "checks": {"next": max(self._checks_next, 0.0), "cursor": self._checks_cursor},
             }
 
     def _restore(self, saved: Mapping[str, Any], now: float) -> None:
@@ -1155,6 +1157,13 @@ class Planner:
                 raise ValueError(f"bad precision {item!r}")
             self.precision.seen[item[0]] = int(item[1])
 
+        checks = saved.get("checks")
+        if isinstance(checks, dict):
+            try:
+                self._checks_next = float(checks["next"])
+                self._checks_cursor = max(int(checks["cursor"]), 0)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("state file: ignoring the saved cross-check turn: %s", exc)
         for name, read in (("members", member), ("member_retries", retry), ("proofs", proof),
                            ("doubts", doubt), ("refused", refused), ("fallback", fallback),
                            ("pages", pages), ("precision", precision)):

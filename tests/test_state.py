@@ -312,6 +312,7 @@ def test_what_the_planner_learned_survives_the_file_and_bad_parts_are_left_out(
         "pages": [["s", [604800.0, None, None], 4]],
         "precision": {"average_best_score": 1, "practice_minutes": 0, "bogus": 2,
                       "average_score_lift": 9},
+        "checks": {"next": now + 700, "cursor": 5},
     }
     planner = Planner(PlannerConfig(), Store(), saved, now=now)
     kept = decode(encode(Store().snapshot(), [], now, planner=planner.state()), now).planner
@@ -322,5 +323,6 @@ def test_what_the_planner_learned_survives_the_file_and_bad_parts_are_left_out(
     assert kept["fallback"] == {"s2": now + 100}
     assert kept["pages"] == [["s", [604800.0, None, None], 4]]
     assert kept["precision"] == {"average_best_score": 1, "practice_minutes": 0}
+    assert kept["checks"] == {"next": now + 700, "cursor": 5}
     assert "ignoring a saved planner members entry" in caplog.text
     assert "ignoring a saved planner refused entry" in caplog.text
