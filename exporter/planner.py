@@ -320,7 +320,7 @@ def offline_plan(targets: Sequence[Target], settings: PlannerConfig,
         if plan.source == "participants":
             for t in servable:
                 member_groups.update(dict.fromkeys(t.cohort.group_ids))
-            plan = replace(plan, derived=plan.cohorts)
+            plan = replace(plan, derived=tuple(t.cohort.name for t in servable))
         groups.append(plan)
     plan_value = Plan(tuple(groups), tuple(member_groups))
     return replace(plan_value, recurring=plan_value.pull_cost)

@@ -332,6 +332,11 @@ def test_choose_and_the_offline_plan() -> None:
     assert plan.summary_cost == 9
     assert plan.chosen_cost == pytest.approx((2 + lists_a + lists_7d) / 0.95 + 2)
     assert plan.recurring == 4  # two one-page pulls and two summaries
+    # Refreshed every 90 minutes, an hourly member list costs 1.5 requests a cycle, more
+    # than the summary it would save: the group cohorts keep their summaries.
+    plan = offline_plan(build_targets(parse_config(raw)), PlannerConfig(), 5400.0)
+    assert plan.groups[0].derived == ("all", "emails", "no-staff")
+    assert plan.member_groups == ()
 
 
 def test_landing_page_shows_each_targets_source(fake: FakeExecAPI, clock: FakeClock) -> None:
