@@ -43,6 +43,12 @@ the two plans; then the same with more group cohorts per scenario.
 
     python benchmarks/quota_fidelity.py --derived
     python benchmarks/quota_fidelity.py --derived --cohorts 8,16,32
+
+Proofs and cross-checks are paired with their pull (issue 18): the simulated
+workspace honours ``end_date``. ``--quotas 60/1000,2/100000`` also runs a tight
+minute quota with a large day quota (cross-checks are a share of the requests
+actually sent, whichever budget is tighter); the table shows the busiest rolling
+minute against the minute budget too.
 """
 
 from __future__ import annotations
@@ -314,6 +320,7 @@ class SessionWorld:
                  ) -> dict[str, list[tuple[float, str, float, float]]]:
         self.grow(slug, now)
         start = (w_parse_time(params["start_date"]) if params.get("start_date") else None)
+        end = (w_parse_time(params["end_date"]) if params.get("end_date") else None)
         ids = set(filter(None, params.get("user_ids", "").split(",")))
         emails = {e.lower() for e in params.get("user_emails", "").split(",") if e}
         groups = set(filter(None, params.get("group_ids", "").split(",")))
@@ -324,6 +331,8 @@ class SessionWorld:
             when, uid = session[0], session[1]
             _, email, member_of = by_id[uid]
             if when > now or (start is not None and when < start):
+                continue
+            if end is not None and when > end:
                 continue
             if (ids or emails) and uid not in ids and email not in emails:
                 continue
@@ -406,7 +415,7 @@ class SimulatedExporter(Exporter):
 
 
 def derived_config(groups: int, mode: str, per_day: int, refresh: str,
-                   membership: str = "1h") -> Config:
+                   membership: str = "1h", per_minute: int = 60) -> Config:
     cohorts: list[dict[str, Any]] = [{"name": "all"}]
     cohorts += [{"name": f"group-{g}", "group_ids": [f"g{g}"]} for g in range(groups)]
     cohorts += [{"name": "emails", "user_emails": [f"user{i}@acme.com" for i in range(1, 60, 4)]},
@@ -414,7 +423,7 @@ def derived_config(groups: int, mode: str, per_day: int, refresh: str,
                 {"name": "last-7d", "window": "7d"}]
     return parse_config({
         "api": {"base_url": "http://127.0.0.1:9/rest/v1", "timeout": "10s",
-                "rate_limit": {"requests_per_minute": 60, "requests_per_day": per_day,
+                "rate_limit": {"requests_per_minute": per_minute, "requests_per_day": per_day,
                                "reserve": 0.1}},
         "refresh_interval": refresh,
         "scenarios": [{"id": f"scenario-{n}"} for n in DERIVED_SIZES],
@@ -424,8 +433,9 @@ def derived_config(groups: int, mode: str, per_day: int, refresh: str,
 
 
 def simulate_derived(groups: int, mode: str, seed: int, latency: float, per_day: int,
-                     refresh: str, membership: str = "1h") -> dict[str, Any]:
-    config = derived_config(groups, mode, per_day, refresh, membership)
+                     refresh: str, membership: str = "1h", per_minute: int = 60
+                     ) -> dict[str, Any]:
+    config = derived_config(groups, mode, per_day, refresh, membership, per_minute)
     clock = FakeClock(START)
     world = SessionWorld(groups, random.Random(seed))
     client = DerivedClient(clock, world, latency)
@@ -469,9 +479,12 @@ def simulate_derived(groups: int, mode: str, seed: int, latency: float, per_day:
         kinds[kind] = kinds.get(kind, 0) + 1
     interval = exporter.scheduler.interval
     per_day_steady = (hi - lo) / ((end - steady_from) / DAY)
-    counters = planner.counters()
+    counters = store.cross_checks()
     return {
         "mode": mode if mode == "summary" else f"auto, lists {membership}",
+        "quota": f"{per_minute}/min, {per_day}/day",
+        "max_rolling_minute": max_in_window([t for t, _ in client.sent], MINUTE),
+        "minute_budget": config.api.rate_limit.minute_budget,
         "cohorts": len(config.cohorts), "targets": len(keys),
         "interval_s": interval, "optimum_s": optimum,
         "steady_per_day": per_day_steady, "by_kind_per_day": kinds,
@@ -489,25 +502,26 @@ def simulate_derived(groups: int, mode: str, seed: int, latency: float, per_day:
 
 def report_derived(results: list[dict[str, Any]]) -> str:
     rows = []
-    by = {(r["cohorts"], r["mode"]): r for r in results}
-    for (cohorts, mode), r in sorted(by.items()):
-        base = by.get((cohorts, "summary")) if mode != "summary" else r
+    by = {(r["quota"], r["cohorts"], r["mode"]): r for r in results}
+    for (quota, cohorts, mode), r in sorted(by.items()):
+        base = by.get((quota, cohorts, "summary")) if mode != "summary" else r
         ratio = (base["requests_per_cycle"] / r["requests_per_cycle"]) if base else None
         age_ratio = (base["worst_age_s"] / r["worst_age_s"]) if base else None
         kinds = ", ".join(f"{k} {v / (r['steady_per_day'] or 1):.0%}"
                           for k, v in sorted(r["by_kind_per_day"].items()))
         rows.append([
-            cohorts, r["targets"], mode, f"{r['requests_per_cycle']:.1f}",
+            quota, cohorts, r["targets"], mode, f"{r['requests_per_cycle']:.1f}",
             f"{r['interval_s'] / 60:.1f} min", f"{r['worst_age_s'] / 60:.1f} min",
             f"{r['worst_age_s'] / r['optimum_s']:.2f}",
             "-" if ratio is None else f"{ratio:.2f}x",
             "-" if age_ratio is None else f"{age_ratio:.2f}x",
             f"{r['derived_targets']}/{r['targets']}", f"{r['matches']}/{r['mismatches']}",
-            f"{r['max_rolling_day']}/{r['day_budget']}", kinds])
-    header = ["cohorts/scenario", "targets", "plan", "requests per cycle", "interval",
+            f"{r['max_rolling_day']}/{r['day_budget']}",
+            f"{r['max_rolling_minute']}/{r['minute_budget']}", kinds])
+    header = ["quota", "cohorts/scenario", "targets", "plan", "requests per cycle", "interval",
               "worst age", "worst age / optimum", "fewer requests per cycle",
               "fresher (worst age)", "derived", "cross-checks match/mismatch",
-              "max / rolling 24 h", "steady requests by kind"]
+              "max / rolling 24 h", "max / rolling 60 s", "steady requests by kind"]
     notes = ("3 scenarios of 40, 90 and 250 participants; optimum = one request per target "
              "(targets x 86400 / day budget). Requests per cycle = every request of the "
              "steady day x interval / 86400\n(member lists and cross-checks included). "
@@ -535,6 +549,9 @@ def main() -> int:
     parser.add_argument("--membership-intervals", default="1h",
                         help="--derived: planner.membership_interval values to try "
                              "(default: %(default)s)")
+    parser.add_argument("--quotas", default="60/1000",
+                        help="--derived: requests per minute/per day pairs to try, e.g. "
+                             "60/1000,2/100000 (a tight minute quota, a large day quota)")
     parser.add_argument("--cohorts", default="8,16,32",
                         help="--derived: cohorts per scenario to try (all, groups, an email "
                              "list, no-staff, last-7d; default: %(default)s)")
@@ -542,15 +559,17 @@ def main() -> int:
     logging.disable(logging.CRITICAL)  # the poller logs every simulated failure
     if args.derived:
         derived = []
-        for k in (int(x) for x in args.cohorts.split(",") if x):
+        quotas = [tuple(int(n) for n in q.split("/")) for q in args.quotas.split(",") if q]
+        for (per_minute, per_day), k in ((q, int(x)) for q in quotas
+                                         for x in args.cohorts.split(",") if x):
             runs = [("summary", "1h")] + [("auto", m) for m in
                                           args.membership_intervals.split(",") if m]
             for mode, membership in runs:
-                print(f"simulating {k} cohorts x 3 scenarios, planner.mode {mode} ...",
-                      file=sys.stderr, flush=True)
+                print(f"simulating {k} cohorts x 3 scenarios, {per_minute}/min {per_day}/day, "
+                      f"planner.mode {mode} ...", file=sys.stderr, flush=True)
                 derived.append(simulate_derived(k - 4, mode, args.seed, args.latency,
-                                                args.requests_per_day, args.refresh_interval,
-                                                membership))
+                                                per_day, args.refresh_interval, membership,
+                                                per_minute))
         print(report_derived(derived))
         if args.json:
             args.json.write_text(json.dumps(derived, indent=1))

@@ -24,11 +24,12 @@ descriptions and the documented example:
 * ``score_distribution`` counts each participant by the rank of their best
   score (the thresholds above, as the schema documents it).
 
-The endpoint rounds: averages to one decimal, practice minutes to whole minutes
-(the OpenAPI types and example). :class:`Precision` starts from that and
-learns from the real summaries it sees (a field the endpoint gives as whole
-numbers is rounded to whole numbers), so a derived value is rounded as the
-endpoint would round it. The cross-checks prove the rest.
+The endpoint rounds, but how is not documented (the OpenAPI example shows a
+duration of ``348``, the averages with one decimal): :class:`Precision` learns
+each field's decimals from the real summaries it sees and assumes none, and
+:func:`compare` accepts a derived value that rounds to the summary's value at
+the decimals the summary shows. A field a summary did not give is not proven
+(:func:`given_fields`). The paired checks prove the rest.
 """
 
 from __future__ import annotations
@@ -37,17 +38,15 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .client import RANKS, Member, ParticipantRow, Summary
+from .client import RANKS, ParticipantRow, Summary
 
 SYSTEM_EMAIL_SUFFIX = "@exec.com"  # the API's system users (exclude_system_users)
 # The lowest score of each rank but the last, in the order of RANKS.
 RANK_FLOORS = (90.0, 75.0, 50.0)
 
-# The rounded fields, with the number of decimals the documentation shows.
+# The fields the endpoint rounds (its decimals are learned, see Precision).
 ROUNDED_FIELDS = ("average_best_score", "average_score_lift", "practice_minutes",
                   "average_session_duration_seconds")
-DOCUMENTED_DECIMALS = {"average_best_score": 1, "average_score_lift": 1,
-                       "practice_minutes": 0, "average_session_duration_seconds": 1}
 MAX_DECIMALS = 3
 
 
@@ -72,40 +71,30 @@ def decimals_of(value: float) -> int:
     return MAX_DECIMALS
 
 
-# Summaries that must all show fewer decimals than documented before derived
-# values are rounded that way (all whole by chance at one decimal: 1 in 100,000).
-FEWER_AFTER = 5
-
-
 @dataclass
 class Precision:
-    """How many decimals the summary endpoint gives each rounded field.
-
-    Starts from the documented precision until a real summary was seen, then
-    follows the most decimals any real summary showed for that field (a value
-    that happens to be whole cannot lower it once a decimal was seen). Not
-    thread-safe: the poller thread owns it.
-    """
+    """How many decimals the summary endpoint gives each rounded field: the most any
+    real summary showed for that field (a value that happens to be whole cannot lower
+    it once a decimal was seen). Nothing is assumed: a field never seen is not
+    rounded (and not exported from a pull either: it was never proven). Not
+    thread-safe: the poller thread owns it."""
 
     seen: dict[str, int] = field(default_factory=dict)
-    observed: dict[str, int] = field(default_factory=dict)
 
     def observe(self, summary: Summary) -> None:
         """Learn from one real summary."""
         for name, value in _rounded_values(summary).items():
             if value is not None:
                 self.seen[name] = max(self.seen.get(name, 0), decimals_of(value))
-                self.observed[name] = self.observed.get(name, 0) + 1
 
     def decimals(self, name: str) -> int:
-        """The decimals to round ``name`` to. Fewer than documented only after enough
-        summaries showed no more: one value in ten is whole at one decimal, so a
-        single whole value must not make derived values round to whole numbers."""
-        documented = DOCUMENTED_DECIMALS[name]
-        seen = self.seen.get(name)
-        if seen is None or (seen < documented and self.observed.get(name, 0) < FEWER_AFTER):
-            return documented
-        return seen
+        """The decimals to round ``name`` to (MAX_DECIMALS while never seen)."""
+        return self.seen.get(name, MAX_DECIMALS)
+
+
+def given_fields(summary: Summary) -> frozenset[str]:
+    """The fields ``summary`` gave (not null): only those are proven by it."""
+    return frozenset(name for name in Summary.__slots__ if getattr(summary, name) is not None)
 
 
 def _rounded_values(summary: Summary) -> dict[str, float | None]:
@@ -151,11 +140,6 @@ class CohortFilter:
         if self.group_ids:
             return any(row.user_id in members[g] for g in self.group_ids)
         return True
-
-
-def members_by_group(lists: Mapping[str, Iterable[Member]]) -> dict[str, frozenset[str]]:
-    """Group id -> the user ids of its members, for :meth:`CohortFilter.keeps`."""
-    return {group: frozenset(m.user_id for m in items) for group, items in lists.items()}
 
 
 def aggregate(rows: Iterable[ParticipantRow], precision: Precision | None = None) -> Summary:
@@ -212,9 +196,10 @@ class Difference:
 class Comparison:
     """The outcome of comparing a derived summary with the endpoint's.
 
-    ``counts_agree`` False means the two saw different sessions (some arrived
-    between the requests): no verdict. Otherwise ``differences`` lists every
-    field beyond tolerance; none means the derivation reproduced the summary.
+    ``counts_agree`` False means the two counted different participants or
+    sessions; otherwise ``differences`` lists every field beyond tolerance. Only
+    :attr:`match` reproduces the summary; what a disagreement means is the
+    planner's verdict rule (``planner.judge``).
     """
 
     counts_agree: bool
@@ -224,11 +209,6 @@ class Comparison:
     def match(self) -> bool:
         """Same sessions and every field within tolerance."""
         return self.counts_agree and not self.differences
-
-    @property
-    def mismatch(self) -> bool:
-        """Same sessions, yet a field differs: the derivation is wrong for this cohort."""
-        return self.counts_agree and bool(self.differences)
 
     def describe(self) -> str:
         """``field derived=x summary=y`` for each difference, for the log."""
@@ -251,7 +231,9 @@ def compare(derived: Summary, summary: Summary, tolerance: float) -> Comparison:
         if a is None or b is None:
             if (a is None) != (b is None):
                 differences.append(Difference(name, a, b))
-        elif abs(a - b) > tolerance + 1e-9:
+        elif (abs(a - b) > tolerance + 1e-9
+              and not math.isclose(round(a, decimals_of(b)), b, abs_tol=1e-9)):
+            # Beyond tolerance, and not the same value at the summary's own precision.
             differences.append(Difference(name, a, b))
     if derived.average_best_rank != summary.average_best_rank:
         differences.append(Difference("average_best_rank", derived.average_best_rank,

@@ -30,8 +30,8 @@ from .config import (
 from .daemon import Exporter, prepare_state_dir
 from .discovery import Discovery
 from .listings import DAY_SHARE, Assignments, Skills
-from .planner import offline_plan
-from .scheduler import effective_interval
+from .planner import checks_per_day, offline_plan
+from .scheduler import effective_interval, interval_and_limit
 from .server import listen_failure, parse_listen_address
 from .targets import Target, build_targets
 from .webconfig import load_web_config
@@ -210,48 +210,62 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
     if day_budget != rate.day_budget:
         lines.append(f"left for the targets: about {max(day_budget, 1):.0f} requests/day "
                      "(listings are paid for first)")
-    plan = offline_plan(targets, config.planner)
     planner = config.planner
-    cost = len(targets)
+    plan = offline_plan(targets, config.planner, config.refresh_interval)
+    recurring = float(len(targets))
     if planner.mode == "auto":
         lines.append("planner: auto (each scenario and date range uses one participants pull "
-                     "when that is cheaper than a summary per cohort; offline, a pull is "
+                     "when that costs fewer requests than a summary per cohort, member lists "
+                     "and cross-checks included; offline, a pull and a member list are "
                      "assumed to be one page: 100 participants)")
         for group in plan.groups:
+            parts = _parts(group.pages, group.summaries, group.lists, group.checks)
             lines.append(f"  {group.scenario} ({group.describe_dates()}): "
-                         f"{len(group.cohorts)} cohort{'s' if len(group.cohorts) > 1 else ''}"
-                         f"; summary {group.summary_cost} "
-                         f"requests/cycle, participants {group.participants_cost} "
-                         f"({group.pages} page{'s' if group.pages > 1 else ''} + "
-                         f"{group.participants_cost - group.pages} summaries) -> {group.source}")
-        lists = len(plan.member_groups) * 86400 / planner.membership_interval
-        share = planner.cross_check_share
-        checks = share * min(rate.day_budget, (plan.chosen_cost * 86400 / config.refresh_interval
-                                               + lists) / (1 - share))
-        if not any(g.source == "participants" for g in plan.groups):
-            lists = checks = 0.0
+                         f"{_plural(len(group.cohorts), 'cohort')}; summary "
+                         f"{_plural(group.summary_cost, 'request')}/cycle; participants "
+                         f"{group.participants_cost:.2f} = {parts} -> {group.source}")
+        derived = any(g.source == "participants" for g in plan.groups)
+        lists = (len(plan.member_groups) * 86400 / planner.membership_interval
+                 if derived else 0.0)
+        recurring = plan.recurring
+        checks = (checks_per_day(planner.cross_check_share, recurring, lists,
+                                 config.refresh_interval, max(day_budget, 1),
+                                 rate.minute_budget) if derived else 0.0)
         summary_interval = effective_interval(len(targets), config.refresh_interval,
                                               max(day_budget, 1), rate.minute_budget)
         day_budget -= lists + checks
-        cost = plan.chosen_cost
-        lines.append(f"requests per cycle: {plan.summary_cost} on summary requests (every "
-                     f"{format_duration(summary_interval)}), {plan.chosen_cost} with the plan "
-                     f"once every derived cohort is proven, plus {lists:.0f} member-list and "
-                     f"{checks:.0f} cross-check requests/day "
-                     f"({len(plan.member_groups)} group"
-                     f"{'s' if len(plan.member_groups) != 1 else ''} every "
-                     f"{format_duration(planner.membership_interval)}; cross-checks "
-                     f"{share:.0%} of the budget)")
+        chosen = [g for g in plan.groups if g.source == "participants"]
+        pages = sum(g.pages for g in chosen)
+        parts = _parts(pages, plan.recurring - pages, sum(g.lists for g in chosen),
+                       sum(g.checks for g in chosen))
+        lines.append(f"requests per cycle, everything included: summary plan "
+                     f"{plan.summary_cost} = {_plural(plan.summary_cost, 'summary')} (every "
+                     f"{format_duration(summary_interval)}); chosen plan "
+                     f"{plan.chosen_cost:.2f} = {parts}")
+        lines.append(f"  member lists: {_plural(len(plan.member_groups), 'group')} every "
+                     f"{format_duration(planner.membership_interval)}, about {lists:.0f} "
+                     f"requests/day; cross-checks: {planner.cross_check_share:.0%} of the "
+                     f"requests sent, about {checks:.0f}/day")
+        derived_targets = sum(len(g.derived) for g in chosen)
+        if checks > 0:
+            lines.append(f"  each of the {derived_targets} derived targets is cross-checked "
+                         f"about every {format_duration(derived_targets * 86400 / checks)} "
+                         "(a drift is caught at its check; raise cross_check_share to check "
+                         "more often)")
         lines.append("  (every target starts on summary requests and moves to the participants "
-                     "source once a pull reproduced its summary)")
+                     "source once a pull reproduced its summary; the state file keeps that)")
     else:
         lines.append("planner: summary (one summary request per target)")
-    interval = effective_interval(cost, config.refresh_interval, max(day_budget, 1),
-                                  rate.minute_budget)
-    stretched = (" (stretched from refresh_interval to fit the budget)"
-                 if interval > config.refresh_interval else "")
-    lines.append(f"effective refresh interval: {format_duration(interval)} "
-                 f"({interval:.0f}s){stretched}")
+    interval, limit = interval_and_limit(recurring, config.refresh_interval, max(day_budget, 1),
+                                         rate.minute_budget)
+    why = ("as configured (refresh_interval)" if limit == "refresh_interval"
+           else f"stretched from refresh_interval {format_duration(config.refresh_interval)} "
+                f"by the {limit}")
+    if limit == "day budget" and day_budget != rate.day_budget:
+        why += (f" (about {max(day_budget, 1):.0f} requests/day left once listings, member "
+                "lists and cross-checks are paid for)")
+    lines.append(f"effective refresh interval: {format_duration(interval)} ({interval:.0f}s), "
+                 f"{why}")
     staleness = config.max_staleness or 3 * interval
     lines.append(f"max staleness: {format_duration(staleness)}")
     return "\n".join(lines)
@@ -264,6 +278,16 @@ def _key_line(key: ApiKey | None, problems: Sequence[str]) -> str:
     if problems:
         return f"warning: api key: {'; '.join(problems)} (running needs it)"
     return ("warning: no API key found: set EXEC_API_KEY or api.api_key_file before running")
+def _plural(count: float, word: str) -> str:
+    """``1 request``, ``2 requests``, ``1 summary``, ``3 summaries``."""
+    many = word[:-1] + "ies" if word.endswith("y") else word + "s"
+    return f"{count:g} {word if count == 1 else many}"
+
+
+def _parts(pages: int, summaries: int, lists: float, checks: float) -> str:
+    """A participants cost's parts, for the check."""
+    return (f"{_plural(pages, 'page')} + {_plural(summaries, 'summary')} + {lists:.2f} "
+            f"member-list pages + {checks:.2f} cross-checks")
 
 
 def _listing_plan(config: Config, targets: list[Target]) -> list[tuple[str, float]]:

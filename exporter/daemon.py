@@ -23,7 +23,7 @@ from .exposition import Exposition
 from .jobs import Job, Running, key_id, summary_job
 from .listings import Assignments, ListingsCollector, Skills
 from .planner import Planner
-from .scheduler import Clock, Poller, Scheduler, ScheduleView, SystemClock, effective_interval
+from .scheduler import Clock, Poller, Scheduler, ScheduleView, SystemClock, interval_and_limit
 from .server import Web, serve
 from .state import SavedState, StateFile
 from .store import Key, Store, TargetState
@@ -68,9 +68,10 @@ class Exporter:
         self.skills: Skills | None = None
         self.assignments: Assignments | None = None
         self._listings(config)
-        self.planner = Planner(config.planner, self.store, saved.members,
-                               on_change=self._on_plan)
-        self.planner.configure(config.planner, rate.day_budget, config.refresh_interval)
+        self.planner = Planner(config.planner, self.store, saved.planner,
+                               on_change=self._on_plan, now=now)
+        self.planner.configure(config.planner, rate.day_budget, config.refresh_interval,
+                               minute_budget=rate.minute_budget)
         self.running = self._build(config, self._client(config), key)
         self.poller = Poller(self.scheduler, lambda: self.running, self.store, self.clock)
         self.store.record_reload(True, now)
@@ -108,15 +109,33 @@ class Exporter:
         # A target was proven or refused, a scenario fell back, a pull's size changed or
         # a member list was first read: the recurring jobs change (in the poller thread).
         with self._apply_lock:
+            before = self._interval(self.config)
             self.running = self._build(self.config, self.running.client, self.key)
             self.poller.wake()
+            if self._interval(self.config) != before:
+                derived = sum(source == "participants" for _, source in self.planner.sources())
+                log.info("plan: %d of %d targets derived; effective refresh interval %s",
+                         derived, len(self._targets), self._describe_interval())
 
     def _interval(self, config: Config, jobs: tuple[Job, ...] | None = None) -> float:
         """The effective interval of the running plan, or of ``jobs`` (a pull of n
-        pages counts n)."""
+        pages counts n): the scheduler's own formula, on the same numbers."""
+        return self._interval_and_limit(config, jobs)[0]
+
+    def _interval_and_limit(self, config: Config, jobs: tuple[Job, ...] | None = None
+                            ) -> tuple[float, str]:
         cost = sum(max(job.cost, 1) for job in (self.running.jobs if jobs is None else jobs))
-        return effective_interval(cost, config.refresh_interval, self._poll_day_budget(),
+        return interval_and_limit(cost, config.refresh_interval, self._poll_day_budget(),
                                   config.api.rate_limit.minute_budget)
+
+    def _describe_interval(self) -> str:
+        """``48m13s (stretched from refresh_interval 5m by the day budget)``: the
+        effective interval and what set it, for the logs."""
+        interval, limit = self._interval_and_limit(self.config)
+        if limit == "refresh_interval":
+            return f"{format_duration(interval)} (as configured)"
+        return (f"{format_duration(interval)} (stretched from refresh_interval "
+                f"{format_duration(self.config.refresh_interval)} by the {limit})")
 
     def _discovery(self, config: Config, lists: Lists | None, reread: bool) -> Discovery | None:
         """Discovery for ``config`` (None when it reads no list)."""
@@ -167,12 +186,8 @@ class Exporter:
         with self._apply_lock:
             self.running = self._build(self.config, self.running.client, self.key)
             self.poller.wake()
-        interval = self._interval(self.config)
-        wanted = format_duration(self.config.refresh_interval)
-        how = (f"stretched from refresh_interval {wanted} to fit the budget"
-               if interval > self.config.refresh_interval else "as configured")
-        log.info("discovery: %d targets; effective refresh interval %s (%s)",
-                 len(self._targets), format_duration(interval), how)
+        log.info("discovery: %d targets; effective refresh interval %s",
+                 len(self._targets), self._describe_interval())
 
     def _poll_day_budget(self) -> float:
         listing = sum(source.requests_per_day() for source in self.sources)
@@ -262,13 +277,13 @@ class Exporter:
                 self._listings(config)
                 self.config = config
                 self.planner.configure(config.planner, config.api.rate_limit.day_budget,
-                                       config.refresh_interval, reread_members=True)
+                                       config.refresh_interval, reread_members=True,
+                                       minute_budget=config.api.rate_limit.minute_budget)
                 self.running = self._build(config, client, key)
             self.store.record_reload(True, now)
             self.poller.wake()
-            interval = self._interval(config)
             log.info("configuration reloaded: %d targets, effective interval %s",
-                     len(self._targets), format_duration(interval))
+                     len(self._targets), self._describe_interval())
             return True, "configuration reloaded"
 
     def _save_state(self, force: bool = False) -> None:
@@ -277,7 +292,7 @@ class Exporter:
         now = self.clock.time()
         lists = self.discovery.lists if self.discovery else None
         self.state.save(self.store.snapshot(), self.budget.ledger(now), now, force=force,
-                        lists=lists, members=self.planner.members())
+                        lists=lists, planner=self.planner.state())
 
     def _save_loop(self) -> None:
         # The state file follows the store: every change is saved (coalesced by the
@@ -302,10 +317,9 @@ class Exporter:
             self._saver.start()
         host, port = (str(part) for part in self.server.server_address[:2])
         host = f"[{host}]" if ":" in host else host
-        interval = self._interval(self.config)
         log.info("exec-exporter %s listening on %s:%s; %d targets, effective refresh "
                  "interval %s", __version__, host, port, len(self._targets),
-                 format_duration(interval))
+                 self._describe_interval())
 
     def stop(self) -> None:
         """Stop polling (letting an in-flight request finish), save state, stop serving."""

@@ -77,31 +77,45 @@ class JobSource(Protocol):
         """What this source costs a day, taken out of the day budget."""
 
 
-def fetch_summary(target: Target) -> Callable[[ExecClient, float], Summary]:
-    """The request of a summary job: ``target``'s summary with its cohort's filters as
-    of ``now`` (a rolling window becomes a start_date)."""
-
-    def fetch(client: ExecClient, now: float) -> Summary:
-        return client.summary(target.scenario, target.cohort.query(now))
-
-    return fetch
+def same_definition(current: Target | None, asked: Target) -> bool:
+    """Whether an answer asked for ``asked`` still describes ``current`` (same scenario
+    and filters; a new display name does not change the population)."""
+    return (current is not None and current.cohort == asked.cohort
+            and current.scenario_uuid == asked.scenario_uuid)
 
 
 def summary_job(target: Target, store: Store) -> Job:
-    """The recurring job of one target: its summary, stored as its last good value."""
+    """The recurring job of one target: its summary, stored as its last good value.
+    An answer arriving after a reload changed the target's definition (same labels,
+    other filters) is dropped and logged: it describes another population."""
     key = target.key
 
+    def current() -> bool:
+        state = store.get(key)
+        if state is not None and not same_definition(state.target, target):
+            log.info("dropped the answer for scenario=%s cohort=%s: the target's definition "
+                     "changed while it was asked", key[0], key[1])
+            return False
+        return True
+
+    def fetch(client: ExecClient, now: float) -> Summary:
+        # A rolling window becomes a start_date as of now.
+        return client.summary(target.scenario, target.cohort.query(now))
+
     def apply(summary: Summary, at: float) -> None:
-        store.record_success(key, summary, at)
+        if current():
+            store.record_success(key, summary, at)
 
     def fail(error: ApiError, at: float) -> None:
+        if not current():
+            return
         store.record_failure(key, error.reason, str(error), at)
         if error.reason not in PAUSE_REASONS:
             # Workspace-wide refusals are said once, by the poller.
             log.warning("refresh failed scenario=%s cohort=%s reason=%s: %s", key[0], key[1],
                         error.reason, error)
 
-    return Job(kind="summary", key=key, fetch=fetch_summary(target), apply=apply, fail=fail,
+    return Job(kind="summary", key=key, fetch=fetch, apply=apply, fail=fail,
                label=f"scenario={key[0]} cohort={key[1]}", target=key)
 
 

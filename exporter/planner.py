@@ -9,23 +9,25 @@ cohorts:
   last pull's ``total_count``; 1 until a pull has run) from which every cohort
   that differs only by which users it keeps is aggregated
   (:mod:`exporter.aggregate`), plus the member lists of the groups those
-  cohorts use.
+  cohorts use and the cross-checks.
 
-The planner picks the cheaper way per pull group; ``planner.mode: summary``
-keeps only summary requests. What it decides is expressed as jobs
-(:mod:`exporter.jobs`): recurring summary jobs and pull jobs (a pull of n pages
-has ``cost`` n and its pages 2..n are follow-up jobs), and this object is also
-a job source for the follow-up pages, the member lists and the cross-checks.
+The cost model (:func:`costs`) counts every request of both ways; the planner
+picks the cheaper way per pull group; ``planner.mode: summary`` keeps only
+summary requests. What it decides is expressed as jobs (:mod:`exporter.jobs`):
+recurring summary jobs and pull jobs (a pull of n pages has ``cost`` n plus the
+paired summaries it owes), and this object is also a job source for the
+follow-up pages, the paired summaries and the member lists.
 
-Honesty rules (issue 13): a target starts on summary requests and moves to the
-participants source only once a pull reproduced its summary (counts exact,
-averages within ``planner.tolerance``); one that does not stays on the summary
-(the log names the field). Then ``planner.cross_check_share`` of the day budget
-re-fetches derived targets from the summary endpoint, round robin: counts that
-differ mean new sessions (the summary's values are taken, no verdict); a field
-beyond tolerance with equal counts moves the scenario back to summary requests
-for ``planner.fallback_for``. What is exported is always a value the summary
-endpoint gave or one that agreed with it at the last check.
+Honesty rules (issue 18, docs/derived-cohorts.md): every comparison of a derived
+value with the summary endpoint is *paired*: the summary is requested right
+after the pull's last page, for the same instant (both pinned to the pull's
+``end_date``, rolling windows from the same ``now``), so sessions that arrive
+in between fall outside both. A target is derived only after a paired
+agreement; :func:`judge` turns paired comparisons into verdicts; a paired
+summary is always exported (it is a real summary), so from the first
+disagreement on the target shows the summary's values. What is exported is
+always a value the summary endpoint gave or one that agreed with it at the last
+paired check.
 
 Thread-safety: handlers run in the poller thread, :meth:`Planner.jobs` in
 whichever thread rebuilds the running configuration, the collector in scrape
@@ -34,19 +36,30 @@ threads: one lock guards the state and is never held across a request.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .aggregate import CohortFilter, Precision, aggregate, compare
+from .aggregate import (
+    MAX_DECIMALS,
+    ROUNDED_FIELDS,
+    CohortFilter,
+    Comparison,
+    Precision,
+    aggregate,
+    compare,
+    given_fields,
+)
 from .client import PAUSE_REASONS, ApiError, ExecClient, Member, Page, ParticipantRow, Summary
 from .config import CohortConfig, PlannerConfig, format_duration
-from .jobs import Job, fetch_summary, summary_job
+from .jobs import Job, same_definition, summary_job
 from .paged import PAGE_SIZE, ListChanged, PagedRead, page_query, retry_at
-from .store import CROSS_CHECK_RESULTS
 
 if TYPE_CHECKING:
     from .store import Store
@@ -54,9 +67,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Pulls in a row whose counts differed from a target's summary (new sessions each
-# time) before the target gives up proving itself for fallback_for.
+# Inconsistent pulls in a row before a scenario uses summaries for fallback_for.
 VERIFY_PULLS = 3
+# Paired disagreements in a row that refute a derivation (see judge()).
+REFUTE_AFTER = 2
 # The participants endpoint refused this scenario or its filters: summaries only.
 _UNAVAILABLE = frozenset({"not_found", "bad_request"})
 
@@ -64,6 +78,31 @@ _UNAVAILABLE = frozenset({"not_found", "bad_request"})
 DatesKey = tuple[float | None, str | None, str | None]
 PullKey = tuple[str, str, DatesKey]
 """A pull job's key: ("participants", scenario, (window, start_date, end_date))."""
+
+
+def judge(doubts: int, comparison: Comparison) -> tuple[str, int]:
+    """The verdict rule: what one paired comparison means, given ``doubts`` (the
+    paired disagreements in a row before it). Returns the verdict and the new count.
+
+    * ``agree`` (counts equal, every field within tolerance): the target is derived
+      from the pull from now on; the count starts over.
+    * ``doubt`` (the first disagreement, counts or any field): the summary's values
+      are exported at once and the target stops being derived; the next pull pairs
+      a summary with it again (a proof), at the price of the summary it replaces.
+      One disagreement alone can be a session that reached the API late, inside the
+      pinned range, between the two requests: it does not refute.
+    * ``refuted`` (``REFUTE_AFTER`` = 2 in a row): the target uses summary requests
+      for ``planner.fallback_for``; when the counts agreed and a field did not, the
+      endpoint computes that field otherwise, so its whole scenario does.
+
+    Pairing pins both requests to one instant, so constant traffic cannot make two
+    comparisons in a row disagree; a real drift (a member list that lags, a changed
+    formula) is caught at the target's next paired check and refuted one pull later.
+    """
+    if comparison.match:
+        return "agree", 0
+    doubts += 1
+    return ("refuted" if doubts >= REFUTE_AFTER else "doubt"), doubts
 
 
 def dates_of(cohort: CohortConfig) -> DatesKey:
@@ -84,9 +123,33 @@ def cohort_filter(cohort: CohortConfig) -> CohortFilter:
                            cohort.exclude_system_users)
 
 
+def fingerprint(cohort: CohortConfig) -> str:
+    """A stable digest of what ``cohort`` selects (filters and dates), to tell whether
+    a proof kept in the state file was made for the same definition."""
+    doc = [sorted(cohort.user_ids), sorted(e.lower() for e in cohort.user_emails),
+           list(cohort.group_ids), bool(cohort.exclude_system_users), list(dates_of(cohort))]
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
+
+
+def pinned_query(cohort: CohortConfig, now: float) -> dict[str, str]:
+    """``cohort``'s summary query at ``now`` with ``end_date`` pinned at ``now`` (or the
+    cohort's own end, if earlier): a pull and its paired summaries then cover exactly
+    the same sessions, whatever arrives between the requests."""
+    query = cohort.query(now)
+    end = now
+    if cohort.end_date is not None:
+        own = cohort.end_date
+        if own.tzinfo is None:
+            own = own.replace(tzinfo=dt.UTC)
+        end = min(own.timestamp(), now)
+    query["end_date"] = dt.datetime.fromtimestamp(math.floor(end), dt.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    return query
+
+
 def pull_query(cohort: CohortConfig, now: float) -> dict[str, str]:
-    """The participants query of ``cohort``'s pull at ``now``: its dates only."""
-    full = cohort.query(now)
+    """The participants query of ``cohort``'s pull at ``now``: its dates only, pinned."""
+    full = pinned_query(cohort, now)
     return {k: full[k] for k in ("start_date", "end_date") if k in full}
 
 
@@ -95,26 +158,33 @@ def pages_for(total_count: int) -> int:
     return max(1, math.ceil(total_count / PAGE_SIZE))
 
 
-def choose(cohorts: int, derivable: int, pages: int) -> str:
+def choose(cohorts: int, derivable: int, pages: int, extra: float = 0.0) -> str:
     """``participants`` when one pull (``pages`` requests, plus one summary request for
-    each of the ``cohorts - derivable`` cohorts it cannot serve) costs fewer requests
-    per cycle than ``cohorts`` summary requests; else ``summary`` (a tie keeps the
-    summary: no saving is worth a derivation)."""
-    return "participants" if pages + (cohorts - derivable) < cohorts else "summary"
+    each of the ``cohorts - derivable`` cohorts it cannot serve, plus ``extra``: member
+    lists and cross-checks per cycle) costs fewer requests per cycle than ``cohorts``
+    summary requests; else ``summary`` (a tie keeps the summary: no saving is worth a
+    derivation)."""
+    return "participants" if pages + (cohorts - derivable) + extra < cohorts else "summary"
 
 
 @dataclass(frozen=True)
 class GroupPlan:
-    """The plan of one pull group: both costs per cycle and the choice."""
+    """The plan of one pull group: both costs per cycle, with their parts, and the choice.
+
+    ``lists`` is this group's share of the member-list pages per cycle (a list is
+    split between the cohorts that use it, across scenarios) and ``checks`` the
+    cross-checks per cycle (``cross_check_share`` of everything the way sends)."""
 
     scenario: str
     dates: DatesKey
     cohorts: tuple[str, ...]
     pages: int
     pages_known: bool
-    derivable: int  # cohorts the pull can serve now (member lists read, not refused)
+    derivable: int  # cohorts the pull can serve (member lists worth reading, not refused)
     source: str  # "summary" or "participants"
     derived: tuple[str, ...] = ()  # cohorts served by the pull now (proven)
+    lists: float = 0.0
+    checks: float = 0.0
 
     @property
     def summary_cost(self) -> int:
@@ -122,13 +192,18 @@ class GroupPlan:
         return len(self.cohorts)
 
     @property
-    def participants_cost(self) -> int:
-        """Requests per cycle with the pull: its pages plus a summary for each cohort
-        it cannot serve."""
-        return self.pages + len(self.cohorts) - self.derivable
+    def summaries(self) -> int:
+        """Summary requests per cycle the pull cannot spare (cohorts it cannot serve)."""
+        return len(self.cohorts) - self.derivable
 
     @property
-    def cost(self) -> int:
+    def participants_cost(self) -> float:
+        """Requests per cycle with the pull: its pages, a summary for each cohort it
+        cannot serve, its share of the member lists and its cross-checks."""
+        return self.pages + self.summaries + self.lists + self.checks
+
+    @property
+    def cost(self) -> float:
         """Requests per cycle of the chosen way, once every derivable cohort is proven."""
         return self.participants_cost if self.source == "participants" else self.summary_cost
 
@@ -156,9 +231,30 @@ class Plan:
         return sum(g.summary_cost for g in self.groups)
 
     @property
-    def chosen_cost(self) -> int:
-        """Requests per cycle of the chosen plan once every cohort is proven."""
+    def chosen_cost(self) -> float:
+        """Requests per cycle of the chosen plan once every cohort is proven, member
+        lists and cross-checks included."""
         return sum(g.cost for g in self.groups)
+
+    @property
+    def pull_cost(self) -> int:
+        """Recurring requests per cycle of the chosen plan once proven (pages and the
+        summaries the pulls cannot spare)."""
+        return sum(g.pages + g.summaries if g.source == "participants" else g.summary_cost
+                   for g in self.groups)
+
+
+def checks_per_day(share: float, recurring: float, lists_per_day: float,
+                   refresh_interval: float, day_budget: float, minute_budget: float) -> float:
+    """Cross-checks a day: ``share`` (``cross_check_share``) of the requests actually
+    sent, everything included. The recurring jobs are sent at the interval that
+    ``refresh_interval`` and the minute budget allow, the member lists on their own
+    schedule, and the total is capped by the day budget: the tighter budget decides."""
+    if share <= 0:
+        return 0.0
+    interval = max(refresh_interval, recurring * 60.0 / max(minute_budget, 1.0), 1.0)
+    sent = recurring * 86400.0 / interval + lists_per_day
+    return share * min(day_budget, sent / (1.0 - share))
 
 
 def pull_groups(targets: Sequence[Target]) -> dict[PullKey, list[Target]]:
@@ -169,29 +265,71 @@ def pull_groups(targets: Sequence[Target]) -> dict[PullKey, list[Target]]:
     return groups
 
 
-def offline_plan(targets: Sequence[Target], settings: PlannerConfig) -> Plan:
+def costs(groups: Mapping[PullKey, Sequence[Target]], settings: PlannerConfig,
+          refresh_interval: float, pages: Callable[[PullKey], int],
+          list_pages: Callable[[str], int], usable: Callable[[Target], bool],
+          ) -> dict[PullKey, tuple[GroupPlan, list[Target]]]:
+    """The cost model: both ways of every pull group, per cycle of ``refresh_interval``.
+
+    A member list costs its pages every ``membership_interval``, split between the
+    cohorts that use it; a cohort whose share costs a whole summary per cycle or
+    more is not worth deriving (it stays on summary requests). The cross-checks are
+    ``cross_check_share`` of what the participants way sends. ``usable(target)``:
+    the pull may serve it (member lists known, not refused). Each plan comes with
+    the targets the pull would serve."""
+    per_cycle = refresh_interval / settings.membership_interval
+    users: dict[str, int] = {}
+    for members in groups.values():
+        for target in members:
+            for group in dict.fromkeys(target.cohort.group_ids):
+                users[group] = users.get(group, 0) + 1
+
+    def share(target: Target) -> float:
+        return sum(list_pages(g) * per_cycle / users[g]
+                   for g in dict.fromkeys(target.cohort.group_ids))
+
+    checks_factor = settings.cross_check_share / (1.0 - settings.cross_check_share)
+    out = {}
+    for key, members in groups.items():
+        servable = [t for t in members if usable(t) and share(t) < 1.0]
+        lists = sum(share(t) for t in servable)
+        base = pages(key) + len(members) - len(servable) + lists
+        plan = GroupPlan(key[1], key[2], tuple(t.cohort.name for t in members), pages(key),
+                         False, len(servable), "summary", lists=lists,
+                         checks=base * checks_factor)
+        source = choose(len(members), len(servable), plan.pages, plan.lists + plan.checks)
+        out[key] = (replace(plan, source=source), servable)
+    return out
+
+
+def offline_plan(targets: Sequence[Target], settings: PlannerConfig,
+                 refresh_interval: float = 900.0) -> Plan:
     """The plan ``--config.check`` prints: no pull has run, so one page per pull and
-    every member list readable (the best case the planner can reach)."""
-    groups = []
+    per member list, every list readable (the best case the planner can reach)."""
+    grouped = pull_groups(targets)
+    plans = costs(grouped, settings, refresh_interval, lambda key: 1, lambda group: 1,
+                  lambda target: True)
+    groups: list[GroupPlan] = []
     member_groups: dict[str, None] = {}
-    for (_, scenario, dates), members in pull_groups(targets).items():
-        names = tuple(t.cohort.name for t in members)
-        source = ("summary" if settings.mode == "summary"
-                  else choose(len(members), len(members), 1))
-        if source == "participants":
-            for t in members:
+    for plan, servable in plans.values():
+        if settings.mode == "summary":
+            plan = replace(plan, source="summary")
+        if plan.source == "participants":
+            for t in servable:
                 member_groups.update(dict.fromkeys(t.cohort.group_ids))
-        groups.append(GroupPlan(scenario, dates, names, 1, False, len(members), source,
-                                names if source == "participants" else ()))
-    plan = Plan(tuple(groups), tuple(member_groups))
-    return replace(plan, recurring=plan.chosen_cost)
+            plan = replace(plan, derived=tuple(t.cohort.name for t in servable))
+        groups.append(plan)
+    plan_value = Plan(tuple(groups), tuple(member_groups))
+    return replace(plan_value, recurring=plan_value.pull_cost)
 
 
 @dataclass
 class _PullRun:
-    """A pull in progress: its query (the same for every page) and rows so far."""
+    """A pull in progress: its query (the same for every page), its instant (the paired
+    summaries use it) and rows so far."""
 
     query: dict[str, str]
+    now: float
     read: PagedRead[ParticipantRow] = field(default_factory=lambda: PagedRead(
         "participants", key=lambda row: row.user_id))
 
@@ -209,59 +347,86 @@ class _Pull:
     at: float
 
 
+@dataclass(frozen=True)
+class _Proof:
+    """A derived target's standing: when a paired check last agreed, and which fields
+    the summary gave then (only those are exported from a pull)."""
+
+    checked: float
+    given: frozenset[str]
+
+
+@dataclass(frozen=True, eq=False)
+class _Paired:
+    """A summary owed right after a pull, for the pull's instant: a proof (the target
+    is not derived yet), a cross-check (it is), or, when the pull failed, a plain
+    refresh (``pull`` None: nothing to compare with)."""
+
+    target: Target
+    pull_at: float
+    pull: _Pull | None
+    check: bool = False
+
+
 class Planner:
     """Plans, proves and cross-checks derived cohorts; a job source (see module doc).
 
     ``on_change()`` is called (outside the lock, in the thread of the event) when
-    the recurring jobs must be rebuilt: a target proven or refused, a scenario
-    falling back or back from a fallback, a pull's page count changed, a member
-    list read for the first time.
+    the recurring jobs must be rebuilt: a target proven, doubted or refused, a
+    scenario falling back or back from a fallback, a pull's page count changed, a
+    member list read for the first time. ``saved`` is :meth:`state` as the state
+    file kept it.
     """
 
     def __init__(self, settings: PlannerConfig, store: Store,
-                 members: Mapping[str, tuple[Iterable[str], float]] | None = None,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 saved: Mapping[str, Any] | None = None,
+                 on_change: Callable[[], None] | None = None, now: float = math.inf) -> None:
         self.settings = settings
         self.store = store
         self.on_change = on_change
         self.precision = Precision()
+        self.dropped_answers = 0  # answers for a target whose definition changed meanwhile
         self._lock = threading.RLock()
         self._targets: dict[TargetKey, Target] = {}
         self._groups: dict[PullKey, list[Target]] = {}
         self._plan = Plan()
         self._served_keys: set[TargetKey] = set()
+        self._owed: set[TargetKey] = set()  # proven by paired summaries after each pull
         self._pages: dict[PullKey, int] = {}
         self._pulls: dict[PullKey, _Pull] = {}
         self._runs: dict[PullKey, _PullRun] = {}
-        self._verified: set[TargetKey] = set()
+        self._paired: list[_Paired] = []
+        self._proofs: dict[TargetKey, _Proof] = {}
+        self._doubts: dict[TargetKey, int] = {}
         self._refused: dict[TargetKey, float] = {}
-        self._inconclusive: dict[TargetKey, int] = {}
         self._fallback: dict[str, float] = {}
-        self._real: dict[TargetKey, tuple[Summary, float]] = {}
         self._refetch: set[TargetKey] = set()
         self._discards: dict[PullKey, int] = {}
-        self._members: dict[str, tuple[frozenset[str], float]] = {
-            g: (frozenset(ids), at) for g, (ids, at) in (members or {}).items()}
+        self._members: dict[str, tuple[frozenset[str], float]] = {}
         self._member_runs: dict[str, PagedRead[Member]] = {}
-        # A restored list is read again when it is membership_interval old, not at start.
-        self._member_next: dict[str, float] = {
-            g: at + settings.membership_interval for g, (_, at) in self._members.items()}
+        self._member_next: dict[str, float] = {}
         self._member_failures: dict[str, int] = {}
         self._member_pages: dict[str, int] = {}
         self._rereads_after = -math.inf
         self._checks_next = -math.inf
-        self._checks_cursor = 0
+        self._checks_cursor = 0  # the round robin of cross-checks over served targets
+        self._checks_waited = 0  # pulls completed while the target in turn had none
+        self._kept_proofs: dict[TargetKey, tuple[str, _Proof]] = {}
         self._day_budget = 1.0
+        self._minute_budget = 60.0
         self._refresh_interval = 900.0
+        if saved:
+            self._restore(saved, now)
 
     # --- settings and plan -------------------------------------------------------
 
-    def configure(self, settings: PlannerConfig, day_budget: float,
-                  refresh_interval: float, reread_members: bool = False) -> None:
+    def configure(self, settings: PlannerConfig, day_budget: float, refresh_interval: float,
+                  reread_members: bool = False, minute_budget: float = 60.0) -> None:
         """New settings (reload); ``reread_members`` reads every member list again."""
         with self._lock:
             self.settings = settings
             self._day_budget = max(day_budget, 1.0)
+            self._minute_budget = max(minute_budget, 1.0)
             self._refresh_interval = refresh_interval
             if reread_members:
                 self._member_next.clear()
@@ -276,71 +441,127 @@ class Planner:
         """The pull can serve ``target`` now: every group's members known, not refused."""
         if any(g not in self._members for g in target.cohort.group_ids):
             return False
-        until = self._refused.get(target.key)
-        return until is None or until <= now
+        return not self._is_refused(target, now)
 
-    def _source_of(self, key: PullKey, targets: Sequence[Target], now: float) -> str:
-        if not self.auto:
-            return "summary"
-        until = self._fallback.get(key[1])
-        if until is not None and until > now:
-            return "summary"
-        derivable = sum(self._derivable(t, now) for t in targets)
-        return choose(len(targets), derivable, self._pages.get(key, 1))
+    def _is_refused(self, target: Target, now: float) -> bool:
+        until = self._refused.get(target.key)
+        return until is not None and until > now
 
     def jobs(self, targets: Sequence[Target], now: float) -> tuple[Job, ...]:
         """The recurring jobs for ``targets``: a summary job for each target the pulls
         do not serve, and one pull job per group that uses the participants source,
-        placed after its scenario's summary jobs (a pull then follows the summaries it
-        is checked against). Also remembers the plan."""
+        placed after its scenario's summary jobs. A pull's cost counts its pages and
+        the paired summaries it owes (the targets it may serve but has not proven).
+        Also remembers the plan and prunes what belongs to targets no longer there."""
         with self._lock:
             for target in targets:
                 before = self._targets.get(target.key)
-                if before is not None and before.cohort != target.cohort:
+                if before is not None and not same_definition(before, target):
                     # Same labels, other filters (a reload): what was proven is not.
-                    self._verified.discard(target.key)
-                    self._refused.pop(target.key, None)
-                    self._inconclusive.pop(target.key, None)
-                    self._real.pop(target.key, None)
+                    self._forget(target.key)
+                kept = self._kept_proofs.pop(target.key, None)
+                if (kept is not None and kept[0] == fingerprint(target.cohort)
+                        and now - kept[1].checked < self.settings.fallback_for):
+                    # A proof from the state file, for the same definition, not too old.
+                    self._proofs[target.key] = kept[1]
             self._targets = {t.key: t for t in targets}
             self._groups = pull_groups(targets)
-            self._verified &= set(self._targets)
-            plans: list[GroupPlan] = []
+            fallbacks = self._active_fallbacks(now)
+            plans = costs(self._groups, self.settings, self._refresh_interval,
+                          lambda key: self._pages.get(key, 1),
+                          lambda group: self._member_pages.get(group, 1),
+                          lambda target: self._derivable(target, now))
+            # The lists worth reading: as if every list were known (it may become so).
+            wanted = costs(self._groups, self.settings, self._refresh_interval,
+                           lambda key: self._pages.get(key, 1),
+                           lambda group: self._member_pages.get(group, 1),
+                           lambda target: not self._is_refused(target, now))
+            group_plans: list[GroupPlan] = []
             by_scenario: dict[str, list[Job]] = {}
             pulls: dict[str, list[Job]] = {}
             member_groups: dict[str, None] = {}
+            self._owed = set()
+            pulled: set[PullKey] = set()
             for key, members in self._groups.items():
-                source = self._source_of(key, members, now)
-                derivable = [t for t in members if self._derivable(t, now)]
-                derived = [t for t in derivable
-                           if source == "participants" and t.key in self._verified]
-                derived_keys = {t.key for t in derived}
+                plan, servable = plans[key]
+                if not self.auto or key[1] in fallbacks:
+                    plan = replace(plan, source="summary")
+                participants = plan.source == "participants"
+                served = [t for t in servable if participants and t.key in self._proofs]
+                owed = [t for t in servable if participants and t.key not in self._proofs]
+                self._owed.update(t.key for t in owed)
+                taken = {t.key for t in served} | {t.key for t in owed}
                 for target in members:
-                    if target.key not in derived_keys:
+                    if target.key not in taken:
                         by_scenario.setdefault(target.scenario, []).append(
-                            self._summary_job(target))
-                if source == "participants":
+                            summary_job(target, self.store))
+                if participants:
+                    pulled.add(key)
+                    pages = self._pages.get(key, 1)
                     pulls.setdefault(key[1], []).append(
-                        self._pull_job(key, members[0].cohort, self._pages.get(key, 1)))
-                if (self.auto and key[1] not in self._active_fallbacks(now)
-                        and choose(len(members), len(members),
-                                   self._pages.get(key, 1)) == "participants"):
-                    # The groups whose lists let a worthwhile pull serve their cohorts.
-                    for t in members:
+                        self._pull_job(key, members[0].cohort, pages + len(owed)))
+                wanted_plan, wanted_servable = wanted[key]
+                if self.auto and key[1] not in fallbacks and wanted_plan.source == "participants":
+                    for t in wanted_servable:
                         member_groups.update(dict.fromkeys(t.cohort.group_ids))
-                plans.append(GroupPlan(key[1], key[2],
-                                       tuple(t.cohort.name for t in members),
-                                       self._pages.get(key, 1), key in self._pages,
-                                       len(derivable), source,
-                                       tuple(t.cohort.name for t in derived)))
+                group_plans.append(replace(plan, pages_known=key in self._pages,
+                                           derived=tuple(t.cohort.name for t in served)))
             jobs: list[Job] = []
             for scenario in dict.fromkeys([*by_scenario, *pulls]):
                 jobs.extend(by_scenario.get(scenario, []))
                 jobs.extend(pulls.get(scenario, []))
-            self._plan = Plan(tuple(plans), tuple(member_groups),
+            self._plan = Plan(tuple(group_plans), tuple(member_groups),
                               sum(max(j.cost, 1) for j in jobs))
-            self._served_keys = {(p.scenario, name) for p in plans for name in p.derived}
+            self._served_keys = {(p.scenario, name) for p in group_plans for name in p.derived}
+            self._prune(pulled)
+            self._ask_newcomers()
             return tuple(jobs)
+
+    def _ask_newcomers(self) -> None:
+        """A target new to a pull that already runs (a reload, a discovered group) has no
+        value until that pull's next turn: its summary is asked at once (plain), as
+        every target's first value is; the proof comes with the next pull."""
+        queued = {p.target.key for p in self._paired}
+        for key in self._owed - queued:
+            target = self._targets[key]
+            state = self.store.get(key)
+            if pull_key(target) in self._pulls and (state is None or state.last_success is None):
+                self._paired.append(_Paired(target, 0.0, None))
+
+    def _forget(self, key: TargetKey) -> None:
+        self._proofs.pop(key, None)
+        self._doubts.pop(key, None)
+        self._refused.pop(key, None)
+
+    def _prune(self, pulled: set[PullKey]) -> None:
+        """Drop what belongs to targets, scenarios, pulls and groups no longer used:
+        runs of pulls the plan no longer sends, paired summaries of removed targets,
+        proofs, member lists no target's cohort names."""
+        for key in [k for k in self._runs if k not in pulled]:
+            del self._runs[key]
+        for key in [k for k in self._pulls if k not in self._groups]:
+            del self._pulls[key]
+        for key in [k for k in self._pages if k not in self._groups]:
+            del self._pages[key]
+        for key in [k for k in self._discards if k not in self._groups]:
+            del self._discards[key]
+        self._paired = [p for p in self._paired
+                        if same_definition(self._targets.get(p.target.key), p.target)]
+        for gone in [k for k in self._proofs if k not in self._targets]:
+            del self._proofs[gone]
+        for gone in [k for k in self._doubts if k not in self._targets]:
+            del self._doubts[gone]
+        for gone in [k for k in self._refused if k not in self._targets]:
+            del self._refused[gone]
+        self._refetch &= set(self._targets)
+        scenarios = {k[0] for k in self._targets}
+        for scenario in [s for s in self._fallback if s not in scenarios]:
+            del self._fallback[scenario]
+        used = {g for t in self._targets.values() for g in t.cohort.group_ids}
+        for table in (self._members, self._member_runs, self._member_next,
+                      self._member_failures, self._member_pages):
+            for group in [g for g in table if g not in used]:
+                del table[group]
 
     def _active_fallbacks(self, now: float) -> set[str]:
         return {s for s, until in self._fallback.items() if until > now}
@@ -358,20 +579,21 @@ class Planner:
 
     def _served(self, key: TargetKey) -> bool:
         # Served: proven, and the running jobs leave its summary to the pull.
-        return key in self._served_keys and key in self._verified
+        return key in self._served_keys and key in self._proofs
 
     def served_by_pull(self) -> dict[PullKey, list[TargetKey]]:
-        """Pull key -> the targets it serves now (for the landing page's next refresh)."""
+        """Pull key -> the targets it refreshes (served and owed: for the landing page's
+        next refresh)."""
         with self._lock:
             out: dict[PullKey, list[TargetKey]] = {}
             for key in self._targets:
-                if self._served(key):
+                if self._served(key) or key in self._owed:
                     out.setdefault(pull_key(self._targets[key]), []).append(key)
             return out
 
     def take_refetch(self) -> set[TargetKey]:
-        """Targets whose derived values a cross-check found wrong: their summary jobs
-        are due at once, not by the age of those values (asked once, then cleared)."""
+        """Targets whose derived values were found wrong: their summary jobs are due at
+        once, not by the age of those values (asked once, then cleared)."""
         with self._lock:
             keys, self._refetch = self._refetch, set()
             return keys
@@ -380,11 +602,6 @@ class Planner:
         """Pull key -> the targets of its group (a restored pull is due by their age)."""
         with self._lock:
             return {key: [t.key for t in targets] for key, targets in self._groups.items()}
-
-    def members(self) -> dict[str, tuple[frozenset[str], float]]:
-        """The member lists read so far (for the state file)."""
-        with self._lock:
-            return dict(self._members)
 
     def requests_per_cycle(self, interval: float) -> float:
         """What one full refresh costs: the recurring jobs' requests plus the member
@@ -395,35 +612,22 @@ class Planner:
 
     # --- jobs ---------------------------------------------------------------------
 
-    def _summary_job(self, target: Target) -> Job:
-        job = summary_job(target, self.store)
-        if not self.auto:
-            return job  # planner.mode: summary: exactly the plain summary job
-        plain = job.apply
-        key = target.key
-
-        def apply(summary: Summary, at: float) -> None:
-            plain(summary, at)
-            self.summary_seen(key, summary, at)
-
-        return replace(job, apply=apply)
-
-    def _pull_job(self, key: PullKey, cohort: CohortConfig, pages: int) -> Job:
-        def fetch(client: ExecClient, now: float) -> tuple[dict[str, str], Page]:
+    def _pull_job(self, key: PullKey, cohort: CohortConfig, cost: int) -> Job:
+        def fetch(client: ExecClient, now: float) -> tuple[dict[str, str], float, Page]:
             query = pull_query(cohort, now)
-            return query, client.participants(key[1], page_query(query, 1))
+            return query, now, client.participants(key[1], page_query(query, 1))
 
-        def apply(answer: tuple[dict[str, str], Page], at: float) -> None:
-            query, page = answer
+        def apply(answer: tuple[dict[str, str], float, Page], at: float) -> None:
+            query, pulled_at, page = answer
             with self._lock:
-                self._runs[key] = _PullRun(query)
+                self._runs[key] = _PullRun(query, pulled_at)
             self.page_read(key, 1, page, at)
 
         def fail(error: ApiError, at: float) -> None:
             self.pull_failed(key, error, at)
 
         return Job(kind="participants", key=key, fetch=fetch, apply=apply, fail=fail,
-                   label=_pull_label(key, 1), cost=pages)
+                   label=_pull_label(key, 1), cost=cost)
 
     def _page_job(self, key: PullKey, run: _PullRun) -> Job:
         page_no, params = run.page, run.read.query(run.query)
@@ -444,6 +648,32 @@ class Planner:
         return Job(kind="participants", key=(*key, page_no), fetch=fetch, apply=apply,
                    fail=fail, label=_pull_label(key, page_no))
 
+    def _paired_job(self, item: _Paired) -> Job:
+        target = item.target
+        key = target.key
+        kind = "cross_check" if item.check else "summary"
+
+        def fetch(client: ExecClient, now: float) -> Summary:
+            query = (pinned_query(target.cohort, item.pull_at) if item.pull is not None
+                     else target.cohort.query(now))
+            return client.summary(target.scenario, query)
+
+        def apply(summary: Summary, at: float) -> None:
+            self.paired_seen(item, summary, at)
+
+        def fail(error: ApiError, at: float) -> None:
+            if error.reason in PAUSE_REASONS:
+                return  # the next pull pairs it again
+            if not item.check:
+                self.store.record_failure(key, error.reason, str(error), at)
+            log.info("%s scenario=%s cohort=%s failed (%s: %s)",
+                     "cross-check" if item.check else "paired summary", key[0], key[1],
+                     error.reason, error)
+
+        return Job(kind=kind, key=(kind, *key), fetch=fetch, apply=apply, fail=fail,
+                   label=f"{'cross-check ' if item.check else ''}scenario={key[0]} "
+                         f"cohort={key[1]} (paired)", target=None if item.check else key)
+
     # --- pulls ----------------------------------------------------------------------
 
     def page_read(self, key: PullKey, page_no: int, page: Page, at: float) -> None:
@@ -461,7 +691,7 @@ class Planner:
                 if not complete:
                     return  # the next page is a follow-up job of this source
                 del self._runs[key]
-                changed = self._pulled(key, tuple(run.read.items), page_no, at)
+                changed = self._pulled(key, tuple(run.read.items), page_no, at, run.now)
         if changed:
             self._changed()
 
@@ -471,6 +701,7 @@ class Planner:
         ``fallback_for``. True when the jobs must be rebuilt."""
         count = self._discards.get(key, 0) + 1
         self._discards[key] = count
+        self._owe_plain(key, at)
         if count < VERIFY_PULLS:
             log.info("participants pull %s: %s; discarded, the next pull starts over",
                      _pull_label(key, 1), why)
@@ -484,30 +715,56 @@ class Planner:
 
     def _fall_back(self, scenario: str, at: float) -> None:
         """Summary requests for ``scenario``'s cohorts for ``fallback_for``. Its pulls are
-        forgotten: the proofs after the fallback start from a new pull, not from the
-        one just found wanting (which would refuse every target a second time)."""
+        forgotten: the proofs after the fallback start from a new pull."""
         self._fallback[scenario] = at + self.settings.fallback_for
-        self._verified -= {k for k in self._targets if k[0] == scenario}
+        for target_key in [k for k in self._targets if k[0] == scenario]:
+            self._proofs.pop(target_key, None)
+            self._doubts.pop(target_key, None)
         for key in [k for k in self._pulls if k[1] == scenario]:
             del self._pulls[key]
+        for key in [k for k in self._runs if k[1] == scenario]:
+            del self._runs[key]
+
+    def _owe_plain(self, key: PullKey, at: float) -> None:
+        """The pull failed or was dropped: the summaries it owed still go out (plain, no
+        comparison) for targets with no value or one older than ``refresh_interval``, or
+        targets not proven yet would go stale; the pull's quick retries do not repeat
+        them."""
+        queued = {p.target.key for p in self._paired}
+        for target in self._groups.get(key, []):
+            state = self.store.get(target.key)
+            fresh = (state is not None and state.last_success is not None
+                     and at - state.last_success < self._refresh_interval)
+            if target.key in self._owed and target.key not in queued and not fresh:
+                self._paired.append(_Paired(target, 0.0, None))
 
     def _pulled(self, key: PullKey, rows: tuple[ParticipantRow, ...], pages: int,
-                at: float) -> bool:
-        """A complete, consistent pull of ``pages`` pages: keep it, refresh the cohorts it
-        serves, try to prove the others. True when the jobs must be rebuilt."""
+                at: float, pulled_at: float) -> bool:
+        """A complete, consistent pull of ``pages`` pages: keep it, refresh the targets it
+        serves, and queue its paired summaries (proofs of the targets it owes, the
+        cross-checks due). True when the jobs must be rebuilt."""
         self._discards.pop(key, None)
         changed = self._pages.get(key) != pages
         self._pages[key] = pages
-        self._pulls[key] = _Pull(rows, at)
-        for target in self._groups.get(key, []):
-            if not self._derivable(target, at):
+        pull = self._pulls[key] = _Pull(rows, at)
+        members = self._groups.get(key, [])
+        served = [t for t in members if self._served(t.key) and self._derivable(t, at)]
+        checks = self._checks_for(key, served, at)
+        for target in served:
+            if target in checks:
                 continue
-            derived = self._derive(target)
-            assert derived is not None
-            if self._served(target.key):
+            derived = self._export(target, pull)
+            if derived is not None:
                 self.store.record_success(target.key, derived, at)
-            elif target.key not in self._verified:
-                changed |= self._verify(target, derived, at)
+            else:
+                # Proven while empty (no averages), it has averages now: proven again.
+                del self._proofs[target.key]
+                self._paired.append(_Paired(target, pulled_at, pull))
+                changed = True
+        for target in members:
+            if target.key in self._owed and target.key not in self._served_keys:
+                self._paired.append(_Paired(target, pulled_at, pull))
+        self._paired.extend(_Paired(t, pulled_at, pull, check=True) for t in checks)
         return changed
 
     def pull_failed(self, key: PullKey, error: ApiError, at: float) -> None:
@@ -520,8 +777,11 @@ class Planner:
             served = [k for k in self._targets if self._served(k)
                       and pull_key(self._targets[k]) == key]
             if error.reason in _UNAVAILABLE:
+                # Summary jobs from now on; one with no data yet is due at once anyway.
                 changed = key[1] not in self._active_fallbacks(at)
                 self._fall_back(key[1], at)
+            else:
+                self._owe_plain(key, at)
         for target_key in served:
             self.store.record_failure(target_key, error.reason, str(error), at)
         if error.reason in _UNAVAILABLE:
@@ -534,125 +794,125 @@ class Planner:
         if changed:
             self._changed()
 
-    def _derive(self, target: Target) -> Summary | None:
-        """``target``'s summary from the last pull of its group, if any."""
-        pull = self._pulls.get(pull_key(target))
-        if pull is None:
-            return None
+    def _derive(self, target: Target, pull: _Pull) -> Summary:
+        """``target``'s summary from ``pull`` (every group's member list must be known:
+        callers check :meth:`_derivable`)."""
         members = {g: self._members[g][0] for g in target.cohort.group_ids}
         cohort = cohort_filter(target.cohort)
         return aggregate((r for r in pull.rows if cohort.keeps(r, members)), self.precision)
 
+    def _export(self, target: Target, pull: _Pull) -> Summary | None:
+        """What a pull exports for proven ``target``: the derived summary, only the
+        fields its proving summary gave (the others are not proven). None when an
+        average the proof never saw (it was proven on an empty cohort) now has a value:
+        that needs a proof of its own."""
+        proof = self._proofs[target.key]
+        derived = self._derive(target, pull)
+        if any(getattr(derived, name) is not None and name not in proof.given
+               for name in _AVERAGES):
+            return None
+        return replace(derived, **{name: None for name in _SUMMARY_FIELDS
+                                   if name not in proof.given})
+
     # --- proving and cross-checking -------------------------------------------------------
 
-    def summary_seen(self, key: TargetKey, summary: Summary, at: float) -> None:
-        """A summary request for ``key`` answered (its recurring job): learn the
-        endpoint's rounding and try to prove the derivation against it."""
+    def paired_seen(self, item: _Paired, summary: Summary, at: float) -> None:
+        """A paired summary arrived: export it (a real summary), then compare it with the
+        pull of the same instant and apply :func:`judge`'s verdict."""
+        target = item.target
+        key = target.key
         changed = False
         with self._lock:
-            self._real[key] = (summary, at)
+            if not same_definition(self._targets.get(key), target):
+                self.dropped_answers += 1
+                log.info("dropped the answer for scenario=%s cohort=%s: the target's "
+                         "definition changed while it was asked (%d dropped so far)",
+                         key[0], key[1], self.dropped_answers)
+                return
             self.precision.observe(summary)
-            target = self._targets.get(key)
-            if (target is not None and key not in self._verified
-                    and self._derivable(target, at)):
-                derived = self._derive(target)
-                if derived is not None:
-                    changed = self._verify(target, derived, at)
+            self.store.record_success(key, summary, at)
+            if item.pull is None or not self._derivable(target, at):
+                return
+            result = compare(self._derive(target, item.pull), summary,
+                             self.settings.tolerance)
+            if item.check:
+                self.store.record_cross_check(key[0], "match" if result.match else "mismatch")
+            verdict, doubts = judge(self._doubts.get(key, 0), result)
+            was_proven = key in self._proofs
+            if verdict == "agree":
+                self._doubts.pop(key, None)
+                self._proofs[key] = _Proof(at, given_fields(summary))
+                changed = not was_proven
+                if changed:
+                    log.info("scenario=%s cohort=%s: the participants pull reproduced its "
+                             "summary; it is derived from now on", *key)
+            elif verdict == "doubt":
+                self._doubts[key] = doubts
+                self._proofs.pop(key, None)
+                changed = was_proven
+                log.info("scenario=%s cohort=%s: a paired %s disagrees (%s); it exports the "
+                         "summary's values and is checked again after the next pull", *key,
+                         "cross-check" if item.check else "proof", result.describe())
+            else:
+                changed = True
+                self._refute(target, result, at)
         if changed:
             self._changed()
 
-    def _verify(self, target: Target, derived: Summary, at: float) -> bool:
-        """Compare a pull's values with ``target``'s last real summary; True when the
-        target's standing changed (proven or refused)."""
-        real = self._real.get(target.key)
-        if real is None:
-            return False
-        result = compare(derived, real[0], self.settings.tolerance)
+    def _refute(self, target: Target, result: Comparison, at: float) -> None:
+        """``REFUTE_AFTER`` paired disagreements in a row: summary requests for
+        ``fallback_for``, for the scenario when only a field (not the counts) differed."""
         scenario, cohort = target.key
-        if result.match:
-            self._verified.add(target.key)
-            self._inconclusive.pop(target.key, None)
-            log.info("scenario=%s cohort=%s: the participants pull reproduced its summary; "
-                     "it is derived from now on", scenario, cohort)
-            return True
-        if result.mismatch:
-            self._refused[target.key] = at + self.settings.fallback_for
-            self._inconclusive.pop(target.key, None)
-            log.warning("scenario=%s cohort=%s: the participants pull does not reproduce its "
-                        "summary (%s); it stays on summary requests for %s", scenario, cohort,
-                        result.describe(), _duration(self.settings.fallback_for))
-            return True
-        tries = self._inconclusive.get(target.key, 0) + 1
-        self._inconclusive[target.key] = tries
-        if tries < VERIFY_PULLS:
-            return False
-        self._inconclusive.pop(target.key, None)
-        self._refused[target.key] = at + self.settings.fallback_for
-        log.info("scenario=%s cohort=%s: new sessions kept arriving between its summary and "
-                 "%d pulls; it stays on summary requests for %s", scenario, cohort,
-                 VERIFY_PULLS, _duration(self.settings.fallback_for))
-        return True
-
-    def cross_checked(self, key: TargetKey, summary: Summary, at: float) -> None:
-        """A cross-check's summary for derived target ``key`` arrived."""
-        changed = False
-        with self._lock:
-            self.precision.observe(summary)
-            self._real[key] = (summary, at)
-            target = self._targets.get(key)
-            derived = self._derive(target) if target is not None else None
-            # The summary is the newer value whatever the verdict: export it.
-            self.store.record_success(key, summary, at)
-            if target is None or derived is None:
-                return
-            result = compare(derived, summary, self.settings.tolerance)
-            scenario, cohort = key
-            if not result.counts_agree:
-                log.debug("cross-check scenario=%s cohort=%s: new sessions since the pull "
-                          "(%s); took the summary's values", scenario, cohort,
-                          result.describe())
-                return
-            verdict = "match" if result.match else "mismatch"
-            self.store.record_cross_check(scenario, verdict)
-            if result.match:
-                return
-            log.warning("cross-check scenario=%s cohort=%s: derived values differ from the "
-                        "summary endpoint (%s); scenario=%s uses summary requests for %s",
-                        scenario, cohort, result.describe(), scenario,
-                        _duration(self.settings.fallback_for))
+        self._doubts.pop(target.key, None)
+        self._proofs.pop(target.key, None)
+        wait = _duration(self.settings.fallback_for)
+        if result.counts_agree:
             served = {k for k in self._targets if k[0] == scenario and self._served(k)}
             self._fall_back(scenario, at)
-            # Their derived values are now suspect: summaries for them at once.
-            self._refetch |= served
-            changed = True
-        if changed:
-            self._changed()
+            self._refetch |= served  # their derived values are suspect: summaries at once
+            log.warning("scenario=%s cohort=%s: derived values differ from the summary "
+                        "endpoint in %d paired checks in a row (%s); scenario=%s uses summary "
+                        "requests for %s", scenario, cohort, REFUTE_AFTER, result.describe(),
+                        scenario, wait)
+        else:
+            self._refused[target.key] = at + self.settings.fallback_for
+            log.warning("scenario=%s cohort=%s: derived counts differ from the summary "
+                        "endpoint in %d paired checks in a row (%s: a member list that lags "
+                        "its group?); it uses summary requests for %s", scenario, cohort,
+                        REFUTE_AFTER, result.describe(), wait)
 
-    def _cross_check_job(self, target: Target) -> Job:
-        key = target.key
-
-        def apply(summary: Summary, at: float) -> None:
-            self.cross_checked(key, summary, at)
-
-        def fail(error: ApiError, at: float) -> None:
-            if error.reason not in PAUSE_REASONS:
-                log.info("cross-check scenario=%s cohort=%s failed (%s: %s); next target",
-                         key[0], key[1], error.reason, error)
-
-        return Job(kind="cross_check", key=("cross_check", *key), fetch=fetch_summary(target),
-                   apply=apply, fail=fail,
-                   label=f"cross-check scenario={key[0]} cohort={key[1]}")
+    def _checks_for(self, key: PullKey, served: list[Target], at: float) -> list[Target]:
+        """The cross-check to pair with this pull when the cross-check pace has come due:
+        the served target whose turn it is (one round robin over every served target, so
+        the first pulls of a cycle do not take every check), if this pull holds it. A
+        target whose pull has not come while every other pull came twice loses its turn
+        (its pull keeps failing). At most one per pull; a missed pace is not made up."""
+        per_day = self._checks_per_day()
+        if not served or per_day <= 0 or at < self._checks_next:
+            return []
+        everyone = [k for k in self._targets
+                    if self._served(k) and self._derivable(self._targets[k], at)]
+        if not everyone:
+            return []
+        turn = everyone[self._checks_cursor % len(everyone)]
+        target = next((t for t in served if t.key == turn), None)
+        if target is None:
+            self._checks_waited += 1
+            if self._checks_waited > 2 * len(self._groups):
+                self._checks_cursor += 1
+                self._checks_waited = 0
+            return []
+        self._checks_cursor += 1
+        self._checks_waited = 0
+        self._checks_next = at + 86400.0 / per_day
+        return [target]
 
     def _checks_per_day(self) -> float:
-        served = sum(1 for k in self._targets if self._served(k))
-        if not served or self.settings.cross_check_share <= 0:
+        if not any(self._served(k) for k in self._targets):
             return 0.0
-        share = self.settings.cross_check_share
-        # A share of what is spent: of the day budget when the plan needs all of it, of
-        # the plan's own requests at refresh_interval when the budget leaves slack.
-        wanted = (self._plan.recurring * 86400.0 / self._refresh_interval
-                  + self._lists_per_day()) / (1.0 - share)
-        return share * min(self._day_budget, wanted)
+        return checks_per_day(self.settings.cross_check_share, self._plan.recurring,
+                              self._lists_per_day(), self._refresh_interval,
+                              self._day_budget, self._minute_budget)
 
     def _lists_per_day(self) -> float:
         lists = sum(self._member_pages.get(g, 1) for g in self._plan.member_groups)
@@ -687,6 +947,7 @@ class Planner:
             del self._member_runs[group]
             first = group not in self._members
             self._members[group] = (frozenset(m.user_id for m in run.items), at)
+            first = first or self._member_pages.get(group) != page_no
             self._member_pages[group] = page_no
             self._member_failures.pop(group, None)
             self._member_next[group] = at + self.settings.membership_interval
@@ -727,12 +988,17 @@ class Planner:
     # --- the job source ---------------------------------------------------------------
 
     def due(self, now: float) -> Job | None:
-        """Follow-up pages first, then member lists, then a cross-check, when due."""
+        """Follow-up pages first, then the paired summaries (right behind their pull),
+        then member lists, when due."""
         expired = False
         with self._lock:
             for key, pulling in self._runs.items():
                 if pulling.page > 1:
                     return self._page_job(key, pulling)
+            while self._paired:
+                item = self._paired.pop(0)
+                if same_definition(self._targets.get(item.target.key), item.target):
+                    return self._paired_job(item)
             for group in self._plan.member_groups:
                 reading = self._member_runs.get(group)
                 if reading is None and now >= self._member_due(group):
@@ -752,53 +1018,30 @@ class Planner:
                 if until <= now:
                     del self._refused[target_key]
                     expired = True
-            job = None
-            if not expired and now >= self._checks_next:
-                job = self._next_cross_check(now)
         if expired:
             self._changed()
-        return job
-
-    def _next_cross_check(self, now: float) -> Job | None:
-        per_day = self._checks_per_day()
-        if per_day <= 0:
-            self._checks_next = now + 60.0  # nothing derived yet: look again later
-            return None
-        served = [k for k in self._targets if self._served(k)]
-        self._checks_cursor %= len(served)
-        key = served[self._checks_cursor]
-        self._checks_cursor += 1
-        self._checks_next = now + 86400.0 / per_day
-        return self._cross_check_job(self._targets[key])
+        return None
 
     def next_due(self) -> float:
         """When :meth:`due` next has something (-inf: now)."""
         with self._lock:
-            if any(run.page > 1 for run in self._runs.values()):
+            if self._paired or any(run.page > 1 for run in self._runs.values()):
                 return -math.inf
-            times = [self._checks_next if self._checks_per_day() > 0 else math.inf]
+            times = [math.inf]
             for group in self._plan.member_groups:
                 times.append(-math.inf if group in self._member_runs
                              else self._member_due(group))
             times.extend(self._fallback.values())
             times.extend(self._refused.values())
-            return min(times, default=math.inf)
+            return min(times)
 
     def requests_per_day(self) -> float:
         """Member lists and cross-checks a day, taken out of the day budget (the pulls
-        are recurring jobs: their pages count in the interval)."""
+        and the proofs they owe are recurring jobs: they count in the interval)."""
         with self._lock:
             return self._lists_per_day() + self._checks_per_day()
 
-    # --- metrics -----------------------------------------------------------------------
-
-    def counters(self) -> dict[tuple[str, str], int]:
-        """Cross-check verdicts by (scenario, result), every known scenario at 0 first."""
-        with self._lock:
-            out = {(s, r): 0 for s in dict.fromkeys(k[0] for k in self._targets)
-                   for r in CROSS_CHECK_RESULTS}
-            out.update(self.store.cross_checks())
-            return out
+    # --- metrics and the state file ------------------------------------------------------
 
     def sources(self) -> list[tuple[TargetKey, str]]:
         """Every target with the source of its exported values."""
@@ -806,9 +1049,115 @@ class Planner:
             return [(key, "participants" if self._served(key) else "summary")
                     for key in self._targets]
 
+    def state(self) -> dict[str, Any]:
+        """What the state file keeps (JSON-safe): proofs (with the fingerprint of the
+        definition they proved), doubts, refusals, fallbacks, each pull's pages, the
+        member lists with their failures and next reads, and the precision learned (a
+        restored proof exports values rounded as the endpoint was seen rounding)."""
+        with self._lock:
+            proofs = [{"scenario": k[0], "cohort": k[1],
+                       "fingerprint": fingerprint(self._targets[k].cohort),
+                       "checked": p.checked, "given": sorted(p.given)}
+                      for k, p in self._proofs.items() if k in self._targets]
+            proofs += [{"scenario": k[0], "cohort": k[1], "fingerprint": f,
+                        "checked": p.checked, "given": sorted(p.given)}
+                       for k, (f, p) in self._kept_proofs.items()]
+            return {
+                "proofs": proofs,
+                "doubts": [[k[0], k[1], n] for k, n in self._doubts.items()],
+                "refused": [[k[0], k[1], until] for k, until in self._refused.items()],
+                "fallback": dict(self._fallback),
+                "pages": [[k[1], list(k[2]), n] for k, n in self._pages.items()],
+                "members": {g: {"user_ids": sorted(ids), "at": at,
+                                "pages": self._member_pages.get(g, 1)}
+                            for g, (ids, at) in self._members.items()},
+                "member_retries": {g: {"failures": n, "next": self._member_next.get(g, 0.0)}
+                                   for g, n in self._member_failures.items()},
+                "precision": dict(self.precision.seen),
+                # The cross-checks' turn: restarts do not start the round robin over.
+                "checks": {"next": max(self._checks_next, 0.0), "cursor": self._checks_cursor},
+            }
+
+    def _restore(self, saved: Mapping[str, Any], now: float) -> None:
+        """Take back :meth:`state` as the file kept it; each part that does not parse is
+        logged and left out, times in the future are not trusted."""
+
+        def when(value: object) -> float:
+            if not isinstance(value, int | float) or value > now + 60:
+                raise ValueError(f"bad time {value!r}")
+            return float(value)
+
+        def part(name: str, read: Callable[[Any], None]) -> None:
+            for item in (saved.get(name) or {}).items() if isinstance(
+                    saved.get(name), dict) else saved.get(name) or ():
+                try:
+                    read(item)
+                except (KeyError, TypeError, ValueError, IndexError) as exc:
+                    log.warning("state file: ignoring a saved planner %s entry: %s", name, exc)
+
+        def member(item: tuple[str, Any]) -> None:
+            group, doc = item
+            if not isinstance(doc["user_ids"], list):
+                raise ValueError("user_ids is not a list")
+            self._members[str(group)] = (frozenset(str(i) for i in doc["user_ids"]),
+                                         when(doc["at"]))
+            self._member_pages[str(group)] = max(int(doc.get("pages", 1)), 1)
+            # A restored list is read again when it is membership_interval old.
+            self._member_next[str(group)] = (self._members[str(group)][1]
+                                             + self.settings.membership_interval)
+
+        def retry(item: tuple[str, Any]) -> None:
+            group, doc = item
+            self._member_failures[str(group)] = int(doc["failures"])
+            self._member_next[str(group)] = float(doc["next"])
+
+        def proof(doc: Any) -> None:
+            given = frozenset(str(f) for f in doc["given"]) & frozenset(_SUMMARY_FIELDS)
+            self._kept_proofs[(str(doc["scenario"]), str(doc["cohort"]))] = (
+                str(doc["fingerprint"]), _Proof(when(doc["checked"]), given))
+
+        def doubt(doc: Any) -> None:
+            self._doubts[(str(doc[0]), str(doc[1]))] = int(doc[2])
+
+        def refused(doc: Any) -> None:
+            self._refused[(str(doc[0]), str(doc[1]))] = float(doc[2])
+
+        def fallback(item: tuple[str, Any]) -> None:
+            self._fallback[str(item[0])] = float(item[1])
+
+        def pages(doc: Any) -> None:
+            window, start, end = doc[1]
+            dates: DatesKey = (None if window is None else float(window),
+                               None if start is None else str(start),
+                               None if end is None else str(end))
+            self._pages[("participants", str(doc[0]), dates)] = max(int(doc[2]), 1)
+
+        def precision(item: tuple[str, Any]) -> None:
+            if item[0] not in ROUNDED_FIELDS or not 0 <= int(item[1]) <= MAX_DECIMALS:
+                raise ValueError(f"bad precision {item!r}")
+            self.precision.seen[item[0]] = int(item[1])
+
+        checks = saved.get("checks")
+        if isinstance(checks, dict):
+            try:
+                self._checks_next = float(checks["next"])
+                self._checks_cursor = max(int(checks["cursor"]), 0)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("state file: ignoring the saved cross-check turn: %s", exc)
+        for name, read in (("members", member), ("member_retries", retry), ("proofs", proof),
+                           ("doubts", doubt), ("refused", refused), ("fallback", fallback),
+                           ("pages", pages), ("precision", precision)):
+            part(name, read)
+
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+
+_SUMMARY_FIELDS = tuple(Summary.__slots__)
+# Null in the summary of an empty cohort, a value once it has participants.
+_AVERAGES = ("average_best_score", "average_best_rank", "average_score_lift",
+             "average_session_duration_seconds")
 
 
 def _pull_label(key: PullKey, page: int) -> str:

@@ -256,8 +256,13 @@ class Scheduler:
     @property
     def interval(self) -> float:
         """The effective refresh interval after budget stretching."""
-        return effective_interval(self._cost, self.refresh_interval,
-                                  self.poll_day_budget, self.budget.minute_limit)
+        return self.interval_and_limit[0]
+
+    @property
+    def interval_and_limit(self) -> tuple[float, str]:
+        """The effective refresh interval and what set it (see :func:`interval_and_limit`)."""
+        return interval_and_limit(self._cost, self.refresh_interval, self.poll_day_budget,
+                                  self.budget.minute_limit)
 
     def next_due(self, key: JobKey, now: float | None = None) -> float:
         """When ``key`` is next expected to run (for display): never before the pause
@@ -426,12 +431,25 @@ def _key(job: Job | JobKey | None) -> JobKey | None:
     return job.key if isinstance(job, Job) else job
 
 
-def effective_interval(targets: int, refresh_interval: float, day_budget: float,
+def interval_and_limit(requests: float, refresh_interval: float, day_budget: float,
+                       minute_budget: float) -> tuple[float, str]:
+    """The effective refresh interval, computed here only (the check, the logs, the
+    landing page and ``exec_exporter_refresh_interval_seconds`` all come from it):
+    ``max(refresh_interval, requests x 86400 / day budget, requests x 60 / minute
+    budget)`` over the requests of one round of the recurring jobs, with ``day_budget``
+    what is left once the job sources (listings, member lists, cross-checks) are paid
+    for. Also says which of the three set it: ``refresh_interval``, ``day budget`` or
+    ``minute budget``."""
+    if requests <= 0:
+        return refresh_interval, "refresh_interval"
+    return max(((refresh_interval, "refresh_interval"), (requests * DAY / day_budget, "day budget"),
+                (requests * MINUTE / minute_budget, "minute budget")), key=lambda c: c[0])
+
+
+def effective_interval(requests: float, refresh_interval: float, day_budget: float,
                        minute_budget: float) -> float:
-    """``max(refresh_interval, targets x 86400 / day budget, targets x 60 / minute budget)``."""
-    if targets <= 0:
-        return refresh_interval
-    return max(refresh_interval, targets * DAY / day_budget, targets * MINUTE / minute_budget)
+    """The seconds of :func:`interval_and_limit`."""
+    return interval_and_limit(requests, refresh_interval, day_budget, minute_budget)[0]
 
 
 class Outcomes(Protocol):

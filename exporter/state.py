@@ -1,4 +1,5 @@
-"""``--state.file``: last good summaries and the quota ledger, kept across restarts.
+"""``--state.file``: last good summaries, the quota ledger and what the planner learned
+(proofs, member lists, pull sizes: ``Planner.state``), kept across restarts.
 
 Written atomically (temporary file, fsync, rename). A missing, corrupt or
 unreadable file is logged and ignored: the exporter starts fresh, never stops.
@@ -46,17 +47,14 @@ class SavedState:
     targets: dict[Key, SavedTarget] = field(default_factory=dict)
     ledger: list[float] = field(default_factory=list)
     lists: Lists | None = None  # the discovery lists, so a restart need not re-read them
-    # Group id -> (member user ids, when read): the planner's member lists.
-    members: dict[str, tuple[frozenset[str], float]] = field(default_factory=dict)
-
-
-Members = Mapping[str, tuple[frozenset[str], float]]
+    # What the planner learned (Planner.state), as saved; the planner validates it.
+    planner: dict[str, Any] = field(default_factory=dict)
 
 
 def encode(snapshot: Snapshot, ledger: Iterable[float], now: float,
-           lists: Lists | None = None, members: Members | None = None) -> bytes:
+           lists: Lists | None = None, planner: Mapping[str, Any] | None = None) -> bytes:
     """The file's bytes for ``snapshot``, the request ``ledger``, discovery ``lists`` and
-    the planner's member lists."""
+    the planner's state."""
     targets = []
     for state in snapshot.targets:
         if state.summary is None and state.last_error is None:
@@ -83,9 +81,8 @@ def encode(snapshot: Snapshot, ledger: Iterable[float], now: float,
                 {"id": g.id, "name": g.name} for g in lists.groups],
             "groups_at": lists.groups_at,
         }
-    if members:
-        doc["members"] = {group: {"user_ids": sorted(ids), "at": at}
-                          for group, (ids, at) in members.items()}
+    if planner:
+        doc["planner"] = dict(planner)
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -106,17 +103,11 @@ def decode(data: bytes, now: float) -> SavedState:
             saved.lists = _decode_lists(found, now)
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("state file: ignoring the saved discovery lists: %s", exc)
-    found_members = doc.get("members")
-    if isinstance(found_members, dict):
-        for group, item in found_members.items():
-            try:
-                at = item["at"]
-                ids = item["user_ids"]
-                if not isinstance(at, int | float) or at > now + 60 or not isinstance(ids, list):
-                    raise ValueError("bad member list")
-                saved.members[str(group)] = (frozenset(str(i) for i in ids), float(at))
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("state file: ignoring the saved members of group %s: %s", group, exc)
+    found_planner = doc.get("planner")
+    if isinstance(found_planner, dict):
+        saved.planner = found_planner
+    elif isinstance(doc.get("members"), dict):
+        saved.planner = {"members": doc["members"]}  # a file of an earlier version
     for item in doc.get("targets", []):
         try:
             key = (str(item["scenario"]), str(item["cohort"]))
@@ -173,7 +164,7 @@ class StateFile:
         self._last_save = float("-inf")
         self._lock = threading.Lock()
         self._pending: tuple[Snapshot, list[float], float, Lists | None,
-                             Members | None] | None = None
+                             Mapping[str, Any] | None] | None = None
         self._timer: threading.Timer | None = None
 
     def load(self, now: float) -> SavedState:
@@ -198,13 +189,13 @@ class StateFile:
 
     def save(self, snapshot: Snapshot, ledger: Iterable[float], now: float,
              force: bool = False, lists: Lists | None = None,
-             members: Members | None = None) -> bool:
+             planner: Mapping[str, Any] | None = None) -> bool:
         """Write atomically now (returns True), or, inside ``min_gap`` of the last
         write, remember the data and write it when the gap ends (returns False)."""
         with self._lock:
             wait = self.min_gap - (now - self._last_save)
             if not force and wait > 0:
-                self._pending = (snapshot, list(ledger), now, lists, members)
+                self._pending = (snapshot, list(ledger), now, lists, planner)
                 if self._timer is None:
                     self._timer = threading.Timer(wait, self._flush)
                     self._timer.daemon = True
@@ -214,7 +205,7 @@ class StateFile:
             if force and self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            return self._save_locked(snapshot, ledger, now, lists, members)
+            return self._save_locked(snapshot, ledger, now, lists, planner)
 
     def _flush(self) -> None:
         with self._lock:
@@ -224,8 +215,8 @@ class StateFile:
                 self._save_locked(*pending)
 
     def _save_locked(self, snapshot: Snapshot, ledger: Iterable[float], now: float,
-                     lists: Lists | None, members: Members | None = None) -> bool:
-        data = encode(snapshot, ledger, now, lists, members)
+                     lists: Lists | None, planner: Mapping[str, Any] | None = None) -> bool:
+        data = encode(snapshot, ledger, now, lists, planner)
         try:
             self._write(data)
         except OSError as exc:

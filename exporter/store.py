@@ -144,6 +144,10 @@ class Store:
                 new[target.key] = (replace(old, target=target) if old is not None
                                    else TargetState(target=target))
             self._targets = new
+            # A removed scenario's cross-check series leave /metrics with it.
+            scenarios = {key[0] for key in new}
+            self._cross_checks = {k: v for k, v in self._cross_checks.items()
+                                  if k[0] in scenarios}
             self._bump()
 
     def record_success(self, key: Key, summary: Summary, at: float) -> None:

@@ -266,6 +266,11 @@ class FakeExecAPI(LoopbackAPIServer):
         self._users: dict[str, User] = {}
         self._sessions: dict[str, list[Session]] = {}
         self._skew: dict[str, dict[str, float]] = {}
+        self._shape: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        # Constant traffic: (scenario, users in turn, clock mover, seconds a request takes).
+        self._traffic: tuple[str, list[str], Callable[[float], None], float] | None = None
+        self._traffic_count = 0
+        self._frozen_members: dict[str, User] | None = None
 
     def start(self) -> FakeExecAPI:
         """Bind and serve (see :meth:`LoopbackAPIServer.start`), with the trickle faults."""
@@ -346,6 +351,41 @@ class FakeExecAPI(LoopbackAPIServer):
             else:
                 self._skew.setdefault(scenario_id, {})[field] = delta
 
+    def set_summary_shape(self, scenario_id: str, drop: tuple[str, ...] = (),
+                          whole: tuple[str, ...] = ()) -> None:
+        """How the summary endpoint shapes its answers for ``scenario_id``: body keys it
+        leaves out (``drop``: a summary without ``score_distribution``, which no field
+        is marked required) and keys it gives as whole numbers (``whole``: the OpenAPI
+        example's ``average_session_duration_seconds: 348``)."""
+        with self._lock:
+            self._shape[scenario_id] = (frozenset(drop), frozenset(whole))
+
+    def set_traffic(self, scenario_id: str | None, user_ids: list[str] | None = None,
+                    advance: Callable[[float], None] | None = None,
+                    seconds: float = 1.0) -> None:
+        """Constant traffic: every request takes ``seconds`` (``advance`` moves the clock
+        the fake shares with the exporter) and during each one a new session of
+        ``scenario_id``, by the next of ``user_ids`` in turn, is completed at the moment
+        the request is answered. ``scenario_id=None`` stops it."""
+        with self._lock:
+            if scenario_id is None or not user_ids or advance is None:
+                self._traffic = None
+            else:
+                self._traffic = (scenario_id, list(user_ids), advance, seconds)
+
+    def freeze_members(self, frozen: bool) -> None:
+        """Member lists that lag the groups (eventual consistency): while frozen, GET
+        /workspace/members answers each group's members as they were when frozen, while
+        summaries and participants follow the live groups."""
+        with self._lock:
+            self._frozen_members = dict(self._users) if frozen else None
+
+    def move_user(self, user_id: str, groups: frozenset[str]) -> None:
+        """``user_id`` now belongs to ``groups`` (and no other group)."""
+        with self._lock:
+            user = self._users[user_id]
+            self._users[user_id] = User(user.id, user.email, groups)
+
     def requests_to(self, suffix: str) -> list[RecordedRequest]:
         """The requests whose path ends with ``suffix`` ("/summary", "/participants",
         "/workspace/members")."""
@@ -353,9 +393,10 @@ class FakeExecAPI(LoopbackAPIServer):
             return [r for r in self.requests if r.path.endswith(suffix)]
 
     def set_list_fault(self, which: str, fault: str | None, **kw: Any) -> None:
-        """Inject (or clear, with None) a fault on ``"scenarios"``, ``"groups"`` or
-        ``"members"`` (GET /workspace/members)."""
-        if which not in (*self._lists, "members"):
+        """Inject (or clear, with None) a fault on ``"scenarios"``, ``"groups"``,
+        ``"members"`` (GET /workspace/members) or ``"participants"`` (every scenario's
+        participants table, its summaries unharmed)."""
+        if which not in (*self._lists, "members", "participants"):
             raise ValueError(f"which must be 'scenarios', 'groups' or 'members', not {which!r}")
         with self._lock:
             if fault is None:
@@ -418,6 +459,7 @@ class FakeExecAPI(LoopbackAPIServer):
                     raw_query=request.raw_query,
                 )
             )
+        self._pass_time()
         if not bearer_ok(request, self.api_key):
             return unauthorized_response()
         if request.method != "GET":
@@ -430,7 +472,8 @@ class FakeExecAPI(LoopbackAPIServer):
                 return self._apply(fault, lambda: self._summary(sid, request.query), sid,
                                    summary=True)
             case ["scenarios", sid, "analytics", "participants"]:
-                fault = self._take_fault(self._faults, sid, None)
+                fault = (self._take_fault(self._list_faults, "participants")
+                         or self._take_fault(self._faults, sid, None))
                 return self._apply(fault, lambda: self._participants(sid, request.query), sid)
             case ["workspace", "members"]:
                 fault = self._take_fault(self._list_faults, "members")
@@ -449,6 +492,19 @@ class FakeExecAPI(LoopbackAPIServer):
                 return self._apply(fault, lambda: self._assignment_list(request.query),
                                    "assignments")
         return not_found_response(f"Not found: {request.path}")
+
+    def _pass_time(self) -> None:
+        """Constant traffic: the request takes its time, a session completes meanwhile."""
+        with self._lock:
+            traffic = self._traffic
+            self._traffic_count += 1
+            count = self._traffic_count
+        if traffic is None:
+            return
+        scenario_id, users, advance, seconds = traffic
+        advance(seconds)
+        self.add_sessions(scenario_id, [Session(users[count % len(users)], self.clock(),
+                                                float(40 + count * 7 % 60), 120.0)])
 
     def _take_fault(self, faults: dict[Any, _Fault], *keys: str | None) -> _Fault | None:
         """The first fault set under ``keys``, counting down a ``times`` limit."""
@@ -530,6 +586,13 @@ class FakeExecAPI(LoopbackAPIServer):
         for name, delta in skew.items():
             if isinstance(body.get(name), int | float):
                 body[name] = round(body[name] + delta, 1)
+        with self._lock:
+            drop, whole = self._shape.get(scenario_id, (frozenset(), frozenset()))
+        for name in drop:
+            body.pop(name, None)
+        for name in whole:
+            if isinstance(body.get(name), int | float):
+                body[name] = round(body[name])
         return APIResponse.json(200, body)
 
     def _participants(self, scenario_id: str, query: dict[str, str]) -> APIResponse:
@@ -563,7 +626,8 @@ class FakeExecAPI(LoopbackAPIServer):
     def _members(self, query: dict[str, str]) -> APIResponse:
         groups = set(split_list(query.get("group_ids")))
         with self._lock:
-            users = sorted(self._users.values(), key=lambda u: u.id)
+            listed = self._frozen_members if self._frozen_members is not None else self._users
+            users = sorted(listed.values(), key=lambda u: u.id)
         items = [{"id": u.id, "email": u.email, "first_name": "F", "last_name": "L",
                   "role": "member", "created_at": "2024-01-15T10:30:00Z"}
                  for u in users if not groups or u.groups & groups]

@@ -190,7 +190,7 @@ def test_discovery_says_what_it_decided(api: FakeExecAPI, clock: FakeClock,
     lines = [r.getMessage() for r in caplog.records if "targets; effective" in r.getMessage()]
     # 30 targets on 900 - 4 listing requests a day: 48m13s, stretched from 5m.
     assert lines == ["discovery: 30 targets; effective refresh interval 48m13s (stretched "
-                     "from refresh_interval 5m to fit the budget)"]
+                     "from refresh_interval 5m by the day budget)"]
     wait_until(lambda: len(exporter.store.snapshot().targets) == 30, 1)
 
 

@@ -89,7 +89,9 @@ def test_in_flight_request_is_allowed_to_finish(tmp_path: Path, api: FakeExecAPI
         config.write_text(config_text(api.base_url, list(SCENARIOS), refresh="10m",
                                       timeout="5s").replace(
             "  - id: discovery-call", "  - id: discovery-call\n    cohorts: [all, late]")
-            + "cohorts:\n  - name: all\n  - name: late\n    group_ids: [g1]\n")
+            + "cohorts:\n  - name: all\n  - name: late\n    group_ids: [g1]\n"
+            # Its summary, not a member list and a pull first (auto: test_planner).
+            + "planner:\n  mode: summary\n")
         proc.signal(signal.SIGHUP)
         wait_until(lambda: any(r.query.get("group_ids") == "g1" for r in api.requests), 5,
                    what="the slow request to start")

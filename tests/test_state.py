@@ -292,3 +292,37 @@ def test_a_state_directory_that_cannot_be_created_refuses_to_start(
     assert "--state.file" in logs and str(state.parent) in logs and "install -d" in logs
     assert "Traceback" not in logs
     assert api.requests == []  # nothing sent
+
+
+def test_what_the_planner_learned_survives_the_file_and_bad_parts_are_left_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from exporter.config import PlannerConfig
+    from exporter.planner import Planner
+    from exporter.state import decode, encode
+    from exporter.store import Store
+
+    now = 10_000.0
+    saved = {
+        "members": {"g1": {"user_ids": ["u2", "u1"], "at": 9000.0, "pages": 3},
+                    "g2": {"user_ids": "not a list", "at": 9000.0},
+                    "g3": {"user_ids": ["u9"], "at": now + 3600}},  # from the future
+        "member_retries": {"g4": {"failures": 2, "next": now + 86400}},
+        "refused": [["s", "c", now + 500], ["broken"]],
+        "fallback": {"s2": now + 100},
+        "pages": [["s", [604800.0, None, None], 4]],
+        "precision": {"average_best_score": 1, "practice_minutes": 0, "bogus": 2,
+                      "average_score_lift": 9},
+        "checks": {"next": now + 700, "cursor": 5},
+    }
+    planner = Planner(PlannerConfig(), Store(), saved, now=now)
+    kept = decode(encode(Store().snapshot(), [], now, planner=planner.state()), now).planner
+    assert kept["members"] == {"g1": {"user_ids": ["u1", "u2"], "at": 9000.0, "pages": 3}}
+    # A list that failed keeps its backoff: not asked again before its retry time.
+    assert kept["member_retries"] == {"g4": {"failures": 2, "next": now + 86400}}
+    assert kept["refused"] == [["s", "c", now + 500]]
+    assert kept["fallback"] == {"s2": now + 100}
+    assert kept["pages"] == [["s", [604800.0, None, None], 4]]
+    assert kept["precision"] == {"average_best_score": 1, "practice_minutes": 0}
+    assert kept["checks"] == {"next": now + 700, "cursor": 5}
+    assert "ignoring a saved planner members entry" in caplog.text
+    assert "ignoring a saved planner refused entry" in caplog.text
