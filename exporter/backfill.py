@@ -55,7 +55,7 @@ from prometheus_client.openmetrics.exposition import generate_latest
 
 from . import logs
 from .aggregate import Precision, aggregate, compare
-from .budget import DAY, Budget
+from .budget import DAY, MINUTE, Budget, open_budget
 from .client import (
     ApiError,
     BadRequest,
@@ -82,6 +82,7 @@ from .config import (
 )
 from .discovery import Discovery, Lists
 from .planner import PAGE_SIZE, DatesKey, choose, cohort_filter, pages_for, pull_groups
+from .scheduler import effective_interval
 from .state import StateFile
 from .store import TargetState
 from .targets import Target, TargetKey, select_targets
@@ -92,7 +93,6 @@ MIN_STEP = 3600  # finer steps cost a request per target per step for little ins
 HEAD_RANGE = 3 * 3600  # Prometheus's head block: backfilling it is not safe (docs/storage.md)
 JOURNAL_VERSION = 1
 TRANSIENT_TRIES = 4  # timeouts, 5xx, invalid bodies: tries per request before giving up
-LEDGER_REREAD = 60.0  # how often the running daemon's ledger is read again (--state.file)
 PROGRESS_EVERY = 30.0  # seconds between plain progress lines (not a terminal)
 
 # A request, as sent: the scenario and its sorted query parameters.
@@ -583,71 +583,92 @@ class WorkspaceError(Exception):
 
 
 class Sender:
-    """Sends requests one at a time, never beyond the minute and day budgets.
+    """Sends requests one at a time through the :class:`~exporter.budget.Budget`.
 
-    Every request counts in the ledger before it is sent, retries included. A 429
-    holds every request for ``retry_after``. With ``ledger_source`` (the daemon's
-    state file), the daemon's own spend is read again every minute, so a daemon
-    running beside the backfill leaves less room for it.
+    Pacing is the budget's: every request is claimed in its ledger before it is sent,
+    retries included. With ``--state.file`` that ledger is the workspace's
+    (:mod:`exporter.ledger`), so a daemon beside the backfill leaves less room for it
+    and sees its requests, re-read at least every few seconds while waiting. A 429
+    holds every request for ``retry_after``.
     """
 
-    def __init__(self, client: ExecClient, minute_limit: int, day_limit: int,
-                 seed: Iterable[float] = (), own: Iterable[float] = (),
+    WAKE = 5.0  # the longest sleep: the stop flag and the shared ledger are rechecked
+
+    def __init__(self, client: ExecClient, budget: Budget,
                  now: Callable[[], float] = time.time,
                  sleep: Callable[[float], bool] | None = None,
-                 ledger_source: Callable[[float], list[float]] | None = None,
                  on_wait: Callable[[float], None] | None = None,
-                 on_send: Callable[[float], None] | None = None) -> None:
+                 on_send: Callable[[float], None] | None = None,
+                 own: Iterable[float] = ()) -> None:
         self.client = client
-        self.minute_limit = minute_limit
-        self.day_limit = day_limit
+        self.budget = budget
         self.now = now
         self.stop = StopFlag()
         self.sleep = sleep or self.stop.wait
-        self.ledger_source = ledger_source
         self.on_wait = on_wait
         self.on_send = on_send
-        start = now()
-        # The backfill's own requests: this run's and an interrupted run's (the journal).
-        self.sent: list[float] = [t for t in own if t > start - DAY - 1]
         self.sent_count = 0
         self.rate_limited = 0
-        self._daemon = list(seed)
-        self._daemon_read = start
-        self.budget = Budget(minute_limit, day_limit, [*self._daemon, *self.sent])
         self._hold_until = 0.0
+        self._claimed = 0.0
+        # This run's requests (and a stopped run's, from the journal): the rest of the
+        # ledger is other processes'.
+        self._own: set[float] = {round(t, 3) for t in own}
+        # What to leave free, per (minute, day), once another process is seen spending
+        # the quota (a daemon on the same state file): see :meth:`share_with`.
+        self._share = (0, 0)
+        self.leave = (0, 0)
 
-    def _refresh_ledger(self, now: float) -> None:
-        if self.ledger_source is None or now - self._daemon_read < LEDGER_REREAD:
-            return
-        self._daemon_read = now
-        self._daemon = self.ledger_source(now)
-        self.sent = [t for t in self.sent if t > now - DAY - 1]
-        self.budget = Budget(self.minute_limit, self.day_limit, [*self._daemon, *self.sent])
+    def share_with(self, minute: int, day: int) -> None:
+        """Leave ``minute`` and ``day`` requests of every window to other processes on
+        the shared ledger (at most half of each, so the backfill always progresses),
+        from the first request of theirs seen within the day: a daemon beside the
+        backfill keeps what its polling needs. Alone, the backfill uses the whole
+        budget."""
+        self._share = (max(0, min(minute, self.budget.minute_limit // 2)),
+                       max(0, min(day, self.budget.day_limit // 2)))
+
+    def _others_seen(self, now: float) -> bool:
+        if self.leave == self._share:
+            return True
+        if any(round(t, 3) not in self._own for t in self.budget.ledger(now)):
+            self.leave = self._share
+            log.info("another process spends this workspace's quota: leaving it %d "
+                     "requests a minute and %d a day", *self.leave)
+        return self.leave == self._share
+
+    def hold(self, seconds: float) -> None:
+        """Send nothing for ``seconds`` (a 429's ``retry_after``, a transient backoff)."""
+        self._hold_until = max(self._hold_until, self.now() + seconds)
+
+    def acquire(self) -> None:
+        """Wait until the budget (and any hold) lets one request go, and count it."""
+        self._wait_for_slot()
+        self.count_send()
 
     def _wait_for_slot(self) -> None:
         while True:
             if self.stop.is_set():
                 raise Stopped
             now = self.now()
-            self._refresh_ledger(now)
-            at = max(self.budget.next_allowed(now), self._hold_until)
+            self._others_seen(now)
+            at = max(self.budget.next_allowed(now, leave=self.leave), self._hold_until)
             if at <= now:
-                return
+                if self.budget.claim(now, leave=self.leave):
+                    self._claimed = now
+                    self._own.add(round(now, 3))
+                    return
+                continue  # another process took the slot: the ledger says until when
             if self.on_wait is not None:
                 self.on_wait(at)
-            # Wake at least every 5 s: the stop flag and the daemon's ledger are rechecked.
-            if self.sleep(min(at - now, 5.0)):
+            if self.sleep(min(at - now, self.WAKE)):
                 raise Stopped
 
     def count_send(self) -> None:
-        """Put a request about to be sent in the ledger (and the journal)."""
-        sent_at = self.now()
-        self.budget.record(sent_at)
-        self.sent.append(sent_at)
+        """The request just claimed is about to be sent: count it (and journal it)."""
         self.sent_count += 1
         if self.on_send is not None:
-            self.on_send(sent_at)
+            self.on_send(self._claimed)
 
     def fetch(self, key: RequestKey) -> Outcome | None:
         """The outcome of one request; None when it kept failing (try again next run)."""
@@ -678,14 +699,13 @@ class Sender:
         when it kept failing."""
         failures = 0
         while True:
-            self._wait_for_slot()
-            self.count_send()
+            self.acquire()
             try:
                 return call(), None
             except RateLimited as exc:
                 # Not a failure of this request: every request waits, then it goes again.
                 self.rate_limited += 1
-                self._hold_until = self.now() + exc.retry_after
+                self.hold(exc.retry_after)
                 log.warning("rate limited by the API; every request waits %.0fs", exc.retry_after)
             except (Unauthorized, Forbidden) as exc:
                 raise WorkspaceError(f"{exc.reason}: {exc}") from None
@@ -698,8 +718,7 @@ class Sender:
                 log.warning("%s: %s (try %d of %d)", what, exc, failures, TRANSIENT_TRIES)
                 if failures >= TRANSIENT_TRIES:
                     return None
-                backoff = min(2.0 ** failures, 30.0)
-                self._hold_until = max(self._hold_until, self.now() + backoff)
+                self.hold(min(2.0 ** failures, 30.0))
 
 
 # --- answering requests: the journal first, then the API ----------------------------
@@ -1089,13 +1108,12 @@ def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tup
                                  or settings.group_cohorts is not None):
         discovery = Discovery(settings, lists)
         while (job := discovery.due(sender.now())) is not None:
-            sender._wait_for_slot()
-            sender.count_send()
+            sender.acquire()
             sent += 1
             try:
                 answer = job.fetch(sender.client, sender.now())
             except RateLimited as exc:
-                sender._hold_until = sender.now() + exc.retry_after
+                sender.hold(exc.retry_after)
                 continue
             except (Unauthorized, Forbidden) as exc:
                 raise WorkspaceError(f"{exc.reason}: {exc}") from None
@@ -1105,6 +1123,17 @@ def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tup
         lists = discovery.lists
     targets, _dropped = select_targets(config, lists)  # it logs what max_targets drops
     return targets, sent
+
+
+def daemon_share(targets: Sequence[Target], config: Config) -> tuple[int, int]:
+    """What the daemon's polling of ``targets`` needs per minute and per day: one
+    request per target every effective interval (an upper bound: derived cohorts
+    need fewer)."""
+    rate = config.api.rate_limit
+    interval = effective_interval(len(targets), config.refresh_interval, rate.day_budget,
+                                  rate.minute_budget)
+    return (math.ceil(len(targets) * MINUTE / interval),
+            math.ceil(len(targets) * DAY / interval))
 
 
 # --- the command ---------------------------------------------------------------------
@@ -1163,8 +1192,12 @@ def _check_output(output: str | None) -> Path:
 
 
 def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
-         out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Run ``exec-exporter backfill``: 0 done (or stopped cleanly), 2 bad input, 1 failure."""
+         out: TextIO | None = None, err: TextIO | None = None,
+         sleep: Callable[[float], bool] | None = None) -> int:
+    """Run ``exec-exporter backfill``: 0 done (or stopped cleanly), 2 bad input, 1 failure.
+
+    ``now`` and ``sleep`` (seconds -> whether a stop was asked) are the clock, for tests.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -1180,27 +1213,22 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
 
     client = ExecClient(config.api.base_url, key, config.api.timeout)
     rate = config.api.rate_limit
-    seed = state.load(now()).ledger if state else []
-
-    def daemon_ledger(at: float) -> list[float]:
-        # Quietly: the state module logs every load at info level, and this runs each minute.
-        quiet = logging.getLogger(StateFile.__module__)
-        level = quiet.level
-        quiet.setLevel(logging.WARNING)
-        try:
-            return state.load(at).ledger if state else []
-        finally:
-            quiet.setLevel(level)
-
-    sender = Sender(client, rate.minute_budget, rate.day_budget, seed, own, now=now,
-                    ledger_source=daemon_ledger if state else None)
+    saved = state.load(now()) if state else None
+    budget = open_budget(rate.minute_budget, rate.day_budget, args.state_file,
+                         saved.ledger if saved else own, now())
+    daemon_spent = None
+    if saved is not None:  # the others' requests: the ledger less this run's journal
+        mine = {round(t, 3) for t in own}
+        daemon_spent = sum(1 for t in budget.ledger(now()) if round(t, 3) not in mine)
+        budget.merge(own, now())  # a stopped run's requests sent without this state file
+    sender = Sender(client, budget, now=now, sleep=sleep, own=own)
     # The journal opens before any request (discovery included), so every send is in it.
     journal.start(header, fresh=not journal.path.exists())
     sender.on_send = journal.add_sent
     stop_handlers = _install_signals(sender.stop)
     try:
         try:
-            lists = state.load(now()).lists if state else None
+            lists = saved.lists if saved else None
             targets, listing = discover_targets(config, sender, lists)
         except Stopped:
             print("stopped before the plan was made; nothing to resume", file=err)
@@ -1208,6 +1236,8 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
         except WorkspaceError as exc:
             print(f"error: {exc}", file=err)
             return 1
+        if saved is not None:  # a daemon on this state file polls these targets
+            sender.share_with(*daemon_share(targets, config))
         plan = make_plan(targets, window)
         settings = config.planner
         groups = plan_pulls(plan, settings, pages) if settings.mode == "auto" else None
@@ -1219,7 +1249,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
             total = sum(g.cost for g in groups)
             finished = min(total, len(results) + len(pages))
         print(describe(plan, total - finished, sender.budget, now(), listing,
-                       len(seed) if state else None, groups), file=out, flush=True)
+                       daemon_spent, groups), file=out, flush=True)
         if labels:
             print("labels on every sample: " + ", ".join(f"{k}={v!r}" for k, v in labels.items()),
                   file=out, flush=True)

@@ -1,4 +1,7 @@
-"""``--state.file``: last good summaries and the quota ledger, kept across restarts.
+"""``--state.file``: last good summaries, discovery lists and member lists, kept across
+restarts. The quota ledger lives beside it, in ``<state file>.ledger``
+(:mod:`exporter.ledger`), shared with any backfill on the same state file; a state
+file of an earlier version still carries its ledger, which is read once to migrate it.
 
 Written atomically (temporary file, fsync, rename). A missing, corrupt or
 unreadable file is logged and ignored: the exporter starts fresh, never stops.
@@ -12,7 +15,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,8 @@ class SavedState:
     """Everything restored from the state file."""
 
     targets: dict[Key, SavedTarget] = field(default_factory=dict)
+    # The request ledger an earlier version kept in this file: migrated to the ledger
+    # file on load (:meth:`exporter.budget.Budget.merge`), never written again.
     ledger: list[float] = field(default_factory=list)
     lists: Lists | None = None  # the discovery lists, so a restart need not re-read them
     # Group id -> (member user ids, when read): the planner's member lists.
@@ -53,10 +58,10 @@ class SavedState:
 Members = Mapping[str, tuple[frozenset[str], float]]
 
 
-def encode(snapshot: Snapshot, ledger: Iterable[float], now: float,
+def encode(snapshot: Snapshot, now: float,
            lists: Lists | None = None, members: Members | None = None) -> bytes:
-    """The file's bytes for ``snapshot``, the request ``ledger``, discovery ``lists`` and
-    the planner's member lists."""
+    """The file's bytes for ``snapshot``, discovery ``lists`` and the planner's member
+    lists."""
     targets = []
     for state in snapshot.targets:
         if state.summary is None and state.last_error is None:
@@ -72,8 +77,7 @@ def encode(snapshot: Snapshot, ledger: Iterable[float], now: float,
             "last_error_time": state.last_error_time,
             "errors": dict(state.errors),
         })
-    doc: dict[str, Any] = {"version": FORMAT_VERSION, "saved_at": now, "targets": targets,
-                           "ledger": [round(t, 3) for t in ledger]}
+    doc: dict[str, Any] = {"version": FORMAT_VERSION, "saved_at": now, "targets": targets}
     if lists is not None:
         doc["discovery"] = {
             "scenarios": None if lists.scenarios is None else [
@@ -172,8 +176,7 @@ class StateFile:
         self.min_gap = min_gap
         self._last_save = float("-inf")
         self._lock = threading.Lock()
-        self._pending: tuple[Snapshot, list[float], float, Lists | None,
-                             Members | None] | None = None
+        self._pending: tuple[Snapshot, float, Lists | None, Members | None] | None = None
         self._timer: threading.Timer | None = None
 
     def load(self, now: float) -> SavedState:
@@ -192,11 +195,10 @@ class StateFile:
         except (ValueError, TypeError, AttributeError) as exc:
             log.warning("state file %s is unusable (%s); starting fresh", self.path, exc)
             return SavedState()
-        log.info("restored %d targets and %d ledger entries from %s",
-                 len(saved.targets), len(saved.ledger), self.path)
+        log.info("restored %d targets from %s", len(saved.targets), self.path)
         return saved
 
-    def save(self, snapshot: Snapshot, ledger: Iterable[float], now: float,
+    def save(self, snapshot: Snapshot, now: float,
              force: bool = False, lists: Lists | None = None,
              members: Members | None = None) -> bool:
         """Write atomically now (returns True), or, inside ``min_gap`` of the last
@@ -204,7 +206,7 @@ class StateFile:
         with self._lock:
             wait = self.min_gap - (now - self._last_save)
             if not force and wait > 0:
-                self._pending = (snapshot, list(ledger), now, lists, members)
+                self._pending = (snapshot, now, lists, members)
                 if self._timer is None:
                     self._timer = threading.Timer(wait, self._flush)
                     self._timer.daemon = True
@@ -214,7 +216,7 @@ class StateFile:
             if force and self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            return self._save_locked(snapshot, ledger, now, lists, members)
+            return self._save_locked(snapshot, now, lists, members)
 
     def _flush(self) -> None:
         with self._lock:
@@ -223,9 +225,9 @@ class StateFile:
             if pending is not None:
                 self._save_locked(*pending)
 
-    def _save_locked(self, snapshot: Snapshot, ledger: Iterable[float], now: float,
+    def _save_locked(self, snapshot: Snapshot, now: float,
                      lists: Lists | None, members: Members | None = None) -> bool:
-        data = encode(snapshot, ledger, now, lists, members)
+        data = encode(snapshot, now, lists, members)
         try:
             self._write(data)
         except OSError as exc:

@@ -42,6 +42,7 @@ from exporter.backfill import (
     render,
     request_key,
 )
+from exporter.budget import Budget
 from exporter.client import NotFound, RateLimited, Summary, Unauthorized, UpstreamError
 from exporter.collector import INFO_FAMILY, INFO_POSITION, TARGET_FAMILIES
 from exporter.config import CohortConfig
@@ -264,7 +265,8 @@ def _sender(clock: FakeClock, client: ScriptedClient, minute: int = 1000, day: i
         clock.advance(seconds)
         return False
 
-    return Sender(client, minute, day, seed or [], now=clock.time, sleep=sleep)
+    return Sender(client, Budget(minute, day, seed or []), now=clock.time,
+                  sleep=sleep)
 
 
 def _key(n: int) -> Any:
@@ -699,7 +701,7 @@ def test_bad_labels_exit_2(api: HistoryAPI, tmp_path: Path, key_env: None, label
 
 def test_a_stop_ends_a_quota_wait_and_the_run_keeps_its_journal(clock: FakeClock) -> None:
     client = ScriptedClient(clock)
-    sender = Sender(client, 1, 1000, now=clock.time)  # the real, stop-aware sleep
+    sender = Sender(client, Budget(1, 1000), now=clock.time)  # the real, stop-aware sleep
     sender.fetch(_key(1))
     sender.stop.set()  # what SIGINT/SIGTERM do
     with pytest.raises(backfill.Stopped):
@@ -938,3 +940,68 @@ def test_the_page_count_from_the_first_pull_decides(tmp_path: Path, key_env: Non
                 answer = fake._summary("cold-call", query)
                 want = _as_metrics(json.loads(answer.body))
                 assert written[("cold-call", cohort, instant)] == want, (cohort, d)
+
+
+# --- one ledger per workspace: the daemon and a backfill side by side --------------------
+
+
+def test_a_daemon_and_a_backfill_on_one_state_file_share_the_quota(tmp_path: Path,
+                                                                   key_env: None) -> None:
+    """The daemon polls 4 targets every minute while a backfill of 44 requests runs on the
+    same state file, against an API whose minute quota is the configured one (20): no
+    429, the backfill finishes, every daemon target stays fresh, and every request of
+    both is in the one ledger. One fake clock drives the API, the daemon and the backfill;
+    the daemon runs whenever the backfill waits for the quota."""
+    from exporter.config import ApiKey, load_config
+    from exporter.daemon import Exporter
+    from exporter.ledger import ledger_path
+
+    clock = FakeClock(NOW)
+    with HistoryAPI(requests_per_minute=20, requests_per_day=100_000, clock=clock) as api:
+        config = write_config(tmp_path / "c.yaml", api.base_url, rpm=20)
+        raw = yaml.safe_load(config.read_text())
+        raw.update(refresh_interval="1m", planner={"mode": "summary"})
+        config.write_text(yaml.safe_dump(raw))
+        state = tmp_path / "state.json"
+        daemon = Exporter(load_config(str(config)), ApiKey(DEMO_API_KEY, "test"), str(config),
+                          str(state), clock)
+
+        def run_daemon_until(until: float) -> None:
+            for _ in range(10_000):  # bounded: a few requests a minute
+                wake = daemon.poller.step()
+                if wake > clock.now:
+                    if wake >= until:
+                        break
+                    clock.now = wake
+            clock.now = max(clock.now, until)
+
+        def sleep(seconds: float) -> bool:  # the backfill waits: the daemon runs meanwhile
+            run_daemon_until(clock.now + seconds)
+            return False
+
+        run_daemon_until(NOW + 30)  # the daemon's first fill, then it idles
+        assert len(api.seen) == 4
+        args = cli.build_parser().parse_args([
+            "backfill", f"--config.file={config}", "--since=10d",
+            f"--until={midnight(1, NOW)}", f"--output={tmp_path / 'h.om'}",
+            f"--state.file={state}"])
+        out, err = io.StringIO(), io.StringIO()
+        code = backfill.main(args, now=clock.time, out=out, err=err, sleep=sleep)
+        assert code == 0, err.getvalue()
+        run_daemon_until(clock.now + 60)  # and it goes on after the backfill
+        daemon.running.client.close()
+
+    assert [s for s in api.seen if s.status != 200] == []  # no 429, nothing refused
+    assert "the running exporter spent 4 requests" in out.getvalue()
+    backfilled = [s for s in api.seen if s.query.get("end_date") and s.time >= NOW + 30]
+    assert len(backfilled) == 44
+    times = sorted(s.time for s in api.seen)
+    assert all(sum(1 for u in times if t - 60 < u <= t) <= 20 for t in times)
+    assert clock.now - NOW > 120  # 44 + the daemon's requests need more than 2 minutes
+    polled = [s.time for s in api.seen if not s.query.get("end_date")]
+    assert len(polled) > 4 * 3  # the daemon kept polling while the backfill ran
+    for target in daemon.store.snapshot().targets:
+        assert target.up and target.last_success is not None
+        assert clock.now - target.last_success <= 2 * 60, target.target.key  # fresh
+    ledger = [float(t) for t in ledger_path(state).read_text().split()]
+    assert sorted(round(s.time, 3) for s in api.seen) == sorted(ledger)

@@ -280,10 +280,10 @@ def test_plan_metrics(fake: FakeExecAPI, clock: FakeClock) -> None:
 
 def test_member_lists_are_kept_in_the_state_file() -> None:
     members = {"g1": (frozenset({"u1", "u2"}), 1000.0)}
-    saved = decode(encode(Store().snapshot(), [], 2000.0, members=members), 2000.0)
+    saved = decode(encode(Store().snapshot(), 2000.0, members=members), 2000.0)
     assert saved.members == members
     # A list from the future is not trusted.
-    assert decode(encode(Store().snapshot(), [], 2000.0, members=members), 500.0).members == {}
+    assert decode(encode(Store().snapshot(), 2000.0, members=members), 500.0).members == {}
 
 
 def test_choose_and_the_offline_plan() -> None:
