@@ -322,14 +322,22 @@ def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
 # --- fingerprint and journal ----------------------------------------------------------
 
 
-def fingerprint(config: Config, window: Window) -> str:
-    """What decides the file's content: the API, the targets' definitions and the range.
+# The settings that decide the file's content: the API that answers, the targets (their
+# scenarios and display names, the cohorts' filters, what discovery finds and what
+# max_targets keeps). Limits, timeouts, intervals, the planner and the listings change
+# only how and when the same values are fetched.
+CONTENT_SETTINGS: dict[str, Any] = {
+    "api": {"base_url"}, "scenarios": True, "cohorts": True,
+    "discovery": {"scenarios", "group_cohorts"}, "max_targets": True}
 
-    Limits and timeouts are left out: a run resumed with a smaller budget writes the
-    same values.
+
+def fingerprint(config: Config, window: Window) -> str:
+    """What decides the file's content: :data:`CONTENT_SETTINGS` and the time range.
+
+    Any other edit of the configuration (the daemon's ``refresh_interval``, the
+    planner, a smaller budget) lets a stopped run resume: it writes the same values.
     """
-    doc = config.model_dump(mode="json", exclude={"api": {"rate_limit", "timeout",
-                                                          "api_key_file"}})
+    doc = config.model_dump(mode="json", include=CONTENT_SETTINGS)
     doc["backfill"] = {"since": window.since, "until": window.until, "step": window.step}
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -374,6 +374,44 @@ def test_a_partial_journal_resumes_without_repeating_finished_requests(
     assert output.read_bytes() == complete
 
 
+def test_a_resume_after_an_edit_that_leaves_the_values_alone_repeats_no_request(
+        api: HistoryAPI, tmp_path: Path, key_env: None, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """Stopped after 5 requests; the daemon's settings are then edited (refresh_interval,
+    max_staleness, the planner, the skills listing, the budget): the resume sends only
+    what the journal lacks. Editing a cohort's filter still refuses the old output."""
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    output = tmp_path / "h.om"
+    argv = [f"--config.file={config}", "--since=3d", f"--until={midnight(1)}",
+            f"--output={output}"]
+    count_send = backfill.Sender.count_send
+
+    def stop_later(sender: Sender) -> None:
+        count_send(sender)
+        if sender.sent_count == 5:
+            sender.stop.set()
+
+    monkeypatch.setattr(backfill.Sender, "count_send", stop_later)
+    code, _, err = run(argv)
+    assert code == 0 and "stopped:" in err
+    monkeypatch.setattr(backfill.Sender, "count_send", count_send)
+    raw = yaml.safe_load(config.read_text())
+    raw.update(refresh_interval="7m", max_staleness="2h", skills={"interval": "3h"},
+               planner={"mode": "summary", "cross_check_share": 0.2, "fallback_for": "2h"})
+    raw["api"]["timeout"] = "9s"
+    raw["api"]["rate_limit"]["requests_per_minute"] = 500
+    config.write_text(yaml.safe_dump(raw))
+    code, out, err = run(argv)
+    assert code == 0, err
+    assert "5 already done, 11 to send" in out
+    sent = [(s.scenario, tuple(sorted(s.query.items()))) for s in api.summaries()]
+    assert len(sent) == len(set(sent)) == 16, "a finished request was sent again"
+    raw["cohorts"][1]["window"] = "8d"  # other values: the old output is refused
+    config.write_text(yaml.safe_dump(raw))
+    code, _, err = run(argv)
+    assert code == 2 and "another configuration" in err
+
+
 def _bad_runs(tmp: Path, base_url: str) -> list[tuple[list[str], str]]:
     config = write_config(tmp / "c.yaml", base_url)
     ok = [f"--config.file={config}", f"--output={tmp / 'h.om'}"]
