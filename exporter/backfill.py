@@ -69,7 +69,14 @@ from .client import (
     Summary,
     Unauthorized,
 )
-from .collector import INFO_FAMILY, INFO_POSITION, TARGET_FAMILIES, info_samples, target_samples
+from .collector import (
+    CACHED,
+    INFO_FAMILY,
+    INFO_POSITION,
+    TARGET_FAMILIES,
+    info_samples,
+    target_samples,
+)
 from .config import (
     CohortConfig,
     Config,
@@ -93,6 +100,9 @@ MIN_STEP = 3600  # finer steps cost a request per target per step for little ins
 HEAD_RANGE = 3 * 3600  # Prometheus's head block: backfilling it is not safe (docs/storage.md)
 JOURNAL_VERSION = 1
 TRANSIENT_TRIES = 4  # timeouts, 5xx, invalid bodies: tries per request before giving up
+# The HELP strings of /metrics say "as of the last successful poll"; a backfilled value
+# is the API's answer as of its sample's timestamp.
+AS_OF = "as of the sample's timestamp (backfilled)"
 PROGRESS_EVERY = 30.0  # seconds between plain progress lines (not a terminal)
 
 # A request, as sent: the scenario and its sorted query parameters.
@@ -527,7 +537,7 @@ def render(plan: Plan, results: Mapping[RequestKey, Outcome],
             info.setdefault(labels, []).append((instant, 1.0))
     families: list[Metric] = []
     for spec, found in [*zip(data_specs, series, strict=True), (INFO_FAMILY, info)]:
-        family = GaugeMetricFamily(spec.name, spec.documentation,
+        family = GaugeMetricFamily(spec.name, spec.documentation.replace(CACHED, AS_OF),
                                    labels=[*spec.labels, *extra])
         for labels in sorted(found):
             for instant, value in sorted(found[labels]):

@@ -194,7 +194,10 @@ def test_output_is_openmetrics_with_the_families_of_metrics_and_timestamps() -> 
     for name, family in families.items():
         spec = data_specs.get(name, INFO_FAMILY)
         assert family.type == "gauge"
-        assert family.documentation == spec.documentation
+        # /metrics' HELP, but the values are as of each timestamp, not the last poll.
+        assert "last successful poll" not in family.documentation
+        assert family.documentation == spec.documentation.replace(
+            "as of the last successful poll", "as of the sample's timestamp (backfilled)")
         for sample in family.samples:
             assert tuple(sorted(sample.labels)) == tuple(sorted(spec.labels))
     instants = [p.instant for p in plan.points]
@@ -502,7 +505,9 @@ def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one(api: HistoryAPI
 
 
 def test_the_daemons_ledger_in_the_state_file_counts(api: HistoryAPI, tmp_path: Path,
-                                                     key_env: None) -> None:
+                                                     key_env: None,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
     now = time.time()
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"version": 1, "saved_at": now, "targets": [],
@@ -513,6 +518,8 @@ def test_the_daemons_ledger_in_the_state_file_counts(api: HistoryAPI, tmp_path: 
     assert code == 0, err
     assert "the running exporter spent 40 requests in the last 24 h" in out
     assert "(99960 left in the rolling day)" in out
+    restored = [r.getMessage() for r in caplog.records if "restored" in r.getMessage()]
+    assert len(restored) == 1, restored  # the state file is read once, and said once
 
 
 def test_discovered_targets_are_backfilled_and_the_listing_is_counted(
