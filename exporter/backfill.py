@@ -112,6 +112,7 @@ RequestKey = tuple[str, tuple[tuple[str, str], ...]]
 PageKey = tuple[str, str, tuple[tuple[str, str], ...]]
 PARTICIPANTS = "participants"
 MEMBERS = "members"
+SUMMARY = "summary"
 
 
 class UsageError(Exception):
@@ -300,6 +301,8 @@ def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
                 way += (f", or {g.proofs} proof summaries + {len(g.pulls)} pulls x "
                         f"{g.pages} page{'s' if g.pages > 1 else ''}"
                         + (f" + {len(g.members)} member lists" if g.members else "")
+                        + (f" ({g.member_cost} pages)" if g.member_cost > len(g.members)
+                           else "")
                         + f" = {g.participants_cost}")
             lines.append(f"  {g.label()}: {way} -> {g.source}")
         total = sum(g.cost for g in groups or ())
@@ -814,12 +817,20 @@ class PullGroup:
     proofs: int  # summary requests at the newest instant: the proofs, needed either way
     members: tuple[str, ...] = ()  # member lists this group adds to the run
     pages: int = 1  # per pull: 1 until a pull's total_count says
-    source: str = "summary"
+    source: str = SUMMARY
+    # Pages of each member list it adds: 1 until a first page (or the daemon's saved
+    # list, or the journal) says.
+    member_pages: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def member_cost(self) -> int:
+        """The pages of the member lists this group adds."""
+        return sum(self.member_pages.get(g, 1) for g in self.members)
 
     @property
     def participants_cost(self) -> int:
-        """The proofs, every pull at ``pages`` pages, and the member lists it adds."""
-        return self.proofs + len(self.pulls) * self.pages + len(self.members)
+        """The proofs, every pull at ``pages`` pages, and the member lists' pages."""
+        return self.proofs + len(self.pulls) * self.pages + self.member_cost
 
     @property
     def cost(self) -> int:
@@ -837,7 +848,8 @@ class PullGroup:
 
 
 def plan_pulls(plan: Plan, settings: PlannerConfig,
-               known_pages: Mapping[PageKey, PageOutcome] | None = None) -> list[PullGroup]:
+               known_pages: Mapping[PageKey, PageOutcome] | None = None,
+               member_counts: Mapping[str, int] | None = None) -> list[PullGroup]:
     """Per scenario and date range, both costs over the whole run and the cheaper way.
 
     The participants way: the summaries at the newest instant (the proofs), one pull
@@ -868,6 +880,8 @@ def plan_pulls(plan: Plan, settings: PlannerConfig,
                 group.pages = _pages_of(first.page)
         needs = dict.fromkeys(g for t in members for g in t.cohort.group_ids)
         group.members = tuple(g for g in needs if g not in charged)
+        group.member_pages = {g: member_pages(g, known_pages, member_counts)
+                              for g in group.members}
         if (settings.mode == "auto" and pulls
                 and choose(len(members), len(members), group.pages) == PARTICIPANTS
                 and group.participants_cost < group.summary_cost):
@@ -877,6 +891,21 @@ def plan_pulls(plan: Plan, settings: PlannerConfig,
             group.members = ()
         groups.append(group)
     return groups
+
+
+def member_pages(group_id: str, known_pages: Mapping[PageKey, PageOutcome] | None,
+                 member_counts: Mapping[str, int] | None) -> int:
+    """How many pages ``group_id``'s member list has: from its first page in the journal
+    (a resumed run), else from the running daemon's saved list (the state file), else 1."""
+    first = (known_pages or {}).get(_members_key(group_id, 1))
+    if first is not None and first.page is not None:
+        return _pages_of(first.page)
+    count = (member_counts or {}).get(group_id)
+    return pages_for(count) if count else 1
+
+
+def _members_key(group_id: str, page_no: int) -> PageKey:
+    return page_key(MEMBERS, group_id, {"group_ids": group_id, **_paged({}, page_no)})
 
 
 def _pages_of(page: Page) -> int:
@@ -913,7 +942,8 @@ class Derivation:
     def run(self) -> None:
         """Read, prove, pull; fills :attr:`values`. Raises Stopped/WorkspaceError."""
         for group_id in dict.fromkeys(g for grp in self.groups for g in grp.members):
-            self._read_members(group_id)
+            if self._needed(group_id):  # a group may have gone back to summaries
+                self._read_members(group_id)
         proofs: dict[TargetKey, Summary] = {}
         for grp in self.groups:  # every proof summary first: they set the rounding
             newest = grp.pulls[0][1][0]
@@ -932,18 +962,36 @@ class Derivation:
         ids: list[str] = []
         page_no = 1
         while True:
-            key = page_key(MEMBERS, group_id, {"group_ids": group_id, **_paged({}, page_no)})
-            outcome = self.fetcher.page(key)
+            outcome = self.fetcher.page(_members_key(group_id, page_no))
             if outcome is None or outcome.page is None:
                 self.notes.append(f"members of group {group_id}: not readable "
                                   f"({outcome.error if outcome else 'kept failing'}); "
                                   "its cohorts use summary requests")
+                return
+            if page_no == 1 and not self._still_cheaper(group_id, _pages_of(outcome.page)):
                 return
             ids.extend(m.user_id for m in outcome.page.items)
             if page_no >= outcome.page.total_pages or not outcome.page.items:
                 break
             page_no += 1
         self.members[group_id] = frozenset(ids)
+
+    def _still_cheaper(self, group_id: str, pages: int) -> bool:
+        """The member list's first page says how many pages it has: a group that added it
+        and is no longer cheaper that way goes back to summaries (before its proofs).
+        False when no group left needs the list (its other pages are not read)."""
+        for grp in [g for g in self.groups if group_id in g.members]:
+            grp.member_pages[group_id] = pages
+            if grp.participants_cost >= grp.summary_cost:
+                grp.source = SUMMARY
+                self.groups.remove(grp)
+                self.notes.append(f"{grp.label()}: the member list of group {group_id} has "
+                                  f"{pages} pages, so {grp.participants_cost} requests against "
+                                  f"{grp.summary_cost} summaries; summaries for these cohorts")
+        return self._needed(group_id)
+
+    def _needed(self, group_id: str) -> bool:
+        return any(group_id in t.cohort.group_ids for g in self.groups for t in g.targets)
 
     def _pull(self, grp: PullGroup, query: Mapping[str, str],
               first: bool) -> tuple[list[ParticipantRow], int] | None:
@@ -1258,7 +1306,9 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
             sender.share_with(*daemon_share(targets, config))
         plan = make_plan(targets, window)
         settings = config.planner
-        groups = plan_pulls(plan, settings, pages) if settings.mode == "auto" else None
+        groups = (plan_pulls(plan, settings, pages, {g: len(ids) for g, (ids, _) in
+                                                     (saved.members if saved else {}).items()})
+                  if settings.mode == "auto" else None)
         wanted = set(plan.requests)
         results = {k: v for k, v in done.items() if k in wanted}
         if groups is None:

@@ -1050,3 +1050,50 @@ def test_a_daemon_and_a_backfill_on_one_state_file_share_the_quota(tmp_path: Pat
         assert clock.now - target.last_success <= 2 * 60, target.target.key  # fresh
     ledger = [float(t) for t in ledger_path(state).read_text().split()]
     assert sorted(round(s.time, 3) for s in api.seen) == sorted(ledger)
+
+
+@pytest.mark.parametrize("daemon_knows", [False, True])
+def test_a_member_list_costs_its_pages(tmp_path: Path, key_env: None,
+                                       daemon_knows: bool) -> None:
+    """4 cohorts over 2 instants: 8 summaries, or 4 proofs + 2 one-page pulls + the
+    "gs" member list. At 1 page (7) the pull is cheaper; the list has 250 members, 3
+    pages (9), so it is not. Known from the daemon's saved list, the plan says so and
+    reads nothing; unknown, the run learns it from the list's first page and uses the
+    summaries without reading the rest."""
+    from fakeapi import FakeExecAPI, Session, User
+
+    with FakeExecAPI(DEMO_API_KEY) as fake:
+        until = midnight(1)
+        people = [User(f"u{i:04d}", f"p{i}@acme.com", frozenset({"gs"} if i < 250 else set()))
+                  for i in range(300)]
+        fake.set_users(people)
+        fake.set_sessions("cold-call", [Session(u.id, until - 3600 - i, 40 + i % 60, 200)
+                                        for i, u in enumerate(people[::6])])
+        config = write_config(tmp_path / "c.yaml", fake.base_url, extra_cohorts=[
+            {"name": "no-staff", "exclude_system_users": True},
+            {"name": "gs", "group_ids": ["gs"]},
+            {"name": "vip", "user_emails": ["p1@acme.com"]}])
+        raw = yaml.safe_load(config.read_text())
+        raw["scenarios"] = [{"id": "cold-call"}]
+        raw["cohorts"] = [c for c in raw["cohorts"] if c["name"] != "last-7d"]
+        config.write_text(yaml.safe_dump(raw))
+        argv = [f"--config.file={config}", "--since=1d", f"--until={until}",
+                f"--output={tmp_path / 'h.om'}"]
+        if daemon_knows:
+            state = tmp_path / "state.json"
+            state.write_text(json.dumps({"version": 1, "saved_at": time.time(), "targets": [],
+                                         "members": {"gs": {"user_ids": [
+                                             u.id for u in people[:250]], "at": time.time()}}}))
+            argv.append(f"--state.file={state}")
+        code, out, err = run(argv)
+        assert code == 0, err
+        members = fake.requests_to("/workspace/members")
+        if daemon_knows:
+            assert "requests: 8 summary requests" in out and "no scenario has cohorts" in out
+            assert members == []
+        else:
+            assert "+ 1 member lists = 7 -> participants" in out
+            assert [r.query["page"] for r in members] == ["1"]  # then no more
+            assert "has 3 pages, so 9 requests against 8 summaries" in out
+        assert fake.requests_to("/participants") == []
+        assert len(fake.requests_to("/summary")) == 8
