@@ -122,10 +122,6 @@ class JobTimes:
         return -math.inf
 
 
-# The name the target-shaped code and tests knew it by.
-TargetTimes = JobTimes
-
-
 @dataclass(frozen=True)
 class Decision:
     """Either run ``job`` now, or wait until ``wake_at``."""
