@@ -32,7 +32,8 @@ GRACE = 1.0
 
 class Budget:
     """A rolling-window ledger of request times with a minute and a day limit,
-    optionally shared with other processes through ``shared``."""
+    optionally shared with other processes through ``shared`` (then the ledger is the
+    file's, and ``sent`` is not used: see :meth:`merge`)."""
 
     def __init__(self, minute_limit: int, day_limit: int, sent: Iterable[float] = (),
                  shared: LedgerFile | None = None) -> None:
@@ -105,15 +106,15 @@ class Budget:
         counted. With a shared ledger the check and the append happen under the file's
         lock: two processes never both take the last slot."""
         with self._lock:
-            taken = True
+            taken = decided = False
 
             def take() -> None:
-                nonlocal taken
+                nonlocal taken, decided
                 self._expire(now)
-                if check and self._next_allowed(now, 1, leave) > now:
-                    taken = False
-                    return
-                self._insert(now)
+                decided = True
+                taken = not check or self._next_allowed(now, 1, leave) <= now
+                if taken:
+                    self._insert(now)
 
             if self._shared is None:
                 take()
@@ -127,8 +128,8 @@ class Budget:
                     if taken:
                         self._append_shared([now])
 
-            if not self._on_shared(take_shared) and taken and now not in self._sent:
-                self._insert(now)  # the file failed: counted in this process at least
+            if not self._on_shared(take_shared) and not decided:
+                take()  # the file failed first: this process's own ledger decides
             return taken
 
     def merge(self, times: Iterable[float], now: float) -> int:
@@ -137,8 +138,11 @@ class Budget:
         wanted = {round(at, 3) for at in times if at > now - DAY - GRACE}
         with self._lock:
             new: list[float] = []
+            done = False
 
             def add() -> None:
+                nonlocal done
+                done = True
                 self._expire(now)
                 known = {round(at, 3) for at in self._sent}
                 new[:] = sorted(wanted - known)
@@ -157,7 +161,8 @@ class Budget:
                     if new:
                         self._append_shared(new)
 
-            self._on_shared(add_shared)
+            if not self._on_shared(add_shared) and not done:
+                add()  # the file failed first: kept in this process's own ledger
             return len(new)
 
     def _count_since(self, since: float) -> int:
