@@ -85,14 +85,32 @@ class Budget:
             self._on_shared(self._sync)
         self._expire(now)
 
-    def _append_shared(self, times: list[float]) -> None:
-        """Append ``times`` (already in the memory ledger) under the file's lock."""
-        assert self._shared is not None
+    def _update(self, change: Callable[[], list[float]]) -> None:
+        """Apply ``change`` (it inserts into the ledger and returns what it inserted) to
+        the current ledger: with a shared file, under its lock, after taking in the
+        others' entries, then append what it inserted. If the file fails before the
+        change ran, the change runs on this process's own ledger."""
+        if self._shared is None:
+            change()
+            return
         shared = self._shared
-        if shared.needs_rewrite(len(self._sent)):
-            shared.rewrite(self._sent)
-        else:
-            shared.append(times)
+        ran = False
+
+        def locked() -> None:
+            nonlocal ran
+            with shared.locked():
+                self._sync()
+                ran = True
+                added = change()
+                if not added:
+                    return
+                if shared.needs_rewrite(len(self._sent)):
+                    shared.rewrite(self._sent)
+                else:
+                    shared.append(added)
+
+        if not self._on_shared(locked) and not ran:
+            change()
 
     # --- counting --------------------------------------------------------------
 
@@ -105,65 +123,36 @@ class Budget:
         (``check``; with ``leave`` as in :meth:`next_allowed`), and say whether it was
         counted. With a shared ledger the check and the append happen under the file's
         lock: two processes never both take the last slot."""
+        taken = False
+
+        def take() -> list[float]:
+            nonlocal taken
+            self._expire(now)
+            taken = not check or self._next_allowed(now, 1, leave) <= now
+            if taken:
+                self._insert(now)
+            return [now] if taken else []
+
         with self._lock:
-            taken = decided = False
-
-            def take() -> None:
-                nonlocal taken, decided
-                self._expire(now)
-                decided = True
-                taken = not check or self._next_allowed(now, 1, leave) <= now
-                if taken:
-                    self._insert(now)
-
-            if self._shared is None:
-                take()
-                return taken
-            shared = self._shared
-
-            def take_shared() -> None:
-                with shared.locked():
-                    self._sync()
-                    take()
-                    if taken:
-                        self._append_shared([now])
-
-            if not self._on_shared(take_shared) and not decided:
-                take()  # the file failed first: this process's own ledger decides
-            return taken
+            self._update(take)
+        return taken
 
     def merge(self, times: Iterable[float], now: float) -> int:
         """Add request times not already in the ledger (to the millisecond): an older
         state file's ledger, a stopped backfill's journal. Returns how many were new."""
         wanted = {round(at, 3) for at in times if at > now - DAY - GRACE}
+        new: list[float] = []
+
+        def add() -> list[float]:
+            self._expire(now)
+            new[:] = sorted(wanted - {round(at, 3) for at in self._sent})
+            for at in new:
+                self._insert(at)
+            return new
+
         with self._lock:
-            new: list[float] = []
-            done = False
-
-            def add() -> None:
-                nonlocal done
-                done = True
-                self._expire(now)
-                known = {round(at, 3) for at in self._sent}
-                new[:] = sorted(wanted - known)
-                for at in new:
-                    self._insert(at)
-
-            if self._shared is None:
-                add()
-                return len(new)
-            shared = self._shared
-
-            def add_shared() -> None:
-                with shared.locked():
-                    self._sync()
-                    add()
-                    if new:
-                        self._append_shared(new)
-
-            if not self._on_shared(add_shared) and not done:
-                add()  # the file failed first: kept in this process's own ledger
-            return len(new)
+            self._update(add)
+        return len(new)
 
     def _count_since(self, since: float) -> int:
         # deque has no bisect; index from the right, where recent entries are.

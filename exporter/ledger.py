@@ -21,9 +21,10 @@ import fcntl
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from .state import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +152,7 @@ class LedgerFile:
         """Replace the file with ``times`` (the live entries); call under :meth:`locked`.
         A temporary file renamed over the ledger: a reader never sees half of it."""
         data = "".join(f"{at:.3f}\n" for at in times).encode()
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomically(self.path, data)
         # The lock held is the old file's: let it go with it. Writers waiting on it
         # notice the new inode and lock the new file; this one reads it whole next time.
         if self._fd is not None:

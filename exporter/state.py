@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .budget import DAY
 from .client import ApiError, Summary
 from .discovery import DiscoveredScenario, Group, Lists
 from .store import Key, Snapshot
@@ -102,8 +101,9 @@ def decode(data: bytes, now: float) -> SavedState:
     ledger = doc.get("ledger", [])
     if not isinstance(ledger, list):
         raise ValueError("ledger is not a list")
+    # Entries past the day are dropped by Budget.merge, which moves them to the ledger file.
     saved.ledger = sorted(float(t) for t in ledger
-                          if isinstance(t, int | float) and now - DAY < t <= now + 60)
+                          if isinstance(t, int | float) and t <= now + 60)
     found = doc.get("discovery")
     if isinstance(found, dict):
         try:
@@ -237,23 +237,29 @@ class StateFile:
         return True
 
     def _write(self, data: bytes) -> None:
-        directory = self.path.parent
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
+        write_atomically(self.path, data)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` whole or not at all (a private temporary file beside
+    it, fsync, rename, then fsync of the directory); raise OSError."""
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        try:  # make the rename itself durable
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass

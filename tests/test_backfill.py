@@ -8,6 +8,7 @@ limits with real 429s, every request recorded.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -83,6 +84,22 @@ def run(argv: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = backfill.main(args, out=out, err=err)
     return code, out.getvalue(), err.getvalue()
+
+
+@contextlib.contextmanager
+def stopped_after(monkeypatch: pytest.MonkeyPatch, count: int) -> Iterator[None]:
+    """Runs inside stop as SIGINT would after ``count`` requests: the next wait for a
+    slot ends the run."""
+    count_send = backfill.Sender.count_send
+
+    def stop_later(sender: Sender) -> None:
+        count_send(sender)
+        if sender.sent_count == count:
+            sender.stop.set()
+
+    monkeypatch.setattr(backfill.Sender, "count_send", stop_later)
+    yield
+    monkeypatch.setattr(backfill.Sender, "count_send", count_send)
 
 
 def midnight(days_ago: int, now: float | None = None) -> int:
@@ -387,17 +404,9 @@ def test_a_resume_after_an_edit_that_leaves_the_values_alone_repeats_no_request(
     output = tmp_path / "h.om"
     argv = [f"--config.file={config}", "--since=3d", f"--until={midnight(1)}",
             f"--output={output}"]
-    count_send = backfill.Sender.count_send
-
-    def stop_later(sender: Sender) -> None:
-        count_send(sender)
-        if sender.sent_count == 5:
-            sender.stop.set()
-
-    monkeypatch.setattr(backfill.Sender, "count_send", stop_later)
-    code, _, err = run(argv)
+    with stopped_after(monkeypatch, 5):
+        code, _, err = run(argv)
     assert code == 0 and "stopped:" in err
-    monkeypatch.setattr(backfill.Sender, "count_send", count_send)
     raw = yaml.safe_load(config.read_text())
     raw.update(refresh_interval="7m", max_staleness="2h", skills={"interval": "3h"},
                planner={"mode": "summary", "cross_check_share": 0.2, "fallback_for": "2h"})
@@ -905,18 +914,10 @@ def test_a_stopped_derived_run_resumes_without_repeating_a_request(
     output = tmp_path / "h.om"
     argv = [f"--config.file={config}", "--since=6d", f"--until={midnight(1)}",
             f"--output={output}"]
-    count_send = backfill.Sender.count_send
-
-    def stop_later(sender: Sender) -> None:
-        count_send(sender)
-        if sender.sent_count == stop_after:
-            sender.stop.set()  # what SIGINT does: the next wait for a slot ends the run
-
-    monkeypatch.setattr(backfill.Sender, "count_send", stop_later)
-    code, _, err = run(argv)
+    with stopped_after(monkeypatch, stop_after):
+        code, _, err = run(argv)
     assert code == 0 and "stopped:" in err and not output.exists()
     assert len(api.seen) == stop_after
-    monkeypatch.setattr(backfill.Sender, "count_send", count_send)
     code, out, err = run(argv)
     assert code == 0, err
     assert f"{stop_after} already done" in out
