@@ -1039,6 +1039,10 @@ def test_a_daemon_and_a_backfill_on_one_state_file_share_the_quota(tmp_path: Pat
 
     assert [s for s in api.seen if s.status != 200] == []  # no 429, nothing refused
     assert "the running exporter spent 4 requests" in out.getvalue()
+    assert "sharing the quota: 4/minute and 5760/day stay free" in out.getvalue()
+    # 12 at once (20 a minute, less the daemon's 4 in it and the 4 left free), then 32
+    # at 16 a minute.
+    assert "time at this budget: about 2m\n" in out.getvalue()
     backfilled = [s for s in api.seen if s.query.get("end_date") and s.time >= NOW + 30]
     assert len(backfilled) == 44
     times = sorted(s.time for s in api.seen)

@@ -91,23 +91,28 @@ def make_plan(targets: Sequence[Target], window: Window) -> Plan:
     return plan
 
 
-def estimate_seconds(requests: int, budget: Budget, now: float) -> float:
+def estimate_seconds(requests: int, budget: Budget, now: float,
+                     leave: tuple[int, int] = (0, 0)) -> float:
     """About how long ``requests`` take within ``budget`` (minute pacing, and whole
-    days of waiting once the rolling day is spent)."""
+    days of waiting once the rolling day is spent), ``leave`` (minute, day) requests
+    of each window left to a running daemon."""
     if requests <= 0:
         return 0.0
     minute_left, day_left = budget.remaining(now)
-    seconds = max(0, requests - minute_left) * 60.0 / budget.minute_limit
-    beyond = requests - day_left
+    minute_rate, day_rate = budget.minute_limit - leave[0], budget.day_limit - leave[1]
+    seconds = max(0, requests - (minute_left - leave[0])) * 60.0 / minute_rate
+    beyond = requests - (day_left - leave[1])
     if beyond > 0:
-        seconds = max(seconds, math.ceil(beyond / budget.day_limit) * DAY)
+        seconds = max(seconds, math.ceil(beyond / day_rate) * DAY)
     return seconds
 
 
 def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
-             daemon_spent: int | None, groups: Sequence[PullGroup] | None = None) -> str:
+             daemon_spent: int | None, groups: Sequence[PullGroup] | None = None,
+             leave: tuple[int, int] = (0, 0)) -> str:
     """The plan printed before anything is sent. With ``groups`` (``planner.mode:
-    auto``): both ways' requests per scenario and date range, and the chosen total."""
+    auto``): both ways' requests per scenario and date range, and the chosen total;
+    ``leave``: what the run leaves a running daemon per minute and per day."""
     w = plan.window
     lines = [
         f"backfill: {len(plan.targets)} targets x {len(w.instants)} instants "
@@ -148,15 +153,18 @@ def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
         lines.append(f"discovery: {listing} listing requests were sent to find the targets")
     if daemon_spent is not None:
         lines.append(f"state file: the running exporter spent {daemon_spent} requests in the "
-                     "last 24 h; they count against the budget")
+                     "last 24 h; they count against the budget (one ledger for both)")
+    if leave != (0, 0):
+        lines.append(f"sharing the quota: {leave[0]}/minute and {leave[1]}/day stay free for "
+                     "the running exporter's polling")
     _, day_left = budget.remaining(now)
     lines.append(f"budget: {budget.minute_limit}/minute, {budget.day_limit}/day "
                  f"({day_left} left in the rolling day)")
-    eta = estimate_seconds(todo, budget, now)
+    eta = estimate_seconds(todo, budget, now, leave)
     took = f"about {format_duration(eta)}" if eta >= 60 else "under a minute"
     lines.append(f"time at this budget: {took}"
                  + (" (more than the day budget: the run waits for the rolling day)"
-                    if todo > day_left else ""))
+                    if todo > day_left - leave[1] else ""))
     if w.since > 15 * DAY:
         lines.append("note: Prometheus keeps backfilled data only within its retention "
                      "(--storage.tsdb.retention.time, 15d by default)")

@@ -210,7 +210,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
             total = sum(g.cost for g in groups)
             finished = min(total, len(results) + len(pages))
         print(describe(plan, total - finished, sender.budget, now(), listing,
-                       daemon_spent, groups), file=out, flush=True)
+                       daemon_spent, groups, sender.sharing(now())), file=out, flush=True)
         if labels:
             print("labels on every sample: " + ", ".join(f"{k}={v!r}" for k, v in labels.items()),
                   file=out, flush=True)
@@ -218,7 +218,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
             print("note: no --label: the series will lack the job/instance labels Prometheus "
                   "adds when scraping (see docs/backfill.md)", file=out, flush=True)
         progress = Progress(total, finished, err,
-                            lambda n: estimate_seconds(n, sender.budget, now()))
+                            lambda n: estimate_seconds(n, sender.budget, now(), sender.leave))
         sender.on_wait = progress.waiting
         fetcher = Fetcher(sender, journal, results, pages, on_sent=progress.advance)
         derivation = Derivation(groups or [], fetcher, settings)

@@ -112,14 +112,15 @@ class Sender:
         self._share = (max(0, min(minute, self.budget.minute_limit // 2)),
                        max(0, min(day, self.budget.day_limit // 2)))
 
-    def _others_seen(self, now: float) -> bool:
-        if self.leave == self._share:
-            return True
-        if any(round(t, 3) not in self._own for t in self.budget.ledger(now)):
+    def sharing(self, now: float) -> tuple[int, int]:
+        """What this run leaves free per (minute, day): the share set by
+        :meth:`share_with` once another process's request is in the ledger, else none."""
+        if self.leave != self._share and any(round(t, 3) not in self._own
+                                             for t in self.budget.ledger(now)):
             self.leave = self._share
             log.info("another process spends this workspace's quota: leaving it %d "
                      "requests a minute and %d a day", *self.leave)
-        return self.leave == self._share
+        return self.leave
 
     def hold(self, seconds: float) -> None:
         """Send nothing for ``seconds`` (a 429's ``retry_after``, a transient backoff)."""
@@ -135,10 +136,10 @@ class Sender:
             if self.stop.is_set():
                 raise Stopped
             now = self.now()
-            self._others_seen(now)
-            at = max(self.budget.next_allowed(now, leave=self.leave), self._hold_until)
+            leave = self.sharing(now)
+            at = max(self.budget.next_allowed(now, leave=leave), self._hold_until)
             if at <= now:
-                if self.budget.claim(now, leave=self.leave):
+                if self.budget.claim(now, leave=leave):
                     self._claimed = now
                     self._own.add(round(now, 3))
                     return
