@@ -153,3 +153,21 @@ def test_an_older_state_files_ledger_is_moved_once(tmp_path: Path) -> None:
         budget = open_budget(60, 100, state, saved.ledger, NOW)
         assert budget.ledger(NOW) == [NOW - 600, NOW - 60]
     assert lines(ledger_path(state)) == [f"{NOW - 600:.3f}", f"{NOW - 60:.3f}"]
+
+
+def test_the_daemon_sends_nothing_when_another_process_took_the_slot_since_it_decided(
+        tmp_path: Path) -> None:
+    from exporter.jobs import Job
+    from exporter.scheduler import Scheduler
+
+    path = tmp_path / "l"
+    scheduler = Scheduler(Budget(3, 100, shared=LedgerFile(path)), refresh_interval=600.0)
+    scheduler.set_jobs([Job(kind="summary", key="t", fetch=lambda c, n: None,
+                            apply=lambda a, t: None)])
+    decision = scheduler.decide(NOW)
+    assert decision.key == "t"
+    backfill = Budget(3, 100, shared=LedgerFile(path))
+    assert all(backfill.claim(NOW) for _ in range(3))  # between the decision and the send
+    assert scheduler.sent("t", NOW) is False  # the request must not go out
+    assert scheduler.times("t").last_attempt is None
+    assert scheduler.decide(NOW).wake_at == NOW + MINUTE + GRACE
