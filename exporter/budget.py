@@ -208,6 +208,12 @@ class Budget:
             self._read_shared(now)
             return list(self._sent)
 
+    def close(self) -> None:
+        """Close the shared ledger file, if any (it is reopened if used again)."""
+        with self._lock:
+            if self._shared is not None:
+                self._shared.close()
+
     @property
     def last_sent(self) -> float | None:
         """When the latest request was sent, if any."""

@@ -314,6 +314,7 @@ class Exporter:
         self.server.shutdown()
         self.server.server_close()
         self.running.client.close()
+        self.budget.close()
 
 
 def prepare_state_dir(path: str) -> None:

@@ -248,6 +248,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
     finally:
         journal.close()
         client.close()
+        budget.close()
         _restore_signals(stop_handlers)
     if failed:
         print(f"error: {failed} requests kept failing (see the log); {output} not written. "
