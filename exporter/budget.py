@@ -114,21 +114,17 @@ class Budget:
 
     # --- counting --------------------------------------------------------------
 
-    def record(self, at: float) -> None:
-        """Count one request sent at ``at`` (whether or not it fits: it was sent)."""
-        self.claim(at, check=False)
-
-    def claim(self, now: float, check: bool = True, leave: tuple[int, int] = (0, 0)) -> bool:
-        """Count one request about to be sent at ``now`` if it fits both windows
-        (``check``; with ``leave`` as in :meth:`next_allowed`), and say whether it was
-        counted. With a shared ledger the check and the append happen under the file's
-        lock: two processes never both take the last slot."""
+    def claim(self, now: float, leave: tuple[int, int] = (0, 0)) -> bool:
+        """Count one request about to be sent at ``now`` if it fits both windows (with
+        ``leave`` as in :meth:`next_allowed`), and say whether it was counted. With a
+        shared ledger the check and the append happen under the file's lock: two
+        processes never both take the last slot."""
         taken = False
 
         def take() -> list[float]:
             nonlocal taken
             self._expire(now)
-            taken = not check or self._next_allowed(now, 1, leave) <= now
+            taken = self._next_allowed(now, 1, leave) <= now
             if taken:
                 self._insert(now)
             return [now] if taken else []
