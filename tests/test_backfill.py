@@ -88,8 +88,8 @@ def run(argv: list[str]) -> tuple[int, str, str]:
 
 @contextlib.contextmanager
 def stopped_after(monkeypatch: pytest.MonkeyPatch, count: int) -> Iterator[None]:
-    """Runs inside stop as SIGINT would after ``count`` requests: the next wait for a
-    slot ends the run."""
+    """Inside, a run stops as SIGINT would stop it after ``count`` requests: the next
+    wait for a slot ends the run."""
     count_send = backfill.Sender.count_send
 
     def stop_later(sender: Sender) -> None:
@@ -285,8 +285,7 @@ def _sender(clock: FakeClock, client: ScriptedClient, minute: int = 1000, day: i
         clock.advance(seconds)
         return False
 
-    return Sender(client, Budget(minute, day, seed or []), now=clock.time,
-                  sleep=sleep)
+    return Sender(client, Budget(minute, day, seed or []), now=clock.time, sleep=sleep)
 
 
 def _key(n: int) -> Any:
