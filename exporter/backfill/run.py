@@ -70,7 +70,8 @@ def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tup
             sender.acquire()
             sent += 1
             try:
-                answer = job.fetch(sender.client, sender.now())
+                # A page that disagrees with the ones before (ListChanged) fails in apply.
+                job.apply(job.fetch(sender.client, sender.now()), sender.now())
             except RateLimited as exc:
                 sender.hold(exc.retry_after)
                 continue
@@ -78,7 +79,6 @@ def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tup
                 raise WorkspaceError(f"{exc.reason}: {exc}") from None
             except ApiError as exc:
                 raise WorkspaceError(f"discovery: reading {job.label} failed: {exc}") from None
-            job.apply(answer, sender.now())
         lists = discovery.lists
     targets, _dropped = select_targets(config, lists)  # it logs what max_targets drops
     return targets, sent
