@@ -111,7 +111,7 @@ def parsed_config(targets: int, base_url: str) -> Config:
 def state_file_bytes(targets: int, now: float, base_url: str) -> bytes:
     """A --state.file in which every target was refreshed within the last 10 minutes."""
     store = build_store(targets, now, base_url)
-    return encode(store.snapshot(), [], now)
+    return encode(store.snapshot(), now)
 
 
 # --- processes -------------------------------------------------------------------

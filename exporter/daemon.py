@@ -14,7 +14,7 @@ from pathlib import Path
 from prometheus_client.registry import CollectorRegistry
 
 from . import __version__, logs
-from .budget import Budget
+from .budget import open_budget
 from .client import ExecClient
 from .collector import LiveCollector, ProcessMetrics, SnapshotCollector
 from .config import ApiKey, Config, ConfigError, format_duration, load_api_key, load_config
@@ -54,7 +54,8 @@ class Exporter:
         now = self.clock.time()
         saved = self.state.load(now) if self.state else SavedState()
         rate = config.api.rate_limit
-        self.budget = Budget(rate.minute_budget, rate.day_budget, saved.ledger)
+        self.budget = open_budget(rate.minute_budget, rate.day_budget, state_file,
+                                  saved.ledger, now)
         self.scheduler = Scheduler(self.budget, config.refresh_interval,
                                    on_view=self._on_view)
         self._saved = saved
@@ -291,8 +292,8 @@ class Exporter:
             return
         now = self.clock.time()
         lists = self.discovery.lists if self.discovery else None
-        self.state.save(self.store.snapshot(), self.budget.ledger(now), now, force=force,
-                        lists=lists, planner=self.planner.state())
+        self.state.save(self.store.snapshot(), now, force=force, lists=lists,
+                        planner=self.planner.state())
 
     def _save_loop(self) -> None:
         # The state file follows the store: every change is saved (coalesced by the
@@ -333,6 +334,7 @@ class Exporter:
         self.server.shutdown()
         self.server.server_close()
         self.running.client.close()
+        self.budget.close()
 
 
 def prepare_state_dir(path: str) -> None:

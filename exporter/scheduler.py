@@ -121,10 +121,6 @@ class JobTimes:
         return -math.inf
 
 
-# The name the target-shaped code and tests knew it by.
-TargetTimes = JobTimes
-
-
 @dataclass(frozen=True)
 class Decision:
     """Either run ``job`` now, or wait until ``wake_at``."""
@@ -364,9 +360,12 @@ class Scheduler:
 
     # --- outcomes -----------------------------------------------------------
 
-    def sent(self, job: Job | JobKey, at: float) -> None:
-        """A request for ``job`` is about to go out at ``at``; count it."""
-        self.budget.record(at)
+    def sent(self, job: Job | JobKey, at: float) -> bool:
+        """A request for ``job`` is about to go out at ``at``: count it, or return False
+        when the budget has no room after all (another process sharing the ledger took
+        the slot since the decision): the request must not go out."""
+        if not self.budget.claim(at):
+            return False
         times = self._times.get(_key(job))
         if times is not None:
             # A job of n requests (its follow-ups run as they come) holds n paces.
@@ -374,6 +373,7 @@ class Scheduler:
             self._last_poll = at + (max(cost, 1) - 1) * self.spacing
             times.previous_attempt = times.last_attempt
             times.last_attempt = at
+        return True
 
     def succeeded(self, job: Job | JobKey | None, at: float) -> None:
         """``job`` answered with data."""
@@ -503,7 +503,8 @@ class Poller:
             previous.client.close()  # nothing is in flight between two steps
 
     def _run(self, job: Job, running: Running, now: float, probe: bool) -> None:
-        self.scheduler.sent(job, now)
+        if not self.scheduler.sent(job, now):
+            return  # the shared ledger filled since the decision: decide again
         started = time.monotonic()
         answered = False
         try:

@@ -1,5 +1,8 @@
-"""``--state.file``: last good summaries, the quota ledger and what the planner learned
-(proofs, member lists, pull sizes: ``Planner.state``), kept across restarts.
+"""``--state.file``: last good summaries, discovery lists and what the planner learned
+(proofs, member lists, pull sizes: ``Planner.state``), kept across restarts. The quota
+ledger lives beside it, in ``<state file>.ledger`` (:mod:`exporter.ledger`), shared with
+any backfill on the same state file; a state file of an earlier version still carries
+its ledger, which is read once to migrate it.
 
 Written atomically (temporary file, fsync, rename). A missing, corrupt or
 unreadable file is logged and ignored: the exporter starts fresh, never stops.
@@ -13,12 +16,11 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .budget import DAY
 from .client import ApiError, Summary
 from .discovery import DiscoveredScenario, Group, Lists
 from .store import Key, Snapshot
@@ -45,16 +47,17 @@ class SavedState:
     """Everything restored from the state file."""
 
     targets: dict[Key, SavedTarget] = field(default_factory=dict)
+    # The request ledger an earlier version kept in this file: migrated to the ledger
+    # file on load (:meth:`exporter.budget.Budget.merge`), never written again.
     ledger: list[float] = field(default_factory=list)
     lists: Lists | None = None  # the discovery lists, so a restart need not re-read them
     # What the planner learned (Planner.state), as saved; the planner validates it.
     planner: dict[str, Any] = field(default_factory=dict)
 
 
-def encode(snapshot: Snapshot, ledger: Iterable[float], now: float,
+def encode(snapshot: Snapshot, now: float,
            lists: Lists | None = None, planner: Mapping[str, Any] | None = None) -> bytes:
-    """The file's bytes for ``snapshot``, the request ``ledger``, discovery ``lists`` and
-    the planner's state."""
+    """The file's bytes for ``snapshot``, discovery ``lists`` and the planner's state."""
     targets = []
     for state in snapshot.targets:
         if state.summary is None and state.last_error is None:
@@ -70,8 +73,7 @@ def encode(snapshot: Snapshot, ledger: Iterable[float], now: float,
             "last_error_time": state.last_error_time,
             "errors": dict(state.errors),
         })
-    doc: dict[str, Any] = {"version": FORMAT_VERSION, "saved_at": now, "targets": targets,
-                           "ledger": [round(t, 3) for t in ledger]}
+    doc: dict[str, Any] = {"version": FORMAT_VERSION, "saved_at": now, "targets": targets}
     if lists is not None:
         doc["discovery"] = {
             "scenarios": None if lists.scenarios is None else [
@@ -95,8 +97,9 @@ def decode(data: bytes, now: float) -> SavedState:
     ledger = doc.get("ledger", [])
     if not isinstance(ledger, list):
         raise ValueError("ledger is not a list")
+    # Entries past the day are dropped by Budget.merge, which moves them to the ledger file.
     saved.ledger = sorted(float(t) for t in ledger
-                          if isinstance(t, int | float) and now - DAY < t <= now + 60)
+                          if isinstance(t, int | float) and t <= now + 60)
     found = doc.get("discovery")
     if isinstance(found, dict):
         try:
@@ -163,7 +166,7 @@ class StateFile:
         self.min_gap = min_gap
         self._last_save = float("-inf")
         self._lock = threading.Lock()
-        self._pending: tuple[Snapshot, list[float], float, Lists | None,
+        self._pending: tuple[Snapshot, float, Lists | None,
                              Mapping[str, Any] | None] | None = None
         self._timer: threading.Timer | None = None
 
@@ -183,11 +186,10 @@ class StateFile:
         except (ValueError, TypeError, AttributeError) as exc:
             log.warning("state file %s is unusable (%s); starting fresh", self.path, exc)
             return SavedState()
-        log.info("restored %d targets and %d ledger entries from %s",
-                 len(saved.targets), len(saved.ledger), self.path)
+        log.info("restored %d targets from %s", len(saved.targets), self.path)
         return saved
 
-    def save(self, snapshot: Snapshot, ledger: Iterable[float], now: float,
+    def save(self, snapshot: Snapshot, now: float,
              force: bool = False, lists: Lists | None = None,
              planner: Mapping[str, Any] | None = None) -> bool:
         """Write atomically now (returns True), or, inside ``min_gap`` of the last
@@ -195,7 +197,7 @@ class StateFile:
         with self._lock:
             wait = self.min_gap - (now - self._last_save)
             if not force and wait > 0:
-                self._pending = (snapshot, list(ledger), now, lists, planner)
+                self._pending = (snapshot, now, lists, planner)
                 if self._timer is None:
                     self._timer = threading.Timer(wait, self._flush)
                     self._timer.daemon = True
@@ -205,7 +207,7 @@ class StateFile:
             if force and self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            return self._save_locked(snapshot, ledger, now, lists, planner)
+            return self._save_locked(snapshot, now, lists, planner)
 
     def _flush(self) -> None:
         with self._lock:
@@ -214,9 +216,9 @@ class StateFile:
             if pending is not None:
                 self._save_locked(*pending)
 
-    def _save_locked(self, snapshot: Snapshot, ledger: Iterable[float], now: float,
+    def _save_locked(self, snapshot: Snapshot, now: float,
                      lists: Lists | None, planner: Mapping[str, Any] | None = None) -> bool:
-        data = encode(snapshot, ledger, now, lists, planner)
+        data = encode(snapshot, now, lists, planner)
         try:
             self._write(data)
         except OSError as exc:
@@ -226,23 +228,29 @@ class StateFile:
         return True
 
     def _write(self, data: bytes) -> None:
-        directory = self.path.parent
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
+        write_atomically(self.path, data)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` whole or not at all (a private temporary file beside
+    it, fsync, rename, then fsync of the directory); raise OSError."""
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        try:  # make the rename itself durable
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError:
-            pass
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass

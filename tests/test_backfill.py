@@ -8,6 +8,7 @@ limits with real 429s, every request recorded.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -42,6 +43,7 @@ from exporter.backfill import (
     render,
     request_key,
 )
+from exporter.budget import Budget
 from exporter.client import NotFound, RateLimited, Summary, Unauthorized, UpstreamError
 from exporter.collector import INFO_FAMILY, INFO_POSITION, TARGET_FAMILIES
 from exporter.config import CohortConfig
@@ -82,6 +84,22 @@ def run(argv: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = backfill.main(args, out=out, err=err)
     return code, out.getvalue(), err.getvalue()
+
+
+@contextlib.contextmanager
+def stopped_after(monkeypatch: pytest.MonkeyPatch, count: int) -> Iterator[None]:
+    """Inside, a run stops as SIGINT would stop it after ``count`` requests: the next
+    wait for a slot ends the run."""
+    count_send = backfill.Sender.count_send
+
+    def stop_later(sender: Sender) -> None:
+        count_send(sender)
+        if sender.sent_count == count:
+            sender.stop.set()
+
+    monkeypatch.setattr(backfill.Sender, "count_send", stop_later)
+    yield
+    monkeypatch.setattr(backfill.Sender, "count_send", count_send)
 
 
 def midnight(days_ago: int, now: float | None = None) -> int:
@@ -193,7 +211,10 @@ def test_output_is_openmetrics_with_the_families_of_metrics_and_timestamps() -> 
     for name, family in families.items():
         spec = data_specs.get(name, INFO_FAMILY)
         assert family.type == "gauge"
-        assert family.documentation == spec.documentation
+        # /metrics' HELP, but the values are as of each timestamp, not the last poll.
+        assert "last successful poll" not in family.documentation
+        assert family.documentation == spec.documentation.replace(
+            "as of the last successful poll", "as of the sample's timestamp (backfilled)")
         for sample in family.samples:
             assert tuple(sorted(sample.labels)) == tuple(sorted(spec.labels))
     instants = [p.instant for p in plan.points]
@@ -264,7 +285,7 @@ def _sender(clock: FakeClock, client: ScriptedClient, minute: int = 1000, day: i
         clock.advance(seconds)
         return False
 
-    return Sender(client, minute, day, seed or [], now=clock.time, sleep=sleep)
+    return Sender(client, Budget(minute, day, seed or []), now=clock.time, sleep=sleep)
 
 
 def _key(n: int) -> Any:
@@ -372,6 +393,36 @@ def test_a_partial_journal_resumes_without_repeating_finished_requests(
     assert output.read_bytes() == complete
 
 
+def test_a_resume_after_an_edit_that_leaves_the_values_alone_repeats_no_request(
+        api: HistoryAPI, tmp_path: Path, key_env: None, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """Stopped after 5 requests; the daemon's settings are then edited (refresh_interval,
+    max_staleness, the planner, the skills listing, the budget): the resume sends only
+    what the journal lacks. Editing a cohort's filter still refuses the old output."""
+    config = write_config(tmp_path / "c.yaml", api.base_url)
+    output = tmp_path / "h.om"
+    argv = [f"--config.file={config}", "--since=3d", f"--until={midnight(1)}",
+            f"--output={output}"]
+    with stopped_after(monkeypatch, 5):
+        code, _, err = run(argv)
+    assert code == 0 and "stopped:" in err
+    raw = yaml.safe_load(config.read_text())
+    raw.update(refresh_interval="7m", max_staleness="2h", skills={"interval": "3h"},
+               planner={"mode": "summary", "cross_check_share": 0.2, "fallback_for": "2h"})
+    raw["api"]["timeout"] = "9s"
+    raw["api"]["rate_limit"]["requests_per_minute"] = 500
+    config.write_text(yaml.safe_dump(raw))
+    code, out, err = run(argv)
+    assert code == 0, err
+    assert "5 already done, 11 to send" in out
+    sent = [(s.scenario, tuple(sorted(s.query.items()))) for s in api.summaries()]
+    assert len(sent) == len(set(sent)) == 16, "a finished request was sent again"
+    raw["cohorts"][1]["window"] = "8d"  # other values: the old output is refused
+    config.write_text(yaml.safe_dump(raw))
+    code, _, err = run(argv)
+    assert code == 2 and "another configuration" in err
+
+
 def _bad_runs(tmp: Path, base_url: str) -> list[tuple[list[str], str]]:
     config = write_config(tmp / "c.yaml", base_url)
     ok = [f"--config.file={config}", f"--output={tmp / 'h.om'}"]
@@ -462,7 +513,9 @@ def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one(api: HistoryAPI
 
 
 def test_the_daemons_ledger_in_the_state_file_counts(api: HistoryAPI, tmp_path: Path,
-                                                     key_env: None) -> None:
+                                                     key_env: None,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
     now = time.time()
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"version": 1, "saved_at": now, "targets": [],
@@ -473,6 +526,8 @@ def test_the_daemons_ledger_in_the_state_file_counts(api: HistoryAPI, tmp_path: 
     assert code == 0, err
     assert "the running exporter spent 40 requests in the last 24 h" in out
     assert "(99960 left in the rolling day)" in out
+    restored = [r.getMessage() for r in caplog.records if "restored" in r.getMessage()]
+    assert len(restored) == 1, restored  # the state file is read once, and said once
 
 
 def test_discovered_targets_are_backfilled_and_the_listing_is_counted(
@@ -699,7 +754,7 @@ def test_bad_labels_exit_2(api: HistoryAPI, tmp_path: Path, key_env: None, label
 
 def test_a_stop_ends_a_quota_wait_and_the_run_keeps_its_journal(clock: FakeClock) -> None:
     client = ScriptedClient(clock)
-    sender = Sender(client, 1, 1000, now=clock.time)  # the real, stop-aware sleep
+    sender = Sender(client, Budget(1, 1000), now=clock.time)  # the real, stop-aware sleep
     sender.fetch(_key(1))
     sender.stop.set()  # what SIGINT/SIGTERM do
     with pytest.raises(backfill.Stopped):
@@ -858,18 +913,10 @@ def test_a_stopped_derived_run_resumes_without_repeating_a_request(
     output = tmp_path / "h.om"
     argv = [f"--config.file={config}", "--since=6d", f"--until={midnight(1)}",
             f"--output={output}"]
-    count_send = backfill.Sender.count_send
-
-    def stop_later(sender: Sender) -> None:
-        count_send(sender)
-        if sender.sent_count == stop_after:
-            sender.stop.set()  # what SIGINT does: the next wait for a slot ends the run
-
-    monkeypatch.setattr(backfill.Sender, "count_send", stop_later)
-    code, _, err = run(argv)
+    with stopped_after(monkeypatch, stop_after):
+        code, _, err = run(argv)
     assert code == 0 and "stopped:" in err and not output.exists()
     assert len(api.seen) == stop_after
-    monkeypatch.setattr(backfill.Sender, "count_send", count_send)
     code, out, err = run(argv)
     assert code == 0, err
     assert f"{stop_after} already done" in out
@@ -938,3 +985,119 @@ def test_the_page_count_from_the_first_pull_decides(tmp_path: Path, key_env: Non
                 answer = fake._summary("cold-call", query)
                 want = _as_metrics(json.loads(answer.body))
                 assert written[("cold-call", cohort, instant)] == want, (cohort, d)
+
+
+# --- one ledger per workspace: the daemon and a backfill side by side --------------------
+
+
+def test_a_daemon_and_a_backfill_on_one_state_file_share_the_quota(tmp_path: Path,
+                                                                   key_env: None) -> None:
+    """The daemon polls 4 targets every minute while a backfill of 44 requests runs on the
+    same state file, against an API whose minute quota is the configured one (20): no
+    429, the backfill finishes, every daemon target stays fresh, and every request of
+    both is in the one ledger. One fake clock drives the API, the daemon and the backfill;
+    the daemon runs whenever the backfill waits for the quota."""
+    from exporter.config import ApiKey, load_config
+    from exporter.daemon import Exporter
+    from exporter.ledger import ledger_path
+
+    clock = FakeClock(NOW)
+    with HistoryAPI(requests_per_minute=20, requests_per_day=100_000, clock=clock) as api:
+        config = write_config(tmp_path / "c.yaml", api.base_url, rpm=20)
+        raw = yaml.safe_load(config.read_text())
+        raw.update(refresh_interval="1m", planner={"mode": "summary"})
+        config.write_text(yaml.safe_dump(raw))
+        state = tmp_path / "state.json"
+        daemon = Exporter(load_config(str(config)), ApiKey(DEMO_API_KEY, "test"), str(config),
+                          str(state), clock)
+
+        def run_daemon_until(until: float) -> None:
+            for _ in range(10_000):  # bounded: a few requests a minute
+                wake = daemon.poller.step()
+                if wake > clock.now:
+                    if wake >= until:
+                        break
+                    clock.now = wake
+            clock.now = max(clock.now, until)
+
+        def sleep(seconds: float) -> bool:  # the backfill waits: the daemon runs meanwhile
+            run_daemon_until(clock.now + seconds)
+            return False
+
+        run_daemon_until(NOW + 30)  # the daemon's first fill, then it idles
+        assert len(api.seen) == 4
+        args = cli.build_parser().parse_args([
+            "backfill", f"--config.file={config}", "--since=10d",
+            f"--until={midnight(1, NOW)}", f"--output={tmp_path / 'h.om'}",
+            f"--state.file={state}"])
+        out, err = io.StringIO(), io.StringIO()
+        code = backfill.main(args, now=clock.time, out=out, err=err, sleep=sleep)
+        assert code == 0, err.getvalue()
+        run_daemon_until(clock.now + 60)  # and it goes on after the backfill
+        daemon.running.client.close()
+
+    assert [s for s in api.seen if s.status != 200] == []  # no 429, nothing refused
+    assert "the running exporter spent 4 requests" in out.getvalue()
+    assert "sharing the quota: 4/minute and 5760/day stay free" in out.getvalue()
+    # 12 at once (20 a minute, less the daemon's 4 in it and the 4 left free), then 32
+    # at 16 a minute.
+    assert "time at this budget: about 2m\n" in out.getvalue()
+    backfilled = [s for s in api.seen if s.query.get("end_date") and s.time >= NOW + 30]
+    assert len(backfilled) == 44
+    times = sorted(s.time for s in api.seen)
+    assert all(sum(1 for u in times if t - 60 < u <= t) <= 20 for t in times)
+    assert clock.now - NOW > 120  # 44 + the daemon's requests need more than 2 minutes
+    polled = [s.time for s in api.seen if not s.query.get("end_date")]
+    assert len(polled) > 4 * 3  # the daemon kept polling while the backfill ran
+    for target in daemon.store.snapshot().targets:
+        assert target.up and target.last_success is not None
+        assert clock.now - target.last_success <= 2 * 60, target.target.key  # fresh
+    ledger = [float(t) for t in ledger_path(state).read_text().split()]
+    assert sorted(round(s.time, 3) for s in api.seen) == sorted(ledger)
+
+
+@pytest.mark.parametrize("daemon_knows", [False, True])
+def test_a_member_list_costs_its_pages(tmp_path: Path, key_env: None,
+                                       daemon_knows: bool) -> None:
+    """4 cohorts over 2 instants: 8 summaries, or 4 proofs + 2 one-page pulls + the
+    "gs" member list. At 1 page (7) the pull is cheaper; the list has 250 members, 3
+    pages (9), so it is not. Known from the daemon's saved list, the plan says so and
+    reads nothing; unknown, the run learns it from the list's first page and uses the
+    summaries without reading the rest."""
+    from fakeapi import FakeExecAPI, Session, User
+
+    with FakeExecAPI(DEMO_API_KEY) as fake:
+        until = midnight(1)
+        people = [User(f"u{i:04d}", f"p{i}@acme.com", frozenset({"gs"} if i < 250 else set()))
+                  for i in range(300)]
+        fake.set_users(people)
+        fake.set_sessions("cold-call", [Session(u.id, until - 3600 - i, 40 + i % 60, 200)
+                                        for i, u in enumerate(people[::6])])
+        config = write_config(tmp_path / "c.yaml", fake.base_url, extra_cohorts=[
+            {"name": "no-staff", "exclude_system_users": True},
+            {"name": "gs", "group_ids": ["gs"]},
+            {"name": "vip", "user_emails": ["p1@acme.com"]}])
+        raw = yaml.safe_load(config.read_text())
+        raw["scenarios"] = [{"id": "cold-call"}]
+        raw["cohorts"] = [c for c in raw["cohorts"] if c["name"] != "last-7d"]
+        config.write_text(yaml.safe_dump(raw))
+        argv = [f"--config.file={config}", "--since=1d", f"--until={until}",
+                f"--output={tmp_path / 'h.om'}"]
+        if daemon_knows:
+            state = tmp_path / "state.json"
+            state.write_text(json.dumps({"version": 1, "saved_at": time.time(), "targets": [],
+                                         "members": {"gs": {"user_ids": [
+                                             u.id for u in people[:250]], "at": time.time()}}}))
+            argv.append(f"--state.file={state}")
+        code, out, err = run(argv)
+        assert code == 0, err
+        members = fake.requests_to("/workspace/members")
+        if daemon_knows:
+            assert "requests: 8 summary requests" in out and "no scenario has cohorts" in out
+            assert members == []
+        else:
+            assert "+ 1 member lists = 7 -> participants" in out
+            assert [r.query["page"] for r in members] == ["1"]  # then no more
+            assert "has 3 pages, so 9 requests against 8 summaries" in out
+        assert fake.requests_to("/participants") == []
+        assert len(fake.requests_to("/summary")) == 8

@@ -324,7 +324,7 @@ def test_member_lists_are_kept_in_the_state_file() -> None:
                                                                 "at": 1000.0, "pages": 2}}},
                       now=2000.0)
     planner.jobs(build_targets(cfg), 2000.0)
-    saved = decode(encode(Store().snapshot(), [], 2000.0, planner=planner.state()), 2000.0)
+    saved = decode(encode(Store().snapshot(), 2000.0, planner=planner.state()), 2000.0)
     assert saved.planner["members"] == {"g1": {"user_ids": ["u1", "u2"], "at": 1000.0,
                                                "pages": 2}}
     # A list from the future is not trusted.

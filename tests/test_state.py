@@ -27,6 +27,7 @@ from harness import (
     wait_until,
 )
 
+from exporter.ledger import ledger_path
 from exporter.state import StateFile
 
 SCENARIOS = {"discovery-call": 45, "pricing-objection": 12}
@@ -53,6 +54,11 @@ def write_config(tmp_path: Path, api: FakeExecAPI, refresh: str = "10m",
 def run(tmp_path: Path, api: FakeExecAPI, config: Path, state: Path, name: str) -> Subprocess:
     return Subprocess(["--config.file", str(config), "--state.file", str(state)],
                       {"EXEC_API_KEY": api.api_key}, tmp_path / f"{name}.log")
+
+
+def ledger_times(state: Path) -> list[float]:
+    """The request times in the quota ledger beside ``state``."""
+    return [float(line) for line in ledger_path(state).read_text().split()]
 
 
 def all_values(values: Values) -> bool:
@@ -166,8 +172,7 @@ def test_restored_ledger_keeps_a_crash_loop_inside_the_day_budget(
             time.sleep(0.4)
             exporter.scrape()
     assert 1 <= len(api.requests) <= 6, len(api.requests)
-    saved = json.loads(state.read_text())
-    assert len(saved["ledger"]) == len(api.requests)
+    assert len(ledger_times(state)) == len(api.requests)
 
 
 @pytest.mark.parametrize("content", [
@@ -240,11 +245,13 @@ def test_state_file_is_written_atomically(tmp_path: Path, api: FakeExecAPI) -> N
                 json.loads(state.read_bytes())
                 reads += 1
         assert reads > 10
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "state.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.yaml", "state.json", "state.json.ledger"]
     assert api.api_key not in state.read_text()
     doc = json.loads(state.read_text())
     assert {(t["scenario"], t["cohort"]) for t in doc["targets"]} == set(TARGETS)
-    assert len(doc["ledger"]) >= len(TARGETS)
+    assert "ledger" not in doc  # the ledger lives beside it, shared with a backfill
+    assert len(ledger_times(state)) >= len(TARGETS)
 
 
 def test_trailing_change_is_saved_without_another_request(tmp_path: Path) -> None:
@@ -254,9 +261,10 @@ def test_trailing_change_is_saved_without_another_request(tmp_path: Path) -> Non
 
     state = StateFile(tmp_path / "state.json", min_gap=0.3)
     store = Store()
-    assert state.save(store.snapshot(), [1.0], time.time())
-    assert not state.save(store.snapshot(), [1.0, 2.0], time.time())  # too soon: deferred
-    wait_until(lambda: len(json.loads((tmp_path / "state.json").read_text())["ledger"]) == 2,
+    now = time.time()
+    assert state.save(store.snapshot(), now)
+    assert not state.save(store.snapshot(), now + 0.1)  # too soon: deferred
+    wait_until(lambda: json.loads((tmp_path / "state.json").read_text())["saved_at"] == now + 0.1,
                2, what="the deferred write")
 
 
@@ -315,7 +323,7 @@ def test_what_the_planner_learned_survives_the_file_and_bad_parts_are_left_out(
         "checks": {"next": now + 700, "cursor": 5},
     }
     planner = Planner(PlannerConfig(), Store(), saved, now=now)
-    kept = decode(encode(Store().snapshot(), [], now, planner=planner.state()), now).planner
+    kept = decode(encode(Store().snapshot(), now, planner=planner.state()), now).planner
     assert kept["members"] == {"g1": {"user_ids": ["u1", "u2"], "at": 9000.0, "pages": 3}}
     # A list that failed keeps its backoff: not asked again before its retry time.
     assert kept["member_retries"] == {"g4": {"failures": 2, "next": now + 86400}}

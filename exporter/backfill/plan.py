@@ -1,0 +1,293 @@
+"""The plan of a backfill: one point per target and instant, the distinct requests they
+need, and, with ``planner.mode: auto``, where one participants pull per instant costs
+fewer requests than a summary per cohort."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..budget import DAY, Budget
+from ..client import (
+    Page,
+)
+from ..config import (
+    CohortConfig,
+    PlannerConfig,
+    format_duration,
+)
+from ..planner import PAGE_SIZE, DatesKey, choose, pages_for, pull_groups
+from ..targets import Target
+from .journal import (
+    MEMBERS,
+    PARTICIPANTS,
+    SUMMARY,
+    PageKey,
+    PageOutcome,
+    RequestKey,
+    page_key,
+    request_key,
+)
+from .window import Window, iso
+
+log = logging.getLogger(__name__)
+
+def as_of_query(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
+    """The summary query that gives ``cohort``'s value as of ``instant``, or None
+    when the cohort has not started yet (a fixed ``start_date`` after the instant).
+
+    ``end_date`` = the instant; a fixed ``end_date`` before the instant stays (the
+    value froze there, as the running exporter reports it); a rolling window
+    starts ``window`` before the instant.
+    """
+    if cohort.start_date is not None and cohort.start_date.timestamp() > instant:
+        return None
+    params = cohort.query(float(instant))  # filters, fixed start, window start
+    end = float(instant)
+    if cohort.end_date is not None:
+        end = min(end, cohort.end_date.timestamp())
+    params["end_date"] = iso(end)
+    return params
+
+
+@dataclass(frozen=True)
+class Point:
+    """One (target, instant) and the request that answers it."""
+
+    target: Target
+    instant: int
+    request: RequestKey
+
+
+@dataclass
+class Plan:
+    """Every point to fill and the distinct requests they need, oldest instant first."""
+
+    targets: list[Target]
+    window: Window
+    points: list[Point] = field(default_factory=list)
+    requests: list[RequestKey] = field(default_factory=list)
+    skipped: int = 0  # points before their cohort's start_date: no request, no sample
+
+
+def make_plan(targets: Sequence[Target], window: Window) -> Plan:
+    """One point per target and instant; requests deduplicated (a cohort with a fixed
+    ``end_date`` in the past asks the same question at every later instant)."""
+    plan = Plan(list(targets), window)
+    seen: set[RequestKey] = set()
+    for instant in window.instants:
+        for target in targets:
+            params = as_of_query(target.cohort, instant)
+            if params is None:
+                plan.skipped += 1
+                continue
+            key = request_key(target.scenario, params)
+            plan.points.append(Point(target, instant, key))
+            if key not in seen:
+                seen.add(key)
+                plan.requests.append(key)
+    return plan
+
+
+def estimate_seconds(requests: int, budget: Budget, now: float,
+                     leave: tuple[int, int] = (0, 0)) -> float:
+    """About how long ``requests`` take within ``budget`` (minute pacing, and whole
+    days of waiting once the rolling day is spent), ``leave`` (minute, day) requests
+    of each window left to a running daemon."""
+    if requests <= 0:
+        return 0.0
+    minute_left, day_left = budget.remaining(now)
+    minute_rate, day_rate = budget.minute_limit - leave[0], budget.day_limit - leave[1]
+    seconds = max(0, requests - (minute_left - leave[0])) * 60.0 / minute_rate
+    beyond = requests - (day_left - leave[1])
+    if beyond > 0:
+        seconds = max(seconds, math.ceil(beyond / day_rate) * DAY)
+    return seconds
+
+
+def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
+             daemon_spent: int | None, groups: Sequence[PullGroup] | None = None,
+             leave: tuple[int, int] = (0, 0)) -> str:
+    """The plan printed before anything is sent. With ``groups`` (``planner.mode:
+    auto``): both ways' requests per scenario and date range, and the chosen total;
+    ``leave``: what the run leaves a running daemon per minute and per day."""
+    w = plan.window
+    lines = [
+        f"backfill: {len(plan.targets)} targets x {len(w.instants)} instants "
+        f"(every {format_duration(w.step)} from {iso(w.until - w.since)} to {iso(w.until)})",
+        f"points: {len(plan.points)}"
+        + (f" ({plan.skipped} before their cohort's start_date are left out)"
+           if plan.skipped else ""),
+    ]
+    chosen = [g for g in groups or () if g.source == PARTICIPANTS]
+    if groups is None or not chosen:
+        total = len(plan.requests)
+        lines.append(f"requests: {total} summary requests (one per distinct as-of query)"
+                     + ("" if groups is None else "; no scenario has cohorts that one "
+                        "participants pull per instant serves for fewer requests")
+                     + (f"; {total - todo} already done, {todo} to send"
+                        if todo != total else ""))
+    else:
+        lines.append(f"one summary per target and instant: {len(plan.requests)} requests")
+        for g in groups or ():
+            way = f"{g.summary_cost} summaries"
+            if len(g.targets) > 1:
+                way += (f", or {g.proofs} proof summaries + {len(g.pulls)} pulls x "
+                        f"{g.pages} page{'s' if g.pages > 1 else ''}"
+                        + (f" + {len(g.members)} member lists" if g.members else "")
+                        + (f" ({g.member_cost} pages)" if g.member_cost > len(g.members)
+                           else "")
+                        + f" = {g.participants_cost}")
+            lines.append(f"  {g.label()}: {way} -> {g.source}")
+        total = sum(g.cost for g in groups or ())
+        lines.append(f"requests: about {total} with participants pulls where cheaper "
+                     f"({len(plan.requests) - total} fewer; pages are 1 per pull until a "
+                     f"pull's total_count says)"
+                     + (f"; {total - todo} already done, about {todo} to send"
+                        if todo != total else ""))
+        lines.append("member lists are read once, today: group cohorts' past values use "
+                     "today's membership (docs/backfill.md)")
+    if listing:
+        lines.append(f"discovery: {listing} listing requests were sent to find the targets")
+    if daemon_spent is not None:
+        lines.append(f"state file: the running exporter spent {daemon_spent} requests in the "
+                     "last 24 h; they count against the budget (one ledger for both)")
+    if leave != (0, 0):
+        lines.append(f"sharing the quota: {leave[0]}/minute and {leave[1]}/day stay free for "
+                     "the running exporter's polling")
+    _, day_left = budget.remaining(now)
+    lines.append(f"budget: {budget.minute_limit}/minute, {budget.day_limit}/day "
+                 f"({day_left} left in the rolling day)")
+    eta = estimate_seconds(todo, budget, now, leave)
+    took = f"about {format_duration(eta)}" if eta >= 60 else "under a minute"
+    lines.append(f"time at this budget: {took}"
+                 + (" (more than the day budget: the run waits for the rolling day)"
+                    if todo > day_left - leave[1] else ""))
+    if w.since > 15 * DAY:
+        lines.append("note: Prometheus keeps backfilled data only within its retention "
+                     "(--storage.tsdb.retention.time, 15d by default)")
+    return "\n".join(lines)
+
+
+def pull_dates(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
+    """The participants query of ``cohort``'s pull as of ``instant``: the dates of its
+    as-of summary query only (the rows are kept or dropped here, by the cohort's
+    filter), or None before the cohort's ``start_date``."""
+    params = as_of_query(cohort, instant)
+    if params is None:
+        return None
+    return {k: params[k] for k in ("start_date", "end_date") if k in params}
+
+
+def paged(query: Mapping[str, str], page: int) -> dict[str, str]:
+    return {**query, "page": str(page), "page_size": str(PAGE_SIZE)}
+
+
+@dataclass
+class PullGroup:
+    """One scenario and date range (the cohorts one participants pull can serve), the
+    distinct pulls of the run, newest first, and both ways' costs in requests."""
+
+    scenario: str
+    dates: DatesKey
+    targets: list[Target]
+    pulls: list[tuple[dict[str, str], list[int]]]  # pull dates -> its instants, newest first
+    summary_cost: int  # distinct summary requests of these cohorts over the run
+    proofs: int  # summary requests at the newest instant: the proofs, needed either way
+    members: tuple[str, ...] = ()  # member lists this group adds to the run
+    pages: int = 1  # per pull: 1 until a pull's total_count says
+    source: str = SUMMARY
+    # Pages of each member list it adds: 1 until a first page (or the daemon's saved
+    # list, or the journal) says.
+    member_pages: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def member_cost(self) -> int:
+        """The pages of the member lists this group adds."""
+        return sum(self.member_pages.get(g, 1) for g in self.members)
+
+    @property
+    def participants_cost(self) -> int:
+        """The proofs, every pull at ``pages`` pages, and the member lists' pages."""
+        return self.proofs + len(self.pulls) * self.pages + self.member_cost
+
+    @property
+    def cost(self) -> int:
+        """Requests of the chosen way."""
+        return self.participants_cost if self.source == PARTICIPANTS else self.summary_cost
+
+    def label(self) -> str:
+        """``scenario=s all time (all, sales)``."""
+        window, start, end = self.dates
+        dates = (f"last {format_duration(window)}" if window is not None
+                 else "all time" if start is None and end is None
+                 else f"{start or '...'} .. {end or '...'}")
+        names = ", ".join(t.cohort.name for t in self.targets)
+        return f"scenario={self.scenario} {dates} ({names})"
+
+
+def plan_pulls(plan: Plan, settings: PlannerConfig,
+               known_pages: Mapping[PageKey, PageOutcome] | None = None,
+               member_counts: Mapping[str, int] | None = None) -> list[PullGroup]:
+    """Per scenario and date range, both costs over the whole run and the cheaper way.
+
+    The participants way: the summaries at the newest instant (the proofs), one pull
+    per distinct date range of the run (``ceil(participants / 100)`` pages, 1 until a
+    pull's ``total_count`` says; a resumed run knows it from its journal) and the
+    member lists of the groups its cohorts use that no group before it reads. A tie
+    keeps the summaries; so does ``planner.mode: summary``, and so does a group of one
+    cohort (the planner's own rule, :func:`exporter.planner.choose`).
+    """
+    groups: list[PullGroup] = []
+    charged: set[str] = set()
+    for (_, scenario, dates), members in pull_groups(plan.targets).items():
+        keys = {t.key for t in members}
+        points = [p for p in plan.points if p.target.key in keys]
+        by_dates: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], list[int]]] = {}
+        for instant in reversed(plan.window.instants):
+            query = pull_dates(members[0].cohort, instant)
+            if query is not None:
+                by_dates.setdefault(tuple(sorted(query.items())), (query, []))[1].append(instant)
+        pulls = list(by_dates.values())
+        newest = pulls[0][1][0] if pulls else None
+        group = PullGroup(scenario, dates, list(members), pulls,
+                          summary_cost=len({p.request for p in points}),
+                          proofs=len({p.request for p in points if p.instant == newest}))
+        if pulls and known_pages:
+            first = known_pages.get(page_key(PARTICIPANTS, scenario, paged(pulls[0][0], 1)))
+            if first is not None and first.page is not None:
+                group.pages = pages_of(first.page)
+        needs = dict.fromkeys(g for t in members for g in t.cohort.group_ids)
+        group.members = tuple(g for g in needs if g not in charged)
+        group.member_pages = {g: member_pages(g, known_pages, member_counts)
+                              for g in group.members}
+        if (settings.mode == "auto" and pulls
+                and choose(len(members), len(members), group.pages) == PARTICIPANTS
+                and group.participants_cost < group.summary_cost):
+            group.source = PARTICIPANTS
+            charged.update(group.members)
+        else:
+            group.members = ()
+        groups.append(group)
+    return groups
+
+
+def member_pages(group_id: str, known_pages: Mapping[PageKey, PageOutcome] | None,
+                 member_counts: Mapping[str, int] | None) -> int:
+    """How many pages ``group_id``'s member list has: from its first page in the journal
+    (a resumed run), else from the running daemon's saved list (the state file), else 1."""
+    first = (known_pages or {}).get(members_key(group_id, 1))
+    if first is not None and first.page is not None:
+        return pages_of(first.page)
+    count = (member_counts or {}).get(group_id)
+    return pages_for(count) if count else 1
+
+
+def members_key(group_id: str, page_no: int) -> PageKey:
+    return page_key(MEMBERS, group_id, {"group_ids": group_id, **paged({}, page_no)})
+
+
+def pages_of(page: Page) -> int:
+    return pages_for(page.total_count) if page.total_count is not None else page.total_pages

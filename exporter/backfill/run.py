@@ -1,0 +1,338 @@
+"""``exec-exporter backfill``: the flags, the checks before anything is sent, and the run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from .. import logs
+from ..budget import DAY, MINUTE, open_budget
+from ..client import (
+    ApiError,
+    ExecClient,
+    Forbidden,
+    RateLimited,
+    Unauthorized,
+)
+from ..config import (
+    Config,
+    ConfigError,
+    load_api_key,
+    load_config,
+)
+from ..discovery import Discovery, Lists
+from ..scheduler import effective_interval
+from ..state import SavedState, StateFile
+from ..targets import Target, select_targets
+from .derive import Derivation
+from .journal import (
+    JOURNAL_VERSION,
+    Journal,
+    Outcome,
+    PageKey,
+    PageOutcome,
+    RequestKey,
+    base_fingerprint,
+    fingerprint,
+)
+from .openmetrics import render, write_atomically
+from .plan import describe, estimate_seconds, make_plan, plan_pulls
+from .progress import Progress
+from .sender import Fetcher, Sender, StopFlag, Stopped, WorkspaceError
+from .window import HEAD_RANGE, UsageError, Window, iso, parse_window
+
+log = logging.getLogger(__name__)
+
+def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tuple[
+        list[Target], int]:
+    """The targets as the daemon would poll them, and how many listing requests that took.
+
+    Discovery lists come from the daemon's state file when it has them (no request);
+    else they are read here, page by page (discovery's own jobs), through the same
+    budget. A 429 waits and asks for the same page again.
+    """
+    settings = config.discovery
+    sent = 0
+    if settings is not None and (settings.scenarios is not None
+                                 or settings.group_cohorts is not None):
+        discovery = Discovery(settings, lists)
+        while (job := discovery.due(sender.now())) is not None:
+            sender.acquire()
+            sent += 1
+            try:
+                # A page that disagrees with the ones before (ListChanged) fails in apply.
+                job.apply(job.fetch(sender.client, sender.now()), sender.now())
+            except RateLimited as exc:
+                sender.hold(exc.retry_after)
+                continue
+            except (Unauthorized, Forbidden) as exc:
+                raise WorkspaceError(f"{exc.reason}: {exc}") from None
+            except ApiError as exc:
+                raise WorkspaceError(f"discovery: reading {job.label} failed: {exc}") from None
+        lists = discovery.lists
+    targets, _dropped = select_targets(config, lists)  # it logs what max_targets drops
+    return targets, sent
+
+
+def daemon_share(targets: Sequence[Target], config: Config) -> tuple[int, int]:
+    """What the daemon's polling of ``targets`` needs per minute and per day: one
+    request per target every effective interval (an upper bound: derived cohorts
+    need fewer)."""
+    rate = config.api.rate_limit
+    interval = effective_interval(len(targets), config.refresh_interval, rate.day_budget,
+                                  rate.minute_budget)
+    return (math.ceil(len(targets) * MINUTE / interval),
+            math.ceil(len(targets) * DAY / interval))
+
+
+# --- the command ---------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The backfill flags (``exec-exporter backfill ...``)."""
+    group = parser.add_argument_group("backfill (exec-exporter backfill ...)")
+    group.add_argument("--since", dest="since", default=None,
+                       help="how far back to start, a duration such as 30d")
+    group.add_argument("--until", dest="until", default=None,
+                       help="the last instant: ISO 8601, unix seconds or 'now' (default: the "
+                            "latest UTC midnight, or hour for steps of hours, 3h ago or more)")
+    group.add_argument("--step", dest="step", default="1d",
+                       help="one point per target every STEP, at least 1h (default: %(default)s)")
+    group.add_argument("--label", dest="labels", action="append", default=None,
+                       metavar="NAME=VALUE",
+                       help="a label for every backfilled sample, repeatable: the target labels "
+                            "Prometheus adds to the live series (job, instance, ...)")
+    group.add_argument("--output", dest="output", default=None,
+                       help="the OpenMetrics file to write (its journal: OUTPUT.journal)")
+
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Labels the exporter itself sets on some exec_scenario_* family.
+OWN_LABELS = frozenset({"scenario", "cohort", "rank", "name", "id"})
+
+
+def parse_labels(items: Sequence[str] | None) -> dict[str, str]:
+    """``--label=NAME=VALUE`` flags into a mapping; raise UsageError on a bad one."""
+    labels: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--label: {item!r} is not NAME=VALUE "
+                             "(e.g. --label=job=exec-exporter)")
+        if not _LABEL_NAME.match(name) or name.startswith("__"):
+            raise UsageError(f"--label: {name!r} is not a valid label name")
+        if name in OWN_LABELS:
+            raise UsageError(f"--label: {name!r} is set by the exporter itself")
+        if name in labels:
+            raise UsageError(f"--label: {name!r} is given twice")
+        labels[name] = value
+    return labels
+
+
+def _check_output(output: str | None) -> Path:
+    if not output:
+        raise UsageError("--output: required (the OpenMetrics file to write)")
+    path = Path(output)
+    if path.is_dir():
+        raise UsageError(f"--output: {output} is a directory")
+    if not path.parent.is_dir():
+        raise UsageError(f"--output: directory {str(path.parent)!r} does not exist")
+    return path
+
+
+def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
+         out: TextIO | None = None, err: TextIO | None = None,
+         sleep: Callable[[float], bool] | None = None) -> int:
+    """Run ``exec-exporter backfill``: 0 done (or stopped cleanly), 2 bad input, 1 failure.
+
+    ``now`` and ``sleep`` (seconds -> whether a stop was asked) are the clock, for tests.
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        prepared = _prepare(args, now())
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=err)
+        return 2
+    except UsageError as exc:
+        print(f"error: {exc}", file=err)
+        return 2
+    config, key, window, output, journal, header, done, pages, own, state, labels = prepared
+
+    client = ExecClient(config.api.base_url, key, config.api.timeout)
+    rate = config.api.rate_limit
+    saved = state.load(now()) if state else None
+    budget = open_budget(rate.minute_budget, rate.day_budget, args.state_file,
+                         saved.ledger if saved else own, now())
+    daemon_spent = None
+    if saved is not None:  # the others' requests: the ledger less this run's journal
+        mine = {round(t, 3) for t in own}
+        daemon_spent = sum(1 for t in budget.ledger(now()) if round(t, 3) not in mine)
+        budget.merge(own, now())  # a stopped run's requests sent without this state file
+    sender = Sender(client, budget, now=now, sleep=sleep, own=own)
+    # The journal opens before any request (discovery included), so every send is in it.
+    journal.start(header, fresh=not journal.path.exists())
+    sender.on_send = journal.add_sent
+    stop_handlers = _install_signals(sender.stop)
+    try:
+        try:
+            lists = saved.lists if saved else None
+            targets, listing = discover_targets(config, sender, lists)
+        except Stopped:
+            print("stopped before the plan was made; nothing to resume", file=err)
+            return 0
+        except WorkspaceError as exc:
+            print(f"error: {exc}", file=err)
+            return 1
+        if saved is not None:  # a daemon on this state file polls these targets
+            sender.share_with(*daemon_share(targets, config))
+        plan = make_plan(targets, window)
+        settings = config.planner
+        groups = (plan_pulls(plan, settings, pages, _member_counts(saved))
+                  if settings.mode == "auto" else None)
+        wanted = set(plan.requests)
+        results = {k: v for k, v in done.items() if k in wanted}
+        if groups is None:
+            total, finished = len(plan.requests), len(results)
+        else:  # an estimate until the pulls say how many pages they have
+            total = sum(g.cost for g in groups)
+            finished = min(total, len(results) + len(pages))
+        print(describe(plan, total - finished, sender.budget, now(), listing,
+                       daemon_spent, groups, sender.sharing(now())), file=out, flush=True)
+        if labels:
+            print("labels on every sample: " + ", ".join(f"{k}={v!r}" for k, v in labels.items()),
+                  file=out, flush=True)
+        else:
+            print("note: no --label: the series will lack the job/instance labels Prometheus "
+                  "adds when scraping (see docs/backfill.md)", file=out, flush=True)
+        progress = Progress(total, finished, err,
+                            lambda n: estimate_seconds(n, sender.budget, now(), sender.leave))
+        sender.on_wait = progress.waiting
+        fetcher = Fetcher(sender, journal, results, pages, on_sent=progress.advance)
+        derivation = Derivation(groups or [], fetcher, settings)
+        failed = 0
+        try:
+            derivation.run()
+            for note in derivation.notes:
+                print(f"planner: {note}", file=out, flush=True)
+            derived = derivation.values
+            needed = list(dict.fromkeys(p.request for p in plan.points
+                                        if (p.target.key, p.instant) not in derived))
+            progress.set_total(progress.done + sum(1 for k in needed if k not in results))
+            for request in needed:
+                if fetcher.summary(request) is None:
+                    failed += 1
+        except Stopped:
+            progress.close()
+            print(f"stopped: {len(results) + len(pages)} requests done and kept in "
+                  f"{journal.path}; run the same command again to resume", file=err)
+            return 0
+        except WorkspaceError as exc:
+            progress.close()
+            print(f"error: the API refused the key or the workspace ({exc}); finished "
+                  f"requests are kept in {journal.path}", file=err)
+            return 1
+        progress.close()
+    finally:
+        journal.close()
+        client.close()
+        budget.close()
+        _restore_signals(stop_handlers)
+    if failed:
+        print(f"error: {failed} requests kept failing (see the log); {output} not written. "
+              "Run the same command again to retry them", file=err)
+        return 1
+    data = render(plan, results, labels, derived)
+    write_atomically(output, data)
+    samples = sum(1 for line in data.splitlines() if line and not line.startswith(b"#"))
+    refused = sum(1 for k in needed if results[k].error)
+    print(f"wrote {output}: {samples} samples from {iso(window.until - window.since)} to "
+          f"{iso(window.until)}; {sender.sent_count} requests sent this run"
+          + (f"; {refused} requests refused by the API (no value for those points)"
+             if refused else ""), file=out)
+    if derived:
+        print(f"derived: {len(derived)} points of {len(derivation.proven)} cohorts from "
+              f"{derivation.pulls} participants pulls (each cohort proven against its "
+              "summary at the newest instant)", file=out)
+    print(f"next: promtool tsdb create-blocks-from openmetrics {output} DATA_DIR "
+          "(then move the blocks into Prometheus's data directory; see docs/backfill.md)",
+          file=out)
+    return 0
+
+
+def _prepare(args: argparse.Namespace, now: float) -> tuple[
+        Config, str, Window, Path, Journal, dict[str, Any], dict[RequestKey, Outcome],
+        dict[PageKey, PageOutcome], list[float], StateFile | None, dict[str, str]]:
+    """Every check that must pass before a request is sent; raise UsageError/ConfigError."""
+    output = _check_output(args.output)
+    labels = parse_labels(args.labels)
+    config = load_config(args.config_file)
+    key, warnings = load_api_key(config)
+    for warning in warnings:
+        log.warning("%s", warning)
+    if key is None:
+        raise ConfigError(["no API key: set the EXEC_API_KEY environment variable or "
+                           "api.api_key_file in the configuration"])
+    logs.add_secret(key.value)
+    journal = Journal(output.with_name(output.name + ".journal"))
+    previous, done, pages, own = journal.read()
+    # Check the flags first (their errors say more), then whether a previous run is resumed.
+    window = parse_window(args.since, args.until, args.step, now)
+    resumed = None
+    if (args.until is None and previous is not None
+            and previous.get("base") == base_fingerprint(config, window.since, window.step)
+            and isinstance(previous.get("until"), int)):
+        resumed = previous["until"]
+        window = Window(window.since, resumed, window.step)
+    header = {"kind": "exec-exporter-backfill", "version": JOURNAL_VERSION,
+              "fingerprint": fingerprint(config, window),
+              "base": base_fingerprint(config, window.since, window.step),
+              "since": window.since, "until": window.until, "step": window.step}
+    if previous is not None and previous.get("fingerprint") != header["fingerprint"]:
+        raise UsageError(f"--output: {output} (journal {journal.path.name}) is from another "
+                         "configuration or time range; remove both or choose another --output")
+    if previous is None and output.exists():
+        raise UsageError(f"--output: {output} exists and was not written by this backfill "
+                         "(no matching journal); remove it or choose another --output")
+    if resumed is not None:
+        log.info("resuming the run up to %s (pass --until for another range)", iso(resumed))
+    if window.until > now - HEAD_RANGE:
+        log.warning("--until is within the last 3 hours: Prometheus's head block may "
+                    "already hold that range; see docs/backfill.md")
+    state = StateFile(args.state_file) if args.state_file else None
+    return config, key.value, window, output, journal, header, done, pages, own, state, labels
+
+
+def _install_signals(stop: StopFlag) -> dict[int, Any]:
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_stop)
+    return previous
+
+
+def _restore_signals(previous: Mapping[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _member_counts(saved: SavedState | None) -> dict[str, int]:
+    """How many members each group had when the daemon last read its list (the state
+    file's planner part), so a member list costs its real pages in the plan."""
+    members = (saved.planner.get("members") if saved is not None else None) or {}
+    return {g: len(m["user_ids"]) for g, m in members.items()
+            if isinstance(m, dict) and isinstance(m.get("user_ids"), list)}
