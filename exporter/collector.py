@@ -8,10 +8,19 @@ Two collectors:
 * :class:`LiveCollector` exports what moves with the clock alone: the
   requests left in the budget's rolling windows.
 
-Counters start at 0 for their known label sets: every target's error counter
-for every reason of :data:`exporter.client.REASONS`, and the API request
-counter for :data:`API_CODES`, so ``increase()`` sees the first of each.
-``exec_scenario_info`` has one sample per scenario polled, fresh or not.
+Metrics by scope: what concerns the whole workspace (a pause for 429/401/403,
+failed requests by reason, requests by kind) has no target labels; a target
+carries only its own: ``up``, last success, its error count, its source and,
+only while it is down, ``last_error{reason}``. While a workspace-wide pause is
+in force every target is shown down with the pause's reason (its own state
+returns when the pause ends).
+
+Counters start at 0 for their known label sets: each target's error counter,
+``exec_exporter_errors_total`` for every reason of
+:data:`exporter.client.REASONS`, and the API request counter for every kind of
+:data:`exporter.store.REQUEST_KINDS` and code of :data:`API_CODES`, so
+``increase()`` sees the first of each. ``exec_scenario_info`` has one sample
+per scenario polled, fresh or not.
 
 Two optimisations live here, both for the live part collected on every
 scrape (measured in process; a whole gzip scrape at 2,000 targets costs
@@ -50,7 +59,17 @@ from prometheus_client.samples import Sample
 from . import __version__
 from .client import RANKS, REASONS
 from .scheduler import Clock
-from .store import CROSS_CHECK_RESULTS, REQUEST_BUCKETS, SOURCES, Snapshot, Store, TargetState
+from .store import (
+    CROSS_CHECK_RESULTS,
+    PAUSE_REASONS,
+    REQUEST_BUCKETS,
+    REQUEST_KINDS,
+    SOURCES,
+    Latency,
+    Snapshot,
+    Store,
+    TargetState,
+)
 
 TARGET_LABELS = ("scenario", "cohort")
 CACHED = "as of the last successful poll"
@@ -109,15 +128,19 @@ TARGET_FAMILIES: tuple[FamilySpec, ...] = (
                "1 if the last refresh of the target succeeded, else 0.", TARGET_LABELS),
     FamilySpec("exec_exporter_target_last_success_timestamp_seconds",
                "Unix time the target's data was last fetched successfully.", TARGET_LABELS),
-    FamilySpec("exec_exporter_target_errors", "Failed refreshes of the target, by reason.",
-               (*TARGET_LABELS, "reason"), "counter"),
+    FamilySpec("exec_exporter_target_errors",
+               "Failed refreshes of the target (its own failures; workspace-wide refusals "
+               "are in exec_exporter_errors_total).", TARGET_LABELS, "counter"),
     FamilySpec("exec_exporter_target_source",
                "Where the target's exported values come from: its own summary requests, or "
                "aggregated from the scenario's participants pull (state set).",
                (*TARGET_LABELS, "source")),
+    FamilySpec("exec_exporter_target_last_error",
+               "Why the target is down (present only while it is down); always 1.",
+               (*TARGET_LABELS, "reason")),
 )
-_RANK, _RANK_COUNTS, _UP, _LAST_SUCCESS, _ERRORS, _SOURCE = range(len(DATA_GAUGES),
-                                                                  len(TARGET_FAMILIES))
+(_RANK, _RANK_COUNTS, _UP, _LAST_SUCCESS, _ERRORS, _SOURCE,
+ _LAST_ERROR) = range(len(DATA_GAUGES), len(TARGET_FAMILIES))
 INFO_POSITION = _UP  # the info family is exposed just before TARGET_FAMILIES[INFO_POSITION]
 INFO_FAMILY = FamilySpec("exec_scenario_info", "Scenario display name and id; always 1.",
                          ("scenario", "name", "id"))
@@ -137,11 +160,14 @@ def is_fresh(state: TargetState, snapshot: Snapshot, now: float) -> bool:
     return snapshot.is_fresh(state, now)
 
 
-def target_samples(state: TargetState, fresh: bool) -> list[TargetSample]:
+def target_samples(state: TargetState, fresh: bool,
+                   paused: str | None = None) -> list[TargetSample]:
     """Every sample one target contributes; its data only when ``fresh``.
 
-    The single definition of what a target exports: :class:`SnapshotCollector`
-    and the exposition's direct renderer both build on it.
+    ``paused``: the reason of a workspace-wide pause in force, which shows the
+    target down with that reason whatever its own state. The single definition of
+    what a target exports: :class:`SnapshotCollector` and the exposition's direct
+    renderer both build on it.
     """
     key = state.target.key
     out: list[TargetSample] = []
@@ -157,20 +183,16 @@ def target_samples(state: TargetState, fresh: bool) -> list[TargetSample]:
         counts = summary.rank_participants
         if counts is not None:
             out.extend((_RANK_COUNTS, (*key, r), counts.get(r, 0)) for r in RANKS)
-    out.append((_UP, key, 1 if state.up else 0))
+    up = state.up and paused is None
+    out.append((_UP, key, 1 if up else 0))
     if state.last_success is not None:
         out.append((_LAST_SUCCESS, key, state.last_success))
-    # Every reason from 0, so increase() sees a target's first error of each kind.
-    errors = state.errors
-    out.extend((_ERRORS, (*key, reason), errors.get(reason, 0)) for reason in REASONS)
-    if not errors.keys() <= _REASON_SET:  # a reason from an older state file: keep counting it
-        out.extend((_ERRORS, (*key, reason), count)
-                   for reason, count in sorted(errors.items()) if reason not in _REASON_SET)
+    out.append((_ERRORS, key, sum(state.errors.values())))  # from 0: increase() sees the 1st
     out.extend((_SOURCE, (*key, name), 1 if name == state.source else 0) for name in SOURCES)
+    reason = paused or (None if state.up else state.last_error)
+    if reason is not None:
+        out.append((_LAST_ERROR, (*key, reason), 1))
     return out
-
-
-_REASON_SET = frozenset(REASONS)
 
 
 def info_samples(states: Iterable[TargetState]) -> Iterator[tuple[str, str, str]]:
@@ -206,7 +228,8 @@ class SnapshotCollector(Collector):
         """The families for ``snapshot`` at time ``now``."""
         families = [spec.family() for spec in TARGET_FAMILIES]
         for state in snapshot.targets:
-            for i, labels, value in target_samples(state, is_fresh(state, snapshot, now)):
+            for i, labels, value in target_samples(state, is_fresh(state, snapshot, now),
+                                                   snapshot.pause_reason):
                 families[i].add_metric(labels, value)
         info = INFO_FAMILY.family()
         for labels in info_samples(snapshot.targets):
@@ -219,20 +242,43 @@ class SnapshotCollector(Collector):
 
 def exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
     """The exporter-wide families (API requests, latency, schedule, reloads, build)."""
-    requests = CounterMetricFamily("exec_exporter_api_requests",
-                                   "Requests sent to the Exec API, by HTTP status or 'error'.",
-                                   labels=("code",))
-    counts = dict.fromkeys(API_CODES, 0) | dict(snapshot.api_requests)
-    for code, count in sorted(counts.items()):
-        requests.add_metric((code,), count)
+    requests = CounterMetricFamily(
+        "exec_exporter_api_requests",
+        "Requests sent to the Exec API (every one counts against the quota), by kind of "
+        "request and HTTP status or 'error'.", labels=("kind", "code"))
+    counts = {(kind, code): 0 for kind in REQUEST_KINDS for code in API_CODES}
+    counts.update(snapshot.api_requests)
+    for (kind, code), count in sorted(counts.items()):
+        requests.add_metric((kind, code), count)
     yield requests
 
-    buckets = [(_bound(b), c) for b, c in zip(REQUEST_BUCKETS, snapshot.latency_buckets,
-                                                strict=True)]
-    buckets.append(("+Inf", snapshot.latency_count))
-    yield HistogramMetricFamily("exec_exporter_api_request_duration_seconds",
-                                "Latency of Exec API requests.",
-                                buckets=buckets, sum_value=snapshot.latency_sum)
+    latency = HistogramMetricFamily("exec_exporter_api_request_duration_seconds",
+                                    "Latency of Exec API requests, by kind of request.",
+                                    labels=("kind",))
+    for kind, histogram in sorted((dict.fromkeys(REQUEST_KINDS, Latency())
+                                   | dict(snapshot.latency)).items()):
+        buckets = [(_bound(b), c) for b, c in zip(REQUEST_BUCKETS, histogram.buckets,
+                                                    strict=True)]
+        buckets.append(("+Inf", histogram.count))
+        latency.add_metric((kind,), buckets, histogram.total)
+    yield latency
+
+    errors = CounterMetricFamily(
+        "exec_exporter_errors",
+        "Failed API requests of any kind, by reason (workspace-wide refusals included).",
+        labels=("reason",))
+    for reason, count in (dict.fromkeys(REASONS, 0) | dict(snapshot.errors)).items():
+        errors.add_metric((reason,), count)
+    yield errors
+
+    paused = GaugeMetricFamily(
+        "exec_exporter_api_paused",
+        "1 while all requests are paused for this reason (429 rate_limited: until "
+        "retry_after; 401 unauthorized, 403 forbidden: until a probe succeeds); state set.",
+        labels=("reason",))
+    for reason in PAUSE_REASONS:
+        paused.add_metric((reason,), 1 if snapshot.pause_reason == reason else 0)
+    yield paused
 
     yield GaugeMetricFamily("exec_exporter_refresh_interval_seconds",
                             "Effective refresh interval per target after budget stretching.",

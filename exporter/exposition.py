@@ -136,16 +136,17 @@ _INFO_TEMPLATE = _template(INFO_FAMILY)
 _RENDER_SLICE = 128
 
 
-def _render_targets(states: Sequence[TargetState],
-                    fresh: Sequence[bool]) -> tuple[list[bytes], ...]:
-    """The sample lines of ``states``: per family of TARGET_FAMILIES, pieces to join."""
+def _render_targets(states: Sequence[TargetState], fresh: Sequence[bool],
+                    paused: str | None = None) -> tuple[list[bytes], ...]:
+    """The sample lines of ``states`` (``paused``: the workspace-wide pause in force):
+    per family of TARGET_FAMILIES, pieces to join."""
     parts: list[list[bytes]] = [[] for _ in TARGET_FAMILIES]
     templates = _TEMPLATES
     for start in range(0, len(states), _RENDER_SLICE):
         lines: list[list[str]] = [[] for _ in TARGET_FAMILIES]
         for state, is_fresh_ in zip(states[start:start + _RENDER_SLICE],
                                     fresh[start:start + _RENDER_SLICE], strict=True):
-            for index, labels, value in target_samples(state, is_fresh_):
+            for index, labels, value in target_samples(state, is_fresh_, paused):
                 lines[index].append(templates[index].format(*map(_escape, labels))
                                     + floatToGoString(value) + "\n")
         for family, family_lines in zip(parts, lines, strict=True):
@@ -316,7 +317,8 @@ def _build(snapshot: Snapshot, now: float, extra: tuple[Metric, ...] = ()) -> _P
     expiries = [until for state, is_new in zip(states, fresh, strict=True)
                 if is_new and (until := snapshot.fresh_until(state)) is not None]
     return _Page(snapshot.version, now, min(expiries, default=math.inf), snapshot,
-                 _render_targets(states, fresh), _render_info(info_samples(states)), extra)
+                 _render_targets(states, fresh, snapshot.pause_reason),
+                 _render_info(info_samples(states)), extra)
 
 
 class Exposition:

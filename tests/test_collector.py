@@ -84,7 +84,7 @@ def test_null_fields_produce_no_sample(clock: FakeClock) -> None:
     assert sample(v, "exec_scenario_info", scenario="renew", name="", id="renew") == 1
 
 
-def test_failures_keep_last_values_and_count_reasons(clock: FakeClock) -> None:
+def test_failures_keep_last_values_and_count_per_target_without_reason(clock: FakeClock) -> None:
     _, store, registry = setup(clock)
     key = ("disc", "sales")
     store.record_success(key, FULL, clock.now)
@@ -95,8 +95,15 @@ def test_failures_keep_last_values_and_count_reasons(clock: FakeClock) -> None:
     labels = {"scenario": "disc", "cohort": "sales"}
     assert sample(v, "exec_exporter_target_up", **labels) == 0
     assert sample(v, "exec_scenario_average_best_score", **labels) == 74.2
-    assert sample(v, "exec_exporter_target_errors_total", reason="server_error", **labels) == 2
-    assert sample(v, "exec_exporter_target_errors_total", reason="timeout", **labels) == 1
+    assert series(v, "exec_exporter_target_errors_total")[
+        (("cohort", "sales"), ("scenario", "disc"))] == 3
+    # Only while down, only the last reason.
+    assert series(v, "exec_exporter_target_last_error") == {
+        (("cohort", "sales"), ("reason", "timeout"), ("scenario", "disc")): 1}
+    store.record_success(key, FULL, clock.now + 4)
+    v = scrape(registry)
+    assert series(v, "exec_exporter_target_last_error") == {}
+    assert sample(v, "exec_exporter_target_errors_total", **labels) == 3
 
 
 def test_stale_data_stops_but_self_metrics_stay(clock: FakeClock) -> None:
@@ -134,65 +141,112 @@ def test_removed_targets_vanish(clock: FakeClock) -> None:
     assert sample(v, "exec_scenario_participants", scenario="disc", cohort="sales") == 45
 
 
-def test_workspace_failure_marks_every_target(clock: FakeClock) -> None:
+def test_workspace_pause_shows_every_target_down_while_it_lasts(clock: FakeClock) -> None:
     config, store, registry = setup(clock)
-    store.record_workspace_failure("unauthorized", "HTTP 401", clock.now)
+    store.record_success(("disc", "all"), FULL, clock.now)
+    store.record_failure(("renew", "all"), "not_found", "HTTP 404", clock.now)
+    # The one target whose own request met the 401 counts nothing: not its fault.
+    store.record_failure(("disc", "sales"), "unauthorized", "HTTP 401", clock.now)
+    store.record_schedule(900.0, {}, pause=("unauthorized", clock.now + 30))
     v = scrape(registry)
+    assert series(v, "exec_exporter_api_paused") == {
+        (("reason", "rate_limited"),): 0, (("reason", "unauthorized"),): 1,
+        (("reason", "forbidden"),): 0}
     for target in build_targets(config):
         labels = {"scenario": target.scenario, "cohort": target.cohort.name}
         assert sample(v, "exec_exporter_target_up", **labels) == 0
-        # These targets sent no request: the pause reports its reason, counts nothing.
-        assert (sample(v, "exec_exporter_target_errors_total", reason="unauthorized",
-                       **labels) or 0) == 0
+        assert sample(v, "exec_exporter_target_last_error", reason="unauthorized",
+                      **labels) == 1
+    assert len(series(v, "exec_exporter_target_last_error")) == len(build_targets(config))
+    assert sum(series(v, "exec_exporter_target_errors_total").values()) == 1  # the 404
+    assert sample(v, "exec_scenario_participants", scenario="disc", cohort="all") == 45
 
-
-def test_api_request_counters_and_histogram(clock: FakeClock) -> None:
-    _, store, registry = setup(clock)
-    store.record_request("200", 0.08)
-    store.record_request("200", 0.3)
-    store.record_request("429", 0.01)
+    store.record_schedule(900.0, {}, pause=None)  # the probe got through
     v = scrape(registry)
-    assert sample(v, "exec_exporter_api_requests_total", code="200") == 2
-    assert sample(v, "exec_exporter_api_requests_total", code="429") == 1
-    assert sample(v, "exec_exporter_api_request_duration_seconds_count") == 3
-    assert sample(v, "exec_exporter_api_request_duration_seconds_bucket", le="0.1") == 2
-    assert sample(v, "exec_exporter_api_request_duration_seconds_bucket", le="+Inf") == 3
+    assert sum(series(v, "exec_exporter_api_paused").values()) == 0
+    assert sample(v, "exec_exporter_target_up", scenario="disc", cohort="all") == 1
+    assert series(v, "exec_exporter_target_last_error") == {
+        (("cohort", "all"), ("reason", "not_found"), ("scenario", "renew")): 1}
 
 
-def test_counters_start_at_zero_for_every_reason_and_known_code(clock: FakeClock) -> None:
+def test_series_per_target_by_scope(clock: FakeClock) -> None:
+    """At most 14 data series and 5 self-metric series per target, plus last_error
+    while down; nothing per target grows with the number of reasons or kinds."""
+    _, store, registry = setup(clock)
+    key = ("disc", "all")
+    store.record_success(key, FULL, clock.now)
+
+    def per_target() -> tuple[int, int]:
+        data = own = 0
+        for name, labels in scrape(registry):
+            if {("cohort", "all"), ("scenario", "disc")} <= set(labels):
+                if name.startswith("exec_scenario_"):
+                    data += 1
+                else:
+                    own += 1
+        return data, own
+
+    assert per_target() == (14, 5)
+    for reason in ("timeout", "server_error", "not_found", "bad_request", "invalid_response",
+                   "connection"):
+        store.record_failure(key, reason, "x", clock.now)
+    assert per_target() == (14, 6)  # down: last_error too
+
+
+def test_api_requests_by_kind_errors_by_reason_and_histogram(clock: FakeClock) -> None:
+    _, store, registry = setup(clock)
+    store.record_request("summary", "200", 0.08)
+    store.record_request("cross_check", "200", 0.3)  # a cross-check is a summary request
+    store.record_request("members", "429", 0.01, "rate_limited")
+    store.record_request("list_groups", "error", 10.0, "timeout")
+    v = scrape(registry)
+    assert sample(v, "exec_exporter_api_requests_total", kind="summary", code="200") == 2
+    assert sample(v, "exec_exporter_api_requests_total", kind="members", code="429") == 1
+    assert sample(v, "exec_exporter_api_requests_total", kind="groups", code="error") == 1
+    assert sample(v, "exec_exporter_errors_total", reason="rate_limited") == 1
+    assert sample(v, "exec_exporter_errors_total", reason="timeout") == 1
+    assert sample(v, "exec_exporter_errors_total", reason="unauthorized") == 0
+    assert sample(v, "exec_exporter_api_request_duration_seconds_count", kind="summary") == 2
+    assert sample(v, "exec_exporter_api_request_duration_seconds_bucket", kind="summary",
+                  le="0.1") == 1
+    assert sample(v, "exec_exporter_api_request_duration_seconds_bucket", kind="groups",
+                  le="+Inf") == 1
+    assert sample(v, "exec_exporter_api_request_duration_seconds_sum", kind="groups") == 10.0
+    assert sample(v, "exec_exporter_api_request_duration_seconds_count", kind="skills") == 0
+
+
+def test_counters_start_at_zero_for_every_reason_kind_and_known_code(clock: FakeClock) -> None:
     config, store, registry = setup(clock)
     v = scrape(registry)
     assert REASONS == ("timeout", "connection", "rate_limited", "unauthorized", "forbidden",
                        "not_found", "server_error", "bad_request", "invalid_response")
     for target in build_targets(config):
         labels = {"scenario": target.scenario, "cohort": target.cohort.name}
-        for reason in REASONS:
-            assert sample(v, "exec_exporter_target_errors_total", reason=reason, **labels) == 0
-    for code in ("200", "400", "401", "403", "404", "429", "error"):
-        assert sample(v, "exec_exporter_api_requests_total", code=code) == 0
+        assert sample(v, "exec_exporter_target_errors_total", **labels) == 0
+    for reason in REASONS:
+        assert sample(v, "exec_exporter_errors_total", reason=reason) == 0
+    kinds = ("summary", "participants", "members", "scenarios", "groups", "skills",
+             "assignments")
+    for kind in kinds:
+        for code in ("200", "400", "401", "403", "404", "429", "error"):
+            assert sample(v, "exec_exporter_api_requests_total", kind=kind, code=code) == 0
     store.record_failure(("disc", "all"), "timeout", "no answer", clock.now)
-    store.record_request("503", 0.2)
+    store.record_request("summary", "503", 0.2, "server_error")
     v = scrape(registry)
-    errors = series(v, "exec_exporter_target_errors_total")
-    assert len(errors) == len(build_targets(config)) * len(REASONS)  # no duplicates, none missing
-    assert sample(v, "exec_exporter_target_errors_total", reason="timeout", scenario="disc",
-                  cohort="all") == 1
-    assert sample(v, "exec_exporter_target_errors_total", reason="connection", scenario="disc",
-                  cohort="all") == 0
-    assert sample(v, "exec_exporter_api_requests_total", code="503") == 1
-    assert sample(v, "exec_exporter_api_requests_total", code="200") == 0
+    assert len(series(v, "exec_exporter_target_errors_total")) == len(build_targets(config))
+    assert sample(v, "exec_exporter_target_errors_total", scenario="disc", cohort="all") == 1
+    assert sample(v, "exec_exporter_api_requests_total", kind="summary", code="503") == 1
+    assert sample(v, "exec_exporter_api_requests_total", kind="summary", code="200") == 0
+    assert len(series(v, "exec_exporter_api_requests_total")) == len(kinds) * 7 + 1
 
 
-def test_unknown_reason_from_older_state_is_still_exported(clock: FakeClock) -> None:
+def test_errors_by_reason_from_an_older_state_file_are_summed(clock: FakeClock) -> None:
     config, store, registry = setup(clock)
     target = build_targets(config)[0]
     restored = TargetState(target=target, errors={"legacy": 4, "timeout": 2})
     store.set_targets(build_targets(config), restored={target.key: restored}, forget={target.key})
     v = scrape(registry)
-    labels = {"scenario": "disc", "cohort": "all"}
-    assert sample(v, "exec_exporter_target_errors_total", reason="legacy", **labels) == 4
-    assert sample(v, "exec_exporter_target_errors_total", reason="timeout", **labels) == 2
-    assert sample(v, "exec_exporter_target_errors_total", reason="not_found", **labels) == 0
+    assert sample(v, "exec_exporter_target_errors_total", scenario="disc", cohort="all") == 6
 
 
 def test_scenario_info_for_every_polled_scenario_at_all_times(clock: FakeClock) -> None:

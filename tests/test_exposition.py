@@ -166,8 +166,9 @@ def big(clock: FakeClock) -> Setup:
             s.store.record_failure(s.targets[i].key, "timeout", "read timed out", clock.now)
         if i % 23 == 0:
             s.store.record_failure(s.targets[i].key, "server_error", "HTTP 502", clock.now)
-    for code in ("200", "200", "429", "error"):
-        s.store.record_request(code, 0.3)
+    for kind, code in (("summary", "200"), ("cross_check", "200"), ("members", "429"),
+                       ("list_skills", "error")):
+        s.store.record_request(kind, code, 0.3, None if code == "200" else "timeout")
     s.store.record_discovery("scenarios", clock.now)
     return s
 
@@ -190,11 +191,13 @@ def test_after_changes(big: Setup, clock: FakeClock) -> None:
     clock.advance(30)
     big.succeed(MANY + 3, SPARSE)  # a change in the middle
     big.check()
-    big.store.record_request("200", 0.1)  # the exporter-wide part alone
+    big.store.record_request("participants", "200", 0.1)  # the exporter-wide part alone
     big.check()
     big.store.record_failure(big.targets[0].key, "not_found", "gone", clock.now)
     big.check()
-    big.store.record_workspace_failure("unauthorized", "invalid key", clock.now)
+    big.store.record_schedule(INTERVAL, {}, pause=("unauthorized", clock.now + 30))
+    big.check()  # every target down with the pause's reason
+    big.store.record_schedule(INTERVAL, {}, pause=None)
     big.check()
     big.store.record_schedule(INTERVAL, {t.key: clock.now + 60 for t in big.targets})
     big.check()  # next_due changed every state object, but nothing exported

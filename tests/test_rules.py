@@ -152,7 +152,7 @@ def test_alerts_read_only_metrics_the_exporter_exports(clock: FakeClock) -> None
     store.set_targets([target])
     store.record_schedule(900.0, {})
     store.record_success(target.key, Summary(participants=25, average_best_score=80.0), clock.now)
-    store.record_request("200", 0.1)
+    store.record_request("summary", "200", 0.1)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(store, clock))
     exported = {s.name for family in registry.collect() for s in family.samples}
