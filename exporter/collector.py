@@ -237,10 +237,10 @@ class SnapshotCollector(Collector):
         yield from families[:INFO_POSITION]
         yield info
         yield from families[INFO_POSITION:]
-        yield from exporter_families(snapshot)
+        yield from exporter_families(snapshot, now)
 
 
-def exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
+def exporter_families(snapshot: Snapshot, now: float) -> Iterator[Metric]:
     """The exporter-wide families (API requests, latency, schedule, reloads, build)."""
     requests = CounterMetricFamily(
         "exec_exporter_api_requests",
@@ -285,8 +285,8 @@ def exporter_families(snapshot: Snapshot) -> Iterator[Metric]:
                             value=snapshot.interval)
     yield GaugeMetricFamily("exec_exporter_max_staleness_seconds",
                             "Data older than this is no longer exported: max_staleness, "
-                            "default 3 x the effective refresh interval.",
-                            value=snapshot.staleness_limit())
+                            "default 3 x the effective refresh interval, never under 2 x.",
+                            value=snapshot.staleness_limit(now))
     yield GaugeMetricFamily("exec_exporter_targets", "Targets being polled.",
                             value=len(snapshot.targets))
     yield GaugeMetricFamily("exec_exporter_targets_dropped",

@@ -101,7 +101,7 @@ class Exporter:
             if pull in next_due:
                 next_due.update(dict.fromkeys(targets, next_due[pull]))
         self.store.record_schedule(view.interval, next_due, pause,  # type: ignore[arg-type]
-                                   view.stretched)
+                                   view.stretched, at=view.at)
 
     def _on_plan(self) -> None:
         # A target was proven or refused, a scenario fell back, a pull's size changed or

@@ -292,7 +292,8 @@ class _Page:
                 pieces.append(header)
                 pieces += lines
             # The exporter-wide families are few: prometheus_client renders them.
-            pieces.append(_generate(_Families(exporter_families(self.snapshot)), openmetrics))
+            pieces.append(_generate(_Families(exporter_families(self.snapshot, self.built_at)),
+                                    openmetrics))
             if self.extra:
                 pieces.append(_generate(_Families(self.extra), openmetrics))
             body = self._plain[openmetrics] = b"".join(pieces)
@@ -315,8 +316,10 @@ def _build(snapshot: Snapshot, now: float, extra: tuple[Metric, ...] = ()) -> _P
     states = snapshot.targets
     fresh = [is_fresh(state, snapshot, now) for state in states]
     expiries = [until for state, is_new in zip(states, fresh, strict=True)
-                if is_new and (until := snapshot.fresh_until(state)) is not None]
-    return _Page(snapshot.version, now, min(expiries, default=math.inf), snapshot,
+                if is_new and (until := snapshot.fresh_until(state, now)) is not None]
+    # Valid until a fresh target turns stale, or the staleness limit itself changes.
+    valid_until = min(min(expiries, default=math.inf), snapshot.limit_changes_at(now))
+    return _Page(snapshot.version, now, valid_until, snapshot,
                  _render_targets(states, fresh, snapshot.pause_reason),
                  _render_info(info_samples(states)), extra)
 

@@ -159,6 +159,7 @@ class ScheduleView:
     next_due: Mapping[JobKey, float]
     pause: Pause | None
     stretched: bool
+    at: float = 0.0  # when it was decided
 
 
 @dataclass
@@ -279,7 +280,7 @@ class Scheduler:
         return ScheduleView(
             interval=interval, refresh_interval=self.refresh_interval,
             next_due={k: max(t.due(interval), blocked) for k, t in self._times.items()},
-            pause=self.pause, stretched=interval > self.refresh_interval)
+            pause=self.pause, stretched=interval > self.refresh_interval, at=now)
 
     def publish(self, now: float) -> None:
         """Hand the current view to ``on_view`` (the store)."""

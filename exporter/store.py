@@ -6,6 +6,7 @@ change bumps ``version`` so the exposition can be cached between changes.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -100,24 +101,50 @@ class Snapshot:
     pause_reason: str | None = None  # a workspace-wide pause in force: its reason
     pause_until: float | None = None
     stretched: bool = False  # the interval was stretched to fit the budget
-
-    def staleness_limit(self) -> float:
-        """Data older than this many seconds is no longer exported."""
-        return self.max_staleness if self.max_staleness is not None else 3 * self.interval
+    # A longer limit kept after the interval shrank: (limit, until when).
+    staleness_floor: tuple[float, float] | None = None
 
     # The staleness rule, in one place: data is exported while its age is at most the
-    # limit (the contract: "older than max_staleness" stops it).
+    # limit (the contract: "older than max_staleness" stops it). A healthy exporter
+    # never drops a series: the limit is never shorter than two effective intervals (a
+    # max_staleness shorter than the real cycle would drop every target's data for part
+    # of each cycle), and when the interval shrinks (a proven plan needs fewer requests,
+    # a reload or discovery drops targets) the previous limit stays in force for as long
+    # as it was: data fetched on the old, slower cycle is refreshed on the new one
+    # before it expires, instead of vanishing at once.
 
-    def fresh_until(self, state: TargetState) -> float | None:
-        """The last instant ``state``'s data is exported at (None: it has none)."""
+    def staleness_limit(self, now: float) -> float:
+        """Data older than this many seconds at ``now`` is no longer exported
+        (exec_exporter_max_staleness_seconds)."""
+        return staleness_limit(self.max_staleness, self.interval, self.staleness_floor, now)
+
+    def limit_changes_at(self, now: float) -> float:
+        """When :meth:`staleness_limit` may next change by itself (inf: never)."""
+        floor = self.staleness_floor
+        return floor[1] if floor is not None and now <= floor[1] else math.inf
+
+    def fresh_until(self, state: TargetState, now: float) -> float | None:
+        """The last instant ``state``'s data is exported at under the limit in force at
+        ``now`` (None: it has none)."""
         if state.summary is None or state.last_success is None:
             return None
-        return state.last_success + self.staleness_limit()
+        return state.last_success + self.staleness_limit(now)
 
     def is_fresh(self, state: TargetState, now: float) -> bool:
         """Whether ``state`` has data young enough to export at ``now``."""
-        until = self.fresh_until(state)
+        until = self.fresh_until(state, now)
         return until is not None and now <= until
+
+
+def staleness_limit(max_staleness: float | None, interval: float,
+                    floor: tuple[float, float] | None, now: float) -> float:
+    """The staleness rule (see :class:`Snapshot`): ``max_staleness`` (default three
+    intervals), at least two intervals, and at least a ``floor`` (limit, until) in force."""
+    limit = max_staleness if max_staleness is not None else 3 * interval
+    limit = max(limit, 2 * interval)
+    if floor is not None and now <= floor[1]:
+        limit = max(limit, floor[0])
+    return limit
 
 
 class Store:
@@ -141,6 +168,7 @@ class Store:
         self._reload_time: float | None = None
         self._pause: tuple[str, float] | None = None
         self._stretched = False
+        self._staleness_floor: tuple[float, float] | None = None
         self._changed = threading.Condition(self._lock)
 
     def _bump(self) -> None:
@@ -209,12 +237,17 @@ class Store:
 
     def record_schedule(self, interval: float, next_due: Mapping[Key, float],
                         pause: tuple[str, float] | None = None,
-                        stretched: bool = False) -> None:
+                        stretched: bool = False, at: float | None = None) -> None:
         """The effective interval, each target's next planned refresh and the
-        workspace-wide pause in force, if any (reason, until)."""
+        workspace-wide pause in force, if any (reason, until), as decided at ``at``."""
         with self._lock:
             changed = (interval, pause, stretched) != (self._interval, self._pause,
                                                        self._stretched)
+            if at is not None and 0 < interval < self._interval:
+                # The interval shrank: keep the limit in force for as long as it was.
+                before = staleness_limit(self._max_staleness, self._interval,
+                                         self._staleness_floor, at)
+                self._staleness_floor = (before, at + before)
             self._interval = interval
             self._pause = pause
             self._stretched = stretched
@@ -306,25 +339,30 @@ class Store:
     def snapshot(self) -> Snapshot:
         """A consistent, immutable copy for one scrape or one render."""
         with self._lock:
-            return Snapshot(
-                version=self._version,
-                targets=tuple(self._targets.values()),
-                interval=self._interval,
-                max_staleness=self._max_staleness,
-                api_requests=dict(self._api_requests),
-                latency=dict(self._latency),
-                errors=dict(self._errors),
-                targets_dropped=self._dropped,
-                cross_checks=dict(self._cross_checks),
-                plan_requests_per_cycle=self._plan_cost,
-                discovery_success=dict(self._discovery_success),
-                discovery_error=dict(self._discovery_error),
-                reload_ok=self._reload_ok,
-                reload_time=self._reload_time,
-                pause_reason=self._pause[0] if self._pause else None,
-                pause_until=self._pause[1] if self._pause else None,
-                stretched=self._stretched,
-            )
+            return self._snapshot()
+
+    def _snapshot(self) -> Snapshot:
+        # Called with the lock held.
+        return Snapshot(
+            version=self._version,
+            targets=tuple(self._targets.values()),
+            interval=self._interval,
+            max_staleness=self._max_staleness,
+            api_requests=dict(self._api_requests),
+            latency=dict(self._latency),
+            errors=dict(self._errors),
+            targets_dropped=self._dropped,
+            cross_checks=dict(self._cross_checks),
+            plan_requests_per_cycle=self._plan_cost,
+            discovery_success=dict(self._discovery_success),
+            discovery_error=dict(self._discovery_error),
+            reload_ok=self._reload_ok,
+            reload_time=self._reload_time,
+            pause_reason=self._pause[0] if self._pause else None,
+            pause_until=self._pause[1] if self._pause else None,
+            stretched=self._stretched,
+            staleness_floor=self._staleness_floor,
+        )
 
     def get(self, key: Key) -> TargetState | None:
         """One target's state."""

@@ -279,3 +279,41 @@ def test_max_staleness_is_exported(clock: FakeClock) -> None:
     assert sample(scrape(registry), "exec_exporter_max_staleness_seconds") == 3 * 1800
     _, store, registry = setup(clock, max_staleness="2h")
     assert sample(scrape(registry), "exec_exporter_max_staleness_seconds") == 7200
+
+
+def test_a_max_staleness_shorter_than_the_cycle_never_drops_healthy_data(clock: FakeClock) -> None:
+    # max_staleness 10m with targets refreshed every 15 minutes: every healthy target
+    # would lose its data for 5 minutes of each cycle. The limit is two intervals.
+    _, store, registry = setup(clock, max_staleness="10m")
+    store.record_success(("disc", "all"), FULL, clock.now)
+    clock.advance(15 * 60)  # due now, not yet refreshed
+    v = scrape(registry)
+    assert sample(v, "exec_exporter_max_staleness_seconds") == 2 * 900
+    assert sample(v, "exec_scenario_participants", scenario="disc", cohort="all") == 45
+
+
+def test_a_shrinking_interval_keeps_the_old_limit_until_data_can_catch_up(
+        clock: FakeClock) -> None:
+    """The cause of ExecExporterDataStale firing for a moment in a healthy run: when the
+    effective interval shrinks (a proven plan needs fewer requests per cycle, a reload
+    or discovery drops targets), 3 x the new interval can be shorter than the age of
+    data fetched on the old cycle: its series vanished until its next refresh, and the
+    alert (which reads the same limit) fired. The old limit now stays in force for as
+    long as it was."""
+    _, store, registry = setup(clock)
+    store.record_schedule(900.0, {}, at=clock.now)
+    store.record_success(("disc", "all"), FULL, clock.now)
+    clock.advance(800)
+    store.record_schedule(100.0, {}, at=clock.now)  # 3 x 100 s < 800 s of age
+    v = scrape(registry)
+    assert sample(v, "exec_exporter_max_staleness_seconds") == 2700
+    assert sample(v, "exec_scenario_participants", scenario="disc", cohort="all") == 45
+    clock.advance(2700)
+    assert sample(scrape(registry), "exec_exporter_max_staleness_seconds") == 2700
+    clock.advance(1)  # the old limit has had its time: the new one applies
+    v = scrape(registry)
+    assert sample(v, "exec_exporter_max_staleness_seconds") == 300
+    assert sample(v, "exec_scenario_participants", scenario="disc", cohort="all") is None
+    # Growing is immediate (never a reason to drop data).
+    store.record_schedule(1000.0, {}, at=clock.now)
+    assert sample(scrape(registry), "exec_exporter_max_staleness_seconds") == 3000

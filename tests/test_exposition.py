@@ -244,6 +244,25 @@ def test_staleness_expiry(clock: FakeClock) -> None:
     s.check()
 
 
+def test_the_old_limit_expires_without_a_store_change(clock: FakeClock) -> None:
+    # The interval shrinks: the cached page keeps the old limit while it is in force,
+    # then is rebuilt with the new one (the gauge and the data agree at every instant).
+    s = Setup(clock, MANY + 10)
+    for i in range(len(s.targets)):
+        s.succeed(i, age=i * 10.0)
+    s.store.record_schedule(INTERVAL / 10, {}, at=clock.now)
+    text = s.check()
+    assert "exec_exporter_max_staleness_seconds 2700.0" in text
+    assert len([k for k in metric_values(text) if k[0] == "exec_scenario_participants"]) == \
+        len(s.targets)
+    clock.advance(3 * INTERVAL)
+    s.check()
+    clock.advance(1)
+    text = s.check()
+    assert "exec_exporter_max_staleness_seconds 270.0" in text
+    assert not [k for k in metric_values(text) if k[0] == "exec_scenario_participants"]
+
+
 def test_cached_between_changes(big: Setup, clock: FakeClock) -> None:
     first = big.exposition.render()
     clock.advance(1)  # the live part moves with the clock; the snapshot part is reused
