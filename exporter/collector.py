@@ -47,14 +47,17 @@ import resource
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from prometheus_client import exposition as text_writer
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.openmetrics import exposition as openmetrics_writer
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .client import RANKS, REASONS
@@ -352,6 +355,59 @@ def _one(name: str, documentation: str, value: float, typ: str = "gauge") -> Fix
     return FixedFamily(name, documentation, typ, [Sample(sample, {}, value)])
 
 
+class _Of(Collector):
+    """A collector over given families (to hand them to prometheus_client's writers)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+class PreRendered:
+    """Plain families of constant names, labels and help whose bytes are written
+    directly, per scrape: the sample lines up to their values are rendered once by
+    prometheus_client (so the bytes are its own), the values are filled in with its
+    ``floatToGoString``.
+
+    What it buys (in process, gzip scrape at 2,000 targets over loopback, 3,000
+    scrapes): ~125 us a scrape with the live part going through prometheus_client's
+    families, ~70 us with no live part at all; written this way the live part costs
+    ~10 us instead of ~55.
+    """
+
+    def __init__(self, families: list[tuple[str, str, str, list[dict[str, str]]]]) -> None:
+        # (name, help, type, the label sets of its samples in order)
+        self._families = families
+        self._parts: dict[bool, list[bytes]] = {}
+
+    def _prefixes(self, openmetrics: bool) -> list[bytes]:
+        """Per sample, the bytes before its value (its family's HELP/TYPE first)."""
+        parts = self._parts.get(openmetrics)
+        if parts is None:
+            writer = (openmetrics_writer if openmetrics else text_writer).generate_latest
+            parts = []
+            for name, documentation, typ, label_sets in self._families:
+                sample = name + "_total" if typ == "counter" else name
+                header = writer(_Of([FixedFamily(name, documentation, typ, [])]))
+                header = header.removesuffix(b"# EOF\n")
+                for i, labels in enumerate(label_sets):
+                    line = writer(_Of([FixedFamily(name, documentation, typ,
+                                                   [Sample(sample, labels, 0.0)])]))
+                    line = line.removesuffix(b"# EOF\n").removeprefix(header)
+                    assert line.endswith(b" 0.0\n"), line
+                    parts.append((header if i == 0 else b"") + line[:-4])
+            self._parts[openmetrics] = parts
+        return parts
+
+    def render(self, values: list[float], openmetrics: bool) -> bytes:
+        """The families with ``values`` (one per sample, in order)."""
+        return b"".join(prefix + floatToGoString(value).encode() + b"\n"
+                        for prefix, value in zip(self._prefixes(openmetrics), values,
+                                                 strict=True))
+
+
 class ProcessMetrics(Collector):
     """The ``process_*`` families of prometheus_client's ``ProcessCollector``, cheaper.
 
@@ -381,27 +437,43 @@ class ProcessMetrics(Collector):
     def describe(self) -> list[Metric]:
         return []
 
-    def collect(self) -> Iterator[Metric]:
+    _FAMILIES = (
+        ("process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge"),
+        ("process_resident_memory_bytes", "Resident memory size in bytes.", "gauge"),
+        ("process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
+         "gauge"),
+        ("process_cpu_seconds", "Total user and system CPU time spent in seconds.", "counter"),
+        ("process_open_fds", "Number of open file descriptors.", "gauge"),
+        ("process_max_fds", "Maximum number of open file descriptors.", "gauge"),
+    )
+    _RENDERED = PreRendered([(name, doc, typ, [{}]) for name, doc, typ in _FAMILIES])
+
+    def _values(self) -> list[float] | None:
+        """The six values in :attr:`_FAMILIES`' order, or None without /proc."""
         if self._stat_fd is None or not self._btime:
-            return
+            return None
         try:
             parts = os.pread(self._stat_fd, 4096, 0).rsplit(b")", 1)[-1].split()
             open_fds = len(os.listdir(os.path.join(self._proc, "self", "fd")))
         except OSError:
-            return
+            return None
         ticks = self._ticks
-        yield _one("process_virtual_memory_bytes", "Virtual memory size in bytes.",
-                   float(parts[20]))
-        yield _one("process_resident_memory_bytes", "Resident memory size in bytes.",
-                   float(parts[21]) * self._pagesize)
-        yield _one("process_start_time_seconds",
-                   "Start time of the process since unix epoch in seconds.",
-                   float(parts[19]) / ticks + self._btime)
-        yield _one("process_cpu_seconds", "Total user and system CPU time spent in seconds.",
-                   (float(parts[11]) + float(parts[12])) / ticks, "counter")
-        yield _one("process_open_fds", "Number of open file descriptors.", float(open_fds))
-        yield _one("process_max_fds", "Maximum number of open file descriptors.",
-                   float(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+        return [float(parts[20]), float(parts[21]) * self._pagesize,
+                float(parts[19]) / ticks + self._btime,
+                (float(parts[11]) + float(parts[12])) / ticks, float(open_fds),
+                float(resource.getrlimit(resource.RLIMIT_NOFILE)[0])]
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._values()
+        if values is None:
+            return
+        for (name, documentation, typ), value in zip(self._FAMILIES, values, strict=True):
+            yield _one(name, documentation, value, typ)
+
+    def exposition(self, openmetrics: bool) -> bytes:
+        """What :meth:`collect` gives, written directly (see :class:`PreRendered`)."""
+        values = self._values()
+        return b"" if values is None else self._RENDERED.render(values, openmetrics)
 
     def close(self) -> None:
         """Release the kept descriptor."""
@@ -420,9 +492,17 @@ class LiveCollector(Collector):
     def describe(self) -> list[Metric]:
         return []
 
+    _NAME = "exec_exporter_api_budget_remaining"
+    _HELP = "Requests left in the exporter's own budget, by rolling window."
+    _RENDERED = PreRendered([(_NAME, _HELP, "gauge", [{"window": "minute"}, {"window": "day"}])])
+
     def collect(self) -> Iterator[Metric]:
         minute, day = self.remaining(self.clock.time())
-        name = "exec_exporter_api_budget_remaining"
-        yield FixedFamily(name, "Requests left in the exporter's own budget, by rolling window.",
-                          "gauge", [Sample(name, {"window": "minute"}, minute),
-                                    Sample(name, {"window": "day"}, day)])
+        name = self._NAME
+        yield FixedFamily(name, self._HELP, "gauge", [Sample(name, {"window": "minute"}, minute),
+                                                       Sample(name, {"window": "day"}, day)])
+
+    def exposition(self, openmetrics: bool) -> bytes:
+        """What :meth:`collect` gives, written directly (see :class:`PreRendered`)."""
+        minute, day = self.remaining(self.clock.time())
+        return self._RENDERED.render([minute, day], openmetrics)

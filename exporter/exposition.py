@@ -179,8 +179,16 @@ class _LiveRenderer:
         self._headers: dict[tuple[str, str, str, bool], bytes] = {}
         self._plain_samples: set[tuple[str, ...]] = set()  # (family, sample, *label names)
 
-    def render(self, registry: Collector, openmetrics: bool) -> bytes:
-        out = [self._family(metric, openmetrics) for metric in registry.collect()]
+    def render(self, parts: Sequence[Collector], openmetrics: bool) -> bytes:
+        """The live part: a collector that writes its own bytes (``exposition``, see
+        :class:`~exporter.collector.PreRendered`) does; any other goes family by family."""
+        out = []
+        for part in parts:
+            direct = getattr(part, "exposition", None)
+            if direct is not None:
+                out.append(direct(openmetrics))
+            else:
+                out.extend(self._family(metric, openmetrics) for metric in part.collect())
         if openmetrics:
             out.append(_EOF)
         return b"".join(out)
@@ -331,10 +339,13 @@ class Exposition:
     renders the new page while the others wait for it.
     """
 
-    def __init__(self, collector: SnapshotCollector, live: CollectorRegistry,
+    def __init__(self, collector: SnapshotCollector,
+                 live: CollectorRegistry | Sequence[Collector],
                  clock: Clock, with_page: Collector | None = None) -> None:
         self.collector = collector
-        self.live = live
+        # The live part: a registry, or the collectors themselves (then those that can
+        # write their own bytes do).
+        self.live: tuple[Collector, ...] = tuple(live) if isinstance(live, Sequence) else (live,)
         # Collected once per page, not per scrape: its output may change only when the
         # store's version does (the listings report every completed read to the store).
         self.with_page = with_page

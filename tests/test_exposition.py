@@ -12,6 +12,7 @@ import gzip
 import threading
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import FakeClock, metric_values
@@ -119,10 +120,10 @@ class Setup:
         self.store.record_schedule(INTERVAL, {})
         self.store.record_reload(True, clock.now)
         budget = FixedBudget(clock)
-        live = CollectorRegistry(auto_describe=False)
-        live.register(LiveCollector(budget.remaining, clock))
+        # The budget's collector writes its own bytes; Odd goes family by family.
+        live: list[Collector] = [LiveCollector(budget.remaining, clock)]
         if odd_live:
-            live.register(Odd())
+            live.append(Odd())
         collector = SnapshotCollector(self.store, clock)
         self.exposition = Exposition(collector, live, clock)
         self.reference = CollectorRegistry(auto_describe=False)
@@ -329,3 +330,27 @@ def test_process_metrics_match_prometheus_client() -> None:
     assert value["process_max_fds"] == other["process_max_fds"]
     assert abs(value["process_open_fds"] - other["process_open_fds"]) <= 2
     assert value["process_resident_memory_bytes"] > 0
+
+
+def test_live_collectors_written_directly_match_prometheus_client(tmp_path: Path,
+                                                                  clock: FakeClock) -> None:
+    # A frozen /proc: the same values for the direct writer and for prometheus_client.
+    proc = tmp_path / "proc"
+    (proc / "self" / "fd").mkdir(parents=True)
+    for fd in range(5):
+        (proc / "self" / "fd" / str(fd)).touch()
+    (proc / "stat").write_text("cpu  1 2 3\nbtime 1790000000\n")
+    fields = ["S"] + [str(n * 37) for n in range(1, 50)]
+    (proc / "self" / "stat").write_text("4242 (python 3) " + " ".join(fields) + "\n")
+    budget = FixedBudget(clock)
+    parts = [LiveCollector(budget.remaining, clock), ProcessMetrics(str(proc))]
+    store = Store()
+    exposition = Exposition(SnapshotCollector(store, clock), parts, clock)
+    reference = CollectorRegistry(auto_describe=False)
+    reference.register(SnapshotCollector(store, clock))
+    for part in parts:
+        reference.register(part)
+    assert b"process_open_fds 5.0\n" in exposition.render()
+    assert exposition.render() == text_format.generate_latest(reference)
+    assert exposition.render(openmetrics=True) == openmetrics_format.generate_latest(reference)
+    assert gunzip(exposition.render(gzip=True)) == text_format.generate_latest(reference)
