@@ -31,6 +31,7 @@ from .listings import DAY_SHARE, Assignments, Skills
 from .planner import offline_plan
 from .scheduler import effective_interval
 from .server import listen_failure, parse_listen_address
+from .store import staleness_limit
 from .targets import Target, build_targets
 from .webconfig import load_web_config
 
@@ -160,7 +161,7 @@ def describe_plan(config: Config, key: ApiKey | None) -> str:
                  if interval > config.refresh_interval else "")
     lines.append(f"effective refresh interval: {format_duration(interval)} "
                  f"({interval:.0f}s){stretched}")
-    staleness = config.max_staleness or 3 * interval
+    staleness = staleness_limit(config.max_staleness, interval, None, 0.0)  # as the store
     lines.append(f"max staleness: {format_duration(staleness)}")
     if key is None:
         lines.append("warning: no API key found: set EXEC_API_KEY or api.api_key_file "
