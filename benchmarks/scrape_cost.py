@@ -65,7 +65,10 @@ KINDS: dict[str, dict[str, str]] = {
 }
 NGINX_FILES = {"plain": "metrics.txt", "gzip": "metrics.txt.gz", "om+gzip": "metrics.om.gz"}
 SERVERS = ("exporter", "naive", "nginx")
-GOAL_NAIVE, GOAL_NGINX = 0.05, 3.0
+GOAL_NAIVE = 0.05
+# Against nginx serving the same bytes: plain text is bound by copying the body; a gzip
+# scrape sends a cached, compressed body plus a small live tail (issue 20: within 1.6x).
+GOAL_NGINX = {"plain": 3.0, "gzip": 1.6, "om+gzip": 1.6}
 MIB = 1024
 
 
@@ -351,7 +354,7 @@ def report(results: list[dict[str, Any]], rss: list[dict[str, Any]],
             to_naive = e["median_ms"][k] / n["median_ms"][k]
             to_nginx = e["median_ms"][k] / x["median_ms"][k]
             row += [f"{to_naive:.4f}{'' if to_naive <= GOAL_NAIVE else ' (!)'}",
-                    f"{to_nginx:.2f}{'' if to_nginx <= GOAL_NGINX else ' (!)'}"]
+                    f"{to_nginx:.2f}{'' if to_nginx <= GOAL_NGINX[k] else ' (!)'}"]
         row.append(f"{e['rss_mib']:.1f} / {e['hwm_mib']:.1f}")
         rows.append(row)
     header = ["targets", "alternation"]
@@ -359,8 +362,9 @@ def report(results: list[dict[str, Any]], rss: list[dict[str, Any]],
         header += [f"{k} vs naive", f"{k} vs nginx"]
     header.append("exporter RSS / HWM MiB")
     if rows:
+        goals = ", ".join(f"{k} {v}" for k, v in GOAL_NGINX.items())
         out.append("Median scrape time ratios (exporter / other; goals: <= "
-                   f"{GOAL_NAIVE} vs naive, <= {GOAL_NGINX} vs nginx; (!) marks a miss)")
+                   f"{GOAL_NAIVE} vs naive, vs nginx <= {goals}; (!) marks a miss)")
         out.append(w.table(rows, header))
 
     for r in results:

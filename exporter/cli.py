@@ -33,6 +33,7 @@ from .listings import DAY_SHARE, Assignments, Skills
 from .planner import checks_per_day, offline_plan
 from .scheduler import effective_interval, interval_and_limit
 from .server import listen_failure, parse_listen_address
+from .store import staleness_limit
 from .targets import Target, build_targets
 from .webconfig import load_web_config
 
@@ -266,7 +267,7 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
                 "lists and cross-checks are paid for)")
     lines.append(f"effective refresh interval: {format_duration(interval)} ({interval:.0f}s), "
                  f"{why}")
-    staleness = config.max_staleness or 3 * interval
+    staleness = staleness_limit(config.max_staleness, interval, None, 0.0)  # as the store
     lines.append(f"max staleness: {format_duration(staleness)}")
     return "\n".join(lines)
 

@@ -11,8 +11,6 @@ import os
 import threading
 from pathlib import Path
 
-from prometheus_client.registry import CollectorRegistry
-
 from . import __version__, logs
 from .budget import open_budget
 from .client import ExecClient
@@ -77,9 +75,7 @@ class Exporter:
         self.poller = Poller(self.scheduler, lambda: self.running, self.store, self.clock)
         self.store.record_reload(True, now)
         snapshot_collector = SnapshotCollector(self.store, self.clock)
-        live = CollectorRegistry(auto_describe=False)
-        live.register(LiveCollector(self.budget.remaining, self.clock))
-        live.register(ProcessMetrics())
+        live = [LiveCollector(self.budget.remaining, self.clock), ProcessMetrics()]
         # The listings change only with a completed read or a new target set, both of
         # which change the store: rendered with the cached page, not per scrape.
         self.exposition = Exposition(snapshot_collector, live, self.clock,
@@ -104,7 +100,7 @@ class Exporter:
             if pull in next_due:
                 next_due.update(dict.fromkeys(targets, next_due[pull]))
         self.store.record_schedule(view.interval, next_due, pause,  # type: ignore[arg-type]
-                                   view.stretched)
+                                   view.stretched, at=view.at)
 
     def _on_plan(self) -> None:
         # A target was proven or refused, a scenario fell back, a pull's size changed or

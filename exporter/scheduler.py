@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .budget import DAY, MINUTE, Budget
-from .client import PAUSE_REASONS, WORKSPACE_REASONS, ApiError, RateLimited
+from .client import PAUSE_REASONS, WORKSPACE_REASONS, ApiError, InvalidResponse, RateLimited
 from .config import format_duration
 from .jobs import Job, JobKey, JobSource, Running
 
@@ -154,6 +154,7 @@ class ScheduleView:
     next_due: Mapping[JobKey, float]
     pause: Pause | None
     stretched: bool
+    at: float = 0.0  # when it was decided
 
 
 @dataclass
@@ -279,7 +280,7 @@ class Scheduler:
         return ScheduleView(
             interval=interval, refresh_interval=self.refresh_interval,
             next_due={k: max(t.due(interval), blocked) for k, t in self._times.items()},
-            pause=self.pause, stretched=interval > self.refresh_interval)
+            pause=self.pause, stretched=interval > self.refresh_interval, at=now)
 
     def publish(self, now: float) -> None:
         """Hand the current view to ``on_view`` (the store)."""
@@ -455,8 +456,8 @@ def effective_interval(requests: float, refresh_interval: float, day_budget: flo
 class Outcomes(Protocol):
     """What the poller reports for every request, whatever its job (the store)."""
 
-    def record_request(self, code: str, duration: float) -> None: ...
-    def record_workspace_failure(self, reason: str, message: str, at: float) -> None: ...
+    def record_request(self, job_kind: str, code: str, duration: float,
+                       reason: str | None = None) -> None: ...
 
 
 class Poller:
@@ -515,30 +516,48 @@ class Poller:
         except ApiError as error:
             if answered and error.status is None:
                 error.status = 200  # an answer came: it is counted under its status
-            duration = time.monotonic() - started
-            done = self.clock.time()
-            self.outcomes.record_request(error.code, duration)
-            was_paused = self.scheduler.pause is not None
-            self.scheduler.failed(job, error, done)
-            job.fail(error, done)
-            if error.reason in PAUSE_REASONS:
-                self._paused(job, error, done, was_paused)
-            # Any other failure is the job's own: its handler has logged it.
+            self._failed(job, error, time.monotonic() - started)
+            return
+        except Exception:
+            # A bug in a job's code, not an API failure: the request is counted all the
+            # same (as an answer nothing could be made of), the job is retried like any
+            # failed one, and polling goes on.
+            log.exception("job kind=%s %s raised; counted as invalid_response, retried "
+                          "later", job.kind, job.label)
+            self._failed(job, InvalidResponse("the exporter could not handle the answer",
+                                              status=200 if answered else None),
+                         time.monotonic() - started)
             return
         duration = time.monotonic() - started
-        self.outcomes.record_request("200", duration)
+        self.outcomes.record_request(job.kind, "200", duration)
         self.scheduler.succeeded(job, done)
         log.debug("request done kind=%s %s in %.3fs%s", job.kind, job.label, duration,
                   " (probe)" if probe else "")
 
+    def _failed(self, job: Job, error: ApiError, duration: float) -> None:
+        """Count a failed request, back its job off (or pause everything), tell its
+        handler. Never raises: a failing handler is logged once and left behind."""
+        done = self.clock.time()
+        self.outcomes.record_request(job.kind, error.code, duration, error.reason)
+        was_paused = self.scheduler.pause is not None
+        self.scheduler.failed(job, error, done)
+        try:
+            job.fail(error, done)
+        except Exception:
+            log.exception("failure handler of job kind=%s %s raised", job.kind, job.label)
+        if error.reason in PAUSE_REASONS:
+            self._paused(job, error, done, was_paused)
+        # Any other failure is the job's own: its handler has logged it.
+
     def _paused(self, job: Job, error: ApiError, at: float, was_paused: bool) -> None:
-        """Say once that every request is paused, and until when."""
+        """Say once that every request is paused, and until when (the store shows the
+        pause through the schedule it is given: every target down with its reason)."""
         pause = self.scheduler.pause
         wait = (pause.until - at) if pause is not None else 0.0
         if error.reason in WORKSPACE_REASONS:
-            log.warning("API refused the key (%s); pausing all requests, probing again "
-                        "in %s", error, format_duration(max(wait, 0.0)))
-            self.outcomes.record_workspace_failure(error.reason, str(error), at)
+            log.warning("API refused the key (%s) on kind=%s %s; pausing all requests, "
+                        "probing again in %s", error, job.kind, job.label,
+                        format_duration(max(wait, 0.0)))
         elif not was_paused:
             log.warning("API rate limit hit (%s) by kind=%s %s; pausing all requests for %s "
                         "(until %s)", error, job.kind, job.label,

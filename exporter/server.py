@@ -616,12 +616,19 @@ def landing_page(web: Web) -> str:
     now = web.clock()
     e = html.escape
     rows = []
+    paused = snapshot.pause_reason
     for state in snapshot.targets:
         target = state.target
         error = "" if state.last_error is None else (
             f"{e(state.last_error)}: {e(state.last_error_message or '')} "
             f"({_when(state.last_error_time, now)})")
         css, text = _state(state)
+        if paused is not None:
+            # As on /metrics: down with the pause's reason while it lasts; the target's
+            # own last error, if any, stays visible after it.
+            css, text = "down", "down"
+            error = f"{e(paused)} (workspace-wide pause)" + (f"; before: {error}"
+                                                              if error else "")
         rows.append(
             "<tr>"
             f"<td>{e(target.scenario)}</td><td>{e(target.display_name or '')}</td>"
@@ -650,6 +657,11 @@ def landing_page(web: Web) -> str:
                 else "a probe request is sent")
         notice = (f'<p class="notice">All requests are paused: {why}; {then} '
                   f"{_when(snapshot.pause_until, now)}.</p>")
+    failed = ", ".join(f"{e(reason)} {count}" for reason, count in sorted(
+        snapshot.errors.items()) if count)
+    requests = sum(snapshot.api_requests.values())
+    errors = (f"<p>{requests} requests sent since start; failed: {failed or 'none'}.</p>"
+              if requests else "")
     if snapshot.targets:
         source = "<th>Source</th>" if web.source else ""
         table = f"""<table><thead><tr><th>Scenario</th><th>Name</th><th>Cohort</th>{source}
@@ -678,6 +690,7 @@ th{{background:#f4f4f4}}.up{{color:#1a7f37}}.down{{color:#cf222e;font-weight:bol
 <p>Version {e(__version__)}. <a href="{path}">Metrics</a> &middot;
 <a href="/-/healthy">Health</a> &middot; <a href="/-/ready">Readiness</a></p>
 {notice}
+{errors}
 <p>{len(snapshot.targets)} targets; effective refresh interval {interval}{stretched};
 {snapshot.targets_dropped} dropped by max_targets.
 Configuration last loaded {_when(snapshot.reload_time, now)}

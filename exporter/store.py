@@ -6,6 +6,7 @@ change bumps ``version`` so the exposition can be cached between changes.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,40 @@ CROSS_CHECK_RESULTS = ("match", "mismatch")
 # Latency buckets for API requests: the API answers in tens to hundreds of ms.
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+# The ``kind`` label of the request metrics: which endpoint the quota went to.
+REQUEST_KINDS = ("summary", "participants", "members", "scenarios", "groups", "skills",
+                 "assignments")
+# Jobs whose internal kind is not the endpoint's name: a cross-check is a summary
+# request, a listing page is a request for that list.
+_KIND_OF_JOB = {"cross_check": "summary", "list_scenarios": "scenarios",
+                "list_groups": "groups", "list_skills": "skills",
+                "list_assignments": "assignments"}
+
+# Refusals of the whole workspace (exec_exporter_api_paused's state set): they say
+# nothing of the target whose request met them, so no target counts them; while such a
+# pause is in force every target is shown down with its reason.
+PAUSE_REASONS = ("rate_limited", "unauthorized", "forbidden")
+
+
+def request_kind(job_kind: str) -> str:
+    """The ``kind`` label of a request sent by a job of ``job_kind``."""
+    return _KIND_OF_JOB.get(job_kind, job_kind)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """The request-duration histogram of one request kind."""
+
+    buckets: tuple[int, ...] = (0,) * len(REQUEST_BUCKETS)  # per bound, cumulative
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, duration: float) -> Latency:
+        """This histogram with one more request of ``duration`` seconds."""
+        return Latency(tuple(n + (duration <= bound)
+                             for n, bound in zip(self.buckets, REQUEST_BUCKETS, strict=True)),
+                       self.count + 1, self.total + duration)
+
 
 @dataclass(frozen=True)
 class TargetState:
@@ -36,6 +71,8 @@ class TargetState:
     last_error: str | None = None
     last_error_message: str | None = None
     last_error_time: float | None = None
+    # The target's own failed refreshes by reason (exported summed: errors_total has
+    # no reason label); the workspace-wide refusals are not among them.
     errors: Mapping[str, int] = field(default_factory=dict)
     next_due: float | None = None
     source: str = SOURCES[0]
@@ -49,10 +86,9 @@ class Snapshot:
     targets: tuple[TargetState, ...]
     interval: float
     max_staleness: float | None
-    api_requests: Mapping[str, int]
-    latency_buckets: tuple[int, ...]
-    latency_count: int
-    latency_sum: float
+    api_requests: Mapping[tuple[str, str], int]  # by (kind, code)
+    latency: Mapping[str, Latency]  # by kind
+    errors: Mapping[str, int]  # every failed request, by reason
     targets_dropped: int
     discovery_success: Mapping[str, float]
     discovery_error: Mapping[str, str]
@@ -66,24 +102,50 @@ class Snapshot:
     pause_reason: str | None = None  # a workspace-wide pause in force: its reason
     pause_until: float | None = None
     stretched: bool = False  # the interval was stretched to fit the budget
-
-    def staleness_limit(self) -> float:
-        """Data older than this many seconds is no longer exported."""
-        return self.max_staleness if self.max_staleness is not None else 3 * self.interval
+    # A longer limit kept after the interval shrank: (limit, until when).
+    staleness_floor: tuple[float, float] | None = None
 
     # The staleness rule, in one place: data is exported while its age is at most the
-    # limit (the contract: "older than max_staleness" stops it).
+    # limit (the contract: "older than max_staleness" stops it). A healthy exporter
+    # never drops a series: the limit is never shorter than two effective intervals (a
+    # max_staleness shorter than the real cycle would drop every target's data for part
+    # of each cycle), and when the interval shrinks (a proven plan needs fewer requests,
+    # a reload or discovery drops targets) the previous limit stays in force for as long
+    # as it was: data fetched on the old, slower cycle is refreshed on the new one
+    # before it expires, instead of vanishing at once.
 
-    def fresh_until(self, state: TargetState) -> float | None:
-        """The last instant ``state``'s data is exported at (None: it has none)."""
+    def staleness_limit(self, now: float) -> float:
+        """Data older than this many seconds at ``now`` is no longer exported
+        (exec_exporter_max_staleness_seconds)."""
+        return staleness_limit(self.max_staleness, self.interval, self.staleness_floor, now)
+
+    def limit_changes_at(self, now: float) -> float:
+        """When :meth:`staleness_limit` may next change by itself (inf: never)."""
+        floor = self.staleness_floor
+        return floor[1] if floor is not None and now <= floor[1] else math.inf
+
+    def fresh_until(self, state: TargetState, now: float) -> float | None:
+        """The last instant ``state``'s data is exported at under the limit in force at
+        ``now`` (None: it has none)."""
         if state.summary is None or state.last_success is None:
             return None
-        return state.last_success + self.staleness_limit()
+        return state.last_success + self.staleness_limit(now)
 
     def is_fresh(self, state: TargetState, now: float) -> bool:
         """Whether ``state`` has data young enough to export at ``now``."""
-        until = self.fresh_until(state)
+        until = self.fresh_until(state, now)
         return until is not None and now <= until
+
+
+def staleness_limit(max_staleness: float | None, interval: float,
+                    floor: tuple[float, float] | None, now: float) -> float:
+    """The staleness rule (see :class:`Snapshot`): ``max_staleness`` (default three
+    intervals), at least two intervals, and at least a ``floor`` (limit, until) in force."""
+    limit = max_staleness if max_staleness is not None else 3 * interval
+    limit = max(limit, 2 * interval)
+    if floor is not None and now <= floor[1]:
+        limit = max(limit, floor[0])
+    return limit
 
 
 class Store:
@@ -95,10 +157,9 @@ class Store:
         self._version = 0
         self._interval = 0.0
         self._max_staleness: float | None = None
-        self._api_requests: dict[str, int] = {}
-        self._buckets = [0] * len(REQUEST_BUCKETS)
-        self._latency_count = 0
-        self._latency_sum = 0.0
+        self._api_requests: dict[tuple[str, str], int] = {}
+        self._latency: dict[str, Latency] = {}
+        self._errors: dict[str, int] = {}
         self._dropped = 0
         self._discovery_success: dict[str, float] = {}
         self._discovery_error: dict[str, str] = {}
@@ -109,6 +170,7 @@ class Store:
         self._reload_time: float | None = None
         self._pause: tuple[str, float] | None = None
         self._stretched = False
+        self._staleness_floor: tuple[float, float] | None = None
         self._changed = threading.Condition(self._lock)
 
     def _bump(self) -> None:
@@ -160,40 +222,38 @@ class Store:
             self._bump()
 
     def record_failure(self, key: Key, reason: str, message: str, at: float) -> None:
-        """A refresh of ``key`` failed; its last good summary stays."""
-        with self._lock:
-            self._fail(key, reason, message, at)
-            self._bump()
+        """A refresh of ``key`` failed; its last good summary stays.
 
-    def record_workspace_failure(self, reason: str, message: str, at: float) -> None:
-        """The key or workspace was refused: every target is down with that reason.
-
-        Only a target whose own request was refused counts an error (through
-        :meth:`record_failure`); the others sent nothing, so their counters stay."""
-        with self._lock:
-            for key in list(self._targets):
-                self._fail(key, reason, message, at, count=False)
-            self._bump()
-
-    def _fail(self, key: Key, reason: str, message: str, at: float, count: bool = True) -> None:
-        old = self._targets.get(key)
-        if old is None:
+        A workspace-wide refusal (:data:`PAUSE_REASONS`) is not the target's own: it
+        changes nothing here. The pause it starts reaches the store through
+        :meth:`record_schedule`, and every target is shown down with its reason while
+        it lasts; afterwards each shows its own state again."""
+        if reason in PAUSE_REASONS:
             return
-        errors = dict(old.errors)
-        if count:
+        with self._lock:
+            old = self._targets.get(key)
+            if old is None:
+                return
+            errors = dict(old.errors)
             errors[reason] = errors.get(reason, 0) + 1
-        self._targets[key] = replace(old, up=False, last_error=reason,
-                                     last_error_message=message, last_error_time=at,
-                                     errors=errors)
+            self._targets[key] = replace(old, up=False, last_error=reason,
+                                         last_error_message=message, last_error_time=at,
+                                         errors=errors)
+            self._bump()
 
     def record_schedule(self, interval: float, next_due: Mapping[Key, float],
                         pause: tuple[str, float] | None = None,
-                        stretched: bool = False) -> None:
+                        stretched: bool = False, at: float | None = None) -> None:
         """The effective interval, each target's next planned refresh and the
-        workspace-wide pause in force, if any (reason, until)."""
+        workspace-wide pause in force, if any (reason, until), as decided at ``at``."""
         with self._lock:
             changed = (interval, pause, stretched) != (self._interval, self._pause,
                                                        self._stretched)
+            if at is not None and 0 < interval < self._interval:
+                # The interval shrank: keep the limit in force for as long as it was.
+                before = staleness_limit(self._max_staleness, self._interval,
+                                         self._staleness_floor, at)
+                self._staleness_floor = (before, at + before)
             self._interval = interval
             self._pause = pause
             self._stretched = stretched
@@ -220,15 +280,17 @@ class Store:
 
     # --- exporter-wide --------------------------------------------------------
 
-    def record_request(self, code: str, duration: float) -> None:
-        """One API request finished with ``code`` after ``duration`` seconds."""
+    def record_request(self, job_kind: str, code: str, duration: float,
+                       reason: str | None = None) -> None:
+        """One API request of a job of ``job_kind`` finished with ``code`` after
+        ``duration`` seconds; ``reason``: it failed, and why."""
+        kind = request_kind(job_kind)
         with self._lock:
-            self._api_requests[code] = self._api_requests.get(code, 0) + 1
-            for i, bound in enumerate(REQUEST_BUCKETS):
-                if duration <= bound:
-                    self._buckets[i] += 1
-            self._latency_count += 1
-            self._latency_sum += duration
+            key = (kind, code)
+            self._api_requests[key] = self._api_requests.get(key, 0) + 1
+            self._latency[kind] = self._latency.get(kind, Latency()).observe(duration)
+            if reason is not None:
+                self._errors[reason] = self._errors.get(reason, 0) + 1
             self._bump()
 
     def set_max_staleness(self, seconds: float | None) -> None:
@@ -287,27 +349,31 @@ class Store:
     def snapshot(self) -> Snapshot:
         """A consistent, immutable copy for one scrape or one render."""
         with self._lock:
-            return Snapshot(
-                version=self._version,
-                targets=tuple(self._targets.values()),
-                interval=self._interval,
-                max_staleness=self._max_staleness,
-                api_requests=dict(self._api_requests),
-                latency_buckets=tuple(self._buckets),
-                latency_count=self._latency_count,
-                latency_sum=self._latency_sum,
-                targets_dropped=self._dropped,
-                cross_checks=dict(self._cross_checks),
-                plan_requests_per_cycle=self._plan_cost,
-                invalid_items=dict(self._invalid_items),
-                discovery_success=dict(self._discovery_success),
-                discovery_error=dict(self._discovery_error),
-                reload_ok=self._reload_ok,
-                reload_time=self._reload_time,
-                pause_reason=self._pause[0] if self._pause else None,
-                pause_until=self._pause[1] if self._pause else None,
-                stretched=self._stretched,
-            )
+            return self._snapshot()
+
+    def _snapshot(self) -> Snapshot:
+        # Called with the lock held.
+        return Snapshot(
+            version=self._version,
+            targets=tuple(self._targets.values()),
+            interval=self._interval,
+            max_staleness=self._max_staleness,
+            api_requests=dict(self._api_requests),
+            latency=dict(self._latency),
+            errors=dict(self._errors),
+            targets_dropped=self._dropped,
+            cross_checks=dict(self._cross_checks),
+            plan_requests_per_cycle=self._plan_cost,
+            invalid_items=dict(self._invalid_items),
+            discovery_success=dict(self._discovery_success),
+            discovery_error=dict(self._discovery_error),
+            reload_ok=self._reload_ok,
+            reload_time=self._reload_time,
+            pause_reason=self._pause[0] if self._pause else None,
+            pause_until=self._pause[1] if self._pause else None,
+            stretched=self._stretched,
+            staleness_floor=self._staleness_floor,
+        )
 
     def get(self, key: Key) -> TargetState | None:
         """One target's state."""

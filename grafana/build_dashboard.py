@@ -610,8 +610,9 @@ def health_panels(layout: Layout) -> list[dict[str, Any]]:
         timeseries(
             layout, "Data age",
             "Seconds since each target's data was last fetched. It grows between refreshes "
-            "and drops at each success; the dashed line is three effective refresh intervals, "
-            "where ExecExporterDataStale fires and the data series are dropped.",
+            "and drops at each success; the dashed line is max_staleness (default three "
+            "effective refresh intervals), past which the data series are dropped and "
+            "ExecExporterDataStale fires.",
             [
                 target(f"time() - exec_exporter_target_last_success_timestamp_seconds{{{TARGET}}}",
                        LEGEND, "A"),
@@ -643,34 +644,40 @@ def health_panels(layout: Layout) -> list[dict[str, Any]]:
             }),
         ),
         timeseries(
-            layout, "Refresh errors by reason",
-            "Failed target refreshes per minute by reason (timeout, connection, rate_limited, "
-            "unauthorized, forbidden, not_found, server_error, bad_request, invalid_response). "
-            "'none' means no refresh failed.",
+            layout, "Failed requests by reason",
+            "Failed API requests per minute, of every kind, by reason (timeout, connection, "
+            "rate_limited, unauthorized, forbidden, not_found, server_error, bad_request, "
+            "invalid_response). 'none' means no request failed.",
             [target(
-                f"sum by (reason) (rate(exec_exporter_target_errors_total{{{TARGET}}}"
-                "[$__rate_interval])) * 60 "
+                "sum by (reason) (rate(exec_exporter_errors_total[$__rate_interval])) * 60 "
                 'or on() label_replace(vector(0), "reason", "none", "", "")',
                 "{{reason}}",
             )],
             "cpm", bars=True, stack=True,
         ),
         timeseries(
+            layout, "Target refresh failures",
+            "Failed refreshes per minute of the selected targets, their own failures only "
+            "(a workspace-wide 429/401/403 pause is shown under Quota, not here). 'none' means "
+            "no refresh failed.",
+            [target(
+                f"sum by (scenario, cohort) (rate(exec_exporter_target_errors_total{{{TARGET}}}"
+                "[$__rate_interval])) * 60 > 0 "
+                'or on() label_replace(vector(0), "scenario", "none", "", "")',
+                LEGEND,
+            )],
+            "cpm", bars=True, stack=True,
+        ),
+        timeseries(
             layout, "API request latency",
-            "Exec API response time: median and 90th percentile from the exporter's request "
-            "histogram.",
-            [
-                target(
-                    "histogram_quantile(0.5, sum by (le) "
-                    "(rate(exec_exporter_api_request_duration_seconds_bucket[$__rate_interval])))",
-                    "p50", "A",
-                ),
-                target(
-                    "histogram_quantile(0.9, sum by (le) "
-                    "(rate(exec_exporter_api_request_duration_seconds_bucket[$__rate_interval])))",
-                    "p90", "B",
-                ),
-            ],
+            "Exec API response time by kind of request: 90th percentile from the exporter's "
+            "request histogram (a participants page or a list page takes longer than a "
+            "summary).",
+            [target(
+                "histogram_quantile(0.9, sum by (le, kind) "
+                "(rate(exec_exporter_api_request_duration_seconds_bucket[$__rate_interval])))",
+                "p90 {{kind}}",
+            )],
             "s",
         ),
         table(
@@ -704,6 +711,77 @@ def health_panels(layout: Layout) -> list[dict[str, Any]]:
                 },
                 "Data age": {"unit": "s", "decimals": 0},
             }),
+        ),
+    ]
+
+
+def quota_panels(layout: Layout) -> list[dict[str, Any]]:
+    """Where the quota goes: requests by kind, pauses, the plan's cost, derived cohorts."""
+    return [
+        row(layout, "Quota"),
+        stat(
+            layout, "Requests paused",
+            "1 (red) while every request is paused for the whole workspace: rate_limited "
+            "(429, until retry_after), unauthorized (401) or forbidden (403, until a probe "
+            "gets through). 'not paused' otherwise.",
+            [target(
+                "max by (reason) (exec_exporter_api_paused) == 1 "
+                'or on() label_replace(vector(0), "reason", "not paused", "", "")',
+                "{{reason}}", instant=True,
+            )],
+            "short", w=6, decimals=0, text_mode="value_and_name", color_mode="background",
+            steps=thresholds(("green", None), ("red", 1)),
+        ),
+        stat(
+            layout, "Plan: requests per cycle",
+            "What one full refresh of every target costs under the current plan: summaries, "
+            "participants pages, member lists and cross-checks. Times the cycles per day, it "
+            "is what the targets take of the daily quota.",
+            [target("max by (instance) (exec_exporter_plan_requests_per_cycle)",
+                    "{{instance}}", instant=True)],
+            "short", w=6, decimals=1,
+        ),
+        stat(
+            layout, "Target sources",
+            "Targets by where their values come from: their own summary requests, or derived "
+            "from their scenario's participants pull (planner.mode: auto).",
+            [target(f"sum by (source) (exec_exporter_target_source{{{TARGET}}})", "{{source}}",
+                    instant=True)],
+            "short", w=6, decimals=0, text_mode="value_and_name",
+        ),
+        stat(
+            layout, "Cross-check verdicts",
+            "Cross-checks of derived values against the summary endpoint over the time range, "
+            "by verdict. A mismatch sends the scenario's cohorts back to summary requests.",
+            [target(
+                'sum by (result) (increase(exec_exporter_cross_checks_total{scenario=~"$scenario"}'
+                "[$__range]))",
+                "{{result}}", instant=True,
+            )],
+            "short", w=6, decimals=0, text_mode="value_and_name",
+        ),
+        timeseries(
+            layout, "API requests by kind",
+            "Requests sent per minute by kind: summary (targets and cross-checks), "
+            "participants pages, member lists, and the scenarios, groups, skills and "
+            "assignments listings. Every one counts against the workspace's quota.",
+            [target(
+                "sum by (kind) (rate(exec_exporter_api_requests_total[$__rate_interval])) * 60",
+                "{{kind}}",
+            )],
+            "reqpm", bars=True, stack=True,
+        ),
+        timeseries(
+            layout, "Refused requests by kind",
+            "Requests per minute answered 429 (rate limited), 401 or 403, by kind: which "
+            "requests meet the workspace's limit or the rejected key. 'none' means none.",
+            [target(
+                'sum by (kind, code) (rate(exec_exporter_api_requests_total{code=~"429|401|403"}'
+                "[$__rate_interval])) * 60 > 0 "
+                'or on() label_replace(vector(0), "kind", "none", "", "")',
+                "{{kind}} {{code}}",
+            )],
+            "reqpm", bars=True, stack=True,
         ),
     ]
 
@@ -760,7 +838,8 @@ def build() -> dict[str, Any]:
     """The whole dashboard as a JSON-ready dict."""
     layout = Layout()
     panels = (score_panels(layout) + engagement_panels(layout) + assignment_panels(layout)
-              + skill_panels(layout) + health_panels(layout))
+              + skill_panels(layout) + health_panels(layout)
+              + quota_panels(layout))
     return {
         "annotations": {
             "list": [{

@@ -15,7 +15,7 @@ import sysconfig
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -136,3 +136,55 @@ class Process:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout)
         self._log_file.close()
+
+
+# --- the workspace the alert tests run the exporter against -----------------------------
+
+ALERT_SCENARIOS = ("discovery-call", "pricing-objection")
+SALES_GROUP = "g-sales"
+
+
+def populate_alert_world(api: Any, now: float) -> None:
+    """Fill a ``tests/fakeapi.FakeExecAPI`` with a small, deterministic workspace: 24
+    users (half in the sales group), sessions of both scenarios in the days before
+    ``now``, a few skills and assignments. Summaries and participants tables are both
+    computed from the sessions (the planner can derive the sales cohort)."""
+    from fakeapi import Session, User
+
+    users = [User(f"u{i:02d}", f"user{i}@acme.com",
+                  frozenset({SALES_GROUP}) if i % 2 == 0 else frozenset())
+             for i in range(24)]
+    api.set_users(users)
+    api.set_groups([{"id": SALES_GROUP, "name": "Sales"}])
+    for n, scenario in enumerate(ALERT_SCENARIOS):
+        api.set_sessions(scenario, [
+            Session(u.id, now - 86400.0 * (1 + (i + k + n) % 5), float(40 + (7 * i + 11 * k
+                                                                        + 5 * n) % 60),
+                    300.0 + 10 * i)
+            for i, u in enumerate(users) for k in range(2)])
+    api.set_skills([{"id": "sk-1", "name": "Objection handling", "slug": "objection-handling",
+                     "description": "x", "created_at": "2026-01-15T14:30:00Z",
+                     "proficiency_summary": {"participant_count": 20,
+                                             "scored_participant_count": 16,
+                                             "pct_proficient_plus": 50, "avg_score": 70.5}}])
+    api.set_assignments([{"id": f"a{i}", "user": {"id": f"u{i:02d}"},
+                          "scenario": {"id": scenario, "name": scenario, "slug": scenario},
+                          "status": ("completed", "past_due", "in_progress")[i % 3]}
+                         for i in range(12) for scenario in ALERT_SCENARIOS])
+
+
+def alert_config(base_url: str, **overrides: Any) -> dict[str, Any]:
+    """The exporter's configuration for the alert tests: both scenarios, cohorts "all"
+    and "sales" (a group: derived from the participants pull by the planner), skills
+    and assignments on: every kind of request the exporter sends."""
+    config: dict[str, Any] = {
+        "api": {"base_url": base_url, "timeout": "1s"},
+        "refresh_interval": "15m",
+        "scenarios": [{"id": s} for s in ALERT_SCENARIOS],
+        "cohorts": [{"name": "all"}, {"name": "sales", "group_ids": [SALES_GROUP]}],
+        "planner": {"mode": "auto"},
+        "skills": {"interval": "1h"},
+        "assignments": {"interval": "1h"},
+    }
+    config.update(overrides)
+    return config

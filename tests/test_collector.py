@@ -84,7 +84,7 @@ def test_null_fields_produce_no_sample(clock: FakeClock) -> None:
     assert sample(v, "exec_scenario_info", scenario="renew", name="", id="renew") == 1
 
 
-def test_failures_keep_last_values_and_count_reasons(clock: FakeClock) -> None:
+def test_failures_keep_last_values_and_count_per_target_without_reason(clock: FakeClock) -> None:
     _, store, registry = setup(clock)
     key = ("disc", "sales")
     store.record_success(key, FULL, clock.now)
@@ -95,8 +95,15 @@ def test_failures_keep_last_values_and_count_reasons(clock: FakeClock) -> None:
     labels = {"scenario": "disc", "cohort": "sales"}
     assert sample(v, "exec_exporter_target_up", **labels) == 0
     assert sample(v, "exec_scenario_average_best_score", **labels) == 74.2
-    assert sample(v, "exec_exporter_target_errors_total", reason="server_error", **labels) == 2
-    assert sample(v, "exec_exporter_target_errors_total", reason="timeout", **labels) == 1
+    assert series(v, "exec_exporter_target_errors_total")[
+        (("cohort", "sales"), ("scenario", "disc"))] == 3
+    # Only while down, only the last reason.
+    assert series(v, "exec_exporter_target_last_error") == {
+        (("cohort", "sales"), ("reason", "timeout"), ("scenario", "disc")): 1}
+    store.record_success(key, FULL, clock.now + 4)
+    v = scrape(registry)
+    assert series(v, "exec_exporter_target_last_error") == {}
+    assert sample(v, "exec_exporter_target_errors_total", **labels) == 3
 
 
 def test_stale_data_stops_but_self_metrics_stay(clock: FakeClock) -> None:
@@ -134,65 +141,112 @@ def test_removed_targets_vanish(clock: FakeClock) -> None:
     assert sample(v, "exec_scenario_participants", scenario="disc", cohort="sales") == 45
 
 
-def test_workspace_failure_marks_every_target(clock: FakeClock) -> None:
+def test_workspace_pause_shows_every_target_down_while_it_lasts(clock: FakeClock) -> None:
     config, store, registry = setup(clock)
-    store.record_workspace_failure("unauthorized", "HTTP 401", clock.now)
+    store.record_success(("disc", "all"), FULL, clock.now)
+    store.record_failure(("renew", "all"), "not_found", "HTTP 404", clock.now)
+    # The one target whose own request met the 401 counts nothing: not its fault.
+    store.record_failure(("disc", "sales"), "unauthorized", "HTTP 401", clock.now)
+    store.record_schedule(900.0, {}, pause=("unauthorized", clock.now + 30))
     v = scrape(registry)
+    assert series(v, "exec_exporter_api_paused") == {
+        (("reason", "rate_limited"),): 0, (("reason", "unauthorized"),): 1,
+        (("reason", "forbidden"),): 0}
     for target in build_targets(config):
         labels = {"scenario": target.scenario, "cohort": target.cohort.name}
         assert sample(v, "exec_exporter_target_up", **labels) == 0
-        # These targets sent no request: the pause reports its reason, counts nothing.
-        assert (sample(v, "exec_exporter_target_errors_total", reason="unauthorized",
-                       **labels) or 0) == 0
+        assert sample(v, "exec_exporter_target_last_error", reason="unauthorized",
+                      **labels) == 1
+    assert len(series(v, "exec_exporter_target_last_error")) == len(build_targets(config))
+    assert sum(series(v, "exec_exporter_target_errors_total").values()) == 1  # the 404
+    assert sample(v, "exec_scenario_participants", scenario="disc", cohort="all") == 45
 
-
-def test_api_request_counters_and_histogram(clock: FakeClock) -> None:
-    _, store, registry = setup(clock)
-    store.record_request("200", 0.08)
-    store.record_request("200", 0.3)
-    store.record_request("429", 0.01)
+    store.record_schedule(900.0, {}, pause=None)  # the probe got through
     v = scrape(registry)
-    assert sample(v, "exec_exporter_api_requests_total", code="200") == 2
-    assert sample(v, "exec_exporter_api_requests_total", code="429") == 1
-    assert sample(v, "exec_exporter_api_request_duration_seconds_count") == 3
-    assert sample(v, "exec_exporter_api_request_duration_seconds_bucket", le="0.1") == 2
-    assert sample(v, "exec_exporter_api_request_duration_seconds_bucket", le="+Inf") == 3
+    assert sum(series(v, "exec_exporter_api_paused").values()) == 0
+    assert sample(v, "exec_exporter_target_up", scenario="disc", cohort="all") == 1
+    assert series(v, "exec_exporter_target_last_error") == {
+        (("cohort", "all"), ("reason", "not_found"), ("scenario", "renew")): 1}
 
 
-def test_counters_start_at_zero_for_every_reason_and_known_code(clock: FakeClock) -> None:
+def test_series_per_target_by_scope(clock: FakeClock) -> None:
+    """At most 14 data series and 5 self-metric series per target, plus last_error
+    while down; nothing per target grows with the number of reasons or kinds."""
+    _, store, registry = setup(clock)
+    key = ("disc", "all")
+    store.record_success(key, FULL, clock.now)
+
+    def per_target() -> tuple[int, int]:
+        data = own = 0
+        for name, labels in scrape(registry):
+            if {("cohort", "all"), ("scenario", "disc")} <= set(labels):
+                if name.startswith("exec_scenario_"):
+                    data += 1
+                else:
+                    own += 1
+        return data, own
+
+    assert per_target() == (14, 5)
+    for reason in ("timeout", "server_error", "not_found", "bad_request", "invalid_response",
+                   "connection"):
+        store.record_failure(key, reason, "x", clock.now)
+    assert per_target() == (14, 6)  # down: last_error too
+
+
+def test_api_requests_by_kind_errors_by_reason_and_histogram(clock: FakeClock) -> None:
+    _, store, registry = setup(clock)
+    store.record_request("summary", "200", 0.08)
+    store.record_request("cross_check", "200", 0.3)  # a cross-check is a summary request
+    store.record_request("members", "429", 0.01, "rate_limited")
+    store.record_request("list_groups", "error", 10.0, "timeout")
+    v = scrape(registry)
+    assert sample(v, "exec_exporter_api_requests_total", kind="summary", code="200") == 2
+    assert sample(v, "exec_exporter_api_requests_total", kind="members", code="429") == 1
+    assert sample(v, "exec_exporter_api_requests_total", kind="groups", code="error") == 1
+    assert sample(v, "exec_exporter_errors_total", reason="rate_limited") == 1
+    assert sample(v, "exec_exporter_errors_total", reason="timeout") == 1
+    assert sample(v, "exec_exporter_errors_total", reason="unauthorized") == 0
+    assert sample(v, "exec_exporter_api_request_duration_seconds_count", kind="summary") == 2
+    assert sample(v, "exec_exporter_api_request_duration_seconds_bucket", kind="summary",
+                  le="0.1") == 1
+    assert sample(v, "exec_exporter_api_request_duration_seconds_bucket", kind="groups",
+                  le="+Inf") == 1
+    assert sample(v, "exec_exporter_api_request_duration_seconds_sum", kind="groups") == 10.0
+    assert sample(v, "exec_exporter_api_request_duration_seconds_count", kind="skills") == 0
+
+
+def test_counters_start_at_zero_for_every_reason_kind_and_known_code(clock: FakeClock) -> None:
     config, store, registry = setup(clock)
     v = scrape(registry)
     assert REASONS == ("timeout", "connection", "rate_limited", "unauthorized", "forbidden",
                        "not_found", "server_error", "bad_request", "invalid_response")
     for target in build_targets(config):
         labels = {"scenario": target.scenario, "cohort": target.cohort.name}
-        for reason in REASONS:
-            assert sample(v, "exec_exporter_target_errors_total", reason=reason, **labels) == 0
-    for code in ("200", "400", "401", "403", "404", "429", "error"):
-        assert sample(v, "exec_exporter_api_requests_total", code=code) == 0
+        assert sample(v, "exec_exporter_target_errors_total", **labels) == 0
+    for reason in REASONS:
+        assert sample(v, "exec_exporter_errors_total", reason=reason) == 0
+    kinds = ("summary", "participants", "members", "scenarios", "groups", "skills",
+             "assignments")
+    for kind in kinds:
+        for code in ("200", "400", "401", "403", "404", "429", "error"):
+            assert sample(v, "exec_exporter_api_requests_total", kind=kind, code=code) == 0
     store.record_failure(("disc", "all"), "timeout", "no answer", clock.now)
-    store.record_request("503", 0.2)
+    store.record_request("summary", "503", 0.2, "server_error")
     v = scrape(registry)
-    errors = series(v, "exec_exporter_target_errors_total")
-    assert len(errors) == len(build_targets(config)) * len(REASONS)  # no duplicates, none missing
-    assert sample(v, "exec_exporter_target_errors_total", reason="timeout", scenario="disc",
-                  cohort="all") == 1
-    assert sample(v, "exec_exporter_target_errors_total", reason="connection", scenario="disc",
-                  cohort="all") == 0
-    assert sample(v, "exec_exporter_api_requests_total", code="503") == 1
-    assert sample(v, "exec_exporter_api_requests_total", code="200") == 0
+    assert len(series(v, "exec_exporter_target_errors_total")) == len(build_targets(config))
+    assert sample(v, "exec_exporter_target_errors_total", scenario="disc", cohort="all") == 1
+    assert sample(v, "exec_exporter_api_requests_total", kind="summary", code="503") == 1
+    assert sample(v, "exec_exporter_api_requests_total", kind="summary", code="200") == 0
+    assert len(series(v, "exec_exporter_api_requests_total")) == len(kinds) * 7 + 1
 
 
-def test_unknown_reason_from_older_state_is_still_exported(clock: FakeClock) -> None:
+def test_errors_by_reason_from_an_older_state_file_are_summed(clock: FakeClock) -> None:
     config, store, registry = setup(clock)
     target = build_targets(config)[0]
     restored = TargetState(target=target, errors={"legacy": 4, "timeout": 2})
     store.set_targets(build_targets(config), restored={target.key: restored}, forget={target.key})
     v = scrape(registry)
-    labels = {"scenario": "disc", "cohort": "all"}
-    assert sample(v, "exec_exporter_target_errors_total", reason="legacy", **labels) == 4
-    assert sample(v, "exec_exporter_target_errors_total", reason="timeout", **labels) == 2
-    assert sample(v, "exec_exporter_target_errors_total", reason="not_found", **labels) == 0
+    assert sample(v, "exec_exporter_target_errors_total", scenario="disc", cohort="all") == 6
 
 
 def test_scenario_info_for_every_polled_scenario_at_all_times(clock: FakeClock) -> None:
@@ -225,3 +279,92 @@ def test_max_staleness_is_exported(clock: FakeClock) -> None:
     assert sample(scrape(registry), "exec_exporter_max_staleness_seconds") == 3 * 1800
     _, store, registry = setup(clock, max_staleness="2h")
     assert sample(scrape(registry), "exec_exporter_max_staleness_seconds") == 7200
+
+
+def test_a_max_staleness_shorter_than_the_cycle_never_drops_healthy_data(clock: FakeClock) -> None:
+    # max_staleness 10m with targets refreshed every 15 minutes: every healthy target
+    # would lose its data for 5 minutes of each cycle. The limit is two intervals.
+    _, store, registry = setup(clock, max_staleness="10m")
+    store.record_success(("disc", "all"), FULL, clock.now)
+    clock.advance(15 * 60)  # due now, not yet refreshed
+    v = scrape(registry)
+    assert sample(v, "exec_exporter_max_staleness_seconds") == 2 * 900
+    assert sample(v, "exec_scenario_participants", scenario="disc", cohort="all") == 45
+
+
+def test_a_shrinking_interval_keeps_the_old_limit_until_data_can_catch_up(
+        clock: FakeClock) -> None:
+    """The cause of ExecExporterDataStale firing for a moment in a healthy run: when the
+    effective interval shrinks (a proven plan needs fewer requests per cycle, a reload
+    or discovery drops targets), 3 x the new interval can be shorter than the age of
+    data fetched on the old cycle: its series vanished until its next refresh, and the
+    alert (which reads the same limit) fired. The old limit now stays in force for as
+    long as it was."""
+    _, store, registry = setup(clock)
+    store.record_schedule(900.0, {}, at=clock.now)
+    store.record_success(("disc", "all"), FULL, clock.now)
+    clock.advance(800)
+    store.record_schedule(100.0, {}, at=clock.now)  # 3 x 100 s < 800 s of age
+    v = scrape(registry)
+    assert sample(v, "exec_exporter_max_staleness_seconds") == 2700
+    assert sample(v, "exec_scenario_participants", scenario="disc", cohort="all") == 45
+    clock.advance(2700)
+    assert sample(scrape(registry), "exec_exporter_max_staleness_seconds") == 2700
+    clock.advance(1)  # the old limit has had its time: the new one applies
+    v = scrape(registry)
+    assert sample(v, "exec_exporter_max_staleness_seconds") == 300
+    assert sample(v, "exec_scenario_participants", scenario="disc", cohort="all") is None
+    # Growing is immediate (never a reason to drop data).
+    store.record_schedule(1000.0, {}, at=clock.now)
+    assert sample(scrape(registry), "exec_exporter_max_staleness_seconds") == 3000
+
+
+def test_a_reload_that_shrinks_the_interval_keeps_every_series(
+        clock: FakeClock, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """End to end on the daemon: 8 targets on 180 requests a day (interval 64 min),
+    data 55 minutes old, then a reload down to 2 targets (interval 16 min, 3 x 16 min
+    < 55 min). Before the fix both targets' data vanished at the reload."""
+    import json
+
+    from fakeapi import FakeExecAPI, summary_body
+    from harness import make_key
+
+    from exporter.config import ApiKey, load_config
+    from exporter.daemon import Exporter
+
+    key = make_key()
+    monkeypatch.setenv("EXEC_API_KEY", key)
+    api = FakeExecAPI(key, clock=clock.time).start()
+    try:
+        scenarios = [f"s{i}" for i in range(8)]
+        for scenario in scenarios:
+            api.set_summary(scenario, summary_body())
+        path = tmp_path / "config.yaml"
+
+        def write(count: int) -> None:
+            path.write_text(json.dumps({
+                "api": {"base_url": api.base_url, "rate_limit": {"requests_per_day": 200}},
+                "refresh_interval": "15m", "planner": {"mode": "summary"},
+                "scenarios": [{"id": s} for s in scenarios[:count]]}))
+
+        write(8)
+        exporter = Exporter(load_config(str(path)), ApiKey(key, "test"), str(path), None, clock)
+        until = clock.now + 3300
+        for _ in range(1000):  # the first fill, then nothing is due for an hour
+            wake = exporter.poller.step()
+            if wake > until:
+                break
+            clock.now = max(clock.now, wake)
+        clock.now = until
+        v = metric_values(exporter.exposition.render().decode())
+        assert len(series(v, "exec_scenario_participants")) == 8
+        assert sample(v, "exec_exporter_refresh_interval_seconds") == 3840
+        write(2)
+        assert exporter.reload() == (True, "configuration reloaded")
+        exporter.poller._adopt(clock.now)  # as its next step does
+        v = metric_values(exporter.exposition.render().decode())
+        assert sample(v, "exec_exporter_refresh_interval_seconds") == 960
+        assert sample(v, "exec_exporter_max_staleness_seconds") == 3 * 3840
+        assert len(series(v, "exec_scenario_participants")) == 2
+    finally:
+        api.stop()

@@ -35,6 +35,10 @@ CONTRACT_METRICS = {
     "exec_exporter_target_up",
     "exec_exporter_target_last_success_timestamp_seconds",
     "exec_exporter_target_errors_total",
+    "exec_exporter_target_last_error",
+    "exec_exporter_target_source",
+    "exec_exporter_errors_total",
+    "exec_exporter_api_paused",
     "exec_exporter_api_requests_total",
     "exec_exporter_api_request_duration_seconds_bucket",
     "exec_exporter_api_request_duration_seconds_sum",
@@ -48,6 +52,8 @@ CONTRACT_METRICS = {
     "exec_exporter_config_last_reload_success_timestamp_seconds",
     "exec_exporter_build_info",
     "exec_exporter_max_staleness_seconds",
+    "exec_exporter_cross_checks_total",
+    "exec_exporter_plan_requests_per_cycle",
     "exec_skill_info",
     "exec_skill_participants",
     "exec_skill_scored_participants",
@@ -60,6 +66,8 @@ PER_TARGET = {m for m in CONTRACT_METRICS if m.startswith("exec_scenario_")} | {
     "exec_exporter_target_up",
     "exec_exporter_target_last_success_timestamp_seconds",
     "exec_exporter_target_errors_total",
+    "exec_exporter_target_last_error",
+    "exec_exporter_target_source",
 }
 
 
@@ -176,6 +184,17 @@ def test_the_panels_the_issue_asks_for(dashboard: dict[str, Any]) -> None:
     types = {p["title"]: p["type"] for p in panels(dashboard)}
     assert types["Current average best score"] == "stat"
     assert types["Scenarios ranked by score"] == "table"
+
+
+def test_the_quota_row_shows_where_the_requests_go(dashboard: dict[str, Any]) -> None:
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert rows[-1] == "Quota"
+    queries = dict(exprs(dashboard))
+    assert "sum by (kind)" in queries["API requests by kind"]
+    assert "exec_exporter_api_paused" in queries["Requests paused"]
+    assert "exec_exporter_target_source" in queries["Target sources"]
+    assert "exec_exporter_cross_checks_total" in queries["Cross-check verdicts"]
+    assert "exec_exporter_plan_requests_per_cycle" in queries["Plan: requests per cycle"]
 
 
 def test_queries_use_contract_metrics_and_both_filters(dashboard: dict[str, Any]) -> None:

@@ -1,12 +1,19 @@
-"""End to end: the demo exporter scraped by a real Prometheus with the project's rules.
+"""End to end: the exporter scraped by a real Prometheus with the project's rules.
 
-Starts ``python -m exporter demo`` (a simulated Exec API inside the process)
-and Debian's ``prometheus`` on 127.0.0.1, with a temporary TSDB, a 1 s scrape
-and evaluation interval and every rule file of ``prometheus/``, then checks:
+Starts, on 127.0.0.1, ``python -m exporter demo`` (a simulated Exec API inside the
+process), four more exporters against fake Exec APIs (``tests/fakeapi.py``, served
+from this process) in the states the alerts are about, with the planner on and both
+listings on: a healthy workspace, a wrong key (401 on every request), a 429 storm
+(every request refused, ``retry_after`` 1 s) and an API that hangs (every request
+times out); and Debian's ``prometheus`` with a temporary TSDB, a 1 s scrape and
+evaluation interval and ``prometheus/alerts.yml`` with every ``for:`` divided by 60
+(30m -> 30s). Then checks:
 
 - the live /metrics passes ``promtool check metrics`` with no findings;
-- Prometheus scrapes the exporter (``up == 1``);
+- Prometheus scrapes the exporters (``up == 1``);
 - every rule loads and evaluates without error (``/api/v1/rules``);
+- through ``/api/v1/alerts`` and ``ALERTS``: each state fires exactly its alert and
+  nothing else, ever (not even pending), and the healthy exporters fire nothing;
 - every query of every dashboard panel returns data.
 
 Skips without the Prometheus binaries, except in CI (see e2e_helpers).
@@ -15,18 +22,29 @@ Skips without the Prometheus binaries, except in CI (see e2e_helpers).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import yaml
-from e2e_helpers import ROOT, Process, require_tool, rule_files, wait_for
-from harness import free_port
+from e2e_helpers import (
+    ROOT,
+    Process,
+    alert_config,
+    populate_alert_world,
+    require_tool,
+    rule_files,
+    wait_for,
+)
+from fakeapi import FakeExecAPI
+from harness import free_port, make_key
 
 pytestmark = pytest.mark.e2e
 
@@ -44,18 +62,32 @@ SUBSTITUTIONS = {
 TIMEOUT = 5.0
 
 
-class Stack:
-    """The running exporter and Prometheus, and how to reach them."""
+# The exporters in the alert states (besides the demo): what each must fire, and the
+# configuration of its fake API. Every other alert must stay quiet, pending included.
+STATES: dict[str, set[str]] = {
+    "demo": set(),
+    "healthy": set(),
+    "unauthorized": {"ExecExporterUnauthorized"},
+    "rate_limited": {"ExecExporterRateLimited"},
+    "hanging": {"ExecExporterTargetFailing"},
+}
+FOR_SCALE = 60  # every for: of alerts.yml divided by this (30m -> 30s)
 
-    def __init__(self, exporter: Process, exporter_url: str, prometheus: Process,
-                 prometheus_url: str) -> None:
-        self.exporter = exporter
-        self.exporter_url = exporter_url
+
+class Stack:
+    """The running exporters and Prometheus, and how to reach them."""
+
+    def __init__(self, exporters: dict[str, tuple[Process, str]], prometheus: Process,
+                 prometheus_url: str, rules: list[Path]) -> None:
+        self.exporters = exporters
+        self.exporter, self.exporter_url = exporters["demo"]
         self.prometheus = prometheus
         self.prometheus_url = prometheus_url
+        self.rules = rules  # the rule files Prometheus loaded (for: scaled down)
 
     def diagnostics(self) -> str:
-        return self.exporter.tail() + "\n" + self.prometheus.tail()
+        return "\n".join(p.tail() for p, _ in self.exporters.values()) + "\n" + \
+            self.prometheus.tail()
 
     def api(self, path: str, **params: str) -> Any:
         response = requests.get(f"{self.prometheus_url}/api/v1/{path}", params=params,
@@ -72,20 +104,62 @@ class Stack:
         return list(result)
 
 
-def prometheus_config(exporter_port: int) -> dict[str, Any]:
+def prometheus_config(exporters: dict[str, int], rules: list[Path]) -> dict[str, Any]:
     return {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
                    "evaluation_interval": "1s"},
-        "rule_files": [str(path) for path in rule_files()],
+        "rule_files": [str(path) for path in rules],
         "scrape_configs": [{
             "job_name": JOB,
-            "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
+            "static_configs": [{"targets": [f"127.0.0.1:{port}"], "labels": {"state": state}}
+                               for state, port in exporters.items()],
         }],
     }
 
 
+def scaled_rules(path: Path, out: Path) -> Path:
+    """``path`` with every ``for:`` divided by FOR_SCALE, written to ``out``."""
+    document = yaml.safe_load(path.read_text())
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                number, unit = re.fullmatch(r"(\d+)([smhd])", rule["for"]).groups()  # type: ignore[union-attr]
+                rule["for"] = f"{max(int(number) * units[unit] // FOR_SCALE, 1)}s"
+    out.write_text(yaml.safe_dump(document, sort_keys=False))
+    return out
+
+
 def is_ready(url: str) -> bool:
     return requests.get(f"{url}/-/ready", timeout=TIMEOUT).status_code == 200
+
+
+def state_api(state: str) -> FakeExecAPI:
+    """The fake Exec API of one alert state, started, its workspace filled."""
+    api = FakeExecAPI(make_key()).start()
+    populate_alert_world(api, time.time())
+    if state == "rate_limited":
+        api.set_fault(None, "429_header", retry_after=1)
+        for which in ("scenarios", "groups", "members", "skills", "assignments"):
+            api.set_list_fault(which, "429_header", retry_after=1)
+    elif state == "hanging":
+        api.set_fault(None, "hang", seconds=5)
+        for which in ("scenarios", "groups", "members", "skills", "assignments"):
+            api.set_list_fault(which, "hang", seconds=5)
+    return api
+
+
+def state_config(state: str, api: FakeExecAPI, path: Path) -> Path:
+    """A configuration file for ``state``: refreshed every 10 s (quota of 60 a minute,
+    86,400 a day), the member lists every 30 s, skills and assignments every minute."""
+    config = alert_config(
+        api.base_url, refresh_interval="10s",
+        planner={"mode": "auto", "membership_interval": "30s"},
+        skills={"interval": "1m"}, assignments={"interval": "1m"})
+    config["api"].update(timeout="1s" if state == "hanging" else "5s",
+                         rate_limit={"requests_per_minute": 60, "requests_per_day": 86400})
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -95,22 +169,33 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     require_tool("promtool")
     tmp = tmp_path_factory.mktemp("e2e")
 
-    exporter_port = free_port()
-    exporter_url = f"http://127.0.0.1:{exporter_port}"
-    exporter = Process(
-        "exporter",
-        [sys.executable, "-m", "exporter", "demo",
-         "--web.listen-address", f"127.0.0.1:{exporter_port}"],
-        tmp / "exporter.log", cwd=ROOT,
-    )
-    request.addfinalizer(exporter.stop)
+    exporters: dict[str, tuple[Process, str]] = {}
+    ports: dict[str, int] = {}
+    for state in STATES:
+        port = ports[state] = free_port()
+        args = [sys.executable, "-m", "exporter"]
+        env = None
+        if state == "demo":
+            args.append("demo")
+        else:
+            api = state_api(state)
+            request.addfinalizer(api.stop)
+            args.append(f"--config.file={state_config(state, api, tmp / f'{state}.yaml')}")
+            key = make_key("wrong") if state == "unauthorized" else api.api_key
+            env = {**os.environ, "EXEC_API_KEY": key}
+        process = Process(state, [*args, "--web.listen-address", f"127.0.0.1:{port}"],
+                          tmp / f"{state}.log", cwd=ROOT, env=env)
+        request.addfinalizer(process.stop)
+        exporters[state] = (process, f"http://127.0.0.1:{port}")
+    exporter, exporter_url = exporters["demo"]
     wait_for(lambda: exporter.running() and is_ready(exporter_url), 30,
              "the demo exporter's /-/ready", diagnostics=exporter.tail)
 
     prometheus_port = free_port()
     prometheus_url = f"http://127.0.0.1:{prometheus_port}"
+    rules = [scaled_rules(path, tmp / path.name) for path in rule_files()]
     config = tmp / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config(exporter_port)))
+    config.write_text(yaml.safe_dump(prometheus_config(ports, rules)))
     prometheus = Process(
         "prometheus",
         [prometheus_bin, f"--config.file={config}",
@@ -123,7 +208,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     wait_for(lambda: prometheus.running() and is_ready(prometheus_url), 30,
              "Prometheus' /-/ready", diagnostics=prometheus.tail)
 
-    yield Stack(exporter, exporter_url, prometheus, prometheus_url)
+    yield Stack(exporters, prometheus, prometheus_url, rules)
 
 
 def test_live_metrics_pass_promtool_check(stack: Stack) -> None:
@@ -143,8 +228,14 @@ def test_prometheus_scrapes_the_exporter(stack: Stack) -> None:
         return bool(result) and result[0]["value"][1] == "1"
 
     wait_for(scraped, 30, f'up{{job="{JOB}"}} == 1', diagnostics=stack.diagnostics)
-    targets = stack.api("targets")["activeTargets"]
-    assert [(t["health"], t["lastError"]) for t in targets] == [("up", "")]
+
+    def all_scraped() -> list[Any] | None:
+        targets = stack.api("targets")["activeTargets"]
+        return targets if all(t["health"] == "up" for t in targets) else None
+
+    targets = wait_for(all_scraped, 30, "every exporter scraped", diagnostics=stack.diagnostics)
+    assert sorted((t["labels"]["state"], t["lastError"]) for t in targets) == sorted(
+        (state, "") for state in STATES)
     # The data itself arrived, with the labels the rules and dashboard expect.
     scores = stack.query("exec_scenario_average_best_score")
     assert scores and all({"scenario", "cohort", "job", "instance"} <= set(s["metric"])
@@ -162,7 +253,7 @@ def test_rules_load_and_evaluate_without_errors(stack: Stack) -> None:
     groups = wait_for(evaluated, 30, "every rule to be evaluated once",
                       diagnostics=stack.diagnostics)
     loaded = {group["file"] for group in groups}
-    assert loaded == {str(path) for path in rule_files()}
+    assert loaded == {str(path) for path in stack.rules}
     problems = [
         f"{group['name']}/{rule['name']}: health={rule['health']} error={rule.get('lastError')}"
         for group in groups
@@ -225,3 +316,39 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
         f"{len(missing)} of {len(queries)} panel queries return no data "
         f"({share:.0%} do):\n" + "\n".join(missing)
     )
+
+
+def test_each_state_fires_its_alert_and_nothing_else(stack: Stack) -> None:
+    """The alerts on the exporters' real output, through Prometheus' own API: a wrong
+    key fires ExecExporterUnauthorized (not a TargetFailing per target), a 429 storm
+    ExecExporterRateLimited, a hanging API ExecExporterTargetFailing; the healthy
+    exporters fire nothing, and nothing else is ever even pending."""
+    exporter_alerts = {"ExecExporterUnauthorized", "ExecExporterTargetFailing",
+                       "ExecExporterRateLimited", "ExecExporterDataStale",
+                       "ExecExporterDown"}
+
+    def firing() -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {state: set() for state in STATES}
+        for alert in stack.api("alerts")["alerts"]:
+            if alert["state"] == "firing" and "state" in alert["labels"]:
+                found[alert["labels"]["state"]].add(alert["labels"]["alertname"])
+        return found
+
+    def all_fired() -> dict[str, set[str]] | None:
+        found = firing()
+        return found if all(found[s] >= want for s, want in STATES.items()) else None
+
+    found = wait_for(all_fired, 150, "every state's alert to fire", interval=1.0,
+                     diagnostics=lambda: f"firing: {firing()}\n{stack.diagnostics()}")
+    # The healthy exporters have run for as long as the slowest alert took (the hang's
+    # 30 s for: after the first timeouts): several refresh intervals (10 s), member
+    # lists (30 s) and listings (1 min) included.
+    assert {state: names & exporter_alerts for state, names in found.items()} == STATES
+    # Never anything else, at any evaluation since the start, pending included.
+    ever = stack.query('count by (state, alertname, alertstate) '
+                       '(count_over_time(ALERTS{job="exec-exporter"}[10m]))')
+    unexpected = sorted(
+        (r["metric"]["state"], r["metric"]["alertname"], r["metric"]["alertstate"])
+        for r in ever
+        if r["metric"].get("alertname") not in STATES.get(r["metric"].get("state", ""), ()))
+    assert not unexpected, unexpected

@@ -12,6 +12,7 @@ import gzip
 import threading
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import FakeClock, metric_values
@@ -119,10 +120,10 @@ class Setup:
         self.store.record_schedule(INTERVAL, {})
         self.store.record_reload(True, clock.now)
         budget = FixedBudget(clock)
-        live = CollectorRegistry(auto_describe=False)
-        live.register(LiveCollector(budget.remaining, clock))
+        # The budget's collector writes its own bytes; Odd goes family by family.
+        live: list[Collector] = [LiveCollector(budget.remaining, clock)]
         if odd_live:
-            live.register(Odd())
+            live.append(Odd())
         collector = SnapshotCollector(self.store, clock)
         self.exposition = Exposition(collector, live, clock)
         self.reference = CollectorRegistry(auto_describe=False)
@@ -166,8 +167,9 @@ def big(clock: FakeClock) -> Setup:
             s.store.record_failure(s.targets[i].key, "timeout", "read timed out", clock.now)
         if i % 23 == 0:
             s.store.record_failure(s.targets[i].key, "server_error", "HTTP 502", clock.now)
-    for code in ("200", "200", "429", "error"):
-        s.store.record_request(code, 0.3)
+    for kind, code in (("summary", "200"), ("cross_check", "200"), ("members", "429"),
+                       ("list_skills", "error")):
+        s.store.record_request(kind, code, 0.3, None if code == "200" else "timeout")
     s.store.record_discovery("scenarios", clock.now)
     return s
 
@@ -190,11 +192,13 @@ def test_after_changes(big: Setup, clock: FakeClock) -> None:
     clock.advance(30)
     big.succeed(MANY + 3, SPARSE)  # a change in the middle
     big.check()
-    big.store.record_request("200", 0.1)  # the exporter-wide part alone
+    big.store.record_request("participants", "200", 0.1)  # the exporter-wide part alone
     big.check()
     big.store.record_failure(big.targets[0].key, "not_found", "gone", clock.now)
     big.check()
-    big.store.record_workspace_failure("unauthorized", "invalid key", clock.now)
+    big.store.record_schedule(INTERVAL, {}, pause=("unauthorized", clock.now + 30))
+    big.check()  # every target down with the pause's reason
+    big.store.record_schedule(INTERVAL, {}, pause=None)
     big.check()
     big.store.record_schedule(INTERVAL, {t.key: clock.now + 60 for t in big.targets})
     big.check()  # next_due changed every state object, but nothing exported
@@ -239,6 +243,25 @@ def test_staleness_expiry(clock: FakeClock) -> None:
     s.check()
     s.succeed(3)
     s.check()
+
+
+def test_the_old_limit_expires_without_a_store_change(clock: FakeClock) -> None:
+    # The interval shrinks: the cached page keeps the old limit while it is in force,
+    # then is rebuilt with the new one (the gauge and the data agree at every instant).
+    s = Setup(clock, MANY + 10)
+    for i in range(len(s.targets)):
+        s.succeed(i, age=i * 10.0)
+    s.store.record_schedule(INTERVAL / 10, {}, at=clock.now)
+    text = s.check()
+    assert "exec_exporter_max_staleness_seconds 2700.0" in text
+    assert len([k for k in metric_values(text) if k[0] == "exec_scenario_participants"]) == \
+        len(s.targets)
+    clock.advance(3 * INTERVAL)
+    s.check()
+    clock.advance(1)
+    text = s.check()
+    assert "exec_exporter_max_staleness_seconds 270.0" in text
+    assert not [k for k in metric_values(text) if k[0] == "exec_scenario_participants"]
 
 
 def test_cached_between_changes(big: Setup, clock: FakeClock) -> None:
@@ -307,3 +330,27 @@ def test_process_metrics_match_prometheus_client() -> None:
     assert value["process_max_fds"] == other["process_max_fds"]
     assert abs(value["process_open_fds"] - other["process_open_fds"]) <= 2
     assert value["process_resident_memory_bytes"] > 0
+
+
+def test_live_collectors_written_directly_match_prometheus_client(tmp_path: Path,
+                                                                  clock: FakeClock) -> None:
+    # A frozen /proc: the same values for the direct writer and for prometheus_client.
+    proc = tmp_path / "proc"
+    (proc / "self" / "fd").mkdir(parents=True)
+    for fd in range(5):
+        (proc / "self" / "fd" / str(fd)).touch()
+    (proc / "stat").write_text("cpu  1 2 3\nbtime 1790000000\n")
+    fields = ["S"] + [str(n * 37) for n in range(1, 50)]
+    (proc / "self" / "stat").write_text("4242 (python 3) " + " ".join(fields) + "\n")
+    budget = FixedBudget(clock)
+    parts = [LiveCollector(budget.remaining, clock), ProcessMetrics(str(proc))]
+    store = Store()
+    exposition = Exposition(SnapshotCollector(store, clock), parts, clock)
+    reference = CollectorRegistry(auto_describe=False)
+    reference.register(SnapshotCollector(store, clock))
+    for part in parts:
+        reference.register(part)
+    assert b"process_open_fds 5.0\n" in exposition.render()
+    assert exposition.render() == text_format.generate_latest(reference)
+    assert exposition.render(openmetrics=True) == openmetrics_format.generate_latest(reference)
+    assert gunzip(exposition.render(gzip=True)) == text_format.generate_latest(reference)

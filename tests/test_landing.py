@@ -145,9 +145,11 @@ def test_unauthorized_pause_notice(api: FakeExecAPI, clock: FakeClock) -> None:
     text = page(exporter, clock)
     assert "All requests are paused" in text and "refused the key" in text
     assert all("unauthorized" in r and "class=down" in r for r in rows(text).values())
-    # Only the refused request counts an error; the other targets sent nothing.
-    errors = [s.errors.get("unauthorized", 0) for s in exporter.store.snapshot().targets]
-    assert sorted(errors) == [0, 0, 1]
+    assert "1 requests sent since start; failed: unauthorized 1." in text
+    # Workspace-wide: counted once by reason, against no target.
+    snapshot = exporter.store.snapshot()
+    assert snapshot.errors == {"unauthorized": 1}
+    assert all(not s.errors for s in snapshot.targets)
 
 
 def test_restored_targets_render_with_their_age(api: FakeExecAPI, clock: FakeClock,

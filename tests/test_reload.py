@@ -213,9 +213,8 @@ def test_rotated_key_file_resumes_at_once_after_reload(tmp_path: Path,
     config = write(tmp_path / "config.yaml", api, ["discovery-call"], refresh="10m",
                    key_file=key_file)
     with InProcess(config, make_key("w")) as exporter:
-        wait_until(lambda: exporter.value("exec_exporter_target_errors_total",
-                                          scenario="discovery-call", cohort="all",
-                                          reason="unauthorized"), 5, what="the 401")
+        wait_until(lambda: exporter.value("exec_exporter_api_paused", reason="unauthorized"),
+                   5, what="the 401")
         key_file.write_text(api.api_key + "\n")
         assert exporter.post("/-/reload").status_code == 200
         wait_until(lambda: exporter.value("exec_exporter_target_up", scenario="discovery-call",

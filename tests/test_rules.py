@@ -149,10 +149,12 @@ def test_alerts_read_only_metrics_the_exporter_exports(clock: FakeClock) -> None
     # A renamed or missing self-metric would leave an alert silently empty.
     store = Store()
     target = Target("disc", CohortConfig(name="all"), "Discovery call")
-    store.set_targets([target])
+    failing = Target("disc", CohortConfig(name="sales"), "Discovery call")
+    store.set_targets([target, failing])
     store.record_schedule(900.0, {})
     store.record_success(target.key, Summary(participants=25, average_best_score=80.0), clock.now)
-    store.record_request("200", 0.1)
+    store.record_failure(failing.key, "timeout", "no answer", clock.now)  # last_error
+    store.record_request("summary", "200", 0.1)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(store, clock))
     exported = {s.name for family in registry.collect() for s in family.samples}
@@ -176,3 +178,31 @@ def test_data_stale_follows_the_exported_max_staleness() -> None:
     expr = alerts()["ExecExporterDataStale"]["expr"]
     assert "exec_exporter_max_staleness_seconds" in expr
     assert "exec_exporter_refresh_interval_seconds" not in expr
+
+
+def test_recorded_alert_series_are_what_the_exporter_exports_now() -> None:
+    """The promtool input of the exporter's own alerts is recorded from the real
+    exporter against the fake API (tests/record_alert_series.py), never written by
+    hand: recorded again here, it must match the committed file byte for byte."""
+    import record_alert_series
+
+    committed = record_alert_series.OUTPUT.read_text()
+    assert record_alert_series.build() == committed, (
+        "prometheus/exporter_alerts_test.yml no longer matches the exporter's output: "
+        "run .venv/bin/python tests/record_alert_series.py and review the diff")
+
+
+def test_the_exporter_alerts_are_tested_in_every_recorded_state() -> None:
+    import record_alert_series
+
+    cases = yaml.safe_load(record_alert_series.OUTPUT.read_text())["tests"]
+    names = {case["name"] for case in cases}
+    assert names == {f"recorded: {state}" for state in
+                     ("healthy", "unauthorized", "forbidden", "rate_limited", "hanging")}
+    exporter_alerts = {"ExecExporterUnauthorized", "ExecExporterTargetFailing",
+                       "ExecExporterRateLimited", "ExecExporterDataStale"}
+    fired = {check["alertname"] for case in cases for check in case["alert_rule_test"]
+             if check["exp_alerts"]}
+    assert fired == exporter_alerts
+    healthy = next(case for case in cases if case["name"] == "recorded: healthy")
+    assert not [c for c in healthy["alert_rule_test"] if c["exp_alerts"]]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import random
 import statistics
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from conftest import FakeClock
@@ -287,13 +289,18 @@ def test_poller_records_outcomes_in_the_store(clock: FakeClock) -> None:
     assert client.calls[0][1]["start_date"]  # the window became a start_date
     state = store.get(("a", "week"))
     assert state is not None and state.up and state.summary is not None
-    assert store.snapshot().api_requests == {"200": len(client.calls)}
+    assert store.snapshot().api_requests == {("summary", "200"): len(client.calls)}
 
     client.error = Unauthorized("HTTP 401 (authentication_error)", 401)
     clock.now = max(clock.now, poller.step())
     clock.now = max(clock.now, poller.step())
     snapshot = store.snapshot()
-    assert all(not s.up and s.last_error == "unauthorized" for s in snapshot.targets)
+    # Workspace-wide: counted once by reason and shown through the pause (the daemon
+    # hands the scheduler's view to the store); no target's own state changes.
+    assert scheduler.pause is not None and scheduler.pause.reason == "unauthorized"
+    assert snapshot.errors == {"unauthorized": 1}
+    assert snapshot.api_requests[("summary", "401")] == 1
+    assert all(s.up and s.last_error is None for s in snapshot.targets)
     assert all(s.summary is not None for s in snapshot.targets)  # last good values stay
 
 
@@ -343,3 +350,34 @@ def test_a_workspace_refusal_does_not_count_as_the_targets_attempt() -> None:
     scheduler.sent(key, 31.0)
     scheduler.failed(key, UpstreamError("HTTP 500", 500), 31.5)
     assert scheduler.times(key).last_attempt == 31.0  # a target's own fault counts
+
+
+def test_a_raising_handler_is_counted_logged_once_and_polling_goes_on(
+        clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    config = parse_config({"scenarios": [{"id": "a"}, {"id": "b"}], "refresh_interval": "1m",
+                           "api": {"rate_limit": {"requests_per_day": 86400}}})
+    targets = {t.key: t for t in build_targets(config)}
+    store = Store()
+    store.set_targets(targets.values())
+    client = FakeClient()
+
+    def broken(summary: Summary, at: float) -> None:
+        raise KeyError("a bug in a handler")
+
+    jobs = tuple(summary_job(t, store) for t in targets.values())
+    jobs = (replace(jobs[0], apply=broken, fail=broken), *jobs[1:])  # type: ignore[arg-type]
+    running = Running(client=client, jobs=jobs,  # type: ignore[arg-type]
+                      refresh_interval=60, minute_budget=54, day_budget=77760)
+    poller = Poller(Scheduler(Budget(54, 77760), 60), lambda: running, store, clock)
+    with caplog.at_level(logging.ERROR, logger="exporter.scheduler"):
+        for _ in range(4):
+            clock.now = max(clock.now, poller.step())
+    snapshot = store.snapshot()
+    assert [c[0] for c in client.calls[:2]] == ["a", "b"]  # b still polled after a raised
+    assert sum(snapshot.api_requests.values()) == len(client.calls)
+    assert snapshot.api_requests[("summary", "200")] == len(client.calls)
+    assert store.get(("b", "all")).up  # type: ignore[union-attr]
+    tries = [c[0] for c in client.calls].count("a")
+    raised = [r for r in caplog.records if "kind=summary scenario=a" in r.getMessage()]
+    assert len(raised) == 2 * tries  # per try: the handler, then its failure handler
+    assert snapshot.errors == {"invalid_response": tries}

@@ -67,11 +67,10 @@ def test_wrong_key_from_a_file_costs_little_and_is_never_logged(
 
         def unauthorized() -> bool:
             values, _ = proc.scrape()
-            # Every target down; only the refused request's target counts the error.
-            return sum(values.get(("exec_exporter_target_errors_total", (
-                ("cohort", "all"), ("reason", "unauthorized"), ("scenario", s)))) or 0 for s in
-                SCENARIOS) >= 1 and all(values.get(("exec_exporter_target_up", (
-                    ("cohort", "all"), ("scenario", s)))) == 0 for s in SCENARIOS)
+            # Paused for the whole workspace: every target down with the pause's reason.
+            return values.get(("exec_exporter_api_paused", (("reason", "unauthorized"),))
+                              ) == 1 and all(values.get(("exec_exporter_target_up", (
+                                  ("cohort", "all"), ("scenario", s)))) == 0 for s in SCENARIOS)
 
         wait_until(unauthorized, 5, what="every target down as unauthorized")
         time.sleep(max(0.0, started + (3 if fmt == "logfmt" else 1.5) - time.time()))
@@ -185,8 +184,7 @@ def test_in_process_pages_and_state_never_show_the_key(tmp_path: Path,
     state = tmp_path / "state.json"
     api.set_fault("pricing-objection", "401")
     with InProcess(config, api.api_key, state) as exporter:
-        wait_until(lambda: exporter.value("exec_exporter_target_errors_total",
-                                          scenario="pricing-objection", cohort="all",
+        wait_until(lambda: exporter.value("exec_exporter_errors_total",
                                           reason="unauthorized"), 5, what="the 401")
         texts = [exporter.get(p).text for p in ("/metrics", "/", "/-/ready", "/nowhere")]
         texts.append(repr(exporter.exporter.config))
