@@ -1,18 +1,8 @@
-"""The cost-based planner: summary requests, or cohorts derived from one participants pull.
+"""The planner's policy: proofs, cross-checks, pulls and member lists, and what it keeps.
 
-For each scenario and each distinct date range (a *pull group*: rolling windows
-and fixed ranges each need their own pull) there are two ways to refresh its
-cohorts:
-
-* one summary request per cohort (K requests), or
-* one participants pull (``ceil(participants / 100)`` pages, known from the
-  last pull's ``total_count``; 1 until a pull has run) from which every cohort
-  that differs only by which users it keeps is aggregated
-  (:mod:`exporter.aggregate`), plus the member lists of the groups those
-  cohorts use and the cross-checks.
-
-The cost model (:func:`costs`) counts every request of both ways; the planner
-picks the cheaper way per pull group; ``planner.mode: summary`` keeps only
+Each scenario and date range refreshes its cohorts with a summary request per
+cohort or with one participants pull, whichever the cost model
+(:mod:`exporter.plan`) finds cheaper; ``planner.mode: summary`` keeps only
 summary requests. What it decides is expressed as jobs (:mod:`exporter.jobs`):
 recurring summary jobs and pull jobs (a pull of n pages has ``cost`` n plus the
 paired summaries it owes), and this object is also a job source for the
@@ -59,7 +49,17 @@ from .aggregate import (
 from .client import PAUSE_REASONS, ApiError, ExecClient, Member, Page, ParticipantRow, Summary
 from .config import CohortConfig, PlannerConfig, format_duration
 from .jobs import Job, same_definition, summary_job
-from .paged import PAGE_SIZE, ListChanged, PagedRead, page_query, retry_at
+from .paged import ListChanged, PagedRead, page_query, retry_at
+from .plan import (
+    DatesKey,
+    Plan,
+    PullKey,
+    dates_of,
+    derived_per_day,
+    make_plan,
+    pull_groups,
+    pull_key,
+)
 
 if TYPE_CHECKING:
     from .store import Store
@@ -73,11 +73,6 @@ VERIFY_PULLS = 3
 REFUTE_AFTER = 2
 # The participants endpoint refused this scenario or its filters: summaries only.
 _UNAVAILABLE = frozenset({"not_found", "bad_request"})
-
-
-DatesKey = tuple[float | None, str | None, str | None]
-PullKey = tuple[str, str, DatesKey]
-"""A pull job's key: ("participants", scenario, (window, start_date, end_date))."""
 
 
 def judge(doubts: int, comparison: Comparison) -> tuple[str, int]:
@@ -103,18 +98,6 @@ def judge(doubts: int, comparison: Comparison) -> tuple[str, int]:
         return "agree", 0
     doubts += 1
     return ("refuted" if doubts >= REFUTE_AFTER else "doubt"), doubts
-
-
-def dates_of(cohort: CohortConfig) -> DatesKey:
-    """The part of a cohort that selects its pull: its window or fixed dates."""
-    start = cohort.start_date.isoformat() if cohort.start_date else None
-    end = cohort.end_date.isoformat() if cohort.end_date else None
-    return (cohort.window, start, end)
-
-
-def pull_key(target: Target) -> PullKey:
-    """The key of the pull that holds ``target``'s rows."""
-    return ("participants", target.scenario, dates_of(target.cohort))
 
 
 def cohort_filter(cohort: CohortConfig) -> CohortFilter:
@@ -151,176 +134,6 @@ def pull_query(cohort: CohortConfig, now: float) -> dict[str, str]:
     """The participants query of ``cohort``'s pull at ``now``: its dates only, pinned."""
     full = pinned_query(cohort, now)
     return {k: full[k] for k in ("start_date", "end_date") if k in full}
-
-
-def pages_for(total_count: int) -> int:
-    """Pages of a pull of ``total_count`` participants (at least one)."""
-    return max(1, math.ceil(total_count / PAGE_SIZE))
-
-
-def choose(cohorts: int, derivable: int, pages: int, extra: float = 0.0) -> str:
-    """``participants`` when one pull (``pages`` requests, plus one summary request for
-    each of the ``cohorts - derivable`` cohorts it cannot serve, plus ``extra``: member
-    lists and cross-checks per cycle) costs fewer requests per cycle than ``cohorts``
-    summary requests; else ``summary`` (a tie keeps the summary: no saving is worth a
-    derivation)."""
-    return "participants" if pages + (cohorts - derivable) + extra < cohorts else "summary"
-
-
-@dataclass(frozen=True)
-class GroupPlan:
-    """The plan of one pull group: both costs per cycle, with their parts, and the choice.
-
-    ``lists`` is this group's share of the member-list pages per cycle (a list is
-    split between the cohorts that use it, across scenarios) and ``checks`` the
-    cross-checks per cycle (``cross_check_share`` of everything the way sends)."""
-
-    scenario: str
-    dates: DatesKey
-    cohorts: tuple[str, ...]
-    pages: int
-    pages_known: bool
-    derivable: int  # cohorts the pull can serve (member lists worth reading, not refused)
-    source: str  # "summary" or "participants"
-    derived: tuple[str, ...] = ()  # cohorts served by the pull now (proven)
-    lists: float = 0.0
-    checks: float = 0.0
-
-    @property
-    def summary_cost(self) -> int:
-        """Requests per cycle on summary requests: one per cohort."""
-        return len(self.cohorts)
-
-    @property
-    def summaries(self) -> int:
-        """Summary requests per cycle the pull cannot spare (cohorts it cannot serve)."""
-        return len(self.cohorts) - self.derivable
-
-    @property
-    def participants_cost(self) -> float:
-        """Requests per cycle with the pull: its pages, a summary for each cohort it
-        cannot serve, its share of the member lists and its cross-checks."""
-        return self.pages + self.summaries + self.lists + self.checks
-
-    @property
-    def cost(self) -> float:
-        """Requests per cycle of the chosen way, once every derivable cohort is proven."""
-        return self.participants_cost if self.source == "participants" else self.summary_cost
-
-    def describe_dates(self) -> str:
-        """``all time``, ``last 7d``, ``2026-07-01 .. 2026-09-30``."""
-        window, start, end = self.dates
-        if window is not None:
-            return f"last {format_duration(window)}"
-        if start is None and end is None:
-            return "all time"
-        return f"{start or '...'} .. {end or '...'}"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one full refresh costs, per pull group and in all."""
-
-    groups: tuple[GroupPlan, ...] = ()
-    member_groups: tuple[str, ...] = ()  # group ids whose member lists are read
-    recurring: int = 0  # requests of one round of the recurring jobs now
-
-    @property
-    def summary_cost(self) -> int:
-        """Requests per cycle if every cohort used summary requests."""
-        return sum(g.summary_cost for g in self.groups)
-
-    @property
-    def chosen_cost(self) -> float:
-        """Requests per cycle of the chosen plan once every cohort is proven, member
-        lists and cross-checks included."""
-        return sum(g.cost for g in self.groups)
-
-    @property
-    def pull_cost(self) -> int:
-        """Recurring requests per cycle of the chosen plan once proven (pages and the
-        summaries the pulls cannot spare)."""
-        return sum(g.pages + g.summaries if g.source == "participants" else g.summary_cost
-                   for g in self.groups)
-
-
-def checks_per_day(share: float, recurring: float, lists_per_day: float,
-                   refresh_interval: float, day_budget: float, minute_budget: float) -> float:
-    """Cross-checks a day: ``share`` (``cross_check_share``) of the requests actually
-    sent, everything included. The recurring jobs are sent at the interval that
-    ``refresh_interval`` and the minute budget allow, the member lists on their own
-    schedule, and the total is capped by the day budget: the tighter budget decides."""
-    if share <= 0:
-        return 0.0
-    interval = max(refresh_interval, recurring * 60.0 / max(minute_budget, 1.0), 1.0)
-    sent = recurring * 86400.0 / interval + lists_per_day
-    return share * min(day_budget, sent / (1.0 - share))
-
-
-def pull_groups(targets: Sequence[Target]) -> dict[PullKey, list[Target]]:
-    """Targets by the pull that holds their rows, in target order."""
-    groups: dict[PullKey, list[Target]] = {}
-    for target in targets:
-        groups.setdefault(pull_key(target), []).append(target)
-    return groups
-
-
-def costs(groups: Mapping[PullKey, Sequence[Target]], settings: PlannerConfig,
-          refresh_interval: float, pages: Callable[[PullKey], int],
-          list_pages: Callable[[str], int], usable: Callable[[Target], bool],
-          ) -> dict[PullKey, tuple[GroupPlan, list[Target]]]:
-    """The cost model: both ways of every pull group, per cycle of ``refresh_interval``.
-
-    A member list costs its pages every ``membership_interval``, split between the
-    cohorts that use it; a cohort whose share costs a whole summary per cycle or
-    more is not worth deriving (it stays on summary requests). The cross-checks are
-    ``cross_check_share`` of what the participants way sends. ``usable(target)``:
-    the pull may serve it (member lists known, not refused). Each plan comes with
-    the targets the pull would serve."""
-    per_cycle = refresh_interval / settings.membership_interval
-    users: dict[str, int] = {}
-    for members in groups.values():
-        for target in members:
-            for group in dict.fromkeys(target.cohort.group_ids):
-                users[group] = users.get(group, 0) + 1
-
-    def share(target: Target) -> float:
-        return sum(list_pages(g) * per_cycle / users[g]
-                   for g in dict.fromkeys(target.cohort.group_ids))
-
-    checks_factor = settings.cross_check_share / (1.0 - settings.cross_check_share)
-    out = {}
-    for key, members in groups.items():
-        servable = [t for t in members if usable(t) and share(t) < 1.0]
-        lists = sum(share(t) for t in servable)
-        base = pages(key) + len(members) - len(servable) + lists
-        plan = GroupPlan(key[1], key[2], tuple(t.cohort.name for t in members), pages(key),
-                         False, len(servable), "summary", lists=lists,
-                         checks=base * checks_factor)
-        source = choose(len(members), len(servable), plan.pages, plan.lists + plan.checks)
-        out[key] = (replace(plan, source=source), servable)
-    return out
-
-
-def offline_plan(targets: Sequence[Target], settings: PlannerConfig,
-                 refresh_interval: float = 900.0) -> Plan:
-    """The plan ``--config.check`` prints: no pull has run, so one page per pull and
-    per member list, every list readable (the best case the planner can reach)."""
-    grouped = pull_groups(targets)
-    plans = costs(grouped, settings, refresh_interval, lambda key: 1, lambda group: 1,
-                  lambda target: True)
-    groups: list[GroupPlan] = []
-    member_groups: dict[str, None] = {}
-    for plan, servable in plans.values():
-        if settings.mode == "summary":
-            plan = replace(plan, source="summary")
-        if plan.source == "participants":
-            for t in servable:
-                member_groups.update(dict.fromkeys(t.cohort.group_ids))
-            plan = replace(plan, derived=tuple(t.cohort.name for t in servable))
-        groups.append(plan)
-    plan_value = Plan(tuple(groups), tuple(member_groups))
-    return replace(plan_value, recurring=plan_value.pull_cost)
 
 
 @dataclass
@@ -466,54 +279,32 @@ class Planner:
                     self._proofs[target.key] = kept[1]
             self._targets = {t.key: t for t in targets}
             self._groups = pull_groups(targets)
-            fallbacks = self._active_fallbacks(now)
-            plans = costs(self._groups, self.settings, self._refresh_interval,
-                          lambda key: self._pages.get(key, 1),
-                          lambda group: self._member_pages.get(group, 1),
-                          lambda target: self._derivable(target, now))
-            # The lists worth reading: as if every list were known (it may become so).
-            wanted = costs(self._groups, self.settings, self._refresh_interval,
-                           lambda key: self._pages.get(key, 1),
-                           lambda group: self._member_pages.get(group, 1),
-                           lambda target: not self._is_refused(target, now))
-            group_plans: list[GroupPlan] = []
+            summary_only = (self._active_fallbacks(now) if self.auto
+                            else {t.scenario for t in targets})
+            self._plan, serving = make_plan(
+                self._groups, self.settings, self._refresh_interval, self._pages,
+                self._member_pages, derivable=lambda t: self._derivable(t, now),
+                readable=lambda t: not self._is_refused(t, now), summary_only=summary_only,
+                proven=lambda t: t.key in self._proofs)
+            self._owed = {t.key for pull in serving.values() for t in pull.owed}
             by_scenario: dict[str, list[Job]] = {}
             pulls: dict[str, list[Job]] = {}
-            member_groups: dict[str, None] = {}
-            self._owed = set()
-            pulled: set[PullKey] = set()
             for key, members in self._groups.items():
-                plan, servable = plans[key]
-                if not self.auto or key[1] in fallbacks:
-                    plan = replace(plan, source="summary")
-                participants = plan.source == "participants"
-                served = [t for t in servable if participants and t.key in self._proofs]
-                owed = [t for t in servable if participants and t.key not in self._proofs]
-                self._owed.update(t.key for t in owed)
-                taken = {t.key for t in served} | {t.key for t in owed}
+                pull = serving.get(key)
+                taken = {t.key for t in pull.served + pull.owed} if pull else set()
                 for target in members:
                     if target.key not in taken:
-                        by_scenario.setdefault(target.scenario, []).append(
-                            summary_job(target, self.store))
-                if participants:
-                    pulled.add(key)
-                    pages = self._pages.get(key, 1)
-                    pulls.setdefault(key[1], []).append(
-                        self._pull_job(key, members[0].cohort, pages + len(owed)))
-                wanted_plan, wanted_servable = wanted[key]
-                if self.auto and key[1] not in fallbacks and wanted_plan.source == "participants":
-                    for t in wanted_servable:
-                        member_groups.update(dict.fromkeys(t.cohort.group_ids))
-                group_plans.append(replace(plan, pages_known=key in self._pages,
-                                           derived=tuple(t.cohort.name for t in served)))
+                        by_scenario.setdefault(key[1], []).append(summary_job(target, self.store))
+                if pull is not None:
+                    pulls.setdefault(key[1], []).append(self._pull_job(
+                        key, members[0].cohort, self._pages.get(key, 1) + len(pull.owed)))
             jobs: list[Job] = []
             for scenario in dict.fromkeys([*by_scenario, *pulls]):
                 jobs.extend(by_scenario.get(scenario, []))
                 jobs.extend(pulls.get(scenario, []))
-            self._plan = Plan(tuple(group_plans), tuple(member_groups),
-                              sum(max(j.cost, 1) for j in jobs))
-            self._served_keys = {(p.scenario, name) for p in group_plans for name in p.derived}
-            self._prune(pulled)
+            self._served_keys = {(p.scenario, name) for p in self._plan.groups
+                                 for name in p.derived}
+            self._prune(set(serving))
             self._ask_newcomers()
             return tuple(jobs)
 
@@ -887,7 +678,7 @@ class Planner:
         the first pulls of a cycle do not take every check), if this pull holds it. A
         target whose pull has not come while every other pull came twice loses its turn
         (its pull keeps failing). At most one per pull; a missed pace is not made up."""
-        per_day = self._checks_per_day()
+        per_day = self._per_day()[1]
         if not served or per_day <= 0 or at < self._checks_next:
             return []
         everyone = [k for k in self._targets
@@ -907,16 +698,11 @@ class Planner:
         self._checks_next = at + 86400.0 / per_day
         return [target]
 
-    def _checks_per_day(self) -> float:
-        if not any(self._served(k) for k in self._targets):
-            return 0.0
-        return checks_per_day(self.settings.cross_check_share, self._plan.recurring,
-                              self._lists_per_day(), self._refresh_interval,
-                              self._day_budget, self._minute_budget)
-
-    def _lists_per_day(self) -> float:
-        lists = sum(self._member_pages.get(g, 1) for g in self._plan.member_groups)
-        return lists * 86400.0 / self.settings.membership_interval
+    def _per_day(self) -> tuple[float, float]:
+        """Member-list pages and cross-checks a day (cross-checks once a target is served)."""
+        return derived_per_day(self._plan, self._member_pages, self.settings,
+                               self._refresh_interval, self._day_budget, self._minute_budget,
+                               checked=any(self._served(k) for k in self._targets))
 
     # --- member lists -------------------------------------------------------------------
 
@@ -1039,7 +825,7 @@ class Planner:
         """Member lists and cross-checks a day, taken out of the day budget (the pulls
         and the proofs they owe are recurring jobs: they count in the interval)."""
         with self._lock:
-            return self._lists_per_day() + self._checks_per_day()
+            return sum(self._per_day())
 
     # --- metrics and the state file ------------------------------------------------------
 

@@ -26,7 +26,8 @@ from exporter.config import ApiKey, PlannerConfig, format_duration, parse_config
 from exporter.daemon import Exporter
 from exporter.discovery import Group
 from exporter.jobs import summary_job
-from exporter.planner import Planner, checks_per_day, choose, judge, offline_plan, pages_for
+from exporter.plan import checks_per_day, choose, offline_plan, pages_for
+from exporter.planner import Planner, judge
 from exporter.server import Web, landing_page
 from exporter.state import decode, encode
 from exporter.store import Store
