@@ -13,6 +13,7 @@ from ..budget import DAY, Budget
 from ..config import CohortConfig, PlannerConfig, format_duration
 from ..paged import page_query
 from ..plan import DatesKey, choose, describe_dates, pages_for, pages_of, pull_groups
+from ..planner import pinned_query, pull_query
 from ..targets import Target
 from .journal import (
     MEMBERS,
@@ -34,16 +35,12 @@ def as_of_query(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
 
     ``end_date`` = the instant; a fixed ``end_date`` before the instant stays (the
     value froze there, as the running exporter reports it); a rolling window
-    starts ``window`` before the instant.
+    starts ``window`` before the instant: the daemon's pinned query
+    (:func:`exporter.planner.pinned_query`) at that instant.
     """
     if cohort.start_date is not None and cohort.start_date.timestamp() > instant:
         return None
-    params = cohort.query(float(instant))  # filters, fixed start, window start
-    end = float(instant)
-    if cohort.end_date is not None:
-        end = min(end, cohort.end_date.timestamp())
-    params["end_date"] = iso(end)
-    return params
+    return pinned_query(cohort, float(instant))
 
 
 @dataclass(frozen=True)
@@ -169,10 +166,9 @@ def pull_dates(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
     """The participants query of ``cohort``'s pull as of ``instant``: the dates of its
     as-of summary query only (the rows are kept or dropped here, by the cohort's
     filter), or None before the cohort's ``start_date``."""
-    params = as_of_query(cohort, instant)
-    if params is None:
+    if as_of_query(cohort, instant) is None:
         return None
-    return {k: params[k] for k in ("start_date", "end_date") if k in params}
+    return pull_query(cohort, float(instant))
 
 
 @dataclass
