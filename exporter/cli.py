@@ -30,7 +30,7 @@ from .config import (
 from .daemon import Exporter, prepare_state_dir
 from .discovery import Discovery
 from .listings import DAY_SHARE, Assignments, Skills
-from .plan import derived_per_day, offline_plan
+from .plan import derived_per_day, describe_dates, offline_plan
 from .scheduler import effective_interval, interval_and_limit, polling_day_budget
 from .server import listen_failure, parse_listen_address
 from .targets import Target, build_targets
@@ -221,7 +221,7 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
                      "assumed to be one page: 100 participants)")
         for group in plan.groups:
             parts = _parts(group.pages, group.summaries, group.lists, group.checks)
-            lines.append(f"  {group.scenario} ({group.describe_dates()}): "
+            lines.append(f"  {group.scenario} ({describe_dates(group.dates)}): "
                          f"{_plural(len(group.cohorts), 'cohort')}; summary "
                          f"{_plural(group.summary_cost, 'request')}/cycle; participants "
                          f"{group.participants_cost:.2f} = {parts} -> {group.source}")

@@ -22,6 +22,7 @@ from typing import Any
 from .client import PAUSE_REASONS, ApiError, ExecClient, Member, Page
 from .config import PlannerConfig, format_duration
 from .jobs import Job
+from .learned import keep_only
 from .paged import PagedRead, retry_at
 
 log = logging.getLogger("exporter.planner")
@@ -64,8 +65,7 @@ class MemberLists:
     def prune(self, used: Collection[str]) -> None:
         """Forget the groups no target's cohort names."""
         for table in (self.known, self._runs, self._next, self._failures, self.pages):
-            for group in [g for g in table if g not in used]:
-                del table[group]
+            keep_only(table, used)
 
     def due(self, groups: Sequence[str], now: float) -> Job | None:
         """The next page of a list of ``groups`` (the plan's) being read or due."""

@@ -101,7 +101,6 @@ class GroupPlan:
     dates: DatesKey
     cohorts: tuple[str, ...]
     pages: int
-    pages_known: bool
     derivable: int  # cohorts the pull can serve (member lists worth reading, not refused)
     source: str  # "summary" or "participants"
     derived: tuple[str, ...] = ()  # cohorts served by the pull now (proven)
@@ -129,10 +128,6 @@ class GroupPlan:
         """Requests per cycle of the chosen way, once every derivable cohort is proven."""
         return self.participants_cost if self.source == "participants" else self.summary_cost
 
-    def describe_dates(self) -> str:
-        """``all time``, ``last 7d``, ``2026-07-01 .. 2026-09-30``."""
-        return describe_dates(self.dates)
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -157,13 +152,6 @@ class Plan:
         """Requests per cycle of the chosen plan once every cohort is proven, member
         lists and cross-checks included."""
         return sum(g.cost for g in self.groups)
-
-    @property
-    def pull_cost(self) -> int:
-        """Recurring requests per cycle of the chosen plan once proven (pages and the
-        summaries the pulls cannot spare)."""
-        return sum(g.pages + g.summaries if g.source == "participants" else g.summary_cost
-                   for g in self.groups)
 
 
 @dataclass(frozen=True)
@@ -218,7 +206,7 @@ def costs(groups: Mapping[PullKey, Sequence[Target]], settings: PlannerConfig,
     more is not worth deriving (it stays on summary requests). The cross-checks are
     ``cross_check_share`` of what the participants way sends. ``usable(target)``:
     the pull may serve it (member lists known, not refused). ``pages`` and
-    ``list_pages`` are the known page counts (1 where unknown). Each plan comes with
+    ``list_pages`` are the page counts known (1 where not). Each plan comes with
     the targets the pull would serve."""
     per_cycle = refresh_interval / settings.membership_interval
     users: dict[str, int] = {}
@@ -239,8 +227,7 @@ def costs(groups: Mapping[PullKey, Sequence[Target]], settings: PlannerConfig,
         pull_pages = pages.get(key, 1)
         base = pull_pages + len(members) - len(servable) + lists
         plan = GroupPlan(key[1], key[2], tuple(t.cohort.name for t in members), pull_pages,
-                         key in pages, len(servable), "summary", lists=lists,
-                         checks=base * checks_factor)
+                         len(servable), "summary", lists=lists, checks=base * checks_factor)
         source = choose(len(members), len(servable), plan.pages, plan.lists + plan.checks)
         out[key] = (replace(plan, source=source), servable)
     return out
