@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .members import MemberLists
     from .targets import TargetKey
 
-log = logging.getLogger("exporter.planner")
+log = logging.getLogger("exporter.planner")  # the planner's log, as before the split
 
 SUMMARY_FIELDS = tuple(Summary.__slots__)
 K = TypeVar("K")

@@ -25,7 +25,7 @@ from .jobs import Job
 from .learned import keep_only
 from .paged import PagedRead, retry_at
 
-log = logging.getLogger("exporter.planner")
+log = logging.getLogger("exporter.planner")  # the planner's log, as before the split
 
 # Refused for good (no such scenario or group, filters the endpoint does not take):
 # summary requests for fallback_for rather than an hourly retry.
