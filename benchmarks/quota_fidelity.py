@@ -61,7 +61,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,8 +75,9 @@ from exporter.client import (
     Summary,
     Timeout,
     UpstreamError,
-    parse_members_page,
-    parse_participants_page,
+    parse_list_page,
+    parse_member,
+    parse_participant,
     parse_summary,
 )
 from exporter.config import ApiKey, Config, parse_config
@@ -382,17 +383,24 @@ class DerivedClient:
                          "lift_percentage": best - first,
                          "total_duration_seconds": sum(s[3] for s in log)})
         rows.sort(key=lambda r: (-r["best_score"], r["user"]["id"]))
-        return parse_participants_page(_paginate(rows, params))
+        return _page(_paginate(rows, params), parse_participant)
 
     def members(self, params: Mapping[str, str]) -> Page:
         self._send("members")
         wanted = set(params.get("group_ids", "").split(","))
         items = [{"id": uid, "email": email} for uid, email, groups in self.world.users
                  if groups & wanted]
-        return parse_members_page(_paginate(items, params))
+        return _page(_paginate(items, params), parse_member)
 
     def close(self) -> None:
         pass
+
+
+def _page(body: dict[str, Any], parse: Callable[[object, str], Any]) -> Page:
+    """``body`` read as the client reads a list page: the envelope, then every item."""
+    envelope = parse_list_page(body, body["pagination"]["page"])
+    return Page(tuple(parse(item, f"data[{i}]") for i, item in enumerate(envelope.items)),
+                envelope.page, envelope.total_count, envelope.total_pages, envelope.page_size)
 
 
 def _paginate(items: list[Any], params: Mapping[str, str]) -> dict[str, Any]:
@@ -426,7 +434,8 @@ def derived_config(groups: int, mode: str, per_day: int, refresh: str,
                 "rate_limit": {"requests_per_minute": per_minute, "requests_per_day": per_day,
                                "reserve": 0.1}},
         "refresh_interval": refresh,
-        "scenarios": [{"id": f"scenario-{n}"} for n in DERIVED_SIZES],
+        # Named: no scenario-list read for display names (the table is about the planner).
+        "scenarios": [{"id": f"scenario-{n}", "name": f"Scenario {n}"} for n in DERIVED_SIZES],
         "cohorts": cohorts,
         "planner": {"mode": mode, "membership_interval": membership},
     })

@@ -30,8 +30,8 @@ from .config import (
 from .daemon import Exporter, prepare_state_dir
 from .discovery import Discovery
 from .listings import DAY_SHARE, Assignments, Skills
-from .planner import checks_per_day, offline_plan
-from .scheduler import effective_interval, interval_and_limit
+from .plan import derived_per_day, describe_dates, offline_plan
+from .scheduler import effective_interval, interval_and_limit, polling_day_budget
 from .server import listen_failure, parse_listen_address
 from .store import staleness_limit
 from .targets import Target, build_targets
@@ -185,9 +185,6 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
         lines.append("discovery: discovered scenarios get the cohorts "
                      f"{', '.join(config.discovery.scenarios.cohorts)} (patterns are matched "
                      "against the group cohorts too, at run time)")
-    # Offline, page counts are unknown: one page per list, the least discovery costs.
-    listing = (Discovery(config.discovery).requests_per_day()
-               if config.discovery is not None else 0.0)
     lines.append(f"targets: {len(targets)}")
     cohorts: dict[str, list[str]] = {}
     for target in targets:
@@ -198,18 +195,22 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
     wanted = len(targets) * 86400 / config.refresh_interval
     wanted_at = format_duration(config.refresh_interval)
     lines.append(f"requests/day needed at refresh_interval {wanted_at}: {wanted:.0f}")
-    day_budget = rate.day_budget - listing
     lines.append(f"daily budget: {rate.day_budget} requests ({rate.requests_per_day}/day less "
                  f"{rate.reserve:.0%} reserve); minute budget: {rate.minute_budget}")
+    # Offline, page counts are unknown: one page per list, the least discovery costs.
+    listing = (Discovery(config.discovery).requests_per_day()
+               if config.discovery is not None else 0.0)
     if listing:
         lines.append(f"discovery listings: about {listing:.0f} requests/day "
                      f"(at least one page per list every "
                      f"{format_duration(config.discovery.interval if config.discovery else 0)})")
+    paid_first = [listing]  # requests a day paid before the targets', in order
     for line, cost in _listing_plan(config, targets):
         lines.append(line)
-        day_budget -= cost
-    if day_budget != rate.day_budget:
-        lines.append(f"left for the targets: about {max(day_budget, 1):.0f} requests/day "
+        paid_first.append(cost)
+    day_budget = polling_day_budget(rate.day_budget, paid_first)
+    if any(paid_first):
+        lines.append(f"left for the targets: about {day_budget:.0f} requests/day "
                      "(listings are paid for first)")
     planner = config.planner
     plan = offline_plan(targets, config.planner, config.refresh_interval)
@@ -221,21 +222,17 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
                      "assumed to be one page: 100 participants)")
         for group in plan.groups:
             parts = _parts(group.pages, group.summaries, group.lists, group.checks)
-            lines.append(f"  {group.scenario} ({group.describe_dates()}): "
+            lines.append(f"  {group.scenario} ({describe_dates(group.dates)}): "
                          f"{_plural(len(group.cohorts), 'cohort')}; summary "
                          f"{_plural(group.summary_cost, 'request')}/cycle; participants "
                          f"{group.participants_cost:.2f} = {parts} -> {group.source}")
-        derived = any(g.source == "participants" for g in plan.groups)
-        lists = (len(plan.member_groups) * 86400 / planner.membership_interval
-                 if derived else 0.0)
+        chosen = plan.pulled
         recurring = plan.recurring
-        checks = (checks_per_day(planner.cross_check_share, recurring, lists,
-                                 config.refresh_interval, max(day_budget, 1),
-                                 rate.minute_budget) if derived else 0.0)
+        lists, checks = derived_per_day(plan, {}, planner, config.refresh_interval, day_budget,
+                                        rate.minute_budget, checked=bool(chosen))
         summary_interval = effective_interval(len(targets), config.refresh_interval,
-                                              max(day_budget, 1), rate.minute_budget)
-        day_budget -= lists + checks
-        chosen = [g for g in plan.groups if g.source == "participants"]
+                                              day_budget, rate.minute_budget)
+        paid_first.append(lists + checks)
         pages = sum(g.pages for g in chosen)
         parts = _parts(pages, plan.recurring - pages, sum(g.lists for g in chosen),
                        sum(g.checks for g in chosen))
@@ -257,13 +254,14 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
                      "source once a pull reproduced its summary; the state file keeps that)")
     else:
         lines.append("planner: summary (one summary request per target)")
-    interval, limit = interval_and_limit(recurring, config.refresh_interval, max(day_budget, 1),
+    day_budget = polling_day_budget(rate.day_budget, paid_first)
+    interval, limit = interval_and_limit(recurring, config.refresh_interval, day_budget,
                                          rate.minute_budget)
     why = ("as configured (refresh_interval)" if limit == "refresh_interval"
            else f"stretched from refresh_interval {format_duration(config.refresh_interval)} "
                 f"by the {limit}")
-    if limit == "day budget" and day_budget != rate.day_budget:
-        why += (f" (about {max(day_budget, 1):.0f} requests/day left once listings, member "
+    if limit == "day budget" and any(paid_first):
+        why += (f" (about {day_budget:.0f} requests/day left once listings, member "
                 "lists and cross-checks are paid for)")
     lines.append(f"effective refresh interval: {format_duration(interval)} ({interval:.0f}s), "
                  f"{why}")

@@ -21,7 +21,16 @@ from .exposition import Exposition
 from .jobs import Job, Running, key_id, summary_job
 from .listings import Assignments, ListingsCollector, Skills
 from .planner import Planner
-from .scheduler import Clock, Poller, Scheduler, ScheduleView, SystemClock, interval_and_limit
+from .scheduler import (
+    Clock,
+    Poller,
+    Scheduler,
+    ScheduleView,
+    SystemClock,
+    interval_and_limit,
+    polling_day_budget,
+    round_cost,
+)
 from .server import Web, serve
 from .state import SavedState, StateFile
 from .store import Key, Store, TargetState
@@ -121,9 +130,11 @@ class Exporter:
 
     def _interval_and_limit(self, config: Config, jobs: tuple[Job, ...] | None = None
                             ) -> tuple[float, str]:
-        cost = sum(max(job.cost, 1) for job in (self.running.jobs if jobs is None else jobs))
-        return interval_and_limit(cost, config.refresh_interval, self._poll_day_budget(),
-                                  config.api.rate_limit.minute_budget)
+        rate = config.api.rate_limit
+        day = polling_day_budget(rate.day_budget,
+                                 [sum(source.requests_per_day() for source in self.sources)])
+        return interval_and_limit(round_cost(self.running.jobs if jobs is None else jobs),
+                                  config.refresh_interval, day, rate.minute_budget)
 
     def _describe_interval(self) -> str:
         """``48m13s (stretched from refresh_interval 5m by the day budget)``: the
@@ -185,10 +196,6 @@ class Exporter:
             self.poller.wake()
         log.info("discovery: %d targets; effective refresh interval %s",
                  len(self._targets), self._describe_interval())
-
-    def _poll_day_budget(self) -> float:
-        listing = sum(source.requests_per_day() for source in self.sources)
-        return max(self.config.api.rate_limit.day_budget - listing, 1.0)
 
     def _build(self, config: Config, client: ExecClient, key: ApiKey) -> Running:
         """Make ``config`` (with the current discovery lists) the running target set:

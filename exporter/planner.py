@@ -1,22 +1,13 @@
-"""The cost-based planner: summary requests, or cohorts derived from one participants pull.
+"""The planner's policy: which way each cohort is refreshed, pulls, proofs, cross-checks.
 
-For each scenario and each distinct date range (a *pull group*: rolling windows
-and fixed ranges each need their own pull) there are two ways to refresh its
-cohorts:
-
-* one summary request per cohort (K requests), or
-* one participants pull (``ceil(participants / 100)`` pages, known from the
-  last pull's ``total_count``; 1 until a pull has run) from which every cohort
-  that differs only by which users it keeps is aggregated
-  (:mod:`exporter.aggregate`), plus the member lists of the groups those
-  cohorts use and the cross-checks.
-
-The cost model (:func:`costs`) counts every request of both ways; the planner
-picks the cheaper way per pull group; ``planner.mode: summary`` keeps only
+Each scenario and date range refreshes its cohorts with a summary request per
+cohort or with one participants pull, whichever the cost model
+(:mod:`exporter.plan`) finds cheaper; ``planner.mode: summary`` keeps only
 summary requests. What it decides is expressed as jobs (:mod:`exporter.jobs`):
 recurring summary jobs and pull jobs (a pull of n pages has ``cost`` n plus the
 paired summaries it owes), and this object is also a job source for the
-follow-up pages, the paired summaries and the member lists.
+follow-up pages, the paired summaries and the member lists
+(:mod:`exporter.members`). What it learned is kept in :mod:`exporter.learned`.
 
 Honesty rules (issue 18, docs/derived-cohorts.md): every comparison of a derived
 value with the summary endpoint is *paired*: the summary is requested right
@@ -37,8 +28,6 @@ threads: one lock guards the state and is never held across a request.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import math
 import threading
@@ -46,20 +35,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .aggregate import (
-    MAX_DECIMALS,
-    ROUNDED_FIELDS,
-    CohortFilter,
-    Comparison,
-    Precision,
-    aggregate,
-    compare,
-    given_fields,
-)
-from .client import PAUSE_REASONS, ApiError, ExecClient, Member, Page, ParticipantRow, Summary
+from .aggregate import CohortFilter, Comparison, aggregate, compare, given_fields
+from .client import PAUSE_REASONS, ApiError, ExecClient, Page, ParticipantRow, Summary
 from .config import CohortConfig, PlannerConfig, format_duration
 from .jobs import Job, same_definition, summary_job
-from .paged import PAGE_SIZE, ListChanged, PagedRead, page_query, retry_at
+from .learned import SUMMARY_FIELDS, Learned, Proof, keep_only, restore
+from .members import UNAVAILABLE, MemberLists
+from .paged import ListChanged, PagedRead, page_query
+from .plan import Plan, PullKey, derived_per_day, make_plan, pull_groups, pull_key
 
 if TYPE_CHECKING:
     from .store import Store
@@ -71,13 +54,6 @@ log = logging.getLogger(__name__)
 VERIFY_PULLS = 3
 # Paired disagreements in a row that refute a derivation (see judge()).
 REFUTE_AFTER = 2
-# The participants endpoint refused this scenario or its filters: summaries only.
-_UNAVAILABLE = frozenset({"not_found", "bad_request"})
-
-
-DatesKey = tuple[float | None, str | None, str | None]
-PullKey = tuple[str, str, DatesKey]
-"""A pull job's key: ("participants", scenario, (window, start_date, end_date))."""
 
 
 def judge(doubts: int, comparison: Comparison) -> tuple[str, int]:
@@ -105,30 +81,10 @@ def judge(doubts: int, comparison: Comparison) -> tuple[str, int]:
     return ("refuted" if doubts >= REFUTE_AFTER else "doubt"), doubts
 
 
-def dates_of(cohort: CohortConfig) -> DatesKey:
-    """The part of a cohort that selects its pull: its window or fixed dates."""
-    start = cohort.start_date.isoformat() if cohort.start_date else None
-    end = cohort.end_date.isoformat() if cohort.end_date else None
-    return (cohort.window, start, end)
-
-
-def pull_key(target: Target) -> PullKey:
-    """The key of the pull that holds ``target``'s rows."""
-    return ("participants", target.scenario, dates_of(target.cohort))
-
-
 def cohort_filter(cohort: CohortConfig) -> CohortFilter:
     """The row filter of ``cohort`` (every filter but the dates)."""
     return CohortFilter.of(cohort.user_ids, cohort.user_emails, cohort.group_ids,
                            cohort.exclude_system_users)
-
-
-def fingerprint(cohort: CohortConfig) -> str:
-    """A stable digest of what ``cohort`` selects (filters and dates), to tell whether
-    a proof kept in the state file was made for the same definition."""
-    doc = [sorted(cohort.user_ids), sorted(e.lower() for e in cohort.user_emails),
-           list(cohort.group_ids), bool(cohort.exclude_system_users), list(dates_of(cohort))]
-    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
 
 
 def pinned_query(cohort: CohortConfig, now: float) -> dict[str, str]:
@@ -136,12 +92,7 @@ def pinned_query(cohort: CohortConfig, now: float) -> dict[str, str]:
     cohort's own end, if earlier): a pull and its paired summaries then cover exactly
     the same sessions, whatever arrives between the requests."""
     query = cohort.query(now)
-    end = now
-    if cohort.end_date is not None:
-        own = cohort.end_date
-        if own.tzinfo is None:
-            own = own.replace(tzinfo=dt.UTC)
-        end = min(own.timestamp(), now)
+    end = now if cohort.end_date is None else min(cohort.end_date.timestamp(), now)
     query["end_date"] = dt.datetime.fromtimestamp(math.floor(end), dt.UTC).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
     return query
@@ -151,176 +102,6 @@ def pull_query(cohort: CohortConfig, now: float) -> dict[str, str]:
     """The participants query of ``cohort``'s pull at ``now``: its dates only, pinned."""
     full = pinned_query(cohort, now)
     return {k: full[k] for k in ("start_date", "end_date") if k in full}
-
-
-def pages_for(total_count: int) -> int:
-    """Pages of a pull of ``total_count`` participants (at least one)."""
-    return max(1, math.ceil(total_count / PAGE_SIZE))
-
-
-def choose(cohorts: int, derivable: int, pages: int, extra: float = 0.0) -> str:
-    """``participants`` when one pull (``pages`` requests, plus one summary request for
-    each of the ``cohorts - derivable`` cohorts it cannot serve, plus ``extra``: member
-    lists and cross-checks per cycle) costs fewer requests per cycle than ``cohorts``
-    summary requests; else ``summary`` (a tie keeps the summary: no saving is worth a
-    derivation)."""
-    return "participants" if pages + (cohorts - derivable) + extra < cohorts else "summary"
-
-
-@dataclass(frozen=True)
-class GroupPlan:
-    """The plan of one pull group: both costs per cycle, with their parts, and the choice.
-
-    ``lists`` is this group's share of the member-list pages per cycle (a list is
-    split between the cohorts that use it, across scenarios) and ``checks`` the
-    cross-checks per cycle (``cross_check_share`` of everything the way sends)."""
-
-    scenario: str
-    dates: DatesKey
-    cohorts: tuple[str, ...]
-    pages: int
-    pages_known: bool
-    derivable: int  # cohorts the pull can serve (member lists worth reading, not refused)
-    source: str  # "summary" or "participants"
-    derived: tuple[str, ...] = ()  # cohorts served by the pull now (proven)
-    lists: float = 0.0
-    checks: float = 0.0
-
-    @property
-    def summary_cost(self) -> int:
-        """Requests per cycle on summary requests: one per cohort."""
-        return len(self.cohorts)
-
-    @property
-    def summaries(self) -> int:
-        """Summary requests per cycle the pull cannot spare (cohorts it cannot serve)."""
-        return len(self.cohorts) - self.derivable
-
-    @property
-    def participants_cost(self) -> float:
-        """Requests per cycle with the pull: its pages, a summary for each cohort it
-        cannot serve, its share of the member lists and its cross-checks."""
-        return self.pages + self.summaries + self.lists + self.checks
-
-    @property
-    def cost(self) -> float:
-        """Requests per cycle of the chosen way, once every derivable cohort is proven."""
-        return self.participants_cost if self.source == "participants" else self.summary_cost
-
-    def describe_dates(self) -> str:
-        """``all time``, ``last 7d``, ``2026-07-01 .. 2026-09-30``."""
-        window, start, end = self.dates
-        if window is not None:
-            return f"last {format_duration(window)}"
-        if start is None and end is None:
-            return "all time"
-        return f"{start or '...'} .. {end or '...'}"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one full refresh costs, per pull group and in all."""
-
-    groups: tuple[GroupPlan, ...] = ()
-    member_groups: tuple[str, ...] = ()  # group ids whose member lists are read
-    recurring: int = 0  # requests of one round of the recurring jobs now
-
-    @property
-    def summary_cost(self) -> int:
-        """Requests per cycle if every cohort used summary requests."""
-        return sum(g.summary_cost for g in self.groups)
-
-    @property
-    def chosen_cost(self) -> float:
-        """Requests per cycle of the chosen plan once every cohort is proven, member
-        lists and cross-checks included."""
-        return sum(g.cost for g in self.groups)
-
-    @property
-    def pull_cost(self) -> int:
-        """Recurring requests per cycle of the chosen plan once proven (pages and the
-        summaries the pulls cannot spare)."""
-        return sum(g.pages + g.summaries if g.source == "participants" else g.summary_cost
-                   for g in self.groups)
-
-
-def checks_per_day(share: float, recurring: float, lists_per_day: float,
-                   refresh_interval: float, day_budget: float, minute_budget: float) -> float:
-    """Cross-checks a day: ``share`` (``cross_check_share``) of the requests actually
-    sent, everything included. The recurring jobs are sent at the interval that
-    ``refresh_interval`` and the minute budget allow, the member lists on their own
-    schedule, and the total is capped by the day budget: the tighter budget decides."""
-    if share <= 0:
-        return 0.0
-    interval = max(refresh_interval, recurring * 60.0 / max(minute_budget, 1.0), 1.0)
-    sent = recurring * 86400.0 / interval + lists_per_day
-    return share * min(day_budget, sent / (1.0 - share))
-
-
-def pull_groups(targets: Sequence[Target]) -> dict[PullKey, list[Target]]:
-    """Targets by the pull that holds their rows, in target order."""
-    groups: dict[PullKey, list[Target]] = {}
-    for target in targets:
-        groups.setdefault(pull_key(target), []).append(target)
-    return groups
-
-
-def costs(groups: Mapping[PullKey, Sequence[Target]], settings: PlannerConfig,
-          refresh_interval: float, pages: Callable[[PullKey], int],
-          list_pages: Callable[[str], int], usable: Callable[[Target], bool],
-          ) -> dict[PullKey, tuple[GroupPlan, list[Target]]]:
-    """The cost model: both ways of every pull group, per cycle of ``refresh_interval``.
-
-    A member list costs its pages every ``membership_interval``, split between the
-    cohorts that use it; a cohort whose share costs a whole summary per cycle or
-    more is not worth deriving (it stays on summary requests). The cross-checks are
-    ``cross_check_share`` of what the participants way sends. ``usable(target)``:
-    the pull may serve it (member lists known, not refused). Each plan comes with
-    the targets the pull would serve."""
-    per_cycle = refresh_interval / settings.membership_interval
-    users: dict[str, int] = {}
-    for members in groups.values():
-        for target in members:
-            for group in dict.fromkeys(target.cohort.group_ids):
-                users[group] = users.get(group, 0) + 1
-
-    def share(target: Target) -> float:
-        return sum(list_pages(g) * per_cycle / users[g]
-                   for g in dict.fromkeys(target.cohort.group_ids))
-
-    checks_factor = settings.cross_check_share / (1.0 - settings.cross_check_share)
-    out = {}
-    for key, members in groups.items():
-        servable = [t for t in members if usable(t) and share(t) < 1.0]
-        lists = sum(share(t) for t in servable)
-        base = pages(key) + len(members) - len(servable) + lists
-        plan = GroupPlan(key[1], key[2], tuple(t.cohort.name for t in members), pages(key),
-                         False, len(servable), "summary", lists=lists,
-                         checks=base * checks_factor)
-        source = choose(len(members), len(servable), plan.pages, plan.lists + plan.checks)
-        out[key] = (replace(plan, source=source), servable)
-    return out
-
-
-def offline_plan(targets: Sequence[Target], settings: PlannerConfig,
-                 refresh_interval: float = 900.0) -> Plan:
-    """The plan ``--config.check`` prints: no pull has run, so one page per pull and
-    per member list, every list readable (the best case the planner can reach)."""
-    grouped = pull_groups(targets)
-    plans = costs(grouped, settings, refresh_interval, lambda key: 1, lambda group: 1,
-                  lambda target: True)
-    groups: list[GroupPlan] = []
-    member_groups: dict[str, None] = {}
-    for plan, servable in plans.values():
-        if settings.mode == "summary":
-            plan = replace(plan, source="summary")
-        if plan.source == "participants":
-            for t in servable:
-                member_groups.update(dict.fromkeys(t.cohort.group_ids))
-            plan = replace(plan, derived=tuple(t.cohort.name for t in servable))
-        groups.append(plan)
-    plan_value = Plan(tuple(groups), tuple(member_groups))
-    return replace(plan_value, recurring=plan_value.pull_cost)
 
 
 @dataclass
@@ -333,11 +114,6 @@ class _PullRun:
     read: PagedRead[ParticipantRow] = field(default_factory=lambda: PagedRead(
         "participants", key=lambda row: row.user_id))
 
-    @property
-    def page(self) -> int:
-        """The page asked for next."""
-        return self.read.page
-
 
 @dataclass(frozen=True)
 class _Pull:
@@ -345,15 +121,6 @@ class _Pull:
 
     rows: tuple[ParticipantRow, ...]
     at: float
-
-
-@dataclass(frozen=True)
-class _Proof:
-    """A derived target's standing: when a paired check last agreed, and which fields
-    the summary gave then (only those are exported from a pull)."""
-
-    checked: float
-    given: frozenset[str]
 
 
 @dataclass(frozen=True, eq=False)
@@ -384,7 +151,6 @@ class Planner:
         self.settings = settings
         self.store = store
         self.on_change = on_change
-        self.precision = Precision()
         self.dropped_answers = 0  # answers for a target whose definition changed meanwhile
         self._lock = threading.RLock()
         self._targets: dict[TargetKey, Target] = {}
@@ -392,31 +158,17 @@ class Planner:
         self._plan = Plan()
         self._served_keys: set[TargetKey] = set()
         self._owed: set[TargetKey] = set()  # proven by paired summaries after each pull
-        self._pages: dict[PullKey, int] = {}
         self._pulls: dict[PullKey, _Pull] = {}
         self._runs: dict[PullKey, _PullRun] = {}
         self._paired: list[_Paired] = []
-        self._proofs: dict[TargetKey, _Proof] = {}
-        self._doubts: dict[TargetKey, int] = {}
-        self._refused: dict[TargetKey, float] = {}
-        self._fallback: dict[str, float] = {}
         self._refetch: set[TargetKey] = set()
         self._discards: dict[PullKey, int] = {}
-        self._members: dict[str, tuple[frozenset[str], float]] = {}
-        self._member_runs: dict[str, PagedRead[Member]] = {}
-        self._member_next: dict[str, float] = {}
-        self._member_failures: dict[str, int] = {}
-        self._member_pages: dict[str, int] = {}
-        self._rereads_after = -math.inf
-        self._checks_next = -math.inf
-        self._checks_cursor = 0  # the round robin of cross-checks over served targets
+        self.members = MemberLists(settings, self._lock, on_first=self._changed)
         self._checks_waited = 0  # pulls completed while the target in turn had none
-        self._kept_proofs: dict[TargetKey, tuple[str, _Proof]] = {}
         self._day_budget = 1.0
         self._minute_budget = 60.0
         self._refresh_interval = 900.0
-        if saved:
-            self._restore(saved, now)
+        self.learned = restore(saved, now, self.members) if saved else Learned()
 
     # --- settings and plan -------------------------------------------------------
 
@@ -428,9 +180,7 @@ class Planner:
             self._day_budget = max(day_budget, 1.0)
             self._minute_budget = max(minute_budget, 1.0)
             self._refresh_interval = refresh_interval
-            if reread_members:
-                self._member_next.clear()
-                self._member_runs.clear()
+            self.members.configure(settings, reread_members)
 
     @property
     def auto(self) -> bool:
@@ -439,12 +189,12 @@ class Planner:
 
     def _derivable(self, target: Target, now: float) -> bool:
         """The pull can serve ``target`` now: every group's members known, not refused."""
-        if any(g not in self._members for g in target.cohort.group_ids):
+        if any(g not in self.members.known for g in target.cohort.group_ids):
             return False
         return not self._is_refused(target, now)
 
     def _is_refused(self, target: Target, now: float) -> bool:
-        until = self._refused.get(target.key)
+        until = self.learned.refused.get(target.key)
         return until is not None and until > now
 
     def jobs(self, targets: Sequence[Target], now: float) -> tuple[Job, ...]:
@@ -458,62 +208,37 @@ class Planner:
                 before = self._targets.get(target.key)
                 if before is not None and not same_definition(before, target):
                     # Same labels, other filters (a reload): what was proven is not.
-                    self._forget(target.key)
-                kept = self._kept_proofs.pop(target.key, None)
-                if (kept is not None and kept[0] == fingerprint(target.cohort)
-                        and now - kept[1].checked < self.settings.fallback_for):
-                    # A proof from the state file, for the same definition, not too old.
-                    self._proofs[target.key] = kept[1]
+                    self.learned.forget(target.key)
+                # A proof from the state file, for the same definition, not too old.
+                self.learned.take_kept(target.key, target.cohort, now,
+                                       self.settings.fallback_for)
             self._targets = {t.key: t for t in targets}
             self._groups = pull_groups(targets)
-            fallbacks = self._active_fallbacks(now)
-            plans = costs(self._groups, self.settings, self._refresh_interval,
-                          lambda key: self._pages.get(key, 1),
-                          lambda group: self._member_pages.get(group, 1),
-                          lambda target: self._derivable(target, now))
-            # The lists worth reading: as if every list were known (it may become so).
-            wanted = costs(self._groups, self.settings, self._refresh_interval,
-                           lambda key: self._pages.get(key, 1),
-                           lambda group: self._member_pages.get(group, 1),
-                           lambda target: not self._is_refused(target, now))
-            group_plans: list[GroupPlan] = []
+            summary_only = (self._active_fallbacks(now) if self.auto
+                            else {t.scenario for t in targets})
+            self._plan, serving = make_plan(
+                self._groups, self.settings, self._refresh_interval, self.learned.pages,
+                self.members.pages, derivable=lambda t: self._derivable(t, now),
+                readable=lambda t: not self._is_refused(t, now), summary_only=summary_only,
+                proven=lambda t: t.key in self.learned.proofs)
+            self._owed = {t.key for pull in serving.values() for t in pull.owed}
             by_scenario: dict[str, list[Job]] = {}
             pulls: dict[str, list[Job]] = {}
-            member_groups: dict[str, None] = {}
-            self._owed = set()
-            pulled: set[PullKey] = set()
             for key, members in self._groups.items():
-                plan, servable = plans[key]
-                if not self.auto or key[1] in fallbacks:
-                    plan = replace(plan, source="summary")
-                participants = plan.source == "participants"
-                served = [t for t in servable if participants and t.key in self._proofs]
-                owed = [t for t in servable if participants and t.key not in self._proofs]
-                self._owed.update(t.key for t in owed)
-                taken = {t.key for t in served} | {t.key for t in owed}
+                pull = serving.get(key)
+                taken = {t.key for t in pull.served + pull.owed} if pull else set()
                 for target in members:
                     if target.key not in taken:
-                        by_scenario.setdefault(target.scenario, []).append(
-                            summary_job(target, self.store))
-                if participants:
-                    pulled.add(key)
-                    pages = self._pages.get(key, 1)
-                    pulls.setdefault(key[1], []).append(
-                        self._pull_job(key, members[0].cohort, pages + len(owed)))
-                wanted_plan, wanted_servable = wanted[key]
-                if self.auto and key[1] not in fallbacks and wanted_plan.source == "participants":
-                    for t in wanted_servable:
-                        member_groups.update(dict.fromkeys(t.cohort.group_ids))
-                group_plans.append(replace(plan, pages_known=key in self._pages,
-                                           derived=tuple(t.cohort.name for t in served)))
+                        by_scenario.setdefault(key[1], []).append(summary_job(target, self.store))
+                if pull is not None:
+                    pulls.setdefault(key[1], []).append(self._pull_job(
+                        key, members[0].cohort, self.learned.pages.get(key, 1) + len(pull.owed)))
             jobs: list[Job] = []
             for scenario in dict.fromkeys([*by_scenario, *pulls]):
                 jobs.extend(by_scenario.get(scenario, []))
                 jobs.extend(pulls.get(scenario, []))
-            self._plan = Plan(tuple(group_plans), tuple(member_groups),
-                              sum(max(j.cost, 1) for j in jobs))
-            self._served_keys = {(p.scenario, name) for p in group_plans for name in p.derived}
-            self._prune(pulled)
+            self._served_keys = {t.key for pull in serving.values() for t in pull.served}
+            self._prune(set(serving))
             self._ask_newcomers()
             return tuple(jobs)
 
@@ -528,43 +253,21 @@ class Planner:
             if pull_key(target) in self._pulls and (state is None or state.last_success is None):
                 self._paired.append(_Paired(target, 0.0, None))
 
-    def _forget(self, key: TargetKey) -> None:
-        self._proofs.pop(key, None)
-        self._doubts.pop(key, None)
-        self._refused.pop(key, None)
-
     def _prune(self, pulled: set[PullKey]) -> None:
         """Drop what belongs to targets, scenarios, pulls and groups no longer used:
         runs of pulls the plan no longer sends, paired summaries of removed targets,
         proofs, member lists no target's cohort names."""
-        for key in [k for k in self._runs if k not in pulled]:
-            del self._runs[key]
-        for key in [k for k in self._pulls if k not in self._groups]:
-            del self._pulls[key]
-        for key in [k for k in self._pages if k not in self._groups]:
-            del self._pages[key]
-        for key in [k for k in self._discards if k not in self._groups]:
-            del self._discards[key]
+        keep_only(self._runs, pulled)
+        keep_only(self._pulls, self._groups)
+        keep_only(self._discards, self._groups)
         self._paired = [p for p in self._paired
                         if same_definition(self._targets.get(p.target.key), p.target)]
-        for gone in [k for k in self._proofs if k not in self._targets]:
-            del self._proofs[gone]
-        for gone in [k for k in self._doubts if k not in self._targets]:
-            del self._doubts[gone]
-        for gone in [k for k in self._refused if k not in self._targets]:
-            del self._refused[gone]
+        self.learned.prune(self._targets, self._groups)
         self._refetch &= set(self._targets)
-        scenarios = {k[0] for k in self._targets}
-        for scenario in [s for s in self._fallback if s not in scenarios]:
-            del self._fallback[scenario]
-        used = {g for t in self._targets.values() for g in t.cohort.group_ids}
-        for table in (self._members, self._member_runs, self._member_next,
-                      self._member_failures, self._member_pages):
-            for group in [g for g in table if g not in used]:
-                del table[group]
+        self.members.prune({g for t in self._targets.values() for g in t.cohort.group_ids})
 
     def _active_fallbacks(self, now: float) -> set[str]:
-        return {s for s, until in self._fallback.items() if until > now}
+        return {s for s, until in self.learned.fallback.items() if until > now}
 
     @property
     def plan(self) -> Plan:
@@ -579,7 +282,7 @@ class Planner:
 
     def _served(self, key: TargetKey) -> bool:
         # Served: proven, and the running jobs leave its summary to the pull.
-        return key in self._served_keys and key in self._proofs
+        return key in self._served_keys and key in self.learned.proofs
 
     def served_by_pull(self) -> dict[PullKey, list[TargetKey]]:
         """Pull key -> the targets it refreshes (served and owed: for the landing page's
@@ -607,8 +310,7 @@ class Planner:
         """What one full refresh costs: the recurring jobs' requests plus the member
         lists and cross-checks that fall within one effective interval."""
         with self._lock:
-            recurring = self._plan.recurring
-        return recurring + self.requests_per_day() * interval / 86400.0
+            return self._plan.recurring + sum(self._per_day()) * interval / 86400.0
 
     # --- jobs ---------------------------------------------------------------------
 
@@ -630,7 +332,7 @@ class Planner:
                    label=_pull_label(key, 1), cost=cost)
 
     def _page_job(self, key: PullKey, run: _PullRun) -> Job:
-        page_no, params = run.page, run.read.query(run.query)
+        page_no, params = run.read.page, run.read.query(run.query)
 
         def fetch(client: ExecClient, now: float) -> Page:
             return client.participants(key[1], params)
@@ -680,7 +382,7 @@ class Planner:
         """Page ``page_no`` of ``key``'s pull arrived; the last page completes the pull."""
         with self._lock:
             run = self._runs.get(key)
-            if run is None or run.page != page_no:
+            if run is None or run.read.page != page_no:
                 return  # a reload dropped the pull, or an old page
             try:
                 complete = run.read.take(page, raw=False)
@@ -709,17 +411,17 @@ class Planner:
         self._discards.pop(key, None)
         log.warning("participants of scenario=%s: %d pulls in a row were inconsistent (%s); "
                     "its cohorts use summary requests for %s", key[1], count, why,
-                    _duration(self.settings.fallback_for))
+                    format_duration(self.settings.fallback_for))
         self._fall_back(key[1], at)
         return True
 
     def _fall_back(self, scenario: str, at: float) -> None:
         """Summary requests for ``scenario``'s cohorts for ``fallback_for``. Its pulls are
         forgotten: the proofs after the fallback start from a new pull."""
-        self._fallback[scenario] = at + self.settings.fallback_for
+        self.learned.fallback[scenario] = at + self.settings.fallback_for
         for target_key in [k for k in self._targets if k[0] == scenario]:
-            self._proofs.pop(target_key, None)
-            self._doubts.pop(target_key, None)
+            self.learned.proofs.pop(target_key, None)
+            self.learned.doubts.pop(target_key, None)
         for key in [k for k in self._pulls if k[1] == scenario]:
             del self._pulls[key]
         for key in [k for k in self._runs if k[1] == scenario]:
@@ -744,8 +446,8 @@ class Planner:
         serves, and queue its paired summaries (proofs of the targets it owes, the
         cross-checks due). True when the jobs must be rebuilt."""
         self._discards.pop(key, None)
-        changed = self._pages.get(key) != pages
-        self._pages[key] = pages
+        changed = self.learned.pages.get(key) != pages
+        self.learned.pages[key] = pages
         pull = self._pulls[key] = _Pull(rows, at)
         members = self._groups.get(key, [])
         served = [t for t in members if self._served(t.key) and self._derivable(t, at)]
@@ -758,7 +460,7 @@ class Planner:
                 self.store.record_success(target.key, derived, at)
             else:
                 # Proven while empty (no averages), it has averages now: proven again.
-                del self._proofs[target.key]
+                del self.learned.proofs[target.key]
                 self._paired.append(_Paired(target, pulled_at, pull))
                 changed = True
         for target in members:
@@ -776,7 +478,7 @@ class Planner:
         with self._lock:
             served = [k for k in self._targets if self._served(k)
                       and pull_key(self._targets[k]) == key]
-            if error.reason in _UNAVAILABLE:
+            if error.reason in UNAVAILABLE:
                 # Summary jobs from now on; one with no data yet is due at once anyway.
                 changed = key[1] not in self._active_fallbacks(at)
                 self._fall_back(key[1], at)
@@ -784,10 +486,10 @@ class Planner:
                 self._owe_plain(key, at)
         for target_key in served:
             self.store.record_failure(target_key, error.reason, str(error), at)
-        if error.reason in _UNAVAILABLE:
+        if error.reason in UNAVAILABLE:
             log.warning("participants of scenario=%s unavailable (%s: %s); its cohorts use "
                         "summary requests for %s", key[1], error.reason, error,
-                        _duration(self.settings.fallback_for))
+                        format_duration(self.settings.fallback_for))
         else:
             log.warning("participants pull %s failed (%s: %s); its cohorts keep their last "
                         "values", _pull_label(key, 1), error.reason, error)
@@ -797,21 +499,21 @@ class Planner:
     def _derive(self, target: Target, pull: _Pull) -> Summary:
         """``target``'s summary from ``pull`` (every group's member list must be known:
         callers check :meth:`_derivable`)."""
-        members = {g: self._members[g][0] for g in target.cohort.group_ids}
+        members = {g: self.members.ids(g) for g in target.cohort.group_ids}
         cohort = cohort_filter(target.cohort)
-        return aggregate((r for r in pull.rows if cohort.keeps(r, members)), self.precision)
+        return aggregate((r for r in pull.rows if cohort.keeps(r, members)), self.learned.precision)
 
     def _export(self, target: Target, pull: _Pull) -> Summary | None:
         """What a pull exports for proven ``target``: the derived summary, only the
         fields its proving summary gave (the others are not proven). None when an
         average the proof never saw (it was proven on an empty cohort) now has a value:
         that needs a proof of its own."""
-        proof = self._proofs[target.key]
+        proof = self.learned.proofs[target.key]
         derived = self._derive(target, pull)
         if any(getattr(derived, name) is not None and name not in proof.given
                for name in _AVERAGES):
             return None
-        return replace(derived, **{name: None for name in _SUMMARY_FIELDS
+        return replace(derived, **{name: None for name in SUMMARY_FIELDS
                                    if name not in proof.given})
 
     # --- proving and cross-checking -------------------------------------------------------
@@ -829,7 +531,7 @@ class Planner:
                          "definition changed while it was asked (%d dropped so far)",
                          key[0], key[1], self.dropped_answers)
                 return
-            self.precision.observe(summary)
+            self.learned.precision.observe(summary)
             self.store.record_success(key, summary, at)
             if item.pull is None or not self._derivable(target, at):
                 return
@@ -837,18 +539,18 @@ class Planner:
                              self.settings.tolerance)
             if item.check:
                 self.store.record_cross_check(key[0], "match" if result.match else "mismatch")
-            verdict, doubts = judge(self._doubts.get(key, 0), result)
-            was_proven = key in self._proofs
+            verdict, doubts = judge(self.learned.doubts.get(key, 0), result)
+            was_proven = key in self.learned.proofs
             if verdict == "agree":
-                self._doubts.pop(key, None)
-                self._proofs[key] = _Proof(at, given_fields(summary))
+                self.learned.doubts.pop(key, None)
+                self.learned.proofs[key] = Proof(at, given_fields(summary))
                 changed = not was_proven
                 if changed:
                     log.info("scenario=%s cohort=%s: the participants pull reproduced its "
                              "summary; it is derived from now on", *key)
             elif verdict == "doubt":
-                self._doubts[key] = doubts
-                self._proofs.pop(key, None)
+                self.learned.doubts[key] = doubts
+                self.learned.proofs.pop(key, None)
                 changed = was_proven
                 log.info("scenario=%s cohort=%s: a paired %s disagrees (%s); it exports the "
                          "summary's values and is checked again after the next pull", *key,
@@ -863,9 +565,9 @@ class Planner:
         """``REFUTE_AFTER`` paired disagreements in a row: summary requests for
         ``fallback_for``, for the scenario when only a field (not the counts) differed."""
         scenario, cohort = target.key
-        self._doubts.pop(target.key, None)
-        self._proofs.pop(target.key, None)
-        wait = _duration(self.settings.fallback_for)
+        self.learned.doubts.pop(target.key, None)
+        self.learned.proofs.pop(target.key, None)
+        wait = format_duration(self.settings.fallback_for)
         if result.counts_agree:
             served = {k for k in self._targets if k[0] == scenario and self._served(k)}
             self._fall_back(scenario, at)
@@ -875,7 +577,7 @@ class Planner:
                         "requests for %s", scenario, cohort, REFUTE_AFTER, result.describe(),
                         scenario, wait)
         else:
-            self._refused[target.key] = at + self.settings.fallback_for
+            self.learned.refused[target.key] = at + self.settings.fallback_for
             log.warning("scenario=%s cohort=%s: derived counts differ from the summary "
                         "endpoint in %d paired checks in a row (%s: a member list that lags "
                         "its group?); it uses summary requests for %s", scenario, cohort,
@@ -887,103 +589,31 @@ class Planner:
         the first pulls of a cycle do not take every check), if this pull holds it. A
         target whose pull has not come while every other pull came twice loses its turn
         (its pull keeps failing). At most one per pull; a missed pace is not made up."""
-        per_day = self._checks_per_day()
-        if not served or per_day <= 0 or at < self._checks_next:
+        per_day = self._per_day()[1]
+        if not served or per_day <= 0 or at < self.learned.checks_next:
             return []
         everyone = [k for k in self._targets
                     if self._served(k) and self._derivable(self._targets[k], at)]
         if not everyone:
             return []
-        turn = everyone[self._checks_cursor % len(everyone)]
+        turn = everyone[self.learned.checks_cursor % len(everyone)]
         target = next((t for t in served if t.key == turn), None)
         if target is None:
             self._checks_waited += 1
             if self._checks_waited > 2 * len(self._groups):
-                self._checks_cursor += 1
+                self.learned.checks_cursor += 1
                 self._checks_waited = 0
             return []
-        self._checks_cursor += 1
+        self.learned.checks_cursor += 1
         self._checks_waited = 0
-        self._checks_next = at + 86400.0 / per_day
+        self.learned.checks_next = at + 86400.0 / per_day
         return [target]
 
-    def _checks_per_day(self) -> float:
-        if not any(self._served(k) for k in self._targets):
-            return 0.0
-        return checks_per_day(self.settings.cross_check_share, self._plan.recurring,
-                              self._lists_per_day(), self._refresh_interval,
-                              self._day_budget, self._minute_budget)
-
-    def _lists_per_day(self) -> float:
-        lists = sum(self._member_pages.get(g, 1) for g in self._plan.member_groups)
-        return lists * 86400.0 / self.settings.membership_interval
-
-    # --- member lists -------------------------------------------------------------------
-
-    def _member_job(self, group: str, run: PagedRead[Member]) -> Job:
-        page_no, params = run.page, run.query({"group_ids": group})
-
-        def fetch(client: ExecClient, now: float) -> Page:
-            return client.members(params)
-
-        def apply(page: Page, at: float) -> None:
-            self.members_read(group, page_no, page, at)
-
-        def fail(error: ApiError, at: float) -> None:
-            self.members_failed(group, error, at)
-
-        return Job(kind="members", key=("members", group, page_no), fetch=fetch,
-                   apply=apply, fail=fail, label=f"members of group {group} page {page_no}")
-
-    def members_read(self, group: str, page_no: int, page: Page, at: float) -> None:
-        """A page of ``group``'s member list arrived."""
-        first = False
-        with self._lock:
-            run = self._member_runs.get(group)
-            if run is None or run.page != page_no:
-                return
-            if not run.take(page, raw=False):  # ListChanged: members_failed drops the read
-                return
-            del self._member_runs[group]
-            first = group not in self._members
-            self._members[group] = (frozenset(m.user_id for m in run.items), at)
-            first = first or self._member_pages.get(group) != page_no
-            self._member_pages[group] = page_no
-            self._member_failures.pop(group, None)
-            self._member_next[group] = at + self.settings.membership_interval
-        log.debug("members of group %s: %d", group, len(run.items))
-        if first:
-            self._changed()
-
-    def members_failed(self, group: str, error: ApiError, at: float) -> None:
-        """A member list page failed: the last list stays; retry later."""
-        with self._lock:
-            self._member_runs.pop(group, None)
-            if error.reason in PAUSE_REASONS:
-                self._member_next[group] = at  # the scheduler's pause decides
-                return
-            failures = self._member_failures.get(group, 0) + 1
-            self._member_failures[group] = failures
-            wait = retry_at(error, failures, at, self.settings.membership_interval) - at
-            if error.reason in _UNAVAILABLE:
-                # No such group, or no member list endpoint: not worth an hourly retry.
-                wait = max(self.settings.fallback_for, self.settings.membership_interval)
-            self._member_next[group] = at + wait
-            known = group in self._members
-        log.warning("members of group %s: reading failed (%s: %s); %s, retrying in %s", group,
-                    error.reason, error, "keeping the last list" if known
-                    else "its cohorts use summary requests", _duration(wait))
-
-    def _member_due(self, group: str) -> float:
-        due = self._member_next.get(group, -math.inf)
-        if group in self._members:
-            # Lists already known are read again spread over the interval, not in one
-            # burst of every group at once (which would hold back the pulls behind it).
-            due = max(due, self._rereads_after)
-        return due
-
-    def _reread_gap(self) -> float:
-        return self.settings.membership_interval / max(len(self._plan.member_groups), 1)
+    def _per_day(self) -> tuple[float, float]:
+        """Member-list pages and cross-checks a day (cross-checks once a target is served)."""
+        return derived_per_day(self._plan, self.members.pages, self.settings,
+                               self._refresh_interval, self._day_budget, self._minute_budget,
+                               checked=any(self._served(k) for k in self._targets))
 
     # --- the job source ---------------------------------------------------------------
 
@@ -993,30 +623,24 @@ class Planner:
         expired = False
         with self._lock:
             for key, pulling in self._runs.items():
-                if pulling.page > 1:
+                if pulling.read.page > 1:
                     return self._page_job(key, pulling)
             while self._paired:
                 item = self._paired.pop(0)
                 if same_definition(self._targets.get(item.target.key), item.target):
                     return self._paired_job(item)
-            for group in self._plan.member_groups:
-                reading = self._member_runs.get(group)
-                if reading is None and now >= self._member_due(group):
-                    reading = self._member_runs[group] = PagedRead(
-                        f"members of group {group}", key=lambda member: member.user_id)
-                    if group in self._members:
-                        self._rereads_after = now + self._reread_gap()
-                if reading is not None:
-                    return self._member_job(group, reading)
-            for scenario, until in list(self._fallback.items()):
+            reading = self.members.due(self._plan.member_groups, now)
+            if reading is not None:
+                return reading
+            for scenario, until in list(self.learned.fallback.items()):
                 if until <= now:
-                    del self._fallback[scenario]
+                    del self.learned.fallback[scenario]
                     expired = True
                     log.info("scenario=%s: fallback over; its cohorts may be derived again",
                              scenario)
-            for target_key, until in list(self._refused.items()):
+            for target_key, until in list(self.learned.refused.items()):
                 if until <= now:
-                    del self._refused[target_key]
+                    del self.learned.refused[target_key]
                     expired = True
         if expired:
             self._changed()
@@ -1025,136 +649,40 @@ class Planner:
     def next_due(self) -> float:
         """When :meth:`due` next has something (-inf: now)."""
         with self._lock:
-            if self._paired or any(run.page > 1 for run in self._runs.values()):
+            if self._paired or any(run.read.page > 1 for run in self._runs.values()):
                 return -math.inf
-            times = [math.inf]
-            for group in self._plan.member_groups:
-                times.append(-math.inf if group in self._member_runs
-                             else self._member_due(group))
-            times.extend(self._fallback.values())
-            times.extend(self._refused.values())
+            times = [math.inf, *self.members.next_due(self._plan.member_groups)]
+            times.extend(self.learned.fallback.values())
+            times.extend(self.learned.refused.values())
             return min(times)
 
     def requests_per_day(self) -> float:
         """Member lists and cross-checks a day, taken out of the day budget (the pulls
         and the proofs they owe are recurring jobs: they count in the interval)."""
         with self._lock:
-            return self._lists_per_day() + self._checks_per_day()
+            return sum(self._per_day())
 
     # --- metrics and the state file ------------------------------------------------------
 
     def sources(self) -> list[tuple[TargetKey, str]]:
         """Every target with the source of its exported values."""
         with self._lock:
-            return [(key, "participants" if self._served(key) else "summary")
-                    for key in self._targets]
+            return [(key, self.source(key)) for key in self._targets]
 
     def state(self) -> dict[str, Any]:
-        """What the state file keeps (JSON-safe): proofs (with the fingerprint of the
-        definition they proved), doubts, refusals, fallbacks, each pull's pages, the
-        member lists with their failures and next reads, and the precision learned (a
-        restored proof exports values rounded as the endpoint was seen rounding)."""
+        """What the state file keeps (JSON-safe, :meth:`Learned.save`): proofs, doubts,
+        refusals, fallbacks, each pull's pages, the member lists with their failures and
+        next reads, and the precision learned (a restored proof exports values rounded as
+        the endpoint was seen rounding)."""
         with self._lock:
-            proofs = [{"scenario": k[0], "cohort": k[1],
-                       "fingerprint": fingerprint(self._targets[k].cohort),
-                       "checked": p.checked, "given": sorted(p.given)}
-                      for k, p in self._proofs.items() if k in self._targets]
-            proofs += [{"scenario": k[0], "cohort": k[1], "fingerprint": f,
-                        "checked": p.checked, "given": sorted(p.given)}
-                       for k, (f, p) in self._kept_proofs.items()]
-            return {
-                "proofs": proofs,
-                "doubts": [[k[0], k[1], n] for k, n in self._doubts.items()],
-                "refused": [[k[0], k[1], until] for k, until in self._refused.items()],
-                "fallback": dict(self._fallback),
-                "pages": [[k[1], list(k[2]), n] for k, n in self._pages.items()],
-                "members": {g: {"user_ids": sorted(ids), "at": at,
-                                "pages": self._member_pages.get(g, 1)}
-                            for g, (ids, at) in self._members.items()},
-                "member_retries": {g: {"failures": n, "next": self._member_next.get(g, 0.0)}
-                                   for g, n in self._member_failures.items()},
-                "precision": dict(self.precision.seen),
-                # The cross-checks' turn: restarts do not start the round robin over.
-                "checks": {"next": max(self._checks_next, 0.0), "cursor": self._checks_cursor},
-            }
-
-    def _restore(self, saved: Mapping[str, Any], now: float) -> None:
-        """Take back :meth:`state` as the file kept it; each part that does not parse is
-        logged and left out, times in the future are not trusted."""
-
-        def when(value: object) -> float:
-            if not isinstance(value, int | float) or value > now + 60:
-                raise ValueError(f"bad time {value!r}")
-            return float(value)
-
-        def part(name: str, read: Callable[[Any], None]) -> None:
-            for item in (saved.get(name) or {}).items() if isinstance(
-                    saved.get(name), dict) else saved.get(name) or ():
-                try:
-                    read(item)
-                except (KeyError, TypeError, ValueError, IndexError) as exc:
-                    log.warning("state file: ignoring a saved planner %s entry: %s", name, exc)
-
-        def member(item: tuple[str, Any]) -> None:
-            group, doc = item
-            if not isinstance(doc["user_ids"], list):
-                raise ValueError("user_ids is not a list")
-            self._members[str(group)] = (frozenset(str(i) for i in doc["user_ids"]),
-                                         when(doc["at"]))
-            self._member_pages[str(group)] = max(int(doc.get("pages", 1)), 1)
-            # A restored list is read again when it is membership_interval old.
-            self._member_next[str(group)] = (self._members[str(group)][1]
-                                             + self.settings.membership_interval)
-
-        def retry(item: tuple[str, Any]) -> None:
-            group, doc = item
-            self._member_failures[str(group)] = int(doc["failures"])
-            self._member_next[str(group)] = float(doc["next"])
-
-        def proof(doc: Any) -> None:
-            given = frozenset(str(f) for f in doc["given"]) & frozenset(_SUMMARY_FIELDS)
-            self._kept_proofs[(str(doc["scenario"]), str(doc["cohort"]))] = (
-                str(doc["fingerprint"]), _Proof(when(doc["checked"]), given))
-
-        def doubt(doc: Any) -> None:
-            self._doubts[(str(doc[0]), str(doc[1]))] = int(doc[2])
-
-        def refused(doc: Any) -> None:
-            self._refused[(str(doc[0]), str(doc[1]))] = float(doc[2])
-
-        def fallback(item: tuple[str, Any]) -> None:
-            self._fallback[str(item[0])] = float(item[1])
-
-        def pages(doc: Any) -> None:
-            window, start, end = doc[1]
-            dates: DatesKey = (None if window is None else float(window),
-                               None if start is None else str(start),
-                               None if end is None else str(end))
-            self._pages[("participants", str(doc[0]), dates)] = max(int(doc[2]), 1)
-
-        def precision(item: tuple[str, Any]) -> None:
-            if item[0] not in ROUNDED_FIELDS or not 0 <= int(item[1]) <= MAX_DECIMALS:
-                raise ValueError(f"bad precision {item!r}")
-            self.precision.seen[item[0]] = int(item[1])
-
-        checks = saved.get("checks")
-        if isinstance(checks, dict):
-            try:
-                self._checks_next = float(checks["next"])
-                self._checks_cursor = max(int(checks["cursor"]), 0)
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("state file: ignoring the saved cross-check turn: %s", exc)
-        for name, read in (("members", member), ("member_retries", retry), ("proofs", proof),
-                           ("doubts", doubt), ("refused", refused), ("fallback", fallback),
-                           ("pages", pages), ("precision", precision)):
-            part(name, read)
+            return self.learned.save({k: t.cohort for k, t in self._targets.items()},
+                                     self.members.state())
 
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
 
 
-_SUMMARY_FIELDS = tuple(Summary.__slots__)
 # Null in the summary of an empty cohort, a value once it has participants.
 _AVERAGES = ("average_best_score", "average_best_rank", "average_score_lift",
              "average_session_duration_seconds")
@@ -1162,11 +690,6 @@ _AVERAGES = ("average_best_score", "average_best_rank", "average_score_lift",
 
 def _pull_label(key: PullKey, page: int) -> str:
     window, start, end = key[2]
-    dates = ("" if window is None and start is None and end is None
-             else f" window={window:g}s" if window is not None
+    dates = (f" window={window:g}s" if window is not None else "" if (start, end) == (None, None)
              else f" start={start} end={end}")
     return f"participants scenario={key[1]}{dates} page {page}"
-
-
-def _duration(seconds: float) -> str:
-    return format_duration(seconds)

@@ -209,7 +209,7 @@ class Scheduler:
                 times.order = order
             self._jobs[key] = job
             self._times[key] = times
-        self._cost = sum(max(job.cost, 1) for job in self._jobs.values())
+        self._cost = round_cost(self._jobs.values())
 
     @property
     def keys(self) -> list[JobKey]:
@@ -230,7 +230,7 @@ class Scheduler:
     @property
     def poll_day_budget(self) -> float:
         """Requests per day left for recurring jobs once the sources are paid for."""
-        return max(self.budget.day_limit - self.listing_requests_per_day, 1.0)
+        return polling_day_budget(self.budget.day_limit, [self.listing_requests_per_day])
 
     @property
     def budget_bound(self) -> bool:
@@ -430,6 +430,22 @@ class Scheduler:
 
 def _key(job: Job | JobKey | None) -> JobKey | None:
     return job.key if isinstance(job, Job) else job
+
+
+def round_cost(jobs: Iterable[Job]) -> int:
+    """Requests one round of the recurring ``jobs`` sends (a pull of n pages counts n)."""
+    return sum(max(job.cost, 1) for job in jobs)
+
+
+def polling_day_budget(day_budget: float, paid_first: Iterable[float] = ()) -> float:
+    """Requests a day left for the recurring jobs once what is paid first is taken out
+    of ``day_budget``: the job sources' requests a day (listings, member lists,
+    cross-checks); at least 1. The scheduler, the daemon and ``--config.check`` all
+    take it from here."""
+    left = day_budget
+    for cost in paid_first:
+        left -= cost
+    return max(left, 1.0)
 
 
 def interval_and_limit(requests: float, refresh_interval: float, day_budget: float,

@@ -26,7 +26,10 @@ from exporter.config import ApiKey, PlannerConfig, format_duration, parse_config
 from exporter.daemon import Exporter
 from exporter.discovery import Group
 from exporter.jobs import summary_job
-from exporter.planner import Planner, checks_per_day, choose, judge, offline_plan, pages_for
+from exporter.learned import fingerprint
+from exporter.plan import checks_per_day, choose, derived_per_day, offline_plan, pages_for
+from exporter.planner import Planner, judge
+from exporter.scheduler import round_cost
 from exporter.server import Web, landing_page
 from exporter.state import decode, encode
 from exporter.store import Store
@@ -360,6 +363,60 @@ def test_choose_and_the_offline_plan() -> None:
     plan = offline_plan(build_targets(parse_config(raw)), PlannerConfig(), 5400.0)
     assert plan.groups[0].derived == ("all", "emails", "no-staff")
     assert plan.member_groups == ()
+
+
+def test_a_rounds_cost_is_what_its_jobs_send_whatever_is_proven_refused_or_owed() -> None:
+    """The plan's recurring requests (the interval's numerator, everywhere) are the
+    requests its jobs send: proven targets ride the pull, owed ones add their paired
+    proof to it, refused ones and a scenario in fallback send summaries."""
+    raw = config("http://127.0.0.1:9")
+    raw["scenarios"] = [{"id": "pitch", "name": "Pitch"}, {"id": "demo", "name": "Demo"}]
+    settings = parse_config(raw)
+    targets = build_targets(settings)
+    cohorts = {t.key: t.cohort for t in targets}
+    now = 50_000.0
+    saved = {
+        "members": {g: {"user_ids": ["u001"], "at": now - 60} for g in ("g1", "g2")},
+        "proofs": [{"scenario": s, "cohort": c, "fingerprint": fingerprint(cohorts[(s, c)]),
+                    "checked": now - 60, "given": ["participants", "sessions"]}
+                   for s, c in (("pitch", "all"), ("pitch", "emails"), ("demo", "g1"))],
+        "refused": [["pitch", "no-staff", now + 3600]],
+        "fallback": {"demo": now + 3600},
+        "pages": [["pitch", [None, None, None], 3]],
+    }
+    planner = Planner(settings.planner, Store(), saved, now=now)
+    planner.configure(settings.planner, settings.api.rate_limit.day_budget, 600.0)
+    jobs = planner.jobs(targets, now)
+    plan = planner.plan
+    kinds = [(job.kind, job.cost) for job in jobs if "pitch" in job.key[:2]]
+    # pitch: no-staff (refused) and the 7-day cohorts on summaries, then the all-time
+    # pull: 3 pages + 2 owed proofs (g1, g2-humans).
+    assert kinds == [("summary", 1), ("summary", 1), ("summary", 1), ("participants", 5)]
+    assert [(g.scenario, g.source, g.derived) for g in plan.groups] == [
+        ("pitch", "participants", ("all", "emails")), ("pitch", "summary", ()),
+        ("demo", "summary", ()), ("demo", "summary", ())]
+    assert plan.recurring == round_cost(jobs) == 3 + 5 + 7
+    # g3's list is worth reading (its cohort would make pitch's 7-day pull pay); the
+    # fallback scenario reads none.
+    assert plan.member_groups == ("g1", "g2", "g3")
+
+
+def test_once_every_target_is_proven_the_daemon_runs_the_plan_the_check_printed(
+        fake: FakeExecAPI, clock: FakeClock) -> None:
+    raw = config(fake.base_url)
+    rig = Rig(fake, clock, raw)
+    try:
+        rig.run(3 * 600)
+        assert [rig.source(key) for key in KEYS] == ["participants"] * len(KEYS)
+        settings = parse_config(raw)
+        printed = offline_plan(build_targets(settings), settings.planner, 600.0)
+        assert rig.exporter.planner.plan == printed
+        rate = settings.api.rate_limit
+        assert rig.exporter.planner.requests_per_day() == sum(derived_per_day(
+            printed, {}, settings.planner, 600.0, rate.day_budget, rate.minute_budget,
+            checked=True))
+    finally:
+        rig.close()
 
 
 def test_landing_page_shows_each_targets_source(fake: FakeExecAPI, clock: FakeClock) -> None:

@@ -7,17 +7,14 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from ..aggregate import Precision, aggregate, compare
-from ..client import (
-    ParticipantRow,
-    Summary,
-)
-from ..config import (
-    PlannerConfig,
-)
-from ..planner import choose, cohort_filter
+from ..client import ParticipantRow, Summary
+from ..config import PlannerConfig
+from ..paged import page_query
+from ..plan import choose, pages_of
+from ..planner import cohort_filter
 from ..targets import Target, TargetKey
 from .journal import PARTICIPANTS, SUMMARY, page_key, request_key
-from .plan import PullGroup, as_of_query, members_key, paged, pages_of
+from .plan import PullGroup, as_of_query, members_key
 from .sender import Fetcher
 from .window import iso
 
@@ -113,7 +110,7 @@ class Derivation:
         page_no = 1
         pages = 1
         while True:
-            key = page_key(PARTICIPANTS, grp.scenario, paged(query, page_no))
+            key = page_key(PARTICIPANTS, grp.scenario, page_query(query, page_no))
             outcome = self.fetcher.page(key)
             if outcome is None or outcome.page is None:
                 why = outcome.error if outcome is not None else "kept failing"

@@ -10,15 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..budget import DAY, Budget
-from ..client import (
-    Page,
-)
-from ..config import (
-    CohortConfig,
-    PlannerConfig,
-    format_duration,
-)
-from ..planner import PAGE_SIZE, DatesKey, choose, pages_for, pull_groups
+from ..config import CohortConfig, PlannerConfig, format_duration
+from ..paged import page_query
+from ..plan import DatesKey, choose, describe_dates, pages_for, pages_of, pull_groups
+from ..planner import pinned_query, pull_query
 from ..targets import Target
 from .journal import (
     MEMBERS,
@@ -40,16 +35,12 @@ def as_of_query(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
 
     ``end_date`` = the instant; a fixed ``end_date`` before the instant stays (the
     value froze there, as the running exporter reports it); a rolling window
-    starts ``window`` before the instant.
+    starts ``window`` before the instant: the daemon's pinned query
+    (:func:`exporter.planner.pinned_query`) at that instant.
     """
     if cohort.start_date is not None and cohort.start_date.timestamp() > instant:
         return None
-    params = cohort.query(float(instant))  # filters, fixed start, window start
-    end = float(instant)
-    if cohort.end_date is not None:
-        end = min(end, cohort.end_date.timestamp())
-    params["end_date"] = iso(end)
-    return params
+    return pinned_query(cohort, float(instant))
 
 
 @dataclass(frozen=True)
@@ -175,14 +166,9 @@ def pull_dates(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
     """The participants query of ``cohort``'s pull as of ``instant``: the dates of its
     as-of summary query only (the rows are kept or dropped here, by the cohort's
     filter), or None before the cohort's ``start_date``."""
-    params = as_of_query(cohort, instant)
-    if params is None:
+    if as_of_query(cohort, instant) is None:
         return None
-    return {k: params[k] for k in ("start_date", "end_date") if k in params}
-
-
-def paged(query: Mapping[str, str], page: int) -> dict[str, str]:
-    return {**query, "page": str(page), "page_size": str(PAGE_SIZE)}
+    return pull_query(cohort, float(instant))
 
 
 @dataclass
@@ -220,12 +206,8 @@ class PullGroup:
 
     def label(self) -> str:
         """``scenario=s all time (all, sales)``."""
-        window, start, end = self.dates
-        dates = (f"last {format_duration(window)}" if window is not None
-                 else "all time" if start is None and end is None
-                 else f"{start or '...'} .. {end or '...'}")
         names = ", ".join(t.cohort.name for t in self.targets)
-        return f"scenario={self.scenario} {dates} ({names})"
+        return f"scenario={self.scenario} {describe_dates(self.dates)} ({names})"
 
 
 def plan_pulls(plan: Plan, settings: PlannerConfig,
@@ -238,7 +220,7 @@ def plan_pulls(plan: Plan, settings: PlannerConfig,
     pull's ``total_count`` says; a resumed run knows it from its journal) and the
     member lists of the groups its cohorts use that no group before it reads. A tie
     keeps the summaries; so does ``planner.mode: summary``, and so does a group of one
-    cohort (the planner's own rule, :func:`exporter.planner.choose`).
+    cohort (the planner's own rule, :func:`exporter.plan.choose`).
     """
     groups: list[PullGroup] = []
     charged: set[str] = set()
@@ -256,7 +238,7 @@ def plan_pulls(plan: Plan, settings: PlannerConfig,
                           summary_cost=len({p.request for p in points}),
                           proofs=len({p.request for p in points if p.instant == newest}))
         if pulls and known_pages:
-            first = known_pages.get(page_key(PARTICIPANTS, scenario, paged(pulls[0][0], 1)))
+            first = known_pages.get(page_key(PARTICIPANTS, scenario, page_query(pulls[0][0], 1)))
             if first is not None and first.page is not None:
                 group.pages = pages_of(first.page)
         needs = dict.fromkeys(g for t in members for g in t.cohort.group_ids)
@@ -286,8 +268,5 @@ def member_pages(group_id: str, known_pages: Mapping[PageKey, PageOutcome] | Non
 
 
 def members_key(group_id: str, page_no: int) -> PageKey:
-    return page_key(MEMBERS, group_id, {"group_ids": group_id, **paged({}, page_no)})
+    return page_key(MEMBERS, group_id, page_query({"group_ids": group_id}, page_no))
 
-
-def pages_of(page: Page) -> int:
-    return pages_for(page.total_count) if page.total_count is not None else page.total_pages
