@@ -166,6 +166,7 @@ class Exporter:
             self.skills = None
         elif self.skills is None:
             self.skills = Skills(config.skills, day, report)
+            self.skills.restore(self._saved.listings.pop("skills", None), self.clock.time())
         else:
             self.skills.configure(config.skills, day)
         if config.assignments is None or not config.assignments.enabled:
@@ -173,6 +174,8 @@ class Exporter:
         elif self.assignments is None:
             self.assignments = Assignments(config.assignments, day, self._polled_scenarios,
                                            report)
+            self.assignments.restore(self._saved.listings.pop("assignments", None),
+                                     self.clock.time())
         else:
             self.assignments.configure(config.assignments, day)
 
@@ -295,8 +298,10 @@ class Exporter:
             return
         now = self.clock.time()
         lists = self.discovery.lists if self.discovery else None
+        listings = {listing.kind: listing.state() for listing in (self.skills, self.assignments)
+                    if listing is not None and listing.state() is not None}
         self.state.save(self.store.snapshot(), now, force=force, lists=lists,
-                        planner=self.planner.state())
+                        planner=self.planner.state(), listings=listings)
 
     def _save_loop(self) -> None:
         # The state file follows the store: every change is saved (coalesced by the

@@ -65,6 +65,23 @@ id when known (``Target.scenario_uuid``)."""
 
 # --- parsing ------------------------------------------------------------------
 
+# A saved skill row's fields, in Skill's order: (type, may be None).
+_SKILL_FIELDS: tuple[tuple[type, bool], ...] = (
+    (str, False), (str, False), (int, True), (int, True), (float, True), (float, True),
+    (str, True))
+
+
+def parse_restored(value: object, kind: tuple[type, bool]) -> Any:
+    """One field of a saved row, checked against its type (ValueError if it is not)."""
+    expected, optional = kind
+    if value is None and optional:
+        return None
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a {expected.__name__}")
+    return value
+
 
 @dataclass(frozen=True)
 class Skill:
@@ -150,6 +167,37 @@ class _Listing:
         """Requests one read needs, by the last known sizes (at least 1)."""
         raise NotImplementedError
 
+    def state(self) -> dict[str, Any] | None:
+        """The last complete read, for the state file (None: nothing read yet)."""
+        if self.read_at is None:
+            return None
+        return {"read_at": self.read_at, **self._values()}
+
+    def restore(self, saved: object, now: float) -> None:
+        """Take a saved read back (a restart inside the interval reads nothing): its
+        values are served and the next read is due an interval after it. A saved read
+        that is malformed or from the future is left out with a warning."""
+        if not isinstance(saved, dict):
+            return
+        try:
+            read_at = saved["read_at"]
+            if not isinstance(read_at, int | float) or read_at > now + 60:
+                raise ValueError("read_at is not a past time")
+            self._restore_values(saved)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("state file: ignoring the saved %s read: %s", self.kind, exc)
+            return
+        self.read_at = float(read_at)
+        self._next = self.read_at + self.interval
+        if self.report is not None:
+            self.report(self.kind, self.read_at, None, 0)
+
+    def _values(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _restore_values(self, saved: dict[str, Any]) -> None:
+        raise NotImplementedError
+
     @property
     def interval(self) -> float:
         """The configured interval, stretched when a read would cost more than
@@ -225,6 +273,20 @@ class Skills(_Listing):
 
     def _begin(self, now: float) -> None:
         self._paged = self._new_read()
+
+    def _values(self) -> dict[str, Any]:
+        return {"pages": self.pages, "skills": [
+            [s.slug, s.name, s.participants, s.scored_participants, s.proficient_ratio,
+             s.average_score, s.id] for s in self.skills]}
+
+    def _restore_values(self, saved: dict[str, Any]) -> None:
+        skills = tuple(Skill(*(parse_restored(value, kind) for value, kind in
+                               zip(row, _SKILL_FIELDS, strict=True)))
+                       for row in saved["skills"])
+        pages = saved["pages"]
+        if not isinstance(pages, int) or pages < 1:
+            raise ValueError(f"pages is {pages!r}")
+        self.skills, self.pages = skills, pages
 
     def due(self, now: float) -> Job | None:
         """The next page to read, if a read is due."""
@@ -516,6 +578,32 @@ class Assignments(_Listing):
         log.debug("assignments: counted %d assignments of %d scenarios (%s)", self._rows,
                   len(read.polled), "counting" if read.counting else "paging")
         self._finish(now)
+
+    def _values(self) -> dict[str, Any]:
+        return {"counts": [[label, status, n] for (label, status), n in self.counts.items()],
+                "counting": self.counting, "learned": dict(self._learned),
+                "rows": self._rows, "all_pages": self._all_pages,
+                "filters_refused": self._filters_refused}
+
+    def _restore_values(self, saved: dict[str, Any]) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for label, status, n in saved["counts"]:
+            if (not isinstance(label, str) or status not in STATUSES
+                    or not isinstance(n, int) or n < 0):
+                raise ValueError(f"count {label!r} {status!r} {n!r}")
+            counts[(label, status)] = n
+        learned = saved["learned"]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in learned.items()):
+            raise ValueError("learned ids are not strings")
+        rows, pages = saved["rows"], saved["all_pages"]
+        for name, value in (("rows", rows), ("all_pages", pages)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} is {value!r}")
+        self.counts, self._learned = counts, dict(learned)
+        self._rows, self._all_pages = rows, pages
+        self.counting = bool(saved["counting"]) if saved["counting"] is not None else None
+        self._filters_refused = bool(saved["filters_refused"])
+        self._read_labels = frozenset(label for label, _ in counts)
 
     def values(self) -> dict[tuple[str, str], int]:
         """The last counts of the scenarios polled now (removed scenarios vanish at once)."""

@@ -1,8 +1,9 @@
-"""``--state.file``: last good summaries, discovery lists and what the planner learned
-(proofs, member lists, pull sizes: ``Planner.state``), kept across restarts. The quota
-ledger lives beside it, in ``<state file>.ledger`` (:mod:`exporter.ledger`), shared with
-any backfill on the same state file; a state file of an earlier version still carries
-its ledger, which is read once to migrate it.
+"""``--state.file``: last good summaries, discovery lists, the skills and assignments
+listings' last reads and what the planner learned (proofs, member lists, pull sizes:
+``Planner.state``), kept across restarts. The quota ledger lives beside it, in
+``<state file>.ledger`` (:mod:`exporter.ledger`), shared with any backfill on the same
+state file; a state file of an earlier version still carries its ledger, which is read
+once to migrate it.
 
 Written atomically (temporary file, fsync, rename). A missing, corrupt or
 unreadable file is logged and ignored: the exporter starts fresh, never stops.
@@ -53,11 +54,16 @@ class SavedState:
     lists: Lists | None = None  # the discovery lists, so a restart need not re-read them
     # What the planner learned (Planner.state), as saved; the planner validates it.
     planner: dict[str, Any] = field(default_factory=dict)
+    # The skills and assignments listings' last reads (Skills.state, Assignments.state),
+    # as saved; each listing validates its own.
+    listings: dict[str, Any] = field(default_factory=dict)
 
 
 def encode(snapshot: Snapshot, now: float,
-           lists: Lists | None = None, planner: Mapping[str, Any] | None = None) -> bytes:
-    """The file's bytes for ``snapshot``, discovery ``lists`` and the planner's state."""
+           lists: Lists | None = None, planner: Mapping[str, Any] | None = None,
+           listings: Mapping[str, Any] | None = None) -> bytes:
+    """The file's bytes for ``snapshot``, discovery ``lists``, the planner's state and
+    the listings' last reads."""
     targets = []
     for state in snapshot.targets:
         if state.summary is None and state.last_error is None:
@@ -85,6 +91,8 @@ def encode(snapshot: Snapshot, now: float,
         }
     if planner:
         doc["planner"] = dict(planner)
+    if listings:
+        doc["listings"] = dict(listings)
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -111,6 +119,9 @@ def decode(data: bytes, now: float) -> SavedState:
         saved.planner = found_planner
     elif isinstance(doc.get("members"), dict):
         saved.planner = {"members": doc["members"]}  # a file of an earlier version
+    found_listings = doc.get("listings")
+    if isinstance(found_listings, dict):
+        saved.listings = found_listings
     for item in doc.get("targets", []):
         try:
             key = (str(item["scenario"]), str(item["cohort"]))
@@ -166,7 +177,7 @@ class StateFile:
         self.min_gap = min_gap
         self._last_save = float("-inf")
         self._lock = threading.Lock()
-        self._pending: tuple[Snapshot, float, Lists | None,
+        self._pending: tuple[Snapshot, float, Lists | None, Mapping[str, Any] | None,
                              Mapping[str, Any] | None] | None = None
         self._timer: threading.Timer | None = None
 
@@ -191,13 +202,14 @@ class StateFile:
 
     def save(self, snapshot: Snapshot, now: float,
              force: bool = False, lists: Lists | None = None,
-             planner: Mapping[str, Any] | None = None) -> bool:
+             planner: Mapping[str, Any] | None = None,
+             listings: Mapping[str, Any] | None = None) -> bool:
         """Write atomically now (returns True), or, inside ``min_gap`` of the last
         write, remember the data and write it when the gap ends (returns False)."""
         with self._lock:
             wait = self.min_gap - (now - self._last_save)
             if not force and wait > 0:
-                self._pending = (snapshot, now, lists, planner)
+                self._pending = (snapshot, now, lists, planner, listings)
                 if self._timer is None:
                     self._timer = threading.Timer(wait, self._flush)
                     self._timer.daemon = True
@@ -207,7 +219,7 @@ class StateFile:
             if force and self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            return self._save_locked(snapshot, now, lists, planner)
+            return self._save_locked(snapshot, now, lists, planner, listings)
 
     def _flush(self) -> None:
         with self._lock:
@@ -216,9 +228,10 @@ class StateFile:
             if pending is not None:
                 self._save_locked(*pending)
 
-    def _save_locked(self, snapshot: Snapshot, now: float,
-                     lists: Lists | None, planner: Mapping[str, Any] | None = None) -> bool:
-        data = encode(snapshot, now, lists, planner)
+    def _save_locked(self, snapshot: Snapshot, now: float, lists: Lists | None,
+                     planner: Mapping[str, Any] | None = None,
+                     listings: Mapping[str, Any] | None = None) -> bool:
+        data = encode(snapshot, now, lists, planner, listings)
         try:
             self._write(data)
         except OSError as exc:

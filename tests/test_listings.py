@@ -3,9 +3,12 @@ against the fake API over loopback (fake clock, poller stepped by hand)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -248,7 +251,8 @@ def api(clock: FakeClock) -> Iterator[FakeExecAPI]:
         fake.stop()
 
 
-def exporter_for(fake: FakeExecAPI, clock: FakeClock, **extra: Any) -> Exporter:
+def exporter_for(fake: FakeExecAPI, clock: FakeClock, state_file: str | None = None,
+                 **extra: Any) -> Exporter:
     raw: dict[str, Any] = {
         "api": {"base_url": fake.base_url, "timeout": "2s",
                 "rate_limit": {"requests_per_minute": 6000, "requests_per_day": 100_000,
@@ -259,7 +263,7 @@ def exporter_for(fake: FakeExecAPI, clock: FakeClock, **extra: Any) -> Exporter:
         "assignments": {"interval": "1h"},
     }
     raw.update(extra)
-    return Exporter(parse_config(raw), ApiKey(make_key(), "test"), None, None, clock)
+    return Exporter(parse_config(raw), ApiKey(make_key(), "test"), None, state_file, clock)
 
 
 def run_until(exporter: Exporter, clock: FakeClock, until: float) -> None:
@@ -517,3 +521,58 @@ def test_a_refused_filter_falls_back_to_paging_everything() -> None:
     assert listing._read is not None and listing._read.scenario_filter is None
     listing.page_read(rows_of(("id-1", None, "past_due")), 1, 3601.0)
     assert listing.values()[("s1", "past_due")] == 1
+
+
+def test_a_restart_inside_the_interval_reads_no_listing_again(
+        api: FakeExecAPI, clock: FakeClock, tmp_path: Path) -> None:
+    """The state file keeps both listings' last reads: a restart inside their interval
+    serves the same values and sends no request (issue: 7 listing requests went out)."""
+    state = str(tmp_path / "state.json")
+    raw: dict[str, Any] = {"scenarios": [{"id": "s-a", "name": "A"},
+                                         {"id": "uuid-b", "name": "B"},
+                                         {"id": "s-c", "name": "C"}]}
+    first = exporter_for(api, clock, state_file=state, **raw)
+    run_until(first, clock, clock.now + 60)
+    before = {k: v for k, v in scrape(first).items()
+              if k[0].startswith(("exec_skill", "exec_assignments"))
+              or k[0] == "exec_exporter_discovery_last_success_timestamp_seconds"}
+    assert len([k for k in before if k[0] == "exec_skill_info"]) == 130
+    first._save_state(force=True)
+    first.running.client.close()
+
+    clock.advance(600)
+    api.clear_requests()
+    second = exporter_for(api, clock, state_file=state, **raw)
+    try:
+        after = {k: v for k, v in scrape(second).items() if k in before}
+        assert after == before  # the values and when they were read, before any request
+        run_until(second, clock, clock.now + 1800)  # still inside the hour
+        assert api.requests == []
+        run_until(second, clock, clock.now + HOUR)  # then read again, as usual
+        assert api.listing_requests("skills") and api.listing_requests("assignments")
+    finally:
+        second.running.client.close()
+
+
+def test_a_malformed_saved_listing_is_left_out_and_read_again(
+        api: FakeExecAPI, clock: FakeClock, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    state = tmp_path / "state.json"
+    first = exporter_for(api, clock, state_file=str(state))
+    run_until(first, clock, clock.now + 60)
+    first._save_state(force=True)
+    first.running.client.close()
+    doc = json.loads(state.read_bytes())
+    doc["listings"]["skills"]["skills"][0][2] = "many"  # participants: not a number
+    doc["listings"]["assignments"]["read_at"] = clock.now + 86400  # from the future
+    state.write_text(json.dumps(doc))
+    api.clear_requests()
+    with caplog.at_level(logging.WARNING, logger="exporter.listings"):
+        second = exporter_for(api, clock, state_file=str(state))
+    try:
+        assert "ignoring the saved skills read" in caplog.text
+        assert "ignoring the saved assignments read" in caplog.text
+        run_until(second, clock, clock.now + 60)  # both read again at once
+        assert api.listing_requests("skills") and api.listing_requests("assignments")
+    finally:
+        second.running.client.close()
