@@ -25,7 +25,7 @@ scenario configured by slug that discovery has not matched is recognised by the
 slug its assignment rows carry, and its id is learned from those rows; until
 then the read pages through every row of the workspace.
 
-:class:`ListingsCollector` exports the last complete values (see README,
+:class:`ListingsCollector` exports the last complete values (see docs/configuration.md,
 "Skills and assignments").
 """
 

@@ -7,7 +7,7 @@ only runs jobs: it asks the scheduler, sends the one request, and hands the
 answer to the job's handler. Tests drive the scheduler through a simulated day
 without sleeping.
 
-Policy (see the README's "Quota arithmetic"):
+Policy (see docs/quota.md):
 
 * effective interval ``I = max(refresh_interval, N x 86400 / day budget,
   N x 60 / minute budget)`` over the N requests of one round of the recurring
