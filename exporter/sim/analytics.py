@@ -18,9 +18,6 @@ from typing import Any
 from ..client import RANKS  # the rank names live in one place
 from .world import Regrade, SessionLog
 
-__all__ = ["RANKS", "SORT_COLUMNS", "ParticipantRow", "participant_rows", "rank_for",
-           "summary_body"]
-
 # The lowest score of each rank but the last, in the order of RANKS.
 _RANK_FLOORS = (90.0, 75.0, 50.0)
 

@@ -23,7 +23,6 @@ and rolling day). Its :class:`DemoWorld`:
 from __future__ import annotations
 
 import random
-import threading
 import time
 import uuid
 from collections import deque
@@ -52,10 +51,7 @@ from .demo_workspace import (
     make_users,
 )
 from .endpoints import DAY, ExecAPI
-from .loopback import APIRequest, APIResponse
 from .world import Regrade, ScenarioListing, SessionLog, User, World
-
-__all__ = ["DEMO_API_KEY", "DemoWorld", "SimulatedExecAPI", "demo_config"]
 
 # Deliberately not in the real key format, so it can never be mistaken for a
 # live key (nor trip a secret scanner).
@@ -210,7 +206,6 @@ class _ScenarioSim:
             self._append(when, idx, (score, duration))
 
 
-
 class DemoWorld(World):
     """The demo workspace over time: sessions are generated as the clock reaches them.
 
@@ -336,21 +331,6 @@ class SimulatedExecAPI(ExecAPI):
         world = DemoWorld(self.start_time, seed, self.drop_at)
         super().__init__(world, api_key, host, port, requests_per_minute, requests_per_day,
                          clock)
-        self._count_lock = threading.Lock()
-        self._request_count = 0
-
-    @property
-    def request_count(self) -> int:
-        """Every request received, whatever its answer."""
-        with self._count_lock:
-            return self._request_count
-
-    def handle(self, request: APIRequest) -> APIResponse:
-        """Count, then answer as the Exec API does."""
-        with self._count_lock:
-            self._request_count += 1
-        return super().handle(request)
-
 
 def _due_dates(users: Sequence[User], start: float,
                rng: random.Random) -> dict[tuple[str, int], float]:
@@ -378,11 +358,9 @@ def _status(attempts: int, best: float, due: float, now: float) -> str:
 
 def _assignment_json(scenario: DemoScenario, user: User, status: str, due: float,
                      attempts: int, best: float | None) -> dict[str, Any]:
-    first, last = user.email.split("@")[0].split(".", 1)
     return {
         "id": "a" + uuid.uuid5(NAMESPACE, f"{scenario.slug}/{user.id}").hex[:11],
-        "user": {"id": user.id, "email": user.email, "first_name": first.capitalize(),
-                 "last_name": last.capitalize()},
+        "user": user.as_json(),
         "scenario": {"id": scenario.id, "name": scenario.name, "slug": scenario.slug},
         "status": status,
         "due_date": datetime.fromtimestamp(due, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -9,6 +9,7 @@ with ``retry_after``), then answered; list answers are paged.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,8 +29,6 @@ from .protocol import (
     unauthorized_response,
 )
 from .world import FilterError, SessionFilter, World
-
-__all__ = ["ASSIGNMENT_STATUSES", "DAY", "Endpoint", "ExecAPI"]
 
 DAY = 86_400.0
 ASSIGNMENT_STATUSES = ("not_started", "in_progress", "completed", "past_due", "did_not_pass")
@@ -64,9 +63,19 @@ class ExecAPI(LoopbackAPIServer):
         limits = [(window, limit) for window, limit in
                   ((60.0, requests_per_minute), (DAY, requests_per_day)) if limit is not None]
         self._limiter = RollingLimiter(limits)
+        self._count_lock = threading.Lock()
+        self._request_count = 0
+
+    @property
+    def request_count(self) -> int:
+        """Every request received, whatever its answer."""
+        with self._count_lock:
+            return self._request_count
 
     def handle(self, request: APIRequest) -> APIResponse:
         """Authenticate, rate-limit and answer one request."""
+        with self._count_lock:
+            self._request_count += 1
         if not bearer_ok(request, self.api_key):
             return unauthorized_response()
         with self.world.lock:

@@ -21,9 +21,6 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["API_PREFIX", "APIRequest", "APIResponse", "HeaderDict", "LoopbackAPIServer",
-           "RequestHandler"]
-
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/rest/v1"

@@ -17,23 +17,6 @@ from typing import Any
 
 from .loopback import APIRequest, APIResponse
 
-__all__ = [
-    "DEFAULT_PAGE_SIZE",
-    "MAX_PAGE_SIZE",
-    "RollingLimiter",
-    "bad_request_response",
-    "bearer_ok",
-    "error_response",
-    "forbidden_response",
-    "not_found_response",
-    "paginate",
-    "parse_bool",
-    "parse_datetime",
-    "rate_limited_response",
-    "split_list",
-    "unauthorized_response",
-]
-
 
 def error_response(
     status: int,
@@ -148,7 +131,6 @@ def paginate(items: Sequence[Any], query: Mapping[str, str]) -> APIResponse:
             },
         },
     )
-
 
 
 def forbidden_response() -> APIResponse:

@@ -29,9 +29,6 @@ from typing import Any
 
 from .protocol import parse_bool, parse_datetime, split_list
 
-__all__ = ["FilterError", "Regrade", "ScenarioListing", "Session", "SessionFilter", "SessionLog",
-           "User", "World"]
-
 SYSTEM_EMAIL_DOMAIN = "@exec.com"
 
 
@@ -110,9 +107,6 @@ class SessionLog:
         self.seconds: list[float] = []
         for session in sorted(sessions, key=lambda s: s.time):
             self.append(session.time, session.user_id, session.score, session.seconds)
-
-    def __len__(self) -> int:
-        return len(self.times)
 
     def append(self, when: float, user_id: str, score: float, seconds: float) -> None:
         """Log a session; one earlier than the last goes to its place in time."""
