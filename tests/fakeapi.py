@@ -70,27 +70,11 @@ HUGE_BODY_SIZE = 64 * 1024 * 1024
 _CHUNK = 64 * 1024
 
 SUMMARY_FAULTS = frozenset({"wrong_types", "negative_count", "score_250", "rank_platinum"})
-LIST_FAULTS = frozenset(
-    {
-        "500",
-        "503_html",
-        "invalid_json",
-        "json_array",
-        "wrong_types",
-        "hang",
-        "huge_body",
-        "trickle_headers",
-        "trickle_body",
-        "429_error_object",
-        "429_top_level",
-        "429_header",
-        "401",
-        "403",
-        "404",
-        "400",
-        "short_page",
-    }
-)
+LIST_FAULTS = frozenset({
+    "500", "503_html", "invalid_json", "json_array", "wrong_types", "hang", "huge_body",
+    "trickle_headers", "trickle_body", "429_error_object", "429_top_level", "429_header",
+    "401", "403", "404", "400", "short_page",
+})  # fmt: skip
 FAULTS = LIST_FAULTS | SUMMARY_FAULTS
 # The lists set_list_fault takes.
 _LISTS = frozenset({"scenarios", "groups", "skills", "assignments", "members", "participants"})
