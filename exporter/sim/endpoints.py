@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from .analytics import SORT_COLUMNS, ParticipantRow, participant_rows, rows_summary
 from .loopback import APIRequest, APIResponse, LoopbackAPIServer
@@ -168,14 +167,9 @@ class ExecAPI(LoopbackAPIServer):
     def members(self, query: Mapping[str, str]) -> APIResponse:
         """GET /workspace/members, optionally only the members of ``group_ids``."""
         groups = set(split_list(query.get("group_ids")))
-        items = [self.member_json(u) for u in self.world.listed_members()
+        items = [u.as_member_json() for u in self.world.listed_members()
                  if not groups or u.groups & groups]
         return paginate(items, query)
-
-    def member_json(self, user: Any) -> dict[str, Any]:
-        """A WorkspaceMember: the schema's flat shape, ``id`` being the user id."""
-        return {**user.as_json(), "role": "staff" if user.system else "member",
-                "created_at": _MEMBER_SINCE}
 
     def scenarios(self, query: Mapping[str, str]) -> APIResponse:
         """GET /scenarios with ``include_archived``, ``visibility``, ``collection_ids``,
@@ -220,7 +214,3 @@ class ExecAPI(LoopbackAPIServer):
                  if (not wanted_ids or (item.get("scenario") or {}).get("id") in wanted_ids)
                  and (not wanted_status or item.get("status") in wanted_status)]
         return paginate(items, query)
-
-
-_MEMBER_SINCE = "2024-02-01T09:00:00Z"
-

@@ -30,6 +30,7 @@ from typing import Any
 from .protocol import parse_bool, parse_datetime, split_list
 
 SYSTEM_EMAIL_DOMAIN = "@exec.com"
+MEMBER_SINCE = "2024-02-01T09:00:00Z"  # every simulated member joined then
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ class User:
         """The user as the analytics and assignment rows nest it."""
         first, last = self.names
         return {"id": self.id, "email": self.email, "first_name": first, "last_name": last}
+
+    def as_member_json(self) -> dict[str, Any]:
+        """A WorkspaceMember: the schema's flat shape, ``id`` being the user id."""
+        return {**self.as_json(), "role": "staff" if self.system else "member",
+                "created_at": MEMBER_SINCE}
 
 
 @dataclass(frozen=True)
