@@ -267,13 +267,10 @@ class World:
         """The rubric change of ``scenario``, if any."""
         return self._regrades.get(scenario)
 
-    def set_regrade(self, scenario: str, regrade: Regrade | None) -> None:
-        """Re-grade ``scenario`` (None: never)."""
+    def set_regrade(self, scenario: str, regrade: Regrade) -> None:
+        """Re-grade ``scenario`` (see :class:`Regrade`)."""
         with self.lock:
-            if regrade is None:
-                self._regrades.pop(scenario, None)
-            else:
-                self._regrades[scenario] = regrade
+            self._regrades[scenario] = regrade
 
     # --- listed items -------------------------------------------------------------
 
