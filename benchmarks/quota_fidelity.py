@@ -82,10 +82,9 @@ from exporter.client import (
 )
 from exporter.config import ApiKey, Config, parse_config
 from exporter.daemon import Exporter
-from exporter.demo import _summary_body as summary_body
-from exporter.demo import rank_for
 from exporter.jobs import Running, summary_job
 from exporter.scheduler import Poller, Scheduler
+from exporter.sim import rank_for, summary_body
 from exporter.store import Store
 
 START = 1_790_000_000.0

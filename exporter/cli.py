@@ -345,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_path: str | None = args.config_file
     try:
         if demo:
-            from .demo import DEMO_API_KEY, SimulatedExecAPI, demo_config
+            from .sim import DEMO_API_KEY, SimulatedExecAPI, demo_config
 
             simulated = SimulatedExecAPI().start()
             config = parse_config(demo_config(simulated.base_url))

@@ -3,9 +3,12 @@
 Tests say what the summary endpoint returns per scenario
 (:meth:`FakeExecAPI.set_summary`), inject faults (:meth:`FakeExecAPI.set_fault`),
 serve scenario and group lists, and read back every request received
-(:attr:`FakeExecAPI.requests`). The HTTP plumbing is the demo's
-(:class:`exporter.demo.LoopbackAPIServer`), so :meth:`FakeExecAPI.stop` is
-prompt even while a "hang" or "huge_body" response is in progress.
+(:attr:`FakeExecAPI.requests`). It is the simulated Exec API
+(:class:`exporter.sim.ExecAPI` over a :class:`exporter.sim.World`: the session log,
+the filters, paging and the envelopes are the simulation's), plus what only
+tests need: canned and skewed summaries, faults, constant traffic, a request
+record. :meth:`FakeExecAPI.stop` is prompt even while a "hang" or "huge_body"
+response is in progress.
 
 Faults (``set_fault`` / ``set_list_fault``):
 
@@ -50,24 +53,15 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from exporter.demo import (
-    APIRequest,
-    APIResponse,
-    HeaderDict,
-    LoopbackAPIServer,
+from exporter.sim import APIRequest, APIResponse, ExecAPI, HeaderDict, Session, User, World
+from exporter.sim.loopback import RequestHandler
+from exporter.sim.protocol import (
     bad_request_response,
-    bearer_ok,
     error_response,
+    forbidden_response,
     not_found_response,
-    paginate,
-    parse_bool,
-    parse_datetime,
-    rank_for,
-    split_list,
     unauthorized_response,
 )
-from exporter.demo import _Handler as _DemoHandler
-from exporter.demo import _summary_body as summary_from_bests
 
 __all__ = ["FAULTS", "LIST_FAULTS", "FakeExecAPI", "RecordedRequest", "Session", "User",
            "summary_body"]
@@ -76,28 +70,14 @@ HUGE_BODY_SIZE = 64 * 1024 * 1024
 _CHUNK = 64 * 1024
 
 SUMMARY_FAULTS = frozenset({"wrong_types", "negative_count", "score_250", "rank_platinum"})
-LIST_FAULTS = frozenset(
-    {
-        "500",
-        "503_html",
-        "invalid_json",
-        "json_array",
-        "wrong_types",
-        "hang",
-        "huge_body",
-        "trickle_headers",
-        "trickle_body",
-        "429_error_object",
-        "429_top_level",
-        "429_header",
-        "401",
-        "403",
-        "404",
-        "400",
-        "short_page",
-    }
-)
+LIST_FAULTS = frozenset({
+    "500", "503_html", "invalid_json", "json_array", "wrong_types", "hang", "huge_body",
+    "trickle_headers", "trickle_body", "429_error_object", "429_top_level", "429_header",
+    "401", "403", "404", "400", "short_page",
+})  # fmt: skip
 FAULTS = LIST_FAULTS | SUMMARY_FAULTS
+# The lists set_list_fault takes.
+_LISTS = frozenset({"scenarios", "groups", "skills", "assignments", "members", "participants"})
 
 
 def summary_body(**overrides: Any) -> dict[str, Any]:
@@ -139,35 +119,11 @@ class RecordedRequest:
     raw_query: str = ""
 
 
-@dataclass(frozen=True)
-class User:
-    """A workspace member of the fake's session log."""
-
-    id: str
-    email: str
-    groups: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Session:
-    """One graded practice session of the fake's session log."""
-
-    user_id: str
-    time: float
-    score: float
-    seconds: float
-
-
 @dataclass
 class _Fault:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     remaining: int | None = None  # None: until cleared
-
-
-def forbidden_response() -> APIResponse:
-    """The 403 the Exec API sends for an inactive workspace."""
-    return error_response(403, "authorization_error", "workspace_inactive", "Workspace is inactive")
 
 
 @dataclass
@@ -186,8 +142,8 @@ class _TrickledResponse(APIResponse):
     body_interval: float = 0.0
 
 
-class _FaultHandler(_DemoHandler):
-    """The demo's handler, plus what only tests need: streamed bodies (64 MiB and
+class _FaultHandler(RequestHandler):
+    """The simulation's handler, plus what only tests need: streamed bodies (64 MiB and
     more, never held whole) and the byte-by-byte writes of the trickle faults."""
 
     def _send(self, response: APIResponse) -> None:
@@ -234,13 +190,15 @@ def _huge_body(size: int, stopping: threading.Event) -> Iterator[bytes]:
     yield tail
 
 
-class FakeExecAPI(LoopbackAPIServer):
+class FakeExecAPI(ExecAPI):
     """A fake Exec API with fault injection, on loopback.
 
     The summary endpoint answers what :meth:`set_summary` set for that scenario
-    id (whatever the query, so for every cohort) and 404s other scenarios.
-    Every request is recorded, then the bearer key is checked (401 when
-    wrong), then faults apply (a scenario's own fault before the global one).
+    id (whatever the query, so for every cohort); otherwise, for a scenario with a
+    session log (:meth:`set_sessions`), the simulation's answer; it 404s other
+    scenarios. Every request is recorded, then the bearer key is checked (401 when
+    wrong), then faults apply (a scenario's own fault before the global one). No
+    rate limit: tests inject 429s as faults.
     """
 
     def __init__(
@@ -250,27 +208,17 @@ class FakeExecAPI(LoopbackAPIServer):
         port: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(host, port)
-        self.api_key = api_key
-        self.clock = clock
+        super().__init__(World(), api_key, host, port, clock=clock)
         self._lock = threading.Lock()
         self.requests: list[RecordedRequest] = []
         self._summaries: dict[str, tuple[int, dict[str, Any] | list[Any] | str | bytes]] = {}
         self._faults: dict[str | None, _Fault] = {}
-        self._lists: dict[str, list[dict[str, Any]]] = {"scenarios": [], "groups": []}
         self._list_faults: dict[str, _Fault] = {}
-        # Skills and assignments (set_list_fault takes "skills" and "assignments" too).
-        self._lists.update(skills=[], assignments=[])
-
-        # The session log: summaries and participant rows are both computed from it.
-        self._users: dict[str, User] = {}
-        self._sessions: dict[str, list[Session]] = {}
         self._skew: dict[str, dict[str, float]] = {}
         self._shape: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         # Constant traffic: (scenario, users in turn, clock mover, seconds a request takes).
         self._traffic: tuple[str, list[str], Callable[[float], None], float] | None = None
         self._traffic_count = 0
-        self._frozen_members: dict[str, User] | None = None
 
     def start(self) -> FakeExecAPI:
         """Bind and serve (see :meth:`LoopbackAPIServer.start`), with the trickle faults."""
@@ -311,36 +259,40 @@ class FakeExecAPI(LoopbackAPIServer):
             self._faults[scenario_id] = _make_fault(fault, FAULTS, kw)
 
     def set_scenarios(self, items: list[dict[str, Any]]) -> None:
-        """Items served by GET /scenarios, paginated. ``visibility``,
+        """Items served by GET /scenarios as given, paginated. ``visibility``,
         ``include_archived`` (items with a truthy ``archived`` key are hidden
         by default), ``collection_ids`` and ``skill_ids`` (matched against the
-        items' optional ``collection_ids``/``skill_ids`` keys) filter them."""
-        with self._lock:
-            self._lists["scenarios"] = [dict(item) for item in items]
+        items' optional ``collection_ids``/``skill_ids``/``skills`` keys) filter them."""
+        self.world.set_items("scenarios", items)
 
     def set_groups(self, items: list[dict[str, Any]]) -> None:
         """Items served by GET /workspace/groups, paginated."""
-        with self._lock:
-            self._lists["groups"] = [dict(item) for item in items]
+        self.world.set_items("groups", items)
+
+    def set_skills(self, items: list[dict[str, Any]]) -> None:
+        """Items served by GET /skills, paginated; their ``proficiency_summary`` is
+        sent only with ``include=proficiency``."""
+        self.world.set_items("skills", items)
+
+    def set_assignments(self, items: list[dict[str, Any]]) -> None:
+        """Items served by GET /scenarios/assignments, paginated, filtered by
+        ``scenario_ids`` (against ``item["scenario"]["id"]``) and ``status``."""
+        self.world.set_items("assignments", items)
 
     def set_users(self, users: list[User]) -> None:
-        """The workspace members (GET /workspace/members, filtered by ``group_ids``)."""
-        with self._lock:
-            self._users = {u.id: u for u in users}
+        """The workspace members (GET /workspace/members, by id, filtered by
+        ``group_ids``)."""
+        self.world.set_users(sorted(users, key=lambda u: u.id))
 
     def set_sessions(self, scenario_id: str, sessions: list[Session]) -> None:
         """A session log for ``scenario_id``: from now on its summary (unless
         :meth:`set_summary` set one) and its participants table are both computed from
         these sessions, with the summary endpoint's filters."""
-        with self._lock:
-            self._sessions[scenario_id] = sorted(sessions, key=lambda s: s.time)
+        self.world.set_sessions(scenario_id, sessions)
 
     def add_sessions(self, scenario_id: str, sessions: list[Session]) -> None:
         """New sessions arrive for ``scenario_id``."""
-        with self._lock:
-            log = self._sessions.setdefault(scenario_id, [])
-            log.extend(sessions)
-            log.sort(key=lambda s: s.time)
+        self.world.add_sessions(scenario_id, sessions)
 
     def set_summary_skew(self, scenario_id: str, field: str | None, delta: float = 0.0) -> None:
         """Change the summary's formula for one field behind the exporter's back:
@@ -377,32 +329,32 @@ class FakeExecAPI(LoopbackAPIServer):
         """Member lists that lag the groups (eventual consistency): while frozen, GET
         /workspace/members answers each group's members as they were when frozen, while
         summaries and participants follow the live groups."""
-        with self._lock:
-            self._frozen_members = dict(self._users) if frozen else None
+        self.world.freeze_members(frozen)
 
     def move_user(self, user_id: str, groups: frozenset[str]) -> None:
         """``user_id`` now belongs to ``groups`` (and no other group)."""
+        self.world.move_user(user_id, groups)
+
+    def set_list_fault(self, which: str, fault: str | None, **kw: Any) -> None:
+        """Inject (or clear, with None) a fault on ``"scenarios"``, ``"groups"``,
+        ``"skills"``, ``"assignments"``, ``"members"`` (GET /workspace/members) or
+        ``"participants"`` (every scenario's participants table, its summaries
+        unharmed)."""
+        if which not in _LISTS:
+            raise ValueError(f"which must be one of {sorted(_LISTS)}, not {which!r}")
         with self._lock:
-            user = self._users[user_id]
-            self._users[user_id] = User(user.id, user.email, groups)
+            if fault is None:
+                self._list_faults.pop(which, None)
+            else:
+                self._list_faults[which] = _make_fault(fault, LIST_FAULTS, kw)
+
+    # --- what was received -----------------------------------------------
 
     def requests_to(self, suffix: str) -> list[RecordedRequest]:
         """The requests whose path ends with ``suffix`` ("/summary", "/participants",
         "/workspace/members")."""
         with self._lock:
             return [r for r in self.requests if r.path.endswith(suffix)]
-
-    def set_list_fault(self, which: str, fault: str | None, **kw: Any) -> None:
-        """Inject (or clear, with None) a fault on ``"scenarios"``, ``"groups"``,
-        ``"members"`` (GET /workspace/members) or ``"participants"`` (every scenario's
-        participants table, its summaries unharmed)."""
-        if which not in (*self._lists, "members", "participants"):
-            raise ValueError(f"which must be 'scenarios', 'groups' or 'members', not {which!r}")
-        with self._lock:
-            if fault is None:
-                self._list_faults.pop(which, None)
-            else:
-                self._list_faults[which] = _make_fault(fault, LIST_FAULTS, kw)
 
     def requests_for(self, scenario_id: str) -> list[RecordedRequest]:
         """The summary requests received for ``scenario_id``."""
@@ -411,27 +363,12 @@ class FakeExecAPI(LoopbackAPIServer):
 
     def list_requests(self, which: str) -> list[RecordedRequest]:
         """The requests received for the ``"scenarios"`` or ``"groups"`` list."""
-        path = {"scenarios": "/scenarios", "groups": "/workspace/groups"}[which]
-        with self._lock:
-            return [r for r in self.requests if r.path.endswith(path)]
-
-    def set_skills(self, items: list[dict[str, Any]]) -> None:
-        """Items served by GET /skills, paginated; their ``proficiency_summary`` is
-        sent only with ``include=proficiency``."""
-        with self._lock:
-            self._lists["skills"] = [dict(item) for item in items]
-
-    def set_assignments(self, items: list[dict[str, Any]]) -> None:
-        """Items served by GET /scenarios/assignments, paginated, filtered by
-        ``scenario_ids`` (against ``item["scenario"]["id"]``) and ``status``."""
-        with self._lock:
-            self._lists["assignments"] = [dict(item) for item in items]
+        return self.requests_to({"scenarios": "/scenarios", "groups": "/workspace/groups"}[which])
 
     def listing_requests(self, which: str) -> list[RecordedRequest]:
         """The requests received for ``"skills"`` or ``"assignments"``."""
-        path = {"skills": "/skills", "assignments": "/scenarios/assignments"}[which]
-        with self._lock:
-            return [r for r in self.requests if r.path.endswith(path)]
+        return self.requests_to({"skills": "/skills",
+                                 "assignments": "/scenarios/assignments"}[which])
 
     def clear_requests(self) -> None:
         """Forget the recorded requests."""
@@ -441,10 +378,10 @@ class FakeExecAPI(LoopbackAPIServer):
     # --- serving --------------------------------------------------------
 
     def handle(self, request: APIRequest) -> APIResponse:
-        """Record, authenticate, apply faults, answer."""
-        segments = request.segments
+        """Record, let the request's time pass, then answer as the simulation does
+        (authenticate, route), faults applied."""
         scenario_id: str | None = None
-        match segments:
+        match request.segments:
             case ["scenarios", sid, "analytics", "summary"]:
                 scenario_id = sid
         with self._lock:
@@ -460,38 +397,22 @@ class FakeExecAPI(LoopbackAPIServer):
                 )
             )
         self._pass_time()
-        if not bearer_ok(request, self.api_key):
-            return unauthorized_response()
-        if request.method != "GET":
-            return error_response(
-                405, "invalid_request", "method_not_allowed", "Method not allowed"
-            )
-        match segments:
-            case ["scenarios", sid, "analytics", "summary"]:
-                fault = self._take_fault(self._faults, sid, None)
-                return self._apply(fault, lambda: self._summary(sid, request.query), sid,
-                                   summary=True)
-            case ["scenarios", sid, "analytics", "participants"]:
-                fault = (self._take_fault(self._list_faults, "participants")
-                         or self._take_fault(self._faults, sid, None))
-                return self._apply(fault, lambda: self._participants(sid, request.query), sid)
-            case ["workspace", "members"]:
-                fault = self._take_fault(self._list_faults, "members")
-                return self._apply(fault, lambda: self._members(request.query), "members")
-            case ["scenarios"]:
-                fault = self._take_fault(self._list_faults, "scenarios")
-                return self._apply(fault, lambda: self._scenario_list(request.query), "scenarios")
-            case ["workspace", "groups"]:
-                fault = self._take_fault(self._list_faults, "groups")
-                return self._apply(fault, lambda: self._group_list(request.query), "groups")
-            case ["skills"]:
-                fault = self._take_fault(self._list_faults, "skills")
-                return self._apply(fault, lambda: self._skill_list(request.query), "skills")
-            case ["scenarios", "assignments"]:
-                fault = self._take_fault(self._list_faults, "assignments")
-                return self._apply(fault, lambda: self._assignment_list(request.query),
-                                   "assignments")
-        return not_found_response(f"Not found: {request.path}")
+        return super().handle(request)
+
+    def answer(self, kind: str, scenario: str | None,
+               respond: Callable[[], APIResponse]) -> APIResponse:
+        """The simulation's answer, unless a fault or a canned summary replaces it."""
+        if kind == "summary":
+            assert scenario is not None
+            fault = self._take_fault(self._faults, scenario, None)
+            return self._apply(fault, lambda: self._summary(scenario, respond), scenario,
+                               summary=True)
+        if kind == "participants":
+            assert scenario is not None
+            fault = (self._take_fault(self._list_faults, "participants")
+                     or self._take_fault(self._faults, scenario, None))
+            return self._apply(fault, respond, scenario)
+        return self._apply(self._take_fault(self._list_faults, kind), respond, kind)
 
     def _pass_time(self) -> None:
         """Constant traffic: the request takes its time, a session completes meanwhile."""
@@ -520,164 +441,33 @@ class FakeExecAPI(LoopbackAPIServer):
                 return fault
         return None
 
-    def _summary(self, scenario_id: str, query: dict[str, str] | None = None) -> APIResponse:
+    def _summary(self, scenario_id: str, respond: Callable[[], APIResponse]) -> APIResponse:
+        """The canned summary, else the simulation's with this scenario's skew and shape."""
         with self._lock:
             entry = self._summaries.get(scenario_id)
-            logged = scenario_id in self._sessions
-        if entry is None and logged:
-            return self._derived_summary(scenario_id, query or {})
-        if entry is None:
-            return not_found_response(
-                f"Scenario not found: {scenario_id}", code="scenario_not_found"
-            )
-        status, body = entry
-        if isinstance(body, bytes):
-            return APIResponse(status, body)
-        if isinstance(body, str):
-            return APIResponse(status, body.encode())
-        return APIResponse.json(status, body)
-
-    # --- the session log ---------------------------------------------------
-
-    def _per_user(self, scenario_id: str, query: dict[str, str]
-                  ) -> dict[str, list[Session]] | APIResponse:
-        """The matching sessions by user, in time order (or a 400)."""
-        try:
-            start = parse_datetime(query["start_date"]) if query.get("start_date") else None
-            end = parse_datetime(query["end_date"]) if query.get("end_date") else None
-            exclude = parse_bool(query.get("exclude_system_users") or "false")
-        except ValueError:
-            return bad_request_response("Invalid filter")
-        ids = set(split_list(query.get("user_ids")))
-        emails = {e.lower() for e in split_list(query.get("user_emails"))}
-        groups = set(split_list(query.get("group_ids")))
-        with self._lock:
-            users = dict(self._users)
-            sessions = list(self._sessions.get(scenario_id, []))
-        now = self.clock()
-        out: dict[str, list[Session]] = {}
-        for session in sessions:
-            user = users.get(session.user_id)
-            email = user.email.lower() if user else ""
-            if session.time > now or (start is not None and session.time < start):
-                continue
-            if end is not None and session.time > end:
-                continue
-            if (ids or emails) and session.user_id not in ids and email not in emails:
-                continue
-            if groups and not (user and user.groups & groups):
-                continue
-            if exclude and email.endswith("@exec.com"):
-                continue
-            out.setdefault(session.user_id, []).append(session)
-        return out
-
-    def _derived_summary(self, scenario_id: str, query: dict[str, str]) -> APIResponse:
-        per_user = self._per_user(scenario_id, query)
-        if isinstance(per_user, APIResponse):
-            return per_user
-        bests = [max(s.score for s in log) for log in per_user.values()]
-        firsts = [log[0].score for log in per_user.values()]
-        sessions = sum(len(log) for log in per_user.values())
-        seconds = sum(s.seconds for log in per_user.values() for s in log)
-        body = summary_from_bests(bests, firsts, sessions, seconds)
+        if entry is not None:
+            status, body = entry
+            if isinstance(body, bytes):
+                return APIResponse(status, body)
+            if isinstance(body, str):
+                return APIResponse(status, body.encode())
+            return APIResponse.json(status, body)
+        answer = respond()
+        if answer.status != 200:
+            return answer
+        body = json.loads(answer.body)
         with self._lock:
             skew = dict(self._skew.get(scenario_id, {}))
+            drop, whole = self._shape.get(scenario_id, (frozenset(), frozenset()))
         for name, delta in skew.items():
             if isinstance(body.get(name), int | float):
                 body[name] = round(body[name] + delta, 1)
-        with self._lock:
-            drop, whole = self._shape.get(scenario_id, (frozenset(), frozenset()))
         for name in drop:
             body.pop(name, None)
         for name in whole:
             if isinstance(body.get(name), int | float):
                 body[name] = round(body[name])
         return APIResponse.json(200, body)
-
-    def _participants(self, scenario_id: str, query: dict[str, str]) -> APIResponse:
-        with self._lock:
-            logged = scenario_id in self._sessions
-            users = dict(self._users)
-        if not logged:
-            return not_found_response(
-                f"Scenario not found: {scenario_id}", code="scenario_not_found"
-            )
-        per_user = self._per_user(scenario_id, query)
-        if isinstance(per_user, APIResponse):
-            return per_user
-        rows = []
-        for uid, log in per_user.items():
-            user = users.get(uid)
-            first, best = log[0].score, max(s.score for s in log)
-            rows.append({
-                "user": {"id": uid, "email": user.email if user else None,
-                         "first_name": "F", "last_name": "L"},
-                "session_count": len(log),
-                "first_score": first, "first_rank": rank_for(first),
-                "best_score": best, "best_rank": rank_for(best),
-                "lift_percentage": best - first,
-                "total_duration_seconds": sum(s.seconds for s in log),
-            })
-        # The endpoint's default sorting: -best_score (ties by user, for stable pages).
-        rows.sort(key=lambda r: (-r["best_score"], r["user"]["id"]))
-        return paginate(rows, query)
-
-    def _members(self, query: dict[str, str]) -> APIResponse:
-        groups = set(split_list(query.get("group_ids")))
-        with self._lock:
-            listed = self._frozen_members if self._frozen_members is not None else self._users
-            users = sorted(listed.values(), key=lambda u: u.id)
-        items = [{"id": u.id, "email": u.email, "first_name": "F", "last_name": "L",
-                  "role": "member", "created_at": "2024-01-15T10:30:00Z"}
-                 for u in users if not groups or u.groups & groups]
-        return paginate(items, query)
-
-    def _scenario_list(self, query: dict[str, str]) -> APIResponse:
-        try:
-            include_archived = parse_bool(query.get("include_archived") or "false")
-        except ValueError:
-            return bad_request_response(f"Invalid include_archived: {query['include_archived']}")
-        visibility = query.get("visibility") or None
-        collections = set(split_list(query.get("collection_ids")))
-        skills = set(split_list(query.get("skill_ids")))
-        with self._lock:
-            items = list(self._lists["scenarios"])
-        kept = [
-            item
-            for item in items
-            if (include_archived or not item.get("archived"))
-            and (visibility is None or item.get("visibility") == visibility)
-            and (not collections or collections & set(item.get("collection_ids") or ()))
-            and (not skills or skills & _skill_ids(item))
-        ]
-        return paginate(kept, query)
-
-    def _group_list(self, query: dict[str, str]) -> APIResponse:
-        with self._lock:
-            items = list(self._lists["groups"])
-        return paginate(items, query)
-
-    def _skill_list(self, query: dict[str, str]) -> APIResponse:
-        with self._lock:
-            items = list(self._lists["skills"])
-        if "proficiency" not in split_list(query.get("include")):
-            items = [{k: v for k, v in item.items() if k != "proficiency_summary"}
-                     for item in items]
-        return paginate(items, query)
-
-    def _assignment_list(self, query: dict[str, str]) -> APIResponse:
-        scenarios = set(split_list(query.get("scenario_ids")))
-        statuses = set(split_list(query.get("status")))
-        with self._lock:
-            items = list(self._lists["assignments"])
-        kept = [
-            item
-            for item in items
-            if (not scenarios or (item.get("scenario") or {}).get("id") in scenarios)
-            and (not statuses or item.get("status") in statuses)
-        ]
-        return paginate(kept, query)
 
     def _apply(
         self,
@@ -773,12 +563,6 @@ class FakeExecAPI(LoopbackAPIServer):
                 body["data"] = body["data"][:-1]
                 return APIResponse.json(answer.status, body)
         raise AssertionError(f"unhandled fault {name!r}")
-
-
-def _skill_ids(item: dict[str, Any]) -> set[str]:
-    ids = {str(i) for i in item.get("skill_ids") or ()}
-    ids |= {str(s.get("id")) for s in item.get("skills") or () if isinstance(s, dict)}
-    return ids
 
 
 def _make_fault(name: str, allowed: frozenset[str], kw: dict[str, Any]) -> _Fault:

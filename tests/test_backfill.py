@@ -47,7 +47,7 @@ from exporter.budget import Budget
 from exporter.client import NotFound, RateLimited, Summary, Unauthorized, UpstreamError
 from exporter.collector import INFO_FAMILY, INFO_POSITION, TARGET_FAMILIES
 from exporter.config import CohortConfig
-from exporter.demo import DEMO_API_KEY
+from exporter.sim import DEMO_API_KEY
 from exporter.targets import Target
 
 DAY = 86400
@@ -982,7 +982,7 @@ def test_the_page_count_from_the_first_pull_decides(tmp_path: Path, key_env: Non
                     "no-staff": {"exclude_system_users": "true", "end_date": end},
                     "gs": {"group_ids": "gs", "end_date": end},
                     "vip": {"user_emails": "p1@acme.com,p2@acme.com", "end_date": end}}.items():
-                answer = fake._summary("cold-call", query)
+                answer = fake.summary("cold-call", query)
                 want = _as_metrics(json.loads(answer.body))
                 assert written[("cold-call", cohort, instant)] == want, (cohort, d)
 

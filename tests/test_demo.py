@@ -1,4 +1,4 @@
-"""Tests of the simulated Exec API (exporter/demo.py) and the test fake
+"""Tests of the simulated Exec API (exporter/sim/) and the test fake
 (tests/fakeapi.py), over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from exporter.aggregate import Precision, aggregate, compare
 from exporter.client import Summary, parse_member, parse_participant, parse_summary
 from exporter.config import ApiKey, CohortConfig, parse_config
 from exporter.daemon import Exporter
-from exporter.demo import (
+from exporter.planner import cohort_filter, pull_query
+from exporter.server import Web, landing_page
+from exporter.sim import (
     DEMO_API_KEY,
     DEMO_GROUPS,
     DEMO_SCENARIOS,
@@ -34,8 +36,6 @@ from exporter.demo import (
     demo_config,
     rank_for,
 )
-from exporter.planner import cohort_filter, pull_query
-from exporter.server import Web, landing_page
 
 START = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 ACTIVE = [s for s in DEMO_SCENARIOS if not s.archived]
@@ -373,8 +373,8 @@ def test_demo_config_matches_the_simulation(sim: SimulatedExecAPI) -> None:
 
 
 def test_demo_source_has_no_live_key_pattern() -> None:
-    source = Path(__file__).parents[1].joinpath("exporter", "demo.py").read_text()
-    assert not re.search(r"exec_live_[A-Za-z0-9]{40}", source)
+    for module in Path(__file__).parents[1].joinpath("exporter", "sim").glob("*.py"):
+        assert not re.search(r"exec_live_[A-Za-z0-9]{40}", module.read_text()), module
     assert not re.fullmatch(r"exec_live_[A-Za-z0-9]{40}", DEMO_API_KEY)
 
 

@@ -446,7 +446,7 @@ def test_disabled_listings_send_nothing_and_export_nothing(api: FakeExecAPI,
 
 
 def test_the_demo_serves_both_listings_and_past_due_grows(clock: FakeClock) -> None:
-    from exporter.demo import DEMO_API_KEY, DEMO_SCENARIOS, SimulatedExecAPI, demo_config
+    from exporter.sim import DEMO_API_KEY, DEMO_SCENARIOS, SimulatedExecAPI, demo_config
 
     with SimulatedExecAPI(clock=clock, requests_per_minute=100_000) as simulated:
         raw = demo_config(simulated.base_url)

@@ -18,7 +18,8 @@ from harness import ROOT, InProcess, Subprocess, config_text, make_key, wait_unt
 
 from exporter.client import ExecClient
 from exporter.config import load_api_key, load_config
-from exporter.demo import APIRequest, APIResponse, error_response
+from exporter.sim import APIRequest, APIResponse
+from exporter.sim.protocol import error_response
 
 SCENARIOS = ["discovery-call", "pricing-objection"]
 
