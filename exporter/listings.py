@@ -223,6 +223,13 @@ class _Listing:
     def _begin(self, now: float) -> None:
         raise NotImplementedError
 
+    def _page_job(self, path: str, params: dict[str, str], page: int,
+                  apply: Callable[[Page[Any], float], None]) -> Job:
+        """The job that reads page ``page`` of this listing (``params`` include it)."""
+        return Job(kind=f"list_{self.kind}", key=("list", self.kind, page),
+                   fetch=lambda client, at: client.list_page(path, params), apply=apply,
+                   fail=self._fail, label=f"{self.kind} page {page}")
+
     def _finish(self, now: float) -> None:
         started = self._started if self._started is not None else now
         self._started = None
@@ -293,17 +300,8 @@ class Skills(_Listing):
         if not self._due(now):
             return None
         read = self._paged
-        page = read.page
-        params = read.query({"include": "proficiency"})
-
-        def fetch(client: ExecClient, at: float) -> Page[Any]:
-            return client.list_page("/skills", params)
-
-        def apply(answer: Page[Any], at: float) -> None:
-            self.page_read(read, answer, at)
-
-        return Job(kind="list_skills", key=("list", "skills", page), fetch=fetch,
-                   apply=apply, fail=self._fail, label=f"skills page {page}")
+        return self._page_job("/skills", read.query({"include": "proficiency"}), read.page,
+                              lambda answer, at: self.page_read(read, answer, at))
 
     def page_read(self, read: PagedRead[Skill], page: Page[Any], now: float) -> None:
         """One page arrived; publish the list when it was the last page (raises
@@ -447,18 +445,10 @@ class Assignments(_Listing):
             return Job(kind="list_assignments", key=("count", "assignments", label, status),
                        fetch=count, apply=lambda n, at: self.counted(label, status, n, at),
                        fail=self._fail, label=f"assignments {label} {status}")
-        page = read.paged.page
         paging = read.paged.query({"scenario_ids": read.scenario_filter}
                                   if read.scenario_filter is not None else None)
-
-        def fetch(client: ExecClient, at: float) -> Page[Any]:
-            return client.list_page("/scenarios/assignments", paging)
-
-        def apply(answer: Page[Any], at: float) -> None:
-            self._page(read, answer, at)
-
-        return Job(kind="list_assignments", key=("list", "assignments", page), fetch=fetch,
-                   apply=apply, fail=self._fail, label=f"assignments page {page}")
+        return self._page_job("/scenarios/assignments", paging, read.paged.page,
+                              lambda answer, at: self._page(read, answer, at))
 
     def _begin(self, now: float) -> None:
         polled = self._polled()

@@ -21,8 +21,9 @@ from exporter.aggregate import Precision, aggregate, compare
 from exporter.client import Summary, parse_member, parse_participant, parse_summary
 from exporter.config import ApiKey, CohortConfig, parse_config
 from exporter.daemon import Exporter
+from exporter.landing import landing_page
 from exporter.planner import cohort_filter, pull_query
-from exporter.server import Web, landing_page
+from exporter.server import Web
 from exporter.sim import (
     DEMO_API_KEY,
     DEMO_GROUPS,

@@ -22,7 +22,8 @@ from harness import wait_until
 
 from exporter.config import ApiKey, parse_config
 from exporter.daemon import Exporter
-from exporter.server import Web, landing_page, serve
+from exporter.landing import landing_page
+from exporter.server import Web, serve
 
 SCENARIOS = [f"scenario-{i:02d}" for i in range(55)]
 
@@ -197,7 +198,7 @@ def test_discovery_says_what_it_decided(api: FakeExecAPI, clock: FakeClock,
 
 
 def test_times_the_scheduler_can_produce_never_break_the_page() -> None:
-    from exporter.server import _when
+    from exporter.landing import _when
     now = 1_790_000_000.0
     assert _when(-math.inf, now) == "now"
     assert _when(math.inf, now) == "not planned"

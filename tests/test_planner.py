@@ -26,11 +26,12 @@ from exporter.config import ApiKey, PlannerConfig, format_duration, parse_config
 from exporter.daemon import Exporter
 from exporter.discovery import Group
 from exporter.jobs import summary_job
+from exporter.landing import landing_page
 from exporter.learned import fingerprint
 from exporter.plan import checks_per_day, choose, derived_per_day, offline_plan, pages_for
 from exporter.planner import Planner, judge
 from exporter.scheduler import round_cost
-from exporter.server import Web, landing_page
+from exporter.server import Web
 from exporter.state import decode, encode
 from exporter.store import Store
 from exporter.targets import build_targets
