@@ -265,6 +265,11 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
                 "lists and cross-checks are paid for)")
     lines.append(f"effective refresh interval: {format_duration(interval)} ({interval:.0f}s), "
                  f"{why}")
+    if limit != "refresh_interval" and any(paid_first):
+        # Offline the sizes of lists and pulls are guesses; running, the same function
+        # takes the real ones (the start-up log, the 'plan:' line, the page, the metric).
+        lines.append("  (offline: every list and pull counted as one page; running, the "
+                     "exporter computes it the same way from the real sizes and logs it)")
     staleness = staleness_limit(config.max_staleness, interval, None, 0.0)  # as the store
     lines.append(f"max staleness: {format_duration(staleness)}")
     return "\n".join(lines)

@@ -92,6 +92,7 @@ class Exporter:
         self._stop_saving = threading.Event()
         self._saving = threading.Lock()  # held by a save; stop() waits for one, not for idle
         self._saver: threading.Thread | None = None
+        self._logged_interval = -1.0  # the interval the last start or 'plan:' line gave
 
     @property
     def client(self) -> ExecClient:
@@ -115,10 +116,13 @@ class Exporter:
         # A target was proven or refused, a scenario fell back, a pull's size changed or
         # a member list was first read: the recurring jobs change (in the poller thread).
         with self._apply_lock:
-            before = self._interval(self.config)
             self.running = self._build(self.config, self.running.client, self.key)
             self.poller.wake()
-            if self._interval(self.config) != before:
+            # Said once the plan settles (no target waiting for its proof), not at every
+            # proof of a first fill: one interval in the log, the one the exporter keeps.
+            interval = self._interval(self.config)
+            if not self.planner.awaiting_proof() and interval != self._logged_interval:
+                self._logged_interval = interval
                 derived = sum(source == "participants" for _, source in self.planner.sources())
                 log.info("plan: %d of %d targets derived; effective refresh interval %s",
                          derived, len(self._targets), self._describe_interval())
@@ -326,9 +330,13 @@ class Exporter:
             self._saver.start()
         host, port = (str(part) for part in self.server.server_address[:2])
         host = f"[{host}]" if ":" in host else host
+        waiting = self.planner.awaiting_proof()
+        self._logged_interval = self._interval(self.config)
         log.info("exec-exporter %s listening on %s:%s; %d targets, effective refresh "
-                 "interval %s", __version__, host, port, len(self._targets),
-                 self._describe_interval())
+                 "interval %s%s", __version__, host, port, len(self._targets),
+                 self._describe_interval(),
+                 f" until {waiting} derived cohort{'s are' if waiting != 1 else ' is'} proven "
+                 "(a 'plan:' line gives the interval then)" if waiting else "")
 
     def stop(self) -> None:
         """Stop polling (letting an in-flight request finish), save state, stop serving."""

@@ -284,6 +284,12 @@ class Planner:
         # Served: proven, and the running jobs leave its summary to the pull.
         return key in self._served_keys and key in self.learned.proofs
 
+    def awaiting_proof(self) -> int:
+        """Targets a pull may serve once a paired check proves them (none: the plan has
+        settled, and the effective interval is the one it will keep)."""
+        with self._lock:
+            return len(self._owed)
+
     def served_by_pull(self) -> dict[PullKey, list[TargetKey]]:
         """Pull key -> the targets it refreshes (served and owed: for the landing page's
         next refresh)."""
