@@ -962,15 +962,15 @@ def test_the_page_count_from_the_first_pull_decides(tmp_path: Path, key_env: Non
         _assert_written_as_summaries(fake, output, [until - d * DAY for d in range(5)])
 
 
-def _cold_call(fake: Any, tmp_path: Path, users: int,
-               until: int) -> tuple[list[Any], Path]:
-    """``cold-call`` with ``users`` participants (every tenth staff, every third in group
-    ``gs``) practising over the 9 days up to ``until``, and a configuration of its four
-    cohorts that one pull serves: the sessions and the configuration's path."""
+def _cold_call(fake: Any, tmp_path: Path, users: int, until: int,
+               gs_every: int = 3) -> tuple[list[Any], Path]:
+    """``cold-call`` with ``users`` participants (every tenth staff, every ``gs_every``-th
+    in group ``gs``) practising over the 9 days up to ``until``, and a configuration of
+    its four cohorts that one pull serves: the sessions and the configuration's path."""
     from fakeapi import Session, User
 
     people = [User(f"u{i:04d}", f"p{i}@{'exec.com' if i % 10 == 0 else 'acme.com'}",
-                   frozenset({"gs"} if i % 3 == 0 else set())) for i in range(users)]
+                   frozenset({"gs"} if i % gs_every == 0 else set())) for i in range(users)]
     fake.set_users([*people, User("late", "late@acme.com", frozenset())])
     sessions = [Session(u.id, until - (i % 9) * DAY - 3600 * (1 + j),
                         40 + (i * 7 + j * 13) % 60, 200 + i % 50)
@@ -1052,8 +1052,76 @@ def test_a_pull_whose_pages_disagree_is_dropped_and_its_instant_uses_summaries(
         sent = len(fake.requests)
         code, out, err = run(argv)
         assert code == 0, err
-        assert len(fake.requests) == sent, "the rerun asked the API again"
+        again = len(fake.requests) - sent  # a count: a request's repr carries its key
+        assert again == 0, "the rerun asked the API again"
         assert output.read_bytes() == first
+
+
+def test_a_member_list_whose_pages_disagree_is_refused_and_its_cohort_uses_summaries(
+        tmp_path: Path, key_env: None) -> None:
+    """The first page of group ``gs``'s member list (150 members, 2 pages) comes back
+    one member short while its pagination still counts 150: the list is refused at that
+    page, as the daemon refuses it (no second page is asked for), and the ``gs`` cohort
+    is written from summaries at every instant while the others are derived. The
+    journal keeps the page's size, so a rerun refuses the replayed page the same way
+    and sends nothing."""
+    from fakeapi import FakeExecAPI
+
+    with FakeExecAPI(DEMO_API_KEY) as fake:
+        until = midnight(1)
+        _, config = _cold_call(fake, tmp_path, 150, until, gs_every=1)
+        fake.set_list_fault("members", "short_page", times=1)
+        output = tmp_path / "h.om"
+        argv = [f"--config.file={config}", "--since=4d", f"--until={until}",
+                f"--output={output}"]
+        code, out, err = run(argv)
+        assert code == 0, err
+        assert "members of group gs: not readable (members of group gs: page 1 of 2 has " \
+               "99 items, not 100" in out, out
+        assert len(fake.requests_to("/workspace/members")) == 1
+        gs_summaries = [r for r in fake.requests_to("/summary") if "group_ids" in r.query]
+        assert len(gs_summaries) == 5
+        assert "derived: 12 points of 3 cohorts from 5 participants pulls" in out
+        _assert_written_as_summaries(fake, output, [until - d * DAY for d in range(5)])
+        first = output.read_bytes()
+        sent = len(fake.requests)
+        code, out, err = run(argv)
+        assert code == 0, err
+        again = len(fake.requests) - sent  # a count: a request's repr carries its key
+        assert again == 0, "the rerun asked the API again"
+        assert output.read_bytes() == first
+
+
+def test_a_journal_from_before_page_sizes_were_kept_still_resumes(
+        tmp_path: Path, key_env: None) -> None:
+    """Journals written before the page lines carried ``page_size`` are read: their pages
+    are checked by their own lengths, and a rerun sends nothing and writes the same
+    file."""
+    from fakeapi import FakeExecAPI
+
+    with FakeExecAPI(DEMO_API_KEY) as fake:
+        until = midnight(1)
+        _, config = _cold_call(fake, tmp_path, 150, until)
+        output = tmp_path / "h.om"
+        argv = [f"--config.file={config}", "--since=4d", f"--until={until}",
+                f"--output={output}"]
+        code, _, err = run(argv)
+        assert code == 0, err
+        journal = output.with_name("h.om.journal")
+        lines = [json.loads(line) for line in journal.read_text().splitlines()]
+        paged = [line for line in lines if "page_size" in line]
+        assert len(paged) > 5 and {line["page_size"] for line in paged} == {100}
+        for line in paged:
+            del line["page_size"]
+        journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        first = output.read_bytes()
+        sent = len(fake.requests)
+        code, out, err = run(argv)
+        assert code == 0, err
+        again = len(fake.requests) - sent
+        assert again == 0, "the rerun asked the API again"
+        assert output.read_bytes() == first
+        assert "derived: 16 points of 4 cohorts from 5 participants pulls" in out
 
 
 # --- one ledger per workspace: the daemon and a backfill side by side --------------------
