@@ -935,25 +935,11 @@ def test_the_page_count_from_the_first_pull_decides(tmp_path: Path, key_env: Non
     """150 participants: 2 pages per pull serve 4 cohorts, so the pulls are read page by
     page and the values still equal the summaries. 350: the first page says 4 pages,
     as many as the 4 summaries, so the run stops that pull and uses summaries."""
-    from fakeapi import FakeExecAPI, Session, User
+    from fakeapi import FakeExecAPI
 
     with FakeExecAPI(DEMO_API_KEY) as fake:
         until = midnight(1)
-        people = [User(f"u{i:04d}", f"p{i}@{'exec.com' if i % 10 == 0 else 'acme.com'}",
-                       frozenset({"gs"} if i % 3 == 0 else set())) for i in range(users)]
-        fake.set_users(people)
-        sessions = [Session(u.id, until - (i % 9) * DAY - 3600 * (1 + j),
-                            40 + (i * 7 + j * 13) % 60, 200 + i % 50)
-                    for i, u in enumerate(people) for j in range(1 + i % 3)]
-        fake.set_sessions("cold-call", sessions)
-        config = write_config(tmp_path / "c.yaml", fake.base_url, extra_cohorts=[
-            {"name": "no-staff", "exclude_system_users": True},
-            {"name": "gs", "group_ids": ["gs"]},
-            {"name": "vip", "user_emails": ["p1@acme.com", "p2@acme.com"]}])
-        raw = yaml.safe_load(config.read_text())
-        raw["scenarios"] = [{"id": "cold-call"}]
-        raw["cohorts"] = [c for c in raw["cohorts"] if c["name"] != "last-7d"]
-        config.write_text(yaml.safe_dump(raw))
+        sessions, config = _cold_call(fake, tmp_path, users, until)
         output = tmp_path / "h.om"
         code, out, err = run([f"--config.file={config}", "--since=4d", f"--until={until}",
                               f"--output={output}"])
@@ -973,18 +959,169 @@ def test_the_page_count_from_the_first_pull_decides(tmp_path: Path, key_env: Non
             assert len(pulled) == 1  # the first page said 4 pages: no saving
             assert len(summaries) == 4 * 5
             assert f"{pages} pages per pull cost as much as the summaries" in out
-        written = _written(output)
-        for d in range(5):
-            instant = until - d * DAY
-            end = _iso(instant)
-            for cohort, query in {
-                    "all": {"end_date": end},
-                    "no-staff": {"exclude_system_users": "true", "end_date": end},
-                    "gs": {"group_ids": "gs", "end_date": end},
-                    "vip": {"user_emails": "p1@acme.com,p2@acme.com", "end_date": end}}.items():
-                answer = fake.summary("cold-call", query)
-                want = _as_metrics(json.loads(answer.body))
-                assert written[("cold-call", cohort, instant)] == want, (cohort, d)
+        _assert_written_as_summaries(fake, output, [until - d * DAY for d in range(5)])
+
+
+def _cold_call(fake: Any, tmp_path: Path, users: int, until: int,
+               gs_every: int = 3) -> tuple[list[Any], Path]:
+    """``cold-call`` with ``users`` participants (every tenth staff, every ``gs_every``-th
+    in group ``gs``) practising over the 9 days up to ``until``, and a configuration of
+    its four cohorts that one pull serves: the sessions and the configuration's path."""
+    from fakeapi import Session, User
+
+    people = [User(f"u{i:04d}", f"p{i}@{'exec.com' if i % 10 == 0 else 'acme.com'}",
+                   frozenset({"gs"} if i % gs_every == 0 else set())) for i in range(users)]
+    fake.set_users([*people, User("late", "late@acme.com", frozenset())])
+    sessions = [Session(u.id, until - (i % 9) * DAY - 3600 * (1 + j),
+                        40 + (i * 7 + j * 13) % 60, 200 + i % 50)
+                for i, u in enumerate(people) for j in range(1 + i % 3)]
+    fake.set_sessions("cold-call", sessions)
+    config = write_config(tmp_path / "c.yaml", fake.base_url, extra_cohorts=[
+        {"name": "no-staff", "exclude_system_users": True},
+        {"name": "gs", "group_ids": ["gs"]},
+        {"name": "vip", "user_emails": ["p1@acme.com", "p2@acme.com"]}])
+    raw = yaml.safe_load(config.read_text())
+    raw["scenarios"] = [{"id": "cold-call"}]
+    raw["cohorts"] = [c for c in raw["cohorts"] if c["name"] != "last-7d"]
+    config.write_text(yaml.safe_dump(raw))
+    return sessions, config
+
+
+def _assert_written_as_summaries(fake: Any, output: Path, instants: list[int]) -> None:
+    """Every ``cold-call`` cohort at ``instants`` in ``output`` is what the API's summary
+    endpoint says now."""
+    written = _written(output)
+    for instant in instants:
+        end = _iso(instant)
+        for cohort, query in {
+                "all": {"end_date": end},
+                "no-staff": {"exclude_system_users": "true", "end_date": end},
+                "gs": {"group_ids": "gs", "end_date": end},
+                "vip": {"user_emails": "p1@acme.com,p2@acme.com", "end_date": end}}.items():
+            answer = fake.summary("cold-call", query)
+            want = _as_metrics(json.loads(answer.body))
+            assert written[("cold-call", cohort, instant)] == want, (cohort, _iso(instant))
+
+
+def test_a_pull_whose_pages_disagree_is_dropped_and_its_instant_uses_summaries(
+        tmp_path: Path, key_env: None) -> None:
+    """A session arrives late (logged a minute before the instant a day back) between
+    the two pages of that instant's pull: its second page's ``total_count`` is one more
+    than the first's. The pull is dropped whole, as the daemon drops one, and that
+    instant's cohorts are written from summaries asked after the change; the other
+    pulls still serve theirs. A rerun replays the journaled pages to the same verdict
+    and sends nothing."""
+    from fakeapi import FakeExecAPI, Session
+
+    until = midnight(1)
+    changed_at = until - DAY
+
+    class LateSession(FakeExecAPI):
+        def handle(self, request: Any) -> Any:
+            answer = super().handle(request)
+            if (request.path.endswith("/participants") and request.query.get("page") == "1"
+                    and request.query.get("end_date") == _iso(changed_at)):
+                self.add_sessions("cold-call", [Session("late", changed_at - 60, 77, 300)])
+            return answer
+
+    with LateSession(DEMO_API_KEY) as fake:
+        sessions, config = _cold_call(fake, tmp_path, 150, until)
+        output = tmp_path / "h.om"
+        argv = [f"--config.file={config}", "--since=4d", f"--until={until}",
+                f"--output={output}"]
+        code, out, err = run(argv)
+        assert code == 0, err
+        assert (f"the participants pull as of {_iso(changed_at)} was not used" in out
+                and "changed between pages (total_count 133 then 134" in out), out
+        pulled = fake.requests_to("/participants")
+        # Every page of every pull was read (two of the dropped one): nothing more.
+        assert len([r for r in pulled if r.query["end_date"] == _iso(changed_at)]) == 2
+        assert len(pulled) == sum(
+            math.ceil(len({s.user_id for s in sessions if s.time <= until - d * DAY}) / 100)
+            for d in range(5))
+        summaries = fake.requests_to("/summary")
+        assert len(summaries) == 4 + 4  # the proofs, and the dropped pull's instant
+        assert {r.query["end_date"] for r in summaries} == {_iso(until), _iso(changed_at)}
+        assert "derived: 12 points of 4 cohorts from 4 participants pulls" in out
+        # The late session is in the summaries written for its instant; the instants
+        # before it never had it (the newest one was written before it arrived).
+        _assert_written_as_summaries(fake, output, [until - d * DAY for d in range(1, 5)])
+        assert _written(output)[("cold-call", "all", changed_at)]["exec_scenario_participants"] \
+            == 134
+        first = output.read_bytes()
+        sent = len(fake.requests)
+        code, out, err = run(argv)
+        assert code == 0, err
+        again = len(fake.requests) - sent  # a count: a request's repr carries its key
+        assert again == 0, "the rerun asked the API again"
+        assert output.read_bytes() == first
+
+
+def test_a_member_list_whose_pages_disagree_is_refused_and_its_cohort_uses_summaries(
+        tmp_path: Path, key_env: None) -> None:
+    """The first page of group ``gs``'s member list (150 members, 2 pages) comes back
+    one member short while its pagination still counts 150: the list is refused at that
+    page, as the daemon refuses it (no second page is asked for), and the ``gs`` cohort
+    is written from summaries at every instant while the others are derived. The
+    journal keeps the page's size, so a rerun refuses the replayed page the same way
+    and sends nothing."""
+    from fakeapi import FakeExecAPI
+
+    with FakeExecAPI(DEMO_API_KEY) as fake:
+        until = midnight(1)
+        _, config = _cold_call(fake, tmp_path, 150, until, gs_every=1)
+        fake.set_list_fault("members", "short_page", times=1)
+        output = tmp_path / "h.om"
+        argv = [f"--config.file={config}", "--since=4d", f"--until={until}",
+                f"--output={output}"]
+        code, out, err = run(argv)
+        assert code == 0, err
+        assert "members of group gs: not readable (members of group gs: page 1 of 2 has " \
+               "99 items, not 100" in out, out
+        assert len(fake.requests_to("/workspace/members")) == 1
+        gs_summaries = [r for r in fake.requests_to("/summary") if "group_ids" in r.query]
+        assert len(gs_summaries) == 5
+        assert "derived: 12 points of 3 cohorts from 5 participants pulls" in out
+        _assert_written_as_summaries(fake, output, [until - d * DAY for d in range(5)])
+        first = output.read_bytes()
+        sent = len(fake.requests)
+        code, out, err = run(argv)
+        assert code == 0, err
+        again = len(fake.requests) - sent  # a count: a request's repr carries its key
+        assert again == 0, "the rerun asked the API again"
+        assert output.read_bytes() == first
+
+
+def test_a_journal_from_before_page_sizes_were_kept_still_resumes(
+        tmp_path: Path, key_env: None) -> None:
+    """Journals written before the page lines carried ``page_size`` are read: their pages
+    are checked by their own lengths, and a rerun sends nothing and writes the same
+    file."""
+    from fakeapi import FakeExecAPI
+
+    with FakeExecAPI(DEMO_API_KEY) as fake:
+        until = midnight(1)
+        _, config = _cold_call(fake, tmp_path, 150, until)
+        output = tmp_path / "h.om"
+        argv = [f"--config.file={config}", "--since=4d", f"--until={until}",
+                f"--output={output}"]
+        code, _, err = run(argv)
+        assert code == 0, err
+        journal = output.with_name("h.om.journal")
+        lines = [json.loads(line) for line in journal.read_text().splitlines()]
+        paged = [line for line in lines if "page_size" in line]
+        assert len(paged) > 5 and {line["page_size"] for line in paged} == {100}
+        for line in paged:
+            del line["page_size"]
+        journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        first = output.read_bytes()
+        sent = len(fake.requests)
+        code, out, err = run(argv)
+        assert code == 0, err
+        again = len(fake.requests) - sent
+        assert again == 0, "the rerun asked the API again"
+        assert output.read_bytes() == first
+        assert "derived: 16 points of 4 cohorts from 5 participants pulls" in out
 
 
 # --- one ledger per workspace: the daemon and a backfill side by side --------------------

@@ -7,15 +7,15 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from ..aggregate import Precision, aggregate, compare
-from ..client import ParticipantRow, Summary
+from ..client import Member, ParticipantRow, Summary
 from ..config import PlannerConfig
-from ..paged import page_query
+from ..paged import PagedRead
 from ..plan import choose, pages_of
 from ..planner import cohort_filter
 from ..targets import Target, TargetKey
-from .journal import PARTICIPANTS, SUMMARY, page_key, request_key
-from .plan import PullGroup, as_of_query, members_key
-from .sender import Fetcher
+from .journal import MEMBERS, PARTICIPANTS, SUMMARY, request_key
+from .plan import PullGroup, as_of_query
+from .sender import Fetcher, Unreadable
 from .window import iso
 
 log = logging.getLogger(__name__)
@@ -67,22 +67,17 @@ class Derivation:
             self._derive_past(grp)
 
     def _read_members(self, group_id: str) -> None:
-        ids: list[str] = []
-        page_no = 1
-        while True:
-            outcome = self.fetcher.page(members_key(group_id, page_no))
-            if outcome is None or outcome.page is None:
-                self.notes.append(f"members of group {group_id}: not readable "
-                                  f"({outcome.error if outcome else 'kept failing'}); "
-                                  "its cohorts use summary requests")
-                return
-            if page_no == 1 and not self._still_cheaper(group_id, pages_of(outcome.page)):
-                return
-            ids.extend(m.user_id for m in outcome.page.items)
-            if page_no >= outcome.page.total_pages or not outcome.page.items:
-                break
-            page_no += 1
-        self.members[group_id] = frozenset(ids)
+        read: PagedRead[Member] = PagedRead(f"members of group {group_id}",
+                                            key=lambda member: member.user_id)
+        try:
+            for page in self.fetcher.read_list(MEMBERS, group_id, {"group_ids": group_id}, read):
+                if read.page == 1 and not self._still_cheaper(group_id, pages_of(page)):
+                    return
+        except Unreadable as exc:
+            self.notes.append(f"members of group {group_id}: not readable ({exc}); "
+                              "its cohorts use summary requests")
+            return
+        self.members[group_id] = frozenset(m.user_id for m in read.items)
 
     def _still_cheaper(self, group_id: str, pages: int) -> bool:
         """The member list's first page says how many pages it has: a group that added it
@@ -102,44 +97,28 @@ class Derivation:
         return any(group_id in t.cohort.group_ids for g in self.groups for t in g.targets)
 
     def _pull(self, grp: PullGroup, query: Mapping[str, str],
-              first: bool) -> tuple[list[ParticipantRow], int] | None:
-        """Every row of one pull and its page count, or None (unavailable, failing,
-        inconsistent, or, for the first pull, more pages than it saves)."""
-        rows: list[ParticipantRow] = []
-        total: int | None = None
-        page_no = 1
-        pages = 1
-        while True:
-            key = page_key(PARTICIPANTS, grp.scenario, page_query(query, page_no))
-            outcome = self.fetcher.page(key)
-            if outcome is None or outcome.page is None:
-                why = outcome.error if outcome is not None else "kept failing"
-                self.notes.append(f"{grp.label()}: the participants pull as of "
-                                  f"{query.get('end_date')} failed ({why}); summaries there")
-                return None
-            page = outcome.page
-            if page_no == 1:
-                total, pages = page.total_count, pages_of(page)
-                grp.pages = pages
-                if first and choose(len(grp.targets), len(grp.targets), pages) != PARTICIPANTS:
+              first: bool) -> list[ParticipantRow] | None:
+        """Every row of one pull, or None (unavailable, failing, its pages disagreeing,
+        or, for the first pull, more pages than it saves)."""
+        as_of = query.get("end_date")
+        read: PagedRead[ParticipantRow] = PagedRead(
+            f"participants of {grp.scenario} as of {as_of}", key=lambda row: row.user_id)
+        try:
+            for page in self.fetcher.read_list(PARTICIPANTS, grp.scenario, query, read):
+                if read.page > 1:
+                    continue
+                grp.pages = pages_of(page)
+                if first and choose(len(grp.targets), len(grp.targets),
+                                    grp.pages) != PARTICIPANTS:
                     # The page count is learned here: a pull this long saves nothing.
-                    self.notes.append(f"{grp.label()}: {pages} pages per pull cost as much "
-                                      "as the summaries; summaries for these cohorts")
+                    self.notes.append(f"{grp.label()}: {grp.pages} pages per pull cost as "
+                                      "much as the summaries; summaries for these cohorts")
                     return None
-            elif page.total_count != total:
-                self.notes.append(f"{grp.label()}: the table changed between pages as of "
-                                  f"{query.get('end_date')}; summaries there")
-                return None
-            rows.extend(page.items)
-            if page_no >= page.total_pages or not page.items:
-                break
-            page_no += 1
-        if len({r.user_id for r in rows}) != len(rows) or (total is not None
-                                                           and total != len(rows)):
-            self.notes.append(f"{grp.label()}: rows moved between pages as of "
-                              f"{query.get('end_date')}; summaries there")
+        except Unreadable as exc:
+            self.notes.append(f"{grp.label()}: the participants pull as of {as_of} was "
+                              f"not used ({exc}); summaries there")
             return None
-        return rows, pages
+        return read.items
 
     def _derive(self, target: Target, rows: Sequence[ParticipantRow]) -> Summary:
         members = {g: self.members[g] for g in target.cohort.group_ids}
@@ -151,10 +130,9 @@ class Derivation:
                       and all(g in self.members for g in t.cohort.group_ids)]
         if not candidates:
             return
-        pulled = self._pull(grp, grp.pulls[0][0], first=True)
-        if pulled is None:
+        rows = self._pull(grp, grp.pulls[0][0], first=True)
+        if rows is None:
             return
-        rows, _pages = pulled
         self.pulls += 1
         newest = grp.pulls[0][1][0]
         for target in candidates:
@@ -177,10 +155,9 @@ class Derivation:
             # summary for each cohort it cannot serve, against a summary per cohort.
             if choose(len(grp.targets), len(proven), grp.pages) != PARTICIPANTS:
                 return
-            pulled = self._pull(grp, query, first=False)
-            if pulled is None:
+            rows = self._pull(grp, query, first=False)
+            if rows is None:
                 continue
-            rows, _ = pulled
             self.pulls += 1
             for target in proven:
                 derived = self._derive(target, rows)

@@ -105,7 +105,8 @@ class Journal:
 
     A summary line has ``scenario``, ``params`` and ``summary``; a list page line (a
     participants page or a member list page) has ``kind``, ``subject``, ``params`` and
-    the page's ``items``, ``total_count`` and ``total_pages``.
+    the page's ``items``, ``page``, ``total_count``, ``total_pages`` and ``page_size``
+    (the envelope's; a line without it, from an older run, reads as not given).
     """
 
     def __init__(self, path: Path) -> None:
@@ -177,7 +178,8 @@ class Journal:
                                 "error": outcome.error}
         if page is not None:
             item.update(items=[dataclasses.asdict(x) for x in page.items], page=page.page,
-                        total_count=page.total_count, total_pages=page.total_pages)
+                        total_count=page.total_count, total_pages=page.total_pages,
+                        page_size=page.page_size)
         self._handle.write(json.dumps(item, sort_keys=True, separators=(",", ":")) + "\n")
         self._handle.flush()
 
@@ -201,5 +203,7 @@ def _page_from_json(kind: str, item: Mapping[str, Any]) -> Page | None:
         return None
     make = _ITEM_TYPES[kind]
     total = item.get("total_count")
+    size = item.get("page_size")  # absent in journals written before it was recorded
     return Page(tuple(make(**x) for x in item["items"]), int(item["page"]),
-                None if total is None else int(total), int(item["total_pages"]))
+                None if total is None else int(total), int(item["total_pages"]),
+                None if size is None else int(size))

@@ -260,13 +260,10 @@ def member_pages(group_id: str, known_pages: Mapping[PageKey, PageOutcome] | Non
                  member_counts: Mapping[str, int] | None) -> int:
     """How many pages ``group_id``'s member list has: from its first page in the journal
     (a resumed run), else from the running daemon's saved list (the state file), else 1."""
-    first = (known_pages or {}).get(members_key(group_id, 1))
+    members = page_query({"group_ids": group_id}, 1)
+    first = (known_pages or {}).get(page_key(MEMBERS, group_id, members))
     if first is not None and first.page is not None:
         return pages_of(first.page)
     count = (member_counts or {}).get(group_id)
     return pages_for(count) if count else 1
-
-
-def members_key(group_id: str, page_no: int) -> PageKey:
-    return page_key(MEMBERS, group_id, page_query({"group_ids": group_id}, page_no))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from ..budget import Budget
 from ..client import (
@@ -19,11 +19,15 @@ from ..client import (
     RateLimited,
     Unauthorized,
 )
-from .journal import PARTICIPANTS, Journal, Outcome, PageKey, PageOutcome, RequestKey
+from ..paged import ListChanged, PagedRead
+from .journal import PARTICIPANTS, Journal, Outcome, PageKey, PageOutcome, RequestKey, page_key
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_TRIES = 4  # timeouts, 5xx, invalid bodies: tries per request before giving up
+T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class StopFlag:
@@ -64,6 +68,10 @@ class Stopped(Exception):
 
 class WorkspaceError(Exception):
     """401 or 403: no request can succeed; stop."""
+
+
+class Unreadable(Exception):
+    """A list not read whole: a page refused or failing, or the pages disagree."""
 
 
 class Sender:
@@ -167,15 +175,12 @@ class Sender:
         page); None when it kept failing."""
         kind, subject, params = key
         query = dict(params)
-        if kind == PARTICIPANTS:
-            def call() -> Page:
-                return self.client.participants(subject, query)
-            what = f"participants of {subject} {query.get('end_date')} page {query['page']}"
-        else:
-            def call() -> Page:
-                return self.client.members(query)
-            what = f"members of group {subject} page {query['page']}"
-        sent = self._send(call, what, "its cohorts use summary requests")
+        pull = kind == PARTICIPANTS
+        what = (f"participants of {subject} {query.get('end_date')}" if pull
+                else f"members of group {subject}")
+        sent = self._send(lambda: (self.client.participants(subject, query) if pull
+                                   else self.client.members(query)),
+                          f"{what} page {query['page']}", "its cohorts use summary requests")
         return None if sent is None else PageOutcome(*sent)
 
     def _send(self, call: Callable[[], Any], what: str,
@@ -226,26 +231,41 @@ class Fetcher:
 
     def summary(self, key: RequestKey) -> Outcome | None:
         """The outcome of a summary request; None when it kept failing this run."""
-        if key in self.done:
-            return self.done[key]
-        outcome = self.sender.fetch(key)
-        if outcome is not None:
-            self.journal.add(key, outcome)
-            self.done[key] = outcome
-            self._sent()
-        return outcome
+        return self._answer(key, self.done, self.sender.fetch, self.journal.add)
 
     def page(self, key: PageKey) -> PageOutcome | None:
         """The outcome of a list page request; None when it kept failing this run."""
-        if key in self.pages:
-            return self.pages[key]
-        outcome = self.sender.fetch_page(key)
+        return self._answer(key, self.pages, self.sender.fetch_page, self.journal.add_page)
+
+    def _answer(self, key: K, known: dict[K, V], fetch: Callable[[K], V | None],
+                record: Callable[[K, V], None]) -> V | None:
+        if key in known:
+            return known[key]
+        outcome = fetch(key)
         if outcome is not None:
-            self.journal.add_page(key, outcome)
-            self.pages[key] = outcome
-            self._sent()
+            record(key, outcome)
+            known[key] = outcome
+            if self.on_sent is not None:
+                self.on_sent()
         return outcome
 
-    def _sent(self) -> None:
-        if self.on_sent is not None:
-            self.on_sent()
+    def read_list(self, kind: str, subject: str, filters: Mapping[str, str],
+                  read: PagedRead[T]) -> Iterator[Page[T]]:
+        """Every page of one list (a participants pull, a member list), read into
+        ``read``, the daemon's :class:`~exporter.paged.PagedRead` and its checks.
+
+        Each page is yielded before ``read`` takes it, so the caller may stop after
+        any page (the first says how many there are) and no further page is asked
+        for. Each comes from the journal or is sent and journaled (:meth:`page`): a
+        rerun replays the same pages to the same verdict. Raises :class:`Unreadable`.
+        """
+        while True:
+            outcome = self.page(page_key(kind, subject, read.query(filters)))
+            if outcome is None or outcome.page is None:
+                raise Unreadable(outcome.error if outcome is not None else "kept failing")
+            yield outcome.page
+            try:
+                if read.take(outcome.page, raw=False):
+                    return
+            except ListChanged as exc:
+                raise Unreadable(str(exc)) from None
