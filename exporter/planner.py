@@ -285,8 +285,7 @@ class Planner:
         return key in self._served_keys and key in self.learned.proofs
 
     def awaiting_proof(self) -> int:
-        """Targets a pull may serve once a paired check proves them (none: the plan has
-        settled, and the effective interval is the one it will keep)."""
+        """Targets a pull may serve once a paired check proves them (0: settled)."""
         with self._lock:
             return len(self._owed)
 
