@@ -393,7 +393,6 @@ class PreRendered:
         # (name, help, type, the label sets of its samples in order)
         self._families = families
         self._parts: dict[bool, list[bytes]] = {}
-        self._templates: dict[bool, str] = {}
 
     def _prefixes(self, openmetrics: bool) -> list[bytes]:
         """Per sample, the bytes before its value (its family's HELP/TYPE first)."""
@@ -415,18 +414,10 @@ class PreRendered:
         return parts
 
     def render(self, values: list[float], openmetrics: bool) -> bytes:
-        """The families with ``values`` (one per sample, in order).
-
-        One ``%`` template for all samples: ~0.4 us less than joining a piece per
-        sample (6 samples, in isolation)."""
-        prefixes = self._prefixes(openmetrics)
-        if len(values) != len(prefixes):
-            raise ValueError(f"{len(values)} values for {len(prefixes)} samples")
-        template = self._templates.get(openmetrics)
-        if template is None:
-            template = self._templates[openmetrics] = "".join(
-                prefix.decode("utf-8").replace("%", "%%") + "%s\n" for prefix in prefixes)
-        return (template % tuple(map(floatToGoString, values))).encode()
+        """The families with ``values`` (one per sample, in order)."""
+        return b"".join(prefix + floatToGoString(value).encode() + b"\n"
+                        for prefix, value in zip(self._prefixes(openmetrics), values,
+                                                 strict=True))
 
 
 class ProcessMetrics(Collector):
@@ -458,11 +449,8 @@ class ProcessMetrics(Collector):
             self._stat_fd = os.open(os.path.join(proc, "self", "stat"), os.O_RDONLY)
         except OSError:
             self._stat_fd = None
-        # Linux 6.2+ gives the number of open descriptors as the size of /proc/PID/fd:
-        # an fstat of a descriptor kept open (~0.9 us) instead of listing it (~3.6 us).
-        # The kept descriptor stands in for the one listdir opens: the same count.
-        # A size of 0 (older kernels), or another directory than the real /proc's
-        # (whose size means something else), means: list it.
+        # The count of /proc/self/fd by fstat (see above); the kept descriptor stands in
+        # for the one listdir opens. Size 0 (before 6.2), or not the real /proc: list.
         if os.path.realpath(proc) == "/proc":
             with contextlib.suppress(OSError):
                 fd_dir = os.open(os.path.join(proc, "self", "fd"), os.O_RDONLY | os.O_DIRECTORY)
