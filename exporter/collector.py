@@ -393,6 +393,7 @@ class PreRendered:
         # (name, help, type, the label sets of its samples in order)
         self._families = families
         self._parts: dict[bool, list[bytes]] = {}
+        self._templates: dict[bool, str] = {}
 
     def _prefixes(self, openmetrics: bool) -> list[bytes]:
         """Per sample, the bytes before its value (its family's HELP/TYPE first)."""
@@ -414,10 +415,20 @@ class PreRendered:
         return parts
 
     def render(self, values: list[float], openmetrics: bool) -> bytes:
-        """The families with ``values`` (one per sample, in order)."""
-        return b"".join(prefix + floatToGoString(value).encode() + b"\n"
-                        for prefix, value in zip(self._prefixes(openmetrics), values,
-                                                 strict=True))
+        """The families with ``values`` (one per sample, in order).
+
+        One ``%`` template for all samples instead of a piece per sample: ~0.4 us
+        less for six samples in isolation; side by side in the server
+        (``ab_scrape.py``, six runs, roles swapped in three), a gzip scrape with it
+        took 0.85-1.02x the time of one without, ~0.95x in the median of runs."""
+        prefixes = self._prefixes(openmetrics)
+        if len(values) != len(prefixes):
+            raise ValueError(f"{len(values)} values for {len(prefixes)} samples")
+        template = self._templates.get(openmetrics)
+        if template is None:
+            template = self._templates[openmetrics] = "".join(
+                prefix.decode("utf-8").replace("%", "%%") + "%s\n" for prefix in prefixes)
+        return (template % tuple(map(floatToGoString, values))).encode()
 
 
 class ProcessMetrics(Collector):
