@@ -153,7 +153,8 @@ class Handler(BaseHTTPRequestHandler):
         found = heads.get(key)
         if found is not None and found[0] is config:
             return found[1]
-        start = (f"{self.protocol_version} {status} {self.responses[status][0]}\r\n"
+        reason = self.responses.get(status, ("",))[0]  # as send_response_only does
+        start = (f"{self.protocol_version} {status} {reason}\r\n"
                  f"Server: {self.version_string()}\r\nDate: ")
         middle = f"\r\nContent-Type: {content_type}\r\nContent-Length: "
         end = "".join(f"\r\n{name}: {value}"
