@@ -7,7 +7,8 @@ alternating order, so machine load hits them alike.
 
 Usage: ``python benchmarks/ab_scrape.py OTHER_TREE [--scrapes 4000] [--targets 2000]``
 (``OTHER_TREE`` is another checkout, e.g. ``git worktree add /tmp/before HEAD~1``;
-"this" is the tree this file is in). Prints medians and this/other ratios.
+"this" is the tree this file is in). Prints medians, this/other ratios, and each
+exporter's CPU time a scrape.
 """
 
 from __future__ import annotations
@@ -67,15 +68,20 @@ def main() -> int:
                     return 1
             for path, headers in (("/metrics", PROMETHEUS_HEADERS), ("/-/healthy", {})):
                 times: dict[str, list[float]] = {name: [] for name in trees}
+                cpu = {name: w.cpu_seconds(proc.pid) for name, proc in procs.items()}
                 for i in range(args.scrapes):
                     for name in (trees if i % 2 else reversed(list(trees))):
                         response = conns[name].get(path, headers)
                         assert response.status == 200, (name, response.status)
                         times[name].append(response.seconds)
+                # CPU a scrape (all threads, user + system; /proc ticks, so over many).
+                cpu = {name: (w.cpu_seconds(proc.pid) - cpu[name]) / args.scrapes * 1e6
+                       for name, proc in procs.items()}
                 med = {name: statistics.median(t) * 1e6 for name, t in times.items()}
                 print(f"{path} ({args.targets} targets, {args.scrapes} scrapes each): "
                       f"this {med['this']:.0f} us, other {med['other']:.0f} us, "
-                      f"this/other {med['this'] / med['other']:.3f}")
+                      f"this/other {med['this'] / med['other']:.3f}; CPU a scrape "
+                      f"this {cpu['this']:.0f} us, other {cpu['other']:.0f} us")
         finally:
             for proc in procs.values():
                 w.stop(proc)

@@ -24,7 +24,8 @@ per scenario polled, fresh or not.
 
 The live part, rendered on every scrape, is written directly:
 :class:`ProcessMetrics` replaces prometheus_client's ``ProcessCollector`` (a
-descriptor kept open, ~10 us to read instead of ~32), and it and
+descriptor kept open for /proc/self/stat, the descriptor count from the size of
+/proc/self/fd: ~4 us to read instead of ~32), and it and
 :class:`LiveCollector` write their own bytes through :class:`PreRendered`
 (~19 us a scrape for both, in process, instead of ~55 through
 prometheus_client's families). Their ``collect()`` gives the same families
@@ -42,6 +43,7 @@ Sample output::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 from collections.abc import Callable, Iterable, Iterator
@@ -391,6 +393,7 @@ class PreRendered:
         # (name, help, type, the label sets of its samples in order)
         self._families = families
         self._parts: dict[bool, list[bytes]] = {}
+        self._templates: dict[bool, str] = {}
 
     def _prefixes(self, openmetrics: bool) -> list[bytes]:
         """Per sample, the bytes before its value (its family's HELP/TYPE first)."""
@@ -412,10 +415,20 @@ class PreRendered:
         return parts
 
     def render(self, values: list[float], openmetrics: bool) -> bytes:
-        """The families with ``values`` (one per sample, in order)."""
-        return b"".join(prefix + floatToGoString(value).encode() + b"\n"
-                        for prefix, value in zip(self._prefixes(openmetrics), values,
-                                                 strict=True))
+        """The families with ``values`` (one per sample, in order).
+
+        One ``%`` template for all samples instead of a piece per sample: ~0.4 us
+        less for six samples in isolation; side by side in the server
+        (``ab_scrape.py``, six runs, roles swapped in three), a gzip scrape with it
+        took 0.85-1.02x the time of one without, ~0.95x in the median of runs."""
+        prefixes = self._prefixes(openmetrics)
+        if len(values) != len(prefixes):
+            raise ValueError(f"{len(values)} values for {len(prefixes)} samples")
+        template = self._templates.get(openmetrics)
+        if template is None:
+            template = self._templates[openmetrics] = "".join(
+                prefix.decode("utf-8").replace("%", "%%") + "%s\n" for prefix in prefixes)
+        return (template % tuple(map(floatToGoString, values))).encode()
 
 
 class ProcessMetrics(Collector):
@@ -424,8 +437,11 @@ class ProcessMetrics(Collector):
     Same names, types, help and meaning (Linux only, like the original), for a
     quarter of the cost per scrape (~15 µs instead of ~50 µs): ``/proc/self/stat``
     is re-read through a descriptor kept open (``pread``) instead of opened and
-    closed each time, and the descriptor limit comes from ``getrlimit`` instead of
-    parsing ``/proc/self/limits``. Without ``/proc`` it exports nothing.
+    closed each time, the descriptor limit comes from ``getrlimit`` instead of
+    parsing ``/proc/self/limits``, and on Linux 6.2+ the descriptor count is the size
+    of ``/proc/self/fd`` (one ``fstat``, ~0.9 us, instead of a listing, ~3.6 us;
+    ``_values`` ~3.8 us in all instead of ~7.8, in isolation). Without ``/proc`` it
+    exports nothing.
     """
 
     def __init__(self, proc: str = "/proc") -> None:
@@ -433,6 +449,7 @@ class ProcessMetrics(Collector):
         self._ticks = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
         self._pagesize = resource.getpagesize()
         self._stat_fd: int | None = None
+        self._fd_dir: int | None = None
         self._btime = 0.0
         try:
             with open(os.path.join(proc, "stat"), "rb") as stat:
@@ -443,6 +460,15 @@ class ProcessMetrics(Collector):
             self._stat_fd = os.open(os.path.join(proc, "self", "stat"), os.O_RDONLY)
         except OSError:
             self._stat_fd = None
+        # The count of /proc/self/fd by fstat (see above); the kept descriptor stands in
+        # for the one listdir opens. Size 0 (before 6.2), or not the real /proc: list.
+        if os.path.realpath(proc) == "/proc":
+            with contextlib.suppress(OSError):
+                fd_dir = os.open(os.path.join(proc, "self", "fd"), os.O_RDONLY | os.O_DIRECTORY)
+                if os.fstat(fd_dir).st_size > 0:
+                    self._fd_dir = fd_dir
+                else:
+                    os.close(fd_dir)
 
     def describe(self) -> list[Metric]:
         return []
@@ -464,7 +490,8 @@ class ProcessMetrics(Collector):
             return None
         try:
             parts = os.pread(self._stat_fd, 4096, 0).rsplit(b")", 1)[-1].split()
-            open_fds = len(os.listdir(os.path.join(self._proc, "self", "fd")))
+            open_fds = (os.fstat(self._fd_dir).st_size if self._fd_dir is not None
+                        else len(os.listdir(os.path.join(self._proc, "self", "fd"))))
         except OSError:
             return None
         ticks = self._ticks
@@ -486,10 +513,11 @@ class ProcessMetrics(Collector):
         return b"" if values is None else self._RENDERED.render(values, openmetrics)
 
     def close(self) -> None:
-        """Release the kept descriptor."""
-        if self._stat_fd is not None:
-            os.close(self._stat_fd)
-            self._stat_fd = None
+        """Release the kept descriptors."""
+        for fd in (self._stat_fd, self._fd_dir):
+            if fd is not None:
+                os.close(fd)
+        self._stat_fd = self._fd_dir = None
 
 
 class LiveCollector(Collector):

@@ -25,6 +25,11 @@ What each remaining optimisation buys (docs/performance.md has the runs):
   parsing q-values (~8 us for its OpenMetrics Accept header otherwise).
 * Headers and body in one ``sendmsg`` from ``render_chunks()``, the body not
   copied: 2.84x -> 2.61x in the same measurement.
+* Response heads rendered once per (status, content type, extra headers, web
+  configuration) and kept (``Handler._head_parts``), the Date formatted once a
+  second, the request logged only when debug logging is on: the same bytes as
+  ``send_response``/``send_header``, ~1 us a response instead of ~5.5 (in
+  isolation).
 * TCP_NODELAY (``disable_nagle_algorithm``): not a speed-up but a fix; without
   it Nagle's algorithm and the client's delayed ACK add ~40 ms to a keep-alive
   scrape whose headers and body leave in separate writes (TLS).
@@ -33,6 +38,7 @@ What each remaining optimisation buys (docs/performance.md has the runs):
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import errno
 import logging
 import socket
@@ -64,6 +70,7 @@ MAX_REQUEST_BODY = 65536  # /-/reload needs no body at all
 MAX_HEADERS = 100  # as http.client
 MAX_HEADER_LINE = 65536  # as http.client
 OPENMETRICS_MEDIA_TYPE = "application/openmetrics-text"
+MAX_CACHED_HEADS = 64  # response heads kept (a few statuses x content types x extras)
 # Reasons that waiting will not fix: such a target counts as settled for /-/ready.
 SETTLED_REASONS = frozenset({"not_found", "bad_request"})
 
@@ -119,23 +126,44 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http %s %s", self.address_string(), format % args)
+        # Formatted only when it is written: send_response logs every request.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("http %s %s", self.address_string(), format % args)
 
     def _send(self, status: int, body: bytes | tuple[bytes, ...],
               content_type: str = "text/plain; charset=utf-8",
               extra: dict[str, str] | None = None) -> None:
         chunks = (body,) if isinstance(body, bytes) else body
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(sum(map(len, chunks))))
-        for name, value in self.server.web.web_config.headers.items():
-            self.send_header(name, value)
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        self._headers_buffer.append(b"\r\n")
-        head = b"".join(self._headers_buffer)
-        self._headers_buffer = []
+        self.log_request(status)
+        web = self.server.web
+        start, middle, end = self._head_parts(web.web_config, status, content_type, extra)
+        head = b"".join((start, _http_date(web.clock()), middle,
+                         str(sum(map(len, chunks))).encode("ascii"), end))
         _write_all(self.connection, (head, *chunks) if self.command != "HEAD" else (head,))
+
+    def _head_parts(self, config: WebConfig, status: int, content_type: str,
+                    extra: dict[str, str] | None) -> tuple[bytes, bytes, bytes]:
+        """The response head of ``status`` around its Date and Content-Length values,
+        rendered once per (status, content type, extra headers, web configuration) and
+        kept on the server: the same bytes ``send_response`` and ``send_header`` write,
+        for ~1 us a request instead of ~5.5 (eight ``send_header`` calls, the date
+        formatted, the request line logged)."""
+        key = (status, content_type, tuple(extra.items()) if extra else ())
+        heads = self.server.heads
+        found = heads.get(key)
+        if found is not None and found[0] is config:
+            return found[1]
+        reason = self.responses.get(status, ("",))[0]  # as send_response_only does
+        start = (f"{self.protocol_version} {status} {reason}\r\n"
+                 f"Server: {self.version_string()}\r\nDate: ")
+        middle = f"\r\nContent-Type: {content_type}\r\nContent-Length: "
+        end = "".join(f"\r\n{name}: {value}"
+                      for name, value in (*config.headers.items(), *key[2])) + "\r\n\r\n"
+        parts = (start.encode("latin-1"), middle.encode("latin-1"), end.encode("latin-1"))
+        if len(heads) >= MAX_CACHED_HEADS:
+            heads.clear()  # a new web configuration: the old entries are dead anyway
+        heads[key] = (config, parts)
+        return parts
 
     def handle_one_request(self) -> None:
         # From here until the request head is parsed, the head deadline runs.
@@ -278,12 +306,28 @@ class Handler(BaseHTTPRequestHandler):
         openmetrics = wants_openmetrics(self.fields.get("accept", ""))
         gzip = wants_gzip(self.fields.get("accept-encoding", ""))
         body = self.server.web.exposition.render_chunks(openmetrics=openmetrics, gzip=gzip)
-        # Caches between Prometheus and here must key on both negotiated headers.
-        extra = {"Vary": "Accept-Encoding, Accept"}
-        if gzip:
-            extra["Content-Encoding"] = "gzip"
         content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
-        self._send(HTTPStatus.OK, body, content_type, extra)
+        self._send(HTTPStatus.OK, body, content_type, _METRICS_HEADERS[gzip])
+
+
+# Caches between Prometheus and here must key on both negotiated headers.
+_METRICS_HEADERS = {False: {"Vary": "Accept-Encoding, Accept"},
+                    True: {"Vary": "Accept-Encoding, Accept", "Content-Encoding": "gzip"}}
+
+
+_date_cache: tuple[int, bytes] = (-1, b"")  # the last second and its Date value
+
+
+def _http_date(now: float) -> bytes:
+    """``now`` as an HTTP Date value, as ``date_time_string`` writes it, formatted
+    once a second (~2.5 us otherwise)."""
+    global _date_cache
+    second = int(now)
+    cached = _date_cache
+    if cached[0] != second:  # one tuple, replaced whole: safe across threads
+        cached = _date_cache = (second,
+                                email.utils.formatdate(second, usegmt=True).encode("ascii"))
+    return cached[1]
 
 
 class _Head:
@@ -403,6 +447,9 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         # Connections waiting for a request head, with their deadlines (monotonic).
         self._waiting: dict[socket.socket, float] = {}
         self._waiting_lock = threading.Lock()
+        # Response heads by (status, content type, extra headers): see Handler._head_parts.
+        self.heads: dict[tuple[int, str, tuple[tuple[str, str], ...]],
+                         tuple[WebConfig, tuple[bytes, bytes, bytes]]] = {}
         host, port = address
         # No host (or "::") means every address, IPv4 and IPv6, on one dual-stack
         # socket as Go's net.Listen does; a machine without IPv6 gets IPv4 alone.

@@ -29,9 +29,16 @@ from prometheus_client.core import (
 )
 from prometheus_client.openmetrics import exposition as openmetrics_format
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
 
 from exporter.client import Summary
-from exporter.collector import LiveCollector, ProcessMetrics, SnapshotCollector
+from exporter.collector import (
+    FixedFamily,
+    LiveCollector,
+    PreRendered,
+    ProcessMetrics,
+    SnapshotCollector,
+)
 from exporter.config import CohortConfig
 from exporter.exposition import Exposition
 from exporter.store import Store
@@ -354,3 +361,33 @@ def test_live_collectors_written_directly_match_prometheus_client(tmp_path: Path
     assert exposition.render() == text_format.generate_latest(reference)
     assert exposition.render(openmetrics=True) == openmetrics_format.generate_latest(reference)
     assert gunzip(exposition.render(gzip=True)) == text_format.generate_latest(reference)
+
+
+class _Fixed(Collector):
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.family
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+def test_pre_rendered_families_with_percent_signs_match_prometheus_client(
+        openmetrics: bool) -> None:
+    # The values go through a % template: a % in help or label values is text.
+    families = [("exec_test_share", "Share in % (100%s means %d).", "gauge",
+                 [{"kind": "50%"}, {"kind": "%s%%"}]),
+                ("exec_test_events", "Events, %(name)s.", "counter", [{}])]
+    values = [12.5, float("inf"), 1234567890.0]
+    rendered = PreRendered(families)
+    reference = CollectorRegistry(auto_describe=False)
+    for (name, documentation, typ, label_sets), start in zip(families, (0, 2), strict=True):
+        sample = name + "_total" if typ == "counter" else name
+        reference.register(_Fixed(FixedFamily(name, documentation, typ, [
+            Sample(sample, labels, value)
+            for labels, value in zip(label_sets, values[start:], strict=False)])))
+    writer = (openmetrics_format if openmetrics else text_format).generate_latest
+    expected = writer(reference).removesuffix(b"# EOF\n")
+    assert rendered.render(values, openmetrics) == expected
+    with pytest.raises(ValueError, match="2 values for 3 samples"):
+        rendered.render(values[:2], openmetrics)

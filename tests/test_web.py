@@ -887,3 +887,65 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path, api: FakeExecAPI) -> None
     assert f"127.0.0.1:{port}" in line and "already in use" in line
     assert "another exporter or the demo may be running" in line
     assert "choose another with --web.listen-address" in line
+
+
+# --- response heads ---------------------------------------------------------------
+
+
+def _stdlib_head(status: int, date: str, fields: list[tuple[str, str]]) -> bytes:
+    """The head the standard library's send_response and send_header write."""
+    reference = server_module.Handler.__new__(server_module.Handler)
+    reference.request_version = "HTTP/1.1"
+    reference.requestline = "GET / HTTP/1.1"
+    reference.client_address = ("127.0.0.1", 0)
+    reference.date_time_string = lambda timestamp=None: date  # type: ignore[method-assign]
+    reference.send_response(status)
+    for name, value in fields:
+        reference.send_header(name, value)
+    reference.end_headers = lambda: None  # type: ignore[method-assign]
+    return b"".join(reference._headers_buffer) + b"\r\n"
+
+
+@pytest.mark.parametrize(("path", "request_headers", "status", "fields"), [
+    ("/metrics", {"Accept-Encoding": "gzip"}, 200,
+     [("Content-Type", server_module.TEXT_CONTENT_TYPE),
+      ("Vary", "Accept-Encoding, Accept"), ("Content-Encoding", "gzip")]),
+    ("/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}, 200,
+     [("Content-Type", server_module.OPENMETRICS_CONTENT_TYPE),
+      ("Vary", "Accept-Encoding, Accept")]),
+    ("/-/healthy", {}, 200, [("Content-Type", "text/plain; charset=utf-8")]),
+    ("/nowhere", {}, 404, [("Content-Type", "text/plain; charset=utf-8")]),
+    ("/metrics", {"Authorization": "Basic d3Jvbmc6d3Jvbmc="}, 401,
+     [("Content-Type", "text/plain; charset=utf-8"),
+      ("WWW-Authenticate", 'Basic realm="exec-exporter"')]),
+], ids=["gzip", "openmetrics", "healthy", "404", "401"])
+def test_response_heads_are_the_standard_librarys_bytes(
+        guarded: InProcess, path: str, request_headers: dict[str, str], status: int,
+        fields: list[tuple[str, str]]) -> None:
+    """Heads rendered once and cached carry what send_response/send_header wrote,
+    byte for byte, with the Date and Content-Length of this very response."""
+    headers = {"Authorization": basic(USER, PASSWORD)["Authorization"], **request_headers}
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    for _ in range(2):  # the second answer comes from the cache
+        reply = _raw(guarded.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n{lines}"
+                                   "Connection: close\r\n\r\n".encode())
+        head, _, body = reply.partition(b"\r\n\r\n")
+        date = re.search(rb"\r\nDate: ([^\r]*)\r\n", head + b"\r\n")
+        assert date is not None, head
+        content_type, *rest = fields
+        expected = _stdlib_head(status, date.group(1).decode(), [
+            content_type, ("Content-Length", str(len(body))), *HEADERS.items(), *rest])
+        assert head + b"\r\n\r\n" == expected
+
+
+def test_edited_headers_apply_to_the_next_response(tmp_path: Path, api: FakeExecAPI) -> None:
+    """The cached heads follow a web configuration edit (no restart)."""
+    edited = "http_server_config:\n  headers:\n    X-Frame-Options: SAMEORIGIN\n"
+    with start(tmp_path, api, "http_server_config:\n  headers:\n    X-Frame-Options: DENY\n"
+               ) as exporter:
+        for path in ("/metrics", "/-/healthy"):
+            assert exporter.get(path).headers["X-Frame-Options"] == "DENY"
+        (tmp_path / "web.yml").write_text(edited)
+        wait_until(lambda: exporter.get("/metrics").headers.get("X-Frame-Options")
+                   == "SAMEORIGIN", 5, what="the edited header served")
+        assert exporter.get("/-/healthy").headers["X-Frame-Options"] == "SAMEORIGIN"
