@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
-import pytest
 from conftest import FakeClock, metric_values, sample
 from harness import series
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.client import REASONS, Summary, parse_summary
-from exporter.collector import ProcessMetrics, SnapshotCollector
+from exporter.collector import SnapshotCollector
 from exporter.config import CohortConfig, parse_config
 from exporter.store import Store, TargetState
 from exporter.targets import Target, build_targets
@@ -371,27 +368,3 @@ def test_a_reload_that_shrinks_the_interval_keeps_every_series(
         assert len(series(v, "exec_scenario_participants")) == 2
     finally:
         api.stop()
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
-def test_process_open_fds_follows_descriptors_opened_and_closed() -> None:
-    # Whichever way the count is read (the size of /proc/self/fd, or a listing), it
-    # must move with the descriptors this process really holds.
-    metrics = ProcessMetrics()
-    try:
-        def open_fds() -> float:
-            families = {f.name: f for f in metrics.collect()}
-            return families["process_open_fds"].samples[0].value
-
-        before = open_fds()
-        extra = [os.open(os.devnull, os.O_RDONLY) for _ in range(3)]
-        try:
-            assert open_fds() == before + 3
-        finally:
-            for fd in extra:
-                os.close(fd)
-        assert open_fds() == before
-        # No fewer than a listing sees (a listing counts its own descriptor too).
-        assert before >= len(os.listdir("/proc/self/fd")) - 1
-    finally:
-        metrics.close()
