@@ -9,20 +9,17 @@ paired summaries it owes), and this object is also a job source for the
 follow-up pages, the paired summaries and the member lists
 (:mod:`exporter.members`). What it learned is kept in :mod:`exporter.learned`.
 
-Honesty rules (issue 18, docs/derived-cohorts.md): every comparison of a derived
-value with the summary endpoint is *paired*: the summary is requested right
-after the pull's last page, for the same instant (both pinned to the pull's
-``end_date``, rolling windows from the same ``now``), so sessions that arrive
-in between fall outside both. A target is derived only after a paired
-agreement; :func:`judge` turns paired comparisons into verdicts; a paired
-summary is always exported (it is a real summary), so from the first
-disagreement on the target shows the summary's values. What is exported is
-always a value the summary endpoint gave or one that agreed with it at the last
-paired check.
+Honesty rules (docs/derived-cohorts.md): every comparison of a derived value with
+the summary endpoint is *paired*: the summary is requested right after the pull's
+last page, both pinned to the pull's ``end_date`` (rolling windows from the same
+``now``), so sessions arriving in between fall outside both. A target is derived
+only after a paired agreement; :func:`judge` turns paired comparisons into
+verdicts; a paired summary is always exported, so from the first disagreement on
+the target shows the summary's values. What is exported is always a value the
+summary endpoint gave or one that agreed with it at the last paired check.
 
-Thread-safety: handlers run in the poller thread, :meth:`Planner.jobs` in
-whichever thread rebuilds the running configuration, the collector in scrape
-threads: one lock guards the state and is never held across a request.
+Thread-safety: handlers run in the poller thread, :meth:`Planner.jobs` in whichever
+thread rebuilds the running configuration: one lock, never held across a request.
 """
 
 from __future__ import annotations
@@ -243,15 +240,18 @@ class Planner:
             return tuple(jobs)
 
     def _ask_newcomers(self) -> None:
-        """A target new to a pull that already runs (a reload, a discovered group) has no
-        value until that pull's next turn: its summary is asked at once (plain), as
-        every target's first value is; the proof comes with the next pull."""
-        queued = {p.target.key for p in self._paired}
-        for key in self._owed - queued:
-            target = self._targets[key]
+        """A target new to a running pull (a reload, a discovered group; running: it
+        pulled here, or a target of it has a value, restored ones included) has no value
+        until the pull's turn: its summary is asked at once; the proof comes later."""
+        def known(key: TargetKey) -> bool:
             state = self.store.get(key)
-            if pull_key(target) in self._pulls and (state is None or state.last_success is None):
-                self._paired.append(_Paired(target, 0.0, None))
+            return state is not None and state.last_success is not None
+
+        for key in self._owed - {p.target.key for p in self._paired}:
+            pull = pull_key(self._targets[key])
+            if not known(key) and (pull in self._pulls or any(
+                    known(t.key) for t in self._groups.get(pull, ()))):
+                self._paired.append(_Paired(self._targets[key], 0.0, None))
 
     def _prune(self, pulled: set[PullKey]) -> None:
         """Drop what belongs to targets, scenarios, pulls and groups no longer used:

@@ -921,3 +921,38 @@ def test_a_cohort_proven_while_empty_is_proven_again_once_it_has_averages(
         assert rig.source(key) == "participants"
     finally:
         rig.close()
+
+
+def test_a_cohort_added_by_a_reload_after_a_restart_gets_its_value_at_once(
+        fake: FakeExecAPI, clock: FakeClock, tmp_path: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a restart no pull has run in this process yet, but the restored pulls keep
+    their turn (an interval away): a cohort a reload adds to one of them is asked at
+    once, as on a process that pulled before, not left without a value until then."""
+    import yaml
+
+    state = str(tmp_path / "state.json")
+    raw = config(fake.base_url, per_day=400)
+    first = Rig(fake, clock, raw, state)
+    first.run(2100)
+    first.exporter._save_state(force=True)
+    first.close()
+    clock.advance(30)
+    second = Rig(fake, clock, raw, state)
+    try:
+        second.run(60)  # inside the interval: nothing is due
+        added = {"name": "g1-humans", "group_ids": ["g1"], "exclude_system_users": True}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config(fake.base_url, per_day=400,
+                                              cohorts=[*COHORTS, added])))
+        monkeypatch.setenv("EXEC_API_KEY", fake.api_key)
+        second.exporter.config_path = str(path)
+        assert second.exporter.reload()[0]
+        fake.clear_requests()
+        second.run(60)
+        key = ("pitch", "g1-humans")
+        assert [r.query.get("group_ids") for r in fake.requests_to("/summary")] == ["g1"]
+        assert second.value(key) == second.truth(key)
+        assert not fake.requests_to("/participants")  # the pull keeps its turn
+    finally:
+        second.close()
