@@ -110,8 +110,8 @@ class Snapshot:
     # never drops a series: the limit is never shorter than two effective intervals (a
     # max_staleness shorter than the real cycle would drop every target's data for part
     # of each cycle), and when the interval shrinks (a proven plan needs fewer requests,
-    # a reload or discovery drops targets) the previous limit stays in force for as long
-    # as it was: data fetched on the old, slower cycle is refreshed on the new one
+    # a reload or discovery drops targets) the previous limit stays in force for two new
+    # intervals: data fetched on the old, slower cycle is refreshed on the new one
     # before it expires, instead of vanishing at once.
 
     def staleness_limit(self, now: float) -> float:
@@ -249,11 +249,14 @@ class Store:
         with self._lock:
             changed = (interval, pause, stretched) != (self._interval, self._pause,
                                                        self._stretched)
-            if at is not None and 0 < interval < self._interval:
-                # The interval shrank: keep the limit in force for as long as it was.
+            if at is not None and 0 < interval < self._interval and any(
+                    state.last_success is not None for state in self._targets.values()):
+                # The interval shrank while data of the old cycle is out: the old limit
+                # stays for two new intervals, in which stalest-first pacing refreshes
+                # that data (no data yet, as at a first fill: nothing to keep).
                 before = staleness_limit(self._max_staleness, self._interval,
                                          self._staleness_floor, at)
-                self._staleness_floor = (before, at + before)
+                self._staleness_floor = (before, at + 2 * interval)
             self._interval = interval
             self._pause = pause
             self._stretched = stretched

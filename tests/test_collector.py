@@ -298,8 +298,8 @@ def test_a_shrinking_interval_keeps_the_old_limit_until_data_can_catch_up(
     effective interval shrinks (a proven plan needs fewer requests per cycle, a reload
     or discovery drops targets), 3 x the new interval can be shorter than the age of
     data fetched on the old cycle: its series vanished until its next refresh, and the
-    alert (which reads the same limit) fired. The old limit now stays in force for as
-    long as it was."""
+    alert (which reads the same limit) fired. The old limit now stays in force for two
+    new intervals, time for stalest-first pacing to refresh the old cycle's data."""
     _, store, registry = setup(clock)
     store.record_schedule(900.0, {}, at=clock.now)
     store.record_success(("disc", "all"), FULL, clock.now)
@@ -308,9 +308,9 @@ def test_a_shrinking_interval_keeps_the_old_limit_until_data_can_catch_up(
     v = scrape(registry)
     assert sample(v, "exec_exporter_max_staleness_seconds") == 2700
     assert sample(v, "exec_scenario_participants", scenario="disc", cohort="all") == 45
-    clock.advance(2700)
+    clock.advance(200)
     assert sample(scrape(registry), "exec_exporter_max_staleness_seconds") == 2700
-    clock.advance(1)  # the old limit has had its time: the new one applies
+    clock.advance(1)  # two new intervals have passed: the new limit applies
     v = scrape(registry)
     assert sample(v, "exec_exporter_max_staleness_seconds") == 300
     assert sample(v, "exec_scenario_participants", scenario="disc", cohort="all") is None
@@ -368,3 +368,14 @@ def test_a_reload_that_shrinks_the_interval_keeps_every_series(
         assert len(series(v, "exec_scenario_participants")) == 2
     finally:
         api.stop()
+
+
+def test_a_first_fill_keeps_no_limit_from_a_passing_interval(clock: FakeClock) -> None:
+    """At a fresh start the interval moves while the plan settles (listings sized,
+    cohorts proven) before any data exists: nothing is kept from a moment's longer
+    interval, which held max_staleness at 6 x the interval for 15 hours (seen)."""
+    _, store, registry = setup(clock)
+    store.record_schedule(17723.0, {}, at=clock.now)  # a moment's interval, no data yet
+    clock.advance(0.1)
+    store.record_schedule(8861.5, {}, at=clock.now)
+    assert sample(scrape(registry), "exec_exporter_max_staleness_seconds") == 3 * 8861.5
