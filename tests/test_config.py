@@ -422,3 +422,15 @@ def test_a_key_file_that_is_not_utf8_is_refused_naming_the_byte(tmp_path: Path,
     file.write_text(f"api: {{api_key_file: {path}}}\nscenarios: [{{id: s}}]\n")
     assert main(["--config.check", f"--config.file={file}"]) == 2  # refused by the check too
     assert "byte 0xE9 at position 14 is not UTF-8 text" in capsys.readouterr().err
+
+
+def test_a_key_given_twice_is_refused_with_its_line(write_config) -> None:
+    # The plain YAML loader keeps the last silently: an appended refresh_interval won.
+    path = write_config("refresh_interval: 15m\nscenarios: [{id: s}]\nrefresh_interval: 4h\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [
+        f"{path}:3:1: YAML syntax error: 'refresh_interval' is given twice in one mapping"]
+    nested = write_config("scenarios: [{id: s, name: A, name: B}]\n")
+    with pytest.raises(ConfigError, match="'name' is given twice"):
+        load_config(nested)
