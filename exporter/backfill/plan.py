@@ -91,7 +91,9 @@ def estimate_seconds(requests: int, budget: Budget, now: float,
         return 0.0
     minute_left, day_left = budget.remaining(now)
     minute_rate, day_rate = budget.minute_limit - leave[0], budget.day_limit - leave[1]
-    seconds = max(0, requests - (minute_left - leave[0])) * 60.0 / minute_rate
+    # The rolling minute lets a minute's worth go, then the next as those age out: whole
+    # minutes (101 requests at 54 a minute took 62 s; a fractional rate said 52).
+    seconds = math.ceil(max(0, requests - (minute_left - leave[0])) / minute_rate) * 60.0
     beyond = requests - (day_left - leave[1])
     if beyond > 0:
         seconds = max(seconds, math.ceil(beyond / day_rate) * DAY)
