@@ -157,22 +157,18 @@ def test_a_burst_of_signals_never_deadlocks_the_main_thread(tmp_path: Path,
     assert "Traceback" not in logs
 
 
-def test_an_idle_exporter_with_a_state_file_stops_in_under_a_second(tmp_path: Path) -> None:
-    """docs/operations.md says an idle stop takes under a second: a ceiling (measured
-    about 0.16 s), not a timing. What used to wait: the state saver sat out up to a
-    second in the store's wait, which nothing wakes, before the final save (the demo
-    with a state file stopped in 1.07 to 1.12 s)."""
+def test_an_idle_exporter_with_a_state_file_stops_with_a_final_save(tmp_path: Path) -> None:
+    """SIGTERM on an idle exporter with a state file: exit 0 and the final save is
+    written, without waiting for the idle state saver (how long the stop takes is a
+    benchmark's business: benchmarks/stop_time.py, ~0.17 s against 1.07-1.12 s when
+    stop joined the saver through its one-second wait)."""
     state = tmp_path / "state.json"
     proc = Subprocess(["demo", "--state.file", str(state)], {}, tmp_path / "exporter.log")
     with proc:
         proc.wait_serving(30)
         wait_until(lambda: proc.get("/-/ready").status_code == 200, 60, what="ready")
         wait_until(lambda: state.exists(), 5, what="the first save")
-        time.sleep(1.0)
         state.unlink()
-        sent = time.monotonic()
         proc.signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
-        took = time.monotonic() - sent
-    assert took < 1.0, f"stopped in {took:.2f}s"
     assert json.loads(state.read_text())["targets"]  # the final save happened
