@@ -1048,13 +1048,19 @@ def test_a_pull_whose_pages_disagree_is_dropped_and_its_instant_uses_summaries(
         _assert_written_as_summaries(fake, output, [until - d * DAY for d in range(1, 5)])
         assert _written(output)[("cold-call", "all", changed_at)]["exec_scenario_participants"] \
             == 134
-        first = output.read_bytes()
-        sent = len(fake.requests)
-        code, out, err = run(argv)
-        assert code == 0, err
-        again = len(fake.requests) - sent  # a count: a request's repr carries its key
-        assert again == 0, "the rerun asked the API again"
-        assert output.read_bytes() == first
+        _assert_a_rerun_repeats_nothing(fake, argv, output)
+
+
+def _assert_a_rerun_repeats_nothing(fake: Any, argv: list[str], output: Path) -> None:
+    """Running ``argv`` again sends no request (the journal answers) and writes the
+    same file."""
+    first = output.read_bytes()
+    sent = len(fake.requests)
+    code, _, err = run(argv)
+    assert code == 0, err
+    again = len(fake.requests) - sent  # a count: a request's repr carries its key
+    assert again == 0, "the rerun asked the API again"
+    assert output.read_bytes() == first
 
 
 def test_a_member_list_whose_pages_disagree_is_refused_and_its_cohort_uses_summaries(
@@ -1083,13 +1089,7 @@ def test_a_member_list_whose_pages_disagree_is_refused_and_its_cohort_uses_summa
         assert len(gs_summaries) == 5
         assert "derived: 12 points of 3 cohorts from 5 participants pulls" in out
         _assert_written_as_summaries(fake, output, [until - d * DAY for d in range(5)])
-        first = output.read_bytes()
-        sent = len(fake.requests)
-        code, out, err = run(argv)
-        assert code == 0, err
-        again = len(fake.requests) - sent  # a count: a request's repr carries its key
-        assert again == 0, "the rerun asked the API again"
-        assert output.read_bytes() == first
+        _assert_a_rerun_repeats_nothing(fake, argv, output)
 
 
 def test_a_journal_from_before_page_sizes_were_kept_still_resumes(

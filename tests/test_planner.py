@@ -518,8 +518,9 @@ def test_a_pull_starts_when_the_budget_has_room_for_all_its_pages() -> None:
     assert budget.next_allowed(400.0, 4) == 200.0 + DAY + GRACE
 
 
-def test_inconsistent_pulls_are_dropped_then_the_scenario_uses_summaries(
-        caplog: pytest.LogCaptureFixture) -> None:
+def five_cohorts_planner() -> tuple[list[Any], Store, Planner, Any]:
+    """A planner over five cohorts with g1 and g2's member lists known (read at 900),
+    planned at 1000: its targets, store, and the participants pull job."""
     cfg = parse_config(config("http://127.0.0.1:9", cohorts=COHORTS[:5]))
     targets = build_targets(cfg)
     store = Store()
@@ -529,6 +530,12 @@ def test_inconsistent_pulls_are_dropped_then_the_scenario_uses_summaries(
     planner = Planner(cfg.planner, store, lists, now=1000.0)
     planner.configure(cfg.planner, 900, 600)
     pull = next(j for j in planner.jobs(targets, 1000.0) if j.kind == "participants")
+    return targets, store, planner, pull
+
+
+def test_inconsistent_pulls_are_dropped_then_the_scenario_uses_summaries(
+        caplog: pytest.LogCaptureFixture) -> None:
+    targets, _, planner, pull = five_cohorts_planner()
     first = ParticipantRow("u1", "a@acme.com", 1, 50.0, 60.0, 10.0, 100.0)
     second = ParticipantRow("u2", "b@acme.com", 1, 70.0, 80.0, 10.0, 100.0)
     with caplog.at_level(logging.INFO, logger="exporter.planner"):
@@ -543,8 +550,7 @@ def test_inconsistent_pulls_are_dropped_then_the_scenario_uses_summaries(
     assert "3 pulls in a row were inconsistent" in caplog.text
     assert [j.kind for j in planner.jobs(targets, 1010.0)] == ["summary"] * 5
     # A consistent pull is kept (and counts its pages).
-    planner = Planner(cfg.planner, store, lists, now=1000.0)
-    pull = next(j for j in planner.jobs(targets, 1000.0) if j.kind == "participants")
+    targets, _, planner, pull = five_cohorts_planner()
     pull.apply(({}, 1000.0, Page((first,), 1, 2, 2, page_size=1)), 1000.0)
     follow = planner.due(1000.0)
     assert follow is not None
@@ -625,15 +631,7 @@ def test_a_member_list_that_lags_its_group_never_shows_a_wrong_value(
 
 def test_an_answer_for_an_edited_or_removed_cohort_is_dropped(
         caplog: pytest.LogCaptureFixture) -> None:
-    cfg = parse_config(config("http://127.0.0.1:9", cohorts=COHORTS[:5]))
-    targets = build_targets(cfg)
-    store = Store()
-    store.set_targets(targets)
-    lists = {"members": {"g1": {"user_ids": ["u1"], "at": 900.0},
-                         "g2": {"user_ids": ["u2"], "at": 900.0}}}
-    planner = Planner(cfg.planner, store, lists, now=1000.0)
-    planner.configure(cfg.planner, 900, 600)
-    pull = next(j for j in planner.jobs(targets, 1000.0) if j.kind == "participants")
+    targets, store, planner, pull = five_cohorts_planner()
     rows = (ParticipantRow("u1", "user3@acme.com", 2, 50.0, 60.0, 10.0, 100.0),)
     pull.apply(({}, 1000.0, Page(rows, 1, 1, 1)), 1000.0)
     in_flight = planner.due(1000.0)  # the paired summary of "all", asked
