@@ -365,14 +365,21 @@ def _one(name: str, documentation: str, value: float, typ: str = "gauge") -> Fix
     return FixedFamily(name, documentation, typ, [Sample(sample, {}, value)])
 
 
-class _Of(Collector):
-    """A collector over given families (to hand them to prometheus_client's writers)."""
+class Families(Collector):
+    """A collector over fixed families, to hand them to prometheus_client's writers."""
 
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
 
     def collect(self) -> Iterator[Metric]:
         return iter(self._families)
+
+
+def generate(collector: Collector, openmetrics: bool) -> bytes:
+    """prometheus_client's own rendering, without OpenMetrics' closing ``# EOF``."""
+    if openmetrics:
+        return openmetrics_writer.generate_latest(collector).removesuffix(b"# EOF\n")
+    return text_writer.generate_latest(collector)
 
 
 class PreRendered:
@@ -397,16 +404,15 @@ class PreRendered:
         """Per sample, the bytes before its value (its family's HELP/TYPE first)."""
         parts = self._parts.get(openmetrics)
         if parts is None:
-            writer = (openmetrics_writer if openmetrics else text_writer).generate_latest
             parts = []
             for name, documentation, typ, label_sets in self._families:
                 sample = name + "_total" if typ == "counter" else name
-                header = writer(_Of([FixedFamily(name, documentation, typ, [])]))
-                header = header.removesuffix(b"# EOF\n")
+                header = generate(Families([FixedFamily(name, documentation, typ, [])]),
+                                  openmetrics)
                 for i, labels in enumerate(label_sets):
-                    line = writer(_Of([FixedFamily(name, documentation, typ,
-                                                   [Sample(sample, labels, 0.0)])]))
-                    line = line.removesuffix(b"# EOF\n").removeprefix(header)
+                    line = generate(Families([FixedFamily(name, documentation, typ,
+                                                          [Sample(sample, labels, 0.0)])]),
+                                    openmetrics).removeprefix(header)
                     assert line.endswith(b" 0.0\n"), line
                     parts.append((header if i == 0 else b"") + line[:-4])
             self._parts[openmetrics] = parts

@@ -302,8 +302,9 @@ class Exporter:
             return
         now = self.clock.time()
         lists = self.discovery.lists if self.discovery else None
-        listings = {listing.kind: listing.state() for listing in (self.skills, self.assignments)
-                    if listing is not None and listing.state() is not None}
+        reads = {listing.kind: listing.state() for listing in (self.skills, self.assignments)
+                 if listing is not None}
+        listings = {kind: read for kind, read in reads.items() if read is not None}
         self.state.save(self.store.snapshot(), now, force=force, lists=lists,
                         planner=self.planner.state(), listings=listings)
 

@@ -49,7 +49,7 @@ import math
 import struct
 import threading
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import exposition as text_format
@@ -62,9 +62,11 @@ from .collector import (
     INFO_FAMILY,
     INFO_POSITION,
     TARGET_FAMILIES,
+    Families,
     FamilySpec,
     SnapshotCollector,
     exporter_families,
+    generate,
     info_samples,
     is_fresh,
     target_samples,
@@ -83,26 +85,9 @@ _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 # --- rendering --------------------------------------------------------------------
 
 
-class _Families(Collector):
-    """A collector over fixed families, to hand them to prometheus_client's writers."""
-
-    def __init__(self, families: Iterable[Metric]) -> None:
-        self._families = list(families)
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self._families)
-
-
-def _generate(collector: Collector, openmetrics: bool) -> bytes:
-    """prometheus_client's own rendering, without OpenMetrics' closing ``# EOF``."""
-    if openmetrics:
-        return openmetrics_format.generate_latest(collector).removesuffix(_EOF)
-    return text_format.generate_latest(collector)
-
-
 def _header(spec: FamilySpec, openmetrics: bool) -> bytes:
     """The HELP and TYPE lines of ``spec``, exactly as prometheus_client writes them."""
-    return _generate(_Families([spec.family()]), openmetrics)
+    return generate(Families([spec.family()]), openmetrics)
 
 
 def _template(spec: FamilySpec) -> str:
@@ -164,7 +149,7 @@ def _render_live(parts: Sequence[Collector], openmetrics: bool) -> bytes:
     for part in parts:
         direct = getattr(part, "exposition", None)
         out.append(direct(openmetrics) if direct is not None
-                   else _generate(part, openmetrics))
+                   else generate(part, openmetrics))
     if openmetrics:
         out.append(_EOF)
     return b"".join(out)
@@ -231,10 +216,10 @@ class _Page:
                 pieces.append(header)
                 pieces += lines
             # The exporter-wide families are few: prometheus_client renders them.
-            pieces.append(_generate(_Families(exporter_families(self.snapshot, self.built_at)),
+            pieces.append(generate(Families(exporter_families(self.snapshot, self.built_at)),
                                     openmetrics))
             if self.extra:
-                pieces.append(_generate(_Families(self.extra), openmetrics))
+                pieces.append(generate(Families(self.extra), openmetrics))
             body = self._plain[openmetrics] = b"".join(pieces)
         return body
 

@@ -11,7 +11,8 @@ import threading
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from .client import Summary
+from .client import PAUSE_REASONS as WORKSPACE_PAUSES
+from .client import REASONS, Summary
 from .targets import Target, TargetKey
 
 Key = TargetKey
@@ -37,7 +38,7 @@ _KIND_OF_JOB = {"cross_check": "summary", "list_scenarios": "scenarios",
 # Refusals of the whole workspace (exec_exporter_api_paused's state set): they say
 # nothing of the target whose request met them, so no target counts them; while such a
 # pause is in force every target is shown down with its reason.
-PAUSE_REASONS = ("rate_limited", "unauthorized", "forbidden")
+PAUSE_REASONS = tuple(reason for reason in REASONS if reason in WORKSPACE_PAUSES)
 
 
 def request_kind(job_kind: str) -> str:
@@ -352,31 +353,27 @@ class Store:
     def snapshot(self) -> Snapshot:
         """A consistent, immutable copy for one scrape or one render."""
         with self._lock:
-            return self._snapshot()
-
-    def _snapshot(self) -> Snapshot:
-        # Called with the lock held.
-        return Snapshot(
-            version=self._version,
-            targets=tuple(self._targets.values()),
-            interval=self._interval,
-            max_staleness=self._max_staleness,
-            api_requests=dict(self._api_requests),
-            latency=dict(self._latency),
-            errors=dict(self._errors),
-            targets_dropped=self._dropped,
-            cross_checks=dict(self._cross_checks),
-            plan_requests_per_cycle=self._plan_cost,
-            invalid_items=dict(self._invalid_items),
-            discovery_success=dict(self._discovery_success),
-            discovery_error=dict(self._discovery_error),
-            reload_ok=self._reload_ok,
-            reload_time=self._reload_time,
-            pause_reason=self._pause[0] if self._pause else None,
-            pause_until=self._pause[1] if self._pause else None,
-            stretched=self._stretched,
-            staleness_floor=self._staleness_floor,
-        )
+            return Snapshot(
+                version=self._version,
+                targets=tuple(self._targets.values()),
+                interval=self._interval,
+                max_staleness=self._max_staleness,
+                api_requests=dict(self._api_requests),
+                latency=dict(self._latency),
+                errors=dict(self._errors),
+                targets_dropped=self._dropped,
+                cross_checks=dict(self._cross_checks),
+                plan_requests_per_cycle=self._plan_cost,
+                invalid_items=dict(self._invalid_items),
+                discovery_success=dict(self._discovery_success),
+                discovery_error=dict(self._discovery_error),
+                reload_ok=self._reload_ok,
+                reload_time=self._reload_time,
+                pause_reason=self._pause[0] if self._pause else None,
+                pause_until=self._pause[1] if self._pause else None,
+                stretched=self._stretched,
+                staleness_floor=self._staleness_floor,
+            )
 
     def get(self, key: Key) -> TargetState | None:
         """One target's state."""

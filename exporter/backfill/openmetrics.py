@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -18,6 +18,7 @@ from ..collector import (
     INFO_FAMILY,
     INFO_POSITION,
     TARGET_FAMILIES,
+    Families,
     info_samples,
     target_samples,
 )
@@ -32,14 +33,6 @@ log = logging.getLogger(__name__)
 # The HELP strings of /metrics say "as of the last successful poll"; a backfilled value
 # is the API's answer as of its sample's timestamp.
 AS_OF = "as of the sample's timestamp (backfilled)"
-
-
-class _Families:
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.families
 
 
 def render(plan: Plan, results: Mapping[RequestKey, Outcome],
@@ -85,7 +78,7 @@ def render(plan: Plan, results: Mapping[RequestKey, Outcome],
                 family.add_metric([*labels, *extra.values()], value, timestamp=instant)
         if family.samples:
             families.append(family)
-    return generate_latest(_Families(families))
+    return generate_latest(Families(families))
 
 
 def write_atomically(path: Path, data: bytes) -> None:
