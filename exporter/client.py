@@ -128,6 +128,8 @@ class InvalidResponse(ApiError):
 # next one goes), so whoever sent the request waits rather than backing off on its own.
 WORKSPACE_REASONS = frozenset({Unauthorized.reason, Forbidden.reason})
 PAUSE_REASONS = WORKSPACE_REASONS | {RateLimited.reason}
+# Refusals that waiting will not fix: the scenario, group or filters are wrong.
+PERSISTENT_REASONS = frozenset({NotFound.reason, BadRequest.reason})
 
 # Every reason label value, in the contract's order (the error counters start at 0 for each).
 REASONS = tuple(error.reason for error in (Timeout, ConnectionFailed, RateLimited, Unauthorized,

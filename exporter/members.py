@@ -19,17 +19,13 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from .client import PAUSE_REASONS, ApiError, ExecClient, Member, Page
+from .client import PAUSE_REASONS, PERSISTENT_REASONS, ApiError, ExecClient, Member, Page
 from .config import PlannerConfig, format_duration
 from .jobs import Job
 from .learned import keep_only
 from .paged import PagedRead, retry_at
 
 log = logging.getLogger("exporter.planner")  # the planner's log, as before the split
-
-# Refused for good (no such scenario or group, filters the endpoint does not take):
-# summary requests for fallback_for rather than an hourly retry.
-UNAVAILABLE = frozenset({"not_found", "bad_request"})
 
 
 class MemberLists:
@@ -135,9 +131,9 @@ class MemberLists:
                 return
             failures = self._failures.get(group, 0) + 1
             self._failures[group] = failures
-            wait = retry_at(error, failures, at, self.settings.membership_interval) - at
-            if error.reason in UNAVAILABLE:
-                wait = max(self.settings.fallback_for, self.settings.membership_interval)
+            wait = (max(self.settings.fallback_for, self.settings.membership_interval)
+                    if error.reason in PERSISTENT_REASONS
+                    else retry_at(error, failures, at, self.settings.membership_interval) - at)
             self._next[group] = at + wait
             known = group in self.known
         log.warning("members of group %s: reading failed (%s: %s); %s, retrying in %s", group,

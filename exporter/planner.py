@@ -33,11 +33,19 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .aggregate import CohortFilter, Comparison, aggregate, compare, given_fields
-from .client import PAUSE_REASONS, ApiError, ExecClient, Page, ParticipantRow, Summary
+from .client import (
+    PAUSE_REASONS,
+    PERSISTENT_REASONS,
+    ApiError,
+    ExecClient,
+    Page,
+    ParticipantRow,
+    Summary,
+)
 from .config import CohortConfig, PlannerConfig, format_duration
 from .jobs import Job, same_definition, summary_job
 from .learned import SUMMARY_FIELDS, Learned, Proof, keep_only, restore
-from .members import UNAVAILABLE, MemberLists
+from .members import MemberLists
 from .paged import ListChanged, PagedRead, page_query
 from .plan import Plan, PullKey, derived_per_day, make_plan, pull_groups, pull_key
 
@@ -293,11 +301,10 @@ class Planner:
         """Pull key -> the targets it refreshes (served and owed: for the landing page's
         next refresh)."""
         with self._lock:
-            out: dict[PullKey, list[TargetKey]] = {}
-            for key in self._targets:
-                if self._served(key) or key in self._owed:
-                    out.setdefault(pull_key(self._targets[key]), []).append(key)
-            return out
+            refreshed = {pull: [t.key for t in targets
+                                if self._served(t.key) or t.key in self._owed]
+                         for pull, targets in self._groups.items()}
+            return {pull: keys for pull, keys in refreshed.items() if keys}
 
     def take_refetch(self) -> set[TargetKey]:
         """Targets whose derived values were found wrong: their summary jobs are due at
@@ -481,9 +488,8 @@ class Planner:
             return  # workspace-wide: the poller said it and pauses every request
         changed = False
         with self._lock:
-            served = [k for k in self._targets if self._served(k)
-                      and pull_key(self._targets[k]) == key]
-            if error.reason in UNAVAILABLE:
+            served = [t.key for t in self._groups.get(key, ()) if self._served(t.key)]
+            if error.reason in PERSISTENT_REASONS:
                 # Summary jobs from now on; one with no data yet is due at once anyway.
                 changed = key[1] not in self._active_fallbacks(at)
                 self._fall_back(key[1], at)
@@ -491,7 +497,7 @@ class Planner:
                 self._owe_plain(key, at)
         for target_key in served:
             self.store.record_failure(target_key, error.reason, str(error), at)
-        if error.reason in UNAVAILABLE:
+        if error.reason in PERSISTENT_REASONS:
             log.warning("participants of scenario=%s unavailable (%s: %s); its cohorts use "
                         "summary requests for %s", key[1], error.reason, error,
                         format_duration(self.settings.fallback_for))
@@ -620,8 +626,6 @@ class Planner:
                                self._refresh_interval, self._day_budget, self._minute_budget,
                                checked=any(self._served(k) for k in self._targets))
 
-    # --- the job source ---------------------------------------------------------------
-
     def due(self, now: float) -> Job | None:
         """Follow-up pages first, then the paired summaries (right behind their pull),
         then member lists, when due."""
@@ -630,10 +634,8 @@ class Planner:
             for key, pulling in self._runs.items():
                 if pulling.read.page > 1:
                     return self._page_job(key, pulling)
-            while self._paired:
-                item = self._paired.pop(0)
-                if same_definition(self._targets.get(item.target.key), item.target):
-                    return self._paired_job(item)
+            if self._paired:  # _prune keeps only current targets' (jobs() prunes)
+                return self._paired_job(self._paired.pop(0))
             reading = self.members.due(self._plan.member_groups, now)
             if reading is not None:
                 return reading
@@ -666,8 +668,6 @@ class Planner:
         and the proofs they owe are recurring jobs: they count in the interval)."""
         with self._lock:
             return sum(self._per_day())
-
-    # --- metrics and the state file ------------------------------------------------------
 
     def sources(self) -> list[tuple[TargetKey, str]]:
         """Every target with the source of its exported values."""

@@ -39,7 +39,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .budget import DAY, MINUTE, Budget
-from .client import PAUSE_REASONS, WORKSPACE_REASONS, ApiError, InvalidResponse, RateLimited
+from .client import (
+    PAUSE_REASONS,
+    PERSISTENT_REASONS,
+    WORKSPACE_REASONS,
+    ApiError,
+    InvalidResponse,
+    RateLimited,
+)
 from .config import format_duration
 from .jobs import Job, JobKey, JobSource, Running
 
@@ -51,9 +58,6 @@ AUTH_PROBE_FIRST = 30.0
 AUTH_PROBE_MAX = 300.0
 TRANSIENT_BACKOFF_BASE = 10.0
 PERSISTENT_BACKOFF_MAX = 3600.0
-# PAUSE_REASONS (client.py): refusals of the whole workspace, the request says nothing
-# about its own job.
-PERSISTENT_REASONS = frozenset({"not_found", "bad_request"})
 # Consecutive failures after which a job queues by its last attempt, not its data:
 # 3 random 5xx in a row are rare (1 in 8,000 at a 5% error rate); a hang is not.
 REPEATED_FAILURES = 3

@@ -53,6 +53,7 @@ from typing import Any
 import httptools
 
 from . import __version__
+from .client import PERSISTENT_REASONS
 from .exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, Exposition
 from .landing import landing_page
 from .store import Store
@@ -71,8 +72,6 @@ MAX_HEADERS = 100  # as http.client
 MAX_HEADER_LINE = 65536  # as http.client
 OPENMETRICS_MEDIA_TYPE = "application/openmetrics-text"
 MAX_CACHED_HEADS = 64  # response heads kept (a few statuses x content types x extras)
-# Reasons that waiting will not fix: such a target counts as settled for /-/ready.
-SETTLED_REASONS = frozenset({"not_found", "bad_request"})
 
 
 class Web:
@@ -104,7 +103,7 @@ class Web:
         snapshot = self.store.snapshot()
         if not snapshot.targets:
             return "scenarios" in snapshot.discovery_success
-        return all(t.summary is not None or t.last_error in SETTLED_REASONS
+        return all(t.summary is not None or t.last_error in PERSISTENT_REASONS
                    for t in snapshot.targets)
 
 

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,9 +25,6 @@ from ..config import (
 )
 from .window import UsageError, Window
 
-log = logging.getLogger(__name__)
-
-# Prometheus's head block: backfilling it is not safe (docs/storage.md)
 JOURNAL_VERSION = 1
 
 # A request, as sent: the scenario and its sorted query parameters.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,9 +26,6 @@ from ..targets import TargetKey
 from .journal import Outcome, RequestKey
 from .plan import Plan
 
-log = logging.getLogger(__name__)
-
-# timeouts, 5xx, invalid bodies: tries per request before giving up
 # The HELP strings of /metrics say "as of the last successful poll"; a backfilled value
 # is the API's answer as of its sample's timestamp.
 AS_OF = "as of the sample's timestamp (backfilled)"

@@ -4,7 +4,6 @@ fewer requests than a summary per cohort."""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from .journal import (
 )
 from .window import Window, iso
 
-log = logging.getLogger(__name__)
 
 def as_of_query(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
     """The summary query that gives ``cohort``'s value as of ``instant``, or None
@@ -124,7 +122,7 @@ def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
                         if todo != total else ""))
     else:
         lines.append(f"one summary per target and instant: {len(plan.requests)} requests")
-        for g in groups or ():
+        for g in groups:
             way = f"{g.summary_cost} summaries"
             if len(g.targets) > 1:
                 way += (f", or {g.proofs} proof summaries + {len(g.pulls)} pulls x "
@@ -134,7 +132,7 @@ def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
                            else "")
                         + f" = {g.participants_cost}")
             lines.append(f"  {g.label()}: {way} -> {g.source}")
-        total = sum(g.cost for g in groups or ())
+        total = sum(g.cost for g in groups)
         lines.append(f"requests: about {total} with participants pulls where cheaper "
                      f"({len(plan.requests) - total} fewer; pages are 1 per pull until a "
                      f"pull's total_count says)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -11,8 +10,6 @@ from typing import Any, TextIO
 from ..config import (
     format_duration,
 )
-
-log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 30.0  # seconds between plain progress lines (not a terminal)
 

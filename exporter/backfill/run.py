@@ -290,14 +290,14 @@ def _prepare(args: argparse.Namespace, now: float) -> tuple[
     # Check the flags first (their errors say more), then whether a previous run is resumed.
     window = parse_window(args.since, args.until, args.step, now)
     resumed = None
-    if (args.until is None and previous is not None
-            and previous.get("base") == base_fingerprint(config, window.since, window.step)
+    base = base_fingerprint(config, window.since, window.step)
+    if (args.until is None and previous is not None and previous.get("base") == base
             and isinstance(previous.get("until"), int)):
         resumed = previous["until"]
         window = Window(window.since, resumed, window.step)
     header = {"kind": "exec-exporter-backfill", "version": JOURNAL_VERSION,
               "fingerprint": fingerprint(config, window),
-              "base": base_fingerprint(config, window.since, window.step),
+              "base": base,
               "since": window.since, "until": window.until, "step": window.step}
     if previous is not None and previous.get("fingerprint") != header["fingerprint"]:
         raise UsageError(f"--output: {output} (journal {journal.path.name}) is from another "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import logging
 from dataclasses import dataclass
 
 from ..budget import DAY
@@ -12,10 +11,7 @@ from ..config import (
     parse_duration,
 )
 
-log = logging.getLogger(__name__)
-
 MIN_STEP = 3600  # finer steps cost a request per target per step for little insight
-# finer steps cost a request per target per step for little insight
 HEAD_RANGE = 3 * 3600  # Prometheus's head block: backfilling it is not safe (docs/storage.md)
 
 
@@ -62,8 +58,7 @@ def default_until(step: int, now: float) -> int:
     return int((now - HEAD_RANGE) // align * align)
 
 
-def parse_window(since: str | None, until: str | None, step: str, now: float,
-                 resumed_until: int | None = None) -> Window:
+def parse_window(since: str | None, until: str | None, step: str, now: float) -> Window:
     """Validate the flags into a :class:`Window`; raise UsageError naming the flag."""
     if since is None:
         raise UsageError("--since: required (how far back, e.g. --since=30d)")
@@ -85,12 +80,9 @@ def parse_window(since: str | None, until: str | None, step: str, now: float,
         if until_s > now:
             moment = dt.datetime.fromtimestamp(until_s, dt.UTC).isoformat()
             raise UsageError(f"--until: {moment} is in the future; the API knows only the past")
-    elif resumed_until is not None:
-        until_s = resumed_until
     else:
         until_s = default_until(int(step_s), now)
     return Window(int(since_s), until_s, int(step_s))
-
 
 
 def iso(seconds: float) -> str:
