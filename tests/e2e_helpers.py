@@ -167,7 +167,7 @@ def populate_alert_world(api: Any, now: float) -> None:
                      "proficiency_summary": {"participant_count": 20,
                                              "scored_participant_count": 16,
                                              "pct_proficient_plus": 50, "avg_score": 70.5}}])
-    api.set_assignments([{"id": f"a{i}", "user": {"id": f"u{i:02d}"},
+    api.set_assignments([{"id": f"a{i}-{scenario}", "user": {"id": f"u{i:02d}"},
                           "scenario": {"id": scenario, "name": scenario, "slug": scenario},
                           "status": ("completed", "past_due", "in_progress")[i % 3]}
                          for i in range(12) for scenario in ALERT_SCENARIOS])

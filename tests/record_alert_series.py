@@ -87,6 +87,7 @@ class State:
     events: dict[int, Callable[[FakeExecAPI], None]]
     expected: Callable[[Recorded], list[dict[str, Any]]]
     config: dict[str, Any] = field(default_factory=dict)
+    timeout: str = "1s"  # the client's; the hanging state waits it out in real time
 
 
 ALERTS = ("ExecExporterUnauthorized", "ExecExporterTargetFailing", "ExecExporterRateLimited",
@@ -208,7 +209,7 @@ STATES = [
            50: lambda api: fault_everything(api, None)},
           _rate_limited_checks),
     State("hanging", 60, {10: lambda api: fault_everything(api, "hang", seconds=3)},
-          _hanging_checks, config={"max_staleness": "35m"}),
+          _hanging_checks, config={"max_staleness": "35m"}, timeout="200ms"),
 ]
 
 
@@ -220,7 +221,9 @@ def record(state: State) -> Recorded:
     api = FakeExecAPI(key, clock=clock.time).start()
     try:
         populate_alert_world(api, clock.now)
-        config = parse_config(alert_config(api.base_url, **state.config))
+        config = parse_config(alert_config(
+            api.base_url, api={"base_url": api.base_url, "timeout": state.timeout},
+            **state.config))
         exporter = Exporter(config, ApiKey(key, "test"), None, None, clock)
         exporter.scheduler.rng = random.Random(20)  # backoff jitter, reproducible
         samples: list[dict[Key, float]] = []
