@@ -644,8 +644,8 @@ def test_an_answer_for_an_edited_or_removed_cohort_is_dropped(
     planner.jobs(new_targets, 1001.0)
     with caplog.at_level(logging.INFO, logger="exporter.planner"):
         in_flight.apply(Summary(participants=1, sessions=2), 1002.0)
-    assert planner.dropped_answers == 1
-    assert "definition changed while it was asked" in caplog.text
+    assert sum("definition changed while it was asked" in r.getMessage()
+               for r in caplog.records) == 1
     # A recurring summary job asked before the reload is dropped the same way.
     old_emails = summary_job(targets[3], store)
     emails_now = replace(targets[3], cohort=targets[3].cohort.model_copy(
