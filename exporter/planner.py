@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -37,15 +37,8 @@ from .jobs import Job, same_definition, summary_job
 from .learned import Learned, Proof, keep_only, restore
 from .members import MemberLists
 from .paged import ListChanged, PagedRead, page_query
-from .plan import (
-    Plan,
-    PullKey,
-    derived_per_day,
-    describe_dates,
-    make_plan,
-    pull_groups,
-    pull_key,
-)
+from .plan import Plan, PullKey, derived_per_day, describe_dates, make_plan, pull_groups, pull_key
+from .scheduler import polling_day_budget
 
 if TYPE_CHECKING:
     from .store import Store
@@ -156,11 +149,14 @@ class Planner:
     # --- settings and plan -------------------------------------------------------
 
     def configure(self, settings: PlannerConfig, day_budget: float, refresh_interval: float,
-                  reread_members: bool = False, minute_budget: float = 60.0) -> None:
-        """New settings (reload); ``reread_members`` reads every member list again."""
+                  reread_members: bool = False, minute_budget: float = 60.0,
+                  listings: Iterable[float] = ()) -> None:
+        """New settings (reload); ``reread_members`` reads every member list again. The
+        cross-checks are capped by ``day_budget`` once the ``listings`` (requests a day)
+        are paid for, as ``--config.check`` prices them."""
         with self._lock:
             self.settings = settings
-            self._day_budget = max(day_budget, 1.0)
+            self._day_budget = polling_day_budget(day_budget, listings)
             self._minute_budget = max(minute_budget, 1.0)
             self._refresh_interval = refresh_interval
             self.members.configure(settings, reread_members)
