@@ -96,22 +96,14 @@ class _PullRun:
         "participants", key=lambda row: row.user_id))
 
 
-@dataclass(frozen=True)
-class _Pull:
-    """The last complete, consistent pull of a group."""
-
-    rows: tuple[ParticipantRow, ...]
-    at: float
-
-
 @dataclass(frozen=True, eq=False)
 class _Paired:
     """A summary owed right after a pull, at its instant: a proof, a cross-check
-    (``check``), or a plain refresh (``pull`` None: nothing to compare with)."""
+    (``check``), or a plain refresh (``rows`` None: no pull to compare with)."""
 
     target: Target
     pull_at: float
-    pull: _Pull | None
+    rows: tuple[ParticipantRow, ...] | None
     check: bool = False
 
 
@@ -134,7 +126,7 @@ class Planner:
         self._plan = Plan()
         self._served_keys: set[TargetKey] = set()
         self._owed: set[TargetKey] = set()  # proven by paired summaries after each pull
-        self._pulls: dict[PullKey, _Pull] = {}
+        self._pulled_here: set[PullKey] = set()  # pulls completed since the start
         self._runs: dict[PullKey, _PullRun] = {}
         self._paired: list[_Paired] = []
         self._refetch: set[TargetKey] = set()
@@ -163,9 +155,8 @@ class Planner:
 
     def _derivable(self, target: Target, now: float) -> bool:
         """The pull can serve ``target`` now: every group's members known, not refused."""
-        if any(g not in self.members.known for g in target.cohort.group_ids):
-            return False
-        return not self._is_refused(target, now)
+        return (all(g in self.members.known for g in target.cohort.group_ids)
+                and not self._is_refused(target, now))
 
     def _is_refused(self, target: Target, now: float) -> bool:
         until = self.learned.refused.get(target.key)
@@ -223,14 +214,14 @@ class Planner:
 
         for key in self._owed - {p.target.key for p in self._paired}:
             pull = pull_key(self._targets[key])
-            if not known(key) and (pull in self._pulls or any(
+            if not known(key) and (pull in self._pulled_here or any(
                     known(t.key) for t in self._groups.get(pull, ()))):
                 self._paired.append(_Paired(self._targets[key], 0.0, None))
 
     def _prune(self, pulled: set[PullKey]) -> None:
         """Drop what belongs to targets, pulls and groups no longer used."""
         keep_only(self._runs, pulled)
-        keep_only(self._pulls, self._groups)
+        self._pulled_here &= set(self._groups)
         keep_only(self._discards, self._groups)
         self._paired = [p for p in self._paired
                         if same_definition(self._targets.get(p.target.key), p.target)]
@@ -330,7 +321,7 @@ class Planner:
         kind = "cross_check" if item.check else "summary"
 
         def fetch(client: ExecClient, now: float) -> Summary:
-            query = (pinned_query(target.cohort, item.pull_at) if item.pull is not None
+            query = (pinned_query(target.cohort, item.pull_at) if item.rows is not None
                      else target.cohort.query(now))
             return client.summary(target.scenario, query)
 
@@ -395,7 +386,7 @@ class Planner:
         for target_key in [k for k in self._targets if k[0] == scenario]:
             self.learned.proofs.pop(target_key, None)
             self.learned.doubts.pop(target_key, None)
-        keep_only(self._pulls, [k for k in self._pulls if k[1] != scenario])
+        self._pulled_here -= {k for k in self._pulled_here if k[1] == scenario}
         keep_only(self._runs, [k for k in self._runs if k[1] != scenario])
 
     def _owe_plain(self, key: PullKey, at: float) -> None:
@@ -416,25 +407,25 @@ class Planner:
         self._discards.pop(key, None)
         changed = self.learned.pages.get(key) != pages
         self.learned.pages[key] = pages
-        pull = self._pulls[key] = _Pull(rows, at)
+        self._pulled_here.add(key)
         members = self._groups.get(key, [])
         served = [t for t in members if self._served(t.key) and self._derivable(t, at)]
         checks = self._checks_for(key, served, at)
         for target in served:
             if target in checks:
                 continue
-            derived = self._export(target, pull)
+            derived = self._export(target, rows)
             if derived is not None:
                 self.store.record_success(target.key, derived, at)
             else:
                 # Proven while empty (no averages), it has averages now: proven again.
                 del self.learned.proofs[target.key]
-                self._paired.append(_Paired(target, pulled_at, pull))
+                self._paired.append(_Paired(target, pulled_at, rows))
                 changed = True
         for target in members:
             if target.key in self._owed and target.key not in self._served_keys:
-                self._paired.append(_Paired(target, pulled_at, pull))
-        self._paired.extend(_Paired(t, pulled_at, pull, check=True) for t in checks)
+                self._paired.append(_Paired(target, pulled_at, rows))
+        self._paired.extend(_Paired(t, pulled_at, rows, check=True) for t in checks)
         return changed
 
     def _pull_failed(self, key: PullKey, error: ApiError, at: float) -> None:
@@ -463,17 +454,17 @@ class Planner:
         if changed:
             self._changed()
 
-    def _derive(self, target: Target, pull: _Pull) -> Summary:
+    def _derive(self, target: Target, rows: tuple[ParticipantRow, ...]) -> Summary:
         """``target``'s summary from ``pull`` (callers check :meth:`_derivable`)."""
         members = {g: self.members.ids(g) for g in target.cohort.group_ids}
         cohort = cohort_filter(target.cohort)
-        return aggregate((r for r in pull.rows if cohort.keeps(r, members)), self.learned.precision)
+        return aggregate((r for r in rows if cohort.keeps(r, members)), self.learned.precision)
 
-    def _export(self, target: Target, pull: _Pull) -> Summary | None:
+    def _export(self, target: Target, rows: tuple[ParticipantRow, ...]) -> Summary | None:
         """What a pull exports for proven ``target``: the fields its proof gave. None when
         an average the proof never saw (an empty cohort) now has a value: prove again."""
         proof = self.learned.proofs[target.key]
-        derived = self._derive(target, pull)
+        derived = self._derive(target, rows)
         if any(getattr(derived, name) is not None and name not in proof.given
                for name in _AVERAGES):
             return None
@@ -495,9 +486,9 @@ class Planner:
                 return
             self.learned.precision.observe(summary)
             self.store.record_success(key, summary, at)
-            if item.pull is None or not self._derivable(target, at):
+            if item.rows is None or not self._derivable(target, at):
                 return
-            result = compare(self._derive(target, item.pull), summary,
+            result = compare(self._derive(target, item.rows), summary,
                              self.settings.tolerance)
             if item.check:
                 self.store.record_cross_check(key[0], "match" if result.match else "mismatch")
