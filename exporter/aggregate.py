@@ -1,17 +1,9 @@
 """Cohort summaries derived from the participants table: pure functions, no I/O.
 
 :class:`CohortFilter` keeps a cohort's rows of a pull, :func:`aggregate` turns them
-into the :class:`~exporter.client.Summary` the summary endpoint would give and
-:func:`compare` says whether it reproduces a real one. The endpoint's formulas are
-not documented; these follow its field descriptions and example:
-
-* a participant is a row with a best score (rows without one are left out);
-* ``total_sessions`` sums ``session_count``; ``total_practice_minutes`` is the
-  summed ``total_duration_seconds`` / 60, the average duration that over sessions;
-* ``average_best_score`` is the mean best score, its rank that of the *rounded*
-  mean; ``average_lift_percentage`` the mean lift (best minus first if absent);
-* ``score_distribution`` counts participants by the rank of their best score.
-
+into the :class:`~exporter.client.Summary` the summary endpoint would give (its
+formulas, inferred from the API's field descriptions, are in
+docs/derived-cohorts.md) and :func:`compare` says whether it reproduces a real one.
 How the endpoint rounds is learned (:class:`Precision`), never assumed.
 """
 
@@ -211,9 +203,7 @@ def compare(derived: Summary, summary: Summary, tolerance: float) -> Comparison:
     if derived.average_best_rank != summary.average_best_rank:
         differences.append(Difference("average_best_rank", derived.average_best_rank,
                                       summary.average_best_rank))
-    if summary.rank_participants is not None:
-        a_ranks = dict(derived.rank_participants or {})
-        b_ranks = dict(summary.rank_participants)
-        if a_ranks != b_ranks:
-            differences.append(Difference("rank_participants", a_ranks, b_ranks))
+    ours_ranks, theirs_ranks = dict(derived.rank_participants or {}), summary.rank_participants
+    if theirs_ranks is not None and ours_ranks != dict(theirs_ranks):
+        differences.append(Difference("rank_participants", ours_ranks, dict(theirs_ranks)))
     return Comparison(True, tuple(differences))

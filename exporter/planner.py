@@ -1,14 +1,9 @@
 """The planner's policy: which way each cohort is refreshed, its pulls, proofs and
-cross-checks (the prices are :mod:`exporter.plan`'s, what it learned
-:mod:`exporter.learned`'s, the member lists :mod:`exporter.members`').
-
-It gives the recurring jobs (summaries and pulls; a pull of n pages costs n plus
-the proofs it owes) and is a job source for follow-up pages, paired summaries and
-member lists. Every comparison is *paired*: the summary is asked right after the
-pull's last page, both pinned to the pull's instant; a target is derived only
-after a paired agreement (docs/derived-cohorts.md). Handlers run in the poller
-thread, :meth:`Planner.jobs` where the running value is rebuilt: one lock, never
-held across a request.
+cross-checks. Prices come from :mod:`exporter.plan`, memory from :mod:`exporter.learned`,
+member lists from :mod:`exporter.members`; the honesty rules (every comparison is
+*paired*: pinned to the pull's instant) are in docs/derived-cohorts.md. Handlers run
+in the poller thread, :meth:`Planner.jobs` where the running value is rebuilt: one
+lock, never held across a request.
 """
 
 from __future__ import annotations
@@ -402,8 +397,8 @@ class Planner:
 
     def _pulled(self, key: PullKey, rows: tuple[ParticipantRow, ...], pages: int,
                 at: float, pulled_at: float) -> bool:
-        """A complete, consistent pull: keep it, refresh the targets it serves, queue its
-        paired summaries (proofs owed, cross-checks due). True when jobs must be rebuilt."""
+        """A complete, consistent pull: refresh the targets it serves, queue its paired
+        summaries with its rows (proofs owed, cross-checks due). True: rebuild the jobs."""
         self._discards.pop(key, None)
         changed = self.learned.pages.get(key) != pages
         self.learned.pages[key] = pages
