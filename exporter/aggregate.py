@@ -1,35 +1,10 @@
 """Cohort summaries derived from the participants table: pure functions, no I/O.
 
-One pull of ``GET /scenarios/{id}/analytics/participants`` (one row per user)
-holds the data of every cohort of that scenario and date range that differs
-only by which users it keeps. :class:`CohortFilter` keeps a cohort's rows,
-:func:`aggregate` turns them into the :class:`~exporter.client.Summary` the
-summary endpoint would give, and :func:`compare` says whether a derived
-summary reproduces a real one (the cross-check).
-
-The summary endpoint's formulas are not documented; these follow the field
-descriptions and the documented example:
-
-* a participant is a row with a best score (the summary counts "participants
-  with graded sessions"); a row without one is a user with no graded session
-  and is left out entirely;
-* ``total_sessions`` is the sum of the kept rows' ``session_count``;
-* ``average_best_score`` is the mean of the best scores, and its rank is taken
-  from the *rounded* mean (gold >= 90, silver >= 75, bronze >= 50), so score
-  and rank never disagree at a boundary;
-* ``average_lift_percentage`` is the mean of ``lift_percentage`` (best minus
-  first, in points; computed from the scores when a row leaves it out);
-* ``total_practice_minutes`` is the kept rows' ``total_duration_seconds`` / 60,
-  ``average_session_duration_seconds`` is that total over the sessions;
-* ``score_distribution`` counts each participant by the rank of their best
-  score (the thresholds above, as the schema documents it).
-
-The endpoint rounds, but how is not documented (the OpenAPI example shows a
-duration of ``348``, the averages with one decimal): :class:`Precision` learns
-each field's decimals from the real summaries it sees and assumes none, and
-:func:`compare` accepts a derived value that rounds to the summary's value at
-the decimals the summary shows. A field a summary did not give is not proven
-(:func:`given_fields`). The paired checks prove the rest.
+:class:`CohortFilter` keeps a cohort's rows of a pull, :func:`aggregate` turns them
+into the :class:`~exporter.client.Summary` the summary endpoint would give (its
+formulas, inferred from the API's field descriptions, are in
+docs/derived-cohorts.md) and :func:`compare` says whether it reproduces a real one.
+How the endpoint rounds is learned (:class:`Precision`), never assumed.
 """
 
 from __future__ import annotations
@@ -44,6 +19,7 @@ SYSTEM_EMAIL_SUFFIX = "@exec.com"  # the API's system users (exclude_system_user
 # The lowest score of each rank but the last, in the order of RANKS.
 RANK_FLOORS = (90.0, 75.0, 50.0)
 
+SUMMARY_FIELDS = tuple(Summary.__slots__)
 # The fields the endpoint rounds (its decimals are learned, see Precision).
 ROUNDED_FIELDS = ("average_best_score", "average_score_lift", "practice_minutes",
                   "average_session_duration_seconds")
@@ -73,11 +49,9 @@ def decimals_of(value: float) -> int:
 
 @dataclass
 class Precision:
-    """How many decimals the summary endpoint gives each rounded field: the most any
-    real summary showed for that field (a value that happens to be whole cannot lower
-    it once a decimal was seen). Nothing is assumed: a field never seen is not
-    rounded (and not exported from a pull either: it was never proven). Not
-    thread-safe: the poller thread owns it."""
+    """The decimals the summary endpoint gives each rounded field: the most any real
+    summary showed (a whole value does not lower it); a field never seen is not rounded.
+    Not thread-safe: the poller thread owns it."""
 
     seen: dict[str, int] = field(default_factory=dict)
 
@@ -94,7 +68,7 @@ class Precision:
 
 def given_fields(summary: Summary) -> frozenset[str]:
     """The fields ``summary`` gave (not null): only those are proven by it."""
-    return frozenset(name for name in Summary.__slots__ if getattr(summary, name) is not None)
+    return frozenset(name for name in SUMMARY_FIELDS if getattr(summary, name) is not None)
 
 
 def _rounded_values(summary: Summary) -> dict[str, float | None]:
@@ -107,13 +81,9 @@ def _rounded_values(summary: Summary) -> dict[str, float | None]:
 
 @dataclass(frozen=True)
 class CohortFilter:
-    """Which participant rows a cohort keeps, as the summary endpoint's filters do.
-
-    ``user_ids`` and ``user_emails`` are unioned (as the API documents); a
-    group filter keeps members of any listed group and narrows the user lists
-    when both are given; ``exclude_system_users`` drops ``@exec.com`` emails.
-    Dates are not here: they select the pull, not the rows.
-    """
+    """Which participant rows a cohort keeps, as the summary endpoint's filters do: the
+    user ids and emails unioned, narrowed to members of any listed group, ``@exec.com``
+    dropped with ``exclude_system_users``. Dates select the pull, not the rows."""
 
     user_ids: frozenset[str] = frozenset()
     user_emails: frozenset[str] = frozenset()  # lower case
@@ -194,13 +164,8 @@ class Difference:
 
 @dataclass(frozen=True)
 class Comparison:
-    """The outcome of comparing a derived summary with the endpoint's.
-
-    ``counts_agree`` False means the two counted different participants or
-    sessions; otherwise ``differences`` lists every field beyond tolerance. Only
-    :attr:`match` reproduces the summary; what a disagreement means is the
-    planner's verdict rule (``planner.judge``).
-    """
+    """A derived summary against the endpoint's: ``counts_agree`` False when they
+    counted other participants or sessions, else ``differences`` beyond tolerance."""
 
     counts_agree: bool
     differences: tuple[Difference, ...] = ()
@@ -238,9 +203,7 @@ def compare(derived: Summary, summary: Summary, tolerance: float) -> Comparison:
     if derived.average_best_rank != summary.average_best_rank:
         differences.append(Difference("average_best_rank", derived.average_best_rank,
                                       summary.average_best_rank))
-    if summary.rank_participants is not None:
-        a_ranks = dict(derived.rank_participants or {})
-        b_ranks = dict(summary.rank_participants)
-        if a_ranks != b_ranks:
-            differences.append(Difference("rank_participants", a_ranks, b_ranks))
+    ours_ranks, theirs_ranks = dict(derived.rank_participants or {}), summary.rank_participants
+    if theirs_ranks is not None and ours_ranks != dict(theirs_ranks):
+        differences.append(Difference("rank_participants", ours_ranks, dict(theirs_ranks)))
     return Comparison(True, tuple(differences))

@@ -79,7 +79,9 @@ class Exporter:
         self.planner = Planner(config.planner, self.store, saved.planner,
                                on_change=self._on_plan, now=now)
         self.planner.configure(config.planner, rate.day_budget, config.refresh_interval,
-                               minute_budget=rate.minute_budget)
+                               minute_budget=rate.minute_budget,
+                               listings=[s.requests_per_day() for s in self.sources
+                                         if s is not self.planner])
         self.running = self._build(config, self._client(config), key)
         self.poller = Poller(self.scheduler, lambda: self.running, self.store, self.clock)
         self.store.record_reload(True, now)
@@ -289,7 +291,9 @@ class Exporter:
                 self.config = config
                 self.planner.configure(config.planner, config.api.rate_limit.day_budget,
                                        config.refresh_interval, reread_members=True,
-                                       minute_budget=config.api.rate_limit.minute_budget)
+                                       minute_budget=config.api.rate_limit.minute_budget,
+                                       listings=[s.requests_per_day() for s in self.sources
+                                                 if s is not self.planner])
                 self.running = self._build(config, client, key)
             self.store.record_reload(True, now)
             self.poller.wake()

@@ -1,11 +1,7 @@
-"""What the planner has learned, as the state file keeps it across restarts.
-
-Proofs (with the fingerprint of the cohort definition they proved, so a proof is
-not reused for other filters), doubts, refusals, scenario fallbacks, each pull's
-page count, the precision the summary endpoint was seen rounding to, and the
-cross-checks' turn; the member lists are :mod:`exporter.members`'. Plain values:
-the planner's lock guards them.
-"""
+"""What the planner has learned, as the state file keeps it across restarts: proofs
+(with the fingerprint of the definition they proved), doubts, refusals, scenario
+fallbacks, each pull's pages, the endpoint's precision and the cross-checks' turn.
+Plain values: the planner's lock guards them."""
 
 from __future__ import annotations
 
@@ -17,8 +13,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .aggregate import MAX_DECIMALS, ROUNDED_FIELDS, Precision
-from .client import Summary
+from .aggregate import MAX_DECIMALS, ROUNDED_FIELDS, SUMMARY_FIELDS, Precision
 from .config import CohortConfig
 from .plan import DatesKey, PullKey, dates_of
 
@@ -28,13 +23,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("exporter.planner")  # the planner's log, as before the split
 
-SUMMARY_FIELDS = tuple(Summary.__slots__)
 K = TypeVar("K")
 
 
 def fingerprint(cohort: CohortConfig) -> str:
-    """A stable digest of what ``cohort`` selects (filters and dates), to tell whether
-    a proof kept in the state file was made for the same definition."""
+    """A stable digest of what ``cohort`` selects (filters and dates): a kept proof is
+    reused only for the same definition."""
     doc = [sorted(cohort.user_ids), sorted(e.lower() for e in cohort.user_emails),
            list(cohort.group_ids), bool(cohort.exclude_system_users), list(dates_of(cohort))]
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
@@ -42,8 +36,8 @@ def fingerprint(cohort: CohortConfig) -> str:
 
 @dataclass(frozen=True)
 class Proof:
-    """A derived target's standing: when a paired check last agreed, and which fields
-    the summary gave then (only those are exported from a pull)."""
+    """When a paired check last agreed, and the fields the summary gave then (only
+    those are exported from a pull)."""
 
     checked: float
     given: frozenset[str]
@@ -58,7 +52,7 @@ def keep_only(table: dict[K, Any], keep: Collection[K]) -> None:
 @dataclass
 class Learned:
     """The planner's memory. ``kept_proofs`` are restored proofs waiting for their
-    target (and its fingerprint) to be configured again."""
+    target (with the same fingerprint) to be configured again."""
 
     proofs: dict[TargetKey, Proof] = field(default_factory=dict)
     kept_proofs: dict[TargetKey, tuple[str, Proof]] = field(default_factory=dict)
@@ -72,9 +66,8 @@ class Learned:
 
     def forget(self, key: TargetKey) -> None:
         """What ``key`` proved, doubted or was refused (its definition changed)."""
-        self.proofs.pop(key, None)
-        self.doubts.pop(key, None)
-        self.refused.pop(key, None)
+        for table in (self.proofs, self.doubts, self.refused):
+            table.pop(key, None)
 
     def prune(self, targets: Collection[TargetKey], pulls: Collection[PullKey]) -> None:
         """Forget what belongs to targets, scenarios and pulls no longer configured."""
@@ -95,14 +88,11 @@ class Learned:
              members: Mapping[str, Any]) -> dict[str, Any]:
         """The state file's planner part (JSON-safe): ``cohorts`` are the configured
         targets' definitions, ``members`` the member lists' part."""
-        proofs = [{"scenario": k[0], "cohort": k[1], "fingerprint": fingerprint(cohorts[k]),
-                   "checked": p.checked, "given": sorted(p.given)}
-                  for k, p in self.proofs.items() if k in cohorts]
-        proofs += [{"scenario": k[0], "cohort": k[1], "fingerprint": f,
-                    "checked": p.checked, "given": sorted(p.given)}
-                   for k, (f, p) in self.kept_proofs.items()]
+        proofs = [(k, fingerprint(cohorts[k]), p) for k, p in self.proofs.items() if k in cohorts]
+        proofs += [(k, f, p) for k, (f, p) in self.kept_proofs.items()]
         return {
-            "proofs": proofs,
+            "proofs": [{"scenario": k[0], "cohort": k[1], "fingerprint": f,
+                        "checked": p.checked, "given": sorted(p.given)} for k, f, p in proofs],
             "doubts": [[k[0], k[1], n] for k, n in self.doubts.items()],
             "refused": [[k[0], k[1], until] for k, until in self.refused.items()],
             "fallback": dict(self.fallback),
@@ -115,23 +105,15 @@ class Learned:
 
 
 def restore(saved: Mapping[str, Any], now: float, members: MemberLists) -> Learned:
-    """Take back :meth:`Learned.save` as the file kept it (and the member lists into
-    ``members``); each part that does not parse is logged and left out, times in the
-    future are not trusted."""
+    """Take back :meth:`Learned.save` (and the member lists into ``members``); each
+    entry that does not parse is logged and left out, times in the future are not
+    trusted."""
     learned = Learned()
 
     def when(value: object) -> float:
         if not isinstance(value, int | float) or value > now + 60:
             raise ValueError(f"bad time {value!r}")
         return float(value)
-
-    def part(name: str, read: Callable[[Any], None]) -> None:
-        for item in (saved.get(name) or {}).items() if isinstance(
-                saved.get(name), dict) else saved.get(name) or ():
-            try:
-                read(item)
-            except (KeyError, TypeError, ValueError, IndexError) as exc:
-                log.warning("state file: ignoring a saved planner %s entry: %s", name, exc)
 
     def member(item: tuple[str, Any]) -> None:
         members.restore_list(str(item[0]), item[1], when(item[1]["at"]))
@@ -165,6 +147,16 @@ def restore(saved: Mapping[str, Any], now: float, members: MemberLists) -> Learn
             raise ValueError(f"bad precision {item!r}")
         learned.precision.seen[item[0]] = int(item[1])
 
+    readers: dict[str, Callable[[Any], None]] = {
+        "members": member, "member_retries": retry, "proofs": proof, "doubts": doubt,
+        "refused": refused, "fallback": fallback, "pages": pages, "precision": precision}
+    for name, read in readers.items():
+        entries = saved.get(name) or ()
+        for entry in entries.items() if isinstance(entries, dict) else entries:
+            try:
+                read(entry)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                log.warning("state file: ignoring a saved planner %s entry: %s", name, exc)
     checks = saved.get("checks")
     if isinstance(checks, dict):
         try:
@@ -172,8 +164,4 @@ def restore(saved: Mapping[str, Any], now: float, members: MemberLists) -> Learn
             learned.checks_cursor = max(int(checks["cursor"]), 0)
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("state file: ignoring the saved cross-check turn: %s", exc)
-    for name, read in (("members", member), ("member_retries", retry), ("proofs", proof),
-                       ("doubts", doubt), ("refused", refused), ("fallback", fallback),
-                       ("pages", pages), ("precision", precision)):
-        part(name, read)
     return learned

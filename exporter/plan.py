@@ -1,38 +1,27 @@
 """The cost model of derived cohorts: pure arithmetic, no I/O, no clock, no locks.
 
-For each scenario and each distinct date range (a *pull group*: rolling windows
-and fixed ranges each need their own pull) there are two ways to refresh its
-cohorts:
-
-* one summary request per cohort (K requests), or
-* one participants pull (``ceil(participants / 100)`` pages, known from the
-  last pull's ``total_count``; 1 until a pull has run) from which every cohort
-  that differs only by which users it keeps is aggregated
-  (:mod:`exporter.aggregate`), plus the member lists of the groups those
-  cohorts use and the cross-checks.
-
-:func:`costs` counts every request of both ways, :func:`choose` picks the
-cheaper, :func:`make_plan` turns that into a :class:`Plan` (what runs, what it
-costs per cycle, which member lists it reads). The daemon's planner
-(:mod:`exporter.planner`, the proofs and cross-checks), ``--config.check``
-(:func:`offline_plan`) and the backfill price with these functions only.
+For each scenario and date range (a *pull group*) it prices a summary request per
+cohort against one participants pull, member lists and cross-checks included, and
+picks the cheaper (docs/derived-cohorts.md). The daemon's planner, ``--config.check``
+and the backfill price with these functions only.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from .budget import DAY
 from .config import CohortConfig, PlannerConfig, format_duration
 from .models import Page
 from .paged import PAGE_SIZE
+from .scheduler import effective_interval
 
 if TYPE_CHECKING:
     from .targets import Target
-
-DAY = 86400.0
 
 DatesKey = tuple[float | None, str | None, str | None]
 PullKey = tuple[str, str, DatesKey]
@@ -75,27 +64,23 @@ def pages_for(total_count: int) -> int:
 
 
 def pages_of(page: Page[Any]) -> int:
-    """Pages of the list ``page`` belongs to: by its ``total_count`` (else
-    ``total_pages``)."""
+    """Pages of the list ``page`` belongs to: by its ``total_count``, else ``total_pages``."""
     return pages_for(page.total_count) if page.total_count is not None else page.total_pages
 
 
 def choose(cohorts: int, derivable: int, pages: int, extra: float = 0.0) -> str:
-    """``participants`` when one pull (``pages`` requests, plus one summary request for
-    each of the ``cohorts - derivable`` cohorts it cannot serve, plus ``extra``: member
-    lists and cross-checks per cycle) costs fewer requests per cycle than ``cohorts``
-    summary requests; else ``summary`` (a tie keeps the summary: no saving is worth a
-    derivation)."""
+    """``participants`` when one pull (its pages, a summary for each cohort it cannot
+    serve, ``extra`` member lists and cross-checks per cycle) costs fewer requests than
+    a summary per cohort; else ``summary`` (a tie keeps the summary)."""
     return "participants" if pages + (cohorts - derivable) + extra < cohorts else "summary"
 
 
 @dataclass(frozen=True)
 class GroupPlan:
-    """The plan of one pull group: both costs per cycle, with their parts, and the choice.
+    """One pull group's plan: both costs per cycle with their parts, and the choice.
 
-    ``lists`` is this group's share of the member-list pages per cycle (a list is
-    split between the cohorts that use it, across scenarios) and ``checks`` the
-    cross-checks per cycle (``cross_check_share`` of everything the way sends)."""
+    ``lists`` is its share of the member-list pages per cycle, ``checks`` its
+    cross-checks per cycle."""
 
     scenario: str
     dates: DatesKey
@@ -114,13 +99,12 @@ class GroupPlan:
 
     @property
     def summaries(self) -> int:
-        """Summary requests per cycle the pull cannot spare (cohorts it cannot serve)."""
+        """Summary requests per cycle the pull cannot spare."""
         return len(self.cohorts) - self.derivable
 
     @property
     def participants_cost(self) -> float:
-        """Requests per cycle with the pull: its pages, a summary for each cohort it
-        cannot serve, its share of the member lists and its cross-checks."""
+        """Requests per cycle with the pull, everything included."""
         return self.pages + self.summaries + self.lists + self.checks
 
     @property
@@ -149,36 +133,26 @@ class Plan:
 
     @property
     def chosen_cost(self) -> float:
-        """Requests per cycle of the chosen plan once every cohort is proven, member
-        lists and cross-checks included."""
+        """Requests per cycle of the chosen plan once every cohort is proven."""
         return sum(g.cost for g in self.groups)
 
 
 @dataclass(frozen=True)
 class Serving:
-    """What a participants pull does for its group's targets: refresh those ``served``
-    (proven), and owe a paired summary (a proof) to those ``owed`` (not proven yet)."""
+    """What a pull does for its group: refresh the ``served`` targets (proven) and owe
+    a paired summary (a proof) to the ``owed`` ones."""
 
     served: tuple[Target, ...] = ()
     owed: tuple[Target, ...] = ()
 
 
-def lists_per_day(member_groups: Sequence[str], member_pages: Mapping[str, int],
-                  membership_interval: float) -> float:
-    """Member-list pages a day: every list read every ``membership_interval``, at its
-    pages (1 until a read said)."""
-    return sum(member_pages.get(g, 1) for g in member_groups) * DAY / membership_interval
-
-
 def checks_per_day(share: float, recurring: float, lists_per_day: float,
                    refresh_interval: float, day_budget: float, minute_budget: float) -> float:
-    """Cross-checks a day: ``share`` (``cross_check_share``) of the requests actually
-    sent, everything included. The recurring jobs are sent at the interval that
-    ``refresh_interval`` and the minute budget allow, the member lists on their own
-    schedule, and the total is capped by the day budget: the tighter budget decides."""
+    """Cross-checks a day: ``share`` of every request sent (the recurring jobs at the
+    scheduler's effective interval, the member lists), capped by ``day_budget``."""
     if share <= 0:
         return 0.0
-    interval = max(refresh_interval, recurring * 60.0 / max(minute_budget, 1.0), 1.0)
+    interval = effective_interval(recurring, refresh_interval, day_budget, minute_budget)
     sent = recurring * DAY / interval + lists_per_day
     return share * min(day_budget, sent / (1.0 - share))
 
@@ -186,51 +160,42 @@ def checks_per_day(share: float, recurring: float, lists_per_day: float,
 def derived_per_day(plan: Plan, member_pages: Mapping[str, int], settings: PlannerConfig,
                     refresh_interval: float, day_budget: float, minute_budget: float,
                     checked: bool) -> tuple[float, float]:
-    """Member-list pages and cross-checks a day of ``plan``, both paid out of the day
-    budget before the recurring jobs; cross-checks only when ``checked`` (some target
-    is derived: there is something to check)."""
-    lists = lists_per_day(plan.member_groups, member_pages, settings.membership_interval)
+    """Member-list pages and cross-checks a day of ``plan`` (cross-checks only when
+    ``checked``: some target is derived). ``day_budget`` is what is left once the
+    listings are paid for: the daemon and ``--config.check`` both price with this."""
+    lists = (sum(member_pages.get(g, 1) for g in plan.member_groups) * DAY
+             / settings.membership_interval)
     checks = (checks_per_day(settings.cross_check_share, plan.recurring, lists,
                              refresh_interval, day_budget, minute_budget) if checked else 0.0)
     return lists, checks
 
 
-def costs(groups: Mapping[PullKey, Sequence[Target]], settings: PlannerConfig,
-          refresh_interval: float, pages: Mapping[PullKey, int],
-          list_pages: Mapping[str, int], usable: Callable[[Target], bool],
-          ) -> dict[PullKey, tuple[GroupPlan, list[Target]]]:
-    """The cost model: both ways of every pull group, per cycle of ``refresh_interval``.
-
-    A member list costs its pages every ``membership_interval``, split between the
-    cohorts that use it; a cohort whose share costs a whole summary per cycle or
-    more is not worth deriving (it stays on summary requests). The cross-checks are
-    ``cross_check_share`` of what the participants way sends. ``usable(target)``:
-    the pull may serve it (member lists known, not refused). ``pages`` and
-    ``list_pages`` are the page counts known (1 where not). Each plan comes with
-    the targets the pull would serve."""
+def _priced(groups: Mapping[PullKey, Sequence[Target]], settings: PlannerConfig,
+            refresh_interval: float, pages: Mapping[PullKey, int],
+            list_pages: Mapping[str, int], usable: Callable[[Target], bool],
+            ) -> dict[PullKey, tuple[GroupPlan, list[Target]]]:
+    """Both ways of every pull group, with the targets its pull would serve: those
+    ``usable`` whose share of their member lists costs less than a summary a cycle."""
     per_cycle = refresh_interval / settings.membership_interval
-    users: dict[str, int] = {}
-    for members in groups.values():
-        for target in members:
-            for group in dict.fromkeys(target.cohort.group_ids):
-                users[group] = users.get(group, 0) + 1
+    users = Counter(group for members in groups.values() for target in members
+                    for group in dict.fromkeys(target.cohort.group_ids))
 
-    def share(target: Target) -> float:
+    def share(target: Target) -> float:  # a list's pages are split between its users
         return sum(list_pages.get(g, 1) * per_cycle / users[g]
                    for g in dict.fromkeys(target.cohort.group_ids))
 
     checks_factor = settings.cross_check_share / (1.0 - settings.cross_check_share)
-    out = {}
+    priced = {}
     for key, members in groups.items():
         servable = [t for t in members if usable(t) and share(t) < 1.0]
         lists = sum(share(t) for t in servable)
         pull_pages = pages.get(key, 1)
-        base = pull_pages + len(members) - len(servable) + lists
-        plan = GroupPlan(key[1], key[2], tuple(t.cohort.name for t in members), pull_pages,
-                         len(servable), "summary", lists=lists, checks=base * checks_factor)
-        source = choose(len(members), len(servable), plan.pages, plan.lists + plan.checks)
-        out[key] = (replace(plan, source=source), servable)
-    return out
+        checks = (pull_pages + len(members) - len(servable) + lists) * checks_factor
+        source = choose(len(members), len(servable), pull_pages, lists + checks)
+        priced[key] = (GroupPlan(key[1], key[2], tuple(t.cohort.name for t in members),
+                                 pull_pages, len(servable), source, lists=lists,
+                                 checks=checks), servable)
+    return priced
 
 
 def make_plan(groups: Mapping[PullKey, Sequence[Target]], settings: PlannerConfig,
@@ -240,21 +205,19 @@ def make_plan(groups: Mapping[PullKey, Sequence[Target]], settings: PlannerConfi
               proven: Callable[[Target], bool]) -> tuple[Plan, dict[PullKey, Serving]]:
     """The chosen plan and what each pull serves.
 
-    ``derivable(target)``: the pull can serve it now (member lists known, not
-    refused); ``readable(target)``: its member lists are worth reading (not refused:
-    once read it may become derivable), which decides ``member_groups``;
-    ``summary_only``: scenarios kept on summary requests (``planner.mode: summary``,
-    a fallback); ``proven(target)``: a paired summary agreed with a pull. One round
-    of the recurring jobs sends a summary for each target no pull takes, and each
-    pull's pages plus the paired summaries it owes."""
-    plans = costs(groups, settings, refresh_interval, pages, list_pages, derivable)
-    wanted = costs(groups, settings, refresh_interval, pages, list_pages, readable)
+    ``derivable``: the pull can serve the target now; ``readable``: its member lists
+    are worth reading (it is not refused); ``summary_only``: scenarios kept on summary
+    requests; ``proven``: a paired summary agreed with a pull. ``pages`` and
+    ``list_pages`` are the page counts known (1 where not)."""
+    priced = _priced(groups, settings, refresh_interval, pages, list_pages, derivable)
+    wanted = _priced(groups, settings, refresh_interval, pages, list_pages, readable)
     chosen: list[GroupPlan] = []
     member_groups: dict[str, None] = {}
     serving: dict[PullKey, Serving] = {}
-    recurring = 0
+    recurring = 0  # a summary per target no pull takes, each pull's pages and proofs
     for key, members in groups.items():
-        plan, servable = plans[key]
+        plan, servable = priced[key]
+        served: tuple[Target, ...] = ()
         if key[1] in summary_only:
             plan = replace(plan, source="summary")
         if plan.source == "participants":
@@ -262,7 +225,6 @@ def make_plan(groups: Mapping[PullKey, Sequence[Target]], settings: PlannerConfi
             serving[key] = Serving(served, tuple(t for t in servable if not proven(t)))
             recurring += plan.pages + len(members) - len(served)
         else:
-            served = ()
             recurring += len(members)
         wanted_plan, wanted_servable = wanted[key]
         if key[1] not in summary_only and wanted_plan.source == "participants":
@@ -274,9 +236,8 @@ def make_plan(groups: Mapping[PullKey, Sequence[Target]], settings: PlannerConfi
 
 def offline_plan(targets: Sequence[Target], settings: PlannerConfig,
                  refresh_interval: float = 900.0) -> Plan:
-    """The plan ``--config.check`` prints: no pull has run, so one page per pull and
-    per member list, every list readable and every target proven (the best case the
-    planner can reach)."""
+    """The plan ``--config.check`` prints: one page per pull and per member list,
+    every list readable and every target proven (the best case the planner reaches)."""
     summary_only = ({t.scenario for t in targets} if settings.mode == "summary"
                     else frozenset[str]())
     return make_plan(pull_groups(targets), settings, refresh_interval, {}, {},

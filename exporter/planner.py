@@ -1,25 +1,9 @@
-"""The planner's policy: which way each cohort is refreshed, pulls, proofs, cross-checks.
-
-Each scenario and date range refreshes its cohorts with a summary request per
-cohort or with one participants pull, whichever the cost model
-(:mod:`exporter.plan`) finds cheaper; ``planner.mode: summary`` keeps only
-summary requests. What it decides is expressed as jobs (:mod:`exporter.jobs`):
-recurring summary jobs and pull jobs (a pull of n pages has ``cost`` n plus the
-paired summaries it owes), and this object is also a job source for the
-follow-up pages, the paired summaries and the member lists
-(:mod:`exporter.members`). What it learned is kept in :mod:`exporter.learned`.
-
-Honesty rules (docs/derived-cohorts.md): every comparison of a derived value with
-the summary endpoint is *paired*: the summary is requested right after the pull's
-last page, both pinned to the pull's ``end_date`` (rolling windows from the same
-``now``), so sessions arriving in between fall outside both. A target is derived
-only after a paired agreement; :func:`judge` turns paired comparisons into
-verdicts; a paired summary is always exported, so from the first disagreement on
-the target shows the summary's values. What is exported is always a value the
-summary endpoint gave or one that agreed with it at the last paired check.
-
-Thread-safety: handlers run in the poller thread, :meth:`Planner.jobs` in whichever
-thread rebuilds the running configuration: one lock, never held across a request.
+"""The planner's policy: which way each cohort is refreshed, its pulls, proofs and
+cross-checks. Prices come from :mod:`exporter.plan`, memory from :mod:`exporter.learned`,
+member lists from :mod:`exporter.members`; the honesty rules (every comparison is
+*paired*: pinned to the pull's instant) are in docs/derived-cohorts.md. Handlers run
+in the poller thread, :meth:`Planner.jobs` where the running value is rebuilt: one
+lock, never held across a request.
 """
 
 from __future__ import annotations
@@ -28,11 +12,12 @@ import datetime as dt
 import logging
 import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .aggregate import CohortFilter, Comparison, aggregate, compare, given_fields
+from .aggregate import SUMMARY_FIELDS, CohortFilter, Comparison, aggregate, compare, given_fields
+from .budget import DAY
 from .client import (
     PAUSE_REASONS,
     PERSISTENT_REASONS,
@@ -44,10 +29,11 @@ from .client import (
 )
 from .config import CohortConfig, PlannerConfig, format_duration
 from .jobs import Job, same_definition, summary_job
-from .learned import SUMMARY_FIELDS, Learned, Proof, keep_only, restore
+from .learned import Learned, Proof, keep_only, restore
 from .members import MemberLists
 from .paged import ListChanged, PagedRead, page_query
-from .plan import Plan, PullKey, derived_per_day, make_plan, pull_groups, pull_key
+from .plan import Plan, PullKey, derived_per_day, describe_dates, make_plan, pull_groups, pull_key
+from .scheduler import polling_day_budget
 
 if TYPE_CHECKING:
     from .store import Store
@@ -62,24 +48,11 @@ REFUTE_AFTER = 2
 
 
 def judge(doubts: int, comparison: Comparison) -> tuple[str, int]:
-    """The verdict rule: what one paired comparison means, given ``doubts`` (the
-    paired disagreements in a row before it). Returns the verdict and the new count.
-
-    * ``agree`` (counts equal, every field within tolerance): the target is derived
-      from the pull from now on; the count starts over.
-    * ``doubt`` (the first disagreement, counts or any field): the summary's values
-      are exported at once and the target stops being derived; the next pull pairs
-      a summary with it again (a proof), at the price of the summary it replaces.
-      One disagreement alone can be a session that reached the API late, inside the
-      pinned range, between the two requests: it does not refute.
-    * ``refuted`` (``REFUTE_AFTER`` = 2 in a row): the target uses summary requests
-      for ``planner.fallback_for``; when the counts agreed and a field did not, the
-      endpoint computes that field otherwise, so its whole scenario does.
-
-    Pairing pins both requests to one instant, so constant traffic cannot make two
-    comparisons in a row disagree; a real drift (a member list that lags, a changed
-    formula) is caught at the target's next paired check and refuted one pull later.
-    """
+    """The verdict of one paired comparison after ``doubts`` disagreements in a row,
+    and the new count: ``agree`` (derived from now on), ``doubt`` (the first
+    disagreement: the summary's values are exported, the next pull proves again; it
+    can be a late session) or ``refuted`` (``REFUTE_AFTER`` in a row: summary
+    requests for ``fallback_for``). The table is in docs/derived-cohorts.md."""
     if comparison.match:
         return "agree", 0
     doubts += 1
@@ -93,9 +66,8 @@ def cohort_filter(cohort: CohortConfig) -> CohortFilter:
 
 
 def pinned_query(cohort: CohortConfig, now: float) -> dict[str, str]:
-    """``cohort``'s summary query at ``now`` with ``end_date`` pinned at ``now`` (or the
-    cohort's own end, if earlier): a pull and its paired summaries then cover exactly
-    the same sessions, whatever arrives between the requests."""
+    """``cohort``'s summary query with ``end_date`` pinned at ``now`` (or its own end, if
+    earlier): a pull and its paired summaries cover exactly the same sessions."""
     query = cohort.query(now)
     end = now if cohort.end_date is None else min(cohort.end_date.timestamp(), now)
     query["end_date"] = dt.datetime.fromtimestamp(math.floor(end), dt.UTC).strftime(
@@ -111,8 +83,7 @@ def pull_query(cohort: CohortConfig, now: float) -> dict[str, str]:
 
 @dataclass
 class _PullRun:
-    """A pull in progress: its query (the same for every page), its instant (the paired
-    summaries use it) and rows so far."""
+    """A pull in progress: its query (the same for every page), its instant and rows."""
 
     query: dict[str, str]
     now: float
@@ -120,35 +91,23 @@ class _PullRun:
         "participants", key=lambda row: row.user_id))
 
 
-@dataclass(frozen=True)
-class _Pull:
-    """The last complete, consistent pull of a group."""
-
-    rows: tuple[ParticipantRow, ...]
-    at: float
-
-
 @dataclass(frozen=True, eq=False)
 class _Paired:
-    """A summary owed right after a pull, for the pull's instant: a proof (the target
-    is not derived yet), a cross-check (it is), or, when the pull failed, a plain
-    refresh (``pull`` None: nothing to compare with)."""
+    """A summary owed right after a pull, at its instant: a proof, a cross-check
+    (``check``), or a plain refresh (``rows`` None: no pull to compare with)."""
 
     target: Target
     pull_at: float
-    pull: _Pull | None
+    rows: tuple[ParticipantRow, ...] | None
     check: bool = False
 
 
 class Planner:
     """Plans, proves and cross-checks derived cohorts; a job source (see module doc).
 
-    ``on_change()`` is called (outside the lock, in the thread of the event) when
-    the recurring jobs must be rebuilt: a target proven, doubted or refused, a
-    scenario falling back or back from a fallback, a pull's page count changed, a
-    member list read for the first time. ``saved`` is :meth:`state` as the state
-    file kept it.
-    """
+    ``on_change()`` is called, outside the lock, when the recurring jobs must be
+    rebuilt (a proof, doubt, refusal, fallback, new page count, first member list).
+    ``saved`` is :meth:`state` as the state file kept it."""
 
     def __init__(self, settings: PlannerConfig, store: Store,
                  saved: Mapping[str, Any] | None = None,
@@ -156,14 +115,13 @@ class Planner:
         self.settings = settings
         self.store = store
         self.on_change = on_change
-        self.dropped_answers = 0  # answers for a target whose definition changed meanwhile
         self._lock = threading.RLock()
         self._targets: dict[TargetKey, Target] = {}
         self._groups: dict[PullKey, list[Target]] = {}
         self._plan = Plan()
         self._served_keys: set[TargetKey] = set()
         self._owed: set[TargetKey] = set()  # proven by paired summaries after each pull
-        self._pulls: dict[PullKey, _Pull] = {}
+        self._pulled_here: set[PullKey] = set()  # pulls completed since the start
         self._runs: dict[PullKey, _PullRun] = {}
         self._paired: list[_Paired] = []
         self._refetch: set[TargetKey] = set()
@@ -178,36 +136,31 @@ class Planner:
     # --- settings and plan -------------------------------------------------------
 
     def configure(self, settings: PlannerConfig, day_budget: float, refresh_interval: float,
-                  reread_members: bool = False, minute_budget: float = 60.0) -> None:
-        """New settings (reload); ``reread_members`` reads every member list again."""
+                  reread_members: bool = False, minute_budget: float = 60.0,
+                  listings: Iterable[float] = ()) -> None:
+        """New settings (reload); ``reread_members`` reads every member list again. The
+        cross-checks are capped by ``day_budget`` once the ``listings`` (requests a day)
+        are paid for, as ``--config.check`` prices them."""
         with self._lock:
             self.settings = settings
-            self._day_budget = max(day_budget, 1.0)
+            self._day_budget = polling_day_budget(day_budget, listings)
             self._minute_budget = max(minute_budget, 1.0)
             self._refresh_interval = refresh_interval
             self.members.configure(settings, reread_members)
 
-    @property
-    def auto(self) -> bool:
-        """Whether derived cohorts are allowed at all."""
-        return self.settings.mode == "auto"
-
     def _derivable(self, target: Target, now: float) -> bool:
         """The pull can serve ``target`` now: every group's members known, not refused."""
-        if any(g not in self.members.known for g in target.cohort.group_ids):
-            return False
-        return not self._is_refused(target, now)
+        return (all(g in self.members.known for g in target.cohort.group_ids)
+                and not self._is_refused(target, now))
 
     def _is_refused(self, target: Target, now: float) -> bool:
         until = self.learned.refused.get(target.key)
         return until is not None and until > now
 
     def jobs(self, targets: Sequence[Target], now: float) -> tuple[Job, ...]:
-        """The recurring jobs for ``targets``: a summary job for each target the pulls
-        do not serve, and one pull job per group that uses the participants source,
-        placed after its scenario's summary jobs. A pull's cost counts its pages and
-        the paired summaries it owes (the targets it may serve but has not proven).
-        Also remembers the plan and prunes what belongs to targets no longer there."""
+        """The recurring jobs for ``targets``: a summary job per target no pull serves,
+        then its scenario's pull jobs (costing their pages and the proofs they owe).
+        Remembers the plan and prunes what belongs to targets no longer there."""
         with self._lock:
             for target in targets:
                 before = self._targets.get(target.key)
@@ -219,7 +172,7 @@ class Planner:
                                        self.settings.fallback_for)
             self._targets = {t.key: t for t in targets}
             self._groups = pull_groups(targets)
-            summary_only = (self._active_fallbacks(now) if self.auto
+            summary_only = (self._active_fallbacks(now) if self.settings.mode == "auto"
                             else {t.scenario for t in targets})
             self._plan, serving = make_plan(
                 self._groups, self.settings, self._refresh_interval, self.learned.pages,
@@ -248,25 +201,22 @@ class Planner:
             return tuple(jobs)
 
     def _ask_newcomers(self) -> None:
-        """A target new to a running pull (a reload, a discovered group; running: it
-        pulled here, or a target of it has a value, restored ones included) has no value
-        until the pull's turn: its summary is asked at once; the proof comes later."""
+        """A target new to a running pull (it pulled, or a target of it has a value) would
+        have no value until the pull's turn: its summary is asked at once."""
         def known(key: TargetKey) -> bool:
             state = self.store.get(key)
             return state is not None and state.last_success is not None
 
         for key in self._owed - {p.target.key for p in self._paired}:
             pull = pull_key(self._targets[key])
-            if not known(key) and (pull in self._pulls or any(
+            if not known(key) and (pull in self._pulled_here or any(
                     known(t.key) for t in self._groups.get(pull, ()))):
                 self._paired.append(_Paired(self._targets[key], 0.0, None))
 
     def _prune(self, pulled: set[PullKey]) -> None:
-        """Drop what belongs to targets, scenarios, pulls and groups no longer used:
-        runs of pulls the plan no longer sends, paired summaries of removed targets,
-        proofs, member lists no target's cohort names."""
+        """Drop what belongs to targets, pulls and groups no longer used."""
         keep_only(self._runs, pulled)
-        keep_only(self._pulls, self._groups)
+        self._pulled_here &= set(self._groups)
         keep_only(self._discards, self._groups)
         self._paired = [p for p in self._paired
                         if same_definition(self._targets.get(p.target.key), p.target)]
@@ -298,8 +248,7 @@ class Planner:
             return len(self._owed)
 
     def served_by_pull(self) -> dict[PullKey, list[TargetKey]]:
-        """Pull key -> the targets it refreshes (served and owed: for the landing page's
-        next refresh)."""
+        """Pull key -> the targets it refreshes, served or owed (their next refresh)."""
         with self._lock:
             refreshed = {pull: [t.key for t in targets
                                 if self._served(t.key) or t.key in self._owed]
@@ -307,8 +256,7 @@ class Planner:
             return {pull: keys for pull, keys in refreshed.items() if keys}
 
     def take_refetch(self) -> set[TargetKey]:
-        """Targets whose derived values were found wrong: their summary jobs are due at
-        once, not by the age of those values (asked once, then cleared)."""
+        """Targets whose derived values were found wrong: due at once (then cleared)."""
         with self._lock:
             keys, self._refetch = self._refetch, set()
             return keys
@@ -319,10 +267,10 @@ class Planner:
             return {key: [t.key for t in targets] for key, targets in self._groups.items()}
 
     def requests_per_cycle(self, interval: float) -> float:
-        """What one full refresh costs: the recurring jobs' requests plus the member
-        lists and cross-checks that fall within one effective interval."""
+        """What one full refresh costs: the recurring jobs plus the member lists and
+        cross-checks of one effective ``interval``."""
         with self._lock:
-            return self._plan.recurring + sum(self._per_day()) * interval / 86400.0
+            return self._plan.recurring + sum(self._per_day()) * interval / DAY
 
     # --- jobs ---------------------------------------------------------------------
 
@@ -335,10 +283,10 @@ class Planner:
             query, pulled_at, page = answer
             with self._lock:
                 self._runs[key] = _PullRun(query, pulled_at)
-            self.page_read(key, 1, page, at)
+            self._page_read(key, 1, page, at)
 
         def fail(error: ApiError, at: float) -> None:
-            self.pull_failed(key, error, at)
+            self._pull_failed(key, error, at)
 
         return Job(kind="participants", key=key, fetch=fetch, apply=apply, fail=fail,
                    label=_pull_label(key, 1), cost=cost)
@@ -350,14 +298,14 @@ class Planner:
             return client.participants(key[1], params)
 
         def apply(page: Page, at: float) -> None:
-            self.page_read(key, page_no, page, at)
+            self._page_read(key, page_no, page, at)
 
         def fail(error: ApiError, at: float) -> None:
             if error.reason in PAUSE_REASONS:
                 return  # the page is asked again once the pause is over
             with self._lock:
                 self._runs.pop(key, None)
-            self.pull_failed(key, error, at)
+            self._pull_failed(key, error, at)
 
         return Job(kind="participants", key=(*key, page_no), fetch=fetch, apply=apply,
                    fail=fail, label=_pull_label(key, page_no))
@@ -368,12 +316,12 @@ class Planner:
         kind = "cross_check" if item.check else "summary"
 
         def fetch(client: ExecClient, now: float) -> Summary:
-            query = (pinned_query(target.cohort, item.pull_at) if item.pull is not None
+            query = (pinned_query(target.cohort, item.pull_at) if item.rows is not None
                      else target.cohort.query(now))
             return client.summary(target.scenario, query)
 
         def apply(summary: Summary, at: float) -> None:
-            self.paired_seen(item, summary, at)
+            self._paired_seen(item, summary, at)
 
         def fail(error: ApiError, at: float) -> None:
             if error.reason in PAUSE_REASONS:
@@ -390,7 +338,7 @@ class Planner:
 
     # --- pulls ----------------------------------------------------------------------
 
-    def page_read(self, key: PullKey, page_no: int, page: Page, at: float) -> None:
+    def _page_read(self, key: PullKey, page_no: int, page: Page, at: float) -> None:
         """Page ``page_no`` of ``key``'s pull arrived; the last page completes the pull."""
         with self._lock:
             run = self._runs.get(key)
@@ -410,9 +358,8 @@ class Planner:
             self._changed()
 
     def _discarded(self, key: PullKey, at: float, why: str) -> bool:
-        """An inconsistent pull is dropped; after VERIFY_PULLS in a row (an unstable
-        order of equal scores across pages, say) the scenario uses summaries for
-        ``fallback_for``. True when the jobs must be rebuilt."""
+        """Drop an inconsistent pull; after VERIFY_PULLS in a row its scenario uses
+        summaries for ``fallback_for``. True when the jobs must be rebuilt."""
         count = self._discards.get(key, 0) + 1
         self._discards[key] = count
         self._owe_plain(key, at)
@@ -428,22 +375,18 @@ class Planner:
         return True
 
     def _fall_back(self, scenario: str, at: float) -> None:
-        """Summary requests for ``scenario``'s cohorts for ``fallback_for``. Its pulls are
-        forgotten: the proofs after the fallback start from a new pull."""
+        """Summary requests for ``scenario``'s cohorts for ``fallback_for``; its pulls are
+        forgotten (the proofs after the fallback start from a new pull)."""
         self.learned.fallback[scenario] = at + self.settings.fallback_for
         for target_key in [k for k in self._targets if k[0] == scenario]:
             self.learned.proofs.pop(target_key, None)
             self.learned.doubts.pop(target_key, None)
-        for key in [k for k in self._pulls if k[1] == scenario]:
-            del self._pulls[key]
-        for key in [k for k in self._runs if k[1] == scenario]:
-            del self._runs[key]
+        self._pulled_here -= {k for k in self._pulled_here if k[1] == scenario}
+        keep_only(self._runs, [k for k in self._runs if k[1] != scenario])
 
     def _owe_plain(self, key: PullKey, at: float) -> None:
-        """The pull failed or was dropped: the summaries it owed still go out (plain, no
-        comparison) for targets with no value or one older than ``refresh_interval``, or
-        targets not proven yet would go stale; the pull's quick retries do not repeat
-        them."""
+        """The pull failed or was dropped: the summaries it owed still go out, plain, for
+        targets with no value younger than ``refresh_interval`` (else they go stale)."""
         queued = {p.target.key for p in self._paired}
         for target in self._groups.get(key, []):
             state = self.store.get(target.key)
@@ -454,36 +397,35 @@ class Planner:
 
     def _pulled(self, key: PullKey, rows: tuple[ParticipantRow, ...], pages: int,
                 at: float, pulled_at: float) -> bool:
-        """A complete, consistent pull of ``pages`` pages: keep it, refresh the targets it
-        serves, and queue its paired summaries (proofs of the targets it owes, the
-        cross-checks due). True when the jobs must be rebuilt."""
+        """A complete, consistent pull: refresh the targets it serves, queue its paired
+        summaries with its rows (proofs owed, cross-checks due). True: rebuild the jobs."""
         self._discards.pop(key, None)
         changed = self.learned.pages.get(key) != pages
         self.learned.pages[key] = pages
-        pull = self._pulls[key] = _Pull(rows, at)
+        self._pulled_here.add(key)
         members = self._groups.get(key, [])
         served = [t for t in members if self._served(t.key) and self._derivable(t, at)]
         checks = self._checks_for(key, served, at)
         for target in served:
             if target in checks:
                 continue
-            derived = self._export(target, pull)
+            derived = self._export(target, rows)
             if derived is not None:
                 self.store.record_success(target.key, derived, at)
             else:
                 # Proven while empty (no averages), it has averages now: proven again.
                 del self.learned.proofs[target.key]
-                self._paired.append(_Paired(target, pulled_at, pull))
+                self._paired.append(_Paired(target, pulled_at, rows))
                 changed = True
         for target in members:
             if target.key in self._owed and target.key not in self._served_keys:
-                self._paired.append(_Paired(target, pulled_at, pull))
-        self._paired.extend(_Paired(t, pulled_at, pull, check=True) for t in checks)
+                self._paired.append(_Paired(target, pulled_at, rows))
+        self._paired.extend(_Paired(t, pulled_at, rows, check=True) for t in checks)
         return changed
 
-    def pull_failed(self, key: PullKey, error: ApiError, at: float) -> None:
-        """A pull's page failed: the targets it serves keep their last values, marked
-        down; an endpoint that refuses the scenario sends it back to summaries."""
+    def _pull_failed(self, key: PullKey, error: ApiError, at: float) -> None:
+        """A pull's page failed: its targets keep their last values, marked down; an
+        endpoint that refuses the scenario sends it back to summaries."""
         if error.reason in PAUSE_REASONS:
             return  # workspace-wide: the poller said it and pauses every request
         changed = False
@@ -507,20 +449,17 @@ class Planner:
         if changed:
             self._changed()
 
-    def _derive(self, target: Target, pull: _Pull) -> Summary:
-        """``target``'s summary from ``pull`` (every group's member list must be known:
-        callers check :meth:`_derivable`)."""
+    def _derive(self, target: Target, rows: tuple[ParticipantRow, ...]) -> Summary:
+        """``target``'s summary from ``pull`` (callers check :meth:`_derivable`)."""
         members = {g: self.members.ids(g) for g in target.cohort.group_ids}
         cohort = cohort_filter(target.cohort)
-        return aggregate((r for r in pull.rows if cohort.keeps(r, members)), self.learned.precision)
+        return aggregate((r for r in rows if cohort.keeps(r, members)), self.learned.precision)
 
-    def _export(self, target: Target, pull: _Pull) -> Summary | None:
-        """What a pull exports for proven ``target``: the derived summary, only the
-        fields its proving summary gave (the others are not proven). None when an
-        average the proof never saw (it was proven on an empty cohort) now has a value:
-        that needs a proof of its own."""
+    def _export(self, target: Target, rows: tuple[ParticipantRow, ...]) -> Summary | None:
+        """What a pull exports for proven ``target``: the fields its proof gave. None when
+        an average the proof never saw (an empty cohort) now has a value: prove again."""
         proof = self.learned.proofs[target.key]
-        derived = self._derive(target, pull)
+        derived = self._derive(target, rows)
         if any(getattr(derived, name) is not None and name not in proof.given
                for name in _AVERAGES):
             return None
@@ -529,24 +468,22 @@ class Planner:
 
     # --- proving and cross-checking -------------------------------------------------------
 
-    def paired_seen(self, item: _Paired, summary: Summary, at: float) -> None:
-        """A paired summary arrived: export it (a real summary), then compare it with the
-        pull of the same instant and apply :func:`judge`'s verdict."""
+    def _paired_seen(self, item: _Paired, summary: Summary, at: float) -> None:
+        """A paired summary arrived: export it, compare it with the pull of the same
+        instant and apply :func:`judge`'s verdict."""
         target = item.target
         key = target.key
         changed = False
         with self._lock:
             if not same_definition(self._targets.get(key), target):
-                self.dropped_answers += 1
                 log.info("dropped the answer for scenario=%s cohort=%s: the target's "
-                         "definition changed while it was asked (%d dropped so far)",
-                         key[0], key[1], self.dropped_answers)
+                         "definition changed while it was asked", key[0], key[1])
                 return
             self.learned.precision.observe(summary)
             self.store.record_success(key, summary, at)
-            if item.pull is None or not self._derivable(target, at):
+            if item.rows is None or not self._derivable(target, at):
                 return
-            result = compare(self._derive(target, item.pull), summary,
+            result = compare(self._derive(target, item.rows), summary,
                              self.settings.tolerance)
             if item.check:
                 self.store.record_cross_check(key[0], "match" if result.match else "mismatch")
@@ -573,8 +510,8 @@ class Planner:
             self._changed()
 
     def _refute(self, target: Target, result: Comparison, at: float) -> None:
-        """``REFUTE_AFTER`` paired disagreements in a row: summary requests for
-        ``fallback_for``, for the scenario when only a field (not the counts) differed."""
+        """Summary requests for ``fallback_for``: for the whole scenario when the counts
+        agreed (the endpoint computes a field otherwise), else for the target."""
         scenario, cohort = target.key
         self.learned.doubts.pop(target.key, None)
         self.learned.proofs.pop(target.key, None)
@@ -595,11 +532,9 @@ class Planner:
                         REFUTE_AFTER, result.describe(), wait)
 
     def _checks_for(self, key: PullKey, served: list[Target], at: float) -> list[Target]:
-        """The cross-check to pair with this pull when the cross-check pace has come due:
-        the served target whose turn it is (one round robin over every served target, so
-        the first pulls of a cycle do not take every check), if this pull holds it. A
-        target whose pull has not come while every other pull came twice loses its turn
-        (its pull keeps failing). At most one per pull; a missed pace is not made up."""
+        """The cross-check due with this pull: the served target whose turn it is (one
+        round robin over every served target), if this pull holds it; a turn waiting
+        while every pull came twice is skipped. At most one; a missed pace is not made up."""
         per_day = self._per_day()[1]
         if not served or per_day <= 0 or at < self.learned.checks_next:
             return []
@@ -617,11 +552,11 @@ class Planner:
             return []
         self.learned.checks_cursor += 1
         self._checks_waited = 0
-        self.learned.checks_next = at + 86400.0 / per_day
+        self.learned.checks_next = at + DAY / per_day
         return [target]
 
     def _per_day(self) -> tuple[float, float]:
-        """Member-list pages and cross-checks a day (cross-checks once a target is served)."""
+        """Member-list pages and cross-checks a day (checks once a target is served)."""
         return derived_per_day(self._plan, self.members.pages, self.settings,
                                self._refresh_interval, self._day_budget, self._minute_budget,
                                checked=any(self._served(k) for k in self._targets))
@@ -664,8 +599,7 @@ class Planner:
             return min(times)
 
     def requests_per_day(self) -> float:
-        """Member lists and cross-checks a day, taken out of the day budget (the pulls
-        and the proofs they owe are recurring jobs: they count in the interval)."""
+        """Member lists and cross-checks a day, paid before the recurring jobs."""
         with self._lock:
             return sum(self._per_day())
 
@@ -675,10 +609,7 @@ class Planner:
             return [(key, self.source(key)) for key in self._targets]
 
     def state(self) -> dict[str, Any]:
-        """What the state file keeps (JSON-safe, :meth:`Learned.save`): proofs, doubts,
-        refusals, fallbacks, each pull's pages, the member lists with their failures and
-        next reads, and the precision learned (a restored proof exports values rounded as
-        the endpoint was seen rounding)."""
+        """What the state file keeps (JSON-safe): :meth:`Learned.save` and the member lists."""
         with self._lock:
             return self.learned.save({k: t.cohort for k, t in self._targets.items()},
                                      self.members.state())
@@ -694,7 +625,4 @@ _AVERAGES = ("average_best_score", "average_best_rank", "average_score_lift",
 
 
 def _pull_label(key: PullKey, page: int) -> str:
-    window, start, end = key[2]
-    dates = (f" window={window:g}s" if window is not None else "" if (start, end) == (None, None)
-             else f" start={start} end={end}")
-    return f"participants scenario={key[1]}{dates} page {page}"
+    return f"participants scenario={key[1]} ({describe_dates(key[2])}) page {page}"

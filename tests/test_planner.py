@@ -28,6 +28,7 @@ from exporter.discovery import Group
 from exporter.jobs import summary_job
 from exporter.landing import landing_page
 from exporter.learned import fingerprint
+from exporter.listings import Skills
 from exporter.plan import checks_per_day, choose, derived_per_day, offline_plan, pages_for
 from exporter.planner import Planner, judge
 from exporter.scheduler import round_cost
@@ -644,8 +645,8 @@ def test_an_answer_for_an_edited_or_removed_cohort_is_dropped(
     planner.jobs(new_targets, 1001.0)
     with caplog.at_level(logging.INFO, logger="exporter.planner"):
         in_flight.apply(Summary(participants=1, sessions=2), 1002.0)
-    assert planner.dropped_answers == 1
-    assert "definition changed while it was asked" in caplog.text
+    assert sum("definition changed while it was asked" in r.getMessage()
+               for r in caplog.records) == 1
     # A recurring summary job asked before the reload is dropped the same way.
     old_emails = summary_job(targets[3], store)
     emails_now = replace(targets[3], cohort=targets[3].cohort.model_copy(
@@ -954,3 +955,25 @@ def test_a_cohort_added_by_a_reload_after_a_restart_gets_its_value_at_once(
         assert not fake.requests_to("/participants")  # the pull keeps its turn
     finally:
         second.close()
+
+
+def test_the_daemon_caps_cross_checks_by_the_day_budget_left_after_the_listings(
+        fake: FakeExecAPI, clock: FakeClock) -> None:
+    # A day budget the plan's requests exceed, and a skills listing read every 10
+    # minutes, paid first: the daemon prices the cross-checks as --config.check does,
+    # 5% of the budget the listing leaves, not of the whole day budget.
+    raw = config(fake.base_url, per_day=400) | {"skills": {"interval": "10m"}}
+    settings = parse_config(raw)
+    left = 400 - Skills(settings.skills, 400).requests_per_day()
+    assert left < 400
+    rig = Rig(fake, clock, raw)
+    try:
+        rig.run(3 * 600)
+        assert [rig.source(key) for key in KEYS] == ["participants"] * len(KEYS)
+        lists, checks = derived_per_day(rig.exporter.planner.plan, {}, settings.planner, 600.0,
+                                        left, 6000, checked=True)
+        assert checks == pytest.approx(0.05 * left)
+        assert rig.exporter.planner.requests_per_day() == pytest.approx(lists + checks)
+        assert f"about {checks:.0f}/day" in describe_plan(settings, None)
+    finally:
+        rig.close()
