@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from types import FrameType
+from contextlib import ExitStack
 from typing import Any, NoReturn, TextIO
 
 from . import __version__, backfill, logs
@@ -67,7 +67,7 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-# The flags the daemon shares with its subcommands: dest, default, and add_argument's rest.
+# The daemon's flags, which subcommands may share: dest, default, and add_argument's rest.
 _SHARED: dict[str, tuple[str, object, dict[str, Any]]] = {
     "--config.file": ("config_file", "config.yaml",
                       {"metavar": "PATH", "help": "configuration file (default: config.yaml)"}),
@@ -86,14 +86,33 @@ _SHARED: dict[str, tuple[str, object, dict[str, Any]]] = {
                                               "help": "(default: logfmt)"}),
 }
 
+# Each subcommand: add_parser's texts, the daemon flags it has too (any other given
+# before it is refused) and its own help for the --state.file it shares.
+_COMMANDS: dict[str, tuple[dict[str, Any], list[str], str]] = {
+    "demo": ({"help": "run against a simulated Exec API inside the process",
+              "description": "Start a simulated Exec API inside the process and the exporter "
+                             "against it with a built-in configuration: no account, key or "
+                             "file needed."},
+             [flag for flag in _SHARED if flag != "--config.file"],
+             "where to keep data across restarts"),
+    "backfill": ({"help": "write past values as OpenMetrics for promtool (docs/backfill.md)",
+                  "description": "Write past values of the exec_scenario_* families as "
+                                 "OpenMetrics for 'promtool tsdb create-blocks-from openmetrics' "
+                                 "(see docs/backfill.md).",
+                  "epilog": KEY_HELP},
+                 ["--config.file", "--state.file", "--log.level", "--log.format"],
+                 "the daemon's state file: share its quota ledger both ways"),
+}
+
 
 def _add_shared(parser: argparse.ArgumentParser, flags: list[str], top: bool,
-                **help_for: str) -> None:
+                state_help: str | None = None) -> None:
     """Add shared flags. A subcommand's copy defaults to SUPPRESS, so a value given
     before the subcommand (``exec-exporter --log.level=debug demo``) is not reset."""
     for flag in flags:
         dest, default, rest = _SHARED[flag]
-        rest = {**rest, "help": help_for.get(dest, rest["help"])}
+        if dest == "state_file" and state_help:
+            rest = {**rest, "help": state_help}
         parser.add_argument(flag, dest=dest, default=default if top else argparse.SUPPRESS,
                             **rest)
 
@@ -116,21 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                         version=f"exec-exporter {__version__} (python {sys.version.split()[0]})")
     commands = parser.add_subparsers(title="subcommands", dest="mode", metavar="{demo,backfill}",
                                      parser_class=_Parser)
-    demo = commands.add_parser(
-        "demo", allow_abbrev=False, help="run against a simulated Exec API inside the process",
-        description="Start a simulated Exec API inside the process and the exporter against "
-                    "it with a built-in configuration: no account, key or file needed.")
-    _add_shared(demo, [f for f in _SHARED if f != "--config.file"], top=False,
-                state_file="where to keep data across restarts")
-    past = commands.add_parser(
-        "backfill", allow_abbrev=False,
-        help="write past values as OpenMetrics for promtool (docs/backfill.md)",
-        description="Write past values of the exec_scenario_* families as OpenMetrics for "
-                    "'promtool tsdb create-blocks-from openmetrics' (see docs/backfill.md).",
-        epilog=KEY_HELP)
-    _add_shared(past, ["--config.file", "--state.file", "--log.level", "--log.format"],
-                top=False, state_file="the daemon's state file: share its quota ledger both ways")
-    backfill.add_arguments(past)
+    for name, (texts, flags, state_help) in _COMMANDS.items():
+        _add_shared(commands.add_parser(name, allow_abbrev=False, **texts), flags, top=False,
+                    state_help=state_help)
+    backfill.add_arguments(commands.choices["backfill"])
     parser.subcommand_flags = {
         flag: name for name, sub in commands.choices.items() for action in sub._actions
         for flag in action.option_strings if flag.startswith("--") and flag not in _SHARED
@@ -138,32 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flags_that_do_not_apply(args: argparse.Namespace) -> list[str]:
-    """Daemon flags given before a subcommand that does not use them: refused rather
-    than ignored (``exec-exporter --config.file=x demo`` would not read x)."""
-    unused: dict[str, list[tuple[str, str, str | None]]] = {
-        "demo": [("--config.file", "config_file", "config.yaml")],
-        "backfill": [("--web.listen-address", "listen", f":{DEFAULT_PORT}"),
-                     ("--web.telemetry-path", "telemetry_path", "/metrics"),
-                     ("--web.config.file", "web_config", None)]}
+def _usage_problems(args: argparse.Namespace) -> list[str]:
+    """Daemon flags given before a subcommand that does not use them, refused rather
+    than ignored (``exec-exporter --config.file=x demo`` would not read x), and every
+    required backfill flag left out, reported together in one run."""
+    if args.mode is None:
+        return []
     problems = [f"{flag}: does not apply to '{args.mode}' (see exec-exporter {args.mode} --help)"
-                for flag, dest, default in unused.get(args.mode or "", [])
-                if getattr(args, dest) != default]
+                for flag, (dest, default, _) in _SHARED.items()
+                if flag not in _COMMANDS[args.mode][1] and getattr(args, dest) != default]
     if args.mode == "backfill" and args.config_check:
         problems.append("--config.check checks the daemon's configuration: run "
                         "exec-exporter --config.check --config.file=PATH")
+    if args.mode == "backfill" and not problems:
+        problems = [message for dest, message in _REQUIRED_BACKFILL.items()
+                    if getattr(args, dest) is None]
     return problems
 
 
-def _missing_backfill_flags(args: argparse.Namespace) -> list[str]:
-    """Every required backfill flag left out, reported together in one run."""
-    problems = []
-    if args.since is None:
-        problems.append("--since: required (how far back, e.g. --since=30d)")
-    if args.output is None:
-        problems.append("--output: required (the OpenMetrics file to write, e.g. "
-                        "--output=backfill.om)")
-    return problems
+_REQUIRED_BACKFILL = {
+    "since": "--since: required (how far back, e.g. --since=30d)",
+    "output": "--output: required (the OpenMetrics file to write, e.g. --output=backfill.om)"}
 
 
 # --- the plan ---------------------------------------------------------------------
@@ -325,120 +328,104 @@ def _print_problems(problems: Sequence[str], stream: TextIO) -> None:
         print(f"error: {problem}", file=stream)
 
 
+def _configuration(args: argparse.Namespace, cleanup: ExitStack
+                   ) -> tuple[Config, ApiKey | None, list[str], list[str]]:
+    """The configuration, its key (or None), warnings and, for the check only, why the
+    key could not be read; the demo's simulated API stops with ``cleanup``."""
+    if args.mode == "demo":
+        from .sim import DEMO_API_KEY, SimulatedExecAPI, demo_config
+
+        simulated = SimulatedExecAPI().start()
+        cleanup.callback(simulated.stop)
+        return (parse_config(demo_config(simulated.base_url)),
+                ApiKey(DEMO_API_KEY, "built-in demo key"), [], [])
+    config = load_config(args.config_file)
+    try:
+        return (config, *load_api_key(config), [])
+    except InvalidApiKey:
+        raise  # a key found but that cannot be sent is an error everywhere
+    except ConfigError as exc:
+        if not args.config_check:
+            raise
+        # The check does not need the key (the file may only exist where the exporter
+        # will run): a key it cannot find is a warning there.
+        return config, None, [], exc.problems
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``exec-exporter`` and ``python -m exporter``."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logs.setup(args.log_level, args.log_format)
-    misplaced = _flags_that_do_not_apply(args)
-    if misplaced:
-        _print_problems(misplaced, sys.stderr)
+    problems = _usage_problems(args)
+    if problems:
+        _print_problems(problems, sys.stderr)
         return 2
     if args.mode == "backfill":
-        missing = _missing_backfill_flags(args)
-        if missing:
-            _print_problems(missing, sys.stderr)
-            return 2
         return backfill.main(args)
-    demo = args.mode == "demo"
     try:
         address = parse_listen_address(args.listen)
     except ValueError as exc:
         _print_problems([f"--web.listen-address: {exc}"], sys.stderr)
         return 2
-    simulated = None
-    config_path: str | None = args.config_file
-    try:
-        if demo:
-            from .sim import DEMO_API_KEY, SimulatedExecAPI, demo_config
-
-            simulated = SimulatedExecAPI().start()
-            config = parse_config(demo_config(simulated.base_url))
-            key: ApiKey | None = ApiKey(DEMO_API_KEY, "built-in demo key")
-            warnings: list[str] = []
-            config_path = None
-        else:
-            config = load_config(args.config_file)
-            key_problems: list[str] = []
+    config_path = None if args.mode == "demo" else args.config_file
+    with ExitStack() as cleanup:
+        try:
+            config, key, warnings, key_problems = _configuration(args, cleanup)
+            if key is not None:
+                logs.add_secret(key.value)
             if args.config_check:
-                # The check does not need the key (the file may only exist where the
-                # exporter will run): a key it cannot find is a warning here. A key it
-                # found but that cannot be sent is an error everywhere.
-                try:
-                    key, warnings = load_api_key(config)
-                except InvalidApiKey:
-                    raise
-                except ConfigError as exc:
-                    key, warnings, key_problems = None, [], exc.problems
-            else:
-                key, warnings = load_api_key(config)
-        if key is not None:
-            logs.add_secret(key.value)
-        if args.config_check:
-            print(f"configuration OK: {config_path or 'built-in demo configuration'}")
-            print(describe_plan(config, key))
-            print(_key_line(key, key_problems))
+                print(f"configuration OK: {config_path or 'built-in demo configuration'}")
+                print(describe_plan(config, key))
+                print(_key_line(key, key_problems))
+                for warning in warnings:
+                    print(f"warning: {warning}")
+                return 0
             for warning in warnings:
-                print(f"warning: {warning}")
-            return 0
-        for warning in warnings:
-            log.warning("%s", warning)
-        if key is None:
-            raise ConfigError(["no API key: set the EXEC_API_KEY environment variable or "
-                               "api.api_key_file in the configuration"])
-        web_config = load_web_config(args.web_config) if args.web_config else None
-        if args.state_file:
-            prepare_state_dir(args.state_file)
-    except ConfigError as exc:
-        _print_problems(exc.problems, sys.stderr)
-        if simulated is not None:
-            simulated.stop()
-        return 2
+                log.warning("%s", warning)
+            if key is None:
+                raise ConfigError(["no API key: set the EXEC_API_KEY environment variable or "
+                                   "api.api_key_file in the configuration"])
+            web_config = load_web_config(args.web_config) if args.web_config else None
+            if args.state_file:
+                prepare_state_dir(args.state_file)
+        except ConfigError as exc:
+            _print_problems(exc.problems, sys.stderr)
+            return 2
 
-    # The handlers only set plain flags: a handler runs in the main thread between two
-    # bytecodes, and one that took a lock (Event.set) could find the main thread
-    # holding it (in Event.wait) and deadlock, as a second signal during shutdown did.
-    signals = {"stop": False, "reload": False}
-
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        signals["stop"] = True
-
-    def on_hup(signum: int, frame: FrameType | None) -> None:
-        signals["reload"] = True
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, on_hup)
-
-    try:
-        exporter = Exporter(config, key, config_path, args.state_file)
-        exporter.start(address, args.telemetry_path, web_config)
-    except OSError as exc:
-        if simulated is not None:
-            simulated.stop()
-        code, message = listen_failure(exc, args.listen)
-        if code == 2:  # a bad address: said like every other bad flag
-            _print_problems([message], sys.stderr)
-        else:
-            log.error("%s", message)
-        return code
-    if demo and simulated is not None:
-        log.info("demo: simulated Exec API at %s; open http://%s:%s/", simulated.base_url,
-                 "localhost" if address[0] in ("0.0.0.0", "::") else address[0],
-                 exporter.server.server_address[1])
-    try:
-        while not signals["stop"]:
-            time.sleep(0.1)  # a signal interrupts the sleep; its handler runs at once
-            if signals["reload"]:
-                signals["reload"] = False
-                exporter.reload()
-    finally:
-        log.info("shutting down")
-        exporter.stop()
-        if simulated is not None:
-            simulated.stop()
+        # The handlers only record the signal: a handler runs in the main thread between
+        # two bytecodes, and one that took a lock (Event.set) could find the main thread
+        # holding it (in Event.wait) and deadlock, as a second signal during shutdown did.
+        received: set[int] = set()
+        for signum in (signal.SIGTERM, signal.SIGINT, _SIGHUP):
+            if signum is not None:
+                signal.signal(signum, lambda signum, frame: received.add(signum))
+        try:
+            exporter = Exporter(config, key, config_path, args.state_file)
+            exporter.start(address, args.telemetry_path, web_config)
+        except OSError as exc:
+            code, message = listen_failure(exc, args.listen)
+            if code == 2:  # a bad address: said like every other bad flag
+                _print_problems([message], sys.stderr)
+            else:
+                log.error("%s", message)
+            return code
+        if args.mode == "demo":
+            log.info("demo: simulated Exec API at %s; open http://%s:%s/", config.api.base_url,
+                     "localhost" if address[0] in ("0.0.0.0", "::") else address[0],
+                     exporter.server.server_address[1])
+        try:
+            while not received & {signal.SIGTERM, signal.SIGINT}:
+                time.sleep(0.1)  # a signal interrupts the sleep; its handler runs at once
+                if _SIGHUP in received:
+                    received.discard(_SIGHUP)
+                    exporter.reload()
+        finally:
+            log.info("shutting down")
+            exporter.stop()
     return 0
+
+
+_SIGHUP = getattr(signal, "SIGHUP", None)  # not on Windows
 
 
 if __name__ == "__main__":
