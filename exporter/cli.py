@@ -176,37 +176,34 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
     """The polling plan that ``--config.check`` prints (``key`` is unused: the line
     about the key is printed by :func:`main`, which knows why a key is missing)."""
     targets = build_targets(config)
-    rate = config.api.rate_limit
+    rate, planner, refresh = config.api.rate_limit, config.planner, config.refresh_interval
+    discovery = config.discovery
+    discovered = discovery.scenarios if discovery is not None else None
     lines = []
-    if config.discovery is not None and config.discovery.scenarios is not None:
+    if discovered is not None:
         lines.append("discovery: on; the workspace's scenario list decides the targets at run "
                      "time (the counts below are the explicit targets only)")
-    if config.discovery is not None and config.discovery.group_cohorts is not None:
+    if discovery is not None and discovery.group_cohorts is not None:
         lines.append("discovery: one cohort per workspace group is added at run time")
-    if (config.discovery is not None and config.discovery.scenarios is not None
-            and config.discovery.scenarios.cohorts is not None):
-        lines.append("discovery: discovered scenarios get the cohorts "
-                     f"{', '.join(config.discovery.scenarios.cohorts)} (patterns are matched "
-                     "against the group cohorts too, at run time)")
+    if discovered is not None and discovered.cohorts is not None:
+        lines.append(f"discovery: discovered scenarios get the cohorts "
+                     f"{', '.join(discovered.cohorts)} (patterns are matched against the group "
+                     "cohorts too, at run time)")
     lines.append(f"targets: {len(targets)}")
     cohorts: dict[str, list[str]] = {}
     for target in targets:
         cohorts.setdefault(target.scenario, []).append(target.cohort.name)
-    for scenario in config.scenarios:
-        label = f" ({scenario.name})" if scenario.name else ""
-        lines.append(f"  {scenario.id}{label}: {', '.join(cohorts[scenario.id])}")
-    wanted = len(targets) * 86400 / config.refresh_interval
-    wanted_at = format_duration(config.refresh_interval)
-    lines.append(f"requests/day needed at refresh_interval {wanted_at}: {wanted:.0f}")
+    lines += [f"  {scenario.id}{f' ({scenario.name})' if scenario.name else ''}: "
+              f"{', '.join(cohorts[scenario.id])}" for scenario in config.scenarios]
+    lines.append(f"requests/day needed at refresh_interval {format_duration(refresh)}: "
+                 f"{len(targets) * 86400 / refresh:.0f}")
     lines.append(f"daily budget: {rate.day_budget} requests ({rate.requests_per_day}/day less "
                  f"{rate.reserve:.0%} reserve); minute budget: {rate.minute_budget}")
     # Offline, page counts are unknown: one page per list, the least discovery costs.
-    listing = (Discovery(config.discovery).requests_per_day()
-               if config.discovery is not None else 0.0)
-    if listing:
-        lines.append(f"discovery listings: about {listing:.0f} requests/day "
-                     f"(at least one page per list every "
-                     f"{format_duration(config.discovery.interval if config.discovery else 0)})")
+    listing = Discovery(discovery).requests_per_day() if discovery is not None else 0.0
+    if discovery is not None and listing:
+        lines.append(f"discovery listings: about {listing:.0f} requests/day (at least one page "
+                     f"per list every {format_duration(discovery.interval)})")
     paid_first = [listing]  # requests a day paid before the targets', in order
     for line, cost in _listing_plan(config, targets):
         lines.append(line)
@@ -215,9 +212,7 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
     if any(paid_first):
         lines.append(f"left for the targets: about {day_budget:.0f} requests/day "
                      "(listings are paid for first)")
-    planner = config.planner
-    plan = offline_plan(targets, config.planner, config.refresh_interval)
-    recurring = float(len(targets))
+    plan = offline_plan(targets, planner, refresh)  # summary mode: one request per target
     if planner.mode == "auto":
         lines.append("planner: auto (each scenario and date range uses one participants pull "
                      "when that costs fewer requests than a summary per cohort, member lists "
@@ -230,11 +225,10 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
                          f"{_plural(group.summary_cost, 'request')}/cycle; participants "
                          f"{group.participants_cost:.2f} = {parts} -> {group.source}")
         chosen = plan.pulled
-        recurring = plan.recurring
-        lists, checks = derived_per_day(plan, {}, planner, config.refresh_interval, day_budget,
+        lists, checks = derived_per_day(plan, {}, planner, refresh, day_budget,
                                         rate.minute_budget, checked=bool(chosen))
-        summary_interval = effective_interval(len(targets), config.refresh_interval,
-                                              day_budget, rate.minute_budget)
+        summary_interval = effective_interval(len(targets), refresh, day_budget,
+                                              rate.minute_budget)
         paid_first.append(lists + checks)
         pages = sum(g.pages for g in chosen)
         parts = _parts(pages, plan.recurring - pages, sum(g.lists for g in chosen),
@@ -258,11 +252,9 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
     else:
         lines.append("planner: summary (one summary request per target)")
     day_budget = polling_day_budget(rate.day_budget, paid_first)
-    interval, limit = interval_and_limit(recurring, config.refresh_interval, day_budget,
-                                         rate.minute_budget)
+    interval, limit = interval_and_limit(plan.recurring, refresh, day_budget, rate.minute_budget)
     why = ("as configured (refresh_interval)" if limit == "refresh_interval"
-           else f"stretched from refresh_interval {format_duration(config.refresh_interval)} "
-                f"by the {limit}")
+           else f"stretched from refresh_interval {format_duration(refresh)} by the {limit}")
     if limit == "day budget" and any(paid_first):
         why += (f" (about {day_budget:.0f} requests/day left once listings, member "
                 "lists and cross-checks are paid for)")
@@ -284,7 +276,9 @@ def _key_line(key: ApiKey | None, problems: Sequence[str]) -> str:
         return f"api key: found ({key.source})"
     if problems:
         return f"warning: api key: {'; '.join(problems)} (running needs it)"
-    return ("warning: no API key found: set EXEC_API_KEY or api.api_key_file before running")
+    return "warning: no API key found: set EXEC_API_KEY or api.api_key_file before running"
+
+
 def _plural(count: float, word: str) -> str:
     """``1 request``, ``2 requests``, ``1 summary``, ``3 summaries``."""
     many = word[:-1] + "ies" if word.endswith("y") else word + "s"
