@@ -40,6 +40,7 @@ from .webconfig import load_web_config
 log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 10025
+_SIGHUP = getattr(signal, "SIGHUP", None)  # not on Windows
 
 
 KEY_HELP = ("The API key comes from the file named by api.api_key_file in the configuration, "
@@ -417,10 +418,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("shutting down")
             exporter.stop()
     return 0
-
-
-_SIGHUP = getattr(signal, "SIGHUP", None)  # not on Windows
-
-
-if __name__ == "__main__":
-    sys.exit(main())
