@@ -432,13 +432,12 @@ def parse_config(raw: object) -> Config:
     if not isinstance(raw, dict):
         kind = type(raw).__name__
         raise ConfigError([f"(top level): expected a mapping of settings, got {kind}"])
-    problems: list[str] = []
-    config: Config | None = None
     try:
-        config = Config.model_validate(raw)
+        config: Config | None = Config.model_validate(raw)
+        problems = []
     except ValidationError as exc:
-        for error in exc.errors():
-            problems.append(f"{_loc(error['loc'])}: {_message(error)}")
+        config, problems = None, [f"{_loc(error['loc'])}: {_message(error)}"
+                                  for error in exc.errors()]
     problems.extend(_cross_checks(raw))
     if problems or config is None:
         raise ConfigError(list(dict.fromkeys(problems)))
