@@ -90,22 +90,19 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 def _parse_datetime(value: object) -> dt.datetime:
     # PyYAML already turns unquoted ISO timestamps into datetimes; strings come quoted.
-    if isinstance(value, dt.datetime):
-        parsed = value
-    elif isinstance(value, str):
+    if isinstance(value, str):
         try:
-            parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(
                 f"invalid date-time {value!r}: use ISO 8601, e.g. 2026-07-01T00:00:00Z"
             ) from None
-    elif isinstance(value, dt.date):
-        parsed = dt.datetime(value.year, value.month, value.day)
-    else:
+    elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if not isinstance(value, dt.datetime):
         raise ValueError(f"expected an ISO 8601 date-time, got {value!r}")
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)  # the API speaks UTC; a bare time means UTC
-    return parsed.astimezone(dt.UTC)
+    # The API speaks UTC; a bare time means UTC.
+    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
 
 
 DateTime = Annotated[dt.datetime, BeforeValidator(_parse_datetime)]
