@@ -187,7 +187,7 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
     if discovery is not None and discovery.group_cohorts is not None:
         lines.append("discovery: one cohort per workspace group is added at run time")
     if discovered is not None and discovered.cohorts is not None:
-        lines.append(f"discovery: discovered scenarios get the cohorts "
+        lines.append("discovery: discovered scenarios get the cohorts "
                      f"{', '.join(discovered.cohorts)} (patterns are matched against the group "
                      "cohorts too, at run time)")
     lines.append(f"targets: {len(targets)}")
@@ -393,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         received: set[int] = set()
         for signum in (signal.SIGTERM, signal.SIGINT, _SIGHUP):
             if signum is not None:
-                signal.signal(signum, lambda signum, frame: received.add(signum))
+                signal.signal(signum, lambda number, frame: received.add(number))
         try:
             exporter = Exporter(config, key, config_path, args.state_file)
             exporter.start(address, args.telemetry_path, web_config)
