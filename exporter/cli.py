@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from types import FrameType
+from contextlib import ExitStack
 from typing import Any, NoReturn, TextIO
 
 from . import __version__, backfill, logs
@@ -40,6 +40,7 @@ from .webconfig import load_web_config
 log = logging.getLogger("exporter")
 
 DEFAULT_PORT = 10025
+_SIGHUP = getattr(signal, "SIGHUP", None)  # not on Windows
 
 
 KEY_HELP = ("The API key comes from the file named by api.api_key_file in the configuration, "
@@ -67,7 +68,7 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-# The flags the daemon shares with its subcommands: dest, default, and add_argument's rest.
+# The daemon's flags, which subcommands may share: dest, default, and add_argument's rest.
 _SHARED: dict[str, tuple[str, object, dict[str, Any]]] = {
     "--config.file": ("config_file", "config.yaml",
                       {"metavar": "PATH", "help": "configuration file (default: config.yaml)"}),
@@ -86,14 +87,33 @@ _SHARED: dict[str, tuple[str, object, dict[str, Any]]] = {
                                               "help": "(default: logfmt)"}),
 }
 
+# Each subcommand: add_parser's texts, the daemon flags it has too (any other given
+# before it is refused) and its own help for the --state.file it shares.
+_COMMANDS: dict[str, tuple[dict[str, Any], list[str], str]] = {
+    "demo": ({"help": "run against a simulated Exec API inside the process",
+              "description": "Start a simulated Exec API inside the process and the exporter "
+                             "against it with a built-in configuration: no account, key or "
+                             "file needed."},
+             [flag for flag in _SHARED if flag != "--config.file"],
+             "where to keep data across restarts"),
+    "backfill": ({"help": "write past values as OpenMetrics for promtool (docs/backfill.md)",
+                  "description": "Write past values of the exec_scenario_* families as "
+                                 "OpenMetrics for 'promtool tsdb create-blocks-from openmetrics' "
+                                 "(see docs/backfill.md).",
+                  "epilog": KEY_HELP},
+                 ["--config.file", "--state.file", "--log.level", "--log.format"],
+                 "the daemon's state file: share its quota ledger both ways"),
+}
+
 
 def _add_shared(parser: argparse.ArgumentParser, flags: list[str], top: bool,
-                **help_for: str) -> None:
+                state_help: str | None = None) -> None:
     """Add shared flags. A subcommand's copy defaults to SUPPRESS, so a value given
     before the subcommand (``exec-exporter --log.level=debug demo``) is not reset."""
     for flag in flags:
         dest, default, rest = _SHARED[flag]
-        rest = {**rest, "help": help_for.get(dest, rest["help"])}
+        if dest == "state_file" and state_help:
+            rest = {**rest, "help": state_help}
         parser.add_argument(flag, dest=dest, default=default if top else argparse.SUPPRESS,
                             **rest)
 
@@ -116,21 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                         version=f"exec-exporter {__version__} (python {sys.version.split()[0]})")
     commands = parser.add_subparsers(title="subcommands", dest="mode", metavar="{demo,backfill}",
                                      parser_class=_Parser)
-    demo = commands.add_parser(
-        "demo", allow_abbrev=False, help="run against a simulated Exec API inside the process",
-        description="Start a simulated Exec API inside the process and the exporter against "
-                    "it with a built-in configuration: no account, key or file needed.")
-    _add_shared(demo, [f for f in _SHARED if f != "--config.file"], top=False,
-                state_file="where to keep data across restarts")
-    past = commands.add_parser(
-        "backfill", allow_abbrev=False,
-        help="write past values as OpenMetrics for promtool (docs/backfill.md)",
-        description="Write past values of the exec_scenario_* families as OpenMetrics for "
-                    "'promtool tsdb create-blocks-from openmetrics' (see docs/backfill.md).",
-        epilog=KEY_HELP)
-    _add_shared(past, ["--config.file", "--state.file", "--log.level", "--log.format"],
-                top=False, state_file="the daemon's state file: share its quota ledger both ways")
-    backfill.add_arguments(past)
+    for name, (texts, flags, state_help) in _COMMANDS.items():
+        _add_shared(commands.add_parser(name, allow_abbrev=False, **texts), flags, top=False,
+                    state_help=state_help)
+    backfill.add_arguments(commands.choices["backfill"])
     parser.subcommand_flags = {
         flag: name for name, sub in commands.choices.items() for action in sub._actions
         for flag in action.option_strings if flag.startswith("--") and flag not in _SHARED
@@ -138,32 +147,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flags_that_do_not_apply(args: argparse.Namespace) -> list[str]:
-    """Daemon flags given before a subcommand that does not use them: refused rather
-    than ignored (``exec-exporter --config.file=x demo`` would not read x)."""
-    unused: dict[str, list[tuple[str, str, str | None]]] = {
-        "demo": [("--config.file", "config_file", "config.yaml")],
-        "backfill": [("--web.listen-address", "listen", f":{DEFAULT_PORT}"),
-                     ("--web.telemetry-path", "telemetry_path", "/metrics"),
-                     ("--web.config.file", "web_config", None)]}
+def _usage_problems(args: argparse.Namespace) -> list[str]:
+    """Daemon flags given before a subcommand that does not use them, refused rather
+    than ignored (``exec-exporter --config.file=x demo`` would not read x), and every
+    required backfill flag left out, reported together in one run."""
+    if args.mode is None:
+        return []
     problems = [f"{flag}: does not apply to '{args.mode}' (see exec-exporter {args.mode} --help)"
-                for flag, dest, default in unused.get(args.mode or "", [])
-                if getattr(args, dest) != default]
+                for flag, (dest, default, _) in _SHARED.items()
+                if flag not in _COMMANDS[args.mode][1] and getattr(args, dest) != default]
     if args.mode == "backfill" and args.config_check:
         problems.append("--config.check checks the daemon's configuration: run "
                         "exec-exporter --config.check --config.file=PATH")
+    if args.mode == "backfill" and not problems:
+        problems = [message for dest, message in _REQUIRED_BACKFILL.items()
+                    if getattr(args, dest) is None]
     return problems
 
 
-def _missing_backfill_flags(args: argparse.Namespace) -> list[str]:
-    """Every required backfill flag left out, reported together in one run."""
-    problems = []
-    if args.since is None:
-        problems.append("--since: required (how far back, e.g. --since=30d)")
-    if args.output is None:
-        problems.append("--output: required (the OpenMetrics file to write, e.g. "
-                        "--output=backfill.om)")
-    return problems
+_REQUIRED_BACKFILL = {
+    "since": "--since: required (how far back, e.g. --since=30d)",
+    "output": "--output: required (the OpenMetrics file to write, e.g. --output=backfill.om)"}
 
 
 # --- the plan ---------------------------------------------------------------------
@@ -173,37 +177,34 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
     """The polling plan that ``--config.check`` prints (``key`` is unused: the line
     about the key is printed by :func:`main`, which knows why a key is missing)."""
     targets = build_targets(config)
-    rate = config.api.rate_limit
+    rate, planner, refresh = config.api.rate_limit, config.planner, config.refresh_interval
+    discovery = config.discovery
+    discovered = discovery.scenarios if discovery is not None else None
     lines = []
-    if config.discovery is not None and config.discovery.scenarios is not None:
+    if discovered is not None:
         lines.append("discovery: on; the workspace's scenario list decides the targets at run "
                      "time (the counts below are the explicit targets only)")
-    if config.discovery is not None and config.discovery.group_cohorts is not None:
+    if discovery is not None and discovery.group_cohorts is not None:
         lines.append("discovery: one cohort per workspace group is added at run time")
-    if (config.discovery is not None and config.discovery.scenarios is not None
-            and config.discovery.scenarios.cohorts is not None):
+    if discovered is not None and discovered.cohorts is not None:
         lines.append("discovery: discovered scenarios get the cohorts "
-                     f"{', '.join(config.discovery.scenarios.cohorts)} (patterns are matched "
-                     "against the group cohorts too, at run time)")
+                     f"{', '.join(discovered.cohorts)} (patterns are matched against the group "
+                     "cohorts too, at run time)")
     lines.append(f"targets: {len(targets)}")
     cohorts: dict[str, list[str]] = {}
     for target in targets:
         cohorts.setdefault(target.scenario, []).append(target.cohort.name)
-    for scenario in config.scenarios:
-        label = f" ({scenario.name})" if scenario.name else ""
-        lines.append(f"  {scenario.id}{label}: {', '.join(cohorts[scenario.id])}")
-    wanted = len(targets) * 86400 / config.refresh_interval
-    wanted_at = format_duration(config.refresh_interval)
-    lines.append(f"requests/day needed at refresh_interval {wanted_at}: {wanted:.0f}")
+    lines += [f"  {scenario.id}{f' ({scenario.name})' if scenario.name else ''}: "
+              f"{', '.join(cohorts[scenario.id])}" for scenario in config.scenarios]
+    lines.append(f"requests/day needed at refresh_interval {format_duration(refresh)}: "
+                 f"{len(targets) * 86400 / refresh:.0f}")
     lines.append(f"daily budget: {rate.day_budget} requests ({rate.requests_per_day}/day less "
                  f"{rate.reserve:.0%} reserve); minute budget: {rate.minute_budget}")
     # Offline, page counts are unknown: one page per list, the least discovery costs.
-    listing = (Discovery(config.discovery).requests_per_day()
-               if config.discovery is not None else 0.0)
-    if listing:
-        lines.append(f"discovery listings: about {listing:.0f} requests/day "
-                     f"(at least one page per list every "
-                     f"{format_duration(config.discovery.interval if config.discovery else 0)})")
+    listing = Discovery(discovery).requests_per_day() if discovery is not None else 0.0
+    if discovery is not None and listing:
+        lines.append(f"discovery listings: about {listing:.0f} requests/day (at least one page "
+                     f"per list every {format_duration(discovery.interval)})")
     paid_first = [listing]  # requests a day paid before the targets', in order
     for line, cost in _listing_plan(config, targets):
         lines.append(line)
@@ -212,9 +213,7 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
     if any(paid_first):
         lines.append(f"left for the targets: about {day_budget:.0f} requests/day "
                      "(listings are paid for first)")
-    planner = config.planner
-    plan = offline_plan(targets, config.planner, config.refresh_interval)
-    recurring = float(len(targets))
+    plan = offline_plan(targets, planner, refresh)  # summary mode: one request per target
     if planner.mode == "auto":
         lines.append("planner: auto (each scenario and date range uses one participants pull "
                      "when that costs fewer requests than a summary per cohort, member lists "
@@ -227,11 +226,10 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
                          f"{_plural(group.summary_cost, 'request')}/cycle; participants "
                          f"{group.participants_cost:.2f} = {parts} -> {group.source}")
         chosen = plan.pulled
-        recurring = plan.recurring
-        lists, checks = derived_per_day(plan, {}, planner, config.refresh_interval, day_budget,
+        lists, checks = derived_per_day(plan, {}, planner, refresh, day_budget,
                                         rate.minute_budget, checked=bool(chosen))
-        summary_interval = effective_interval(len(targets), config.refresh_interval,
-                                              day_budget, rate.minute_budget)
+        summary_interval = effective_interval(len(targets), refresh, day_budget,
+                                              rate.minute_budget)
         paid_first.append(lists + checks)
         pages = sum(g.pages for g in chosen)
         parts = _parts(pages, plan.recurring - pages, sum(g.lists for g in chosen),
@@ -255,11 +253,9 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
     else:
         lines.append("planner: summary (one summary request per target)")
     day_budget = polling_day_budget(rate.day_budget, paid_first)
-    interval, limit = interval_and_limit(recurring, config.refresh_interval, day_budget,
-                                         rate.minute_budget)
+    interval, limit = interval_and_limit(plan.recurring, refresh, day_budget, rate.minute_budget)
     why = ("as configured (refresh_interval)" if limit == "refresh_interval"
-           else f"stretched from refresh_interval {format_duration(config.refresh_interval)} "
-                f"by the {limit}")
+           else f"stretched from refresh_interval {format_duration(refresh)} by the {limit}")
     if limit == "day budget" and any(paid_first):
         why += (f" (about {day_budget:.0f} requests/day left once listings, member "
                 "lists and cross-checks are paid for)")
@@ -281,7 +277,9 @@ def _key_line(key: ApiKey | None, problems: Sequence[str]) -> str:
         return f"api key: found ({key.source})"
     if problems:
         return f"warning: api key: {'; '.join(problems)} (running needs it)"
-    return ("warning: no API key found: set EXEC_API_KEY or api.api_key_file before running")
+    return "warning: no API key found: set EXEC_API_KEY or api.api_key_file before running"
+
+
 def _plural(count: float, word: str) -> str:
     """``1 request``, ``2 requests``, ``1 summary``, ``3 summaries``."""
     many = word[:-1] + "ies" if word.endswith("y") else word + "s"
@@ -325,121 +323,98 @@ def _print_problems(problems: Sequence[str], stream: TextIO) -> None:
         print(f"error: {problem}", file=stream)
 
 
+def _configuration(args: argparse.Namespace, cleanup: ExitStack
+                   ) -> tuple[Config, ApiKey | None, list[str], list[str]]:
+    """The configuration, its key (or None), warnings and, for the check only, why the
+    key could not be read; the demo's simulated API stops with ``cleanup``."""
+    if args.mode == "demo":
+        from .sim import DEMO_API_KEY, SimulatedExecAPI, demo_config
+
+        simulated = SimulatedExecAPI().start()
+        cleanup.callback(simulated.stop)
+        return (parse_config(demo_config(simulated.base_url)),
+                ApiKey(DEMO_API_KEY, "built-in demo key"), [], [])
+    config = load_config(args.config_file)
+    try:
+        return (config, *load_api_key(config), [])
+    except InvalidApiKey:
+        raise  # a key found but that cannot be sent is an error everywhere
+    except ConfigError as exc:
+        if not args.config_check:
+            raise
+        # The check does not need the key (the file may only exist where the exporter
+        # will run): a key it cannot find is a warning there.
+        return config, None, [], exc.problems
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``exec-exporter`` and ``python -m exporter``."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logs.setup(args.log_level, args.log_format)
-    misplaced = _flags_that_do_not_apply(args)
-    if misplaced:
-        _print_problems(misplaced, sys.stderr)
+    problems = _usage_problems(args)
+    if problems:
+        _print_problems(problems, sys.stderr)
         return 2
     if args.mode == "backfill":
-        missing = _missing_backfill_flags(args)
-        if missing:
-            _print_problems(missing, sys.stderr)
-            return 2
         return backfill.main(args)
-    demo = args.mode == "demo"
     try:
         address = parse_listen_address(args.listen)
     except ValueError as exc:
         _print_problems([f"--web.listen-address: {exc}"], sys.stderr)
         return 2
-    simulated = None
-    config_path: str | None = args.config_file
-    try:
-        if demo:
-            from .sim import DEMO_API_KEY, SimulatedExecAPI, demo_config
-
-            simulated = SimulatedExecAPI().start()
-            config = parse_config(demo_config(simulated.base_url))
-            key: ApiKey | None = ApiKey(DEMO_API_KEY, "built-in demo key")
-            warnings: list[str] = []
-            config_path = None
-        else:
-            config = load_config(args.config_file)
-            key_problems: list[str] = []
+    config_path = None if args.mode == "demo" else args.config_file
+    with ExitStack() as cleanup:
+        try:
+            config, key, warnings, key_problems = _configuration(args, cleanup)
+            if key is not None:
+                logs.add_secret(key.value)
             if args.config_check:
-                # The check does not need the key (the file may only exist where the
-                # exporter will run): a key it cannot find is a warning here. A key it
-                # found but that cannot be sent is an error everywhere.
-                try:
-                    key, warnings = load_api_key(config)
-                except InvalidApiKey:
-                    raise
-                except ConfigError as exc:
-                    key, warnings, key_problems = None, [], exc.problems
-            else:
-                key, warnings = load_api_key(config)
-        if key is not None:
-            logs.add_secret(key.value)
-        if args.config_check:
-            print(f"configuration OK: {config_path or 'built-in demo configuration'}")
-            print(describe_plan(config, key))
-            print(_key_line(key, key_problems))
+                print(f"configuration OK: {config_path or 'built-in demo configuration'}")
+                print(describe_plan(config, key))
+                print(_key_line(key, key_problems))
+                for warning in warnings:
+                    print(f"warning: {warning}")
+                return 0
             for warning in warnings:
-                print(f"warning: {warning}")
-            return 0
-        for warning in warnings:
-            log.warning("%s", warning)
-        if key is None:
-            raise ConfigError(["no API key: set the EXEC_API_KEY environment variable or "
-                               "api.api_key_file in the configuration"])
-        web_config = load_web_config(args.web_config) if args.web_config else None
-        if args.state_file:
-            prepare_state_dir(args.state_file)
-    except ConfigError as exc:
-        _print_problems(exc.problems, sys.stderr)
-        if simulated is not None:
-            simulated.stop()
-        return 2
+                log.warning("%s", warning)
+            if key is None:
+                raise ConfigError(["no API key: set the EXEC_API_KEY environment variable or "
+                                   "api.api_key_file in the configuration"])
+            web_config = load_web_config(args.web_config) if args.web_config else None
+            if args.state_file:
+                prepare_state_dir(args.state_file)
+        except ConfigError as exc:
+            _print_problems(exc.problems, sys.stderr)
+            return 2
 
-    # The handlers only set plain flags: a handler runs in the main thread between two
-    # bytecodes, and one that took a lock (Event.set) could find the main thread
-    # holding it (in Event.wait) and deadlock, as a second signal during shutdown did.
-    signals = {"stop": False, "reload": False}
-
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        signals["stop"] = True
-
-    def on_hup(signum: int, frame: FrameType | None) -> None:
-        signals["reload"] = True
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, on_hup)
-
-    try:
-        exporter = Exporter(config, key, config_path, args.state_file)
-        exporter.start(address, args.telemetry_path, web_config)
-    except OSError as exc:
-        if simulated is not None:
-            simulated.stop()
-        code, message = listen_failure(exc, args.listen)
-        if code == 2:  # a bad address: said like every other bad flag
-            _print_problems([message], sys.stderr)
-        else:
-            log.error("%s", message)
-        return code
-    if demo and simulated is not None:
-        log.info("demo: simulated Exec API at %s; open http://%s:%s/", simulated.base_url,
-                 "localhost" if address[0] in ("0.0.0.0", "::") else address[0],
-                 exporter.server.server_address[1])
-    try:
-        while not signals["stop"]:
-            time.sleep(0.1)  # a signal interrupts the sleep; its handler runs at once
-            if signals["reload"]:
-                signals["reload"] = False
-                exporter.reload()
-    finally:
-        log.info("shutting down")
-        exporter.stop()
-        if simulated is not None:
-            simulated.stop()
+        # The handlers only record the signal: a handler runs in the main thread between
+        # two bytecodes, and one that took a lock (Event.set) could find the main thread
+        # holding it (in Event.wait) and deadlock, as a second signal during shutdown did.
+        received: set[int] = set()
+        for signum in (signal.SIGTERM, signal.SIGINT, _SIGHUP):
+            if signum is not None:
+                signal.signal(signum, lambda number, frame: received.add(number))
+        try:
+            exporter = Exporter(config, key, config_path, args.state_file)
+            exporter.start(address, args.telemetry_path, web_config)
+        except OSError as exc:
+            code, message = listen_failure(exc, args.listen)
+            if code == 2:  # a bad address: said like every other bad flag
+                _print_problems([message], sys.stderr)
+            else:
+                log.error("%s", message)
+            return code
+        if args.mode == "demo":
+            log.info("demo: simulated Exec API at %s; open http://%s:%s/", config.api.base_url,
+                     "localhost" if address[0] in ("0.0.0.0", "::") else address[0],
+                     exporter.server.server_address[1])
+        try:
+            while not received & {signal.SIGTERM, signal.SIGINT}:
+                time.sleep(0.1)  # a signal interrupts the sleep; its handler runs at once
+                if _SIGHUP in received:
+                    received.discard(_SIGHUP)
+                    exporter.reload()
+        finally:
+            log.info("shutting down")
+            exporter.stop()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

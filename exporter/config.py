@@ -1,12 +1,8 @@
 """Configuration: the YAML file as a validated, immutable model.
 
-Every problem in a file is reported at once, one line each, prefixed with the
-dotted path of the field (``cohorts[2].window: ...``). Unknown keys are errors,
-and types are strict: ``"500"`` is not a number, ``"yes"`` is not a boolean and
-a bare string is not a list. The API key never lives in the YAML: it comes from
-``api.api_key_file`` or the ``EXEC_API_KEY`` environment variable (see
-:func:`load_api_key`). Which (scenario, cohort) pairs are polled is decided in
-:mod:`exporter.targets`.
+Every problem is reported at once, one line each, prefixed with the field's dotted
+path (``cohorts[2].window: ...``); unknown keys are errors and types are strict. The
+API key comes from ``api.api_key_file`` or ``$EXEC_API_KEY`` (:func:`load_api_key`).
 """
 
 from __future__ import annotations
@@ -19,11 +15,13 @@ import stat
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -34,7 +32,6 @@ from pydantic import (
 )
 
 API_KEY_ENV = "EXEC_API_KEY"
-DEFAULT_BASE_URL = "https://api.exec.com/rest/v1"
 
 
 class ConfigError(Exception):
@@ -45,17 +42,15 @@ class ConfigError(Exception):
         super().__init__("\n".join(self.problems))
 
 
+class InvalidApiKey(ConfigError):
+    """A key that cannot be sent as a bearer token: refused wherever a key is loaded,
+    ``--config.check`` included (unlike a key that is merely missing there)."""
+
+
 # --- durations -------------------------------------------------------------
 
-_DURATION_UNITS = {
-    "ms": 0.001,
-    "s": 1,
-    "m": 60,
-    "h": 3600,
-    "d": 86400,
-    "w": 7 * 86400,
-    "y": 365 * 86400,
-}
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400,
+                   "y": 365 * 86400}
 _DURATION_RE = re.compile(r"^((\d+)(ms|s|m|h|d|w|y))+$")
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 
@@ -95,22 +90,19 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 def _parse_datetime(value: object) -> dt.datetime:
     # PyYAML already turns unquoted ISO timestamps into datetimes; strings come quoted.
-    if isinstance(value, dt.datetime):
-        parsed = value
-    elif isinstance(value, str):
+    if isinstance(value, str):
         try:
-            parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(
                 f"invalid date-time {value!r}: use ISO 8601, e.g. 2026-07-01T00:00:00Z"
             ) from None
-    elif isinstance(value, dt.date):
-        parsed = dt.datetime(value.year, value.month, value.day)
-    else:
+    elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if not isinstance(value, dt.datetime):
         raise ValueError(f"expected an ISO 8601 date-time, got {value!r}")
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)  # the API speaks UTC; a bare time means UTC
-    return parsed.astimezone(dt.UTC)
+    # The API speaks UTC; a bare time means UTC.
+    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
 
 
 DateTime = Annotated[dt.datetime, BeforeValidator(_parse_datetime)]
@@ -130,16 +122,10 @@ StrList = Annotated[list[str], BeforeValidator(_string_list)]
 
 
 def check_name(value: str) -> str:
-    """Check a scenario id or cohort name; return it unchanged or raise ValueError.
-
-    One rule for names from the file and names from the workspace's lists: any
-    printable text the API can return (``Sales/EMEA``, ``Équipe Nord``, a non-ASCII
-    slug) is fine, because names only ever travel percent-encoded in a URL path or
-    escaped in a label value. Refused are only the names no one can read back: an
-    empty name, control characters (a line break would split log lines and the
-    landing page's table) and leading or trailing whitespace (``"sales "`` would be
-    a second label value that looks exactly like ``"sales"`` on every dashboard).
-    """
+    """Check a scenario id or cohort name (from the file or the workspace's lists);
+    return it unchanged or raise ValueError. Any printable text is fine (names travel
+    percent-encoded or escaped); refused are names no one can read back: empty, with a
+    control character, or with leading or trailing whitespace (``"sales "``)."""
     if not value:
         raise ValueError("must not be empty")
     if any(unicodedata.category(c) == "Cc" for c in value):
@@ -149,12 +135,13 @@ def check_name(value: str) -> str:
     return value
 
 
+Name = Annotated[str, AfterValidator(check_name)]
+
+
 def _path(value: object) -> object:
     # Strict mode wants a Path instance; the file has a string, which is what we check.
-    if isinstance(value, str) and value:
+    if isinstance(value, Path) or (isinstance(value, str) and value):
         return Path(value)
-    if isinstance(value, Path):
-        return value
     raise ValueError("must be a file path")
 
 
@@ -187,7 +174,7 @@ class RateLimit(_Strict):
 class ApiSettings(_Strict):
     """How to reach the Exec API."""
 
-    base_url: str = DEFAULT_BASE_URL
+    base_url: str = "https://api.exec.com/rest/v1"
     api_key_file: Annotated[Path, BeforeValidator(_path)] | None = None
     timeout: Duration = 10.0
     rate_limit: RateLimit = RateLimit()
@@ -203,20 +190,15 @@ class ApiSettings(_Strict):
 class ScenarioConfig(_Strict):
     """One scenario to poll, by slug or UUID."""
 
-    id: str
+    id: Name
     name: str | None = None
     cohorts: StrList | None = None
-
-    @field_validator("id")
-    @classmethod
-    def _check_id(cls, value: str) -> str:
-        return check_name(value)
 
 
 class CohortConfig(_Strict):
     """A named population filter passed to the summary endpoint."""
 
-    name: str
+    name: Name
     group_ids: StrList = []
     user_ids: StrList = []
     user_emails: StrList = []
@@ -224,11 +206,6 @@ class CohortConfig(_Strict):
     end_date: DateTime | None = None
     window: Duration | None = None
     exclude_system_users: bool | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        return check_name(value)
 
     @model_validator(mode="after")
     def _check_dates(self) -> CohortConfig:
@@ -240,13 +217,9 @@ class CohortConfig(_Strict):
 
     def query(self, now: float) -> dict[str, str]:
         """The summary endpoint's query parameters for this cohort at time ``now``."""
-        params: dict[str, str] = {}
-        if self.user_ids:
-            params["user_ids"] = ",".join(self.user_ids)
-        if self.user_emails:
-            params["user_emails"] = ",".join(self.user_emails)
-        if self.group_ids:
-            params["group_ids"] = ",".join(self.group_ids)
+        lists = {"user_ids": self.user_ids, "user_emails": self.user_emails,
+                 "group_ids": self.group_ids}
+        params = {name: ",".join(values) for name, values in lists.items() if values}
         start = self.start_date
         if self.window is not None:
             start = dt.datetime.fromtimestamp(now - self.window, dt.UTC)
@@ -325,13 +298,6 @@ class Config(_Strict):
     assignments: ListingConfig | None = None
     planner: PlannerConfig = PlannerConfig()
 
-    def cohort(self, name: str) -> CohortConfig:
-        """The cohort called ``name``."""
-        for cohort in self.cohorts:
-            if cohort.name == name:
-                return cohort
-        raise KeyError(name)
-
 
 # --- loading ---------------------------------------------------------------
 
@@ -351,19 +317,13 @@ def _loc(loc: Sequence[int | str]) -> str:
 # Pydantic's wording ("Input should be a valid integer, unable to parse string as an
 # integer") is written for programmers; these say what the file must hold.
 _MESSAGES = {
-    "extra_forbidden": "unknown key",
     "missing": "required",
-    "int_type": "must be a whole number",
-    "int_parsing": "must be a whole number",
-    "int_from_float": "must be a whole number",
-    "bool_type": "must be true or false",
-    "bool_parsing": "must be true or false",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
+    **dict.fromkeys(("int_type", "int_parsing", "int_from_float"), "must be a whole number"),
+    **dict.fromkeys(("bool_type", "bool_parsing"), "must be true or false"),
+    **dict.fromkeys(("float_type", "float_parsing"), "must be a number"),
     "string_type": "must be a string (quote it if it looks like a number or a date)",
     "list_type": "must be a list",
-    "model_type": "must be a mapping of settings",
-    "dict_type": "must be a mapping of settings",
+    **dict.fromkeys(("model_type", "dict_type"), "must be a mapping of settings"),
 }
 
 
@@ -407,49 +367,39 @@ def _cross_checks(raw: Mapping[str, Any]) -> list[str]:
     """Checks that span sections; run on the raw mapping so they report even when
     other fields are broken."""
     problems: list[str] = []
-    cohorts = raw.get("cohorts")
-    names: list[str] = []
-    if isinstance(cohorts, list):
-        seen: set[str] = set()
-        for i, cohort in enumerate(cohorts):
-            name = cohort.get("name") if isinstance(cohort, dict) else None
-            if isinstance(name, str):
-                if name in seen:
-                    problems.append(f"cohorts[{i}].name: duplicate cohort name {name!r}")
-                seen.add(name)
-                names.append(name)
-        if not cohorts:
-            problems.append("cohorts: must list at least one cohort (or be left out)")
-    else:
-        names = ["all"]
-    defined = set(names)
-    scenarios = raw.get("scenarios")
-    discovery = raw.get("discovery")
-    has_discovery = isinstance(discovery, dict) and discovery.get("scenarios") is not None
-    if isinstance(scenarios, list):
-        seen_ids: set[str] = set()
-        for i, scenario in enumerate(scenarios):
-            if not isinstance(scenario, dict):
-                continue
-            sid = scenario.get("id")
-            if isinstance(sid, str):
-                if sid in seen_ids:
-                    problems.append(f"scenarios[{i}].id: duplicate scenario {sid!r}")
-                seen_ids.add(sid)
-            problems.extend(_cohort_refs(f"scenarios[{i}].cohorts", scenario.get("cohorts"),
-                                         defined, patterns=False,
-                                         implicit_all=cohorts is None))
-        if not scenarios and not has_discovery:
-            problems.append("scenarios: list at least one scenario (or configure discovery)")
-    elif scenarios is None and not has_discovery:
+    cohorts, scenarios, discovery = raw.get("cohorts"), raw.get("scenarios"), raw.get("discovery")
+    discovered = discovery.get("scenarios") if isinstance(discovery, dict) else None
+    defined: set[str] = set() if isinstance(cohorts, list) else {"all"}
+    for i, cohort in enumerate(cohorts if isinstance(cohorts, list) else []):
+        name = cohort.get("name") if isinstance(cohort, dict) else None
+        if _seen_before(defined, name):
+            problems.append(f"cohorts[{i}].name: duplicate cohort name {name!r}")
+    if cohorts == []:
+        problems.append("cohorts: must list at least one cohort (or be left out)")
+    refs = partial(_cohort_refs, problems, defined=defined, implicit_all=cohorts is None)
+    ids: set[str] = set()
+    for i, scenario in enumerate(scenarios if isinstance(scenarios, list) else []):
+        if isinstance(scenario, dict):
+            if _seen_before(ids, scenario.get("id")):
+                problems.append(f"scenarios[{i}].id: duplicate scenario {scenario['id']!r}")
+            refs(f"scenarios[{i}].cohorts", scenario.get("cohorts"), patterns=False)
+    if scenarios == [] and discovered is None:
+        problems.append("scenarios: list at least one scenario (or configure discovery)")
+    elif scenarios is None and discovered is None:
         problems.append("scenarios: required (at least one scenario, or discovery.scenarios)")
-    if isinstance(discovery, dict):
-        ds = discovery.get("scenarios")
-        if isinstance(ds, dict):
-            problems.extend(_cohort_refs("discovery.scenarios.cohorts", ds.get("cohorts"),
-                                         defined, patterns=True,
-                                         implicit_all=cohorts is None))
+    if isinstance(discovered, dict):
+        refs("discovery.scenarios.cohorts", discovered.get("cohorts"), patterns=True)
     return problems
+
+
+def _seen_before(seen: set[str], name: object) -> bool:
+    """Whether ``name`` (a string) is in ``seen``; it is from now on."""
+    if not isinstance(name, str):
+        return False
+    if name in seen:
+        return True
+    seen.add(name)
+    return False
 
 
 def is_pattern(entry: str) -> bool:
@@ -457,21 +407,19 @@ def is_pattern(entry: str) -> bool:
     return any(c in entry for c in "*?[")
 
 
-def _cohort_refs(where: str, wanted: object, defined: set[str], patterns: bool,
-                 implicit_all: bool) -> list[str]:
-    """Problems with a list of cohort names; a pattern (where allowed) is checked at run
-    time, against the group cohorts too."""
+def _cohort_refs(problems: list[str], where: str, wanted: object, defined: set[str],
+                 patterns: bool, implicit_all: bool) -> None:
+    """Add the problems with a list of cohort names; a pattern (where allowed) is checked
+    at run time, against the group cohorts too."""
     if not isinstance(wanted, list):
-        return []  # absent, or the wrong type (the model reports that)
+        return  # absent, or the wrong type (the model reports that)
     if not wanted:
-        return [f"{where}: must name at least one cohort (or be left out for every cohort)"]
-    problems = []
-    for j, name in enumerate(wanted):
-        if not isinstance(name, str) or name in defined or (patterns and is_pattern(name)):
-            continue
-        hint = " (without a cohorts section there is only 'all')" if implicit_all else ""
-        problems.append(f"{where}[{j}]: no cohort named {name!r} is defined{hint}")
-    return problems
+        problems.append(f"{where}: must name at least one cohort (or be left out for every "
+                        "cohort)")
+    hint = " (without a cohorts section there is only 'all')" if implicit_all else ""
+    problems.extend(f"{where}[{j}]: no cohort named {name!r} is defined{hint}"
+                    for j, name in enumerate(wanted) if isinstance(name, str)
+                    and name not in defined and not (patterns and is_pattern(name)))
 
 
 def parse_config(raw: object) -> Config:
@@ -481,13 +429,12 @@ def parse_config(raw: object) -> Config:
     if not isinstance(raw, dict):
         kind = type(raw).__name__
         raise ConfigError([f"(top level): expected a mapping of settings, got {kind}"])
-    problems: list[str] = []
-    config: Config | None = None
     try:
-        config = Config.model_validate(raw)
+        config: Config | None = Config.model_validate(raw)
+        problems = []
     except ValidationError as exc:
-        for error in exc.errors():
-            problems.append(f"{_loc(error['loc'])}: {_message(error)}")
+        config, problems = None, [f"{_loc(error['loc'])}: {_message(error)}"
+                                  for error in exc.errors()]
     problems.extend(_cross_checks(raw))
     if problems or config is None:
         raise ConfigError(list(dict.fromkeys(problems)))
@@ -544,48 +491,36 @@ class ApiKey:
     __str__ = __repr__
 
 
-def load_api_key(
-    config: Config, environ: Mapping[str, str] | None = None
-) -> tuple[ApiKey | None, list[str]]:
-    """Find the key: ``api.api_key_file`` wins, else ``$EXEC_API_KEY``.
-
-    Returns the key (or None) and warnings to log (for example a key file that
-    other users can read). A key file that is set but unreadable is a ConfigError.
-    """
-    environ = os.environ if environ is None else environ
-    warnings: list[str] = []
+def load_api_key(config: Config, environ: Mapping[str, str] | None = None
+                 ) -> tuple[ApiKey | None, list[str]]:
+    """Find the key: ``api.api_key_file`` wins, else ``$EXEC_API_KEY``. Returns the key
+    (or None) and warnings to log (a key file other users can read); a key file that is
+    set but unreadable is a ConfigError."""
     path = config.api.api_key_file
-    if path is not None:
-        try:
-            mode = path.stat().st_mode
-            value = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                [f"api.api_key_file: cannot read {str(path)!r}: {exc.strerror or exc}"]
-            ) from None
-        except UnicodeDecodeError as exc:
-            raise InvalidApiKey([
-                f"api.api_key_file: {str(path)!r}: the API key cannot be sent in an HTTP "
-                f"header: byte 0x{exc.object[exc.start]:02X} at position {exc.start + 1} is not "
-                "UTF-8 text; a key is printable ASCII"]) from None
-        if not value:
-            raise ConfigError([f"api.api_key_file: {str(path)!r} is empty"])
-        _check_key(value, f"api.api_key_file: {str(path)!r}")
-        if mode & stat.S_IROTH:
-            warnings.append(
-                f"api key file {str(path)!r} is readable by other users; chmod 600 it"
-            )
-        return ApiKey(value, f"file {path}"), warnings
-    value = environ.get(API_KEY_ENV, "").strip()
-    if value:
-        _check_key(value, f"environment variable {API_KEY_ENV}")
-        return ApiKey(value, f"environment variable {API_KEY_ENV}"), warnings
-    return None, warnings
-
-
-class InvalidApiKey(ConfigError):
-    """A key that cannot be sent as a bearer token: refused wherever a key is loaded,
-    ``--config.check`` included (unlike a key that is merely missing there)."""
+    if path is None:
+        value = (os.environ if environ is None else environ).get(API_KEY_ENV, "").strip()
+        source = f"environment variable {API_KEY_ENV}"
+        if value:
+            _check_key(value, source)
+        return (ApiKey(value, source) if value else None), []
+    where = f"api.api_key_file: {str(path)!r}"
+    try:
+        mode = path.stat().st_mode
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError([f"api.api_key_file: cannot read {str(path)!r}: "
+                           f"{exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidApiKey([
+            f"{where}: the API key cannot be sent in an HTTP header: byte "
+            f"0x{exc.object[exc.start]:02X} at position {exc.start + 1} is not UTF-8 text; "
+            "a key is printable ASCII"]) from None
+    if not value:
+        raise ConfigError([f"{where} is empty"])
+    _check_key(value, where)
+    warnings = ([f"api key file {str(path)!r} is readable by other users; chmod 600 it"]
+                if mode & stat.S_IROTH else [])
+    return ApiKey(value, f"file {path}"), warnings
 
 
 # A bearer token is printable ASCII (RFC 6750's token68 is narrower still); anything

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import format_duration
-from .store import Snapshot, TargetState
 
 if TYPE_CHECKING:
     from .server import Web
@@ -40,19 +39,9 @@ def _when(ts: float | None, now: float) -> str:
     return f"{stamp} ({rel})"
 
 
-def _state(state: TargetState) -> tuple[str, str]:
-    """(css class, text) of a target's state: a target never tried yet is waiting,
-    not down."""
-    if state.up:
-        return "up", "up"
-    if state.last_error is None:
-        return "waiting", "waiting"
-    return "down", "down"
-
-
 def landing_page(web: Web) -> str:
     """A small HTML page: version, link to metrics, one row per target."""
-    snapshot: Snapshot = web.store.snapshot()
+    snapshot = web.store.snapshot()
     now = web.clock()
     e = html.escape
     rows = []
@@ -62,11 +51,12 @@ def landing_page(web: Web) -> str:
         error = "" if state.last_error is None else (
             f"{e(state.last_error)}: {e(state.last_error_message or '')} "
             f"({_when(state.last_error_time, now)})")
-        css, text = _state(state)
+        # A target never tried yet is waiting, not down.
+        css = "up" if state.up else "waiting" if state.last_error is None else "down"
         if paused is not None:
             # As on /metrics: down with the pause's reason while it lasts; the target's
             # own last error, if any, stays visible after it.
-            css, text = "down", "down"
+            css = "down"
             error = f"{e(paused)} (workspace-wide pause)" + (f"; before: {error}"
                                                               if error else "")
         rows.append(
@@ -74,7 +64,7 @@ def landing_page(web: Web) -> str:
             f"<td>{e(target.scenario)}</td><td>{e(target.display_name or '')}</td>"
             f"<td>{e(target.cohort.name)}</td>"
             + (f"<td>{e(web.source(target.key))}</td>" if web.source else "")
-            + f"<td class={css}>{text}</td>"
+            + f"<td class={css}>{css}</td>"
             f"<td>{_when(state.last_success, now)}</td><td>{error}</td>"
             f"<td>{_when(state.next_due, now)}</td></tr>")
     discovery = ""
@@ -87,13 +77,11 @@ def landing_page(web: Web) -> str:
                          + (f"; last error: {e(err)}" if err else "") + "</li>")
         discovery = "<h2>Workspace lists</h2><ul>" + "".join(items) + "</ul>"
     notice = ""
-    if snapshot.pause_reason is not None and snapshot.pause_until is not None \
-            and snapshot.pause_until > now:
+    if paused is not None and snapshot.pause_until is not None and snapshot.pause_until > now:
         why = {"rate_limited": "the API answered 429 (rate limited)",
                "unauthorized": "the API refused the key (401)",
-               "forbidden": "the API refused the workspace (403)"}.get(
-                   snapshot.pause_reason, e(snapshot.pause_reason))
-        then = ("the next request is sent" if snapshot.pause_reason == "rate_limited"
+               "forbidden": "the API refused the workspace (403)"}.get(paused, e(paused))
+        then = ("the next request is sent" if paused == "rate_limited"
                 else "a probe request is sent")
         notice = (f'<p class="notice">All requests are paused: {why}; {then} '
                   f"{_when(snapshot.pause_until, now)}.</p>")

@@ -6,49 +6,43 @@ import datetime as dt
 import json
 import logging
 import sys
+from typing import TextIO
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
           "error": logging.ERROR}
 REDACTED = "<redacted>"
 
 
-def _timestamp(record: logging.LogRecord) -> str:
-    moment = dt.datetime.fromtimestamp(record.created, dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``caller``, ``msg`` and ``err``."""
+
+    def fields(self, record: logging.LogRecord) -> dict[str, str]:
+        """The line's fields, in the order they are written."""
+        moment = dt.datetime.fromtimestamp(record.created, dt.UTC)
+        level = record.levelname
+        stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        entry = {"ts": stamp,
+                 "level": {"WARNING": "warn", "CRITICAL": "error"}.get(level, level.lower()),
+                 "caller": record.name.removeprefix("exporter."), "msg": record.getMessage()}
+        if record.exc_info:
+            entry["err"] = self.formatException(record.exc_info)
+        return entry
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.fields(record))
 
 
-def _level(record: logging.LogRecord) -> str:
-    return {"WARNING": "warn", "CRITICAL": "error"}.get(record.levelname,
-                                                        record.levelname.lower())
+class LogfmtFormatter(JsonFormatter):
+    """``ts=... level=info caller=scheduler msg="..."``, as Prometheus' tools log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{name}={_quote(value)}" for name, value in self.fields(record).items())
 
 
 def _quote(value: str) -> str:
     if value and not any(c in value for c in ' "=\n\t\\'):
         return value
     return json.dumps(value)
-
-
-class LogfmtFormatter(logging.Formatter):
-    """``ts=... level=info caller=scheduler msg="..."``, as Prometheus' tools log."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        parts = [f"ts={_timestamp(record)}", f"level={_level(record)}",
-                 f"caller={record.name.removeprefix('exporter.')}",
-                 f"msg={_quote(record.getMessage())}"]
-        if record.exc_info:
-            parts.append(f"err={_quote(self.formatException(record.exc_info))}")
-        return " ".join(parts)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": _timestamp(record), "level": _level(record),
-                 "caller": record.name.removeprefix("exporter."), "msg": record.getMessage()}
-        if record.exc_info:
-            entry["err"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
 
 
 class SecretFilter(logging.Filter):
@@ -58,19 +52,20 @@ class SecretFilter(logging.Filter):
         super().__init__()
         self.secrets: list[str] = []
 
+    def scrub(self, text: str) -> str:
+        """``text`` with every known secret replaced."""
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
             return True
         message = record.getMessage()
-        text = message
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
+        text = self.scrub(message)
         if record.exc_info:
             # Render the traceback now, scrubbed, so the formatter cannot print it raw.
-            trace = logging.Formatter().formatException(record.exc_info)
-            for secret in self.secrets:
-                trace = trace.replace(secret, REDACTED)
-            text = f"{text}\n{trace}"
+            text += "\n" + self.scrub(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
             record.exc_text = None
         if text != message or record.args:
@@ -81,9 +76,9 @@ class SecretFilter(logging.Filter):
 SECRETS = SecretFilter()
 
 
-def setup(level: str = "info", fmt: str = "logfmt", stream: object = None) -> None:
+def setup(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:
     """Configure the root logger for the exporter."""
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     handler.addFilter(SECRETS)
     root = logging.getLogger()
@@ -97,12 +92,8 @@ def setup(level: str = "info", fmt: str = "logfmt", stream: object = None) -> No
 
 
 def add_secret(secret: str) -> None:
-    """Scrub ``secret`` from every log line from now on.
-
-    Also the forms it takes inside other messages: escaped (``repr``, as in an
-    exception quoting a header value) and, for a value with whitespace inside
-    (two keys pasted into one file), each piece of it.
-    """
+    """Scrub ``secret`` from every log line from now on, also escaped (``repr``) and,
+    for a value with whitespace inside (two keys pasted into one file), each piece."""
     variants = {secret, secret.strip(), repr(secret)[1:-1]}
     variants.update(part for part in secret.split() if len(part) >= 8)
     for variant in variants:

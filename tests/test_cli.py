@@ -284,6 +284,15 @@ def test_demo_serves_data_without_key_or_file(tmp_path: Path) -> None:
     assert code == 0
 
 
+def test_config_check_of_the_demo_prints_its_plan() -> None:
+    result = run_cli("--config.check", "demo")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "configuration OK: built-in demo configuration"
+    assert "targets: 15" in lines and lines[-1] == "api key: found (built-in demo key)"
+    assert "Traceback" not in result.stderr
+
+
 def test_each_subcommand_prints_its_own_help() -> None:
     top, past, demo = (run_cli(*args, "--help") for args in ([], ["backfill"], ["demo"]))
     assert all(r.returncode == 0 for r in (top, past, demo))
