@@ -178,6 +178,9 @@ class Scheduler:
     # first of this process, the restored ledger's last request stands in.
     _last_poll: float | None = None
     _key_id: str | None = None
+    # (minute, day) requests to leave free for other processes on the shared ledger
+    # (a backfill leaves a running daemon its polling share).
+    leave: tuple[int, int] = (0, 0)
 
     # --- the job set --------------------------------------------------------
 
@@ -310,7 +313,7 @@ class Scheduler:
                 probe = True  # one request to see whether access is back
             else:
                 self.pause = None
-        allowed = self.budget.next_allowed(now)
+        allowed = self.budget.next_allowed(now, leave=self.leave)
         if allowed > now:
             return Decision(None, allowed)
         # Sources first: their jobs are rare, due at fixed times and paid for apart.
@@ -369,7 +372,7 @@ class Scheduler:
         """A request for ``job`` is about to go out at ``at``: count it, or return False
         when the budget has no room after all (another process sharing the ledger took
         the slot since the decision): the request must not go out."""
-        if not self.budget.claim(at):
+        if not self.budget.claim(at, leave=self.leave):
             return False
         times = self._times.get(_key(job))
         if times is not None:

@@ -17,13 +17,7 @@ from typing import Any, TextIO
 
 from .. import logs
 from ..budget import DAY, MINUTE, open_budget
-from ..client import (
-    ApiError,
-    ExecClient,
-    Forbidden,
-    RateLimited,
-    Unauthorized,
-)
+from ..client import PERSISTENT_REASONS, ExecClient
 from ..config import (
     Config,
     ConfigError,
@@ -48,7 +42,7 @@ from .journal import (
 from .openmetrics import render, write_atomically
 from .plan import describe, estimate_seconds, make_plan, plan_pulls
 from .progress import Progress
-from .sender import Fetcher, Sender, StopFlag, Stopped, WorkspaceError
+from .sender import TRANSIENT_TRIES, Fetcher, Sender, StopFlag, Stopped, WorkspaceError
 from .window import HEAD_RANGE, UsageError, Window, iso, parse_window
 
 log = logging.getLogger(__name__)
@@ -58,30 +52,26 @@ def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tup
     """The targets as the daemon would poll them, and how many listing requests that took.
 
     Discovery lists come from the daemon's state file when it has them (no request);
-    else they are read here, page by page (discovery's own jobs), through the same
-    budget. A 429 waits and asks for the same page again.
+    else discovery's own jobs read them through the sender, with discovery's retry rule
+    (a 429 waits and asks again); a listing that fails :data:`TRANSIENT_TRIES` times, or
+    is refused for good, stops the run.
     """
     settings = config.discovery
-    sent = 0
+    sent = sender.sent_count
     if settings is not None and (settings.scenarios is not None
                                  or settings.group_cohorts is not None):
         discovery = Discovery(settings, lists)
-        while (job := discovery.due(sender.now())) is not None:
-            sender.acquire()
-            sent += 1
-            try:
-                # A page that disagrees with the ones before (ListChanged) fails in apply.
-                job.apply(job.fetch(sender.client, sender.now()), sender.now())
-            except RateLimited as exc:
-                sender.hold(exc.retry_after)
-                continue
-            except (Unauthorized, Forbidden) as exc:
-                raise WorkspaceError(f"{exc.reason}: {exc}") from None
-            except ApiError as exc:
-                raise WorkspaceError(f"discovery: reading {job.label} failed: {exc}") from None
+
+        def settled() -> bool:
+            if sender.failures >= TRANSIENT_TRIES or sender.last_failure in PERSISTENT_REASONS:
+                raise WorkspaceError("discovery: " + "; ".join(
+                    f"reading {kind} failed: {error}" for kind, error in discovery.errors.items()))
+            return not discovery.errors and discovery.next_due() > sender.now()
+
+        sender.drive(discovery, settled)
         lists = discovery.lists
     targets, _dropped = select_targets(config, lists)  # it logs what max_targets drops
-    return targets, sent
+    return targets, sender.sent_count - sent
 
 
 def daemon_share(targets: Sequence[Target], config: Config) -> tuple[int, int]:
