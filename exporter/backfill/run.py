@@ -18,15 +18,10 @@ from typing import Any, TextIO
 from .. import logs
 from ..budget import DAY, MINUTE, open_budget
 from ..client import PERSISTENT_REASONS, ExecClient
-from ..config import (
-    Config,
-    ConfigError,
-    load_api_key,
-    load_config,
-)
+from ..config import Config, ConfigError, load_api_key, load_config
 from ..discovery import Discovery, Lists
 from ..scheduler import effective_interval
-from ..state import SavedState, StateFile
+from ..state import SavedState, StateFile, write_atomically
 from ..targets import Target, select_targets
 from .derive import Derivation
 from .journal import (
@@ -39,7 +34,7 @@ from .journal import (
     base_fingerprint,
     fingerprint,
 )
-from .openmetrics import render, write_atomically
+from .openmetrics import render
 from .plan import describe, estimate_seconds, make_plan, plan_pulls
 from .progress import Progress
 from .sender import TRANSIENT_TRIES, Fetcher, Sender, StopFlag, Stopped, WorkspaceError
@@ -49,13 +44,9 @@ log = logging.getLogger(__name__)
 
 def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tuple[
         list[Target], int]:
-    """The targets as the daemon would poll them, and how many listing requests that took.
-
-    Discovery lists come from the daemon's state file when it has them (no request);
-    else discovery's own jobs read them through the sender, with discovery's retry rule
-    (a 429 waits and asks again); a listing that fails :data:`TRANSIENT_TRIES` times, or
-    is refused for good, stops the run.
-    """
+    """The targets as the daemon would poll them, and how many listing requests that took:
+    the lists from the state file, else read by discovery's own jobs and retry rule; a
+    listing failing :data:`TRANSIENT_TRIES` times, or refused for good, stops the run."""
     settings = config.discovery
     sent = sender.sent_count
     if settings is not None and (settings.scenarios is not None
@@ -75,17 +66,13 @@ def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tup
 
 
 def daemon_share(targets: Sequence[Target], config: Config) -> tuple[int, int]:
-    """What the daemon's polling of ``targets`` needs per minute and per day: one
-    request per target every effective interval (an upper bound: derived cohorts
-    need fewer)."""
+    """What the daemon's polling of ``targets`` needs per minute and per day (an upper
+    bound: one summary per target every effective interval)."""
     rate = config.api.rate_limit
     interval = effective_interval(len(targets), config.refresh_interval, rate.day_budget,
                                   rate.minute_budget)
     return (math.ceil(len(targets) * MINUTE / interval),
             math.ceil(len(targets) * DAY / interval))
-
-
-# --- the command ---------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,9 +131,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
          out: TextIO | None = None, err: TextIO | None = None,
          sleep: Callable[[float], bool] | None = None) -> int:
     """Run ``exec-exporter backfill``: 0 done (or stopped cleanly), 2 bad input, 1 failure.
-
-    ``now`` and ``sleep`` (seconds -> whether a stop was asked) are the clock, for tests.
-    """
+    ``now`` and ``sleep`` (seconds -> whether a stop was asked) are the clock."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -321,8 +306,7 @@ def _restore_signals(previous: Mapping[int, Any]) -> None:
 
 
 def _member_counts(saved: SavedState | None) -> dict[str, int]:
-    """How many members each group had when the daemon last read its list (the state
-    file's planner part), so a member list costs its real pages in the plan."""
+    """Members per group in the daemon's saved lists: a member list costs its real pages."""
     members = (saved.planner.get("members") if saved is not None else None) or {}
     return {g: len(m["user_ids"]) for g, m in members.items()
             if isinstance(m, dict) and isinstance(m.get("user_ids"), list)}

@@ -102,14 +102,11 @@ class _Once:
 
 
 class Sender:
-    """Runs the backfill's requests as jobs of the daemon's :class:`~exporter.scheduler.
-    Scheduler` and :class:`~exporter.scheduler.Poller`: the same budget (with
-    ``--state.file`` the workspace's shared ledger), pause on a 429 and ledger claim
-    before each send. The sender is the poller's only job source, wrapping the one it
-    drives (a request, discovery): it counts and journals each send and stops the run on
-    a 401/403. ``sleep`` waits at most :attr:`WAKE` so a stop and the shared ledger are
-    rechecked.
-    """
+    """Runs the backfill's requests as jobs of the daemon's Scheduler and Poller: the
+    same budget (with ``--state.file`` the workspace's ledger), ledger claim, 429 pause.
+    It is the poller's job source, wrapping the one it drives (a request, discovery): it
+    counts and journals each send and stops the run on a 401/403. Waits last at most
+    :attr:`WAKE`, so a stop and the shared ledger are rechecked."""
 
     WAKE = 5.0
 
@@ -269,14 +266,10 @@ class Sender:
         return settled[0]
 
 
-# --- answering requests: the journal first, then the API ----------------------------
-
-
 class Fetcher:
-    """Answers each request from the journal when a run already finished it, else sends it
-    through the :class:`Sender` and journals the answer at once. So every finished
-    request, summary or list page, is sent once over any number of reruns, and the
-    choices made from the answers come out the same on a rerun."""
+    """Answers each request from the journal when a run finished it, else sends it and
+    journals the answer at once: over reruns every request is sent once and the choices
+    made from the answers come out the same."""
 
     def __init__(self, sender: Sender, journal: Journal, done: dict[RequestKey, Outcome],
                  pages: dict[PageKey, PageOutcome],
@@ -309,14 +302,9 @@ class Fetcher:
 
     def read_list(self, kind: str, subject: str, filters: Mapping[str, str],
                   read: PagedRead[T]) -> Iterator[Page[T]]:
-        """Every page of one list (a participants pull, a member list), read into
-        ``read``, the daemon's :class:`~exporter.paged.PagedRead` and its checks.
-
-        Each page is yielded before ``read`` takes it, so the caller may stop after
-        any page (the first says how many there are) and no further page is asked
-        for. Each comes from the journal or is sent and journaled (:meth:`page`): a
-        rerun replays the same pages to the same verdict. Raises :class:`Unreadable`.
-        """
+        """Every page of one list, read into ``read`` (the daemon's paged reader and its
+        checks), each yielded before ``read`` takes it so the caller may stop after any
+        page. Raises :class:`Unreadable`."""
         while True:
             outcome = self.page(page_key(kind, subject, read.query(filters)))
             if outcome is None or outcome.page is None:
