@@ -25,14 +25,13 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from .budget import DAY
 from .config import CohortConfig, PlannerConfig, format_duration
 from .models import Page
 from .paged import PAGE_SIZE
 
 if TYPE_CHECKING:
     from .targets import Target
-
-DAY = 86400.0
 
 DatesKey = tuple[float | None, str | None, str | None]
 PullKey = tuple[str, str, DatesKey]
