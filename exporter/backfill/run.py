@@ -21,7 +21,7 @@ from ..client import PERSISTENT_REASONS, ExecClient
 from ..config import Config, ConfigError, load_api_key, load_config
 from ..discovery import Discovery, Lists
 from ..scheduler import effective_interval
-from ..state import SavedState, StateFile, write_atomically
+from ..state import SavedState, StateFile
 from ..targets import Target, select_targets
 from .derive import Derivation
 from .journal import (
@@ -34,7 +34,7 @@ from .journal import (
     base_fingerprint,
     fingerprint,
 )
-from .openmetrics import render
+from .openmetrics import render, write_atomically
 from .plan import describe, estimate_seconds, make_plan, plan_pulls
 from .progress import Progress
 from .sender import TRANSIENT_TRIES, Fetcher, Sender, StopFlag, Stopped, WorkspaceError
