@@ -190,11 +190,6 @@ class Scheduler:
             self._times[key] = times
         self._cost = round_cost(self._jobs.values())
 
-    @property
-    def keys(self) -> list[JobKey]:
-        """The recurring jobs' keys, in configuration order."""
-        return list(self._times)
-
     def times(self, key: JobKey) -> JobTimes:
         """The scheduling state of one recurring job."""
         return self._times[key]
@@ -226,16 +221,6 @@ class Scheduler:
         """The effective refresh interval after budget stretching."""
         return effective_interval(self._cost, self.refresh_interval, self.poll_day_budget,
                                   self.budget.minute_limit)
-
-    def next_due(self, key: JobKey, now: float | None = None) -> float:
-        """When ``key`` is next expected to run (for display): never before the pause
-        ends nor, when ``now`` is given, before ``now``."""
-        due = self._times[key].due(self.interval)
-        if self.pause is not None:
-            due = max(due, self.pause.until)
-        if now is not None:
-            due = max(due, now)
-        return due
 
     def view(self, now: float) -> ScheduleView:
         """The current decisions as one value; a job due while the budget or a pause
