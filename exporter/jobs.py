@@ -43,8 +43,6 @@ class Job:
     apply: Callable[[Any, float], None]
     fail: Callable[[ApiError, float], None] = _ignore
     label: str = ""  # for logs: "scenario=x cohort=y", "scenarios page 2"
-    # Whose errors count: a target key whose errors_total gains the failure, if any.
-    target: tuple[str, str] | None = None
     # Requests one run sends: a pull of n pages sends pages 2..n as follow-ups.
     cost: int = 1
 
@@ -100,7 +98,7 @@ def summary_job(target: Target, store: Store) -> Job:
                         error.reason, error)
 
     return Job(kind="summary", key=key, fetch=fetch, apply=apply, fail=fail,
-               label=f"scenario={key[0]} cohort={key[1]}", target=key)
+               label=f"scenario={key[0]} cohort={key[1]}")
 
 
 def key_id(value: str) -> str:
