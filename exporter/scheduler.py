@@ -130,7 +130,6 @@ class ScheduleView:
     after every change, so readers on other threads see a consistent copy."""
 
     interval: float
-    refresh_interval: float
     next_due: Mapping[JobKey, float]
     pause: Pause | None
     stretched: bool
@@ -229,10 +228,9 @@ class Scheduler:
         blocked = self.budget.next_allowed(now)
         if self.pause is not None:
             blocked = max(blocked, self.pause.until)
-        return ScheduleView(
-            interval=interval, refresh_interval=self.refresh_interval,
-            next_due={k: max(t.due(interval), blocked) for k, t in self._times.items()},
-            pause=self.pause, stretched=interval > self.refresh_interval, at=now)
+        next_due = {k: max(t.due(interval), blocked) for k, t in self._times.items()}
+        return ScheduleView(interval, next_due, self.pause,
+                            stretched=interval > self.refresh_interval, at=now)
 
     def publish(self, now: float) -> None:
         """Hand the current view to ``on_view`` (the store)."""
