@@ -59,7 +59,7 @@ def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tup
                     f"reading {kind} failed: {error}" for kind, error in discovery.errors.items()))
             return not discovery.errors and discovery.next_due() > sender.now()
 
-        sender.drive(discovery, settled)
+        sender.drive(settled, discovery)
         lists = discovery.lists
     targets, _dropped = select_targets(config, lists)  # it logs what max_targets drops
     return targets, sender.sent_count - sent

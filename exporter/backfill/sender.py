@@ -85,28 +85,12 @@ class _Clock:
         return self.now()
 
 
-class _Once:
-    """A job source of one request: due until it settles, after its backoff."""
-
-    def __init__(self, job: Job) -> None:
-        self.job, self.at, self.done = job, -math.inf, False
-
-    def due(self, now: float) -> Job | None:
-        return None if self.done or now < self.at else self.job
-
-    def next_due(self) -> float:
-        return math.inf if self.done else self.at
-
-    def requests_per_day(self) -> float:
-        return 0.0
-
-
 class Sender:
     """Runs the backfill's requests as jobs of the daemon's Scheduler and Poller: the
-    same budget (with ``--state.file`` the workspace's ledger), ledger claim, 429 pause.
-    It is the poller's job source, wrapping the one it drives (a request, discovery): it
-    counts and journals each send and stops the run on a 401/403. Waits last at most
-    :attr:`WAKE`, so a stop and the shared ledger are rechecked."""
+    same budget (with ``--state.file`` the workspace's ledger), ledger claim, 429 pause
+    and backoff of a failed job. Each job it runs (the request being sent, discovery's
+    pages) is wrapped to count and journal its send and to stop the run on a 401/403.
+    Waits last at most :attr:`WAKE`, so a stop and the shared ledger are rechecked."""
 
     WAKE = 5.0
 
@@ -136,9 +120,8 @@ class Sender:
         self._share = (0, 0)
         self.leave = (0, 0)
         self.scheduler = Scheduler(budget, DAY)
-        running = Running(client, jobs=(), sources=(self,), minute_budget=budget.minute_limit,
-                          day_budget=budget.day_limit)
-        self.poller = Poller(self.scheduler, lambda: running, self, _Clock(now))
+        self._running = self._run_with(())
+        self.poller = Poller(self.scheduler, lambda: self._running, self, _Clock(now))
 
     def share_with(self, minute: int, day: int) -> None:
         """Leave ``minute`` and ``day`` requests of every window (at most half of each)
@@ -159,11 +142,19 @@ class Sender:
 
     # --- the poller's job source and outcomes ----------------------------------------
 
+    def _run_with(self, jobs: tuple[Job, ...]) -> Running:
+        # forget: a request asked again (it kept failing) starts over as a new one.
+        return Running(self.client, tuple(self._wrap(job) for job in jobs), sources=(self,),
+                       minute_budget=self.budget.minute_limit, day_budget=self.budget.day_limit,
+                       forget=frozenset(job.key for job in jobs))
+
     def due(self, now: float) -> Job | None:
-        """The driven source's job, counted and journaled as it is sent."""
+        """The driven source's job, if one is due."""
         job = self._source.due(now) if self._source is not None else None
-        if job is None:
-            return None
+        return None if job is None else self._wrap(job)
+
+    def _wrap(self, job: Job) -> Job:
+        """``job`` counted and journaled as it is sent; its failures counted."""
 
         def fetch(client: ExecClient, at: float) -> Any:
             self._claimed = at  # the time the scheduler just claimed in the ledger
@@ -203,11 +194,13 @@ class Sender:
 
     # --- driving ---------------------------------------------------------------------
 
-    def drive(self, source: JobSource, settled: Callable[[], bool]) -> None:
-        """Step the poller with ``source``'s jobs until ``settled()``, sleeping while the
-        scheduler waits (the budget, a 429's pause, a backoff). Raises Stopped,
-        WorkspaceError."""
+    def drive(self, settled: Callable[[], bool], source: JobSource | None = None,
+              jobs: tuple[Job, ...] = ()) -> None:
+        """Step the poller with ``jobs`` (recurring until settled) and ``source``'s until
+        ``settled()``, sleeping while the scheduler waits (the budget, a 429's pause, a
+        backoff). Raises Stopped, WorkspaceError."""
         self._source, self.failures, self.last_failure = source, 0, None
+        self._running = self._run_with(jobs)
         while not settled():
             if self.stop.is_set():
                 raise Stopped
@@ -225,7 +218,7 @@ class Sender:
     def fetch(self, key: RequestKey) -> Outcome | None:
         """The outcome of one request; None when it kept failing (try again next run)."""
         scenario, params = key
-        sent = self._send(lambda client: client.summary(scenario, dict(params)),
+        sent = self._send(key, lambda client: client.summary(scenario, dict(params)),
                           f"{scenario} {dict(params).get('end_date')}", "no value for this point")
         return None if sent is None else Outcome(*sent)
 
@@ -237,15 +230,15 @@ class Sender:
         pull = kind == PARTICIPANTS
         what = (f"participants of {subject} {query.get('end_date')}" if pull
                 else f"members of group {subject}")
-        sent = self._send(lambda client: (client.participants(subject, query) if pull
+        sent = self._send(key, lambda client: (client.participants(subject, query) if pull
                                           else client.members(query)),
                           f"{what} page {query['page']}", "its cohorts use summary requests")
         return None if sent is None else PageOutcome(*sent)
 
-    def _send(self, call: Callable[[ExecClient], Any], what: str,
+    def _send(self, key: RequestKey | PageKey, call: Callable[[ExecClient], Any], what: str,
               refused: str) -> tuple[Any, str | None] | None:
         """(answer, None), or (None, reason) when the API refused it for good (404, 400);
-        None when it failed :data:`TRANSIENT_TRIES` times, each after a growing wait."""
+        None when it failed :data:`TRANSIENT_TRIES` times, backed off as any job."""
         settled: list[tuple[Any, str | None] | None] = []
 
         def fail(error: ApiError, at: float) -> None:
@@ -258,11 +251,10 @@ class Sender:
             log.warning("%s: %s (try %d of %d)", what, error, self.failures, TRANSIENT_TRIES)
             if self.failures >= TRANSIENT_TRIES:
                 settled.append(None)
-            once.at = at + min(2.0 ** self.failures, 30.0)
 
-        once = _Once(Job("backfill", what, lambda client, at: call(client),
-                         lambda answer, at: settled.append((answer, None)), fail, label=what))
-        self.drive(once, lambda: bool(settled))
+        self.drive(lambda: bool(settled), jobs=(Job(
+            "backfill", key, lambda client, at: call(client),
+            lambda answer, at: settled.append((answer, None)), fail, label=what),))
         return settled[0]
 
 
