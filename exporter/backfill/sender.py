@@ -143,10 +143,11 @@ class Sender:
     # --- the poller's job source and outcomes ----------------------------------------
 
     def _run_with(self, jobs: tuple[Job, ...]) -> Running:
-        # forget: a request asked again (it kept failing) starts over as a new one.
+        # A request is never refreshed (a day's interval: only the minute budget paces a
+        # retry); one asked again (it kept failing) starts over (forget).
         return Running(self.client, tuple(self._wrap(job) for job in jobs), sources=(self,),
-                       minute_budget=self.budget.minute_limit, day_budget=self.budget.day_limit,
-                       forget=frozenset(job.key for job in jobs))
+                       refresh_interval=DAY, minute_budget=self.budget.minute_limit,
+                       day_budget=self.budget.day_limit, forget=frozenset(job.key for job in jobs))
 
     def due(self, now: float) -> Job | None:
         """The driven source's job, if one is due."""
