@@ -1,14 +1,7 @@
-"""The request budget: a ledger of every request sent in the last 24 hours.
-
-The exporter may send at most ``minute_limit`` requests in any rolling 60 s and
-``day_limit`` in any rolling 24 h. Every request counts: polls, retries,
-probes and discovery listings.
-
-With a shared :class:`~exporter.ledger.LedgerFile` (``--state.file``), the ledger
-is the workspace's: every read first takes in what other processes (a backfill
-beside the daemon, or the daemon beside a backfill) appended, and :meth:`Budget.claim`
-checks and appends under the file's lock, so together they stay within the limits.
-"""
+"""The request budget: a ledger of every request sent in the last 24 hours, at most
+``minute_limit`` in any rolling 60 s and ``day_limit`` in any rolling 24 h (polls,
+retries, probes and listings alike). With ``--state.file`` the ledger is the
+workspace's file (:mod:`exporter.ledger`), shared by the daemon and any backfill."""
 
 from __future__ import annotations
 
@@ -31,9 +24,8 @@ GRACE = 1.0
 
 
 class Budget:
-    """A rolling-window ledger of request times with a minute and a day limit,
-    optionally shared with other processes through ``shared`` (then the ledger is the
-    file's, and ``sent`` is not used: see :meth:`merge`)."""
+    """A rolling-window ledger of request times with a minute and a day limit, shared
+    with other processes through ``shared`` (then ``sent`` is not used: :meth:`merge`)."""
 
     def __init__(self, minute_limit: int, day_limit: int, sent: Iterable[float] = (),
                  shared: LedgerFile | None = None) -> None:
@@ -56,8 +48,6 @@ class Budget:
         else:
             self._sent.append(at)
 
-    # --- the shared ledger (every method below runs under _lock) -------------
-
     def _sync(self) -> None:
         """Take in what the shared ledger gained since the last look."""
         assert self._shared is not None
@@ -69,8 +59,8 @@ class Budget:
                 self._insert(at)
 
     def _on_shared(self, action: Callable[[], None]) -> bool:
-        """Run ``action`` on the shared ledger. On an OS error, say so once and go on
-        with this process's own ledger: a request is never refused for a file."""
+        """Run ``action`` on the shared ledger; on an OS error say so once and go on with
+        this process's own ledger: a request is never refused for a file."""
         assert self._shared is not None
         try:
             action()
@@ -86,10 +76,9 @@ class Budget:
         self._expire(now)
 
     def _update(self, change: Callable[[], list[float]]) -> None:
-        """Apply ``change`` (it inserts into the ledger and returns what it inserted) to
-        the current ledger: with a shared file, under its lock, after taking in the
-        others' entries, then append what it inserted. If the file fails before the
-        change ran, the change runs on this process's own ledger."""
+        """Apply ``change`` (it inserts and returns what it inserted): with a shared file,
+        under its lock after taking in the others' entries, then append what it inserted;
+        if the file fails before the change ran, on this process's own ledger."""
         if self._shared is None:
             change()
             return
@@ -112,12 +101,9 @@ class Budget:
         if not self._on_shared(locked) and not ran:
             change()
 
-    # --- counting --------------------------------------------------------------
-
     def claim(self, now: float, leave: tuple[int, int] = (0, 0)) -> bool:
-        """Count one request about to be sent at ``now`` if it fits both windows (with
-        ``leave`` as in :meth:`next_allowed`), and say whether it was counted. With a
-        shared ledger the check and the append happen under the file's lock: two
+        """Count one request sent at ``now`` if it fits both windows (``leave`` as in
+        :meth:`next_allowed`); say whether it did. Shared, under the file's lock: two
         processes never both take the last slot."""
         taken = False
 
@@ -134,8 +120,8 @@ class Budget:
         return taken
 
     def merge(self, times: Iterable[float], now: float) -> int:
-        """Add request times not already in the ledger (to the millisecond): an older
-        state file's ledger, a stopped backfill's journal. Returns how many were new."""
+        """Add request times not already in the ledger (to the millisecond), such as a
+        stopped backfill's journal; return how many were new."""
         wanted = {round(at, 3) for at in times if at > now - DAY - GRACE}
         new: list[float] = []
 
@@ -170,9 +156,7 @@ class Budget:
     def next_allowed(self, now: float, count: int = 1,
                      leave: tuple[int, int] = (0, 0)) -> float:
         """The earliest time (>= now) at which ``count`` more requests fit both windows
-        (a participants pull's pages are sent back to back), with ``leave`` = (minute,
-        day) requests still free after them for another process (a backfill leaves the
-        daemon its share)."""
+        with ``leave`` = (minute, day) requests still free after them for another process."""
         with self._lock:
             self._read_shared(now)
             return self._next_allowed(now, count, leave)
@@ -220,10 +204,9 @@ class Budget:
 def open_budget(minute_limit: int, day_limit: int,
                 state_file: str | os.PathLike[str] | None, legacy: Iterable[float],
                 now: float) -> Budget:
-    """The budget of a process on ``state_file``: shared through ``<state file>.ledger``
-    with every other process on it, or this process's own without a state file.
-    ``legacy`` is the ledger an earlier version kept inside the state file: it is moved
-    into the ledger file (once: entries already there are not added again)."""
+    """The budget of a process on ``state_file``: shared through ``<state file>.ledger``,
+    or its own without one. ``legacy`` (the ledger an earlier version kept in the state
+    file) is moved into the ledger file once."""
     if state_file is None:
         return Budget(minute_limit, day_limit, legacy)
     shared = LedgerFile(ledger_path(state_file))

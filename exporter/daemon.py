@@ -1,8 +1,5 @@
-"""The daemon: every part of the exporter wired together, with their lifecycles.
-
-config -> client -> poller -> store -> collector -> server. :class:`Exporter` owns
-them; :mod:`exporter.cli` parses the command line and starts it.
-"""
+"""The daemon: config -> client -> poller -> store -> collector -> server, wired by
+:class:`Exporter` with their lifecycles; :mod:`exporter.cli` starts it."""
 
 from __future__ import annotations
 
@@ -43,12 +40,8 @@ SHUTDOWN_GRACE = 6.0  # in-flight request allowance on SIGTERM; the whole stop s
 
 
 class Exporter:
-    """The long-running daemon: owns every part and their lifecycles.
-
-    The poller works from :attr:`running`, one immutable
-    :class:`~exporter.jobs.Running` value that start, reloads and discovery
-    updates build in full and swap in one assignment.
-    """
+    """The long-running daemon. The poller works from :attr:`running`, rebuilt whole
+    and swapped in one assignment by start, reloads, discovery and the planner."""
 
     def __init__(self, config: Config, key: ApiKey, config_path: str | None,
                  state_file: str | None = None, clock: Clock | None = None) -> None:
@@ -68,8 +61,7 @@ class Exporter:
         self._saved = saved
         self._targets: dict[Key, Target] = {}
         self._polled: tuple[tuple[str, str | None], ...] = ()
-        # Serialises building the running value (reloads against discovery updates);
-        # never held across a request.
+        # Serialises building the running value; never held across a request.
         self._apply_lock = threading.RLock()
         self._reload_lock = threading.Lock()
         self.discovery: Discovery | None = self._discovery(config, saved.lists, reread=False)
@@ -78,17 +70,13 @@ class Exporter:
         self._listings(config)
         self.planner = Planner(config.planner, self.store, saved.planner,
                                on_change=self._on_plan, now=now)
-        self.planner.configure(config.planner, rate.day_budget, config.refresh_interval,
-                               minute_budget=rate.minute_budget,
-                               listings=[s.requests_per_day() for s in self.sources
-                                         if s is not self.planner])
+        self._configure_planner(config)
         self.running = self._build(config, self._client(config), key)
         self.poller = Poller(self.scheduler, lambda: self.running, self.store, self.clock)
         self.store.record_reload(True, now)
         snapshot_collector = SnapshotCollector(self.store, self.clock)
         live = [LiveCollector(self.budget.remaining, self.clock), ProcessMetrics()]
-        # The listings change only with a completed read or a new target set, both of
-        # which change the store: rendered with the cached page, not per scrape.
+        # The listings change only with the store: rendered with the cached page.
         self.exposition = Exposition(snapshot_collector, live, self.clock,
                                      ListingsCollector(lambda: (self.skills, self.assignments)))
         self._stop_saving = threading.Event()
@@ -115,27 +103,31 @@ class Exporter:
                                    view.stretched, at=view.at)
 
     def _on_plan(self) -> None:
-        # A target was proven or refused, a scenario fell back, a pull's size changed or
-        # a member list was first read: the recurring jobs change (in the poller thread).
+        # The planner changed the recurring jobs (in the poller thread).
         with self._apply_lock:
             self.running = self._build(self.config, self.running.client, self.key)
             self.poller.wake()
-            # Said once the plan settles (no target waiting for its proof), not at every
-            # proof of a first fill: one interval in the log, the one the exporter keeps.
-            interval = self._interval(self.config)
+            # Said once the plan settles (no proof awaited), not at every proof.
+            interval = self._interval_and_limit(self.config)[0]
             if not self.planner.awaiting_proof() and interval != self._logged_interval:
                 self._logged_interval = interval
                 derived = sum(source == "participants" for _, source in self.planner.sources())
                 log.info("plan: %d of %d targets derived; effective refresh interval %s",
                          derived, len(self._targets), self._describe_interval())
 
-    def _interval(self, config: Config, jobs: tuple[Job, ...] | None = None) -> float:
-        """The effective interval of the running plan, or of ``jobs`` (a pull of n
-        pages counts n): the scheduler's own formula, on the same numbers."""
-        return self._interval_and_limit(config, jobs)[0]
+    def _configure_planner(self, config: Config, reread_members: bool = False) -> None:
+        """The planner's settings, its cross-checks capped by the day budget left once
+        the listings are paid for (as ``--config.check`` computes it)."""
+        rate = config.api.rate_limit
+        self.planner.configure(config.planner, rate.day_budget, config.refresh_interval,
+                               reread_members=reread_members, minute_budget=rate.minute_budget,
+                               listings=[s.requests_per_day() for s in self.sources
+                                         if s is not self.planner])
 
     def _interval_and_limit(self, config: Config, jobs: tuple[Job, ...] | None = None
                             ) -> tuple[float, str]:
+        """The scheduler's effective interval (and what set it) of the running jobs or
+        of ``jobs``, on the same numbers."""
         rate = config.api.rate_limit
         day = polling_day_budget(rate.day_budget,
                                  [sum(source.requests_per_day() for source in self.sources)])
@@ -143,8 +135,7 @@ class Exporter:
                                   config.refresh_interval, day, rate.minute_budget)
 
     def _describe_interval(self) -> str:
-        """``48m13s (stretched from refresh_interval 5m by the day budget)``: the
-        effective interval and what set it, for the logs."""
+        """``48m13s (stretched from refresh_interval 5m by the day budget)``."""
         interval, limit = self._interval_and_limit(self.config)
         if limit == "refresh_interval":
             return f"{format_duration(interval)} (as configured)"
@@ -164,8 +155,7 @@ class Exporter:
         return discovery
 
     def _listings(self, config: Config) -> None:
-        """Start, reconfigure or stop the skills and assignments listings; a kept
-        listing keeps its last values and schedule."""
+        """Start, reconfigure or stop the skills and assignments listings."""
         day = config.api.rate_limit.day_budget
         report = self.store.record_discovery
         if config.skills is None or not config.skills.enabled:
@@ -186,14 +176,13 @@ class Exporter:
             self.assignments.configure(config.assignments, day)
 
     def _polled_scenarios(self) -> tuple[tuple[str, str | None], ...]:
-        """The scenarios of the current targets: (label, id when known); the same
-        object until the targets change."""
+        """The scenarios of the current targets: (label, id when known)."""
         return self._polled
 
     @property
     def sources(self) -> tuple[Discovery | Skills | Assignments | Planner, ...]:
-        """The job sources: discovery first (it decides the scenarios), then the listings,
-        then the planner's member lists and cross-checks (in auto mode)."""
+        """The job sources: discovery (it decides the scenarios), the listings, then the
+        planner's member lists and cross-checks (auto mode)."""
         planner = self.planner if self.config.planner.mode == "auto" else None
         return tuple(s for s in (self.discovery, self.skills, self.assignments, planner)
                      if s is not None)
@@ -207,8 +196,8 @@ class Exporter:
                  len(self._targets), self._describe_interval())
 
     def _build(self, config: Config, client: ExecClient, key: ApiKey) -> Running:
-        """Make ``config`` (with the current discovery lists) the running target set:
-        update the store and return the running value to swap in."""
+        """Make ``config`` (with the discovery lists) the target set: update the store and
+        return the running value to swap in."""
         kept, dropped = select_targets(config,
                                        self.discovery.lists if self.discovery else None)
         self.store.set_targets_dropped(dropped)
@@ -246,8 +235,8 @@ class Exporter:
             self.store.set_sources(dict.fromkeys(self._targets, "summary"))
         else:
             self.store.set_sources(dict(self.planner.sources()))
-        # Published with the store (cached exposition), not computed per scrape.
-        self.store.set_plan_cost(self.planner.requests_per_cycle(self._interval(config, jobs)))
+        self.store.set_plan_cost(self.planner.requests_per_cycle(
+            self._interval_and_limit(config, jobs)[0]))
         return Running(
             client=client,
             jobs=jobs,
@@ -257,10 +246,8 @@ class Exporter:
             restored=known, forget=frozenset(changed), key_id=key_id(key.value))
 
     def reload(self) -> tuple[bool, str]:
-        """Reread the configuration file; a bad file keeps the running configuration.
-
-        Builds a new running value and swaps it in: nothing here waits for a request
-        in flight (the poller adopts the new value between two requests)."""
+        """Reread the configuration file into a new running value (a bad file keeps the
+        running one); nothing waits for a request in flight."""
         with self._reload_lock:
             now = self.clock.time()
             if self.config_path is None:
@@ -289,11 +276,7 @@ class Exporter:
                     self.discovery = self._discovery(config, lists, reread=True)
                 self._listings(config)
                 self.config = config
-                self.planner.configure(config.planner, config.api.rate_limit.day_budget,
-                                       config.refresh_interval, reread_members=True,
-                                       minute_budget=config.api.rate_limit.minute_budget,
-                                       listings=[s.requests_per_day() for s in self.sources
-                                                 if s is not self.planner])
+                self._configure_planner(config, reread_members=True)
                 self.running = self._build(config, client, key)
             self.store.record_reload(True, now)
             self.poller.wake()
@@ -313,8 +296,7 @@ class Exporter:
                         planner=self.planner.state(), listings=listings)
 
     def _save_loop(self) -> None:
-        # The state file follows the store: every change is saved (coalesced by the
-        # state file to one write a second), in this thread, not the poller's.
+        # Every change of the store is saved (coalesced to one write a second).
         version = self.store.version
         while not self._stop_saving.is_set():
             current = self.store.wait_for_change(version, 1.0)
@@ -336,7 +318,7 @@ class Exporter:
         host, port = (str(part) for part in self.server.server_address[:2])
         host = f"[{host}]" if ":" in host else host
         waiting = self.planner.awaiting_proof()
-        self._logged_interval = self._interval(self.config)
+        self._logged_interval = self._interval_and_limit(self.config)[0]
         log.info("exec-exporter %s listening on %s:%s; %d targets, effective refresh "
                  "interval %s%s", __version__, host, port, len(self._targets),
                  self._describe_interval(),
@@ -346,9 +328,8 @@ class Exporter:
     def stop(self) -> None:
         """Stop polling (letting an in-flight request finish), save state, stop serving."""
         self.poller.stop(SHUTDOWN_GRACE)
-        # The saver may sit up to a second in the store's wait, which nothing wakes: it
-        # is not joined. Under the lock a save in progress finishes first, and once the
-        # flag is set the saver never writes again, so this final save is the last.
+        # The saver is not joined (it may sit a second in the store's wait): under the
+        # lock a save in progress finishes, and once the flag is set it never writes.
         with self._saving:
             self._stop_saving.set()
             self._save_state(force=True)
@@ -359,9 +340,8 @@ class Exporter:
 
 
 def prepare_state_dir(path: str) -> None:
-    """Make sure the state file can be written: create its directory when that
-    directory's parent exists and is writable; otherwise raise ConfigError naming the
-    path (starting without a usable state file would silently lose it)."""
+    """Make sure the state file can be written: create its directory when its parent is
+    writable, else raise ConfigError naming the path."""
     directory = Path(path).absolute().parent
     if not directory.exists():
         parent = directory.parent

@@ -1,22 +1,11 @@
 """Jobs: the unit the scheduler orders, paces and backs off.
 
-A :class:`Job` is exactly one API request (a summary, a page of a list, and
-later a participants page or a member list) plus the handlers that turn its
-answer, or its failure, into updates of one or many targets or lists. The
-scheduler knows nothing of what a job updates; a handler knows nothing of
-budgets, pauses or backoff. A new data source is a new job kind.
-
-Two kinds of producers feed the scheduler:
-
-* recurring jobs (one summary job per target today) are refreshed every
-  effective interval, stalest first, within the day budget;
-* a :class:`JobSource` (discovery listings today) says itself when its next job
-  is due and how many requests a day it needs; those requests are taken out of
-  the day budget before the recurring jobs' interval is computed.
-
-:class:`Running` is the running configuration: one immutable value, built in
-full at start, on reload and when discovery changes the targets, and swapped
-in one assignment. The poller adopts a new one between two requests.
+A :class:`Job` is one API request plus the handlers that turn its answer, or its
+failure, into updates of targets or lists; handlers know nothing of budgets or pauses.
+Recurring jobs are refreshed every effective interval; a :class:`JobSource`
+(listings, member lists, a backfill) says itself when its next job is due.
+:class:`Running` is the running configuration, swapped whole on start, reload and
+discovery updates.
 """
 
 from __future__ import annotations
@@ -44,12 +33,9 @@ def _ignore(error: ApiError, at: float) -> None:
 
 @dataclass(frozen=True, eq=False)
 class Job:
-    """One API request and what to do with its answer.
-
-    ``fetch(client, now)`` sends exactly one request (it counts 1 in the ledger)
-    and returns the parsed answer or raises :class:`~exporter.client.ApiError`;
-    ``apply(answer, at)`` and ``fail(error, at)`` are its handlers.
-    """
+    """One API request (``fetch(client, now)``: the parsed answer, or raises
+    :class:`~exporter.client.ApiError`) and its handlers ``apply(answer, at)`` and
+    ``fail(error, at)``."""
 
     kind: str
     key: JobKey
@@ -57,15 +43,12 @@ class Job:
     apply: Callable[[Any, float], None]
     fail: Callable[[ApiError, float], None] = _ignore
     label: str = ""  # for logs: "scenario=x cohort=y", "scenarios page 2"
-    # Whose errors count: a target key whose errors_total gains the failure, if any.
-    target: tuple[str, str] | None = None
-    # Requests one run of this recurring job sends: a participants pull of n pages
-    # sends page 1 itself and pages 2..n as follow-ups, and costs n in the interval.
+    # Requests one run sends: a pull of n pages sends pages 2..n as follow-ups.
     cost: int = 1
 
 
 class JobSource(Protocol):
-    """Jobs due on their own schedule, outside the recurring refresh (listings)."""
+    """Jobs due on their own schedule, outside the recurring refresh."""
 
     def due(self, now: float) -> Job | None:
         """The job to run now, if one is due."""
@@ -85,9 +68,8 @@ def same_definition(current: Target | None, asked: Target) -> bool:
 
 
 def summary_job(target: Target, store: Store) -> Job:
-    """The recurring job of one target: its summary, stored as its last good value.
-    An answer arriving after a reload changed the target's definition (same labels,
-    other filters) is dropped and logged: it describes another population."""
+    """The recurring job of one target: its summary, stored as its last good value; an
+    answer asked before a reload changed the target's filters is dropped."""
     key = target.key
 
     def current() -> bool:
@@ -116,7 +98,7 @@ def summary_job(target: Target, store: Store) -> Job:
                         error.reason, error)
 
     return Job(kind="summary", key=key, fetch=fetch, apply=apply, fail=fail,
-               label=f"scenario={key[0]} cohort={key[1]}", target=key)
+               label=f"scenario={key[0]} cohort={key[1]}")
 
 
 def key_id(value: str) -> str:
@@ -126,13 +108,9 @@ def key_id(value: str) -> str:
 
 @dataclass(frozen=True)
 class Running:
-    """The running configuration: what the poller works from, swapped whole.
-
-    ``restored`` holds the time of each target's data known when this value was
-    built (from the state file or earlier polls): a job new to the scheduler is
-    due by the age of its data. ``forget`` names jobs whose filters changed:
-    their times start over.
-    """
+    """The running configuration the poller works from, swapped whole. ``restored``:
+    the time of each job's known data (a new job is due by its age); ``forget``: jobs
+    whose filters changed (their times start over)."""
 
     client: ExecClient
     jobs: tuple[Job, ...]

@@ -1,17 +1,9 @@
-"""One quota ledger per workspace: a file of request times every process appends to.
+"""One quota ledger per workspace: ``<state file>.ledger``, one request time per line.
 
-The workspace's quota is shared by every process that spends it: the daemon and any
-``exec-exporter backfill`` given the same ``--state.file`` both use
-``<state file>.ledger``, one request time per line (unix seconds, three decimals).
-Each process appends a request's time *before* sending it, under an exclusive
-``fcntl.flock``, after reading what the others appended since it last looked and
-checking that the request still fits (:meth:`exporter.budget.Budget.claim`); so
-together they never exceed the minute and day budgets, and each sees the others'
-requests at its next decision.
-
-A line that does not parse (a writer killed mid-line) is skipped. The file is
-rewritten with only the last day's entries once most of its lines have expired;
-a writer that finds the file replaced under it reads the new one whole.
+The daemon and any backfill on the same ``--state.file`` append a request's time
+before sending it, under ``fcntl.flock``, after reading the others' new lines and
+checking it still fits (:meth:`exporter.budget.Budget.claim`). A torn line is skipped;
+the file is rewritten with the last day's entries once most of its lines expired.
 """
 
 from __future__ import annotations
@@ -29,8 +21,7 @@ from .state import write_atomically
 log = logging.getLogger(__name__)
 
 SUFFIX = ".ledger"
-# Rewrite the file when it holds this many more lines than live entries (and more
-# than twice as many): a day of a 1,000/day quota is ~15 KB, so this is rare and cheap.
+# Rewrite the file past twice its live entries plus this: rare (a day is ~15 KB).
 COMPACT_SLACK = 256
 
 
@@ -53,8 +44,8 @@ def _parse(data: bytes) -> list[float]:
 
 
 class LedgerFile:
-    """The shared ledger file. Not thread-safe: its :class:`~exporter.budget.Budget`
-    serialises calls; other processes (and other instances) are excluded by the lock."""
+    """The shared ledger file. Not thread-safe: its Budget serialises calls; other
+    processes are excluded by the lock."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -62,8 +53,6 @@ class LedgerFile:
         self._offset = 0  # bytes of complete lines already read
         self._lines = 0  # complete lines in the file (for compaction)
         self._failed = False  # an unusable ledger is logged once, never fatal
-
-    # --- the descriptor ------------------------------------------------------
 
     def _open(self) -> int:
         if self._fd is None:
@@ -108,15 +97,9 @@ class LedgerFile:
             if self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    # --- reading and writing -------------------------------------------------
-
     def read_new(self) -> tuple[bool, list[float]]:
-        """(whole, times): the entries appended since the last call; ``whole`` when
-        they are the whole file (first read, or the file was replaced or truncated):
-        the caller then replaces what it holds instead of adding to it.
-
-        Only complete lines are read: a line being written is read next time.
-        """
+        """(whole, times): the complete lines appended since the last call; ``whole``
+        when they are the whole file (first read, replaced or truncated)."""
         whole = self._reopen_if_replaced() or self._offset == 0
         fd = self._open()
         size = os.fstat(fd).st_size
@@ -149,12 +132,10 @@ class LedgerFile:
         return self._lines > 2 * live + COMPACT_SLACK
 
     def rewrite(self, times: Iterable[float]) -> None:
-        """Replace the file with ``times`` (the live entries); call under :meth:`locked`.
-        A temporary file renamed over the ledger: a reader never sees half of it."""
+        """Replace the file with ``times`` through a rename; call under :meth:`locked`."""
         data = "".join(f"{at:.3f}\n" for at in times).encode()
         write_atomically(self.path, data)
-        # The lock held is the old file's: let it go with it. Writers waiting on it
-        # notice the new inode and lock the new file; this one reads it whole next time.
+        # The lock held is the old file's: waiting writers notice the new inode.
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)

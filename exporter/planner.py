@@ -334,7 +334,7 @@ class Planner:
 
         return Job(kind=kind, key=(kind, *key), fetch=fetch, apply=apply, fail=fail,
                    label=f"{'cross-check ' if item.check else ''}scenario={key[0]} "
-                         f"cohort={key[1]} (paired)", target=None if item.check else key)
+                         f"cohort={key[1]} (paired)")
 
     # --- pulls ----------------------------------------------------------------------
 

@@ -1,30 +1,9 @@
 """Deciding which request to send when, inside the quota, and the thread that sends it.
 
-The unit here is the *job* (:mod:`exporter.jobs`): one API request with its
-handlers. :class:`Scheduler` is pure decision logic on injected time: given
-"now", it answers which job to run next, or until when to wait. :class:`Poller`
-only runs jobs: it asks the scheduler, sends the one request, and hands the
-answer to the job's handler. Tests drive the scheduler through a simulated day
-without sleeping.
-
-Policy (see docs/quota.md):
-
-* effective interval ``I = max(refresh_interval, N x 86400 / day budget,
-  N x 60 / minute budget)`` over the N requests of one round of the recurring
-  jobs (a job's ``cost``: a participants pull of n pages counts n), with what the job
-  sources (discovery listings) need a day taken out of the day budget first;
-* first fill (jobs with no data at all) goes as fast as the minute budget
-  allows; afterwards each job is due ``I`` after its last attempt, stalest
-  first, and when the day budget is the limit requests are spaced exactly
-  ``86400 / day budget`` apart (otherwise ``60 / minute budget``);
-* the :class:`~exporter.budget.Budget` ledger is the final word: no request is
-  sent that would exceed either rolling window;
-* 429 pauses everything until ``retry_after``; 401/403 pause everything and
-  send one probe with growing waits (30 s to 5 min). A request refused by such
-  a workspace-wide pause does not count as its job's attempt: after the pause
-  the first fill resumes where it stopped. 404 and 400 back that job off
-  (growing, up to an hour); timeouts, connection errors, 5xx and invalid
-  responses back it off exponentially with jitter, capped at ``I``.
+The unit is the *job* (:mod:`exporter.jobs`): one API request with its handlers.
+:class:`Scheduler` is pure decision logic on injected time: given "now", the job to
+run next or until when to wait. :class:`Poller` only runs jobs. The policy (effective
+interval, first fill, pacing, pauses and backoff) is in docs/quota.md.
 """
 
 from __future__ import annotations
@@ -100,12 +79,9 @@ class JobTimes:
 
     @property
     def staleness(self) -> float:
-        """Ordering key for "stalest first": the time of the data, so a job whose
-        refresh just failed is retried first (once its short backoff is over) instead
-        of a whole interval later. A job failing again and again, or timing out
-        (each try holds the poller for the timeout), counts from its last attempt, so
-        its retries cannot starve the healthy ones; one never tried (no data, no
-        attempt) comes first of all."""
+        """Ordering key for "stalest first": the time of the data, so a failed refresh
+        is retried first; a job failing again and again, or timing out, counts from its
+        last attempt so it cannot starve the healthy ones; one never tried comes first."""
         if self.last_attempt is not None and (self.failures >= REPEATED_FAILURES
                                               or self.slow_failure
                                               or self.last_success is None):
@@ -150,11 +126,10 @@ class Pause:
 
 @dataclass(frozen=True)
 class ScheduleView:
-    """What the scheduler has decided, for the landing page and /metrics: replaced
-    whole after every change, so readers on other threads see a consistent copy."""
+    """What the scheduler decided, for the landing page and /metrics: replaced whole
+    after every change, so readers on other threads see a consistent copy."""
 
     interval: float
-    refresh_interval: float
     next_due: Mapping[JobKey, float]
     pause: Pause | None
     stretched: bool
@@ -178,12 +153,13 @@ class Scheduler:
     # first of this process, the restored ledger's last request stands in.
     _last_poll: float | None = None
     _key_id: str | None = None
-
-    # --- the job set --------------------------------------------------------
+    # (minute, day) requests left free for other processes on the shared ledger
+    # (a backfill leaves a running daemon its polling share).
+    leave: tuple[int, int] = (0, 0)
 
     def adopt(self, running: Running, now: float) -> None:
-        """Work from ``running`` from now on: its budget sizes, interval, sources and
-        jobs. Kept jobs keep their times; a new API key is probed at once."""
+        """Work from ``running`` from now on. Kept jobs keep their times; a new API key
+        is probed at once."""
         self.budget.resize(running.minute_budget, running.day_budget)
         self.refresh_interval = running.refresh_interval
         self.sources = running.sources
@@ -191,7 +167,6 @@ class Scheduler:
         if self._key_id is not None and running.key_id != self._key_id:
             pause = self.pause
             if pause is not None and pause.reason in WORKSPACE_REASONS:
-                # A new key deserves its probe now, not after the 30 s-5 min wait.
                 self.pause = Pause(min(pause.until, now), pause.reason, pause.probe_wait)
         self._key_id = running.key_id
         self.publish(now)
@@ -199,8 +174,7 @@ class Scheduler:
     def set_jobs(self, jobs: Iterable[Job], restored: Mapping[JobKey, float] | None = None,
                  forget: Collection[JobKey] = ()) -> None:
         """Replace the recurring jobs. Kept ones keep their times (except those in
-        ``forget``, which start over); new ones are due by the age of their restored
-        data, or at once when they have none."""
+        ``forget``); new ones are due by the age of their restored data, or at once."""
         restored = restored or {}
         old = self._times
         self._jobs, self._times = {}, {}
@@ -214,11 +188,6 @@ class Scheduler:
             self._jobs[key] = job
             self._times[key] = times
         self._cost = round_cost(self._jobs.values())
-
-    @property
-    def keys(self) -> list[JobKey]:
-        """The recurring jobs' keys, in configuration order."""
-        return list(self._times)
 
     def times(self, key: JobKey) -> JobTimes:
         """The scheduling state of one recurring job."""
@@ -237,54 +206,31 @@ class Scheduler:
         return polling_day_budget(self.budget.day_limit, [self.listing_requests_per_day])
 
     @property
-    def budget_bound(self) -> bool:
-        """Whether the jobs want more requests than the day budget affords."""
-        return self._cost * DAY / self.poll_day_budget >= self.refresh_interval
-
-    @property
     def spacing(self) -> float:
-        """The minimum gap between two recurring requests once the first fill is done.
-
-        When the day budget is the limit, requests go out exactly at its pace, so it
-        is spent evenly instead of in bursts that then starve. Otherwise there is
-        slack for retries, and only the minute budget is smoothed.
-        """
+        """The minimum gap between two recurring requests after the first fill: the
+        day budget's pace when it is the limit (spent evenly, not in bursts that then
+        starve), else the minute budget's."""
         minute_pace = MINUTE / self.budget.minute_limit
-        if self.budget_bound:
+        if self._cost * DAY / self.poll_day_budget >= self.refresh_interval:
             return max(DAY / self.poll_day_budget, minute_pace)
         return minute_pace
 
     @property
     def interval(self) -> float:
         """The effective refresh interval after budget stretching."""
-        return self.interval_and_limit[0]
-
-    @property
-    def interval_and_limit(self) -> tuple[float, str]:
-        """The effective refresh interval and what set it (see :func:`interval_and_limit`)."""
-        return interval_and_limit(self._cost, self.refresh_interval, self.poll_day_budget,
+        return effective_interval(self._cost, self.refresh_interval, self.poll_day_budget,
                                   self.budget.minute_limit)
 
-    def next_due(self, key: JobKey, now: float | None = None) -> float:
-        """When ``key`` is next expected to run (for display): never before the pause
-        ends nor, when ``now`` is given, before ``now``."""
-        due = self._times[key].due(self.interval)
-        if self.pause is not None:
-            due = max(due, self.pause.until)
-        if now is not None:
-            due = max(due, now)
-        return due
-
     def view(self, now: float) -> ScheduleView:
-        """The current decisions as one immutable value. A job due while the budget or
-        a pause holds every request is shown due when that ends."""
+        """The current decisions as one value; a job due while the budget or a pause
+        holds every request is shown due when that ends."""
         interval = self.interval
-        # Never before the pause ends or the budget lets a request go.
-        blocked = self.blocked_until(now)
-        return ScheduleView(
-            interval=interval, refresh_interval=self.refresh_interval,
-            next_due={k: max(t.due(interval), blocked) for k, t in self._times.items()},
-            pause=self.pause, stretched=interval > self.refresh_interval, at=now)
+        blocked = self.budget.next_allowed(now)
+        if self.pause is not None:
+            blocked = max(blocked, self.pause.until)
+        next_due = {k: max(t.due(interval), blocked) for k, t in self._times.items()}
+        return ScheduleView(interval, next_due, self.pause,
+                            stretched=interval > self.refresh_interval, at=now)
 
     def publish(self, now: float) -> None:
         """Hand the current view to ``on_view`` (the store)."""
@@ -294,8 +240,8 @@ class Scheduler:
     # --- deciding -----------------------------------------------------------
 
     def decide(self, now: float) -> Decision:
-        """What to do at ``now``: a job to run, or a time to wake up (then the view
-        is published: what is shown is what was decided)."""
+        """A job to run at ``now``, or a time to wake up (then the view is published:
+        what is shown is what was decided)."""
         decision = self._decide(now)
         if decision.job is None:
             self.publish(now)
@@ -310,7 +256,7 @@ class Scheduler:
                 probe = True  # one request to see whether access is back
             else:
                 self.pause = None
-        allowed = self.budget.next_allowed(now)
+        allowed = self.budget.next_allowed(now, leave=self.leave)
         if allowed > now:
             return Decision(None, allowed)
         # Sources first: their jobs are rare, due at fixed times and paid for apart.
@@ -318,8 +264,7 @@ class Scheduler:
             job = source.due(now)
             if job is not None:
                 return Decision(job, now, probe)
-        sources_due = min((s.next_due() for s in self.sources), default=math.inf)
-        sources_wake = max(sources_due, now)
+        sources_wake = max(min((s.next_due() for s in self.sources), default=math.inf), now)
         if not self._times:
             return Decision(None, min(now + 3600.0, sources_wake))
         interval = self.interval
@@ -331,9 +276,6 @@ class Scheduler:
             if due > now and not probe:
                 earliest = min(earliest, due)
                 continue
-            # Stalest first: never tried before long ago before recently. A failing
-            # job counts from its last attempt, not its last success, or its retries
-            # would always outrank (and, when they hang, starve) the healthy ones.
             rank = (times.staleness, due, times.order)
             if best is None or rank < best:
                 best, best_key = rank, key
@@ -352,13 +294,6 @@ class Scheduler:
                 return Decision(None, min(room, sources_wake))
         return Decision(self._jobs[best_key], now, probe)
 
-    def blocked_until(self, now: float) -> float:
-        """The earliest time any request may be sent."""
-        until = self.budget.next_allowed(now)
-        if self.pause is not None:
-            until = max(until, self.pause.until)
-        return until
-
     def _paced(self, now: float) -> float:
         last = self._last_poll if self._last_poll is not None else self.budget.last_sent
         return now if last is None else max(now, last + self.spacing)
@@ -366,10 +301,9 @@ class Scheduler:
     # --- outcomes -----------------------------------------------------------
 
     def sent(self, job: Job | JobKey, at: float) -> bool:
-        """A request for ``job`` is about to go out at ``at``: count it, or return False
-        when the budget has no room after all (another process sharing the ledger took
-        the slot since the decision): the request must not go out."""
-        if not self.budget.claim(at):
+        """Count a request for ``job`` about to go out at ``at``; False when the budget
+        has no room after all (another process on the ledger took the slot)."""
+        if not self.budget.claim(at, leave=self.leave):
             return False
         times = self._times.get(_key(job))
         if times is not None:
@@ -442,25 +376,20 @@ def round_cost(jobs: Iterable[Job]) -> int:
 
 
 def polling_day_budget(day_budget: float, paid_first: Iterable[float] = ()) -> float:
-    """Requests a day left for the recurring jobs once what is paid first is taken out
-    of ``day_budget``: the job sources' requests a day (listings, member lists,
-    cross-checks); at least 1. The scheduler, the daemon and ``--config.check`` all
-    take it from here."""
+    """Requests a day left for the recurring jobs once what the job sources need a day
+    (listings, member lists, cross-checks) is taken out of ``day_budget``; at least 1."""
     left = day_budget
-    for cost in paid_first:
+    for cost in paid_first:  # one by one: the same float as every caller's arithmetic
         left -= cost
     return max(left, 1.0)
 
 
 def interval_and_limit(requests: float, refresh_interval: float, day_budget: float,
                        minute_budget: float) -> tuple[float, str]:
-    """The effective refresh interval, computed here only (the check, the logs, the
-    landing page and ``exec_exporter_refresh_interval_seconds`` all come from it):
-    ``max(refresh_interval, requests x 86400 / day budget, requests x 60 / minute
-    budget)`` over the requests of one round of the recurring jobs, with ``day_budget``
-    what is left once the job sources (listings, member lists, cross-checks) are paid
-    for. Also says which of the three set it: ``refresh_interval``, ``day budget`` or
-    ``minute budget``."""
+    """The effective refresh interval, computed here only: ``max(refresh_interval,
+    requests x 86400 / day budget, requests x 60 / minute budget)`` over one round of the
+    recurring jobs (``day_budget`` net of the job sources), and which of the three set it:
+    ``refresh_interval``, ``day budget`` or ``minute budget``."""
     if requests <= 0:
         return refresh_interval, "refresh_interval"
     return max(((refresh_interval, "refresh_interval"), (requests * DAY / day_budget, "day budget"),
@@ -483,10 +412,9 @@ class Outcomes(Protocol):
 class Poller:
     """The background thread: it only runs jobs.
 
-    Each :meth:`step` adopts the latest :class:`~exporter.jobs.Running` (swapped
-    whole by reloads and discovery), asks the scheduler, sends at most one request
-    and hands the answer to the job's handler. It holds no lock while a request is
-    in flight, so reloads and shutdown never wait on the network.
+    Each :meth:`step` adopts the latest :class:`~exporter.jobs.Running` (swapped whole by
+    reloads and discovery), asks the scheduler, sends at most one request and hands the
+    answer to the job's handler, holding no lock while a request is in flight.
     """
 
     def __init__(self, scheduler: Scheduler, running: Callable[[], Running],
@@ -539,9 +467,8 @@ class Poller:
             self._failed(job, error, time.monotonic() - started)
             return
         except Exception:
-            # A bug in a job's code, not an API failure: the request is counted all the
-            # same (as an answer nothing could be made of), the job is retried like any
-            # failed one, and polling goes on.
+            # A bug in a job's code, not an API failure: counted as an answer nothing
+            # could be made of, retried like any failed job, and polling goes on.
             log.exception("job kind=%s %s raised; counted as invalid_response, retried "
                           "later", job.kind, job.label)
             self._failed(job, InvalidResponse("the exporter could not handle the answer",
@@ -556,7 +483,7 @@ class Poller:
 
     def _failed(self, job: Job, error: ApiError, duration: float) -> None:
         """Count a failed request, back its job off (or pause everything), tell its
-        handler. Never raises: a failing handler is logged once and left behind."""
+        handler. Never raises: a failing handler is logged and left behind."""
         done = self.clock.time()
         self.outcomes.record_request(job.kind, error.code, duration, error.reason)
         was_paused = self.scheduler.pause is not None
@@ -565,15 +492,11 @@ class Poller:
             job.fail(error, done)
         except Exception:
             log.exception("failure handler of job kind=%s %s raised", job.kind, job.label)
-        if error.reason in PAUSE_REASONS:
-            self._paused(job, error, done, was_paused)
-        # Any other failure is the job's own: its handler has logged it.
-
-    def _paused(self, job: Job, error: ApiError, at: float, was_paused: bool) -> None:
-        """Say once that every request is paused, and until when (the store shows the
-        pause through the schedule it is given: every target down with its reason)."""
+        if error.reason not in PAUSE_REASONS:
+            return  # the job's own failure: its handler has logged it
+        # Said once; the store shows the pause through the schedule it is given.
         pause = self.scheduler.pause
-        wait = (pause.until - at) if pause is not None else 0.0
+        wait = (pause.until - done) if pause is not None else 0.0
         if error.reason in WORKSPACE_REASONS:
             log.warning("API refused the key (%s) on kind=%s %s; pausing all requests, "
                         "probing again in %s", error, job.kind, job.label,
@@ -582,7 +505,7 @@ class Poller:
             log.warning("API rate limit hit (%s) by kind=%s %s; pausing all requests for %s "
                         "(until %s)", error, job.kind, job.label,
                         format_duration(max(wait, 1.0)),
-                        time.strftime("%H:%M:%SZ", time.gmtime(at + wait)))
+                        time.strftime("%H:%M:%SZ", time.gmtime(done + wait)))
 
     # --- thread -------------------------------------------------------------
 

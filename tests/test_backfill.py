@@ -785,6 +785,44 @@ def test_a_429_on_a_discovery_listing_waits_and_reads_the_page_again(tmp_path: P
         assert 'scenario="cold-call"' in output.read_text()
 
 
+@pytest.mark.parametrize("failures", [1, 10])
+def test_a_failing_discovery_listing_is_retried_then_stops_the_run(tmp_path: Path,
+                                                                    key_env: None,
+                                                                    failures: int) -> None:
+    """A 500 on the scenario list is retried by discovery's own rule (not a stop at the
+    first error); one that keeps failing stops the run after TRANSIENT_TRIES reads."""
+    from fakeapi import FakeExecAPI, summary_body
+
+    clock = FakeClock(time.time())
+
+    def sleep(seconds: float) -> bool:
+        clock.advance(seconds)
+        return False
+
+    with FakeExecAPI(DEMO_API_KEY) as fake:
+        fake.set_scenarios([{"id": "u1", "slug": "cold-call", "name": "Cold call"}])
+        fake.set_summary("cold-call", summary_body())
+        fake.set_list_fault("scenarios", "500", times=failures)
+        config = write_config(tmp_path / "c.yaml", fake.base_url)
+        raw = yaml.safe_load(config.read_text())
+        raw["scenarios"], raw["discovery"] = [], {"scenarios": {}}
+        config.write_text(yaml.safe_dump(raw))
+        args = cli.build_parser().parse_args([
+            "backfill", f"--config.file={config}", "--since=1d",
+            f"--until={midnight(1)}", f"--output={tmp_path / 'h.om'}"])
+        out, err = io.StringIO(), io.StringIO()
+        code = backfill.main(args, now=clock.time, out=out, err=err, sleep=sleep)
+        reads = len(fake.list_requests("scenarios"))
+        if failures == 1:
+            assert code == 0, err.getvalue()
+            assert reads == 2 and "discovery: 2 listing requests" in out.getvalue()
+            assert len(fake.requests_for("cold-call")) == 4
+        else:
+            assert code == 1 and reads == backfill.TRANSIENT_TRIES
+            assert "error: discovery: reading scenarios failed" in err.getvalue()
+            assert fake.requests_for("cold-call") == []
+
+
 # --- derived cohorts: one participants pull per scenario, date range and instant -------
 
 SCENARIOS = ("discovery-call-it-director", "renewal-negotiation")

@@ -1,28 +1,11 @@
 """``exec-exporter backfill``: past values of every target, as OpenMetrics for promtool.
 
-The summary endpoint answers "as of" any past instant: ``end_date`` = the
-instant (and ``start_date`` = instant - window for a rolling-window cohort)
-gives the value the exporter would have exported then. So one summary request
-per target and instant, from ``until - since`` to ``until`` every ``step``,
-fills Prometheus with history before the first scrape::
-
-    exec-exporter backfill --config.file=config.yaml --since=30d --output=history.om
-    promtool tsdb create-blocks-from openmetrics history.om ./blocks
-
-Flow (:mod:`.run`): validate everything (bad input: exit 2, nothing sent), decide
-the targets (discovery included), plan the requests (:mod:`.plan`: one per distinct
-query; a fixed-end cohort asks once for every instant past its end), print the plan,
-send what the journal does not already hold (:mod:`.sender`, through the daemon's
-:class:`~exporter.budget.Budget`: with ``--state.file`` the workspace's shared ledger,
-leaving a running daemon its polling share), then write the file
-(:mod:`.openmetrics`). The journal (:mod:`.journal`, ``OUTPUT.journal``) records each
-finished request under a fingerprint of what decides the file's content, so a stopped
-run resumes where it was and an output of another configuration is never overwritten.
-
-With ``planner.mode: auto`` (the default) the cohorts that one participants pull per
-instant serves for fewer requests are derived from it (:mod:`.derive`), each first
-proven at the newest instant against its own summary; member lists are read once per
-run and cost their pages in the plan.
+The summary endpoint answers "as of" any past instant, so one request per target and
+instant fills Prometheus with history (docs/backfill.md). The backfill-specific parts
+are small: the time range (:mod:`.window`), the plan (:mod:`.plan`, :mod:`.derive`),
+the journal that lets a stopped run resume (:mod:`.journal`), the OpenMetrics file
+(:mod:`.openmetrics`) and the progress line; its requests are jobs of the daemon's
+scheduler and budget (:mod:`.sender`); :mod:`.run` wires them.
 """
 
 from .journal import Outcome, request_key

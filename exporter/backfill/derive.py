@@ -21,19 +21,10 @@ from .window import iso
 log = logging.getLogger(__name__)
 
 class Derivation:
-    """Runs the participants side of the plan: member lists, proofs, pulls.
-
-    Honesty as in the daemon: each cohort of a participants group is proven once, at
-    the newest instant, where both its summary and the pull are fetched; only a cohort
-    whose derived summary reproduces the endpoint's (counts exactly, averages within
-    ``planner.tolerance``: :func:`exporter.aggregate.compare`) is derived at the other
-    instants. One that does not is written from summaries at every instant and the log
-    says which field differed. At the newest instant every cohort is written from its
-    summary (it was fetched anyway).
-
-    Member lists are read once per run: today's membership is applied to every past
-    instant (as the summary endpoint's ``group_ids`` filter does; docs/backfill.md).
-    """
+    """Runs the participants side of the plan: member lists (read once, today's
+    membership for every instant: docs/backfill.md), proofs and pulls. Each cohort is
+    proven at the newest instant against its summary (:func:`exporter.aggregate.compare`)
+    and derived at the other instants only if reproduced; else summaries throughout."""
 
     def __init__(self, groups: Sequence[PullGroup], fetcher: Fetcher,
                  settings: PlannerConfig) -> None:
@@ -80,9 +71,8 @@ class Derivation:
         self.members[group_id] = frozenset(m.user_id for m in read.items)
 
     def _still_cheaper(self, group_id: str, pages: int) -> bool:
-        """The member list's first page says how many pages it has: a group that added it
-        and is no longer cheaper that way goes back to summaries (before its proofs).
-        False when no group left needs the list (its other pages are not read)."""
+        """With the member list's page count, a group no longer cheaper that way goes back
+        to summaries; False when no group left needs the list."""
         for grp in [g for g in self.groups if group_id in g.members]:
             grp.member_pages[group_id] = pages
             if grp.participants_cost >= grp.summary_cost:
@@ -98,8 +88,8 @@ class Derivation:
 
     def _pull(self, grp: PullGroup, query: Mapping[str, str],
               first: bool) -> list[ParticipantRow] | None:
-        """Every row of one pull, or None (unavailable, failing, its pages disagreeing,
-        or, for the first pull, more pages than it saves)."""
+        """Every row of one pull, or None (not readable whole, or a first pull of more
+        pages than it saves)."""
         as_of = query.get("end_date")
         read: PagedRead[ParticipantRow] = PagedRead(
             f"participants of {grp.scenario} as of {as_of}", key=lambda row: row.user_id)

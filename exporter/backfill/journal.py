@@ -13,16 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..client import (
-    ApiError,
-    Member,
-    Page,
-    ParticipantRow,
-    Summary,
-)
-from ..config import (
-    Config,
-)
+from ..client import ApiError, Member, Page, ParticipantRow, Summary
+from ..config import Config
 from .window import UsageError, Window
 
 JOURNAL_VERSION = 1
@@ -43,21 +35,16 @@ def request_key(scenario: str, params: Mapping[str, str]) -> RequestKey:
     return (scenario, tuple(sorted(params.items())))
 
 
-# The settings that decide the file's content: the API that answers, the targets (their
-# scenarios and display names, the cohorts' filters, what discovery finds and what
-# max_targets keeps). Limits, timeouts, intervals, the planner and the listings change
-# only how and when the same values are fetched.
+# The settings that decide the file's content (the API, the targets); limits, intervals,
+# the planner and the listings change only how and when the same values are fetched.
 CONTENT_SETTINGS: dict[str, Any] = {
     "api": {"base_url"}, "scenarios": True, "cohorts": True,
     "discovery": {"scenarios", "group_cohorts"}, "max_targets": True}
 
 
 def fingerprint(config: Config, window: Window) -> str:
-    """What decides the file's content: :data:`CONTENT_SETTINGS` and the time range.
-
-    Any other edit of the configuration (the daemon's ``refresh_interval``, the
-    planner, a smaller budget) lets a stopped run resume: it writes the same values.
-    """
+    """A digest of :data:`CONTENT_SETTINGS` and the time range: any other edit of the
+    configuration lets a stopped run resume."""
     doc = config.model_dump(mode="json", include=CONTENT_SETTINGS)
     doc["backfill"] = {"since": window.since, "until": window.until, "step": window.step}
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
@@ -79,8 +66,7 @@ class Outcome:
 
 @dataclass
 class PageOutcome:
-    """A finished list request (a participants page, a member list page): the page,
-    or the reason the API refused it for good."""
+    """A finished list page request: the page, or the reason the API refused it."""
 
     page: Page | None
     error: str | None = None
@@ -96,14 +82,10 @@ _ITEM_TYPES: dict[str, type[ParticipantRow] | type[Member]] = {
 
 
 class Journal:
-    """``OUTPUT.journal``: a header line, then one JSON line per finished request and one
-    (``{"sent": t}``) per request sent, so a resumed run counts the stopped run's spend.
-
-    A summary line has ``scenario``, ``params`` and ``summary``; a list page line (a
-    participants page or a member list page) has ``kind``, ``subject``, ``params`` and
-    the page's ``items``, ``page``, ``total_count``, ``total_pages`` and ``page_size``
-    (the envelope's; a line without it, from an older run, reads as not given).
-    """
+    """``OUTPUT.journal``: a header line, then a JSON line per finished request (a
+    summary: ``scenario``, ``params``, ``summary``; a list page: ``kind``, ``subject``,
+    ``params`` and the page's envelope and ``items``) and one per request sent
+    (``{"sent": t}``), so a resumed run counts the stopped run's spend."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -111,11 +93,8 @@ class Journal:
 
     def read(self) -> tuple[dict[str, Any] | None, dict[RequestKey, Outcome],
                             dict[PageKey, PageOutcome], list[float]]:
-        """The header (None without a journal), the finished summary requests, the
-        finished list page requests and when requests were sent.
-
-        A torn last line (a run killed mid-write) is ignored: that request is sent again.
-        """
+        """The header (None without a journal), the finished summary and list page
+        requests, and when requests were sent; a torn last line is ignored."""
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:

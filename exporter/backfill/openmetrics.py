@@ -9,9 +9,7 @@ from pathlib import Path
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest
 
-from ..client import (
-    Summary,
-)
+from ..client import Summary
 from ..collector import (
     CACHED,
     INFO_FAMILY,
@@ -78,7 +76,8 @@ def render(plan: Plan, results: Mapping[RequestKey, Outcome],
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` through a temporary file and a rename; unlike the state
+    file's private one, the file gets the umask's mode (promtool may run as another user)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as handle:
         handle.write(data)

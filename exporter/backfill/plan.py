@@ -1,6 +1,5 @@
-"""The plan of a backfill: one point per target and instant, the distinct requests they
-need, and, with ``planner.mode: auto``, where one participants pull per instant costs
-fewer requests than a summary per cohort."""
+"""The plan of a backfill: one point per target and instant, the distinct requests, and
+(``planner.mode: auto``) where one participants pull per instant costs fewer requests."""
 
 from __future__ import annotations
 
@@ -28,14 +27,8 @@ from .window import Window, iso
 
 
 def as_of_query(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
-    """The summary query that gives ``cohort``'s value as of ``instant``, or None
-    when the cohort has not started yet (a fixed ``start_date`` after the instant).
-
-    ``end_date`` = the instant; a fixed ``end_date`` before the instant stays (the
-    value froze there, as the running exporter reports it); a rolling window
-    starts ``window`` before the instant: the daemon's pinned query
-    (:func:`exporter.planner.pinned_query`) at that instant.
-    """
+    """The daemon's pinned summary query (:func:`exporter.planner.pinned_query`) as of
+    ``instant``, or None before the cohort's fixed ``start_date``."""
     if cohort.start_date is not None and cohort.start_date.timestamp() > instant:
         return None
     return pinned_query(cohort, float(instant))
@@ -62,8 +55,8 @@ class Plan:
 
 
 def make_plan(targets: Sequence[Target], window: Window) -> Plan:
-    """One point per target and instant; requests deduplicated (a cohort with a fixed
-    ``end_date`` in the past asks the same question at every later instant)."""
+    """One point per target and instant; requests deduplicated (a past fixed ``end_date``
+    asks the same question at every later instant)."""
     plan = Plan(list(targets), window)
     seen: set[RequestKey] = set()
     for instant in window.instants:
@@ -82,9 +75,8 @@ def make_plan(targets: Sequence[Target], window: Window) -> Plan:
 
 def estimate_seconds(requests: int, budget: Budget, now: float,
                      leave: tuple[int, int] = (0, 0)) -> float:
-    """About how long ``requests`` take within ``budget`` (minute pacing, and whole
-    days of waiting once the rolling day is spent), ``leave`` (minute, day) requests
-    of each window left to a running daemon."""
+    """About how long ``requests`` take within ``budget`` with ``leave`` (minute, day)
+    left to a running daemon."""
     if requests <= 0:
         return 0.0
     minute_left, day_left = budget.remaining(now)
@@ -101,9 +93,8 @@ def estimate_seconds(requests: int, budget: Budget, now: float,
 def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
              daemon_spent: int | None, groups: Sequence[PullGroup] | None = None,
              leave: tuple[int, int] = (0, 0)) -> str:
-    """The plan printed before anything is sent. With ``groups`` (``planner.mode:
-    auto``): both ways' requests per scenario and date range, and the chosen total;
-    ``leave``: what the run leaves a running daemon per minute and per day."""
+    """The plan printed before anything is sent; with ``groups`` (auto mode) both ways'
+    requests per scenario and date range."""
     w = plan.window
     lines = [
         f"backfill: {len(plan.targets)} targets x {len(w.instants)} instants "
@@ -163,9 +154,8 @@ def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
 
 
 def pull_dates(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
-    """The participants query of ``cohort``'s pull as of ``instant``: the dates of its
-    as-of summary query only (the rows are kept or dropped here, by the cohort's
-    filter), or None before the cohort's ``start_date``."""
+    """The participants query (dates only) of ``cohort``'s pull as of ``instant``, or None
+    before its ``start_date``."""
     if as_of_query(cohort, instant) is None:
         return None
     return pull_query(cohort, float(instant))
@@ -173,8 +163,7 @@ def pull_dates(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
 
 @dataclass
 class PullGroup:
-    """One scenario and date range (the cohorts one participants pull can serve), the
-    distinct pulls of the run, newest first, and both ways' costs in requests."""
+    """One scenario and date range, its distinct pulls (newest first) and both ways' costs."""
 
     scenario: str
     dates: DatesKey
@@ -185,8 +174,7 @@ class PullGroup:
     members: tuple[str, ...] = ()  # member lists this group adds to the run
     pages: int = 1  # per pull: 1 until a pull's total_count says
     source: str = SUMMARY
-    # Pages of each member list it adds: 1 until a first page (or the daemon's saved
-    # list, or the journal) says.
+    # Pages of each member list it adds: 1 until known.
     member_pages: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -213,15 +201,10 @@ class PullGroup:
 def plan_pulls(plan: Plan, settings: PlannerConfig,
                known_pages: Mapping[PageKey, PageOutcome] | None = None,
                member_counts: Mapping[str, int] | None = None) -> list[PullGroup]:
-    """Per scenario and date range, both costs over the whole run and the cheaper way.
-
-    The participants way: the summaries at the newest instant (the proofs), one pull
-    per distinct date range of the run (``ceil(participants / 100)`` pages, 1 until a
-    pull's ``total_count`` says; a resumed run knows it from its journal) and the
-    member lists of the groups its cohorts use that no group before it reads. A tie
-    keeps the summaries; so does ``planner.mode: summary``, and so does a group of one
-    cohort (the planner's own rule, :func:`exporter.plan.choose`).
-    """
+    """Per scenario and date range, both costs over the run and the cheaper way: the
+    proofs, one pull per distinct date range (pages known from the journal, else 1) and
+    the member lists no earlier group reads, against the summaries; a tie or a single
+    cohort keeps the summaries (:func:`exporter.plan.choose`)."""
     groups: list[PullGroup] = []
     charged: set[str] = set()
     for (_, scenario, dates), members in pull_groups(plan.targets).items():
@@ -258,8 +241,8 @@ def plan_pulls(plan: Plan, settings: PlannerConfig,
 
 def member_pages(group_id: str, known_pages: Mapping[PageKey, PageOutcome] | None,
                  member_counts: Mapping[str, int] | None) -> int:
-    """How many pages ``group_id``'s member list has: from its first page in the journal
-    (a resumed run), else from the running daemon's saved list (the state file), else 1."""
+    """Pages of ``group_id``'s member list: from the journal, else the daemon's saved list,
+    else 1."""
     members = page_query({"group_ids": group_id}, 1)
     first = (known_pages or {}).get(page_key(MEMBERS, group_id, members))
     if first is not None and first.page is not None:

@@ -7,9 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ..config import (
-    format_duration,
-)
+from ..config import format_duration
 
 PROGRESS_EVERY = 30.0  # seconds between plain progress lines (not a terminal)
 

@@ -17,19 +17,8 @@ from typing import Any, TextIO
 
 from .. import logs
 from ..budget import DAY, MINUTE, open_budget
-from ..client import (
-    ApiError,
-    ExecClient,
-    Forbidden,
-    RateLimited,
-    Unauthorized,
-)
-from ..config import (
-    Config,
-    ConfigError,
-    load_api_key,
-    load_config,
-)
+from ..client import PERSISTENT_REASONS, ExecClient
+from ..config import Config, ConfigError, load_api_key, load_config
 from ..discovery import Discovery, Lists
 from ..scheduler import effective_interval
 from ..state import SavedState, StateFile
@@ -48,54 +37,42 @@ from .journal import (
 from .openmetrics import render, write_atomically
 from .plan import describe, estimate_seconds, make_plan, plan_pulls
 from .progress import Progress
-from .sender import Fetcher, Sender, StopFlag, Stopped, WorkspaceError
+from .sender import TRANSIENT_TRIES, Fetcher, Sender, StopFlag, Stopped, WorkspaceError
 from .window import HEAD_RANGE, UsageError, Window, iso, parse_window
 
 log = logging.getLogger(__name__)
 
 def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tuple[
         list[Target], int]:
-    """The targets as the daemon would poll them, and how many listing requests that took.
-
-    Discovery lists come from the daemon's state file when it has them (no request);
-    else they are read here, page by page (discovery's own jobs), through the same
-    budget. A 429 waits and asks for the same page again.
-    """
+    """The targets as the daemon would poll them, and how many listing requests that took:
+    the lists from the state file, else read by discovery's own jobs and retry rule; a
+    listing failing :data:`TRANSIENT_TRIES` times, or refused for good, stops the run."""
     settings = config.discovery
-    sent = 0
+    sent = sender.sent_count
     if settings is not None and (settings.scenarios is not None
                                  or settings.group_cohorts is not None):
         discovery = Discovery(settings, lists)
-        while (job := discovery.due(sender.now())) is not None:
-            sender.acquire()
-            sent += 1
-            try:
-                # A page that disagrees with the ones before (ListChanged) fails in apply.
-                job.apply(job.fetch(sender.client, sender.now()), sender.now())
-            except RateLimited as exc:
-                sender.hold(exc.retry_after)
-                continue
-            except (Unauthorized, Forbidden) as exc:
-                raise WorkspaceError(f"{exc.reason}: {exc}") from None
-            except ApiError as exc:
-                raise WorkspaceError(f"discovery: reading {job.label} failed: {exc}") from None
+
+        def settled() -> bool:
+            if sender.failures >= TRANSIENT_TRIES or sender.last_failure in PERSISTENT_REASONS:
+                raise WorkspaceError("discovery: " + "; ".join(
+                    f"reading {kind} failed: {error}" for kind, error in discovery.errors.items()))
+            return not discovery.errors and discovery.next_due() > sender.now()
+
+        sender.drive(settled, discovery)
         lists = discovery.lists
     targets, _dropped = select_targets(config, lists)  # it logs what max_targets drops
-    return targets, sent
+    return targets, sender.sent_count - sent
 
 
 def daemon_share(targets: Sequence[Target], config: Config) -> tuple[int, int]:
-    """What the daemon's polling of ``targets`` needs per minute and per day: one
-    request per target every effective interval (an upper bound: derived cohorts
-    need fewer)."""
+    """What the daemon's polling of ``targets`` needs per minute and per day (an upper
+    bound: one summary per target every effective interval)."""
     rate = config.api.rate_limit
     interval = effective_interval(len(targets), config.refresh_interval, rate.day_budget,
                                   rate.minute_budget)
     return (math.ceil(len(targets) * MINUTE / interval),
             math.ceil(len(targets) * DAY / interval))
-
-
-# --- the command ---------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -154,9 +131,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
          out: TextIO | None = None, err: TextIO | None = None,
          sleep: Callable[[float], bool] | None = None) -> int:
     """Run ``exec-exporter backfill``: 0 done (or stopped cleanly), 2 bad input, 1 failure.
-
-    ``now`` and ``sleep`` (seconds -> whether a stop was asked) are the clock, for tests.
-    """
+    ``now`` and ``sleep`` (seconds -> whether a stop was asked) are the clock."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -331,8 +306,7 @@ def _restore_signals(previous: Mapping[int, Any]) -> None:
 
 
 def _member_counts(saved: SavedState | None) -> dict[str, int]:
-    """How many members each group had when the daemon last read its list (the state
-    file's planner part), so a member list costs its real pages in the plan."""
+    """Members per group in the daemon's saved lists: a member list costs its real pages."""
     members = (saved.planner.get("members") if saved is not None else None) or {}
     return {g: len(m["user_ids"]) for g, m in members.items()
             if isinstance(m, dict) and isinstance(m.get("user_ids"), list)}

@@ -1,25 +1,28 @@
-"""Sending a backfill's requests through the budget, and answering them from the journal
-first."""
+"""Sending a backfill's requests as jobs of the daemon's scheduler, and answering them
+from the journal first."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ..budget import Budget
+from ..budget import DAY, Budget
 from ..client import (
+    PAUSE_REASONS,
+    PERSISTENT_REASONS,
+    WORKSPACE_REASONS,
     ApiError,
-    BadRequest,
     ExecClient,
-    Forbidden,
-    NotFound,
     Page,
     RateLimited,
-    Unauthorized,
 )
+from ..jobs import Job, JobSource, Running
 from ..paged import ListChanged, PagedRead
+from ..scheduler import Poller, Scheduler
 from .journal import PARTICIPANTS, Journal, Outcome, PageKey, PageOutcome, RequestKey, page_key
 
 log = logging.getLogger(__name__)
@@ -34,8 +37,8 @@ class StopFlag:
     """Set by the SIGINT/SIGTERM handler, polled by the waits.
 
     A plain attribute rather than a ``threading.Event``: the handler runs on the main
-    thread between two bytecodes, possibly while that thread holds the Event's
-    internal lock inside ``wait()``, and ``Event.set()`` there would deadlock.
+    thread between two bytecodes, possibly inside ``Event.wait()``'s lock, where
+    ``Event.set()`` would deadlock.
     """
 
     POLL = 0.2  # how soon a wait notices a stop
@@ -67,24 +70,29 @@ class Stopped(Exception):
 
 
 class WorkspaceError(Exception):
-    """401 or 403: no request can succeed; stop."""
+    """401 or 403 (or a listing that kept failing): no request can succeed; stop."""
 
 
 class Unreadable(Exception):
     """A list not read whole: a page refused or failing, or the pages disagree."""
 
 
+class _Clock:
+    def __init__(self, now: Callable[[], float]) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now()
+
+
 class Sender:
-    """Sends requests one at a time through the :class:`~exporter.budget.Budget`.
+    """Runs the backfill's requests as jobs of the daemon's Scheduler and Poller: the
+    same budget (with ``--state.file`` the workspace's ledger), ledger claim, 429 pause
+    and backoff of a failed job. Each job it runs (the request being sent, discovery's
+    pages) is wrapped to count and journal its send and to stop the run on a 401/403.
+    Waits last at most :attr:`WAKE`, so a stop and the shared ledger are rechecked."""
 
-    Pacing is the budget's: every request is claimed in its ledger before it is sent,
-    retries included. With ``--state.file`` that ledger is the workspace's
-    (:mod:`exporter.ledger`), so a daemon beside the backfill leaves less room for it
-    and sees its requests, re-read at least every few seconds while waiting. A 429
-    holds every request for ``retry_after``.
-    """
-
-    WAKE = 5.0  # the longest sleep: the stop flag and the shared ledger are rechecked
+    WAKE = 5.0
 
     def __init__(self, client: ExecClient, budget: Budget,
                  now: Callable[[], float] = time.time,
@@ -101,28 +109,30 @@ class Sender:
         self.on_send = on_send
         self.sent_count = 0
         self.rate_limited = 0
-        self._hold_until = 0.0
+        self.failures = 0  # of the job source being driven, 429 and 401/403 aside
+        self.last_failure: str | None = None
+        self._refused: ApiError | None = None
+        self._source: JobSource | None = None
         self._claimed = 0.0
         # This run's requests (and a stopped run's, from the journal): the rest of the
         # ledger is other processes'.
         self._own: set[float] = {round(t, 3) for t in own}
-        # What to leave free, per (minute, day), once another process is seen spending
-        # the quota (a daemon on the same state file): see :meth:`share_with`.
         self._share = (0, 0)
         self.leave = (0, 0)
+        self.scheduler = Scheduler(budget, DAY)
+        self._running = self._run_with(())
+        self.poller = Poller(self.scheduler, lambda: self._running, self, _Clock(now))
 
     def share_with(self, minute: int, day: int) -> None:
-        """Leave ``minute`` and ``day`` requests of every window to other processes on
-        the shared ledger (at most half of each, so the backfill always progresses),
-        from the first request of theirs seen within the day: a daemon beside the
-        backfill keeps what its polling needs. Alone, the backfill uses the whole
-        budget."""
+        """Leave ``minute`` and ``day`` requests of every window (at most half of each)
+        to other processes on the shared ledger, from the first of their requests seen:
+        a daemon beside the backfill keeps what its polling needs."""
         self._share = (max(0, min(minute, self.budget.minute_limit // 2)),
                        max(0, min(day, self.budget.day_limit // 2)))
 
     def sharing(self, now: float) -> tuple[int, int]:
-        """What this run leaves free per (minute, day): the share set by
-        :meth:`share_with` once another process's request is in the ledger, else none."""
+        """What this run leaves free per (minute, day): the share once another process's
+        request is in the ledger, else none."""
         if self.leave != self._share and any(round(t, 3) not in self._own
                                              for t in self.budget.ledger(now)):
             self.leave = self._share
@@ -130,32 +140,52 @@ class Sender:
                      "requests a minute and %d a day", *self.leave)
         return self.leave
 
-    def hold(self, seconds: float) -> None:
-        """Send nothing for ``seconds`` (a 429's ``retry_after``, a transient backoff)."""
-        self._hold_until = max(self._hold_until, self.now() + seconds)
+    # --- the poller's job source and outcomes ----------------------------------------
 
-    def acquire(self) -> None:
-        """Wait until the budget (and any hold) lets one request go, and count it."""
-        self._wait_for_slot()
-        self.count_send()
+    def _run_with(self, jobs: tuple[Job, ...]) -> Running:
+        # A request is never refreshed (a day's interval: only the minute budget paces a
+        # retry); one asked again (it kept failing) starts over (forget).
+        return Running(self.client, tuple(self._wrap(job) for job in jobs), sources=(self,),
+                       refresh_interval=DAY, minute_budget=self.budget.minute_limit,
+                       day_budget=self.budget.day_limit, forget=frozenset(job.key for job in jobs))
 
-    def _wait_for_slot(self) -> None:
-        while True:
-            if self.stop.is_set():
-                raise Stopped
-            now = self.now()
-            leave = self.sharing(now)
-            at = max(self.budget.next_allowed(now, leave=leave), self._hold_until)
-            if at <= now:
-                if self.budget.claim(now, leave=leave):
-                    self._claimed = now
-                    self._own.add(round(now, 3))
-                    return
-                continue  # another process took the slot: the ledger says until when
-            if self.on_wait is not None:
-                self.on_wait(at)
-            if self.sleep(min(at - now, self.WAKE)):
-                raise Stopped
+    def due(self, now: float) -> Job | None:
+        """The driven source's job, if one is due."""
+        job = self._source.due(now) if self._source is not None else None
+        return None if job is None else self._wrap(job)
+
+    def _wrap(self, job: Job) -> Job:
+        """``job`` counted and journaled as it is sent; its failures counted."""
+
+        def fetch(client: ExecClient, at: float) -> Any:
+            self._claimed = at  # the time the scheduler just claimed in the ledger
+            self._own.add(round(at, 3))
+            self.count_send()
+            return job.fetch(client, at)
+
+        def fail(error: ApiError, at: float) -> None:
+            if error.reason in WORKSPACE_REASONS:
+                self._refused = error
+            elif error.reason not in PAUSE_REASONS:
+                self.failures += 1
+                self.last_failure = error.reason
+            job.fail(error, at)
+
+        return dataclasses.replace(job, fetch=fetch, fail=fail)
+
+    def next_due(self) -> float:
+        """When the driven source's next job is due."""
+        return self._source.next_due() if self._source is not None else math.inf
+
+    def requests_per_day(self) -> float:
+        """Nothing is reserved: the backfill has no recurring jobs."""
+        return 0.0
+
+    def record_request(self, job_kind: str, code: str, duration: float,
+                       reason: str | None = None) -> None:
+        """Count the 429s (the scheduler pauses every request for their retry_after)."""
+        if reason == RateLimited.reason:
+            self.rate_limited += 1
 
     def count_send(self) -> None:
         """The request just claimed is about to be sent: count it (and journal it)."""
@@ -163,10 +193,33 @@ class Sender:
         if self.on_send is not None:
             self.on_send(self._claimed)
 
+    # --- driving ---------------------------------------------------------------------
+
+    def drive(self, settled: Callable[[], bool], source: JobSource | None = None,
+              jobs: tuple[Job, ...] = ()) -> None:
+        """Step the poller with ``jobs`` (recurring until settled) and ``source``'s until
+        ``settled()``, sleeping while the scheduler waits (the budget, a 429's pause, a
+        backoff). Raises Stopped, WorkspaceError."""
+        self._source, self.failures, self.last_failure = source, 0, None
+        self._running = self._run_with(jobs)
+        while not settled():
+            if self.stop.is_set():
+                raise Stopped
+            if self._refused is not None:
+                raise WorkspaceError(f"{self._refused.reason}: {self._refused}")
+            self.scheduler.leave = self.sharing(self.now())
+            wake = self.poller.step()
+            now = self.now()
+            if wake > now and self._refused is None and not settled():
+                if self.on_wait is not None:
+                    self.on_wait(wake)
+                if self.sleep(min(wake - now, self.WAKE)):
+                    raise Stopped
+
     def fetch(self, key: RequestKey) -> Outcome | None:
         """The outcome of one request; None when it kept failing (try again next run)."""
         scenario, params = key
-        sent = self._send(lambda: self.client.summary(scenario, dict(params)),
+        sent = self._send(key, lambda client: client.summary(scenario, dict(params)),
                           f"{scenario} {dict(params).get('end_date')}", "no value for this point")
         return None if sent is None else Outcome(*sent)
 
@@ -178,47 +231,38 @@ class Sender:
         pull = kind == PARTICIPANTS
         what = (f"participants of {subject} {query.get('end_date')}" if pull
                 else f"members of group {subject}")
-        sent = self._send(lambda: (self.client.participants(subject, query) if pull
-                                   else self.client.members(query)),
+        sent = self._send(key, lambda client: (client.participants(subject, query) if pull
+                                          else client.members(query)),
                           f"{what} page {query['page']}", "its cohorts use summary requests")
         return None if sent is None else PageOutcome(*sent)
 
-    def _send(self, call: Callable[[], Any], what: str,
+    def _send(self, key: RequestKey | PageKey, call: Callable[[ExecClient], Any], what: str,
               refused: str) -> tuple[Any, str | None] | None:
-        """(answer, None), or (None, reason) when the API refused it for good; None
-        when it kept failing."""
-        failures = 0
-        while True:
-            self.acquire()
-            try:
-                return call(), None
-            except RateLimited as exc:
-                # Not a failure of this request: every request waits, then it goes again.
-                self.rate_limited += 1
-                self.hold(exc.retry_after)
-                log.warning("rate limited by the API; every request waits %.0fs", exc.retry_after)
-            except (Unauthorized, Forbidden) as exc:
-                raise WorkspaceError(f"{exc.reason}: {exc}") from None
-            except (NotFound, BadRequest) as exc:
-                # A scenario missing, or a query the API refuses, stays so.
-                log.warning("%s: %s; %s", what, exc, refused)
-                return None, exc.reason
-            except ApiError as exc:
-                failures += 1
-                log.warning("%s: %s (try %d of %d)", what, exc, failures, TRANSIENT_TRIES)
-                if failures >= TRANSIENT_TRIES:
-                    return None
-                self.hold(min(2.0 ** failures, 30.0))
+        """(answer, None), or (None, reason) when the API refused it for good (404, 400);
+        None when it failed :data:`TRANSIENT_TRIES` times, backed off as any job."""
+        settled: list[tuple[Any, str | None] | None] = []
 
+        def fail(error: ApiError, at: float) -> None:
+            if error.reason in PAUSE_REASONS:
+                return  # not this request's fault: the scheduler pauses, or the run stops
+            if error.reason in PERSISTENT_REASONS:  # a scenario missing stays so
+                log.warning("%s: %s; %s", what, error, refused)
+                settled.append((None, error.reason))
+                return
+            log.warning("%s: %s (try %d of %d)", what, error, self.failures, TRANSIENT_TRIES)
+            if self.failures >= TRANSIENT_TRIES:
+                settled.append(None)
 
-# --- answering requests: the journal first, then the API ----------------------------
+        self.drive(lambda: bool(settled), jobs=(Job(
+            "backfill", key, lambda client, at: call(client),
+            lambda answer, at: settled.append((answer, None)), fail, label=what),))
+        return settled[0]
 
 
 class Fetcher:
-    """Answers each request from the journal when a run already finished it, else sends it
-    through the :class:`Sender` and journals the answer at once. So every finished
-    request, summary or list page, is sent once over any number of reruns, and the
-    choices made from the answers come out the same on a rerun."""
+    """Answers each request from the journal when a run finished it, else sends it and
+    journals the answer at once: over reruns every request is sent once and the choices
+    made from the answers come out the same."""
 
     def __init__(self, sender: Sender, journal: Journal, done: dict[RequestKey, Outcome],
                  pages: dict[PageKey, PageOutcome],
@@ -251,14 +295,9 @@ class Fetcher:
 
     def read_list(self, kind: str, subject: str, filters: Mapping[str, str],
                   read: PagedRead[T]) -> Iterator[Page[T]]:
-        """Every page of one list (a participants pull, a member list), read into
-        ``read``, the daemon's :class:`~exporter.paged.PagedRead` and its checks.
-
-        Each page is yielded before ``read`` takes it, so the caller may stop after
-        any page (the first says how many there are) and no further page is asked
-        for. Each comes from the journal or is sent and journaled (:meth:`page`): a
-        rerun replays the same pages to the same verdict. Raises :class:`Unreadable`.
-        """
+        """Every page of one list, read into ``read`` (the daemon's paged reader and its
+        checks), each yielded before ``read`` takes it so the caller may stop after any
+        page. Raises :class:`Unreadable`."""
         while True:
             outcome = self.page(page_key(kind, subject, read.query(filters)))
             if outcome is None or outcome.page is None:

@@ -7,9 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from ..budget import DAY
-from ..config import (
-    parse_duration,
-)
+from ..config import parse_duration
 
 MIN_STEP = 3600  # finer steps cost a request per target per step for little insight
 HEAD_RANGE = 3 * 3600  # Prometheus's head block: backfilling it is not safe (docs/storage.md)
