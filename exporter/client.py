@@ -1,8 +1,4 @@
-"""The Exec API client: one HTTP call in, a typed :class:`Summary` or a typed error out.
-
-Nothing downstream touches raw JSON. The client knows nothing of metrics or
-schedules; callers time it and count what it returns.
-"""
+"""The Exec API client: one HTTP call in, a typed value or a typed :class:`ApiError` out."""
 
 from __future__ import annotations
 
@@ -14,13 +10,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import requests
 import urllib3
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -28,15 +25,20 @@ from . import __version__
 from .connection_errors import describe_connection_error, endpoint
 from .models import (
     RANKS,
+    Amount,
+    Count,
     ErrorEnvelope,
+    Lift,
     MemberPayload,
     NestedMemberPayload,
+    NonNegative,
     Page,
+    PageEnvelope,
     ParticipantPayload,
-    PayloadError,
+    Rank,
+    RankName,
+    Score,
     SummaryPayload,
-    read_page,
-    validate,
 )
 
 MAX_BODY_BYTES = 1 << 20  # a summary is a few hundred bytes; anything near 1 MiB is wrong
@@ -54,6 +56,10 @@ class ApiError(Exception):
 
     reason = "invalid_response"
 
+    def __init_subclass__(cls, reason: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.reason = reason or cls.reason
+
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -66,62 +72,44 @@ class ApiError(Exception):
         return str(self.status) if self.status is not None else "error"
 
 
-class Timeout(ApiError):
+class Timeout(ApiError, reason="timeout"):
     """No answer within the timeout."""
 
-    reason = "timeout"
 
-
-class ConnectionFailed(ApiError):
+class ConnectionFailed(ApiError, reason="connection"):
     """The connection could not be made or broke."""
 
-    reason = "connection"
 
-
-class RateLimited(ApiError):
+class RateLimited(ApiError, reason="rate_limited"):
     """HTTP 429: every request must wait ``retry_after`` seconds."""
-
-    reason = "rate_limited"
 
     def __init__(self, message: str, retry_after: float, status: int | None = 429) -> None:
         super().__init__(message, status)
         self.retry_after = retry_after
 
 
-class Unauthorized(ApiError):
+class Unauthorized(ApiError, reason="unauthorized"):
     """HTTP 401: the key is wrong or revoked (workspace-wide)."""
 
-    reason = "unauthorized"
 
-
-class Forbidden(ApiError):
+class Forbidden(ApiError, reason="forbidden"):
     """HTTP 403: for example an inactive workspace (workspace-wide)."""
 
-    reason = "forbidden"
 
-
-class NotFound(ApiError):
+class NotFound(ApiError, reason="not_found"):
     """HTTP 404: the scenario does not exist (this target only)."""
 
-    reason = "not_found"
 
-
-class BadRequest(ApiError):
+class BadRequest(ApiError, reason="bad_request"):
     """HTTP 400 (or another 4xx): the API refused the parameters."""
 
-    reason = "bad_request"
 
-
-class UpstreamError(ApiError):
+class UpstreamError(ApiError, reason="server_error"):
     """HTTP 5xx."""
 
-    reason = "server_error"
 
-
-class InvalidResponse(ApiError):
+class InvalidResponse(ApiError, reason="invalid_response"):
     """A body that is not what the API promises: wrong type, impossible value, too large."""
-
-    reason = "invalid_response"
 
 
 # Workspace-wide refusals: every request pauses (the scheduler's pause decides when the
@@ -137,55 +125,71 @@ REASONS = tuple(error.reason for error in (Timeout, ConnectionFailed, RateLimite
                                            InvalidResponse))
 
 
-# --- the summary -----------------------------------------------------------
+# --- payloads ----------------------------------------------------------------
+
+
+def _checked(validate: Callable[[object], T], data: object, where: str) -> T:
+    """``validate(data)``, or :class:`InvalidResponse` naming the first wrong field."""
+    try:
+        return validate(data)
+    except ValidationError as exc:
+        raise InvalidResponse(_field_error(exc.errors(include_url=False)[0], where)) from None
+
+
+def _field_error(error: Any, where: str) -> str:
+    path = where
+    for part in error["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    kind = error["type"]
+    if kind == "exec_payload":
+        detail = error["msg"]
+    elif kind == "missing":
+        detail = "is missing"
+    elif kind in ("model_type", "model_attributes_type", "dict_type", "dataclass_type"):
+        detail = "is not an object"
+    elif kind == "list_type":
+        detail = "is not a list"
+    else:
+        detail = f"is invalid ({error['msg']})"
+    return f"{path or 'the body'} {detail}"
+
+
+def payload(model: type[M], data: object, where: str = "") -> M:
+    """``data`` validated as the pydantic ``model``, or :class:`InvalidResponse` naming
+    the first wrong field with its path in the payload (``where`` is the payload's own,
+    such as ``data[3]``): ``data[0].user.email is int, expected a string``."""
+    return _checked(model.model_validate, data, where)
 
 
 @dataclass(frozen=True, slots=True)
 class Summary:
     """A scenario's analytics summary for one cohort. ``None`` means the API gave no value."""
 
-    participants: int | None = None
-    sessions: int | None = None
-    average_best_score: float | None = None
-    average_best_rank: str | None = None
-    average_score_lift: float | None = None
-    practice_seconds: float | None = None
-    average_session_duration_seconds: float | None = None
-    rank_participants: Mapping[str, int] | None = None
+    participants: Count = None
+    sessions: Count = None
+    average_best_score: Score = None
+    average_best_rank: Rank = None
+    average_score_lift: Lift = None
+    practice_seconds: Amount = None
+    average_session_duration_seconds: Amount = None
+    rank_participants: Mapping[RankName, NonNegative] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (for the state file)."""
-        out: dict[str, Any] = {}
-        for name in self.__slots__:
-            value = getattr(self, name)
-            out[name] = dict(value) if isinstance(value, Mapping) else value
-        return out
+        return _SUMMARY.dump_python(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Summary:
-        """Rebuild from :meth:`to_json` output, re-validating every field."""
-        fields = {name: data.get(name) for name in cls.__slots__}
-        summary = cls(**fields)
-        # Re-check the restored values with the same rules as the API's.
-        _check_restored(summary)
-        return summary
+    def from_json(cls, data: object) -> Summary:
+        """Rebuild from :meth:`to_json` output, checked by the same rules as the API's."""
+        return _checked(_SUMMARY.validate_python, data, "")
 
 
-def payload(model: type[M], data: object, where: str = "") -> M:
-    """``data`` validated as the pydantic ``model``, or :class:`InvalidResponse` naming
-    the first wrong field (see :mod:`exporter.models`)."""
-    try:
-        return validate(model, data, where)
-    except PayloadError as exc:
-        raise InvalidResponse(str(exc)) from None
+_SUMMARY = TypeAdapter(Summary)
 
 
 def parse_summary(body: object) -> Summary:
-    """Validate a decoded JSON body into a :class:`Summary`.
-
-    Lenient on nulls, missing and unknown fields; strict on wrong types and
-    impossible values, which raise :class:`InvalidResponse`.
-    """
+    """Validate a decoded JSON body into a :class:`Summary`: lenient on nulls, missing and
+    unknown fields, strict on wrong types and impossible values (:class:`InvalidResponse`)."""
     got = payload(SummaryPayload, body)
     ranks: dict[str, int] | None = None
     if got.score_distribution is not None:
@@ -203,27 +207,6 @@ def parse_summary(body: object) -> Summary:
         average_session_duration_seconds=got.average_session_duration_seconds,
         rank_participants=ranks,
     )
-
-
-def _check_restored(summary: Summary) -> None:
-    body: dict[str, Any] = {
-        "participant_count": summary.participants,
-        "total_sessions": summary.sessions,
-        "average_best_score": summary.average_best_score,
-        "average_best_rank": summary.average_best_rank,
-        "average_lift_percentage": summary.average_score_lift,
-        "total_practice_minutes": None,
-        "average_session_duration_seconds": summary.average_session_duration_seconds,
-    }
-    if summary.practice_seconds is not None:
-        body["total_practice_minutes"] = summary.practice_seconds / 60.0
-    if summary.rank_participants is not None:
-        if not isinstance(summary.rank_participants, Mapping):
-            raise InvalidResponse("rank_participants is not a mapping")
-        body["score_distribution"] = [
-            {"rank": r, "count": c} for r, c in summary.rank_participants.items()
-        ]
-    parse_summary(body)
 
 
 # --- participants and members ----------------------------------------------
@@ -251,11 +234,7 @@ class Member:
 
 
 def parse_participant(item: object, where: str = "participant") -> ParticipantRow:
-    """Validate one ``ScenarioParticipantEntry`` into a :class:`ParticipantRow`.
-
-    Strict like :func:`parse_summary`: a wrong type, a negative count or a score
-    outside 0-100 raises :class:`InvalidResponse`; nulls are kept as None.
-    """
+    """Validate one ``ScenarioParticipantEntry`` strictly (nulls kept as None)."""
     row = payload(ParticipantPayload, item, where)
     return ParticipantRow(
         user_id=row.user.id, email=row.user.email,
@@ -277,11 +256,18 @@ def parse_member(item: object, where: str = "member") -> Member:
 
 def parse_list_page(body: object, asked: int, what: str = "") -> Page[Any]:
     """A list body's envelope (``data`` and ``pagination``), its items as they came:
-    whoever reads the list decides how to read each item (see :mod:`exporter.paged`)."""
+    whoever reads the list decides how to read each item (see :mod:`exporter.paged`).
+    ``asked`` is the page the request asked for, the page where the envelope has none."""
     try:
-        return read_page(body, asked)
-    except PayloadError as exc:
+        envelope = payload(PageEnvelope, body)
+    except InvalidResponse as exc:
         raise InvalidResponse(f"{what}: {exc}" if what else str(exc)) from None
+    items, pagination = tuple(envelope.data), envelope.pagination
+    if pagination is None:
+        return Page(items, asked, len(items), 1)
+    return Page(items, pagination.page or asked, pagination.total_count,
+                1 if pagination.total_pages is None else pagination.total_pages,
+                pagination.page_size)
 
 
 def _typed_page(page: Page[Any], parse: Callable[[object, str], T]) -> Page[T]:
@@ -292,14 +278,29 @@ def _typed_page(page: Page[Any], parse: Callable[[object, str], T]) -> Page[T]:
 
 # --- errors from responses -------------------------------------------------
 
+_BY_STATUS: dict[int, type[ApiError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound}
 
-def parse_retry_after(body: object, header: str | None) -> float:
+
+def error_for_status(status: int, body: object, retry_after_header: str | None) -> ApiError:
+    """The typed error for a non-2xx answer."""
+    envelope = ErrorEnvelope.model_validate(body)
+    error = envelope.error
+    detail = "" if error is None else ": ".join(
+        str(value) for value in (error.type, error.code, error.message) if value)[:300]
+    message = f"HTTP {status}" + (f" ({detail})" if detail else "")
+    if status == 429:
+        return RateLimited(message, _retry_after(envelope, retry_after_header))
+    if 400 <= status <= 599:
+        kind = _BY_STATUS.get(status, BadRequest if status < 500 else UpstreamError)
+        return kind(message, status)
+    return InvalidResponse(f"unexpected HTTP status {status}", status)
+
+
+def _retry_after(envelope: ErrorEnvelope, header: str | None) -> float:
     """Seconds to wait after a 429: from ``error.retry_after``, a top-level
     ``retry_after`` or the ``Retry-After`` header (seconds or an HTTP date)."""
-    envelope = ErrorEnvelope.model_validate(body)
-    candidates = [envelope.error.retry_after if envelope.error else None,
-                  envelope.retry_after, header]
-    for value in candidates:
+    for value in (envelope.error.retry_after if envelope.error else None,
+                  envelope.retry_after, header):
         seconds = _seconds(value)
         if seconds is not None:
             return min(max(seconds, 1.0), MAX_RETRY_AFTER)
@@ -307,70 +308,24 @@ def parse_retry_after(body: object, header: str | None) -> float:
 
 
 def _seconds(value: object) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value) if math.isfinite(value) else None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        return when.timestamp() - time.time()
-    return None
-
-
-def _error_message(body: object) -> str:
-    error = ErrorEnvelope.model_validate(body).error
-    if error is None:
-        return ""
-    parts = [str(v) for v in (error.type, error.code, error.message) if v]
-    return ": ".join(parts)[:300]
-
-
-def error_for_status(status: int, body: object, retry_after_header: str | None) -> ApiError:
-    """The typed error for a non-2xx answer."""
-    detail = _error_message(body)
-    message = f"HTTP {status}" + (f" ({detail})" if detail else "")
-    if status == 429:
-        return RateLimited(message, parse_retry_after(body, retry_after_header))
-    if status == 401:
-        return Unauthorized(message, status)
-    if status == 403:
-        return Forbidden(message, status)
-    if status == 404:
-        return NotFound(message, status)
-    if 500 <= status <= 599:
-        return UpstreamError(message, status)
-    if 400 <= status <= 499:
-        return BadRequest(message, status)
-    return InvalidResponse(f"unexpected HTTP status {status}", status)
+    if not isinstance(value, str):
+        return None
+    with contextlib.suppress(ValueError):
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    return when.timestamp() - time.time()
 
 
 # --- the deadline ----------------------------------------------------------
 #
-# ``api.timeout`` bounds the whole request: name resolution, connect, TLS, status
-# line, headers and body together. requests' own timeout applies to each socket
-# operation, so an upstream sending one byte every half second never trips it.
-# Two ways were weighed:
-#
-# * per-read socket timeouts set to the time remaining: needs a hook before every
-#   recv() inside http.client, and cannot bound getaddrinfo(), which no socket
-#   timeout covers;
-# * the request runs on a short-lived worker thread and the caller waits for it
-#   with the deadline: the wait is exact whichever phase is slow, DNS included.
-#   When the deadline passes the caller shuts the worker's socket down, so the
-#   worker wakes at once and urllib3 discards that connection instead of pooling
-#   it; a worker still inside getaddrinfo() finds its call expired when it reaches
-#   connect() and stops there.
-#
-# This module does the second (one thread per request is nothing at 60 requests a
-# minute). The worker keeps requests' per-read timeout as a backstop.
+# ``api.timeout`` bounds the whole request, DNS to the last body byte: the request
+# runs on a worker thread, and at the deadline the caller shuts the worker's sockets
+# down (see docs/notes-client.md for the design and the alternative weighed).
 
 
 class _Expired(Exception):
@@ -378,48 +333,38 @@ class _Expired(Exception):
 
 
 class _Call:
-    """One request on a worker thread, and the connections it has touched."""
+    """One request on its own worker thread, and the connections it has touched."""
 
-    def __init__(self) -> None:
+    def __init__(self, work: Callable[[], _Answer]) -> None:
         self._lock = threading.Lock()
-        self._done = threading.Event()
         self.expired = False
         self._connections: list[urllib3.connection.HTTPConnection] = []
-        self._result: object = None
-        self._error: BaseException | None = None
+        self._outcome: Future[_Answer] = Future()
+        threading.Thread(target=self._run, args=(work,), name="exec-api-request",
+                         daemon=True).start()
 
-    def run(self, work: Callable[[], object]) -> None:
-        """Run ``work`` on this (worker) thread and keep its outcome for :meth:`wait`."""
+    def _run(self, work: Callable[[], _Answer]) -> None:
         _current.call = self
-        result: object = None
-        error: BaseException | None = None
         try:
-            result = work()
+            self._outcome.set_result(work())
         except BaseException as exc:  # handed over to the waiting caller
-            error = exc
+            self._outcome.set_exception(exc)
         finally:
             _current.call = None
-        with self._lock:
-            self._result, self._error = result, error
-            self._done.set()
 
-    def wait(self, timeout: float) -> object:
-        """The outcome of ``work``, or :class:`_Expired` once ``timeout`` has passed
-        (the connections in use are shut down)."""
-        self._done.wait(timeout)
+    def wait(self, timeout: float) -> _Answer:
+        """The answer, or :class:`_Expired` once ``timeout`` has passed (the connections
+        in use are shut down)."""
+        with contextlib.suppress(TimeoutError):
+            return self._outcome.result(timeout)
         with self._lock:
-            if not self._done.is_set():
-                self.expired = True
-                connections = list(self._connections)
-            else:
-                connections = None
-        if connections is not None:
-            for connection in connections:
-                _abort(connection)
-            raise _Expired
-        if self._error is not None:
-            raise self._error
-        return self._result
+            self.expired = not self._outcome.done()
+            connections = list(self._connections)
+        if not self.expired:
+            return self._outcome.result()
+        for connection in connections:
+            _abort(connection)
+        raise _Expired
 
     def enlist(self, connection: urllib3.connection.HTTPConnection) -> None:
         """Note a connection the worker is about to use (refused once expired)."""
@@ -590,16 +535,10 @@ class ExecClient:
     def _get_json(self, path: str, params: Mapping[str, str]) -> tuple[int, object]:
         query = urlencode(params, safe=",:@")
         url = self.base_url + path + (f"?{query}" if query else "")
-        call = _Call()
-        worker = threading.Thread(target=call.run, args=(lambda: self._exchange(url),),
-                                  name="exec-api-request", daemon=True)
-        worker.start()
         try:
-            answer = call.wait(self.timeout)
+            answer = _Call(lambda: self._exchange(url)).wait(self.timeout)
         except _Expired:
-            raise Timeout(f"{endpoint(url)}: no complete answer within {self.timeout:g}s "
-                          "(timeout)") from None
-        assert isinstance(answer, _Answer)
+            raise self._timed_out(url) from None
         status = answer.status
         body: object = None
         try:
@@ -617,11 +556,9 @@ class ExecClient:
             response = self._session.get(url, headers=self._auth, timeout=self.timeout,
                                          stream=True, allow_redirects=False)
         except requests.ConnectTimeout:
-            raise Timeout(f"{endpoint(url)}: could not connect within "
-                          f"{self.timeout:g}s (timeout)") from None
+            raise self._timed_out(url, "could not connect") from None
         except requests.Timeout:
-            raise Timeout(f"{endpoint(url)}: no complete answer within {self.timeout:g}s "
-                          "(timeout)") from None
+            raise self._timed_out(url) from None
         except requests.RequestException as exc:
             raise ConnectionFailed(describe_connection_error(exc, url)) from None
         with response:
@@ -643,11 +580,13 @@ class ExecClient:
                 chunks.append(chunk)
         except requests.Timeout:
             # No status: a body that never arrived whole is no answer (code "error").
-            raise Timeout(f"{endpoint(response.url)}: no complete answer within "
-                          f"{self.timeout:g}s (timeout)") from None
+            raise self._timed_out(response.url) from None
         except requests.RequestException as exc:
             raise ConnectionFailed("reading the answer failed: "
                                    + describe_connection_error(exc, response.url)) from None
         return b"".join(chunks)
+
+    def _timed_out(self, url: str, what: str = "no complete answer") -> Timeout:
+        return Timeout(f"{endpoint(url)}: {what} within {self.timeout:g}s (timeout)")
 
 

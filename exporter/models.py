@@ -1,14 +1,7 @@
-"""The API's payloads as pydantic models: one model per payload, one error path.
+"""The API's payloads as pydantic models, one per payload (see ``openapi.yaml``).
 
-Each model reads one JSON payload of the Exec API (see ``openapi.yaml``):
-lenient on nulls, missing and unknown fields (nothing is marked required and new
-fields appear), strict on wrong types and impossible values. :func:`validate`
-turns pydantic's first complaint into one line with the path a user can find in
-the payload, for example ``data[0].user.email is int, expected a string``
-(:func:`exporter.client.payload` raises it as ``InvalidResponse``).
-
-The models are the edge; the rest of the package works with the typed values
-built from them (``Summary``, ``ParticipantRow``, ``Member``, ``Skill`` ...).
+Lenient on nulls, missing and unknown fields (new fields appear), strict on wrong
+types and impossible values; :func:`exporter.client.payload` is their one error path.
 """
 
 from __future__ import annotations
@@ -18,23 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 RANKS = ("gold", "silver", "bronze", "unranked")
-M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
-
-
-class PayloadError(ValueError):
-    """A payload that is not what the API promises; ``str()`` names the field."""
 
 
 # --- field types --------------------------------------------------------------------------
@@ -97,7 +78,9 @@ def _rank(value: object) -> str | None:
     return str(value)
 
 
+RankName = Annotated[str, BeforeValidator(lambda value: _rank(_present(value)))]
 Count = Annotated[int | None, BeforeValidator(_number(lo=0, integer=True))]
+NonNegative = Annotated[int, BeforeValidator(_number(lo=0, integer=True))]
 Positive = Annotated[int | None, BeforeValidator(_number(lo=1, integer=True))]
 Amount = Annotated[float | None, BeforeValidator(_number(lo=0))]
 Score = Annotated[float | None, BeforeValidator(_number(lo=0, hi=100))]
@@ -118,7 +101,7 @@ class _Payload(BaseModel):
 class RankCount(_Payload):
     """One entry of ``score_distribution``."""
 
-    rank: Annotated[str, BeforeValidator(lambda value: _rank(_present(value)))]
+    rank: RankName
     count: Count = None
     percentage: Score = None
 
@@ -260,10 +243,8 @@ class PageEnvelope(_Payload):
     pagination: Pagination | None = None
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(_Payload):
     """The ``error`` object of an error body (read as far as it goes: never strict)."""
-
-    model_config = ConfigDict(extra="ignore")
 
     type: Any = None
     code: Any = None
@@ -271,11 +252,9 @@ class ErrorDetail(BaseModel):
     retry_after: Any = None
 
 
-class ErrorEnvelope(BaseModel):
+class ErrorEnvelope(_Payload):
     """An error body: ``{"error": {"type", "code", "message"}}``, maybe a top-level
     ``retry_after``. Read as far as it goes: any body gives an envelope."""
-
-    model_config = ConfigDict(extra="ignore")
 
     error: ErrorDetail | None = None
     retry_after: Any = None
@@ -295,59 +274,11 @@ class ErrorEnvelope(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
-    """One page of a paginated list: its items and what the pagination says.
-
-    ``page_size`` is the envelope's (None: not given); a list without pagination is
-    one page whose ``total_count`` is its length.
-    """
+    """One page of a paginated list: its items and what the pagination says
+    (``page_size`` None: not given)."""
 
     items: tuple[T, ...]
     page: int
     total_count: int | None
     total_pages: int
     page_size: int | None = None
-
-
-def read_page(body: object, asked: int, where: str = "") -> Page[Any]:
-    """The envelope of a list body, its items left as they came (see :func:`read_items`).
-
-    ``asked`` is the page number the request asked for: the page when the envelope
-    leaves it out.
-    """
-    envelope = validate(PageEnvelope, body, where)
-    pagination = envelope.pagination
-    if pagination is None:
-        return Page(tuple(envelope.data), asked, len(envelope.data), 1)
-    return Page(tuple(envelope.data), pagination.page or asked, pagination.total_count,
-                1 if pagination.total_pages is None else pagination.total_pages,
-                pagination.page_size)
-
-
-# --- validation ---------------------------------------------------------------------------
-
-
-def validate(model: type[M], data: object, where: str = "") -> M:
-    """``data`` as ``model``, or :class:`PayloadError` naming the first wrong field
-    (``where`` is the payload's own path, such as ``data[3]``)."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise PayloadError(_message(exc.errors(include_url=False)[0], where)) from None
-
-
-def _message(error: Any, where: str) -> str:
-    path = where
-    for part in error["loc"]:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    kind = error["type"]
-    if kind == "exec_payload":
-        detail = error["msg"]
-    elif kind == "missing":
-        detail = "is missing"
-    elif kind in ("model_type", "model_attributes_type", "dict_type"):
-        detail = "is not an object"
-    elif kind == "list_type":
-        detail = "is not a list"
-    else:
-        detail = f"is invalid ({error['msg']})"
-    return f"{path or 'the body'} {detail}"
