@@ -29,7 +29,6 @@ from .models import (
     Count,
     ErrorEnvelope,
     Lift,
-    MemberPayload,
     NestedMemberPayload,
     NonNegative,
     Page,
@@ -39,6 +38,7 @@ from .models import (
     RankName,
     Score,
     SummaryPayload,
+    UserRef,
 )
 
 MAX_BODY_BYTES = 1 << 20  # a summary is a few hundred bytes; anything near 1 MiB is wrong
@@ -250,7 +250,7 @@ def parse_member(item: object, where: str = "member") -> Member:
     if isinstance(item, dict) and item.get("user") is not None:
         user = payload(NestedMemberPayload, item, where).user
         return Member(user.id, user.email)
-    flat = payload(MemberPayload, item, where)
+    flat = payload(UserRef, item, where)
     return Member(flat.id, flat.email)
 
 
@@ -433,17 +433,17 @@ class _DeadlineAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _pools()
+        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if not proxy.lower().startswith("socks"):
-            manager.pool_classes_by_scheme = _pools()
+            manager.pool_classes_by_scheme = dict(_POOLS)
         return manager
 
 
-def _pools() -> dict[str, type[HTTPConnectionPool]]:
-    return {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+_POOLS: dict[str, type[HTTPConnectionPool]] = {"http": _DeadlineHTTPPool,
+                                                "https": _DeadlineHTTPSPool}
 
 
 # --- the client ------------------------------------------------------------
@@ -514,17 +514,14 @@ class ExecClient:
         return self._call(path, params, lambda body: parse_list_page(body, asked, path))
 
     def _call(self, path: str, params: Mapping[str, str], parse: Callable[[object], T]) -> T:
+        status: int | None = None
         try:
             status, body = self._get_json(path, params)
-            try:
-                return parse(body)
-            except ApiError as error:
-                # The answer arrived: its status is the code label, even for a 200
-                # whose body turned out wrong.
-                if error.status is None:
-                    error.status = status
-                raise
+            return parse(body)
         except ApiError as error:
+            # Once an answer arrived its status is the code label, even for a 200 whose
+            # body turned out wrong.
+            error.status = error.status or status
             # An API may quote the key back in its error message: it must not travel on
             # to the landing page or the state file.
             text = str(error)

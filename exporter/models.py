@@ -18,14 +18,11 @@ RANKS = ("gold", "silver", "bronze", "unranked")
 T = TypeVar("T")
 
 
-# --- field types --------------------------------------------------------------------------
-
-
 def _bad(detail: str) -> PydanticCustomError:
     return PydanticCustomError("exec_payload", "{detail}", {"detail": detail})
 
 
-def _number(lo: float | None = None, hi: float | None = None,
+def _number(lo: float, hi: float | None = None,
             integer: bool = False) -> Callable[[object], float | int | None]:
     def check(value: object) -> float | int | None:
         if value is None:
@@ -36,9 +33,9 @@ def _number(lo: float | None = None, hi: float | None = None,
             raise _bad("is not finite")
         if integer and isinstance(value, float) and not value.is_integer():
             raise _bad(f"is {value!r}, expected a whole number")
-        if lo is not None and hi is not None and not lo <= value <= hi:
+        if hi is not None and not lo <= value <= hi:
             raise _bad(f"is {value!r}, outside {lo:g}-{hi:g}")
-        if lo is not None and value < lo:
+        if value < lo:
             raise _bad(f"is {value!r}, below {lo:g}")
         return int(value) if integer else float(value)
     return check
@@ -95,9 +92,6 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-# --- the summary --------------------------------------------------------------------------
-
-
 class RankCount(_Payload):
     """One entry of ``score_distribution``."""
 
@@ -129,11 +123,9 @@ class SummaryPayload(_Payload):
         return entries
 
 
-# --- people -------------------------------------------------------------------------------
-
-
 class UserRef(_Payload):
-    """A user as lists nest it: ``{"id", "email"}``."""
+    """A user, ``{"id", "email"}``: nested in lists' items, and a ``WorkspaceMember`` as
+    the schema has it (the documented example nests it: :class:`NestedMemberPayload`)."""
 
     id: Id
     email: Text = None
@@ -152,21 +144,10 @@ class ParticipantPayload(_Payload):
     best_rank: Rank = None
 
 
-class MemberPayload(_Payload):
-    """A ``WorkspaceMember`` as the schema has it: ``id`` (the user id) and ``email``
-    at the top."""
-
-    id: Id
-    email: Text = None
-
-
 class NestedMemberPayload(_Payload):
     """A ``WorkspaceMember`` as the documented example has it: the user nested."""
 
     user: UserRef
-
-
-# --- workspace lists ----------------------------------------------------------------------
 
 
 class ScenarioPayload(_Payload):
@@ -208,23 +189,13 @@ class SkillPayload(_Payload):
         return self
 
 
-class ScenarioRef(_Payload):
-    """An assignment's scenario."""
-
-    id: Id
-    slug: Text = None
-
-
 class AssignmentPayload(_Payload):
     """One item of ``GET /scenarios/assignments``; ``status`` is kept as given (the API
     may add statuses)."""
 
     id: Text = None
-    scenario: ScenarioRef
+    scenario: ScenarioPayload
     status: Annotated[str, BeforeValidator(_required_text)]
-
-
-# --- envelopes ----------------------------------------------------------------------------
 
 
 class Pagination(_Payload):
@@ -267,9 +238,6 @@ class ErrorEnvelope(_Payload):
         if not isinstance(data.get("error"), dict):
             return {**data, "error": None}
         return data
-
-
-# --- one page of a list -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
