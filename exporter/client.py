@@ -191,22 +191,16 @@ def parse_summary(body: object) -> Summary:
     """Validate a decoded JSON body into a :class:`Summary`: lenient on nulls, missing and
     unknown fields, strict on wrong types and impossible values (:class:`InvalidResponse`)."""
     got = payload(SummaryPayload, body)
-    ranks: dict[str, int] | None = None
-    if got.score_distribution is not None:
-        ranks = dict.fromkeys(RANKS, 0)
-        for entry in got.score_distribution:
-            ranks[entry.rank] = entry.count or 0
+    ranks = None if got.score_distribution is None else dict.fromkeys(RANKS, 0) | {
+        entry.rank: entry.count or 0 for entry in got.score_distribution}
     minutes = got.total_practice_minutes
     return Summary(
-        participants=got.participant_count,
-        sessions=got.total_sessions,
-        average_best_score=got.average_best_score,
-        average_best_rank=got.average_best_rank,
+        participants=got.participant_count, sessions=got.total_sessions,
+        average_best_score=got.average_best_score, average_best_rank=got.average_best_rank,
         average_score_lift=got.average_lift_percentage,
         practice_seconds=None if minutes is None else minutes * 60.0,
         average_session_duration_seconds=got.average_session_duration_seconds,
-        rank_participants=ranks,
-    )
+        rank_participants=ranks)
 
 
 # --- participants and members ----------------------------------------------
@@ -326,6 +320,9 @@ def _seconds(value: object) -> float | None:
 # ``api.timeout`` bounds the whole request, DNS to the last body byte: the request
 # runs on a worker thread, and at the deadline the caller shuts the worker's sockets
 # down (see docs/notes-client.md for the design and the alternative weighed).
+
+
+_Answer = tuple[int, object]  # the status and the decoded body of a 2xx answer
 
 
 class _Expired(Exception):
@@ -449,13 +446,6 @@ _POOLS: dict[str, type[HTTPConnectionPool]] = {"http": _DeadlineHTTPPool,
 # --- the client ------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    body: bytes
-    retry_after: str | None
-
-
 class ExecClient:
     """Talks to the Exec REST API over one keep-alive session.
 
@@ -529,26 +519,17 @@ class ExecClient:
                 error.args = (text.replace(self._key, "<redacted>"),)
             raise
 
-    def _get_json(self, path: str, params: Mapping[str, str]) -> tuple[int, object]:
+    def _get_json(self, path: str, params: Mapping[str, str]) -> _Answer:
         query = urlencode(params, safe=",:@")
         url = self.base_url + path + (f"?{query}" if query else "")
         try:
-            answer = _Call(lambda: self._exchange(url)).wait(self.timeout)
+            return _Call(lambda: self._exchange(url)).wait(self.timeout)
         except _Expired:
             raise self._timed_out(url) from None
-        status = answer.status
-        body: object = None
-        try:
-            body = json.loads(answer.body) if answer.body else None
-        except ValueError:
-            if 200 <= status <= 299:
-                raise InvalidResponse("body is not valid JSON", status) from None
-        if 200 <= status <= 299:
-            return status, body
-        raise error_for_status(status, body, answer.retry_after)
 
     def _exchange(self, url: str) -> _Answer:
-        """The request itself, on the worker thread: status, capped body, Retry-After."""
+        """The request itself, on the worker thread: the status and the decoded body of a
+        2xx answer, else its typed error."""
         try:
             response = self._session.get(url, headers=self._auth, timeout=self.timeout,
                                          stream=True, allow_redirects=False)
@@ -560,28 +541,34 @@ class ExecClient:
             raise ConnectionFailed(describe_connection_error(exc, url)) from None
         with response:
             raw = self._read_capped(response)
-        return _Answer(response.status_code, raw, response.headers.get("Retry-After"))
+        status, body = response.status_code, None
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            if 200 <= status <= 299:
+                raise InvalidResponse("body is not valid JSON", status) from None
+        if 200 <= status <= 299:
+            return status, body
+        raise error_for_status(status, body, response.headers.get("Retry-After"))
 
     def _read_capped(self, response: requests.Response) -> bytes:
         status = response.status_code
         length = response.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise InvalidResponse(f"body of {int(length)} bytes is over the 1 MiB cap", status)
-        chunks: list[bytes] = []
-        size = 0
+        body = bytearray()
         try:
             for chunk in response.iter_content(64 * 1024):
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
                     raise InvalidResponse("body is over the 1 MiB cap", status)
-                chunks.append(chunk)
         except requests.Timeout:
             # No status: a body that never arrived whole is no answer (code "error").
             raise self._timed_out(response.url) from None
         except requests.RequestException as exc:
             raise ConnectionFailed("reading the answer failed: "
                                    + describe_connection_error(exc, response.url)) from None
-        return b"".join(chunks)
+        return bytes(body)
 
     def _timed_out(self, url: str, what: str = "no complete answer") -> Timeout:
         return Timeout(f"{endpoint(url)}: {what} within {self.timeout:g}s (timeout)")
