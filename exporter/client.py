@@ -11,13 +11,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import requests
 import urllib3
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -25,18 +25,11 @@ from . import __version__
 from .connection_errors import describe_connection_error, endpoint
 from .models import (
     RANKS,
-    Amount,
-    Count,
     ErrorEnvelope,
-    Lift,
     NestedMemberPayload,
-    NonNegative,
     Page,
     PageEnvelope,
     ParticipantPayload,
-    Rank,
-    RankName,
-    Score,
     SummaryPayload,
     UserRef,
 )
@@ -128,10 +121,12 @@ REASONS = tuple(error.reason for error in (Timeout, ConnectionFailed, RateLimite
 # --- payloads ----------------------------------------------------------------
 
 
-def _checked(validate: Callable[[object], T], data: object, where: str) -> T:
-    """``validate(data)``, or :class:`InvalidResponse` naming the first wrong field."""
+def payload(model: type[M], data: object, where: str = "") -> M:
+    """``data`` validated as the pydantic ``model``, or :class:`InvalidResponse` naming
+    the first wrong field with its path in the payload (``where`` is the payload's own,
+    such as ``data[3]``): ``data[0].user.email is int, expected a string``."""
     try:
-        return validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidResponse(_field_error(exc.errors(include_url=False)[0], where)) from None
 
@@ -145,7 +140,7 @@ def _field_error(error: Any, where: str) -> str:
         detail = error["msg"]
     elif kind == "missing":
         detail = "is missing"
-    elif kind in ("model_type", "model_attributes_type", "dict_type", "dataclass_type"):
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
         detail = "is not an object"
     elif kind == "list_type":
         detail = "is not a list"
@@ -154,53 +149,53 @@ def _field_error(error: Any, where: str) -> str:
     return f"{path or 'the body'} {detail}"
 
 
-def payload(model: type[M], data: object, where: str = "") -> M:
-    """``data`` validated as the pydantic ``model``, or :class:`InvalidResponse` naming
-    the first wrong field with its path in the payload (``where`` is the payload's own,
-    such as ``data[3]``): ``data[0].user.email is int, expected a string``."""
-    return _checked(model.model_validate, data, where)
-
-
 @dataclass(frozen=True, slots=True)
 class Summary:
     """A scenario's analytics summary for one cohort. ``None`` means the API gave no value."""
 
-    participants: Count = None
-    sessions: Count = None
-    average_best_score: Score = None
-    average_best_rank: Rank = None
-    average_score_lift: Lift = None
-    practice_seconds: Amount = None
-    average_session_duration_seconds: Amount = None
-    rank_participants: Mapping[RankName, NonNegative] | None = None
+    participants: int | None = None
+    sessions: int | None = None
+    average_best_score: float | None = None
+    average_best_rank: str | None = None
+    average_score_lift: float | None = None
+    practice_seconds: float | None = None
+    average_session_duration_seconds: float | None = None
+    rank_participants: Mapping[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (for the state file)."""
-        return _SUMMARY.dump_python(self)
+        return asdict(self)
 
     @classmethod
-    def from_json(cls, data: object) -> Summary:
-        """Rebuild from :meth:`to_json` output, checked by the same rules as the API's."""
-        return _checked(_SUMMARY.validate_python, data, "")
+    def from_json(cls, data: Mapping[str, Any]) -> Summary:
+        """Rebuild from :meth:`to_json` output, checked by the API's rules."""
+        summary = cls(**{name: data.get(name) for name in cls.__slots__})
+        seconds, ranks = summary.practice_seconds, summary.rank_participants
+        parse_summary({api: getattr(summary, ours) for ours, api in _API_NAMES.items()} | {
+            "total_practice_minutes": None if seconds is None else seconds / 60.0,
+            "score_distribution": None if ranks is None else [
+                {"rank": rank, "count": count} for rank, count in ranks.items()]})
+        return summary
 
 
-_SUMMARY = TypeAdapter(Summary)
+# A summary's fields by the API's names (the other two are converted).
+_API_NAMES = {"participants": "participant_count", "sessions": "total_sessions",
+              "average_best_score": "average_best_score",
+              "average_best_rank": "average_best_rank",
+              "average_score_lift": "average_lift_percentage",
+              "average_session_duration_seconds": "average_session_duration_seconds"}
 
 
 def parse_summary(body: object) -> Summary:
     """Validate a decoded JSON body into a :class:`Summary`: lenient on nulls, missing and
     unknown fields, strict on wrong types and impossible values (:class:`InvalidResponse`)."""
     got = payload(SummaryPayload, body)
-    ranks = None if got.score_distribution is None else dict.fromkeys(RANKS, 0) | {
-        entry.rank: entry.count or 0 for entry in got.score_distribution}
     minutes = got.total_practice_minutes
     return Summary(
-        participants=got.participant_count, sessions=got.total_sessions,
-        average_best_score=got.average_best_score, average_best_rank=got.average_best_rank,
-        average_score_lift=got.average_lift_percentage,
+        **{ours: getattr(got, api) for ours, api in _API_NAMES.items()},
         practice_seconds=None if minutes is None else minutes * 60.0,
-        average_session_duration_seconds=got.average_session_duration_seconds,
-        rank_participants=ranks)
+        rank_participants=None if got.score_distribution is None else dict.fromkeys(RANKS, 0) | {
+            entry.rank: entry.count or 0 for entry in got.score_distribution})
 
 
 # --- participants and members ----------------------------------------------

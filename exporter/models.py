@@ -77,7 +77,6 @@ def _rank(value: object) -> str | None:
 
 RankName = Annotated[str, BeforeValidator(lambda value: _rank(_present(value)))]
 Count = Annotated[int | None, BeforeValidator(_number(lo=0, integer=True))]
-NonNegative = Annotated[int, BeforeValidator(_number(lo=0, integer=True))]
 Positive = Annotated[int | None, BeforeValidator(_number(lo=1, integer=True))]
 Amount = Annotated[float | None, BeforeValidator(_number(lo=0))]
 Score = Annotated[float | None, BeforeValidator(_number(lo=0, hi=100))]
