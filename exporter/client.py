@@ -330,7 +330,7 @@ class _Call:
     def __init__(self, work: Callable[[], _Answer]) -> None:
         self._lock = threading.Lock()
         self.expired = False
-        self._connections: list[urllib3.connection.HTTPConnection] = []
+        self._connections: set[urllib3.connection.HTTPConnection] = set()
         self._outcome: Future[_Answer] = Future()
         threading.Thread(target=self._run, args=(work,), name="exec-api-request",
                          daemon=True).start()
@@ -351,48 +351,39 @@ class _Call:
             return self._outcome.result(timeout)
         with self._lock:
             self.expired = not self._outcome.done()
-            connections = list(self._connections)
+            sockets = [connection.sock for connection in self._connections]
         if not self.expired:
             return self._outcome.result()
-        for connection in connections:
-            _abort(connection)
+        for sock in sockets:
+            # socket.socket.shutdown, not SSLSocket.shutdown, which would drop the TLS
+            # object under the worker's feet: shutting the descriptor down wakes the
+            # worker's blocked read with EOF, and a dropped socket is never pooled again.
+            with contextlib.suppress(OSError):
+                if sock is not None:
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
         raise _Expired
 
-    def enlist(self, connection: urllib3.connection.HTTPConnection) -> None:
-        """Note a connection the worker is about to use (refused once expired)."""
-        with self._lock:
-            if self.expired:
-                raise _Expired
-            if connection not in self._connections:
-                self._connections.append(connection)
+    @staticmethod
+    def enlist(connection: urllib3.connection.HTTPConnection) -> _Call | None:
+        """The calling worker's call, noting ``connection`` as in use (:class:`_Expired`
+        once the call has expired)."""
+        call: _Call | None = getattr(_current, "call", None)
+        if call is not None:
+            with call._lock:
+                if call.expired:
+                    raise _Expired
+                call._connections.add(connection)
+        return call
 
 
 _current = threading.local()  # the _Call of the worker thread, if any
-
-
-def _enlist(connection: urllib3.connection.HTTPConnection) -> _Call | None:
-    call: _Call | None = getattr(_current, "call", None)
-    if call is not None:
-        call.enlist(connection)
-    return call
-
-
-def _abort(connection: urllib3.connection.HTTPConnection) -> None:
-    sock = connection.sock
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        # socket.socket.shutdown, not SSLSocket.shutdown, which would drop the TLS
-        # object under the worker's feet: shutting the descriptor down wakes the
-        # worker's blocked read with EOF, and a dropped socket is never pooled again.
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
     """An HTTP connection the waiting caller can shut down at the deadline."""
 
     def connect(self) -> None:
-        call = _enlist(self)
+        call = _Call.enlist(self)
         super().connect()
         if call is not None and call.expired:
             # The deadline passed while connecting (the abort found no socket yet).
@@ -400,7 +391,7 @@ class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
             raise _Expired
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _enlist(self)  # a pooled connection goes straight here, without connect()
+        _Call.enlist(self)  # a pooled connection goes straight here, without connect()
         super().request(*args, **kwargs)
 
 
@@ -460,10 +451,8 @@ class ExecClient:
         adapter = _DeadlineAdapter()
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
-        self._session.headers.update({
-            "User-Agent": f"exec-exporter/{__version__}",
-            "Accept": "application/json",
-        })
+        self._session.headers.update({"User-Agent": f"exec-exporter/{__version__}",
+                                      "Accept": "application/json"})
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._key = api_key
 
