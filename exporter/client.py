@@ -26,7 +26,6 @@ from .connection_errors import describe_connection_error, endpoint
 from .models import (
     RANKS,
     ErrorEnvelope,
-    NestedMemberPayload,
     Page,
     PageEnvelope,
     ParticipantPayload,
@@ -237,10 +236,9 @@ def parse_member(item: object, where: str = "member") -> Member:
     ``email`` at the top; the documented example nests them in ``user``: both are read,
     the nested user winning."""
     if isinstance(item, dict) and item.get("user") is not None:
-        user = payload(NestedMemberPayload, item, where).user
-        return Member(user.id, user.email)
-    flat = payload(UserRef, item, where)
-    return Member(flat.id, flat.email)
+        item, where = item["user"], f"{where}.user"
+    user = payload(UserRef, item, where)
+    return Member(user.id, user.email)
 
 
 def parse_list_page(body: object, asked: int, what: str = "") -> Page[Any]:

@@ -123,8 +123,8 @@ class SummaryPayload(_Payload):
 
 
 class UserRef(_Payload):
-    """A user, ``{"id", "email"}``: nested in lists' items, and a ``WorkspaceMember`` as
-    the schema has it (the documented example nests it: :class:`NestedMemberPayload`)."""
+    """A user, ``{"id", "email"}``: nested in lists' items, and a ``WorkspaceMember`` (the
+    schema has it at the top, the documented example nested in ``user``)."""
 
     id: Id
     email: Text = None
@@ -141,12 +141,6 @@ class ParticipantPayload(_Payload):
     total_duration_seconds: Amount = None
     first_rank: Rank = None
     best_rank: Rank = None
-
-
-class NestedMemberPayload(_Payload):
-    """A ``WorkspaceMember`` as the documented example has it: the user nested."""
-
-    user: UserRef
 
 
 class ScenarioPayload(_Payload):
