@@ -135,17 +135,15 @@ def _field_error(error: Any, where: str) -> str:
     for part in error["loc"]:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     kind = error["type"]
-    if kind == "exec_payload":
-        detail = error["msg"]
-    elif kind == "missing":
-        detail = "is missing"
-    elif kind in ("model_type", "model_attributes_type", "dict_type"):
-        detail = "is not an object"
-    elif kind == "list_type":
-        detail = "is not a list"
-    else:
-        detail = f"is invalid ({error['msg']})"
+    detail = error["msg"] if kind == "exec_payload" else _PYDANTIC_WORDS.get(
+        kind, f"is invalid ({error['msg']})")
     return f"{path or 'the body'} {detail}"
+
+
+# pydantic's own complaints, in the words of the other messages.
+_PYDANTIC_WORDS = {"missing": "is missing", "model_type": "is not an object",
+                   "model_attributes_type": "is not an object", "dict_type": "is not an object",
+                   "list_type": "is not a list"}
 
 
 @dataclass(frozen=True, slots=True)
