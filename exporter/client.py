@@ -1,8 +1,4 @@
-"""The Exec API client: one HTTP call in, a typed :class:`Summary` or a typed error out.
-
-Nothing downstream touches raw JSON. The client knows nothing of metrics or
-schedules; callers time it and count what it returns.
-"""
+"""The Exec API client: one HTTP call in, a typed value or a typed :class:`ApiError` out."""
 
 from __future__ import annotations
 
@@ -14,13 +10,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import requests
 import urllib3
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -29,14 +26,11 @@ from .connection_errors import describe_connection_error, endpoint
 from .models import (
     RANKS,
     ErrorEnvelope,
-    MemberPayload,
-    NestedMemberPayload,
     Page,
+    PageEnvelope,
     ParticipantPayload,
-    PayloadError,
     SummaryPayload,
-    read_page,
-    validate,
+    UserRef,
 )
 
 MAX_BODY_BYTES = 1 << 20  # a summary is a few hundred bytes; anything near 1 MiB is wrong
@@ -54,6 +48,10 @@ class ApiError(Exception):
 
     reason = "invalid_response"
 
+    def __init_subclass__(cls, reason: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.reason = reason or cls.reason
+
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -66,62 +64,44 @@ class ApiError(Exception):
         return str(self.status) if self.status is not None else "error"
 
 
-class Timeout(ApiError):
+class Timeout(ApiError, reason="timeout"):
     """No answer within the timeout."""
 
-    reason = "timeout"
 
-
-class ConnectionFailed(ApiError):
+class ConnectionFailed(ApiError, reason="connection"):
     """The connection could not be made or broke."""
 
-    reason = "connection"
 
-
-class RateLimited(ApiError):
+class RateLimited(ApiError, reason="rate_limited"):
     """HTTP 429: every request must wait ``retry_after`` seconds."""
-
-    reason = "rate_limited"
 
     def __init__(self, message: str, retry_after: float, status: int | None = 429) -> None:
         super().__init__(message, status)
         self.retry_after = retry_after
 
 
-class Unauthorized(ApiError):
+class Unauthorized(ApiError, reason="unauthorized"):
     """HTTP 401: the key is wrong or revoked (workspace-wide)."""
 
-    reason = "unauthorized"
 
-
-class Forbidden(ApiError):
+class Forbidden(ApiError, reason="forbidden"):
     """HTTP 403: for example an inactive workspace (workspace-wide)."""
 
-    reason = "forbidden"
 
-
-class NotFound(ApiError):
+class NotFound(ApiError, reason="not_found"):
     """HTTP 404: the scenario does not exist (this target only)."""
 
-    reason = "not_found"
 
-
-class BadRequest(ApiError):
+class BadRequest(ApiError, reason="bad_request"):
     """HTTP 400 (or another 4xx): the API refused the parameters."""
 
-    reason = "bad_request"
 
-
-class UpstreamError(ApiError):
+class UpstreamError(ApiError, reason="server_error"):
     """HTTP 5xx."""
 
-    reason = "server_error"
 
-
-class InvalidResponse(ApiError):
+class InvalidResponse(ApiError, reason="invalid_response"):
     """A body that is not what the API promises: wrong type, impossible value, too large."""
-
-    reason = "invalid_response"
 
 
 # Workspace-wide refusals: every request pauses (the scheduler's pause decides when the
@@ -137,7 +117,33 @@ REASONS = tuple(error.reason for error in (Timeout, ConnectionFailed, RateLimite
                                            InvalidResponse))
 
 
-# --- the summary -----------------------------------------------------------
+# --- payloads ----------------------------------------------------------------
+
+
+def payload(model: type[M], data: object, where: str = "") -> M:
+    """``data`` validated as the pydantic ``model``, or :class:`InvalidResponse` naming
+    the first wrong field with its path in the payload (``where`` is the payload's own,
+    such as ``data[3]``): ``data[0].user.email is int, expected a string``."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidResponse(_field_error(exc.errors(include_url=False)[0], where)) from None
+
+
+def _field_error(error: Any, where: str) -> str:
+    path = where
+    for part in error["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    kind = error["type"]
+    detail = error["msg"] if kind == "exec_payload" else _PYDANTIC_WORDS.get(
+        kind, f"is invalid ({error['msg']})")
+    return f"{path or 'the body'} {detail}"
+
+
+# pydantic's own complaints, in the words of the other messages.
+_PYDANTIC_WORDS = {"missing": "is missing", "model_type": "is not an object",
+                   "model_attributes_type": "is not an object", "dict_type": "is not an object",
+                   "list_type": "is not a list"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,75 +161,38 @@ class Summary:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (for the state file)."""
-        out: dict[str, Any] = {}
-        for name in self.__slots__:
-            value = getattr(self, name)
-            out[name] = dict(value) if isinstance(value, Mapping) else value
-        return out
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Summary:
-        """Rebuild from :meth:`to_json` output, re-validating every field."""
-        fields = {name: data.get(name) for name in cls.__slots__}
-        summary = cls(**fields)
-        # Re-check the restored values with the same rules as the API's.
-        _check_restored(summary)
+        """Rebuild from :meth:`to_json` output, checked by the API's rules."""
+        summary = cls(**{name: data.get(name) for name in cls.__slots__})
+        seconds, ranks = summary.practice_seconds, summary.rank_participants
+        parse_summary({api: getattr(summary, ours) for ours, api in _API_NAMES.items()} | {
+            "total_practice_minutes": None if seconds is None else seconds / 60.0,
+            "score_distribution": None if ranks is None else [
+                {"rank": rank, "count": count} for rank, count in ranks.items()]})
         return summary
 
 
-def payload(model: type[M], data: object, where: str = "") -> M:
-    """``data`` validated as the pydantic ``model``, or :class:`InvalidResponse` naming
-    the first wrong field (see :mod:`exporter.models`)."""
-    try:
-        return validate(model, data, where)
-    except PayloadError as exc:
-        raise InvalidResponse(str(exc)) from None
+# A summary's fields by the API's names (the other two are converted).
+_API_NAMES = {"participants": "participant_count", "sessions": "total_sessions",
+              "average_best_score": "average_best_score",
+              "average_best_rank": "average_best_rank",
+              "average_score_lift": "average_lift_percentage",
+              "average_session_duration_seconds": "average_session_duration_seconds"}
 
 
 def parse_summary(body: object) -> Summary:
-    """Validate a decoded JSON body into a :class:`Summary`.
-
-    Lenient on nulls, missing and unknown fields; strict on wrong types and
-    impossible values, which raise :class:`InvalidResponse`.
-    """
+    """Validate a decoded JSON body into a :class:`Summary`: lenient on nulls, missing and
+    unknown fields, strict on wrong types and impossible values (:class:`InvalidResponse`)."""
     got = payload(SummaryPayload, body)
-    ranks: dict[str, int] | None = None
-    if got.score_distribution is not None:
-        ranks = dict.fromkeys(RANKS, 0)
-        for entry in got.score_distribution:
-            ranks[entry.rank] = entry.count or 0
     minutes = got.total_practice_minutes
     return Summary(
-        participants=got.participant_count,
-        sessions=got.total_sessions,
-        average_best_score=got.average_best_score,
-        average_best_rank=got.average_best_rank,
-        average_score_lift=got.average_lift_percentage,
+        **{ours: getattr(got, api) for ours, api in _API_NAMES.items()},
         practice_seconds=None if minutes is None else minutes * 60.0,
-        average_session_duration_seconds=got.average_session_duration_seconds,
-        rank_participants=ranks,
-    )
-
-
-def _check_restored(summary: Summary) -> None:
-    body: dict[str, Any] = {
-        "participant_count": summary.participants,
-        "total_sessions": summary.sessions,
-        "average_best_score": summary.average_best_score,
-        "average_best_rank": summary.average_best_rank,
-        "average_lift_percentage": summary.average_score_lift,
-        "total_practice_minutes": None,
-        "average_session_duration_seconds": summary.average_session_duration_seconds,
-    }
-    if summary.practice_seconds is not None:
-        body["total_practice_minutes"] = summary.practice_seconds / 60.0
-    if summary.rank_participants is not None:
-        if not isinstance(summary.rank_participants, Mapping):
-            raise InvalidResponse("rank_participants is not a mapping")
-        body["score_distribution"] = [
-            {"rank": r, "count": c} for r, c in summary.rank_participants.items()
-        ]
-    parse_summary(body)
+        rank_participants=None if got.score_distribution is None else dict.fromkeys(RANKS, 0) | {
+            entry.rank: entry.count or 0 for entry in got.score_distribution})
 
 
 # --- participants and members ----------------------------------------------
@@ -251,11 +220,7 @@ class Member:
 
 
 def parse_participant(item: object, where: str = "participant") -> ParticipantRow:
-    """Validate one ``ScenarioParticipantEntry`` into a :class:`ParticipantRow`.
-
-    Strict like :func:`parse_summary`: a wrong type, a negative count or a score
-    outside 0-100 raises :class:`InvalidResponse`; nulls are kept as None.
-    """
+    """Validate one ``ScenarioParticipantEntry`` strictly (nulls kept as None)."""
     row = payload(ParticipantPayload, item, where)
     return ParticipantRow(
         user_id=row.user.id, email=row.user.email,
@@ -269,19 +234,25 @@ def parse_member(item: object, where: str = "member") -> Member:
     ``email`` at the top; the documented example nests them in ``user``: both are read,
     the nested user winning."""
     if isinstance(item, dict) and item.get("user") is not None:
-        user = payload(NestedMemberPayload, item, where).user
-        return Member(user.id, user.email)
-    flat = payload(MemberPayload, item, where)
-    return Member(flat.id, flat.email)
+        item, where = item["user"], f"{where}.user"
+    user = payload(UserRef, item, where)
+    return Member(user.id, user.email)
 
 
 def parse_list_page(body: object, asked: int, what: str = "") -> Page[Any]:
     """A list body's envelope (``data`` and ``pagination``), its items as they came:
-    whoever reads the list decides how to read each item (see :mod:`exporter.paged`)."""
+    whoever reads the list decides how to read each item (see :mod:`exporter.paged`).
+    ``asked`` is the page the request asked for, the page where the envelope has none."""
     try:
-        return read_page(body, asked)
-    except PayloadError as exc:
+        envelope = payload(PageEnvelope, body)
+    except InvalidResponse as exc:
         raise InvalidResponse(f"{what}: {exc}" if what else str(exc)) from None
+    items, pagination = tuple(envelope.data), envelope.pagination
+    if pagination is None:
+        return Page(items, asked, len(items), 1)
+    return Page(items, pagination.page or asked, pagination.total_count,
+                1 if pagination.total_pages is None else pagination.total_pages,
+                pagination.page_size)
 
 
 def _typed_page(page: Page[Any], parse: Callable[[object, str], T]) -> Page[T]:
@@ -292,14 +263,29 @@ def _typed_page(page: Page[Any], parse: Callable[[object, str], T]) -> Page[T]:
 
 # --- errors from responses -------------------------------------------------
 
+_BY_STATUS: dict[int, type[ApiError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound}
 
-def parse_retry_after(body: object, header: str | None) -> float:
+
+def error_for_status(status: int, body: object, retry_after_header: str | None) -> ApiError:
+    """The typed error for a non-2xx answer."""
+    envelope = ErrorEnvelope.model_validate(body)
+    error = envelope.error
+    detail = "" if error is None else ": ".join(
+        str(value) for value in (error.type, error.code, error.message) if value)[:300]
+    message = f"HTTP {status}" + (f" ({detail})" if detail else "")
+    if status == 429:
+        return RateLimited(message, _retry_after(envelope, retry_after_header))
+    if 400 <= status <= 599:
+        kind = _BY_STATUS.get(status, BadRequest if status < 500 else UpstreamError)
+        return kind(message, status)
+    return InvalidResponse(f"unexpected HTTP status {status}", status)
+
+
+def _retry_after(envelope: ErrorEnvelope, header: str | None) -> float:
     """Seconds to wait after a 429: from ``error.retry_after``, a top-level
     ``retry_after`` or the ``Retry-After`` header (seconds or an HTTP date)."""
-    envelope = ErrorEnvelope.model_validate(body)
-    candidates = [envelope.error.retry_after if envelope.error else None,
-                  envelope.retry_after, header]
-    for value in candidates:
+    for value in (envelope.error.retry_after if envelope.error else None,
+                  envelope.retry_after, header):
         seconds = _seconds(value)
         if seconds is not None:
             return min(max(seconds, 1.0), MAX_RETRY_AFTER)
@@ -307,70 +293,27 @@ def parse_retry_after(body: object, header: str | None) -> float:
 
 
 def _seconds(value: object) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value) if math.isfinite(value) else None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        return when.timestamp() - time.time()
-    return None
-
-
-def _error_message(body: object) -> str:
-    error = ErrorEnvelope.model_validate(body).error
-    if error is None:
-        return ""
-    parts = [str(v) for v in (error.type, error.code, error.message) if v]
-    return ": ".join(parts)[:300]
-
-
-def error_for_status(status: int, body: object, retry_after_header: str | None) -> ApiError:
-    """The typed error for a non-2xx answer."""
-    detail = _error_message(body)
-    message = f"HTTP {status}" + (f" ({detail})" if detail else "")
-    if status == 429:
-        return RateLimited(message, parse_retry_after(body, retry_after_header))
-    if status == 401:
-        return Unauthorized(message, status)
-    if status == 403:
-        return Forbidden(message, status)
-    if status == 404:
-        return NotFound(message, status)
-    if 500 <= status <= 599:
-        return UpstreamError(message, status)
-    if 400 <= status <= 499:
-        return BadRequest(message, status)
-    return InvalidResponse(f"unexpected HTTP status {status}", status)
+    if not isinstance(value, str):
+        return None
+    with contextlib.suppress(ValueError):
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    return when.timestamp() - time.time()
 
 
 # --- the deadline ----------------------------------------------------------
 #
-# ``api.timeout`` bounds the whole request: name resolution, connect, TLS, status
-# line, headers and body together. requests' own timeout applies to each socket
-# operation, so an upstream sending one byte every half second never trips it.
-# Two ways were weighed:
-#
-# * per-read socket timeouts set to the time remaining: needs a hook before every
-#   recv() inside http.client, and cannot bound getaddrinfo(), which no socket
-#   timeout covers;
-# * the request runs on a short-lived worker thread and the caller waits for it
-#   with the deadline: the wait is exact whichever phase is slow, DNS included.
-#   When the deadline passes the caller shuts the worker's socket down, so the
-#   worker wakes at once and urllib3 discards that connection instead of pooling
-#   it; a worker still inside getaddrinfo() finds its call expired when it reaches
-#   connect() and stops there.
-#
-# This module does the second (one thread per request is nothing at 60 requests a
-# minute). The worker keeps requests' per-read timeout as a backstop.
+# ``api.timeout`` bounds the whole request, DNS to the last body byte: the request
+# runs on a worker thread, and at the deadline the caller shuts the worker's sockets
+# down (see docs/notes-client.md for the design and the alternative weighed).
+
+
+_Answer = tuple[int, object]  # the status and the decoded body of a 2xx answer
 
 
 class _Expired(Exception):
@@ -378,84 +321,65 @@ class _Expired(Exception):
 
 
 class _Call:
-    """One request on a worker thread, and the connections it has touched."""
+    """One request on its own worker thread, and the connections it has touched."""
 
-    def __init__(self) -> None:
+    def __init__(self, work: Callable[[], _Answer]) -> None:
         self._lock = threading.Lock()
-        self._done = threading.Event()
         self.expired = False
-        self._connections: list[urllib3.connection.HTTPConnection] = []
-        self._result: object = None
-        self._error: BaseException | None = None
+        self._connections: set[urllib3.connection.HTTPConnection] = set()
+        self._outcome: Future[_Answer] = Future()
+        threading.Thread(target=self._run, args=(work,), name="exec-api-request",
+                         daemon=True).start()
 
-    def run(self, work: Callable[[], object]) -> None:
-        """Run ``work`` on this (worker) thread and keep its outcome for :meth:`wait`."""
+    def _run(self, work: Callable[[], _Answer]) -> None:
         _current.call = self
-        result: object = None
-        error: BaseException | None = None
         try:
-            result = work()
+            self._outcome.set_result(work())
         except BaseException as exc:  # handed over to the waiting caller
-            error = exc
+            self._outcome.set_exception(exc)
         finally:
             _current.call = None
-        with self._lock:
-            self._result, self._error = result, error
-            self._done.set()
 
-    def wait(self, timeout: float) -> object:
-        """The outcome of ``work``, or :class:`_Expired` once ``timeout`` has passed
-        (the connections in use are shut down)."""
-        self._done.wait(timeout)
+    def wait(self, timeout: float) -> _Answer:
+        """The answer, or :class:`_Expired` once ``timeout`` has passed (the connections
+        in use are shut down)."""
+        with contextlib.suppress(TimeoutError):
+            return self._outcome.result(timeout)
         with self._lock:
-            if not self._done.is_set():
-                self.expired = True
-                connections = list(self._connections)
-            else:
-                connections = None
-        if connections is not None:
-            for connection in connections:
-                _abort(connection)
-            raise _Expired
-        if self._error is not None:
-            raise self._error
-        return self._result
+            self.expired = not self._outcome.done()
+            sockets = [connection.sock for connection in self._connections]
+        if not self.expired:
+            return self._outcome.result()
+        for sock in sockets:
+            # socket.socket.shutdown, not SSLSocket.shutdown, which would drop the TLS
+            # object under the worker's feet: shutting the descriptor down wakes the
+            # worker's blocked read with EOF, and a dropped socket is never pooled again.
+            with contextlib.suppress(OSError):
+                if sock is not None:
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        raise _Expired
 
-    def enlist(self, connection: urllib3.connection.HTTPConnection) -> None:
-        """Note a connection the worker is about to use (refused once expired)."""
-        with self._lock:
-            if self.expired:
-                raise _Expired
-            if connection not in self._connections:
-                self._connections.append(connection)
+    @staticmethod
+    def enlist(connection: urllib3.connection.HTTPConnection) -> _Call | None:
+        """The calling worker's call, noting ``connection`` as in use (:class:`_Expired`
+        once the call has expired)."""
+        call: _Call | None = getattr(_current, "call", None)
+        if call is not None:
+            with call._lock:
+                if call.expired:
+                    raise _Expired
+                call._connections.add(connection)
+        return call
 
 
 _current = threading.local()  # the _Call of the worker thread, if any
-
-
-def _enlist(connection: urllib3.connection.HTTPConnection) -> _Call | None:
-    call: _Call | None = getattr(_current, "call", None)
-    if call is not None:
-        call.enlist(connection)
-    return call
-
-
-def _abort(connection: urllib3.connection.HTTPConnection) -> None:
-    sock = connection.sock
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        # socket.socket.shutdown, not SSLSocket.shutdown, which would drop the TLS
-        # object under the worker's feet: shutting the descriptor down wakes the
-        # worker's blocked read with EOF, and a dropped socket is never pooled again.
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
     """An HTTP connection the waiting caller can shut down at the deadline."""
 
     def connect(self) -> None:
-        call = _enlist(self)
+        call = _Call.enlist(self)
         super().connect()
         if call is not None and call.expired:
             # The deadline passed while connecting (the abort found no socket yet).
@@ -463,7 +387,7 @@ class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
             raise _Expired
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _enlist(self)  # a pooled connection goes straight here, without connect()
+        _Call.enlist(self)  # a pooled connection goes straight here, without connect()
         super().request(*args, **kwargs)
 
 
@@ -488,27 +412,20 @@ class _DeadlineAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _pools()
+        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if not proxy.lower().startswith("socks"):
-            manager.pool_classes_by_scheme = _pools()
+            manager.pool_classes_by_scheme = dict(_POOLS)
         return manager
 
 
-def _pools() -> dict[str, type[HTTPConnectionPool]]:
-    return {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+_POOLS: dict[str, type[HTTPConnectionPool]] = {"http": _DeadlineHTTPPool,
+                                                "https": _DeadlineHTTPSPool}
 
 
 # --- the client ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    body: bytes
-    retry_after: str | None
 
 
 class ExecClient:
@@ -530,10 +447,8 @@ class ExecClient:
         adapter = _DeadlineAdapter()
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
-        self._session.headers.update({
-            "User-Agent": f"exec-exporter/{__version__}",
-            "Accept": "application/json",
-        })
+        self._session.headers.update({"User-Agent": f"exec-exporter/{__version__}",
+                                      "Accept": "application/json"})
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._key = api_key
 
@@ -569,17 +484,14 @@ class ExecClient:
         return self._call(path, params, lambda body: parse_list_page(body, asked, path))
 
     def _call(self, path: str, params: Mapping[str, str], parse: Callable[[object], T]) -> T:
+        status: int | None = None
         try:
             status, body = self._get_json(path, params)
-            try:
-                return parse(body)
-            except ApiError as error:
-                # The answer arrived: its status is the code label, even for a 200
-                # whose body turned out wrong.
-                if error.status is None:
-                    error.status = status
-                raise
+            return parse(body)
         except ApiError as error:
+            # Once an answer arrived its status is the code label, even for a 200 whose
+            # body turned out wrong.
+            error.status = error.status or status
             # An API may quote the key back in its error message: it must not travel on
             # to the landing page or the state file.
             text = str(error)
@@ -587,67 +499,58 @@ class ExecClient:
                 error.args = (text.replace(self._key, "<redacted>"),)
             raise
 
-    def _get_json(self, path: str, params: Mapping[str, str]) -> tuple[int, object]:
+    def _get_json(self, path: str, params: Mapping[str, str]) -> _Answer:
         query = urlencode(params, safe=",:@")
         url = self.base_url + path + (f"?{query}" if query else "")
-        call = _Call()
-        worker = threading.Thread(target=call.run, args=(lambda: self._exchange(url),),
-                                  name="exec-api-request", daemon=True)
-        worker.start()
         try:
-            answer = call.wait(self.timeout)
+            return _Call(lambda: self._exchange(url)).wait(self.timeout)
         except _Expired:
-            raise Timeout(f"{endpoint(url)}: no complete answer within {self.timeout:g}s "
-                          "(timeout)") from None
-        assert isinstance(answer, _Answer)
-        status = answer.status
-        body: object = None
+            raise self._timed_out(url) from None
+
+    def _exchange(self, url: str) -> _Answer:
+        """The request itself, on the worker thread: the status and the decoded body of a
+        2xx answer, else its typed error."""
         try:
-            body = json.loads(answer.body) if answer.body else None
+            response = self._session.get(url, headers=self._auth, timeout=self.timeout,
+                                         stream=True, allow_redirects=False)
+        except requests.ConnectTimeout:
+            raise self._timed_out(url, "could not connect") from None
+        except requests.Timeout:
+            raise self._timed_out(url) from None
+        except requests.RequestException as exc:
+            raise ConnectionFailed(describe_connection_error(exc, url)) from None
+        with response:
+            raw = self._read_capped(response)
+        status, body = response.status_code, None
+        try:
+            body = json.loads(raw) if raw else None
         except ValueError:
             if 200 <= status <= 299:
                 raise InvalidResponse("body is not valid JSON", status) from None
         if 200 <= status <= 299:
             return status, body
-        raise error_for_status(status, body, answer.retry_after)
-
-    def _exchange(self, url: str) -> _Answer:
-        """The request itself, on the worker thread: status, capped body, Retry-After."""
-        try:
-            response = self._session.get(url, headers=self._auth, timeout=self.timeout,
-                                         stream=True, allow_redirects=False)
-        except requests.ConnectTimeout:
-            raise Timeout(f"{endpoint(url)}: could not connect within "
-                          f"{self.timeout:g}s (timeout)") from None
-        except requests.Timeout:
-            raise Timeout(f"{endpoint(url)}: no complete answer within {self.timeout:g}s "
-                          "(timeout)") from None
-        except requests.RequestException as exc:
-            raise ConnectionFailed(describe_connection_error(exc, url)) from None
-        with response:
-            raw = self._read_capped(response)
-        return _Answer(response.status_code, raw, response.headers.get("Retry-After"))
+        raise error_for_status(status, body, response.headers.get("Retry-After"))
 
     def _read_capped(self, response: requests.Response) -> bytes:
         status = response.status_code
         length = response.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise InvalidResponse(f"body of {int(length)} bytes is over the 1 MiB cap", status)
-        chunks: list[bytes] = []
-        size = 0
+        body = bytearray()
         try:
             for chunk in response.iter_content(64 * 1024):
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
                     raise InvalidResponse("body is over the 1 MiB cap", status)
-                chunks.append(chunk)
         except requests.Timeout:
             # No status: a body that never arrived whole is no answer (code "error").
-            raise Timeout(f"{endpoint(response.url)}: no complete answer within "
-                          f"{self.timeout:g}s (timeout)") from None
+            raise self._timed_out(response.url) from None
         except requests.RequestException as exc:
             raise ConnectionFailed("reading the answer failed: "
                                    + describe_connection_error(exc, response.url)) from None
-        return b"".join(chunks)
+        return bytes(body)
+
+    def _timed_out(self, url: str, what: str = "no complete answer") -> Timeout:
+        return Timeout(f"{endpoint(url)}: {what} within {self.timeout:g}s (timeout)")
 
 

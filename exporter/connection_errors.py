@@ -1,10 +1,6 @@
-"""Connection failures in a user's words: connection refused, name not found, TLS
-certificate not trusted, proxy refused..., with the host and port they were for.
-
-The HTTP library's own text names its internal classes (pools, connections) and
-buries the cause at the end of a long line; the client shows these words instead,
-on the landing page, in the log and in the backfill's output.
-"""
+"""Connection failures in a user's words (connection refused, name not found, TLS
+certificate not trusted, proxy refused...) with the host and port they were for: the
+HTTP library's own text names its internal classes and buries the cause."""
 
 from __future__ import annotations
 

@@ -1,14 +1,7 @@
-"""The API's payloads as pydantic models: one model per payload, one error path.
+"""The API's payloads as pydantic models, one per payload (see ``openapi.yaml``).
 
-Each model reads one JSON payload of the Exec API (see ``openapi.yaml``):
-lenient on nulls, missing and unknown fields (nothing is marked required and new
-fields appear), strict on wrong types and impossible values. :func:`validate`
-turns pydantic's first complaint into one line with the path a user can find in
-the payload, for example ``data[0].user.email is int, expected a string``
-(:func:`exporter.client.payload` raises it as ``InvalidResponse``).
-
-The models are the edge; the rest of the package works with the typed values
-built from them (``Summary``, ``ParticipantRow``, ``Member``, ``Skill`` ...).
+Lenient on nulls, missing and unknown fields (new fields appear), strict on wrong
+types and impossible values; :func:`exporter.client.payload` is their one error path.
 """
 
 from __future__ import annotations
@@ -18,33 +11,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 RANKS = ("gold", "silver", "bronze", "unranked")
-M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
-
-
-class PayloadError(ValueError):
-    """A payload that is not what the API promises; ``str()`` names the field."""
-
-
-# --- field types --------------------------------------------------------------------------
 
 
 def _bad(detail: str) -> PydanticCustomError:
     return PydanticCustomError("exec_payload", "{detail}", {"detail": detail})
 
 
-def _number(lo: float | None = None, hi: float | None = None,
+def _number(lo: float, hi: float | None = None,
             integer: bool = False) -> Callable[[object], float | int | None]:
     def check(value: object) -> float | int | None:
         if value is None:
@@ -55,9 +33,9 @@ def _number(lo: float | None = None, hi: float | None = None,
             raise _bad("is not finite")
         if integer and isinstance(value, float) and not value.is_integer():
             raise _bad(f"is {value!r}, expected a whole number")
-        if lo is not None and hi is not None and not lo <= value <= hi:
+        if hi is not None and not lo <= value <= hi:
             raise _bad(f"is {value!r}, outside {lo:g}-{hi:g}")
-        if lo is not None and value < lo:
+        if value < lo:
             raise _bad(f"is {value!r}, below {lo:g}")
         return int(value) if integer else float(value)
     return check
@@ -97,6 +75,7 @@ def _rank(value: object) -> str | None:
     return str(value)
 
 
+RankName = Annotated[str, BeforeValidator(lambda value: _rank(_present(value)))]
 Count = Annotated[int | None, BeforeValidator(_number(lo=0, integer=True))]
 Positive = Annotated[int | None, BeforeValidator(_number(lo=1, integer=True))]
 Amount = Annotated[float | None, BeforeValidator(_number(lo=0))]
@@ -112,13 +91,10 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-# --- the summary --------------------------------------------------------------------------
-
-
 class RankCount(_Payload):
     """One entry of ``score_distribution``."""
 
-    rank: Annotated[str, BeforeValidator(lambda value: _rank(_present(value)))]
+    rank: RankName
     count: Count = None
     percentage: Score = None
 
@@ -146,11 +122,9 @@ class SummaryPayload(_Payload):
         return entries
 
 
-# --- people -------------------------------------------------------------------------------
-
-
 class UserRef(_Payload):
-    """A user as lists nest it: ``{"id", "email"}``."""
+    """A user, ``{"id", "email"}``: nested in lists' items, and a ``WorkspaceMember`` (the
+    schema has it at the top, the documented example nested in ``user``)."""
 
     id: Id
     email: Text = None
@@ -167,23 +141,6 @@ class ParticipantPayload(_Payload):
     total_duration_seconds: Amount = None
     first_rank: Rank = None
     best_rank: Rank = None
-
-
-class MemberPayload(_Payload):
-    """A ``WorkspaceMember`` as the schema has it: ``id`` (the user id) and ``email``
-    at the top."""
-
-    id: Id
-    email: Text = None
-
-
-class NestedMemberPayload(_Payload):
-    """A ``WorkspaceMember`` as the documented example has it: the user nested."""
-
-    user: UserRef
-
-
-# --- workspace lists ----------------------------------------------------------------------
 
 
 class ScenarioPayload(_Payload):
@@ -225,23 +182,13 @@ class SkillPayload(_Payload):
         return self
 
 
-class ScenarioRef(_Payload):
-    """An assignment's scenario."""
-
-    id: Id
-    slug: Text = None
-
-
 class AssignmentPayload(_Payload):
     """One item of ``GET /scenarios/assignments``; ``status`` is kept as given (the API
     may add statuses)."""
 
     id: Text = None
-    scenario: ScenarioRef
+    scenario: ScenarioPayload
     status: Annotated[str, BeforeValidator(_required_text)]
-
-
-# --- envelopes ----------------------------------------------------------------------------
 
 
 class Pagination(_Payload):
@@ -260,10 +207,8 @@ class PageEnvelope(_Payload):
     pagination: Pagination | None = None
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(_Payload):
     """The ``error`` object of an error body (read as far as it goes: never strict)."""
-
-    model_config = ConfigDict(extra="ignore")
 
     type: Any = None
     code: Any = None
@@ -271,11 +216,9 @@ class ErrorDetail(BaseModel):
     retry_after: Any = None
 
 
-class ErrorEnvelope(BaseModel):
+class ErrorEnvelope(_Payload):
     """An error body: ``{"error": {"type", "code", "message"}}``, maybe a top-level
     ``retry_after``. Read as far as it goes: any body gives an envelope."""
-
-    model_config = ConfigDict(extra="ignore")
 
     error: ErrorDetail | None = None
     retry_after: Any = None
@@ -290,64 +233,13 @@ class ErrorEnvelope(BaseModel):
         return data
 
 
-# --- one page of a list -------------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
-    """One page of a paginated list: its items and what the pagination says.
-
-    ``page_size`` is the envelope's (None: not given); a list without pagination is
-    one page whose ``total_count`` is its length.
-    """
+    """One page of a paginated list: its items and what the pagination says
+    (``page_size`` None: not given)."""
 
     items: tuple[T, ...]
     page: int
     total_count: int | None
     total_pages: int
     page_size: int | None = None
-
-
-def read_page(body: object, asked: int, where: str = "") -> Page[Any]:
-    """The envelope of a list body, its items left as they came (see :func:`read_items`).
-
-    ``asked`` is the page number the request asked for: the page when the envelope
-    leaves it out.
-    """
-    envelope = validate(PageEnvelope, body, where)
-    pagination = envelope.pagination
-    if pagination is None:
-        return Page(tuple(envelope.data), asked, len(envelope.data), 1)
-    return Page(tuple(envelope.data), pagination.page or asked, pagination.total_count,
-                1 if pagination.total_pages is None else pagination.total_pages,
-                pagination.page_size)
-
-
-# --- validation ---------------------------------------------------------------------------
-
-
-def validate(model: type[M], data: object, where: str = "") -> M:
-    """``data`` as ``model``, or :class:`PayloadError` naming the first wrong field
-    (``where`` is the payload's own path, such as ``data[3]``)."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise PayloadError(_message(exc.errors(include_url=False)[0], where)) from None
-
-
-def _message(error: Any, where: str) -> str:
-    path = where
-    for part in error["loc"]:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    kind = error["type"]
-    if kind == "exec_payload":
-        detail = error["msg"]
-    elif kind == "missing":
-        detail = "is missing"
-    elif kind in ("model_type", "model_attributes_type", "dict_type"):
-        detail = "is not an object"
-    elif kind == "list_type":
-        detail = "is not a list"
-    else:
-        detail = f"is invalid ({error['msg']})"
-    return f"{path or 'the body'} {detail}"

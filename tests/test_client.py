@@ -4,6 +4,7 @@ deadline, against the fake API over loopback."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -422,3 +423,24 @@ def test_members_page_flat_and_nested(client: ExecClient, requests_mock: rm.Mock
     requests_mock.get(f"{BASE}/workspace/members", json=page_body([{"email": "a@b.c"}], 1, 1))
     with pytest.raises(InvalidResponse, match=r"data\[0\]\.id"):
         client.members({})
+
+
+def test_a_nested_member_names_the_field_in_its_user(client: ExecClient,
+                                                     requests_mock: rm.Mocker) -> None:
+    nested = {"id": "m1", "user": {"id": "u7", "email": 7}, "role": "admin"}
+    requests_mock.get(f"{BASE}/workspace/members", json=page_body([nested], 1, 1))
+    with pytest.raises(InvalidResponse, match=r"^data\[0\]\.user\.email is int"):
+        client.members({})
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"rank_participants": {"gold": -1}}, "score_distribution[0].count is -1, below 0"),
+    ({"rank_participants": {"platinum": 1}}, "score_distribution[0].rank is 'platinum'"),
+    ({"practice_seconds": -60.0}, "total_practice_minutes is -1.0, below 0"),
+    ({"average_score_lift": 101}, "average_lift_percentage is 101, outside -100-100"),
+])
+def test_a_restored_summary_is_checked_by_the_api_rules(change: dict[str, Any],
+                                                        message: str) -> None:
+    saved = parse_summary(EXAMPLE).to_json() | change
+    with pytest.raises(InvalidResponse, match=f"^{re.escape(message)}"):
+        Summary.from_json(saved)
