@@ -205,8 +205,12 @@ def _new_read(kind: str) -> PagedRead[Any]:
     return PagedRead(what, key=lambda item: item.id, parse=parse)
 
 
+def name_matches(name: str, pattern: str) -> bool:
+    """Whether ``name`` matches the shell pattern ``pattern``, case-insensitively."""
+    return fnmatch.fnmatchcase(name.lower(), pattern.lower())
+
+
 def _matching_groups(groups: list[Group], patterns: list[str]) -> list[Group]:
     if not patterns:
         return groups
-    lowered = [p.lower() for p in patterns]
-    return [g for g in groups if any(fnmatch.fnmatchcase(g.name.lower(), p) for p in lowered)]
+    return [g for g in groups if any(name_matches(g.name, p) for p in patterns)]
