@@ -1,15 +1,11 @@
 """Skills and assignments: two workspace-wide listings, read as jobs.
 
 ``GET /skills?include=proficiency`` and ``GET /scenarios/assignments`` are read
-every ``interval`` by two job sources of the scheduler (:class:`Skills`,
-:class:`Assignments`), through the same ledger and pauses as the summaries; their
-requests a day are taken out of the day budget first, and a failed read keeps the
-last complete values (:class:`~exporter.paged.Schedule`).
-
-Assignments are counted per polled scenario and status by paging through the rows
-or by one ``page_size=1`` request per (scenario, status), whichever the last read's
-sizes say is cheaper (:meth:`Assignments.plan`; docs/configuration.md, "Skills and
-assignments"). :class:`ListingsCollector` exports the last complete values.
+every ``interval`` (:class:`Skills`, :class:`Assignments`, job sources of the
+scheduler, paid for out of the day budget first). Assignments are counted per
+polled scenario and status by paging through the rows or by one ``page_size=1``
+request per (scenario, status), whichever the last read's sizes say is cheaper
+(docs/configuration.md, "Skills and assignments").
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from functools import partial
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, get_args
 
@@ -183,21 +179,17 @@ class _Listing(Generic[R]):
             return
         try:
             got = self.saved.model_validate(saved)
-            if got.read_at > now + 60:
-                raise ValueError("read_at is not a past time")
         except ValidationError as exc:
             first = exc.errors()[0]
-            log.warning("state file: ignoring the saved %s read: %s: %s", self.kind,
-                        ".".join(map(str, first["loc"])), first["msg"])
-            return
-        except ValueError as exc:
-            log.warning("state file: ignoring the saved %s read: %s", self.kind, exc)
+            why = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        else:
+            why = "read_at is in the future" if got.read_at > now + 60 else ""
+        if why:
+            log.warning("state file: ignoring the saved %s read: %s", self.kind, why)
             return
         self._restore_values(got)
         self.read_at = got.read_at
-        self.schedule.next_at = self.read_at + self.interval
-        if self.schedule.report is not None:
-            self.schedule.report(self.kind, self.read_at, None, 0)
+        self.schedule.done(got.read_at, got.read_at + self.interval)
 
     def _values(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -248,9 +240,7 @@ class Skills(_Listing[PagedRead[Skill]]):
         return max(self.pages, 1)
 
     def _values(self) -> dict[str, Any]:
-        return {"pages": self.pages, "skills": [
-            [s.slug, s.name, s.participants, s.scored_participants, s.proficient_ratio,
-             s.average_score, s.id] for s in self.skills]}
+        return {"pages": self.pages, "skills": [astuple(skill) for skill in self.skills]}
 
     def _restore_values(self, saved: _SavedSkills) -> None:
         self.skills, self.pages = tuple(Skill(*row) for row in saved.skills), saved.pages
@@ -335,12 +325,9 @@ class Assignments(_Listing[_Read]):
     # --- the plan -------------------------------------------------------------------
 
     def _ids(self, polled: Sequence[PolledScenario]) -> dict[str, str]:
-        ids = {}
-        for label, uuid in polled:
-            known = uuid or self._learned.get(label)
-            if known is not None:
-                ids[label] = known
-        return ids
+        """Label -> scenario id, for the polled scenarios whose id is known."""
+        return {label: uuid or self._learned[label] for label, uuid in polled
+                if uuid or label in self._learned}
 
     def plan(self, polled: Sequence[PolledScenario]) -> tuple[bool, int]:
         """(count?, requests) for a read of ``polled`` now: counting when every id is
@@ -349,17 +336,12 @@ class Assignments(_Listing[_Read]):
         ids = self._ids(polled)
         if len(ids) < len(labels) or self._filters_refused:
             return False, max(self._all_pages or 1, 1)
-        counting_cost = len(STATUSES) * len(labels)
-        if self._filter(polled, ids) is None:
-            paging_cost = self._all_pages
-        else:
-            paging_cost = (None if self._rows is None
-                           else max(math.ceil(self._rows / PAGE_SIZE), 1))
-        if paging_cost is None:
-            return False, 1  # unknown sizes: page; the first page decides (see _page)
-        if counting_cost < paging_cost:
-            return True, counting_cost
-        return False, paging_cost
+        counting = len(STATUSES) * len(labels)
+        paging = (self._all_pages if self._filter(polled, ids) is None
+                  else None if self._rows is None else max(math.ceil(self._rows / PAGE_SIZE), 1))
+        if paging is None:
+            return False, 1  # unknown sizes: page; the first page decides (see _switch)
+        return (True, counting) if counting < paging else (False, paging)
 
     def cost(self) -> int:
         # Asked for several times per scheduler step (through requests_per_day): the
@@ -527,18 +509,13 @@ class Assignments(_Listing[_Read]):
         current = {label for label, _ in self.scenarios()}
         return {key: n for key, n in self.counts.items() if key[0] in current}
 
+
 # --- export -------------------------------------------------------------------------
 
 
 class ListingsCollector(Collector):
-    """The skills and assignments families, from the listings' last complete reads.
-
-    Sample output::
-
-        exec_skill_info{name="Objection Handling",skill="objection-handling"} 1.0
-        exec_skill_proficient_ratio{skill="objection-handling"} 0.4
-        exec_assignments{scenario="discovery-call-it-director",status="past_due"} 3.0
-    """
+    """The ``exec_skill_*`` and ``exec_assignments`` families, from the listings' last
+    complete reads."""
 
     def __init__(self, listings: Callable[[], tuple[Skills | None, Assignments | None]]) -> None:
         self.listings = listings
@@ -555,8 +532,8 @@ class ListingsCollector(Collector):
                 "exec_assignments",
                 "Scenario assignments by status, as of the last successful assignments read.",
                 labels=("scenario", "status"))
-            for (scenario, status), count in sorted(assignments.values().items()):
-                family.add_metric((scenario, status), count)
+            for labels, count in sorted(assignments.values().items()):
+                family.add_metric(labels, count)
             yield family
 
 
