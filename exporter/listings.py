@@ -34,7 +34,7 @@ from .client import ApiError, ExecClient, InvalidResponse, payload
 from .config import ListingConfig
 from .jobs import Job
 from .models import AssignmentPayload, Page, SkillPayload
-from .paged import PAGE_SIZE, PagedRead, Report, Schedule, first_of_each
+from .paged import PAGE_SIZE, PagedRead, Report, Schedule, first_of_each, page_query
 
 log = logging.getLogger(__name__)
 
@@ -384,8 +384,7 @@ class Assignments(_Listing[_Read]):
             return None
         if read.counting:
             label, status = read.queue[0]
-            params = {"scenario_ids": read.ids[label], "status": status, "page": "1",
-                      "page_size": "1"}
+            params = page_query({"scenario_ids": read.ids[label], "status": status}, 1, 1)
 
             def count(client: ExecClient, at: float) -> int:
                 total = client.list_page("/scenarios/assignments", params).total_count

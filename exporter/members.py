@@ -70,8 +70,7 @@ class MemberLists:
             schedule = self._schedule(group)
             idle = schedule.run is None
             read = schedule.begin(now, partial(PagedRead[Member], f"members of group {group}",
-                                               lambda member: member.user_id),
-                                  self._rereads_after if group in self.known else -math.inf)
+                                               lambda member: member.user_id), self._due(group))
             if read is None:
                 continue
             if idle and group in self.known:
