@@ -302,7 +302,7 @@ class Assignments(_Listing[_Read]):
     status; a job source, one request per job (see the module docstring).
 
     ``scenarios()`` returns the polled scenarios at the time of the call (the
-    exporter's current targets).
+    exporter's current targets), each label once.
     """
 
     kind = "assignments"
@@ -332,11 +332,10 @@ class Assignments(_Listing[_Read]):
     def plan(self, polled: Sequence[PolledScenario]) -> tuple[bool, int]:
         """(count?, requests) for a read of ``polled`` now: counting when every id is
         known and ``5 x scenarios`` is fewer than the pages the last read's rows need."""
-        labels = {label for label, _ in polled}
         ids = self._ids(polled)
-        if len(ids) < len(labels) or self._filters_refused:
+        if len(ids) < len(polled) or self._filters_refused:
             return False, max(self._all_pages or 1, 1)
-        counting = len(STATUSES) * len(labels)
+        counting = len(STATUSES) * len(polled)
         paging = (self._all_pages if self._filter(polled, ids) is None
                   else None if self._rows is None else max(math.ceil(self._rows / PAGE_SIZE), 1))
         if paging is None:
@@ -350,18 +349,9 @@ class Assignments(_Listing[_Read]):
         key = (self._rows, self._all_pages, len(self._learned) * 2 + self._filters_refused)
         if self._cost is not None and self._cost[0] is raw and self._cost[1] == key:
             return self._cost[2]
-        polled = self._polled(raw)
-        cost = self.plan(polled)[1] if polled else 1
+        cost = self.plan(raw)[1] if raw else 1
         self._cost = (raw, key, cost)
         return cost
-
-    def _polled(self, raw: Sequence[PolledScenario] | None = None
-                ) -> tuple[PolledScenario, ...]:
-        seen: dict[str, str | None] = {}
-        for label, uuid in self.scenarios() if raw is None else raw:
-            if seen.get(label) is None:
-                seen[label] = uuid
-        return tuple(seen.items())
 
     @staticmethod
     def _filter(polled: Sequence[PolledScenario], ids: dict[str, str]) -> str | None:
@@ -374,7 +364,7 @@ class Assignments(_Listing[_Read]):
         """The next request of a read, if a read is due (or the polled scenarios changed)."""
         schedule = self.schedule
         if (schedule.run is None and schedule.failures == 0 and self._read_labels is not None
-                and frozenset(label for label, _ in self._polled()) != self._read_labels):
+                and frozenset(label for label, _ in self.scenarios()) != self._read_labels):
             schedule.next_at = min(schedule.next_at, now)  # new scenarios: count them now
         read = schedule.begin(now, self._begin)
         if read is None:
@@ -402,7 +392,7 @@ class Assignments(_Listing[_Read]):
             partial(self._page, read), self._fail)
 
     def _begin(self) -> _Read:
-        polled = self._polled()
+        polled = tuple(self.scenarios())
         return self._start(polled, bool(polled) and self.plan(polled)[0])
 
     def _start(self, polled: tuple[PolledScenario, ...], counting: bool) -> _Read:
