@@ -120,9 +120,8 @@ class Discovery:
         return self.settings.interval
 
     def requests_per_day(self) -> float:
-        """Listing requests per day at the current page counts (one page at the least).
-        The names' read is left out: ``--config.check`` cannot know its page count, and
-        the ledger counts it like any request."""
+        """Listing requests per day at the current page counts (one page at the least),
+        the names' read left out (``--config.check`` cannot know its page count)."""
         return sum(max(self.pages.get(kind, 1), 1) * 86400 / self.interval(kind)
                    for kind in self._schedules if not (kind == "scenarios" and self.names))
 

@@ -1,12 +1,7 @@
-"""The member lists of the groups that derived cohorts use.
+"""The member lists of the groups that derived cohorts use (docs/derived-cohorts.md).
 
-A group cohort can be derived from a participants pull only while its groups'
-member lists are known (:mod:`exporter.planner`). Each list is read every
-``planner.membership_interval`` (:mod:`exporter.paged`); lists already known are
-read again spread over that interval rather than in one burst.
-
-Thread-safety: the planner's lock is this object's lock (the planner reads the
-lists under it while it plans and derives); callbacks run outside it.
+Each list is read every ``planner.membership_interval``. Thread-safety: the
+planner's lock is this object's lock; callbacks run outside it.
 """
 
 from __future__ import annotations

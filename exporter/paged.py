@@ -43,12 +43,9 @@ class ListChanged(InvalidResponse):
 
 
 def retry_at(error: ApiError, failures: int, now: float, cap: float) -> float:
-    """When a list read that has now failed ``failures`` times in a row is tried again.
-
-    A workspace-wide refusal (429, 401, 403) is retried at once: the scheduler's pause
-    holds every request until it is over. Anything else waits 60 s, doubling with each
-    failure in a row, at most ``cap`` (the list's interval).
-    """
+    """When a list read that has now failed ``failures`` times in a row is tried again:
+    60 s, doubling with each failure, at most ``cap``; at once after a workspace-wide
+    refusal (429, 401, 403), as the scheduler's pause holds every request until it ends."""
     if error.reason in PAUSE_REASONS:
         return now
     return now + min(RETRY_FIRST * 2 ** (max(failures, 1) - 1), cap)
@@ -152,11 +149,8 @@ class PagedRead(Generic[T]):
 
 class Schedule(Generic[R]):
     """When one list is read: at ``next_at`` (-1: at once), again after each complete
-    read, and after a failure by :func:`retry_at`; the last complete value stays.
-
-    ``run`` is the read under way (None: none), ``started`` when it began; ``report``
-    (optional) hears how each read ended, under ``kind``.
-    """
+    read, and after a failure by :func:`retry_at`. ``run`` is the read under way (None:
+    none), ``started`` when it began; ``report`` hears how each read ended."""
 
     def __init__(self, kind: str, report: Report | None = None,
                  next_at: float = -1.0) -> None:

@@ -136,11 +136,8 @@ def build_targets(config: Config, lists: Lists | None = None) -> list[Target]:
 
 
 def select_targets(config: Config, lists: Lists | None = None) -> tuple[list[Target], int]:
-    """The targets to poll, at most ``max_targets`` of them, and how many were dropped.
-
-    The order of :func:`build_targets` decides who stays: explicit targets first,
-    then discovered ones by slug.
-    """
+    """The targets to poll, at most ``max_targets`` of them (the first in the order of
+    :func:`build_targets`), and how many were dropped."""
     targets = build_targets(config, lists)
     dropped = max(len(targets) - config.max_targets, 0)
     if dropped:
