@@ -202,7 +202,7 @@ def first_of_each(items: Iterable[T], slug: Callable[[T], str], what: str) -> li
     out: dict[str, T] = {}
     for item in items:
         if slug(item) in out:
-            log.warning("%s: two share the slug %r; keeping the first", what, slug(item))
+            log.warning("two %s share the slug %r; keeping the first", what, slug(item))
         else:
             out[slug(item)] = item
     return list(out.values())
