@@ -112,10 +112,12 @@ def parse_assignment(item: object) -> AssignmentRow:
 
 # --- the saved reads (the state file's "listings") ----------------------------------
 
-Count = Annotated[StrictInt, Field(ge=0)]
+_Count = Annotated[StrictInt, Field(ge=0)]
 
 
 class _Saved(BaseModel):
+    """A listing's last complete read as the state file keeps it."""
+
     read_at: StrictFloat
 
 
@@ -126,11 +128,11 @@ class _SavedSkills(_Saved):
 
 
 class _SavedAssignments(_Saved):
-    counts: list[tuple[StrictStr, Status, Count]]
+    counts: list[tuple[StrictStr, Status, _Count]]
     counting: StrictBool | None
     learned: dict[StrictStr, StrictStr]
-    rows: Count | None
-    all_pages: Count | None
+    rows: _Count | None
+    all_pages: _Count | None
     filters_refused: StrictBool
 
 
