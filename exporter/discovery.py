@@ -168,19 +168,19 @@ class Discovery:
         if schedule.run is not read or not read.take(page):
             return  # a reload started the list over, or pages are left
         self.pages[kind] = read.pages
+        found: list[Any]
         if kind == "scenarios":
             wanted = self.settings.scenarios
             excluded = set(wanted.exclude if wanted else [])
-            found = [s for s in read.items if s.slug not in excluded and s.id not in excluded]
-            self.lists.scenarios = first_of_each(found, lambda s: s.slug, "scenarios")
-            self.lists.scenarios_at = now
+            found = first_of_each((s for s in read.items
+                                   if s.slug not in excluded and s.id not in excluded),
+                                  lambda s: s.slug, "scenarios")
+            self.lists.scenarios, self.lists.scenarios_at = found, now
         else:
             cohorts = self.settings.group_cohorts
-            self.lists.groups = _matching_groups(read.items, cohorts.include if cohorts else [])
-            self.lists.groups_at = now
-        log.info("discovery: read %s (%d pages, %d %s)", kind, read.pages,
-                 len(self.lists.scenarios or []) if kind == "scenarios"
-                 else len(self.lists.groups or []), kind)
+            found = _matching_groups(read.items, cohorts.include if cohorts else [])
+            self.lists.groups, self.lists.groups_at = found, now
+        log.info("discovery: read %s (%d pages, %d %s)", kind, read.pages, len(found), kind)
         schedule.done(now, now + self.interval(kind), read.skipped)
         if self.on_update is not None:
             self.on_update(self.lists)
