@@ -1,54 +1,45 @@
 """Skills and assignments: two workspace-wide listings, read as jobs.
 
-``GET /skills?include=proficiency`` (one row per skill with its proficiency
-summary) and ``GET /scenarios/assignments`` (one row per assignment, with its
-scenario and status) are read every ``interval``, one request per job, by two
-job sources of the scheduler (:class:`Skills`, :class:`Assignments`). Like the
-discovery listings they go through the same ledger and pauses as the summaries,
-their requests a day are taken out of the day budget first, and a failed read
-keeps the last complete values (reported through ``report(kind, at, error)``,
-which the exporter points at ``store.record_discovery``).
-
-Assignments are counted per polled scenario and status at the lowest request
-cost, chosen at the start of every read (:meth:`Assignments.plan`):
-
-* *paging*: read every row, 100 a page, filtered by ``scenario_ids`` when the
-  id of every polled scenario is known: ``ceil(rows / 100)`` requests;
-* *counting*: one ``page_size=1&scenario_ids=X&status=S`` request per
-  (scenario, status), reading ``pagination.total_count``: ``5 x scenarios``.
-
-Counting is chosen when the last read's row count says it needs fewer requests
-than paging; ties and unknown sizes page. After the first page of a paging
-read the sizes are known exactly: if the pages left cost more than counting,
-the read switches to counting at once. Counting needs each scenario's id: a
-scenario configured by slug that discovery has not matched is recognised by the
-slug its assignment rows carry, and its id is learned from those rows; until
-then the read pages through every row of the workspace.
-
-:class:`ListingsCollector` exports the last complete values (see docs/configuration.md,
-"Skills and assignments").
+``GET /skills?include=proficiency`` and ``GET /scenarios/assignments`` are read
+every ``interval`` (:class:`Skills`, :class:`Assignments`, job sources of the
+scheduler, paid for out of the day budget first). Assignments are counted per
+polled scenario and status by paging through the rows or by one ``page_size=1``
+request per (scenario, status), whichever the last read's sizes say is cheaper
+(docs/configuration.md, "Skills and assignments").
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import astuple, dataclass, field
+from functools import partial
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, get_args
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from pydantic import (
+    BaseModel,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
-from .client import PAUSE_REASONS, ApiError, ExecClient, InvalidResponse, payload
-from .config import ListingConfig, format_duration
+from .client import ApiError, ExecClient, InvalidResponse, payload
+from .config import ListingConfig
 from .jobs import Job
 from .models import AssignmentPayload, Page, SkillPayload
-from .paged import PAGE_SIZE, PagedRead, retry_at
+from .paged import PAGE_SIZE, PagedRead, Report, Schedule, first_of_each, page_query
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("not_started", "in_progress", "completed", "past_due", "did_not_pass")
+Status = Literal["not_started", "in_progress", "completed", "past_due", "did_not_pass"]
+STATUSES: tuple[str, ...] = get_args(Status)
 # Each listing may use at most this share of the day budget: a workspace with
 # very many assignments stretches the listing's interval, not the targets'.
 DAY_SHARE = 0.25
@@ -56,31 +47,13 @@ DAY_SHARE = 0.25
 # read then pages through every row.
 MAX_FILTER_CHARS = 2000
 
-Report = Callable[[str, float | None, str | None, int], None]
-"""``report(kind, at, error, skipped)``, as discovery's (``store.record_discovery``)."""
 PolledScenario = tuple[str, str | None]
 """A polled scenario: its label (configured id, or slug when discovered) and its
 id when known (``Target.scenario_uuid``)."""
+R = TypeVar("R")
 
 
 # --- parsing ------------------------------------------------------------------
-
-# A saved skill row's fields, in Skill's order: (type, may be None).
-_SKILL_FIELDS: tuple[tuple[type, bool], ...] = (
-    (str, False), (str, False), (int, True), (int, True), (float, True), (float, True),
-    (str, True))
-
-
-def parse_restored(value: object, kind: tuple[type, bool]) -> Any:
-    """One field of a saved row, checked against its type (ValueError if it is not)."""
-    expected, optional = kind
-    if value is None and optional:
-        return None
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, expected) or isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a {expected.__name__}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -137,31 +110,58 @@ def parse_assignment(item: object) -> AssignmentRow:
                          got.status if got.status in STATUSES else None, got.id or None)
 
 
+# --- the saved reads (the state file's "listings") ----------------------------------
+
+_Count = Annotated[StrictInt, Field(ge=0)]
+
+
+class _Saved(BaseModel):
+    """A listing's last complete read as the state file keeps it."""
+
+    read_at: StrictFloat
+
+
+class _SavedSkills(_Saved):
+    pages: Annotated[StrictInt, Field(ge=1)]
+    skills: list[tuple[StrictStr, StrictStr, StrictInt | None, StrictInt | None,
+                       StrictFloat | None, StrictFloat | None, StrictStr | None]]
+
+
+class _SavedAssignments(_Saved):
+    counts: list[tuple[StrictStr, Status, _Count]]
+    counting: StrictBool | None
+    learned: dict[StrictStr, StrictStr]
+    rows: _Count | None
+    all_pages: _Count | None
+    filters_refused: StrictBool
+
+
 # --- the common mechanics -----------------------------------------------------------
 
 
-class _Listing:
+class _Listing(Generic[R]):
     """A listing read every interval, one request per job; the last values stay on failure."""
 
     kind = ""
+    saved: ClassVar[type[_Saved]]
 
     def __init__(self, settings: ListingConfig, day_budget: float,
                  report: Report | None = None) -> None:
         self.settings = settings
         self.day_budget = day_budget
-        self.report = report
-        self.error: str | None = None
         self.read_at: float | None = None  # when the last complete read finished
-        self._next = -1.0  # due at once
-        self._failures = 0
-        self._started: float | None = None  # set while a read is under way
-        self._skipped = 0  # malformed items the read about to finish left out
+        self.schedule: Schedule[R] = Schedule(self.kind, report)
+
+    @property
+    def error(self) -> str | None:
+        """Why the last read failed (None: it did not)."""
+        return self.schedule.error
 
     def configure(self, settings: ListingConfig, day_budget: float) -> None:
         """Take a reloaded configuration; the values and the schedule stay."""
         self.settings, self.day_budget = settings, day_budget
-        if self.read_at is not None and self._failures == 0:
-            self._next = min(self._next, self.read_at + self.interval)
+        if self.read_at is not None and self.schedule.failures == 0:
+            self.schedule.next_at = min(self.schedule.next_at, self.read_at + self.interval)
 
     def cost(self) -> int:
         """Requests one read needs, by the last known sizes (at least 1)."""
@@ -180,22 +180,23 @@ class _Listing:
         if not isinstance(saved, dict):
             return
         try:
-            read_at = saved["read_at"]
-            if not isinstance(read_at, int | float) or read_at > now + 60:
-                raise ValueError("read_at is not a past time")
-            self._restore_values(saved)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            log.warning("state file: ignoring the saved %s read: %s", self.kind, exc)
+            got = self.saved.model_validate(saved)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            why = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+        else:
+            why = "read_at is in the future" if got.read_at > now + 60 else ""
+        if why:
+            log.warning("state file: ignoring the saved %s read: %s", self.kind, why)
             return
-        self.read_at = float(read_at)
-        self._next = self.read_at + self.interval
-        if self.report is not None:
-            self.report(self.kind, self.read_at, None, 0)
+        self._restore_values(got)
+        self.read_at = got.read_at
+        self.schedule.done(got.read_at, got.read_at + self.interval)
 
     def _values(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _restore_values(self, saved: dict[str, Any]) -> None:
+    def _restore_values(self, saved: Any) -> None:
         raise NotImplementedError
 
     @property
@@ -210,115 +211,61 @@ class _Listing:
 
     def next_due(self) -> float:
         """When the next request is due (-1: a read is under way)."""
-        return -1.0 if self._started is not None else self._next
+        return self.schedule.next_due()
 
-    def _due(self, now: float) -> bool:
-        if self._started is None:
-            if now < self._next:
-                return False
-            self._started = now
-            self._begin(now)
-        return True
-
-    def _begin(self, now: float) -> None:
-        raise NotImplementedError
-
-    def _page_job(self, path: str, params: dict[str, str], page: int,
-                  apply: Callable[[Page[Any], float], None]) -> Job:
-        """The job that reads page ``page`` of this listing (``params`` include it)."""
-        return Job(kind=f"list_{self.kind}", key=("list", self.kind, page),
-                   fetch=lambda client, at: client.list_page(path, params), apply=apply,
-                   fail=self._fail, label=f"{self.kind} page {page}")
-
-    def _finish(self, now: float) -> None:
-        started = self._started if self._started is not None else now
-        self._started = None
+    def _finish(self, now: float, skipped: int = 0) -> None:
         self.read_at = now
-        self._failures = 0
-        self.error = None
         # From the start of the read: a value is never older than the interval plus
         # one read, whatever the read's length.
-        self._next = started + self.interval
-        if self.report is not None:
-            self.report(self.kind, now, None, self._skipped)
+        self.schedule.done(now, self.schedule.started + self.interval, skipped)
 
     def _fail(self, error: ApiError, now: float) -> None:
-        self._started = None
-        self.error = f"{error.reason}: {error}"
-        if self.report is not None:
-            self.report(self.kind, None, self.error, 0)
-        if error.reason not in PAUSE_REASONS:
-            self._failures += 1
-        self._next = retry_at(error, self._failures, now, self.interval)
-        if error.reason in PAUSE_REASONS:
-            return  # the scheduler's pause decides when the read is tried again
-        log.warning("%s: reading failed (%s); keeping the last values, retrying in %s",
-                    self.kind, self.error, format_duration(self._next - now))
+        self.schedule.failed(error, now, self.interval)
 
 
 # --- skills -------------------------------------------------------------------------
 
 
-class Skills(_Listing):
+class Skills(_Listing[PagedRead[Skill]]):
     """``GET /skills?include=proficiency`` every interval: a job source, one page per job."""
 
     kind = "skills"
+    saved = _SavedSkills
 
     def __init__(self, settings: ListingConfig, day_budget: float,
                  report: Report | None = None) -> None:
         super().__init__(settings, day_budget, report)
         self.skills: tuple[Skill, ...] = ()  # the last complete read
         self.pages = 1
-        self._paged = self._new_read()
-
-    @staticmethod
-    def _new_read() -> PagedRead[Skill]:
-        return PagedRead("skill list", key=lambda skill: skill.id, parse=parse_skill)
 
     def cost(self) -> int:
         return max(self.pages, 1)
 
-    def _begin(self, now: float) -> None:
-        self._paged = self._new_read()
-
     def _values(self) -> dict[str, Any]:
-        return {"pages": self.pages, "skills": [
-            [s.slug, s.name, s.participants, s.scored_participants, s.proficient_ratio,
-             s.average_score, s.id] for s in self.skills]}
+        return {"pages": self.pages, "skills": [astuple(skill) for skill in self.skills]}
 
-    def _restore_values(self, saved: dict[str, Any]) -> None:
-        skills = tuple(Skill(*(parse_restored(value, kind) for value, kind in
-                               zip(row, _SKILL_FIELDS, strict=True)))
-                       for row in saved["skills"])
-        pages = saved["pages"]
-        if not isinstance(pages, int) or pages < 1:
-            raise ValueError(f"pages is {pages!r}")
-        self.skills, self.pages = skills, pages
+    def _restore_values(self, saved: _SavedSkills) -> None:
+        self.skills, self.pages = tuple(Skill(*row) for row in saved.skills), saved.pages
 
     def due(self, now: float) -> Job | None:
         """The next page to read, if a read is due."""
-        if not self._due(now):
+        read = self.schedule.begin(now, partial(PagedRead[Skill], "skill list",
+                                                lambda skill: skill.id, parse_skill))
+        if read is None:
             return None
-        read = self._paged
-        return self._page_job("/skills", read.query({"include": "proficiency"}), read.page,
-                              lambda answer, at: self.page_read(read, answer, at))
+        return read.job("list_skills", ("list", "skills"), "skills",
+                        lambda client, params: client.list_page("/skills", params),
+                        {"include": "proficiency"}, partial(self.page_read, read), self._fail)
 
     def page_read(self, read: PagedRead[Skill], page: Page[Any], now: float) -> None:
         """One page arrived; publish the list when it was the last page (raises
         :class:`~exporter.paged.ListChanged` when the pages disagree)."""
-        if read is not self._paged or not read.take(page):
+        if read is not self.schedule.run or not read.take(page):
             return
         self.pages = read.pages
-        unique: dict[str, Skill] = {}
-        for skill in read.items:
-            if skill.slug in unique:
-                log.warning("skills: two skills share the slug %r; keeping the first", skill.slug)
-                continue
-            unique[skill.slug] = skill
-        self.skills = tuple(unique.values())
-        self._skipped = read.skipped
+        self.skills = tuple(first_of_each(read.items, lambda skill: skill.slug, "skills"))
         log.debug("skills: read %d skills in %d pages", len(self.skills), self.pages)
-        self._finish(now)
+        self._finish(now, read.skipped)
 
 
 # --- assignments --------------------------------------------------------------------
@@ -335,18 +282,33 @@ class _Read:
     paged: PagedRead[AssignmentRow] = field(default_factory=lambda: PagedRead(
         "assignment list", key=lambda row: row.id, parse=parse_assignment))
     queue: list[tuple[str, str]] = field(default_factory=list)  # counting: (label, status)
-    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    by_id: dict[str, set[str]] = field(init=False, default_factory=dict)  # id -> labels
+    unknown: set[str] = field(init=False, default_factory=set)  # labels whose id is not known
+
+    def __post_init__(self) -> None:
+        for label, known in self.ids.items():
+            self.by_id.setdefault(known, set()).add(label)
+        self.unknown = {label for label, _ in self.polled if label not in self.ids}
+
+    def labels(self, row: AssignmentRow) -> set[str]:
+        """The polled scenarios ``row`` counts for: by the id, or for a scenario whose
+        id is not known yet, by the id or slug it was configured as."""
+        return self.by_id.get(row.scenario_id, set()) | (
+            self.unknown & {row.scenario_id, row.scenario_slug})
 
 
-class Assignments(_Listing):
+class Assignments(_Listing[_Read]):
     """``GET /scenarios/assignments`` every interval, counted per polled scenario and
     status; a job source, one request per job (see the module docstring).
 
     ``scenarios()`` returns the polled scenarios at the time of the call (the
-    exporter's current targets).
+    exporter's current targets), each label once.
     """
 
     kind = "assignments"
+    saved = _SavedAssignments
 
     def __init__(self, settings: ListingConfig, day_budget: float,
                  scenarios: Callable[[], Sequence[PolledScenario]],
@@ -359,38 +321,28 @@ class Assignments(_Listing):
         self._rows: int | None = None  # rows of the polled scenarios at the last read
         self._all_pages: int | None = None  # pages of an unfiltered read
         self._read_labels: frozenset[str] | None = None
-        self._read: _Read | None = None
         self._cost: tuple[object, tuple[int | None, int | None, int], int] | None = None
         self._filters_refused = False  # a 400 to a filtered request: page everything
 
     # --- the plan -------------------------------------------------------------------
 
     def _ids(self, polled: Sequence[PolledScenario]) -> dict[str, str]:
-        ids = {}
-        for label, uuid in polled:
-            known = uuid or self._learned.get(label)
-            if known is not None:
-                ids[label] = known
-        return ids
+        """Label -> scenario id, for the polled scenarios whose id is known."""
+        return {label: uuid or self._learned[label] for label, uuid in polled
+                if uuid or label in self._learned}
 
     def plan(self, polled: Sequence[PolledScenario]) -> tuple[bool, int]:
         """(count?, requests) for a read of ``polled`` now: counting when every id is
         known and ``5 x scenarios`` is fewer than the pages the last read's rows need."""
-        labels = {label for label, _ in polled}
         ids = self._ids(polled)
-        if len(ids) < len(labels) or self._filters_refused:
+        if len(ids) < len(polled) or self._filters_refused:
             return False, max(self._all_pages or 1, 1)
-        counting_cost = len(STATUSES) * len(labels)
-        if self._filter(polled, ids) is None:
-            paging_cost = self._all_pages
-        else:
-            paging_cost = (None if self._rows is None
-                           else max(math.ceil(self._rows / PAGE_SIZE), 1))
-        if paging_cost is None:
-            return False, 1  # unknown sizes: page; the first page decides (see page_read)
-        if counting_cost < paging_cost:
-            return True, counting_cost
-        return False, paging_cost
+        counting = len(STATUSES) * len(polled)
+        paging = (self._all_pages if self._filter(polled, ids) is None
+                  else None if self._rows is None else max(math.ceil(self._rows / PAGE_SIZE), 1))
+        if paging is None:
+            return False, 1  # unknown sizes: page; the first page decides (see _switch)
+        return (True, counting) if counting < paging else (False, paging)
 
     def cost(self) -> int:
         # Asked for several times per scheduler step (through requests_per_day): the
@@ -399,18 +351,9 @@ class Assignments(_Listing):
         key = (self._rows, self._all_pages, len(self._learned) * 2 + self._filters_refused)
         if self._cost is not None and self._cost[0] is raw and self._cost[1] == key:
             return self._cost[2]
-        polled = self._polled(raw)
-        cost = self.plan(polled)[1] if polled else 1
+        cost = self.plan(raw)[1] if raw else 1
         self._cost = (raw, key, cost)
         return cost
-
-    def _polled(self, raw: Sequence[PolledScenario] | None = None
-                ) -> tuple[PolledScenario, ...]:
-        seen: dict[str, str | None] = {}
-        for label, uuid in self.scenarios() if raw is None else raw:
-            if seen.get(label) is None:
-                seen[label] = uuid
-        return tuple(seen.items())
 
     @staticmethod
     def _filter(polled: Sequence[PolledScenario], ids: dict[str, str]) -> str | None:
@@ -421,20 +364,19 @@ class Assignments(_Listing):
 
     def due(self, now: float) -> Job | None:
         """The next request of a read, if a read is due (or the polled scenarios changed)."""
-        if (self._started is None and self._failures == 0 and self._read_labels is not None
-                and frozenset(label for label, _ in self._polled()) != self._read_labels):
-            self._next = min(self._next, now)  # new scenarios: count them now
-        if not self._due(now):
+        schedule = self.schedule
+        if (schedule.run is None and schedule.failures == 0 and self._read_labels is not None
+                and frozenset(label for label, _ in self.scenarios()) != self._read_labels):
+            schedule.next_at = min(schedule.next_at, now)  # new scenarios: count them now
+        read = schedule.begin(now, self._begin)
+        if read is None:
             return None
-        read = self._read
-        assert read is not None
         if not read.polled:
             self._complete(read, now)  # nothing to count, nothing to ask
             return None
         if read.counting:
             label, status = read.queue[0]
-            params = {"scenario_ids": read.ids[label], "status": status, "page": "1",
-                      "page_size": "1"}
+            params = page_query({"scenario_ids": read.ids[label], "status": status}, 1, 1)
 
             def count(client: ExecClient, at: float) -> int:
                 total = client.list_page("/scenarios/assignments", params).total_count
@@ -443,17 +385,17 @@ class Assignments(_Listing):
                 return total
 
             return Job(kind="list_assignments", key=("count", "assignments", label, status),
-                       fetch=count, apply=lambda n, at: self.counted(label, status, n, at),
+                       fetch=count, apply=partial(self.counted, label, status),
                        fail=self._fail, label=f"assignments {label} {status}")
-        paging = read.paged.query({"scenario_ids": read.scenario_filter}
-                                  if read.scenario_filter is not None else None)
-        return self._page_job("/scenarios/assignments", paging, read.paged.page,
-                              lambda answer, at: self._page(read, answer, at))
+        return read.paged.job(
+            "list_assignments", ("list", "assignments"), "assignments",
+            lambda client, params: client.list_page("/scenarios/assignments", params),
+            None if read.scenario_filter is None else {"scenario_ids": read.scenario_filter},
+            partial(self._page, read), self._fail)
 
-    def _begin(self, now: float) -> None:
-        polled = self._polled()
-        counting, _ = self.plan(polled) if polled else (False, 0)
-        self._read = self._start(polled, counting)
+    def _begin(self) -> _Read:
+        polled = tuple(self.scenarios())
+        return self._start(polled, bool(polled) and self.plan(polled)[0])
 
     def _start(self, polled: tuple[PolledScenario, ...], counting: bool) -> _Read:
         ids = self._ids(polled)
@@ -469,19 +411,18 @@ class Assignments(_Listing):
         return read
 
     def _fail(self, error: ApiError, now: float) -> None:
-        read = self._read
+        read = self.schedule.run
         if (error.reason == "bad_request" and read is not None
                 and (read.counting or read.scenario_filter is not None)):
             # The API refused the scenario_ids or status filter: read every row instead.
             log.warning("assignments: the API refused the filters (%s); paging through "
                         "every assignment from now on", error)
             self._filters_refused = True
-        self._read = None
         super()._fail(error, now)
 
     def counted(self, label: str, status: str, count: int, now: float) -> None:
         """A (scenario, status) count arrived; publish when it was the last one."""
-        read = self._read
+        read = self.schedule.run
         if read is None or not read.counting or not read.queue or read.queue[0] != (label, status):
             return
         read.queue.pop(0)
@@ -493,7 +434,7 @@ class Assignments(_Listing):
                   total_count: int | None = None) -> None:
         """One page of rows (already read) arrived; publish the counts when it was the
         last page."""
-        read = self._read
+        read = self.schedule.run
         if read is not None:
             self._page(read, Page(tuple(rows), read.paged.page, total_count, pages), now,
                        raw=False)
@@ -501,73 +442,45 @@ class Assignments(_Listing):
     def _page(self, read: _Read, page: Page[Any], now: float, raw: bool = True) -> None:
         """A page of the paging read ``read`` arrived (raises
         :class:`~exporter.paged.ListChanged` when the pages disagree)."""
-        if read is not self._read or read.counting:
+        if read is not self.schedule.run or read.counting:
             return
         page_no, before = read.paged.page, len(read.paged.items)
         complete = read.paged.take(page, raw)
-        rows = read.paged.items[before:]
-        for row in rows:
+        for row in read.paged.items[before:]:
             if row.scenario_slug:
                 self._learned[row.scenario_slug] = row.scenario_id
             self._learned[row.scenario_id] = row.scenario_id
-        labels = self._labels_by_row(read)
-        for row in rows:
-            if row.status is None:
-                continue
-            for label in labels(row):
-                key = (label, row.status)
-                read.counts[key] = read.counts.get(key, 0) + 1
-        if page_no == 1 and page.total_pages > 1:
-            self._maybe_switch(read, page.total_pages)
-            if read is not self._read:
-                return
-        if not complete:
+            if row.status is not None:
+                read.counts.update((label, row.status) for label in read.labels(row))
+        if page_no == 1 and page.total_pages > 1 and self._switch(read, page.total_pages):
             return
-        if read.scenario_filter is None:
-            self._all_pages = read.paged.pages
-        self._skipped = read.paged.skipped
-        self._complete(read, now)
-
-    def _maybe_switch(self, read: _Read, pages: int) -> None:
-        """After the first page the sizes are known: count if the pages left cost more."""
-        ids = self._ids(read.polled)
-        counting_cost = len(STATUSES) * len(read.polled)
-        if (len(ids) == len(read.polled) and pages - 1 > counting_cost
-                and not self._filters_refused):
-            log.info("assignments: %d pages to read; counting with %d requests instead",
-                     pages, counting_cost)
+        if complete:
             if read.scenario_filter is None:
-                self._all_pages = pages
-            self._read = self._start(read.polled, True)
+                self._all_pages = read.paged.pages
+            self._complete(read, now, read.paged.skipped)
 
-    @staticmethod
-    def _labels_by_row(read: _Read) -> Callable[[AssignmentRow], list[str]]:
-        by_id: dict[str, list[str]] = {}
-        for label, known in read.ids.items():
-            by_id.setdefault(known, []).append(label)
-        unknown = {label for label, _ in read.polled if label not in read.ids}
+    def _switch(self, read: _Read, pages: int) -> bool:
+        """After the first page the sizes are known: count if the pages left cost more."""
+        counting_cost = len(STATUSES) * len(read.polled)
+        if (len(self._ids(read.polled)) < len(read.polled) or pages - 1 <= counting_cost
+                or self._filters_refused):
+            return False
+        log.info("assignments: %d pages to read; counting with %d requests instead",
+                 pages, counting_cost)
+        if read.scenario_filter is None:
+            self._all_pages = pages
+        self.schedule.run = self._start(read.polled, True)
+        return True
 
-        def labels(row: AssignmentRow) -> list[str]:
-            found = list(by_id.get(row.scenario_id, ()))
-            # A scenario configured by slug (or id) whose id was not known yet.
-            for key in (row.scenario_id, row.scenario_slug):
-                if key in unknown and key not in found:
-                    found.append(key)
-            return found
-
-        return labels
-
-    def _complete(self, read: _Read, now: float) -> None:
-        counts = {(label, status): read.counts.get((label, status), 0)
-                  for label, _ in read.polled for status in STATUSES}
-        self.counts = counts
-        self._rows = sum(counts.values())
+    def _complete(self, read: _Read, now: float, skipped: int = 0) -> None:
+        self.counts = {(label, status): read.counts[(label, status)]
+                       for label, _ in read.polled for status in STATUSES}
+        self._rows = sum(self.counts.values())
         self.counting = read.counting
         self._read_labels = frozenset(label for label, _ in read.polled)
-        self._read = None
         log.debug("assignments: counted %d assignments of %d scenarios (%s)", self._rows,
                   len(read.polled), "counting" if read.counting else "paging")
-        self._finish(now)
+        self._finish(now, skipped)
 
     def _values(self) -> dict[str, Any]:
         return {"counts": [[label, status, n] for (label, status), n in self.counts.items()],
@@ -575,25 +488,12 @@ class Assignments(_Listing):
                 "rows": self._rows, "all_pages": self._all_pages,
                 "filters_refused": self._filters_refused}
 
-    def _restore_values(self, saved: dict[str, Any]) -> None:
-        counts: dict[tuple[str, str], int] = {}
-        for label, status, n in saved["counts"]:
-            if (not isinstance(label, str) or status not in STATUSES
-                    or not isinstance(n, int) or n < 0):
-                raise ValueError(f"count {label!r} {status!r} {n!r}")
-            counts[(label, status)] = n
-        learned = saved["learned"]
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in learned.items()):
-            raise ValueError("learned ids are not strings")
-        rows, pages = saved["rows"], saved["all_pages"]
-        for name, value in (("rows", rows), ("all_pages", pages)):
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name} is {value!r}")
-        self.counts, self._learned = counts, dict(learned)
-        self._rows, self._all_pages = rows, pages
-        self.counting = bool(saved["counting"]) if saved["counting"] is not None else None
-        self._filters_refused = bool(saved["filters_refused"])
-        self._read_labels = frozenset(label for label, _ in counts)
+    def _restore_values(self, saved: _SavedAssignments) -> None:
+        self.counts = {(label, status): n for label, status, n in saved.counts}
+        self._learned, self.counting = saved.learned, saved.counting
+        self._rows, self._all_pages = saved.rows, saved.all_pages
+        self._filters_refused = saved.filters_refused
+        self._read_labels = frozenset(label for label, _ in self.counts)
 
     def values(self) -> dict[tuple[str, str], int]:
         """The last counts of the scenarios polled now (removed scenarios vanish at once)."""
@@ -605,14 +505,8 @@ class Assignments(_Listing):
 
 
 class ListingsCollector(Collector):
-    """The skills and assignments families, from the listings' last complete reads.
-
-    Sample output::
-
-        exec_skill_info{name="Objection Handling",skill="objection-handling"} 1.0
-        exec_skill_proficient_ratio{skill="objection-handling"} 0.4
-        exec_assignments{scenario="discovery-call-it-director",status="past_due"} 3.0
-    """
+    """The ``exec_skill_*`` and ``exec_assignments`` families, from the listings' last
+    complete reads."""
 
     def __init__(self, listings: Callable[[], tuple[Skills | None, Assignments | None]]) -> None:
         self.listings = listings
@@ -629,8 +523,8 @@ class ListingsCollector(Collector):
                 "exec_assignments",
                 "Scenario assignments by status, as of the last successful assignments read.",
                 labels=("scenario", "status"))
-            for (scenario, status), count in sorted(assignments.values().items()):
-                family.add_metric((scenario, status), count)
+            for labels, count in sorted(assignments.values().items()):
+                family.add_metric(labels, count)
             yield family
 
 

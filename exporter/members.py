@@ -1,14 +1,7 @@
-"""The member lists of the groups that derived cohorts use.
+"""The member lists of the groups that derived cohorts use (docs/derived-cohorts.md).
 
-A group cohort can be derived from a participants pull only while its groups'
-member lists are known (:mod:`exporter.planner`). Each list is read, page by
-page (:class:`~exporter.paged.PagedRead`), every ``planner.membership_interval``;
-lists already known are read again spread over that interval rather than in
-one burst; a failed read keeps the last list and is retried by the one backoff
-rule of list reads (:func:`~exporter.paged.retry_at`).
-
-Thread-safety: the planner's lock is this object's lock (the planner reads the
-lists under it while it plans and derives); callbacks run outside it.
+Each list is read every ``planner.membership_interval``. Thread-safety: the
+planner's lock is this object's lock; callbacks run outside it.
 """
 
 from __future__ import annotations
@@ -17,13 +10,14 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Collection, Sequence
+from functools import partial
 from typing import Any
 
-from .client import PAUSE_REASONS, PERSISTENT_REASONS, ApiError, ExecClient, Member, Page
-from .config import PlannerConfig, format_duration
+from .client import PERSISTENT_REASONS, ApiError, Member, Page
+from .config import PlannerConfig
 from .jobs import Job
 from .learned import keep_only
-from .paged import PagedRead, retry_at
+from .paged import PagedRead, Schedule
 
 log = logging.getLogger("exporter.planner")  # the planner's log, as before the split
 
@@ -42,9 +36,7 @@ class MemberLists:
         self._lock = lock
         self.known: dict[str, tuple[frozenset[str], float]] = {}  # group -> (user ids, at)
         self.pages: dict[str, int] = {}  # group -> pages of its last read
-        self._runs: dict[str, PagedRead[Member]] = {}
-        self._next: dict[str, float] = {}
-        self._failures: dict[str, int] = {}
+        self._schedules: dict[str, Schedule[PagedRead[Member]]] = {}
         self._rereads_after = -math.inf
 
     def ids(self, group: str) -> frozenset[str]:
@@ -55,69 +47,60 @@ class MemberLists:
         """New settings (a reload); ``reread``: read every list again now."""
         self.settings = settings
         if reread:
-            self._next.clear()
-            self._runs.clear()
+            for schedule in self._schedules.values():
+                schedule.run, schedule.next_at = None, -math.inf
 
     def prune(self, used: Collection[str]) -> None:
         """Forget the groups no target's cohort names."""
-        for table in (self.known, self._runs, self._next, self._failures, self.pages):
+        for table in (self.known, self._schedules, self.pages):
             keep_only(table, used)
+
+    def _schedule(self, group: str) -> Schedule[PagedRead[Member]]:
+        return self._schedules.setdefault(
+            group, Schedule(f"members of group {group}", next_at=-math.inf))
 
     def due(self, groups: Sequence[str], now: float) -> Job | None:
         """The next page of a list of ``groups`` (the plan's) being read or due."""
         for group in groups:
-            reading = self._runs.get(group)
-            if reading is None and now >= self._due(group):
-                reading = self._runs[group] = PagedRead(
-                    f"members of group {group}", key=lambda member: member.user_id)
-                if group in self.known:
-                    self._rereads_after = now + (self.settings.membership_interval
-                                                 / max(len(groups), 1))
-            if reading is not None:
-                return self._job(group, reading)
+            schedule = self._schedule(group)
+            idle = schedule.run is None
+            read = schedule.begin(now, partial(PagedRead[Member], f"members of group {group}",
+                                               lambda member: member.user_id), self._due(group))
+            if read is None:
+                continue
+            if idle and group in self.known:
+                # Lists already known are read again spread over the interval, not in one
+                # burst of every group at once (which would hold back the pulls behind it).
+                self._rereads_after = now + (self.settings.membership_interval
+                                             / max(len(groups), 1))
+            return read.job("members", ("members", group), f"members of group {group}",
+                            lambda client, params: client.members(params), {"group_ids": group},
+                            partial(self.read, group, read.page), partial(self.failed, group))
         return None
 
     def next_due(self, groups: Sequence[str]) -> list[float]:
         """When each list of ``groups`` is next due (-inf: being read)."""
-        return [-math.inf if group in self._runs else self._due(group) for group in groups]
+        return [self._due(group) for group in groups]
 
     def _due(self, group: str) -> float:
-        due = self._next.get(group, -math.inf)
-        if group in self.known:
-            # Lists already known are read again spread over the interval, not in one
-            # burst of every group at once (which would hold back the pulls behind it).
-            due = max(due, self._rereads_after)
-        return due
-
-    def _job(self, group: str, run: PagedRead[Member]) -> Job:
-        page_no, params = run.page, run.query({"group_ids": group})
-
-        def fetch(client: ExecClient, now: float) -> Page:
-            return client.members(params)
-
-        def apply(page: Page, at: float) -> None:
-            self.read(group, page_no, page, at)
-
-        def fail(error: ApiError, at: float) -> None:
-            self.failed(group, error, at)
-
-        return Job(kind="members", key=("members", group, page_no), fetch=fetch,
-                   apply=apply, fail=fail, label=f"members of group {group} page {page_no}")
+        schedule = self._schedules.get(group)
+        if schedule is None or schedule.run is not None:  # never read, or being read
+            return -math.inf
+        return max(schedule.next_at, self._rereads_after if group in self.known else -math.inf)
 
     def read(self, group: str, page_no: int, page: Page, at: float) -> None:
         """A page of ``group``'s member list arrived."""
         with self._lock:
-            run = self._runs.get(group)
-            if run is None or run.page != page_no:
+            schedule = self._schedules.get(group)
+            run = schedule.run if schedule is not None else None
+            if schedule is None or run is None or run.page != page_no:
                 return
             if not run.take(page, raw=False):  # ListChanged: failed() drops the read
                 return
-            del self._runs[group]
             first = group not in self.known or self.pages.get(group) != page_no
             self.known[group] = (frozenset(m.user_id for m in run.items), at)
             self.pages[group] = page_no
-            self._failures.pop(group, None)
-            self._next[group] = at + self.settings.membership_interval
+            schedule.done(at, at + self.settings.membership_interval)
         log.debug("members of group %s: %d", group, len(run.items))
         if first:
             self.on_first()
@@ -125,28 +108,21 @@ class MemberLists:
     def failed(self, group: str, error: ApiError, at: float) -> None:
         """A member list page failed: the last list stays; retry later."""
         with self._lock:
-            self._runs.pop(group, None)
-            if error.reason in PAUSE_REASONS:
-                self._next[group] = at  # the scheduler's pause decides
-                return
-            failures = self._failures.get(group, 0) + 1
-            self._failures[group] = failures
-            wait = (max(self.settings.fallback_for, self.settings.membership_interval)
-                    if error.reason in PERSISTENT_REASONS
-                    else retry_at(error, failures, at, self.settings.membership_interval) - at)
-            self._next[group] = at + wait
-            known = group in self.known
-        log.warning("members of group %s: reading failed (%s: %s); %s, retrying in %s", group,
-                    error.reason, error, "keeping the last list" if known
-                    else "its cohorts use summary requests", format_duration(wait))
+            interval = self.settings.membership_interval
+            self._schedule(group).failed(
+                error, at, interval,
+                wait=(max(self.settings.fallback_for, interval)
+                      if error.reason in PERSISTENT_REASONS else None),
+                keeping="keeping the last list" if group in self.known
+                else "its cohorts use summary requests")
 
     def state(self) -> dict[str, Any]:
         """The state file's ``members`` and ``member_retries`` (JSON-safe)."""
         return {
             "members": {g: {"user_ids": sorted(ids), "at": at, "pages": self.pages.get(g, 1)}
                         for g, (ids, at) in self.known.items()},
-            "member_retries": {g: {"failures": n, "next": self._next.get(g, 0.0)}
-                               for g, n in self._failures.items()},
+            "member_retries": {g: {"failures": s.failures, "next": s.next_at}
+                               for g, s in self._schedules.items() if s.failures},
         }
 
     def restore_list(self, group: str, doc: Any, at: float) -> None:
@@ -156,9 +132,10 @@ class MemberLists:
         self.known[group] = (frozenset(str(i) for i in doc["user_ids"]), at)
         self.pages[group] = max(int(doc.get("pages", 1)), 1)
         # A restored list is read again when it is membership_interval old.
-        self._next[group] = at + self.settings.membership_interval
+        self._schedule(group).next_at = at + self.settings.membership_interval
 
     def restore_retry(self, group: str, doc: Any) -> None:
         """Take back one saved retry (after the lists: it decides the next read)."""
-        self._failures[group] = int(doc["failures"])
-        self._next[group] = float(doc["next"])
+        failures, next_at = int(doc["failures"]), float(doc["next"])
+        schedule = self._schedule(group)
+        schedule.failures, schedule.next_at = failures, next_at

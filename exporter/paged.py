@@ -1,36 +1,21 @@
-"""Every list the API pages, read one page per job and checked as a whole.
+"""Every list the API pages: one reader, one schedule, one backoff rule.
 
-Scenarios, workspace groups, member lists, skills, assignments and participants
-come as ``{"data": [...], "pagination": {page, page_size, total_count,
-total_pages}}``. Each page is one job of the scheduler (:mod:`exporter.jobs`);
-a :class:`PagedRead` is the one place that knows the pagination: which page
-to ask for next, when the list is complete, and whether its pages agree.
-
-A read is used whole or not at all. It is dropped (:class:`ListChanged`,
-an ``invalid_response``) when
-
-* ``total_count`` or ``total_pages`` changes between two pages,
-* a page other than the last is short (fewer items than the page size),
-* an item (by its key) appears twice,
-* the items read differ from ``total_count`` at the end, or
-* the answer is another page than the one asked for, or the list runs past
-  :data:`MAX_PAGES`;
-
-whoever reads the list keeps its last complete value and retries by
-:func:`retry_at`, the one backoff rule of list reads. A malformed item of a
-lenient list (one read with ``parse``) is skipped and counted
-(``skipped``), and the rest is used; lists whose every item matters (member
-lists, participants: a missing user is a wrong cohort) are parsed strictly
-by the client instead, and a bad item fails the page.
+A :class:`PagedRead` reads one list page by page (one scheduler job a page) and
+uses it whole or not at all: a read whose pages disagree is dropped
+(:class:`ListChanged`, an ``invalid_response``; the checks are in docs/lists.md).
+A :class:`Schedule` says when a list is read again and keeps the last complete
+value through failures, retried by :func:`retry_at`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
-from .client import PAUSE_REASONS, ApiError, InvalidResponse
+from .client import PAUSE_REASONS, ApiError, ExecClient, InvalidResponse
+from .config import format_duration
+from .jobs import Job
 from .models import Page
 
 log = logging.getLogger(__name__)
@@ -39,6 +24,12 @@ PAGE_SIZE = 100  # the API's maximum: fewest requests per list
 MAX_PAGES = 1000  # a guard against a pagination that never ends
 RETRY_FIRST = 60.0  # the first retry of a failed list read; doubles up to the list's interval
 T = TypeVar("T")
+R = TypeVar("R")
+Fetch = Callable[[ExecClient, dict[str, str]], Page[Any]]
+"""``fetch(client, params)``: sends one page's request."""
+Report = Callable[[str, float | None, str | None, int], None]
+"""``report(kind, at, error, skipped)``: a read of ``kind`` completed at ``at`` or failed
+with ``error``, leaving out ``skipped`` malformed items (``store.record_discovery``)."""
 
 
 def page_query(filters: Mapping[str, str] | None, page: int,
@@ -52,24 +43,21 @@ class ListChanged(InvalidResponse):
 
 
 def retry_at(error: ApiError, failures: int, now: float, cap: float) -> float:
-    """When a list read that has now failed ``failures`` times in a row is tried again.
-
-    A workspace-wide refusal (429, 401, 403) is retried at once: the scheduler's pause
-    holds every request until it is over. Anything else waits 60 s, doubling with each
-    failure in a row, at most ``cap`` (the list's interval).
-    """
+    """When a list read that has now failed ``failures`` times in a row is tried again:
+    60 s, doubling with each failure, at most ``cap``; at once after a workspace-wide
+    refusal (429, 401, 403), as the scheduler's pause holds every request until it ends."""
     if error.reason in PAUSE_REASONS:
         return now
     return now + min(RETRY_FIRST * 2 ** (max(failures, 1) - 1), cap)
 
 
 class PagedRead(Generic[T]):
-    """One read of a paged list, page by page.
+    """One read of a paged list, page by page: :meth:`query` is the next request's
+    parameters, :meth:`take` the answer to it.
 
     ``parse`` (optional) reads each raw item; an item it refuses with
     :class:`InvalidResponse` is skipped and counted. ``key`` gives an item's identity
-    for the duplicate check (None: no check for that item). :meth:`query` is the next
-    request's parameters, :meth:`take` the answer to it.
+    for the duplicate check (None: no check for that item).
     """
 
     def __init__(self, what: str, key: Callable[[T], Hashable | None] | None = None,
@@ -92,11 +80,8 @@ class PagedRead(Generic[T]):
 
     def take(self, page: Page[Any], raw: bool = True) -> bool:
         """Add the answer to :meth:`query`; True when the list is complete. ``raw``:
-        its items are read with ``parse`` (False: they are items already).
-
-        Raises :class:`ListChanged` when the page disagrees with the pages before it
-        or, on the last page, with ``total_count``: the read is then of no use.
-        """
+        its items are read with ``parse`` (False: they are items already). Raises
+        :class:`ListChanged` when the page disagrees with the pages before it."""
         if page.page != self.page:
             raise self._changed(f"asked for page {self.page}, got page {page.page}")
         if self.page > 1 and (page.total_count, page.total_pages) != (self.total_count,
@@ -137,6 +122,14 @@ class PagedRead(Generic[T]):
         """Pages read so far (the last one included once :meth:`take` says complete)."""
         return self.page
 
+    def job(self, kind: str, key: tuple[str, str], label: str, fetch: Fetch,
+            filters: Mapping[str, str] | None, apply: Callable[[Page[Any], float], None],
+            fail: Callable[[ApiError, float], None]) -> Job:
+        """The job that asks for the next page: ``fetch(client, params)`` sends it."""
+        params, page = self.query(filters), self.page
+        return Job(kind=kind, key=(*key, page), fetch=lambda client, at: fetch(client, params),
+                   apply=apply, fail=fail, label=f"{label} page {page}")
+
     def _parsed(self, raw: tuple[Any, ...]) -> list[T]:
         if self.parse is None:
             return list(raw)
@@ -152,3 +145,64 @@ class PagedRead(Generic[T]):
 
     def _changed(self, why: str) -> ListChanged:
         return ListChanged(f"{self.what}: {why}; the read is dropped", 200)
+
+
+class Schedule(Generic[R]):
+    """When one list is read: at ``next_at`` (-1: at once), again after each complete
+    read, and after a failure by :func:`retry_at`. ``run`` is the read under way (None:
+    none), ``started`` when it began; ``report`` hears how each read ended."""
+
+    def __init__(self, kind: str, report: Report | None = None,
+                 next_at: float = -1.0) -> None:
+        self.kind = kind
+        self.report = report
+        self.next_at = next_at
+        self.failures = 0  # in a row
+        self.error: str | None = None  # the last read's, until one completes
+        self.run: R | None = None
+        self.started = 0.0
+
+    def begin(self, now: float, start: Callable[[], R], not_before: float = -1.0) -> R | None:
+        """The read under way, or a new one from ``start()`` when one is due."""
+        if self.run is None and now >= max(self.next_at, not_before):
+            self.run, self.started = start(), now
+        return self.run
+
+    def next_due(self) -> float:
+        """When the next request is due (-1: a read is under way)."""
+        return -1.0 if self.run is not None else self.next_at
+
+    def done(self, now: float, next_at: float, skipped: int = 0) -> None:
+        """The read completed at ``now``, leaving out ``skipped`` items; the next is
+        due at ``next_at``."""
+        self.run, self.failures, self.error, self.next_at = None, 0, None, next_at
+        if self.report is not None:
+            self.report(self.kind, now, None, skipped)
+
+    def failed(self, error: ApiError, now: float, cap: float, wait: float | None = None,
+               keeping: str = "keeping the last values") -> None:
+        """The read failed: the next is due by :func:`retry_at` (at most ``cap`` away),
+        or ``wait`` from now when given. A workspace-wide refusal is retried when the
+        scheduler's pause ends, unlogged and uncounted."""
+        self.run, self.error = None, f"{error.reason}: {error}"
+        if self.report is not None:
+            self.report(self.kind, None, self.error, 0)
+        if error.reason in PAUSE_REASONS:
+            self.next_at = now
+            return
+        self.failures += 1
+        self.next_at = (now + wait if wait is not None
+                        else retry_at(error, self.failures, now, cap))
+        log.warning("%s: reading failed (%s); %s, retrying in %s", self.kind, self.error,
+                    keeping, format_duration(self.next_at - now))
+
+
+def first_of_each(items: Iterable[T], slug: Callable[[T], str], what: str) -> list[T]:
+    """``items`` with one item a slug: the first stays, a repeat is logged and left out."""
+    out: dict[str, T] = {}
+    for item in items:
+        if slug(item) in out:
+            log.warning("two %s share the slug %r; keeping the first", what, slug(item))
+        else:
+            out[slug(item)] = item
+    return list(out.values())

@@ -1,25 +1,13 @@
 """Targets: which (scenario, cohort) pairs are polled, and in what order.
 
-The one home of target expansion. The explicit scenarios of the file and the
-scenarios and groups discovery found are merged here into one ordered list:
-
-- explicit scenarios first, as configured, each with its ``cohorts`` (default:
-  every cohort, explicit and group cohorts);
-- then discovered scenarios by slug (one already listed explicitly, by id or
-  slug, is not repeated), each with the cohorts ``discovery.scenarios.cohorts``
-  selects (names or shell patterns, group cohorts included; default: every
-  cohort);
-- past ``max_targets`` the tail of that order is dropped (:func:`select_targets`).
-
-A group cohort is named after its group, as the API spells it; an explicit
-cohort of the same name wins. Discovered names follow the same rule as names in
-the file (:func:`exporter.config.check_name`): one that breaks it is left out
-with a warning.
+The one home of target expansion: the explicit scenarios of the file and what
+discovery found merged into one ordered list (the rules are in
+docs/configuration.md, "Discovery"). Discovered names follow the naming rule of
+the file (:func:`exporter.config.check_name`).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +15,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from .config import CohortConfig, Config, check_name, is_pattern
-from .discovery import Group, Lists
+from .discovery import Group, Lists, name_matches
 
 log = logging.getLogger(__name__)
 
@@ -50,41 +38,32 @@ class Target:
         return (self.scenario, self.cohort.name)
 
 
-def group_cohorts(config: Config, groups: Sequence[Group] | None,
-                  warnings: list[str] | None = None) -> list[CohortConfig]:
-    """One cohort per discovered group; an explicit cohort of the same name wins.
-
-    Problems (a name taken, a name that breaks the naming rule) are appended to
-    ``warnings`` when given.
-    """
+def _group_cohorts(config: Config, groups: Sequence[Group] | None,
+                   warnings: list[str]) -> list[CohortConfig]:
+    """One cohort per discovered group; an explicit cohort of the same name wins."""
     settings = config.discovery.group_cohorts if config.discovery else None
     if settings is None or not groups:
         return []
-    notes = warnings if warnings is not None else []
     explicit = {c.name for c in config.cohorts}
     taken = set(explicit)
     out = []
     for group in groups:
         if group.name in taken:
             winner = "explicit cohort" if group.name in explicit else "first group of that name"
-            notes.append(f"discovery: group {group.name!r} ({group.id}) has the name of another "
-                         f"cohort; the {winner} wins")
+            warnings.append(f"discovery: group {group.name!r} ({group.id}) has the name of "
+                            f"another cohort; the {winner} wins")
             continue
         try:
             # Validated like a cohort of the file: the same naming rule for both.
             cohort = CohortConfig(name=group.name, group_ids=[group.id],
                                   exclude_system_users=settings.exclude_system_users)
         except ValidationError as exc:
-            notes.append(f"discovery: group {group.name!r} ({group.id}) left out: "
-                         f"{_first_message(exc)}")
+            why = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            warnings.append(f"discovery: group {group.name!r} ({group.id}) left out: {why}")
             continue
         taken.add(group.name)
         out.append(cohort)
     return out
-
-
-def _first_message(exc: ValidationError) -> str:
-    return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
 
 
 def _select_cohorts(wanted: Sequence[str], everyone: Sequence[CohortConfig],
@@ -95,8 +74,7 @@ def _select_cohorts(wanted: Sequence[str], everyone: Sequence[CohortConfig],
     for entry in wanted:
         matched = [c for c in everyone if c.name == entry]
         if not matched and is_pattern(entry):
-            pattern = entry.lower()
-            matched = [c for c in everyone if fnmatch.fnmatchcase(c.name.lower(), pattern)]
+            matched = [c for c in everyone if name_matches(c.name, entry)]
         if not matched:
             warnings.append(f"discovery.scenarios.cohorts: {entry!r} matches no cohort; "
                             "discovered scenarios get no target for it")
@@ -112,7 +90,7 @@ def build_targets(config: Config, lists: Lists | None = None) -> list[Target]:
     lists = lists or Lists()
     warnings: list[str] = []  # about the groups and the cohorts they make
     slug_warnings: list[str] = []  # about the scenario list
-    extra = group_cohorts(config, lists.groups, warnings)
+    extra = _group_cohorts(config, lists.groups, warnings)
     everyone = [*config.cohorts, *extra]
     by_name = {c.name: c for c in everyone}
     found = {s.slug: s for s in lists.scenarios or []}
@@ -152,17 +130,14 @@ def build_targets(config: Config, lists: Lists | None = None) -> list[Target]:
             targets.extend(Target(scenario=item.slug, cohort=cohort,
                                   display_name=item.name or item.slug, scenario_uuid=item.id)
                            for cohort in cohorts)
-    _warn_groups(warnings, lists.groups_at)
-    _warn_scenarios(slug_warnings, lists.scenarios_at)
+    _warn_once("groups", warnings, lists.groups_at)
+    _warn_once("scenarios", slug_warnings, lists.scenarios_at)
     return targets
 
 
 def select_targets(config: Config, lists: Lists | None = None) -> tuple[list[Target], int]:
-    """The targets to poll, at most ``max_targets`` of them, and how many were dropped.
-
-    The order of :func:`build_targets` decides who stays: explicit targets first,
-    then discovered ones by slug.
-    """
+    """The targets to poll, at most ``max_targets`` of them (the first in the order of
+    :func:`build_targets`), and how many were dropped."""
     targets = build_targets(config, lists)
     dropped = max(len(targets) - config.max_targets, 0)
     if dropped:
@@ -172,24 +147,15 @@ def select_targets(config: Config, lists: Lists | None = None) -> tuple[list[Tar
     return targets[:config.max_targets], dropped
 
 
-class _OncePerDiscovery:
-    """Remembers what was said about the current lists.
-
-    Targets are rebuilt after each list is read and on every reload; a warning
-    about the lists (a pattern matching nothing, a group name taken) is logged
-    once per discovery, not once per rebuild.
-    """
-
-    def __init__(self) -> None:
-        self._said: tuple[float | None, frozenset[str]] = (None, frozenset())
-
-    def __call__(self, warnings: list[str], lists_read_at: float | None) -> None:
-        said = self._said[1] if self._said[0] == lists_read_at else frozenset()
-        for warning in dict.fromkeys(warnings):
-            if warning not in said:
-                log.warning("%s", warning)
-        self._said = (lists_read_at, said | frozenset(warnings))
+_said: dict[str, tuple[float | None, frozenset[str]]] = {}
 
 
-_warn_groups = _OncePerDiscovery()
-_warn_scenarios = _OncePerDiscovery()
+def _warn_once(topic: str, warnings: list[str], lists_read_at: float | None) -> None:
+    """Log each warning about the lists once per read of them: targets are rebuilt
+    after each list is read and on every reload."""
+    at, said = _said.get(topic, (None, frozenset()))
+    said = said if at == lists_read_at else frozenset()
+    for warning in dict.fromkeys(warnings):
+        if warning not in said:
+            log.warning("%s", warning)
+    _said[topic] = (lists_read_at, said | frozenset(warnings))

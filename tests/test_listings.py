@@ -518,7 +518,7 @@ def test_a_refused_filter_falls_back_to_paging_everything() -> None:
     assert listing.plan(polled) == (False, 1)
     job = listing.due(3600.0)
     assert job is not None and job.label == "assignments page 1"
-    assert listing._read is not None and listing._read.scenario_filter is None
+    assert listing.schedule.run is not None and listing.schedule.run.scenario_filter is None
     listing.page_read(rows_of(("id-1", None, "past_due")), 1, 3601.0)
     assert listing.values()[("s1", "past_due")] == 1
 

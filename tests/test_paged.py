@@ -31,7 +31,7 @@ from exporter.config import ApiKey, parse_config
 from exporter.daemon import Exporter
 from exporter.discovery import parse_scenario
 from exporter.models import Page
-from exporter.paged import ListChanged, PagedRead, retry_at
+from exporter.paged import ListChanged, PagedRead, Schedule, retry_at
 
 
 def scenario(i: int) -> dict[str, Any]:
@@ -136,6 +136,32 @@ def test_one_backoff_rule_and_one_set_of_pause_reasons() -> None:
     assert [retry_at(failed, n, 0.0, 3600.0) for n in (1, 2, 3, 7)] == [60, 120, 240, 3600]
     assert retry_at(BadRequest("no", 400), 1, 0.0, 30.0) == 30.0  # capped at the interval
     assert issubclass(ListChanged, InvalidResponse)
+
+
+def test_one_schedule_reads_again_backs_off_and_reports() -> None:
+    """Discovery, member lists, skills and assignments all keep their reads on this."""
+    reports: list[tuple[Any, ...]] = []
+    schedule = Schedule[str]("skills", lambda *args: reports.append(args))
+    assert schedule.begin(0.0, lambda: "read 1") == "read 1"
+    assert schedule.begin(5.0, lambda: "read 2") == "read 1"  # one read at a time
+    schedule.failed(Timeout("late"), 10.0, 3600.0)
+    assert (schedule.run, schedule.next_at, schedule.failures) == (None, 70.0, 1)
+    assert schedule.begin(69.0, lambda: "too early") is None and schedule.next_due() == 70.0
+    assert schedule.begin(70.0, lambda: "read 2") == "read 2" and schedule.next_due() == -1.0
+    schedule.failed(Timeout("late"), 80.0, 3600.0)
+    assert schedule.next_at == 80.0 + 120
+    schedule.begin(200.0, lambda: "read 3")
+    # A workspace-wide refusal: the scheduler's pause decides, the failures stay as they are.
+    schedule.failed(RateLimited("slow down", 30), 210.0, 3600.0)
+    assert (schedule.next_at, schedule.failures) == (210.0, 2)
+    schedule.begin(210.0, lambda: "read 4")
+    schedule.done(220.0, 3820.0, skipped=1)
+    assert (schedule.run, schedule.next_at, schedule.failures, schedule.error) == (
+        None, 3820.0, 0, None)
+    assert [(at, error) for _, at, error, _ in reports] == [
+        (None, "timeout: late"), (None, "timeout: late"), (None, "rate_limited: slow down"),
+        (220.0, None)]
+    assert reports[-1] == ("skills", 220.0, None, 1)
 
 
 # --- against the fake API ------------------------------------------------------------------
