@@ -68,7 +68,6 @@ from .collector import (
     exporter_families,
     generate,
     info_samples,
-    is_fresh,
     target_samples,
 )
 from .scheduler import Clock
@@ -238,7 +237,7 @@ class _Page:
 def _build(snapshot: Snapshot, now: float, extra: tuple[Metric, ...] = ()) -> _Page:
     """Render the snapshot part of ``snapshot`` as of ``now``."""
     states = snapshot.targets
-    fresh = [is_fresh(state, snapshot, now) for state in states]
+    fresh = [snapshot.is_fresh(state, now) for state in states]
     expiries = [until for state, is_new in zip(states, fresh, strict=True)
                 if is_new and (until := snapshot.fresh_until(state, now)) is not None]
     # Valid until a fresh target turns stale, or the staleness limit itself changes.
