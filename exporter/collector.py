@@ -333,7 +333,7 @@ class PreRendered:
         """One ``%`` template of every sample line, each family's HELP/TYPE first."""
         template = self._templates.get(openmetrics)
         if template is None:
-            pieces = []
+            pieces: list[str] = []
             for family in self.families([0.0] * self._count):
                 def text(samples: list[Sample], family: Metric = family) -> str:
                     return generate(Families([FixedFamily(
@@ -353,7 +353,8 @@ class PreRendered:
         """The families with ``values`` (one per sample, in order)."""
         if len(values) != self._count:
             raise ValueError(f"{len(values)} values for {self._count} samples")
-        return (self._template(openmetrics) % tuple(map(floatToGoString, values))).encode()
+        template = self._templates.get(openmetrics) or self._template(openmetrics)
+        return (template % tuple(map(floatToGoString, values))).encode()
 
 
 class DirectCollector(Collector):
@@ -436,4 +437,5 @@ class LiveCollector(DirectCollector):
         self.clock = clock
 
     def values(self) -> list[float]:
-        return list(self.remaining(self.clock.time()))
+        minute, day = self.remaining(self.clock.time())
+        return [minute, day]
