@@ -333,19 +333,16 @@ class PreRendered:
         """One ``%`` template of every sample line, each family's HELP/TYPE first."""
         template = self._templates.get(openmetrics)
         if template is None:
-            pieces: list[str] = []
+            pieces = []
             for family in self.families([0.0] * self._count):
-                def text(samples: list[Sample], family: Metric = family) -> str:
-                    return generate(Families([FixedFamily(
-                        family.name, family.documentation, family.type, samples)]),
-                        openmetrics).decode("utf-8").replace("%", "%%")
-
-                header = text([])
-                pieces.append(header)
-                for sample in family.samples:
-                    line = text([sample]).removeprefix(header)
-                    assert line.endswith(" 0.0\n"), line
-                    pieces.append(line[:-4] + "%s\n")
+                samples, family.samples = family.samples, []
+                header = generate(Families([family]), openmetrics)
+                pieces.append(header.decode("utf-8").replace("%", "%%"))
+                for sample in samples:
+                    family.samples = [sample]
+                    line = generate(Families([family]), openmetrics).removeprefix(header)
+                    assert line.endswith(b" 0.0\n"), line
+                    pieces.append(line[:-4].decode("utf-8").replace("%", "%%") + "%s\n")
             template = self._templates[openmetrics] = "".join(pieces)
         return template
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -106,8 +106,15 @@ class Snapshot:
 
     def staleness_limit(self, now: float) -> float:
         """Data older than this many seconds at ``now`` is no longer exported
-        (exec_exporter_max_staleness_seconds)."""
-        return staleness_limit(self.max_staleness, self.interval, self.staleness_floor, now)
+        (exec_exporter_max_staleness_seconds): ``max_staleness`` (default three
+        intervals), never under two intervals (a shorter limit would drop data every
+        cycle), and at least the floor in force: the old limit, kept for two new
+        intervals after the interval shrank, so data of the old cycle is refreshed
+        before it expires."""
+        limit = max(3 * self.interval if self.max_staleness is None else self.max_staleness,
+                    2 * self.interval)
+        floor = self.staleness_floor
+        return max(limit, floor[0]) if floor is not None and now <= floor[1] else limit
 
     def limit_changes_at(self, now: float) -> float:
         """When :meth:`staleness_limit` may next change by itself (inf: never)."""
@@ -125,19 +132,6 @@ class Snapshot:
         """Whether ``state`` has data young enough to export at ``now``."""
         until = self.fresh_until(state, now)
         return until is not None and now <= until
-
-
-def staleness_limit(max_staleness: float | None, interval: float,
-                    floor: tuple[float, float] | None, now: float) -> float:
-    """The staleness rule (docs/metrics.md): ``max_staleness`` (default three intervals),
-    never under two intervals (a shorter limit would drop data every cycle), and at least
-    a ``floor`` (limit, until) in force: the old limit, kept for two new intervals after
-    the interval shrank, so data of the old cycle is refreshed before it expires."""
-    limit = max_staleness if max_staleness is not None else 3 * interval
-    limit = max(limit, 2 * interval)
-    if floor is not None and now <= floor[1]:
-        limit = max(limit, floor[0])
-    return limit
 
 
 def _plus(counts: Mapping[K, int], key: K, count: int = 1) -> dict[K, int]:
@@ -165,6 +159,17 @@ class Store:
         # Called with the lock held.
         self._totals = totals
         self._bump()
+
+    def _change(self, change: Callable[[Snapshot], Snapshot]) -> None:
+        with self._lock:
+            self._update(change(self._totals))
+
+    def _change_target(self, key: Key, change: Callable[[TargetState], TargetState]) -> None:
+        with self._lock:
+            old = self._targets.get(key)
+            if old is not None:  # else no longer a target
+                self._targets[key] = change(old)
+                self._bump()
 
     def wait_for_change(self, version: int, timeout: float) -> int:
         """Block until the version moves past ``version`` or ``timeout`` passes;
@@ -201,27 +206,17 @@ class Store:
 
     def record_success(self, key: Key, summary: Summary, at: float) -> None:
         """A refresh of ``key`` returned ``summary``."""
-        with self._lock:
-            old = self._targets.get(key)
-            if old is None:
-                return
-            self._targets[key] = replace(old, summary=summary, last_success=at, up=True)
-            self._bump()
+        self._change_target(key, lambda old: replace(old, summary=summary, last_success=at,
+                                                     up=True))
 
     def record_failure(self, key: Key, reason: str, message: str, at: float) -> None:
         """A refresh of ``key`` failed; its last good summary stays. A workspace-wide
         refusal (:data:`PAUSE_REASONS`) is not the target's own: it changes nothing here
         (the pause reaches the store through :meth:`record_schedule`)."""
-        if reason in PAUSE_REASONS:
-            return
-        with self._lock:
-            old = self._targets.get(key)
-            if old is None:
-                return
-            self._targets[key] = replace(old, up=False, last_error=reason,
-                                         last_error_message=message, last_error_time=at,
-                                         errors=_plus(old.errors, reason))
-            self._bump()
+        if reason not in PAUSE_REASONS:
+            self._change_target(key, lambda old: replace(
+                old, up=False, last_error=reason, last_error_message=message,
+                last_error_time=at, errors=_plus(old.errors, reason)))
 
     def record_schedule(self, interval: float, next_due: Mapping[Key, float],
                         pause: tuple[str, float] | None = None,
@@ -268,23 +263,18 @@ class Store:
         """One API request of a job of ``job_kind`` finished with ``code`` after
         ``duration`` seconds; ``reason``: it failed, and why."""
         kind = _KIND_OF_JOB.get(job_kind, job_kind)
-        with self._lock:
-            totals = self._totals
-            self._update(replace(
-                totals, api_requests=_plus(totals.api_requests, (kind, code)),
-                latency={**totals.latency,
-                         kind: totals.latency.get(kind, Latency()).observe(duration)},
-                errors=totals.errors if reason is None else _plus(totals.errors, reason)))
+        self._change(lambda totals: replace(
+            totals, api_requests=_plus(totals.api_requests, (kind, code)),
+            latency={**totals.latency, kind: totals.latency.get(kind, Latency()).observe(duration)},
+            errors=totals.errors if reason is None else _plus(totals.errors, reason)))
 
     def set_max_staleness(self, seconds: float | None) -> None:
         """None means 3 x the effective interval."""
-        with self._lock:
-            self._update(replace(self._totals, max_staleness=seconds))
+        self._change(lambda totals: replace(totals, max_staleness=seconds))
 
     def set_targets_dropped(self, count: int) -> None:
         """Targets left out by max_targets."""
-        with self._lock:
-            self._update(replace(self._totals, targets_dropped=count))
+        self._change(lambda totals: replace(totals, targets_dropped=count))
 
     def record_discovery(self, kind: str, at: float | None, error: str | None = None,
                          invalid_items: int = 0) -> None:
@@ -305,9 +295,8 @@ class Store:
 
     def record_cross_check(self, scenario: str, result: str) -> None:
         """A cross-check of ``scenario`` ended with ``result`` (match or mismatch)."""
-        with self._lock:
-            self._update(replace(self._totals, cross_checks=_plus(
-                self._totals.cross_checks, (scenario, result))))
+        self._change(lambda totals: replace(
+            totals, cross_checks=_plus(totals.cross_checks, (scenario, result))))
 
     def cross_checks(self) -> dict[tuple[str, str], int]:
         """Cross-check verdicts so far, by (scenario, result)."""
@@ -322,9 +311,8 @@ class Store:
 
     def record_reload(self, ok: bool, at: float) -> None:
         """The outcome of a configuration (re)load."""
-        with self._lock:
-            self._update(replace(self._totals, reload_ok=ok,
-                                 reload_time=at if ok else self._totals.reload_time))
+        self._change(lambda totals: replace(totals, reload_ok=ok,
+                                            reload_time=at if ok else totals.reload_time))
 
     def snapshot(self) -> Snapshot:
         """A consistent, immutable copy for one scrape or one render."""
