@@ -3,7 +3,7 @@
 :class:`SnapshotCollector` exports what changes only with the store (scenario data,
 per-target and exporter-wide self-metrics); the exposition renders it once per change.
 :class:`LiveCollector` (the budget's rolling windows) and :class:`ProcessMetrics` move
-with the clock and are written directly per scrape (:class:`PreRendered`). Which metric
+with the clock and write their own bytes per scrape (:class:`PreRendered`). Which metric
 has which scope and labels: docs/metrics.md; what each trick buys: docs/performance.md.
 """
 
@@ -310,10 +310,11 @@ def generate(collector: Collector, openmetrics: bool) -> bytes:
     return text_writer.generate_latest(collector)
 
 
-class PreRendered:
-    """Plain families of constant names, labels and help, written directly per scrape:
-    the sample lines up to their values are rendered once by prometheus_client (so the
-    bytes are its own), the values filled in with its ``floatToGoString``."""
+class PreRendered(Collector):
+    """Plain families of constant names, labels and help, written directly per scrape
+    (``exposition()``): the sample lines up to their values are rendered once by
+    prometheus_client (so the bytes are its own), the values filled in with its
+    ``floatToGoString``. ``collect()`` gives the same families to prometheus_client."""
 
     def __init__(self, families: list[tuple[str, str, str, list[dict[str, str]]]]) -> None:
         # (name, help, type, the label sets of its samples in order)
@@ -353,28 +354,21 @@ class PreRendered:
         template = self._templates.get(openmetrics) or self._template(openmetrics)
         return (template % tuple(map(floatToGoString, values))).encode()
 
-
-class DirectCollector(Collector):
-    """A collector of :class:`PreRendered` families: ``exposition()`` writes their bytes
-    per scrape, ``collect()`` gives the same families to prometheus_client."""
-
-    RENDERED: PreRendered
-
     def values(self) -> list[float] | None:
-        """The samples' values in order (None: nothing to export)."""
+        """The samples' values now, in order (None: nothing to export)."""
         raise NotImplementedError
 
     def collect(self) -> Iterator[Metric]:
         values = self.values()
-        return iter(() if values is None else self.RENDERED.families(values))
+        return iter(() if values is None else self.families(values))
 
     def exposition(self, openmetrics: bool) -> bytes:
         """What :meth:`collect` gives, written directly."""
         values = self.values()
-        return b"" if values is None else self.RENDERED.render(values, openmetrics)
+        return b"" if values is None else self.render(values, openmetrics)
 
 
-class ProcessMetrics(DirectCollector):
+class ProcessMetrics(PreRendered):
     """The ``process_*`` families of prometheus_client's ``ProcessCollector``, cheaper
     (Linux only, like the original; without ``/proc`` it exports nothing).
 
@@ -383,17 +377,17 @@ class ProcessMetrics(DirectCollector):
     ``/proc/self/fd`` as prometheus_client does (its ``fstat`` size counted more while
     other threads opened and closed sockets)."""
 
-    RENDERED = PreRendered([(name, documentation, typ, [{}]) for name, documentation, typ in (
-        ("process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge"),
-        ("process_resident_memory_bytes", "Resident memory size in bytes.", "gauge"),
-        ("process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
-         "gauge"),
-        ("process_cpu_seconds", "Total user and system CPU time spent in seconds.", "counter"),
-        ("process_open_fds", "Number of open file descriptors.", "gauge"),
-        ("process_max_fds", "Maximum number of open file descriptors.", "gauge"),
-    )])
-
     def __init__(self, proc: str = "/proc") -> None:
+        super().__init__([(name, documentation, typ, [{}]) for name, documentation, typ in (
+            ("process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge"),
+            ("process_resident_memory_bytes", "Resident memory size in bytes.", "gauge"),
+            ("process_start_time_seconds",
+             "Start time of the process since unix epoch in seconds.", "gauge"),
+            ("process_cpu_seconds", "Total user and system CPU time spent in seconds.",
+             "counter"),
+            ("process_open_fds", "Number of open file descriptors.", "gauge"),
+            ("process_max_fds", "Maximum number of open file descriptors.", "gauge"),
+        )])
         self._proc = proc
         self._ticks = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
         self._pagesize = resource.getpagesize()
@@ -422,14 +416,13 @@ class ProcessMetrics(DirectCollector):
                 float(resource.getrlimit(resource.RLIMIT_NOFILE)[0])]
 
 
-class LiveCollector(DirectCollector):
+class LiveCollector(PreRendered):
     """Self-metrics that change with time alone (the budget's rolling windows)."""
 
-    RENDERED = PreRendered([("exec_exporter_api_budget_remaining",
-                             "Requests left in the exporter's own budget, by rolling window.",
-                             "gauge", [{"window": "minute"}, {"window": "day"}])])
-
     def __init__(self, remaining: Callable[[float], tuple[int, int]], clock: Clock) -> None:
+        super().__init__([("exec_exporter_api_budget_remaining",
+                           "Requests left in the exporter's own budget, by rolling window.",
+                           "gauge", [{"window": "minute"}, {"window": "day"}])])
         self.remaining = remaining
         self.clock = clock
 

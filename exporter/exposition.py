@@ -187,8 +187,8 @@ class Exposition:
     def __init__(self, collector: SnapshotCollector, live: Sequence[Collector],
                  clock: Clock, with_page: Collector | None = None) -> None:
         self.collector = collector
-        # Per scrape: a DirectCollector writes its own bytes (``exposition()``), any
-        # other goes through prometheus_client.
+        # Per scrape: a PreRendered writes its own bytes (``exposition()``), any other
+        # goes through prometheus_client.
         self.live = tuple(live)
         # Collected once per page, not per scrape: its output may change only when the
         # store's version does (the listings report every completed read to the store).
