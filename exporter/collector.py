@@ -41,6 +41,7 @@ from .store import (
     Store,
     TargetState,
 )
+from .targets import Target
 
 TARGET_LABELS = ("scenario", "cohort")
 CACHED = "as of the last successful poll"
@@ -84,9 +85,10 @@ DATA_GAUGES = (
 )
 _DATA_ATTRS = tuple(attr for _, _, attr in DATA_GAUGES)
 
-# Every family with one or more samples per target, in exposition order. The
-# scenario info family (one sample per scenario) goes between the data
-# families and the self-metrics: see INFO_POSITION.
+INFO_FAMILY = FamilySpec("exec_scenario_info", "Scenario display name and id; always 1.",
+                         ("scenario", "name", "id"))
+# Every family with samples per target, in exposition order; the scenario info family
+# (a sample per scenario, on its first target) between the data and the self-metrics.
 TARGET_FAMILIES: tuple[FamilySpec, ...] = (
     *(FamilySpec(name, help_text, TARGET_LABELS) for name, help_text, _ in DATA_GAUGES),
     FamilySpec("exec_scenario_average_best_rank",
@@ -95,6 +97,7 @@ TARGET_FAMILIES: tuple[FamilySpec, ...] = (
     FamilySpec("exec_scenario_rank_participants",
                f"Participants whose best score earns each rank, {CACHED}.",
                (*TARGET_LABELS, "rank")),
+    INFO_FAMILY,
     FamilySpec("exec_exporter_target_up",
                "1 if the last refresh of the target succeeded, else 0.", TARGET_LABELS),
     FamilySpec("exec_exporter_target_last_success_timestamp_seconds",
@@ -110,13 +113,10 @@ TARGET_FAMILIES: tuple[FamilySpec, ...] = (
                "Why the target is down (present only while it is down); always 1.",
                (*TARGET_LABELS, "reason")),
 )
-(_RANK, _RANK_COUNTS, _UP, _LAST_SUCCESS, _ERRORS, _SOURCE,
+(_RANK, _RANK_COUNTS, INFO_POSITION, _UP, _LAST_SUCCESS, _ERRORS, _SOURCE,
  _LAST_ERROR) = range(len(DATA_GAUGES), len(TARGET_FAMILIES))
-INFO_POSITION = _UP  # the info family is exposed just before TARGET_FAMILIES[INFO_POSITION]
 # The lists whose malformed items are skipped and counted (exec_exporter_invalid_items_total).
 LIST_KINDS = ("scenarios", "groups", "skills", "assignments")
-INFO_FAMILY = FamilySpec("exec_scenario_info", "Scenario display name and id; always 1.",
-                         ("scenario", "name", "id"))
 
 # Status codes exec_exporter_api_requests_total starts at 0 (with ``error``: no
 # response): those the API documents for the summary and listing requests, so
@@ -128,15 +128,11 @@ API_CODES = ("200", "400", "401", "403", "404", "429", "error")
 TargetSample = tuple[int, tuple[str, ...], float]
 
 
-def target_samples(state: TargetState, fresh: bool,
-                   paused: str | None = None) -> list[TargetSample]:
-    """Every sample one target contributes; its data only when ``fresh``.
-
-    ``paused``: the reason of a workspace-wide pause in force, which shows the
-    target down with that reason whatever its own state. The single definition of
-    what a target exports: :class:`SnapshotCollector` and the exposition's direct
-    renderer both build on it.
-    """
+def target_samples(state: TargetState, fresh: bool, paused: str | None = None,
+                   info: bool = False) -> list[TargetSample]:
+    """Every sample one target contributes: its data only when ``fresh``, the scenario's
+    info with ``info`` (the first target of its scenario). ``paused``: the reason of a
+    workspace-wide pause in force, which shows the target down with that reason."""
     key = state.target.key
     out: list[TargetSample] = []
     summary = state.summary
@@ -151,6 +147,8 @@ def target_samples(state: TargetState, fresh: bool,
         counts = summary.rank_participants
         if counts is not None:
             out.extend((_RANK_COUNTS, (*key, r), counts.get(r, 0)) for r in RANKS)
+    if info:
+        out.append((INFO_POSITION, info_labels(state.target), 1))
     up = state.up and paused is None
     out.append((_UP, key, 1 if up else 0))
     if state.last_success is not None:
@@ -163,19 +161,20 @@ def target_samples(state: TargetState, fresh: bool,
     return out
 
 
-def info_samples(states: Iterable[TargetState]) -> Iterator[tuple[str, str, str]]:
-    """Label values of ``exec_scenario_info``: one per scenario, fresh or not.
+def info_labels(target: Target) -> tuple[str, str, str]:
+    """Label values of ``exec_scenario_info``: the display name (configured, or from the
+    scenario list; ``""`` while none is known), the scenario's UUID if known, else its
+    id or slug."""
+    return target.scenario, target.display_name or "", target.scenario_uuid or target.scenario
 
-    ``name`` is the display name (configured, or from the scenario list), ``""``
-    while none is known; ``id`` the scenario's UUID when known, else its id or slug.
-    """
+
+def info_samples(states: Iterable[TargetState]) -> Iterator[tuple[str, str, str]]:
+    """Label values of ``exec_scenario_info``: one per scenario, fresh or not."""
     seen: set[str] = set()
     for state in states:
-        target = state.target
-        if target.scenario not in seen:
-            seen.add(target.scenario)
-            yield (target.scenario, target.display_name or "",
-                   target.scenario_uuid or target.scenario)
+        if state.target.scenario not in seen:
+            seen.add(state.target.scenario)
+            yield info_labels(state.target)
 
 
 class SnapshotCollector(Collector):
@@ -188,14 +187,14 @@ class SnapshotCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snapshot, now = self.store.snapshot(), self.clock.time()
         families = [spec.family() for spec in TARGET_FAMILIES]
+        seen: set[str] = set()
         for state in snapshot.targets:
-            for i, labels, value in target_samples(state, snapshot.is_fresh(state, now),
-                                                   snapshot.pause_reason):
+            for i, labels, value in target_samples(
+                    state, snapshot.is_fresh(state, now), snapshot.pause_reason,
+                    info=state.target.scenario not in seen):
                 families[i].add_metric(labels, value)
-        info = _family(INFO_FAMILY, ((labels, 1) for labels in info_samples(snapshot.targets)))
-        yield from families[:INFO_POSITION]
-        yield info
-        yield from families[INFO_POSITION:]
+            seen.add(state.target.scenario)
+        yield from families
         yield from exporter_families(snapshot, now)
 
 

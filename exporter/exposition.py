@@ -14,7 +14,7 @@ import math
 import struct
 import threading
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import exposition as text_format
@@ -24,15 +24,12 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from .collector import (
-    INFO_FAMILY,
-    INFO_POSITION,
     TARGET_FAMILIES,
     Families,
     FamilySpec,
     SnapshotCollector,
     exporter_families,
     generate,
-    info_samples,
     target_samples,
 )
 from .scheduler import Clock
@@ -65,7 +62,6 @@ def _escape(value: str) -> str:
 
 
 _TEMPLATES = tuple(_template(spec) for spec in TARGET_FAMILIES)
-_INFO_TEMPLATE = _template(INFO_FAMILY)
 
 
 def _render_targets(states: Sequence[TargetState], fresh: Sequence[bool],
@@ -74,21 +70,20 @@ def _render_targets(states: Sequence[TargetState], fresh: Sequence[bool],
     per family of TARGET_FAMILIES, pieces to join."""
     parts: list[list[bytes]] = [[] for _ in TARGET_FAMILIES]
     templates = _TEMPLATES
+    seen: set[str] = set()  # the scenarios whose info is out
     for start in range(0, len(states), _RENDER_SLICE):
         lines: list[list[str]] = [[] for _ in TARGET_FAMILIES]
         for state, is_fresh in zip(states[start:start + _RENDER_SLICE],
                                    fresh[start:start + _RENDER_SLICE], strict=True):
-            for index, labels, value in target_samples(state, is_fresh, paused):
+            scenario = state.target.scenario
+            for index, labels, value in target_samples(state, is_fresh, paused,
+                                                       info=scenario not in seen):
                 lines[index].append(templates[index].format(*map(_escape, labels))
                                     + floatToGoString(value) + "\n")
+            seen.add(scenario)
         for family, family_lines in zip(parts, lines, strict=True):
             family.append("".join(family_lines).encode())
     return tuple(parts)
-
-
-def _render_info(samples: Iterable[tuple[str, ...]]) -> bytes:
-    return "".join(_INFO_TEMPLATE.format(*map(_escape, labels)) + "1.0\n"
-                   for labels in samples).encode()
 
 
 def _stored(data: bytes) -> bytes:
@@ -104,11 +99,9 @@ def _stored(data: bytes) -> bytes:
 
 
 @functools.cache
-def _headers(openmetrics: bool) -> tuple[tuple[bytes, ...], bytes]:
-    """HELP/TYPE lines of the per-target families and of the info family, in one format."""
-    headers = tuple(generate(Families([spec.family()]), openmetrics)
-                    for spec in (*TARGET_FAMILIES, INFO_FAMILY))
-    return headers[:-1], headers[-1]
+def _headers(openmetrics: bool) -> tuple[bytes, ...]:
+    """HELP/TYPE lines of the per-target families, in one format."""
+    return tuple(generate(Families([spec.family()]), openmetrics) for spec in TARGET_FAMILIES)
 
 
 @dataclass
@@ -130,7 +123,6 @@ class _Page:
     valid_until: float  # the last instant every fresh target is still fresh (inclusive)
     snapshot: Snapshot
     sections: tuple[list[bytes], ...]  # sample lines per family of TARGET_FAMILIES
-    info: bytes  # the exec_scenario_info sample lines
     extra: tuple[Metric, ...] = ()  # families that change only with the store's version
     _plain: dict[bool, bytes] = field(default_factory=dict)
     _gzipped: dict[bool, _Gzipped] = field(default_factory=dict)
@@ -145,18 +137,14 @@ class _Page:
         # Valid until a fresh target turns stale, or the staleness limit itself changes.
         valid_until = min(min(expiries, default=math.inf), snapshot.limit_changes_at(now))
         return cls(snapshot.version, now, valid_until, snapshot,
-                   _render_targets(states, fresh, snapshot.pause_reason),
-                   _render_info(info_samples(states)), extra)
+                   _render_targets(states, fresh, snapshot.pause_reason), extra)
 
     def plain(self, openmetrics: bool) -> bytes:
-        """Per-target families, scenario info and exporter-wide families, as one bytes."""
+        """Per-target families (scenario info included) and exporter-wide ones, one bytes."""
         body = self._plain.get(openmetrics)
         if body is None:
-            headers, info_header = _headers(openmetrics)
             pieces: list[bytes] = []
-            for i, (header, lines) in enumerate(zip(headers, self.sections, strict=True)):
-                if i == INFO_POSITION:
-                    pieces += (info_header, self.info)
+            for header, lines in zip(_headers(openmetrics), self.sections, strict=True):
                 pieces.append(header)
                 pieces += lines
             # The exporter-wide families are few: prometheus_client renders them.
