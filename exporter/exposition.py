@@ -105,16 +105,6 @@ def _headers(openmetrics: bool) -> tuple[bytes, ...]:
 
 
 @dataclass
-class _Gzipped:
-    """The cached part as the start of a gzip member: header and deflated body (not
-    final), with the CRC-32 and length of what it holds."""
-
-    data: bytes
-    crc: int
-    length: int
-
-
-@dataclass
 class _Page:
     """The snapshot part for one store version, valid until a fresh target turns stale."""
 
@@ -125,7 +115,7 @@ class _Page:
     sections: tuple[list[bytes], ...]  # sample lines per family of TARGET_FAMILIES
     extra: tuple[Metric, ...] = ()  # families that change only with the store's version
     _plain: dict[bool, bytes] = field(default_factory=dict)
-    _gzipped: dict[bool, _Gzipped] = field(default_factory=dict)
+    _gzipped: dict[bool, tuple[bytes, int, int]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, snapshot: Snapshot, now: float, extra: tuple[Metric, ...] = ()) -> _Page:
@@ -153,15 +143,16 @@ class _Page:
             body = self._plain[openmetrics] = b"".join(pieces)
         return body
 
-    def gzipped(self, openmetrics: bool) -> _Gzipped:
-        """``plain()`` deflated once, ready for a live tail to be appended."""
+    def gzipped(self, openmetrics: bool) -> tuple[bytes, int, int]:
+        """``plain()`` deflated once as the start of a gzip member (header and body, not
+        final, for a live tail to follow), with the CRC-32 and length of what it holds."""
         result = self._gzipped.get(openmetrics)
         if result is None:
             body = self.plain(openmetrics)
             compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
             data = compressor.compress(body) + compressor.flush(zlib.Z_SYNC_FLUSH)
-            result = self._gzipped[openmetrics] = _Gzipped(_GZIP_HEADER + data,
-                                                           zlib.crc32(body), len(body))
+            result = self._gzipped[openmetrics] = (_GZIP_HEADER + data, zlib.crc32(body),
+                                                   len(body))
         return result
 
 
@@ -222,7 +213,6 @@ class Exposition:
             with self._lock:
                 return page.plain(openmetrics), live
         with self._lock:
-            prefix = page.gzipped(openmetrics)
-        size = (prefix.length + len(live)) & 0xFFFFFFFF
-        trailer = struct.pack("<II", zlib.crc32(live, prefix.crc), size)
-        return prefix.data, _stored(live) + trailer
+            deflated, crc, length = page.gzipped(openmetrics)
+        trailer = struct.pack("<II", zlib.crc32(live, crc), (length + len(live)) & 0xFFFFFFFF)
+        return deflated, _stored(live) + trailer
