@@ -45,8 +45,7 @@ class SavedTarget:
 
     def state(self, target: Target) -> TargetState:
         """The state of ``target`` restored from this."""
-        return TargetState(target=target, **{f.name: getattr(self, f.name)
-                                             for f in fields(self)})
+        return TargetState(target=target, **{name: getattr(self, name) for name in _SAVED})
 
 
 _SAVED = tuple(f.name for f in fields(SavedTarget))
@@ -74,7 +73,7 @@ def encode(snapshot: Snapshot, now: float,
     """The file's bytes for ``snapshot``, discovery ``lists``, the planner's state and
     the listings' last reads."""
     targets = [{"scenario": state.target.scenario, "cohort": state.target.cohort.name,
-                **{name: getattr(state, name) for name in _SAVED},
+                **{name: getattr(state, name) for name in _SAVED},  # in this order, then:
                 "summary": state.summary.to_json() if state.summary else None,
                 "errors": dict(state.errors)}
                for state in snapshot.targets
@@ -237,11 +236,9 @@ def write_atomically(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    try:  # make the rename itself durable
+    with contextlib.suppress(OSError):  # make the rename itself durable
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError:
-        pass

@@ -22,8 +22,7 @@ K = TypeVar("K")
 # Where a target's exported values come from: its own summary requests, or derived
 # from its scenario's participants pull (exec_exporter_target_source's state set).
 SOURCES = ("summary", "participants")
-# The verdicts of a cross-check (exec_exporter_cross_checks_total's result label).
-CROSS_CHECK_RESULTS = ("match", "mismatch")
+CROSS_CHECK_RESULTS = ("match", "mismatch")  # exec_exporter_cross_checks_total{result}
 
 # Latency buckets for API requests: the API answers in tens to hundreds of ms.
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -31,15 +30,12 @@ REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # The ``kind`` label of the request metrics: which endpoint the quota went to.
 REQUEST_KINDS = ("summary", "participants", "members", "scenarios", "groups", "skills",
                  "assignments")
-# Jobs whose internal kind is not the endpoint's name: a cross-check is a summary
-# request, a listing page is a request for that list.
+# Jobs whose kind is not their endpoint's name.
 _KIND_OF_JOB = {"cross_check": "summary", "list_scenarios": "scenarios",
                 "list_groups": "groups", "list_skills": "skills",
                 "list_assignments": "assignments"}
 
-# Refusals of the whole workspace (exec_exporter_api_paused's state set): they say
-# nothing of the target whose request met them, so no target counts them; while such a
-# pause is in force every target is shown down with its reason.
+# Refusals of the whole workspace, in REASONS order (exec_exporter_api_paused's state set).
 PAUSE_REASONS = tuple(reason for reason in REASONS if reason in WORKSPACE_PAUSES)
 
 
