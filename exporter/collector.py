@@ -61,11 +61,15 @@ class FamilySpec:
         """The name its samples carry."""
         return self.name + "_total" if self.type == "counter" else self.name
 
-    def family(self) -> GaugeMetricFamily | CounterMetricFamily:
-        """An empty prometheus_client family of this description."""
-        if self.type == "counter":
-            return CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        return GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+    def family(self, samples: Iterable[tuple[tuple[str, ...], float]] = (),
+               ) -> GaugeMetricFamily | CounterMetricFamily:
+        """A prometheus_client family of this description with ``samples`` (label values,
+        value)."""
+        kind = CounterMetricFamily if self.type == "counter" else GaugeMetricFamily
+        family = kind(self.name, self.documentation, labels=self.labels)
+        for labels, value in samples:
+            family.add_metric(labels, value)
+        return family
 
 
 # (metric name, help, Summary attribute)
@@ -198,14 +202,6 @@ class SnapshotCollector(Collector):
         yield from exporter_families(snapshot, now)
 
 
-def _family(spec: FamilySpec, samples: Iterable[tuple[tuple[str, ...], float]]) -> Metric:
-    """The family of ``spec`` with ``samples`` (label values, value)."""
-    family = spec.family()
-    for labels, value in samples:
-        family.add_metric(labels, value)
-    return family
-
-
 def _by_label(counts: Mapping[str, float]) -> Iterator[tuple[tuple[str], float]]:
     return (((label,), value) for label, value in counts.items())
 
@@ -247,7 +243,7 @@ _BUILD = FamilySpec("exec_exporter_build_info", "Exporter version; always 1.", (
 def exporter_families(snapshot: Snapshot, now: float) -> Iterator[Metric]:
     """The exporter-wide families (API requests, latency, schedule, reloads, build)."""
     requests = {(kind, code): 0 for kind in REQUEST_KINDS for code in API_CODES}
-    yield _family(_REQUESTS, sorted((requests | dict(snapshot.api_requests)).items()))
+    yield _REQUESTS.family(sorted((requests | dict(snapshot.api_requests)).items()))
     latency = HistogramMetricFamily("exec_exporter_api_request_duration_seconds",
                                     "Latency of Exec API requests, by kind of request.",
                                     labels=("kind",))
@@ -257,26 +253,26 @@ def exporter_families(snapshot: Snapshot, now: float) -> Iterator[Metric]:
                    for bound, count in zip(REQUEST_BUCKETS, histogram.buckets, strict=True)]
         latency.add_metric((kind,), [*buckets, ("+Inf", histogram.count)], histogram.total)
     yield latency
-    yield _family(_REQUEST_ERRORS, _by_label(dict.fromkeys(REASONS, 0) | dict(snapshot.errors)))
-    yield _family(_PAUSED, (((reason,), 1 if snapshot.pause_reason == reason else 0)
-                            for reason in PAUSE_REASONS))
-    yield _family(_INTERVAL, [((), snapshot.interval)])
-    yield _family(_STALENESS, [((), snapshot.staleness_limit(now))])
-    yield _family(_TARGETS, [((), len(snapshot.targets))])
-    yield _family(_DROPPED, [((), snapshot.targets_dropped)])
-    yield _family(_DISCOVERY, _by_label(dict(sorted(snapshot.discovery_success.items()))))
-    yield _family(_INVALID, _by_label(dict(sorted((dict.fromkeys(LIST_KINDS, 0)
-                                                   | dict(snapshot.invalid_items)).items()))))
-    yield _family(_RELOAD_OK, [((), 1 if snapshot.reload_ok else 0)])
+    yield _REQUEST_ERRORS.family(_by_label(dict.fromkeys(REASONS, 0) | dict(snapshot.errors)))
+    yield _PAUSED.family(((reason,), 1 if snapshot.pause_reason == reason else 0)
+                         for reason in PAUSE_REASONS)
+    yield _INTERVAL.family([((), snapshot.interval)])
+    yield _STALENESS.family([((), snapshot.staleness_limit(now))])
+    yield _TARGETS.family([((), len(snapshot.targets))])
+    yield _DROPPED.family([((), snapshot.targets_dropped)])
+    yield _DISCOVERY.family(_by_label(dict(sorted(snapshot.discovery_success.items()))))
+    yield _INVALID.family(_by_label(dict(sorted((dict.fromkeys(LIST_KINDS, 0)
+                                                 | dict(snapshot.invalid_items)).items()))))
+    yield _RELOAD_OK.family([((), 1 if snapshot.reload_ok else 0)])
     reload_time = snapshot.reload_time
-    yield _family(_RELOAD_TIME, [] if reload_time is None else [((), reload_time)])
+    yield _RELOAD_TIME.family([] if reload_time is None else [((), reload_time)])
     # Verdicts from 0 for every polled scenario.
     scenarios = dict.fromkeys(state.target.scenario for state in snapshot.targets)
     verdicts = {(s, r): 0 for s in scenarios for r in CROSS_CHECK_RESULTS}
-    yield _family(_CROSS_CHECKS, sorted((verdicts | dict(snapshot.cross_checks)).items()))
+    yield _CROSS_CHECKS.family(sorted((verdicts | dict(snapshot.cross_checks)).items()))
     if snapshot.plan_requests_per_cycle is not None:
-        yield _family(_PLAN_COST, [((), snapshot.plan_requests_per_cycle)])
-    yield _family(_BUILD, [((__version__,), 1)])
+        yield _PLAN_COST.family([((), snapshot.plan_requests_per_cycle)])
+    yield _BUILD.family([((__version__,), 1)])
 
 
 class FixedFamily(Metric):
