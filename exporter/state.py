@@ -56,14 +56,12 @@ class SavedState:
     """Everything restored from the state file."""
 
     targets: dict[Key, SavedTarget] = field(default_factory=dict)
-    # The request ledger an earlier version kept in this file: migrated to the ledger
-    # file on load (:meth:`exporter.budget.Budget.merge`), never written again.
+    # The ledger an earlier version kept here, migrated by Budget.merge, never written.
     ledger: list[float] = field(default_factory=list)
     lists: Lists | None = None  # the discovery lists, so a restart need not re-read them
-    # What the planner learned (Planner.state), as saved; the planner validates it.
+    # As saved, validated by their owners: Planner.state, and Skills.state and
+    # Assignments.state by kind.
     planner: dict[str, Any] = field(default_factory=dict)
-    # The skills and assignments listings' last reads (Skills.state, Assignments.state),
-    # as saved; each listing validates its own.
     listings: dict[str, Any] = field(default_factory=dict)
 
 
