@@ -33,7 +33,7 @@ from .listings import DAY_SHARE, Assignments, Skills
 from .plan import derived_per_day, describe_dates, offline_plan
 from .scheduler import effective_interval, interval_and_limit, polling_day_budget
 from .server import listen_failure, parse_listen_address
-from .store import staleness_limit
+from .store import Snapshot
 from .targets import Target, build_targets
 from .webconfig import load_web_config
 
@@ -266,7 +266,7 @@ def describe_plan(config: Config, key: ApiKey | None = None) -> str:
         # takes the real ones (the start-up log, the 'plan:' line, the page, the metric).
         lines.append("  (offline: every list and pull counted as one page; running, the "
                      "exporter computes it the same way from the real sizes and logs it)")
-    staleness = staleness_limit(config.max_staleness, interval, None, 0.0)  # as the store
+    staleness = Snapshot(interval=interval, max_staleness=config.max_staleness).staleness_limit(0)
     lines.append(f"max staleness: {format_duration(staleness)}")
     return "\n".join(lines)
 

@@ -1,50 +1,18 @@
 """Metric families built from a store snapshot. A scrape never calls the API.
 
-Two collectors:
-
-* :class:`SnapshotCollector` exports everything that changes only when the
-  store changes (the scenario data and the per-target self-metrics), so its
-  output can be rendered once per change and cached;
-* :class:`LiveCollector` exports what moves with the clock alone: the
-  requests left in the budget's rolling windows.
-
-Metrics by scope: what concerns the whole workspace (a pause for 429/401/403,
-failed requests by reason, requests by kind) has no target labels; a target
-carries only its own: ``up``, last success, its error count, its source and,
-only while it is down, ``last_error{reason}``. While a workspace-wide pause is
-in force every target is shown down with the pause's reason (its own state
-returns when the pause ends).
-
-Counters start at 0 for their known label sets: each target's error counter,
-``exec_exporter_errors_total`` for every reason of
-:data:`exporter.client.REASONS`, and the API request counter for every kind of
-:data:`exporter.store.REQUEST_KINDS` and code of :data:`API_CODES`, so
-``increase()`` sees the first of each. ``exec_scenario_info`` has one sample
-per scenario polled, fresh or not.
-
-The live part, rendered on every scrape, is written directly:
-:class:`ProcessMetrics` replaces prometheus_client's ``ProcessCollector`` (a
-descriptor kept open for /proc/self/stat: ~7 us to read instead of ~32), and it and
-:class:`LiveCollector` write their own bytes through :class:`PreRendered`
-(~19 us a scrape for both, in process, instead of ~55 through
-prometheus_client's families). Their ``collect()`` gives the same families
-for any other consumer (the tests compare the two byte for byte).
-
-Sample output::
-
-    # HELP exec_scenario_average_best_score Average of participants' best scores (0-100 ...
-    # TYPE exec_scenario_average_best_score gauge
-    exec_scenario_average_best_score{cohort="all",scenario="discovery-call-it-director"} 74.2
-    # HELP exec_exporter_target_up 1 if the last refresh of the target succeeded, else 0.
-    # TYPE exec_exporter_target_up gauge
-    exec_exporter_target_up{cohort="all",scenario="discovery-call-it-director"} 1.0
+:class:`SnapshotCollector` exports what changes only with the store (scenario data,
+per-target and exporter-wide self-metrics); the exposition renders it once per change.
+:class:`LiveCollector` (the budget's rolling windows) and :class:`ProcessMetrics` move
+with the clock and write their own bytes per scrape (:class:`PreRendered`). Which metric
+has which scope and labels: docs/metrics.md; what each trick buys: docs/performance.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import exposition as text_writer
@@ -73,6 +41,7 @@ from .store import (
     Store,
     TargetState,
 )
+from .targets import Target
 
 TARGET_LABELS = ("scenario", "cohort")
 CACHED = "as of the last successful poll"
@@ -92,11 +61,15 @@ class FamilySpec:
         """The name its samples carry."""
         return self.name + "_total" if self.type == "counter" else self.name
 
-    def family(self) -> GaugeMetricFamily | CounterMetricFamily:
-        """An empty prometheus_client family of this description."""
-        if self.type == "counter":
-            return CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-        return GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+    def family(self, samples: Iterable[tuple[tuple[str, ...], float]] = (),
+               ) -> GaugeMetricFamily | CounterMetricFamily:
+        """A prometheus_client family of this description with ``samples`` (label values,
+        value)."""
+        kind = CounterMetricFamily if self.type == "counter" else GaugeMetricFamily
+        family = kind(self.name, self.documentation, labels=self.labels)
+        for labels, value in samples:
+            family.add_metric(labels, value)
+        return family
 
 
 # (metric name, help, Summary attribute)
@@ -116,9 +89,10 @@ DATA_GAUGES = (
 )
 _DATA_ATTRS = tuple(attr for _, _, attr in DATA_GAUGES)
 
-# Every family with one or more samples per target, in exposition order. The
-# scenario info family (one sample per scenario) goes between the data
-# families and the self-metrics: see INFO_POSITION.
+INFO_FAMILY = FamilySpec("exec_scenario_info", "Scenario display name and id; always 1.",
+                         ("scenario", "name", "id"))
+# Every family with samples per target, in exposition order; the scenario info family
+# (a sample per scenario, on its first target) between the data and the self-metrics.
 TARGET_FAMILIES: tuple[FamilySpec, ...] = (
     *(FamilySpec(name, help_text, TARGET_LABELS) for name, help_text, _ in DATA_GAUGES),
     FamilySpec("exec_scenario_average_best_rank",
@@ -127,6 +101,7 @@ TARGET_FAMILIES: tuple[FamilySpec, ...] = (
     FamilySpec("exec_scenario_rank_participants",
                f"Participants whose best score earns each rank, {CACHED}.",
                (*TARGET_LABELS, "rank")),
+    INFO_FAMILY,
     FamilySpec("exec_exporter_target_up",
                "1 if the last refresh of the target succeeded, else 0.", TARGET_LABELS),
     FamilySpec("exec_exporter_target_last_success_timestamp_seconds",
@@ -142,13 +117,10 @@ TARGET_FAMILIES: tuple[FamilySpec, ...] = (
                "Why the target is down (present only while it is down); always 1.",
                (*TARGET_LABELS, "reason")),
 )
-(_RANK, _RANK_COUNTS, _UP, _LAST_SUCCESS, _ERRORS, _SOURCE,
+(_RANK, _RANK_COUNTS, INFO_POSITION, _UP, _LAST_SUCCESS, _ERRORS, _SOURCE,
  _LAST_ERROR) = range(len(DATA_GAUGES), len(TARGET_FAMILIES))
-INFO_POSITION = _UP  # the info family is exposed just before TARGET_FAMILIES[INFO_POSITION]
 # The lists whose malformed items are skipped and counted (exec_exporter_invalid_items_total).
 LIST_KINDS = ("scenarios", "groups", "skills", "assignments")
-INFO_FAMILY = FamilySpec("exec_scenario_info", "Scenario display name and id; always 1.",
-                         ("scenario", "name", "id"))
 
 # Status codes exec_exporter_api_requests_total starts at 0 (with ``error``: no
 # response): those the API documents for the summary and listing requests, so
@@ -160,20 +132,11 @@ API_CODES = ("200", "400", "401", "403", "404", "429", "error")
 TargetSample = tuple[int, tuple[str, ...], float]
 
 
-def is_fresh(state: TargetState, snapshot: Snapshot, now: float) -> bool:
-    """Whether ``state`` has data young enough to export (the rule is the snapshot's)."""
-    return snapshot.is_fresh(state, now)
-
-
-def target_samples(state: TargetState, fresh: bool,
-                   paused: str | None = None) -> list[TargetSample]:
-    """Every sample one target contributes; its data only when ``fresh``.
-
-    ``paused``: the reason of a workspace-wide pause in force, which shows the
-    target down with that reason whatever its own state. The single definition of
-    what a target exports: :class:`SnapshotCollector` and the exposition's direct
-    renderer both build on it.
-    """
+def target_samples(state: TargetState, fresh: bool, paused: str | None = None,
+                   info: bool = False) -> list[TargetSample]:
+    """Every sample one target contributes: its data only when ``fresh``, the scenario's
+    info with ``info`` (the first target of its scenario). ``paused``: the reason of a
+    workspace-wide pause in force, which shows the target down with that reason."""
     key = state.target.key
     out: list[TargetSample] = []
     summary = state.summary
@@ -188,6 +151,8 @@ def target_samples(state: TargetState, fresh: bool,
         counts = summary.rank_participants
         if counts is not None:
             out.extend((_RANK_COUNTS, (*key, r), counts.get(r, 0)) for r in RANKS)
+    if info:
+        out.append((INFO_POSITION, info_labels(state.target), 1))
     up = state.up and paused is None
     out.append((_UP, key, 1 if up else 0))
     if state.last_success is not None:
@@ -200,19 +165,20 @@ def target_samples(state: TargetState, fresh: bool,
     return out
 
 
-def info_samples(states: Iterable[TargetState]) -> Iterator[tuple[str, str, str]]:
-    """Label values of ``exec_scenario_info``: one per scenario, fresh or not.
+def info_labels(target: Target) -> tuple[str, str, str]:
+    """Label values of ``exec_scenario_info``: the display name (configured, or from the
+    scenario list; ``""`` while none is known), the scenario's UUID if known, else its
+    id or slug."""
+    return target.scenario, target.display_name or "", target.scenario_uuid or target.scenario
 
-    ``name`` is the display name (configured, or from the scenario list), ``""``
-    while none is known; ``id`` the scenario's UUID when known, else its id or slug.
-    """
+
+def info_samples(states: Iterable[TargetState]) -> Iterator[tuple[str, str, str]]:
+    """Label values of ``exec_scenario_info``: one per scenario, fresh or not."""
     seen: set[str] = set()
     for state in states:
-        target = state.target
-        if target.scenario not in seen:
-            seen.add(target.scenario)
-            yield (target.scenario, target.display_name or "",
-                   target.scenario_uuid or target.scenario)
+        if state.target.scenario not in seen:
+            seen.add(state.target.scenario)
+            yield info_labels(state.target)
 
 
 class SnapshotCollector(Collector):
@@ -222,134 +188,96 @@ class SnapshotCollector(Collector):
         self.store = store
         self.clock = clock
 
-    def describe(self) -> list[Metric]:
-        # Registration must not trigger work; the families are dynamic anyway.
-        return []
-
     def collect(self) -> Iterator[Metric]:
-        yield from self.collect_from(self.store.snapshot(), self.clock.time())
-
-    def collect_from(self, snapshot: Snapshot, now: float) -> Iterator[Metric]:
-        """The families for ``snapshot`` at time ``now``."""
+        snapshot, now = self.store.snapshot(), self.clock.time()
         families = [spec.family() for spec in TARGET_FAMILIES]
+        seen: set[str] = set()
         for state in snapshot.targets:
-            for i, labels, value in target_samples(state, is_fresh(state, snapshot, now),
-                                                   snapshot.pause_reason):
+            for i, labels, value in target_samples(
+                    state, snapshot.is_fresh(state, now), snapshot.pause_reason,
+                    info=state.target.scenario not in seen):
                 families[i].add_metric(labels, value)
-        info = INFO_FAMILY.family()
-        for labels in info_samples(snapshot.targets):
-            info.add_metric(labels, 1)
-        yield from families[:INFO_POSITION]
-        yield info
-        yield from families[INFO_POSITION:]
+            seen.add(state.target.scenario)
+        yield from families
         yield from exporter_families(snapshot, now)
+
+
+def _by_label(counts: Mapping[str, float]) -> Iterator[tuple[tuple[str], float]]:
+    return (((label,), value) for label, value in counts.items())
+
+
+_REQUESTS = FamilySpec(
+    "exec_exporter_api_requests", "Requests sent to the Exec API (every one counts against "
+    "the quota), by kind of request and HTTP status or 'error'.", ("kind", "code"), "counter")
+_REQUEST_ERRORS = FamilySpec(
+    "exec_exporter_errors", "Failed API requests of any kind, by reason (workspace-wide "
+    "refusals included).", ("reason",), "counter")
+_PAUSED = FamilySpec(
+    "exec_exporter_api_paused", "1 while all requests are paused for this reason (429 "
+    "rate_limited: until retry_after; 401 unauthorized, 403 forbidden: until a probe "
+    "succeeds); state set.", ("reason",))
+_INTERVAL = FamilySpec("exec_exporter_refresh_interval_seconds",
+                       "Effective refresh interval per target after budget stretching.", ())
+_STALENESS = FamilySpec("exec_exporter_max_staleness_seconds",
+                        "Data older than this is no longer exported: max_staleness, default "
+                        "3 x the effective refresh interval, never under 2 x.", ())
+_TARGETS = FamilySpec("exec_exporter_targets", "Targets being polled.", ())
+_DROPPED = FamilySpec("exec_exporter_targets_dropped", "Targets left out by max_targets.", ())
+_DISCOVERY = FamilySpec("exec_exporter_discovery_last_success_timestamp_seconds",
+                        "Unix time a discovery listing last completed.", ("kind",))
+_INVALID = FamilySpec("exec_exporter_invalid_items", "Malformed items skipped in the "
+                      "workspace lists (the rest of the list is used).", ("kind",), "counter")
+_RELOAD_OK = FamilySpec("exec_exporter_config_last_reload_successful",
+                        "Whether the last configuration reload succeeded.", ())
+_RELOAD_TIME = FamilySpec("exec_exporter_config_last_reload_success_timestamp_seconds",
+                          "Unix time of the last successful configuration load.", ())
+_CROSS_CHECKS = FamilySpec(
+    "exec_exporter_cross_checks", "Cross-checks of derived values against the summary "
+    "endpoint with equal counts, by verdict.", ("scenario", "result"), "counter")
+_PLAN_COST = FamilySpec("exec_exporter_plan_requests_per_cycle",
+                        "Requests one full refresh of every target costs under the current "
+                        "plan, member lists and cross-checks included.", ())
+_BUILD = FamilySpec("exec_exporter_build_info", "Exporter version; always 1.", ("version",))
 
 
 def exporter_families(snapshot: Snapshot, now: float) -> Iterator[Metric]:
     """The exporter-wide families (API requests, latency, schedule, reloads, build)."""
-    requests = CounterMetricFamily(
-        "exec_exporter_api_requests",
-        "Requests sent to the Exec API (every one counts against the quota), by kind of "
-        "request and HTTP status or 'error'.", labels=("kind", "code"))
-    counts = {(kind, code): 0 for kind in REQUEST_KINDS for code in API_CODES}
-    counts.update(snapshot.api_requests)
-    for (kind, code), count in sorted(counts.items()):
-        requests.add_metric((kind, code), count)
-    yield requests
-
+    requests = {(kind, code): 0 for kind in REQUEST_KINDS for code in API_CODES}
+    yield _REQUESTS.family(sorted((requests | dict(snapshot.api_requests)).items()))
     latency = HistogramMetricFamily("exec_exporter_api_request_duration_seconds",
                                     "Latency of Exec API requests, by kind of request.",
                                     labels=("kind",))
     for kind, histogram in sorted((dict.fromkeys(REQUEST_KINDS, Latency())
                                    | dict(snapshot.latency)).items()):
-        buckets = [(_bound(b), c) for b, c in zip(REQUEST_BUCKETS, histogram.buckets,
-                                                    strict=True)]
-        buckets.append(("+Inf", histogram.count))
-        latency.add_metric((kind,), buckets, histogram.total)
+        buckets = [(repr(float(bound)), count)
+                   for bound, count in zip(REQUEST_BUCKETS, histogram.buckets, strict=True)]
+        latency.add_metric((kind,), [*buckets, ("+Inf", histogram.count)], histogram.total)
     yield latency
-
-    errors = CounterMetricFamily(
-        "exec_exporter_errors",
-        "Failed API requests of any kind, by reason (workspace-wide refusals included).",
-        labels=("reason",))
-    for reason, count in (dict.fromkeys(REASONS, 0) | dict(snapshot.errors)).items():
-        errors.add_metric((reason,), count)
-    yield errors
-
-    paused = GaugeMetricFamily(
-        "exec_exporter_api_paused",
-        "1 while all requests are paused for this reason (429 rate_limited: until "
-        "retry_after; 401 unauthorized, 403 forbidden: until a probe succeeds); state set.",
-        labels=("reason",))
-    for reason in PAUSE_REASONS:
-        paused.add_metric((reason,), 1 if snapshot.pause_reason == reason else 0)
-    yield paused
-
-    yield GaugeMetricFamily("exec_exporter_refresh_interval_seconds",
-                            "Effective refresh interval per target after budget stretching.",
-                            value=snapshot.interval)
-    yield GaugeMetricFamily("exec_exporter_max_staleness_seconds",
-                            "Data older than this is no longer exported: max_staleness, "
-                            "default 3 x the effective refresh interval, never under 2 x.",
-                            value=snapshot.staleness_limit(now))
-    yield GaugeMetricFamily("exec_exporter_targets", "Targets being polled.",
-                            value=len(snapshot.targets))
-    yield GaugeMetricFamily("exec_exporter_targets_dropped",
-                            "Targets left out by max_targets.", value=snapshot.targets_dropped)
-    discovery = GaugeMetricFamily("exec_exporter_discovery_last_success_timestamp_seconds",
-                                  "Unix time a discovery listing last completed.",
-                                  labels=("kind",))
-    for kind, at in sorted(snapshot.discovery_success.items()):
-        discovery.add_metric((kind,), at)
-    yield discovery
-    invalid = CounterMetricFamily(
-        "exec_exporter_invalid_items",
-        "Malformed items skipped in the workspace lists (the rest of the list is used).",
-        labels=("kind",))
-    for kind, count in sorted((dict.fromkeys(LIST_KINDS, 0)
-                               | dict(snapshot.invalid_items)).items()):
-        invalid.add_metric((kind,), count)
-    yield invalid
-    yield GaugeMetricFamily("exec_exporter_config_last_reload_successful",
-                            "Whether the last configuration reload succeeded.",
-                            value=1 if snapshot.reload_ok else 0)
-    reload_time = GaugeMetricFamily("exec_exporter_config_last_reload_success_timestamp_seconds",
-                                    "Unix time of the last successful configuration load.")
-    if snapshot.reload_time is not None:
-        reload_time.add_metric((), snapshot.reload_time)
-    yield reload_time
-    # Derived cohorts: verdicts from 0 for every polled scenario, and the plan's cost.
-    checks = CounterMetricFamily(
-        "exec_exporter_cross_checks",
-        "Cross-checks of derived values against the summary endpoint with equal counts, "
-        "by verdict.", labels=("scenario", "result"))
+    yield _REQUEST_ERRORS.family(_by_label(dict.fromkeys(REASONS, 0) | dict(snapshot.errors)))
+    yield _PAUSED.family(((reason,), 1 if snapshot.pause_reason == reason else 0)
+                         for reason in PAUSE_REASONS)
+    yield _INTERVAL.family([((), snapshot.interval)])
+    yield _STALENESS.family([((), snapshot.staleness_limit(now))])
+    yield _TARGETS.family([((), len(snapshot.targets))])
+    yield _DROPPED.family([((), snapshot.targets_dropped)])
+    yield _DISCOVERY.family(_by_label(dict(sorted(snapshot.discovery_success.items()))))
+    yield _INVALID.family(_by_label(dict(sorted((dict.fromkeys(LIST_KINDS, 0)
+                                                 | dict(snapshot.invalid_items)).items()))))
+    yield _RELOAD_OK.family([((), 1 if snapshot.reload_ok else 0)])
+    reload_time = snapshot.reload_time
+    yield _RELOAD_TIME.family([] if reload_time is None else [((), reload_time)])
+    # Verdicts from 0 for every polled scenario.
     scenarios = dict.fromkeys(state.target.scenario for state in snapshot.targets)
     verdicts = {(s, r): 0 for s in scenarios for r in CROSS_CHECK_RESULTS}
-    verdicts.update(snapshot.cross_checks)
-    for (scenario, result), count in sorted(verdicts.items()):
-        checks.add_metric((scenario, result), count)
-    yield checks
+    yield _CROSS_CHECKS.family(sorted((verdicts | dict(snapshot.cross_checks)).items()))
     if snapshot.plan_requests_per_cycle is not None:
-        yield GaugeMetricFamily("exec_exporter_plan_requests_per_cycle",
-                                "Requests one full refresh of every target costs under the "
-                                "current plan, member lists and cross-checks included.",
-                                value=snapshot.plan_requests_per_cycle)
-    build = GaugeMetricFamily("exec_exporter_build_info", "Exporter version; always 1.",
-                              labels=("version",))
-    build.add_metric((__version__,), 1)
-    yield build
-
-
-def _bound(value: float) -> str:
-    return repr(float(value))
+        yield _PLAN_COST.family([((), snapshot.plan_requests_per_cycle)])
+    yield _BUILD.family([((__version__,), 1)])
 
 
 class FixedFamily(Metric):
-    """A family of a constant, valid name, built without prometheus_client's name check.
-
-    ``Metric.__init__`` validates the name with a regular expression on every
-    call: a noticeable share of a scrape's live part, spent on constants.
-    """
+    """A family of a constant, valid name, built without prometheus_client's name check
+    (a regular expression per call: a noticeable share of a scrape's live part)."""
 
     def __init__(self, name: str, documentation: str, typ: str,
                  samples: list[Sample]) -> None:
@@ -358,11 +286,6 @@ class FixedFamily(Metric):
         self.unit = ""
         self.type = typ
         self.samples = samples
-
-
-def _one(name: str, documentation: str, value: float, typ: str = "gauge") -> FixedFamily:
-    sample = name + "_total" if typ == "counter" else name
-    return FixedFamily(name, documentation, typ, [Sample(sample, {}, value)])
 
 
 class Families(Collector):
@@ -382,104 +305,98 @@ def generate(collector: Collector, openmetrics: bool) -> bytes:
     return text_writer.generate_latest(collector)
 
 
-class PreRendered:
-    """Plain families of constant names, labels and help whose bytes are written
-    directly, per scrape: the sample lines up to their values are rendered once by
-    prometheus_client (so the bytes are its own), the values are filled in with its
-    ``floatToGoString``.
-
-    What it buys (in process, gzip scrape at 2,000 targets over loopback, 3,000
-    scrapes): ~125 us a scrape with the live part going through prometheus_client's
-    families, ~70 us with no live part at all; written this way the live part costs
-    ~10 us instead of ~55.
-    """
+class PreRendered(Collector):
+    """Plain families of constant names, labels and help, written directly per scrape
+    (``exposition()``): the sample lines up to their values are rendered once by
+    prometheus_client (so the bytes are its own), the values filled in with its
+    ``floatToGoString``. ``collect()`` gives the same families to prometheus_client."""
 
     def __init__(self, families: list[tuple[str, str, str, list[dict[str, str]]]]) -> None:
         # (name, help, type, the label sets of its samples in order)
         self._families = families
-        self._parts: dict[bool, list[bytes]] = {}
+        self._count = sum(len(label_sets) for *_, label_sets in families)
         self._templates: dict[bool, str] = {}
 
-    def _prefixes(self, openmetrics: bool) -> list[bytes]:
-        """Per sample, the bytes before its value (its family's HELP/TYPE first)."""
-        parts = self._parts.get(openmetrics)
-        if parts is None:
-            parts = []
-            for name, documentation, typ, label_sets in self._families:
-                sample = name + "_total" if typ == "counter" else name
-                header = generate(Families([FixedFamily(name, documentation, typ, [])]),
-                                  openmetrics)
-                for i, labels in enumerate(label_sets):
-                    line = generate(Families([FixedFamily(name, documentation, typ,
-                                                          [Sample(sample, labels, 0.0)])]),
-                                    openmetrics).removeprefix(header)
-                    assert line.endswith(b" 0.0\n"), line
-                    parts.append((header if i == 0 else b"") + line[:-4])
-            self._parts[openmetrics] = parts
-        return parts
+    def families(self, values: Sequence[float]) -> list[Metric]:
+        """The families with ``values`` (one per sample, in order), for prometheus_client."""
+        rest = iter(values)
+        return [FixedFamily(name, documentation, typ,
+                            [Sample(name + "_total" if typ == "counter" else name, labels,
+                                    next(rest)) for labels in label_sets])
+                for name, documentation, typ, label_sets in self._families]
 
-    def render(self, values: list[float], openmetrics: bool) -> bytes:
-        """The families with ``values`` (one per sample, in order).
-
-        One ``%`` template for all samples instead of a piece per sample: ~0.4 us
-        less for six samples in isolation; side by side in the server
-        (``ab_scrape.py``, six runs, roles swapped in three), a gzip scrape with it
-        took 0.85-1.02x the time of one without, ~0.95x in the median of runs."""
-        prefixes = self._prefixes(openmetrics)
-        if len(values) != len(prefixes):
-            raise ValueError(f"{len(values)} values for {len(prefixes)} samples")
+    def _template(self, openmetrics: bool) -> str:
+        """One ``%`` template of every sample line, each family's HELP/TYPE first."""
         template = self._templates.get(openmetrics)
         if template is None:
-            template = self._templates[openmetrics] = "".join(
-                prefix.decode("utf-8").replace("%", "%%") + "%s\n" for prefix in prefixes)
+            pieces = []
+            for family in self.families([0.0] * self._count):
+                samples, family.samples = family.samples, []
+                header = generate(Families([family]), openmetrics)
+                pieces.append(header.decode("utf-8").replace("%", "%%"))
+                for sample in samples:
+                    family.samples = [sample]
+                    line = generate(Families([family]), openmetrics).removeprefix(header)
+                    assert line.endswith(b" 0.0\n"), line
+                    pieces.append(line[:-4].decode("utf-8").replace("%", "%%") + "%s\n")
+            template = self._templates[openmetrics] = "".join(pieces)
+        return template
+
+    def render(self, values: list[float], openmetrics: bool) -> bytes:
+        """The families with ``values`` (one per sample, in order)."""
+        if len(values) != self._count:
+            raise ValueError(f"{len(values)} values for {self._count} samples")
+        template = self._templates.get(openmetrics) or self._template(openmetrics)
         return (template % tuple(map(floatToGoString, values))).encode()
 
+    def values(self) -> list[float] | None:
+        """The samples' values now, in order (None: nothing to export)."""
+        raise NotImplementedError
 
-class ProcessMetrics(Collector):
-    """The ``process_*`` families of prometheus_client's ``ProcessCollector``, cheaper.
+    def collect(self) -> Iterator[Metric]:
+        values = self.values()
+        return iter(() if values is None else self.families(values))
 
-    Same names, types, help and meaning (Linux only, like the original), for a
-    quarter of the cost per scrape (~15 µs instead of ~50 µs): ``/proc/self/stat``
-    is re-read through a descriptor kept open (``pread``) instead of opened and
-    closed each time, and the descriptor limit comes from ``getrlimit`` instead of
-    parsing ``/proc/self/limits``. The descriptor count lists ``/proc/self/fd`` as
-    prometheus_client does: its size (Linux 6.2+, one ``fstat``, ~3 us less) counted
-    more descriptors than the listing while other threads opened and closed sockets.
-    Without ``/proc`` it exports nothing.
-    """
+    def exposition(self, openmetrics: bool) -> bytes:
+        """What :meth:`collect` gives, written directly."""
+        values = self.values()
+        return b"" if values is None else self.render(values, openmetrics)
+
+
+class ProcessMetrics(PreRendered):
+    """The ``process_*`` families of prometheus_client's ``ProcessCollector``, cheaper
+    (Linux only, like the original; without ``/proc`` it exports nothing).
+
+    ``/proc/self/stat`` is re-read through a descriptor kept open (``pread``) and the
+    descriptor limit comes from ``getrlimit``; the descriptor count lists
+    ``/proc/self/fd`` as prometheus_client does (its ``fstat`` size counted more while
+    other threads opened and closed sockets)."""
 
     def __init__(self, proc: str = "/proc") -> None:
+        super().__init__([(name, documentation, typ, [{}]) for name, documentation, typ in (
+            ("process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge"),
+            ("process_resident_memory_bytes", "Resident memory size in bytes.", "gauge"),
+            ("process_start_time_seconds",
+             "Start time of the process since unix epoch in seconds.", "gauge"),
+            ("process_cpu_seconds", "Total user and system CPU time spent in seconds.",
+             "counter"),
+            ("process_open_fds", "Number of open file descriptors.", "gauge"),
+            ("process_max_fds", "Maximum number of open file descriptors.", "gauge"),
+        )])
         self._proc = proc
         self._ticks = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
         self._pagesize = resource.getpagesize()
         self._stat_fd: int | None = None
         self._btime = 0.0
-        try:
+        with contextlib.suppress(OSError):
             with open(os.path.join(proc, "stat"), "rb") as stat:
                 for line in stat:
                     if line.startswith(b"btime "):
                         self._btime = float(line.split()[1])
                         break
             self._stat_fd = os.open(os.path.join(proc, "self", "stat"), os.O_RDONLY)
-        except OSError:
-            self._stat_fd = None
 
-    def describe(self) -> list[Metric]:
-        return []
-
-    _FAMILIES = (
-        ("process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge"),
-        ("process_resident_memory_bytes", "Resident memory size in bytes.", "gauge"),
-        ("process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
-         "gauge"),
-        ("process_cpu_seconds", "Total user and system CPU time spent in seconds.", "counter"),
-        ("process_open_fds", "Number of open file descriptors.", "gauge"),
-        ("process_max_fds", "Maximum number of open file descriptors.", "gauge"),
-    )
-    _RENDERED = PreRendered([(name, doc, typ, [{}]) for name, doc, typ in _FAMILIES])
-
-    def _values(self) -> list[float] | None:
-        """The six values in :attr:`_FAMILIES`' order, or None without /proc."""
+    def values(self) -> list[float] | None:
         if self._stat_fd is None or not self._btime:
             return None
         try:
@@ -493,46 +410,17 @@ class ProcessMetrics(Collector):
                 (float(parts[11]) + float(parts[12])) / ticks, float(open_fds),
                 float(resource.getrlimit(resource.RLIMIT_NOFILE)[0])]
 
-    def collect(self) -> Iterator[Metric]:
-        values = self._values()
-        if values is None:
-            return
-        for (name, documentation, typ), value in zip(self._FAMILIES, values, strict=True):
-            yield _one(name, documentation, value, typ)
 
-    def exposition(self, openmetrics: bool) -> bytes:
-        """What :meth:`collect` gives, written directly (see :class:`PreRendered`)."""
-        values = self._values()
-        return b"" if values is None else self._RENDERED.render(values, openmetrics)
-
-    def close(self) -> None:
-        """Release the kept descriptor."""
-        if self._stat_fd is not None:
-            os.close(self._stat_fd)
-            self._stat_fd = None
-
-
-class LiveCollector(Collector):
+class LiveCollector(PreRendered):
     """Self-metrics that change with time alone (the budget's rolling windows)."""
 
     def __init__(self, remaining: Callable[[float], tuple[int, int]], clock: Clock) -> None:
+        super().__init__([("exec_exporter_api_budget_remaining",
+                           "Requests left in the exporter's own budget, by rolling window.",
+                           "gauge", [{"window": "minute"}, {"window": "day"}])])
         self.remaining = remaining
         self.clock = clock
 
-    def describe(self) -> list[Metric]:
-        return []
-
-    _NAME = "exec_exporter_api_budget_remaining"
-    _HELP = "Requests left in the exporter's own budget, by rolling window."
-    _RENDERED = PreRendered([(_NAME, _HELP, "gauge", [{"window": "minute"}, {"window": "day"}])])
-
-    def collect(self) -> Iterator[Metric]:
+    def values(self) -> list[float]:
         minute, day = self.remaining(self.clock.time())
-        name = self._NAME
-        yield FixedFamily(name, self._HELP, "gauge", [Sample(name, {"window": "minute"}, minute),
-                                                       Sample(name, {"window": "day"}, day)])
-
-    def exposition(self, openmetrics: bool) -> bytes:
-        """What :meth:`collect` gives, written directly (see :class:`PreRendered`)."""
-        minute, day = self.remaining(self.clock.time())
-        return self._RENDERED.render([minute, day], openmetrics)
+        return [minute, day]

@@ -209,10 +209,7 @@ class Exporter:
         for t in kept:
             s = self._saved.targets.get(t.key) if t.key not in changed else None
             if s is not None:
-                restored[t.key] = TargetState(
-                    target=t, summary=s.summary, last_success=s.last_success, up=s.up,
-                    last_error=s.last_error, last_error_message=s.last_error_message,
-                    last_error_time=s.last_error_time, errors=s.errors)
+                restored[t.key] = s.state(t)
         self.store.set_targets(kept, restored, forget=changed)
         self.store.set_max_staleness(config.max_staleness)
         self._targets = {t.key: t for t in kept}

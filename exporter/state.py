@@ -1,30 +1,30 @@
-"""``--state.file``: last good summaries, discovery lists, the skills and assignments
-listings' last reads and what the planner learned (proofs, member lists, pull sizes:
-``Planner.state``), kept across restarts. The quota ledger lives beside it, in
-``<state file>.ledger`` (:mod:`exporter.ledger`), shared with any backfill on the same
-state file; a state file of an earlier version still carries its ledger, which is read
-once to migrate it.
+"""``--state.file``: last good summaries, discovery lists, the listings' last reads and
+what the planner learned, kept across restarts. The quota ledger lives beside it
+(:mod:`exporter.ledger`); a ledger in a file of an earlier version is read once to
+migrate it.
 
-Written atomically (temporary file, fsync, rename). A missing, corrupt or
-unreadable file is logged and ignored: the exporter starts fresh, never stops.
+Written atomically. A missing, corrupt or unreadable file is logged and ignored: the
+exporter starts fresh, never stops.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import tempfile
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .client import ApiError, Summary
-from .discovery import DiscoveredScenario, Group, Lists
-from .store import Key, Snapshot
+from .discovery import Lists, parse_group, parse_scenario
+from .store import Key, Snapshot, TargetState
+from .targets import Target
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -32,7 +32,8 @@ FORMAT_VERSION = 1
 
 @dataclass
 class SavedTarget:
-    """One target's state as read back from the file."""
+    """One target's state as read back from the file: the fields of
+    :class:`~exporter.store.TargetState` that are saved."""
 
     summary: Summary | None
     last_success: float | None
@@ -42,20 +43,25 @@ class SavedTarget:
     last_error_time: float | None = None
     errors: dict[str, int] = field(default_factory=dict)
 
+    def state(self, target: Target) -> TargetState:
+        """The state of ``target`` restored from this."""
+        return TargetState(target=target, **{name: getattr(self, name) for name in _SAVED})
+
+
+_SAVED = tuple(f.name for f in fields(SavedTarget))
+
 
 @dataclass
 class SavedState:
     """Everything restored from the state file."""
 
     targets: dict[Key, SavedTarget] = field(default_factory=dict)
-    # The request ledger an earlier version kept in this file: migrated to the ledger
-    # file on load (:meth:`exporter.budget.Budget.merge`), never written again.
+    # The ledger an earlier version kept here, migrated by Budget.merge, never written.
     ledger: list[float] = field(default_factory=list)
     lists: Lists | None = None  # the discovery lists, so a restart need not re-read them
-    # What the planner learned (Planner.state), as saved; the planner validates it.
+    # As saved, validated by their owners: Planner.state, and Skills.state and
+    # Assignments.state by kind.
     planner: dict[str, Any] = field(default_factory=dict)
-    # The skills and assignments listings' last reads (Skills.state, Assignments.state),
-    # as saved; each listing validates its own.
     listings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,29 +70,18 @@ def encode(snapshot: Snapshot, now: float,
            listings: Mapping[str, Any] | None = None) -> bytes:
     """The file's bytes for ``snapshot``, discovery ``lists``, the planner's state and
     the listings' last reads."""
-    targets = []
-    for state in snapshot.targets:
-        if state.summary is None and state.last_error is None:
-            continue
-        targets.append({
-            "scenario": state.target.scenario,
-            "cohort": state.target.cohort.name,
-            "summary": state.summary.to_json() if state.summary else None,
-            "last_success": state.last_success,
-            "up": state.up,
-            "last_error": state.last_error,
-            "last_error_message": state.last_error_message,
-            "last_error_time": state.last_error_time,
-            "errors": dict(state.errors),
-        })
+    targets = [{"scenario": state.target.scenario, "cohort": state.target.cohort.name,
+                **{name: getattr(state, name) for name in _SAVED},  # in this order, then:
+                "summary": state.summary.to_json() if state.summary else None,
+                "errors": dict(state.errors)}
+               for state in snapshot.targets
+               if state.summary is not None or state.last_error is not None]
     doc: dict[str, Any] = {"version": FORMAT_VERSION, "saved_at": now, "targets": targets}
     if lists is not None:
         doc["discovery"] = {
-            "scenarios": None if lists.scenarios is None else [
-                {"id": s.id, "slug": s.slug, "name": s.name} for s in lists.scenarios],
+            "scenarios": None if lists.scenarios is None else list(map(asdict, lists.scenarios)),
             "scenarios_at": lists.scenarios_at,
-            "groups": None if lists.groups is None else [
-                {"id": g.id, "name": g.name} for g in lists.groups],
+            "groups": None if lists.groups is None else list(map(asdict, lists.groups)),
             "groups_at": lists.groups_at,
         }
     if planner:
@@ -94,6 +89,15 @@ def encode(snapshot: Snapshot, now: float,
     if listings:
         doc["listings"] = dict(listings)
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _time(value: object, now: float, what: str) -> float | None:
+    """A saved time (None: none); ValueError if it is no number or in the future."""
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or value > now + 60:
+        raise ValueError(f"{what} in the future")
+    return float(value)
 
 
 def decode(data: bytes, now: float) -> SavedState:
@@ -111,8 +115,15 @@ def decode(data: bytes, now: float) -> SavedState:
     found = doc.get("discovery")
     if isinstance(found, dict):
         try:
-            saved.lists = _decode_lists(found, now)
-        except (KeyError, TypeError, ValueError) as exc:
+            scenarios, groups = found.get("scenarios"), found.get("groups")
+            saved.lists = Lists(
+                scenarios=None if scenarios is None else list(map(parse_scenario, scenarios)),
+                groups=None if groups is None else list(map(parse_group, groups)),
+                scenarios_at=None if scenarios is None else _time(
+                    found.get("scenarios_at"), now, "list time"),
+                groups_at=None if groups is None else _time(
+                    found.get("groups_at"), now, "list time"))
+        except (TypeError, ValueError, ApiError) as exc:
             log.warning("state file: ignoring the saved discovery lists: %s", exc)
     found_planner = doc.get("planner")
     if isinstance(found_planner, dict):
@@ -124,52 +135,23 @@ def decode(data: bytes, now: float) -> SavedState:
         saved.listings = found_listings
     for item in doc.get("targets", []):
         try:
-            key = (str(item["scenario"]), str(item["cohort"]))
-            summary = Summary.from_json(item["summary"]) if item.get("summary") else None
-            last = item.get("last_success")
-            if last is not None and (not isinstance(last, int | float) or last > now + 60):
-                raise ValueError("last_success in the future")
-            errors = {str(k): int(v) for k, v in (item.get("errors") or {}).items()}
-            saved.targets[key] = SavedTarget(
-                summary=summary, last_success=None if last is None else float(last),
+            saved.targets[(str(item["scenario"]), str(item["cohort"]))] = SavedTarget(
+                summary=Summary.from_json(item["summary"]) if item.get("summary") else None,
+                last_success=_time(item.get("last_success"), now, "last_success"),
                 up=bool(item.get("up")), last_error=item.get("last_error"),
                 last_error_message=item.get("last_error_message"),
-                last_error_time=item.get("last_error_time"), errors=errors)
+                last_error_time=item.get("last_error_time"),
+                errors={str(k): int(v) for k, v in (item.get("errors") or {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError, ApiError) as exc:
             log.warning("state file: skipping a malformed target entry: %s", exc)
     return saved
 
 
-def _decode_lists(found: dict[str, Any], now: float) -> Lists:
-    def when(value: object) -> float | None:
-        if value is None:
-            return None
-        if not isinstance(value, int | float) or value > now + 60:
-            raise ValueError("list time in the future")
-        return float(value)
-
-    lists = Lists(scenarios_at=when(found.get("scenarios_at")),
-                  groups_at=when(found.get("groups_at")))
-    if found.get("scenarios") is not None:
-        lists.scenarios = [DiscoveredScenario(id=str(s["id"]), slug=str(s["slug"]),
-                                              name=None if s.get("name") is None
-                                              else str(s["name"]))
-                           for s in found["scenarios"]]
-    if found.get("groups") is not None:
-        lists.groups = [Group(id=str(g["id"]), name=str(g["name"])) for g in found["groups"]]
-    if lists.scenarios is None:
-        lists.scenarios_at = None
-    if lists.groups is None:
-        lists.groups_at = None
-    return lists
-
-
 class StateFile:
     """Reads and writes the state file; writes at most every ``min_gap`` seconds.
 
-    A change that arrives inside the gap is not dropped: it is written when the
-    gap ends (the latest one wins), so a crash loses at most ``min_gap`` seconds
-    of changes even when the next request is an interval away.
+    A change that arrives inside the gap is written when the gap ends (the latest one
+    wins), so a crash loses at most ``min_gap`` seconds of changes.
     """
 
     def __init__(self, path: str | os.PathLike[str], min_gap: float = 1.0) -> None:
@@ -177,14 +159,14 @@ class StateFile:
         self.min_gap = min_gap
         self._last_save = float("-inf")
         self._lock = threading.Lock()
-        self._pending: tuple[Snapshot, float, Lists | None, Mapping[str, Any] | None,
-                             Mapping[str, Any] | None] | None = None
+        # What the timer writes: the file's bytes, encoded then, and when they were saved.
+        self._pending: tuple[Callable[[], bytes], float] | None = None
         self._timer: threading.Timer | None = None
 
     def load(self, now: float) -> SavedState:
         """The saved state, or an empty one (with a warning) if it cannot be used."""
         try:
-            data = self.path.read_bytes()
+            saved = decode(self.path.read_bytes(), now)
         except FileNotFoundError:
             log.info("no state file at %s yet; starting fresh", self.path)
             return SavedState()
@@ -192,8 +174,6 @@ class StateFile:
             log.warning("cannot read state file %s (%s); starting fresh", self.path,
                         exc.strerror or exc)
             return SavedState()
-        try:
-            saved = decode(data, now)
         except (ValueError, TypeError, AttributeError) as exc:
             log.warning("state file %s is unusable (%s); starting fresh", self.path, exc)
             return SavedState()
@@ -206,10 +186,11 @@ class StateFile:
              listings: Mapping[str, Any] | None = None) -> bool:
         """Write atomically now (returns True), or, inside ``min_gap`` of the last
         write, remember the data and write it when the gap ends (returns False)."""
+        data = functools.partial(encode, snapshot, now, lists, planner, listings)
         with self._lock:
             wait = self.min_gap - (now - self._last_save)
             if not force and wait > 0:
-                self._pending = (snapshot, now, lists, planner, listings)
+                self._pending = data, now
                 if self._timer is None:
                     self._timer = threading.Timer(wait, self._flush)
                     self._timer.daemon = True
@@ -219,29 +200,23 @@ class StateFile:
             if force and self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            return self._save_locked(snapshot, now, lists, planner, listings)
+            return self._write(data, now)
 
     def _flush(self) -> None:
         with self._lock:
             self._timer = None
             pending, self._pending = self._pending, None
             if pending is not None:
-                self._save_locked(*pending)
+                self._write(*pending)
 
-    def _save_locked(self, snapshot: Snapshot, now: float, lists: Lists | None,
-                     planner: Mapping[str, Any] | None = None,
-                     listings: Mapping[str, Any] | None = None) -> bool:
-        data = encode(snapshot, now, lists, planner, listings)
+    def _write(self, data: Callable[[], bytes], now: float) -> bool:
         try:
-            self._write(data)
+            write_atomically(self.path, data())
         except OSError as exc:
             log.warning("cannot write state file %s: %s", self.path, exc.strerror or exc)
             return False
         self._last_save = now
         return True
-
-    def _write(self, data: bytes) -> None:
-        write_atomically(self.path, data)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -259,11 +234,9 @@ def write_atomically(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    try:  # make the rename itself durable
+    with contextlib.suppress(OSError):  # make the rename itself durable
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError:
-        pass

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from .client import PAUSE_REASONS as WORKSPACE_PAUSES
 from .client import REASONS, Summary
 from .targets import Target, TargetKey
 
 Key = TargetKey
+K = TypeVar("K")
 
 # Where a target's exported values come from: its own summary requests, or derived
 # from its scenario's participants pull (exec_exporter_target_source's state set).
 SOURCES = ("summary", "participants")
-# The verdicts of a cross-check (exec_exporter_cross_checks_total's result label).
-CROSS_CHECK_RESULTS = ("match", "mismatch")
+CROSS_CHECK_RESULTS = ("match", "mismatch")  # exec_exporter_cross_checks_total{result}
 
 # Latency buckets for API requests: the API answers in tens to hundreds of ms.
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -29,21 +30,13 @@ REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # The ``kind`` label of the request metrics: which endpoint the quota went to.
 REQUEST_KINDS = ("summary", "participants", "members", "scenarios", "groups", "skills",
                  "assignments")
-# Jobs whose internal kind is not the endpoint's name: a cross-check is a summary
-# request, a listing page is a request for that list.
+# Jobs whose kind is not their endpoint's name.
 _KIND_OF_JOB = {"cross_check": "summary", "list_scenarios": "scenarios",
                 "list_groups": "groups", "list_skills": "skills",
                 "list_assignments": "assignments"}
 
-# Refusals of the whole workspace (exec_exporter_api_paused's state set): they say
-# nothing of the target whose request met them, so no target counts them; while such a
-# pause is in force every target is shown down with its reason.
+# Refusals of the whole workspace, in REASONS order (exec_exporter_api_paused's state set).
 PAUSE_REASONS = tuple(reason for reason in REASONS if reason in WORKSPACE_PAUSES)
-
-
-def request_kind(job_kind: str) -> str:
-    """The ``kind`` label of a request sent by a job of ``job_kind``."""
-    return _KIND_OF_JOB.get(job_kind, job_kind)
 
 
 @dataclass(frozen=True)
@@ -81,20 +74,21 @@ class TargetState:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A consistent copy of everything the collector exports."""
+    """A consistent copy of everything the collector exports (the defaults: an empty
+    store). Its mappings are replaced on a change, never changed in place."""
 
-    version: int
-    targets: tuple[TargetState, ...]
-    interval: float
-    max_staleness: float | None
-    api_requests: Mapping[tuple[str, str], int]  # by (kind, code)
-    latency: Mapping[str, Latency]  # by kind
-    errors: Mapping[str, int]  # every failed request, by reason
-    targets_dropped: int
-    discovery_success: Mapping[str, float]
-    discovery_error: Mapping[str, str]
-    reload_ok: bool
-    reload_time: float | None
+    version: int = 0
+    targets: tuple[TargetState, ...] = ()
+    interval: float = 0.0
+    max_staleness: float | None = None
+    api_requests: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (kind, code)
+    latency: Mapping[str, Latency] = field(default_factory=dict)  # by kind
+    errors: Mapping[str, int] = field(default_factory=dict)  # every failed request, by reason
+    targets_dropped: int = 0
+    discovery_success: Mapping[str, float] = field(default_factory=dict)
+    discovery_error: Mapping[str, str] = field(default_factory=dict)
+    reload_ok: bool = True
+    reload_time: float | None = None
     # Derived cohorts: cross-check verdicts by (scenario, result), what a full refresh
     # costs under the plan (None: no plan published).
     cross_checks: Mapping[tuple[str, str], int] = field(default_factory=dict)
@@ -106,19 +100,17 @@ class Snapshot:
     # A longer limit kept after the interval shrank: (limit, until when).
     staleness_floor: tuple[float, float] | None = None
 
-    # The staleness rule, in one place: data is exported while its age is at most the
-    # limit (the contract: "older than max_staleness" stops it). A healthy exporter
-    # never drops a series: the limit is never shorter than two effective intervals (a
-    # max_staleness shorter than the real cycle would drop every target's data for part
-    # of each cycle), and when the interval shrinks (a proven plan needs fewer requests,
-    # a reload or discovery drops targets) the previous limit stays in force for two new
-    # intervals: data fetched on the old, slower cycle is refreshed on the new one
-    # before it expires, instead of vanishing at once.
-
     def staleness_limit(self, now: float) -> float:
         """Data older than this many seconds at ``now`` is no longer exported
-        (exec_exporter_max_staleness_seconds)."""
-        return staleness_limit(self.max_staleness, self.interval, self.staleness_floor, now)
+        (exec_exporter_max_staleness_seconds): ``max_staleness`` (default three
+        intervals), never under two intervals (a shorter limit would drop data every
+        cycle), and at least the floor in force: the old limit, kept for two new
+        intervals after the interval shrank, so data of the old cycle is refreshed
+        before it expires."""
+        limit = max(3 * self.interval if self.max_staleness is None else self.max_staleness,
+                    2 * self.interval)
+        floor = self.staleness_floor
+        return max(limit, floor[0]) if floor is not None and now <= floor[1] else limit
 
     def limit_changes_at(self, now: float) -> float:
         """When :meth:`staleness_limit` may next change by itself (inf: never)."""
@@ -138,15 +130,9 @@ class Snapshot:
         return until is not None and now <= until
 
 
-def staleness_limit(max_staleness: float | None, interval: float,
-                    floor: tuple[float, float] | None, now: float) -> float:
-    """The staleness rule (see :class:`Snapshot`): ``max_staleness`` (default three
-    intervals), at least two intervals, and at least a ``floor`` (limit, until) in force."""
-    limit = max_staleness if max_staleness is not None else 3 * interval
-    limit = max(limit, 2 * interval)
-    if floor is not None and now <= floor[1]:
-        limit = max(limit, floor[0])
-    return limit
+def _plus(counts: Mapping[K, int], key: K, count: int = 1) -> dict[K, int]:
+    """A copy of ``counts`` with ``count`` more for ``key``."""
+    return {**counts, key: counts.get(key, 0) + count}
 
 
 class Store:
@@ -154,30 +140,32 @@ class Store:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._targets: dict[Key, TargetState] = {}
         self._version = 0
-        self._interval = 0.0
-        self._max_staleness: float | None = None
-        self._api_requests: dict[tuple[str, str], int] = {}
-        self._latency: dict[str, Latency] = {}
-        self._errors: dict[str, int] = {}
-        self._dropped = 0
-        self._discovery_success: dict[str, float] = {}
-        self._discovery_error: dict[str, str] = {}
-        self._cross_checks: dict[tuple[str, str], int] = {}
-        self._invalid_items: dict[str, int] = {}
-        self._plan_cost: float | None = None
-        self._reload_ok = True
-        self._reload_time: float | None = None
-        self._pause: tuple[str, float] | None = None
-        self._stretched = False
-        self._staleness_floor: tuple[float, float] | None = None
-        self._changed = threading.Condition(self._lock)
+        # Everything but the targets and the version, replaced whole on a change.
+        self._totals = Snapshot()
 
     def _bump(self) -> None:
         # Called with the lock held.
         self._version += 1
         self._changed.notify_all()
+
+    def _update(self, totals: Snapshot) -> None:
+        # Called with the lock held.
+        self._totals = totals
+        self._bump()
+
+    def _change(self, change: Callable[[Snapshot], Snapshot]) -> None:
+        with self._lock:
+            self._update(change(self._totals))
+
+    def _change_target(self, key: Key, change: Callable[[TargetState], TargetState]) -> None:
+        with self._lock:
+            old = self._targets.get(key)
+            if old is not None:  # else no longer a target
+                self._targets[key] = change(old)
+                self._bump()
 
     def wait_for_change(self, version: int, timeout: float) -> int:
         """Block until the version moves past ``version`` or ``timeout`` passes;
@@ -209,38 +197,22 @@ class Store:
             self._targets = new
             # A removed scenario's cross-check series leave /metrics with it.
             scenarios = {key[0] for key in new}
-            self._cross_checks = {k: v for k, v in self._cross_checks.items()
-                                  if k[0] in scenarios}
-            self._bump()
+            self._update(replace(self._totals, cross_checks={
+                k: v for k, v in self._totals.cross_checks.items() if k[0] in scenarios}))
 
     def record_success(self, key: Key, summary: Summary, at: float) -> None:
         """A refresh of ``key`` returned ``summary``."""
-        with self._lock:
-            old = self._targets.get(key)
-            if old is None:
-                return
-            self._targets[key] = replace(old, summary=summary, last_success=at, up=True)
-            self._bump()
+        self._change_target(key, lambda old: replace(old, summary=summary, last_success=at,
+                                                     up=True))
 
     def record_failure(self, key: Key, reason: str, message: str, at: float) -> None:
-        """A refresh of ``key`` failed; its last good summary stays.
-
-        A workspace-wide refusal (:data:`PAUSE_REASONS`) is not the target's own: it
-        changes nothing here. The pause it starts reaches the store through
-        :meth:`record_schedule`, and every target is shown down with its reason while
-        it lasts; afterwards each shows its own state again."""
-        if reason in PAUSE_REASONS:
-            return
-        with self._lock:
-            old = self._targets.get(key)
-            if old is None:
-                return
-            errors = dict(old.errors)
-            errors[reason] = errors.get(reason, 0) + 1
-            self._targets[key] = replace(old, up=False, last_error=reason,
-                                         last_error_message=message, last_error_time=at,
-                                         errors=errors)
-            self._bump()
+        """A refresh of ``key`` failed; its last good summary stays. A workspace-wide
+        refusal (:data:`PAUSE_REASONS`) is not the target's own: it changes nothing here
+        (the pause reaches the store through :meth:`record_schedule`)."""
+        if reason not in PAUSE_REASONS:
+            self._change_target(key, lambda old: replace(
+                old, up=False, last_error=reason, last_error_message=message,
+                last_error_time=at, errors=_plus(old.errors, reason)))
 
     def record_schedule(self, interval: float, next_due: Mapping[Key, float],
                         pause: tuple[str, float] | None = None,
@@ -248,26 +220,24 @@ class Store:
         """The effective interval, each target's next planned refresh and the
         workspace-wide pause in force, if any (reason, until), as decided at ``at``."""
         with self._lock:
-            changed = (interval, pause, stretched) != (self._interval, self._pause,
-                                                       self._stretched)
-            if at is not None and 0 < interval < self._interval and any(
+            old = self._totals
+            reason, until = pause or (None, None)
+            new = replace(old, interval=interval, pause_reason=reason, pause_until=until,
+                          stretched=stretched)
+            if at is not None and 0 < interval < old.interval and any(
                     state.last_success is not None for state in self._targets.values()):
                 # The interval shrank while data of the old cycle is out: the old limit
-                # stays for two new intervals, in which stalest-first pacing refreshes
-                # that data (no data yet, as at a first fill: nothing to keep).
-                before = staleness_limit(self._max_staleness, self._interval,
-                                         self._staleness_floor, at)
-                self._staleness_floor = (before, at + 2 * interval)
-            self._interval = interval
-            self._pause = pause
-            self._stretched = stretched
+                # stays for two new intervals (no data yet, as at a first fill: nothing
+                # to keep).
+                new = replace(new, staleness_floor=(old.staleness_limit(at),
+                                                    at + 2 * interval))
             for key, due in next_due.items():
-                old = self._targets.get(key)
-                if old is not None and old.next_due != due:
+                state = self._targets.get(key)
+                if state is not None and state.next_due != due:
                     # next_due is for the landing page only: no version bump for it.
-                    self._targets[key] = replace(old, next_due=due)
-            if changed:
-                self._bump()
+                    self._targets[key] = replace(state, next_due=due)
+            if new != old:
+                self._update(new)
 
     def set_sources(self, sources: Mapping[Key, str]) -> None:
         """Where each target's values come from (the plan); a change is a new version,
@@ -288,92 +258,63 @@ class Store:
                        reason: str | None = None) -> None:
         """One API request of a job of ``job_kind`` finished with ``code`` after
         ``duration`` seconds; ``reason``: it failed, and why."""
-        kind = request_kind(job_kind)
-        with self._lock:
-            key = (kind, code)
-            self._api_requests[key] = self._api_requests.get(key, 0) + 1
-            self._latency[kind] = self._latency.get(kind, Latency()).observe(duration)
-            if reason is not None:
-                self._errors[reason] = self._errors.get(reason, 0) + 1
-            self._bump()
+        kind = _KIND_OF_JOB.get(job_kind, job_kind)
+        self._change(lambda totals: replace(
+            totals, api_requests=_plus(totals.api_requests, (kind, code)),
+            latency={**totals.latency, kind: totals.latency.get(kind, Latency()).observe(duration)},
+            errors=totals.errors if reason is None else _plus(totals.errors, reason)))
 
     def set_max_staleness(self, seconds: float | None) -> None:
         """None means 3 x the effective interval."""
-        with self._lock:
-            self._max_staleness = seconds
-            self._bump()
+        self._change(lambda totals: replace(totals, max_staleness=seconds))
 
     def set_targets_dropped(self, count: int) -> None:
         """Targets left out by max_targets."""
-        with self._lock:
-            self._dropped = count
-            self._bump()
+        self._change(lambda totals: replace(totals, targets_dropped=count))
 
     def record_discovery(self, kind: str, at: float | None, error: str | None = None,
                          invalid_items: int = 0) -> None:
         """A discovery listing of ``kind`` completed at ``at`` (or failed with ``error``),
         leaving out ``invalid_items`` malformed items."""
         with self._lock:
-            if invalid_items:
-                self._invalid_items[kind] = self._invalid_items.get(kind, 0) + invalid_items
+            totals = self._totals
+            invalid = (_plus(totals.invalid_items, kind, invalid_items) if invalid_items
+                       else totals.invalid_items)
+            success, failure = dict(totals.discovery_success), dict(totals.discovery_error)
             if at is not None:
-                self._discovery_success[kind] = at
-                self._discovery_error.pop(kind, None)
+                success[kind] = at
+                failure.pop(kind, None)
             if error is not None:
-                self._discovery_error[kind] = error
-            self._bump()
+                failure[kind] = error
+            self._update(replace(totals, invalid_items=invalid, discovery_success=success,
+                                 discovery_error=failure))
 
     def record_cross_check(self, scenario: str, result: str) -> None:
         """A cross-check of ``scenario`` ended with ``result`` (match or mismatch)."""
-        with self._lock:
-            key = (scenario, result)
-            self._cross_checks[key] = self._cross_checks.get(key, 0) + 1
-            self._bump()
+        self._change(lambda totals: replace(
+            totals, cross_checks=_plus(totals.cross_checks, (scenario, result))))
 
     def cross_checks(self) -> dict[tuple[str, str], int]:
         """Cross-check verdicts so far, by (scenario, result)."""
         with self._lock:
-            return dict(self._cross_checks)
+            return dict(self._totals.cross_checks)
 
     def set_plan_cost(self, requests_per_cycle: float) -> None:
         """What one full refresh costs under the running plan."""
         with self._lock:
-            if requests_per_cycle != self._plan_cost:
-                self._plan_cost = requests_per_cycle
-                self._bump()
+            if requests_per_cycle != self._totals.plan_requests_per_cycle:
+                self._update(replace(self._totals, plan_requests_per_cycle=requests_per_cycle))
 
     def record_reload(self, ok: bool, at: float) -> None:
         """The outcome of a configuration (re)load."""
-        with self._lock:
-            self._reload_ok = ok
-            if ok:
-                self._reload_time = at
-            self._bump()
+        self._change(lambda totals: replace(totals, reload_ok=ok,
+                                            reload_time=at if ok else totals.reload_time))
 
     def snapshot(self) -> Snapshot:
         """A consistent, immutable copy for one scrape or one render."""
         with self._lock:
-            return Snapshot(
-                version=self._version,
-                targets=tuple(self._targets.values()),
-                interval=self._interval,
-                max_staleness=self._max_staleness,
-                api_requests=dict(self._api_requests),
-                latency=dict(self._latency),
-                errors=dict(self._errors),
-                targets_dropped=self._dropped,
-                cross_checks=dict(self._cross_checks),
-                plan_requests_per_cycle=self._plan_cost,
-                invalid_items=dict(self._invalid_items),
-                discovery_success=dict(self._discovery_success),
-                discovery_error=dict(self._discovery_error),
-                reload_ok=self._reload_ok,
-                reload_time=self._reload_time,
-                pause_reason=self._pause[0] if self._pause else None,
-                pause_until=self._pause[1] if self._pause else None,
-                stretched=self._stretched,
-                staleness_floor=self._staleness_floor,
-            )
+            return replace(self._totals, version=self._version,
+                           targets=tuple(self._targets.values()))
 
     def get(self, key: Key) -> TargetState | None:
         """One target's state."""
