@@ -116,7 +116,6 @@ class RecordedRequest:
     headers: dict[str, str]  # as sent; lookups are case-insensitive
     time: float  # from the fake's clock (time.time by default)
     scenario_id: str | None = None  # set for summary requests
-    raw_query: str = ""
 
 
 @dataclass
@@ -146,14 +145,21 @@ class _FaultHandler(RequestHandler):
     """The simulation's handler, plus what only tests need: streamed bodies (64 MiB and
     more, never held whole) and the byte-by-byte writes of the trickle faults."""
 
-    def _send(self, response: APIResponse) -> None:
+    def write_response(self, response: APIResponse) -> None:
+        stopping = self.server.api.stopping
         if isinstance(response, _StreamedResponse):
-            self._send_chunks(response, response.content_length, response.chunks)
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(response.content_length))
+            self.end_headers()
+            for chunk in response.chunks:
+                if stopping.is_set():
+                    break
+                self.wfile.write(chunk)
             return
         if not isinstance(response, _TrickledResponse):
-            super()._send(response)
+            super().write_response(response)
             return
-        assert isinstance(response.body, bytes)
         phrase = HTTPStatus(response.status).phrase
         head = [f"HTTP/1.1 {response.status} {phrase}",
                 f"Content-Type: {response.content_type}",
@@ -162,19 +168,15 @@ class _FaultHandler(RequestHandler):
         raw_head = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         # Whatever the client does, this connection carries no second request.
         self.close_connection = True
-        stopping = self.server.stopping
-        try:
-            for part, interval in ((raw_head, response.head_interval),
-                                   (response.body, response.body_interval)):
-                if interval <= 0:
-                    self.wfile.write(part)
-                    continue
-                for i in range(len(part)):
-                    self.wfile.write(part[i : i + 1])  # wfile is unbuffered
-                    if stopping.wait(interval):  # stop() must not wait for the trickle
-                        return
-        except OSError:
-            pass  # the client gave up (its deadline) or stop() shut the socket down
+        for part, interval in ((raw_head, response.head_interval),
+                               (response.body, response.body_interval)):
+            if interval <= 0:
+                self.wfile.write(part)
+                continue
+            for i in range(len(part)):
+                self.wfile.write(part[i : i + 1])  # wfile is unbuffered
+                if stopping.wait(interval):  # stop() must not wait for the trickle
+                    return
 
 
 def _huge_body(size: int, stopping: threading.Event) -> Iterator[bytes]:
@@ -201,6 +203,8 @@ class FakeExecAPI(ExecAPI):
     rate limit: tests inject 429s as faults.
     """
 
+    handler_class = _FaultHandler
+
     def __init__(
         self,
         api_key: str,
@@ -219,16 +223,6 @@ class FakeExecAPI(ExecAPI):
         # Constant traffic: (scenario, users in turn, clock mover, seconds a request takes).
         self._traffic: tuple[str, list[str], Callable[[float], None], float] | None = None
         self._traffic_count = 0
-
-    def start(self) -> FakeExecAPI:
-        """Bind and serve (see :meth:`LoopbackAPIServer.start`), with the trickle faults."""
-        super().start()
-        # Set before any test has the port. (Were a client to connect in between, as a
-        # poller may after stop()/start() on the same port, that one connection gets
-        # the plain handler, which serves everything but the trickles.)
-        assert self._server is not None
-        self._server.RequestHandlerClass = _FaultHandler
-        return self
 
     # --- test controls --------------------------------------------------
 
@@ -393,7 +387,6 @@ class FakeExecAPI(ExecAPI):
                     headers=HeaderDict(request.headers),
                     time=self.clock(),
                     scenario_id=scenario_id,
-                    raw_query=request.raw_query,
                 )
             )
         self._pass_time()
