@@ -25,13 +25,12 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .analytics import rank_for
+from .analytics import ParticipantRow, participant_rows, rank_for
 from .demo_workspace import (
     DEMO_GROUPS,
     DEMO_SCENARIOS,
@@ -78,53 +77,38 @@ class _ScenarioSim:
     """The session history of one scenario, extended lazily as time passes.
 
     Sessions are generated from one seeded random stream in time order into a
-    :class:`SessionLog`, so the history is the same whatever the request timing.
-    Not thread-safe: the caller holds the world's lock.
+    :class:`SessionLog`. Not thread-safe: the caller holds the world's lock.
     """
 
-    def __init__(
-        self,
-        scenario: DemoScenario,
-        users: list[User],
-        start: float,
-        rng: random.Random,
-        regrade_at: float | None = None,
-    ) -> None:
+    def __init__(self, scenario: DemoScenario, users: list[User], start: float,
+                 rng: random.Random, regrade_at: float | None = None) -> None:
         self.scenario = scenario
         self.regrade_at = regrade_at
-        # (time, user, score, duration) of the retakes after the re-grade, not yet logged.
-        self.retakes: deque[tuple[float, int, float, float]] | None = None
+        self.retakes_planned = False
         self.users = users
         self.start = start
         self.rng = rng
         self.log = SessionLog()
         self.learners: dict[int, _Learner] = {}
         audience = set(scenario.audience)
-        self.eligible = (
-            [i for i, u in enumerate(users) if u.system or u.groups & audience]
-            if audience
-            else []
-        )
+        self.eligible = [i for i, u in enumerate(users)
+                         if audience and (u.system or u.groups & audience)]
         self.newcomers: list[int] = []
         self.next_slot = 0
-        self._make_history()
+        if self.eligible:
+            self._make_history()
 
-    def _learner(self, idx: int) -> _Learner:
+    def _attempt(self, idx: int) -> tuple[float, float]:
+        """The score and duration of user ``idx``'s next session."""
         learner = self.learners.get(idx)
         if learner is None:
             if self.users[idx].system:
                 # Staff know the rubric: high scores, little to learn.
                 learner = _Learner(base=self.rng.gauss(86, 4), gain=self.rng.uniform(2, 6))
             else:
-                learner = _Learner(
-                    base=self.rng.gauss(self.scenario.first_score, 9),
-                    gain=self.rng.uniform(14, 32),
-                )
+                learner = _Learner(base=self.rng.gauss(self.scenario.first_score, 9),
+                                   gain=self.rng.uniform(14, 32))
             self.learners[idx] = learner
-        return learner
-
-    def _attempt(self, idx: int) -> tuple[float, float]:
-        learner = self._learner(idx)
         mean = learner.base + learner.gain * (1 - 0.55**learner.attempts)
         learner.attempts += 1
         score = float(round(min(100.0, max(0.0, self.rng.gauss(mean, 4)))))
@@ -132,9 +116,10 @@ class _ScenarioSim:
         duration = float(round(max(60.0, self.rng.gauss(minutes * 60, 70))))
         return score, duration
 
+    def _append(self, when: float, idx: int) -> None:
+        self.log.append(when, self.users[idx].id, *self._attempt(idx))
+
     def _make_history(self) -> None:
-        if not self.eligible:
-            return
         rng = self.rng
         participants = [i for i in self.eligible if rng.random() < 0.55]
         chosen = set(participants)
@@ -143,16 +128,10 @@ class _ScenarioSim:
         planned: list[tuple[float, int]] = []
         for idx in participants:
             count = rng.choices((1, 2, 3, 4, 5, 6), weights=(16, 22, 22, 18, 12, 10))[0]
-            for _ in range(count):
-                planned.append((self.start - rng.uniform(0, _HISTORY_SECONDS), idx))
-        planned.sort()
-        for when, idx in planned:
+            planned += [(self.start - rng.uniform(0, _HISTORY_SECONDS), idx)
+                        for _ in range(count)]
+        for when, idx in sorted(planned):
             self._append(when, idx)
-
-    def _append(self, when: float, idx: int, attempt: tuple[float, float] | None = None
-                ) -> None:
-        score, duration = attempt or self._attempt(idx)
-        self.log.append(when, self.users[idx].id, score, duration)
 
     def extend_to(self, now: float) -> None:
         """Generate the sessions that happen up to ``now`` (bounded by the horizon)."""
@@ -174,36 +153,27 @@ class _ScenarioSim:
                 participants.append(idx)
             else:
                 idx = self.rng.choice(participants)
-            self._log_retakes(before=when)
             self._append(when, idx)
-        # No later slot can log a session before the next slot starts.
-        self._log_retakes(before=self.start + self.next_slot * _SLOT_SECONDS)
 
     def _plan_retakes(self, slot: int) -> None:
-        """In the slot of the re-grade, draw every participant's retake (time and result)
-        at once: the history stays the same whatever the request timing."""
-        if (self.regrade_at is None or self.retakes is not None
+        """In the slot of the re-grade, draw and log every participant's retake at once
+        (a session later than "now" does not count yet): the history stays the same
+        whatever the request timing."""
+        if (self.regrade_at is None or self.retakes_planned
                 or self.start + (slot + 1) * _SLOT_SECONDS <= self.regrade_at):
             return
-        planned = sorted(
-            (self.regrade_at + self.rng.uniform(0, DROP_RAMP_SECONDS), idx)
-            for idx in sorted(self.learners)
-        )
+        self.retakes_planned = True
+        planned = sorted((self.regrade_at + self.rng.uniform(0, DROP_RAMP_SECONDS), idx)
+                         for idx in sorted(self.learners))
         best: dict[str, float] = {}
         for user_id, score in zip(self.log.users, self.log.scores, strict=True):
             best[user_id] = max(best.get(user_id, 0.0), score)
-        retakes = deque[tuple[float, int, float, float]]()
         for when, idx in planned:
             score, duration = self._attempt(idx)
+            user_id = self.users[idx].id
             # A retake under the stricter rubric does not beat the user's best: the
             # average falls by the full DROP_POINTS (a newcomer's first try might).
-            retakes.append((when, idx, min(score, best.get(self.users[idx].id, score)), duration))
-        self.retakes = retakes
-
-    def _log_retakes(self, before: float) -> None:
-        while self.retakes and self.retakes[0][0] < before:
-            when, idx, score, duration = self.retakes.popleft()
-            self._append(when, idx, (score, duration))
+            self.log.append(when, user_id, min(score, best.get(user_id, score)), duration)
 
 
 class DemoWorld(World):
@@ -221,6 +191,10 @@ class DemoWorld(World):
         rng = random.Random(seed)
         self._user_list = make_users(rng)
         self.set_users(self._user_list)
+        self.set_items("groups", [g.as_json() for g in DEMO_GROUPS])
+        self._scenarios = [
+            ScenarioListing(s.as_json(), s.archived, s.visibility, frozenset(s.collection_ids),
+                            frozenset(s.skill_ids)) for s in DEMO_SCENARIOS]
         self._sims: dict[str, _ScenarioSim] = {}
         self._due_dates = _due_dates(self._user_list, start, random.Random(seed + 1))
         for n, scenario in enumerate(DEMO_SCENARIOS):
@@ -230,8 +204,8 @@ class DemoWorld(World):
                                random.Random(seed * 1000 + n), regrade_at)
             self._sims[scenario.slug] = self._sims[scenario.id] = sim
             if regrade_at is not None:
-                self.set_regrade(scenario.slug, Regrade(regrade_at, DROP_POINTS))
-                self.set_regrade(scenario.id, Regrade(regrade_at, DROP_POINTS))
+                self.regrades[scenario.slug] = self.regrades[scenario.id] = Regrade(
+                    regrade_at, DROP_POINTS)
 
     def session_log(self, scenario: str, now: float) -> SessionLog | None:
         """The sessions of a scenario (by slug or id) up to ``now``."""
@@ -242,122 +216,80 @@ class DemoWorld(World):
             sim.extend_to(now)
             return sim.log
 
-    def scenarios(self) -> list[ScenarioListing]:
-        """The demo scenarios and their facets."""
-        return [ScenarioListing(s.as_json(), s.as_json(include_skills=True), s.archived,
-                                s.visibility, frozenset(s.collection_ids),
-                                frozenset(s.skill_ids)) for s in DEMO_SCENARIOS]
+    def _practice(self, scenario: DemoScenario, now: float) -> dict[str, ParticipantRow]:
+        """User id -> their sessions of ``scenario`` so far (scores as logged)."""
+        log = self.session_log(scenario.slug, now)
+        assert log is not None
+        return {row.user_id: row for row in participant_rows(log, log.span(None, now))}
 
-    def groups(self) -> list[dict[str, Any]]:
-        """The demo groups."""
-        return [g.as_json() for g in DEMO_GROUPS]
-
-    def _practice(self, now: float) -> dict[str, dict[str, tuple[int, float]]]:
-        """Per scenario slug: user id -> (sessions so far, best score)."""
-        out: dict[str, dict[str, tuple[int, float]]] = {}
-        for scenario in DEMO_SCENARIOS:
-            log = self.session_log(scenario.slug, now)
-            assert log is not None
-            stats: dict[str, tuple[int, float]] = {}
-            for i in log.span(None, now):
-                user_id, score = log.users[i], log.scores[i]
-                count, best = stats.get(user_id, (0, 0.0))
-                stats[user_id] = (count + 1, max(best, score))
-            out[scenario.slug] = stats
-        return out
-
-    def skills(self, now: float, proficiency: bool) -> list[dict[str, Any]]:
+    def skills(self, now: float) -> list[dict[str, Any]]:
         """The skills, alphabetical by name; proficiency from the sessions so far."""
         with self.lock:
-            practice = self._practice(now) if proficiency else None
+            practice = {s.slug: self._practice(s, now) for s in DEMO_SCENARIOS}
         skills = [(sid, name, slug) for sid, (name, slug) in SKILLS.items()]
-        skills.append(UNTRAINED_SKILL)
-        items = []
-        for sid, name, slug in sorted(skills, key=lambda s: s[1]):
-            item: dict[str, Any] = {"id": sid, "name": name, "slug": slug,
-                                    "description": f"{name} in customer conversations.",
-                                    "created_at": SKILL_CREATED}
-            if practice is not None:
-                item["proficiency_summary"] = _proficiency(
-                    [practice[s.slug] for s in DEMO_SCENARIOS if sid in s.skill_ids])
-            items.append(item)
-        return items
+        return [{"id": sid, "name": name, "slug": slug,
+                 "description": f"{name} in customer conversations.",
+                 "created_at": SKILL_CREATED,
+                 "proficiency_summary": _proficiency(
+                     [practice[s.slug] for s in DEMO_SCENARIOS if sid in s.skill_ids])}
+                for sid, name, slug in sorted([*skills, UNTRAINED_SKILL], key=lambda s: s[1])]
 
-    def assignments(self, now: float, scenario_ids: frozenset[str]) -> list[dict[str, Any]]:
+    def assignments(self, now: float) -> list[dict[str, Any]]:
         """Every member (staff practise, but are not assigned) of every live scenario's
         audience, with a status that follows their sessions."""
-        with self.lock:
-            practice = self._practice(now)
         rows = []
         for scenario in DEMO_SCENARIOS:
-            if scenario.archived or (scenario_ids and scenario.id not in scenario_ids):
+            if scenario.archived:
                 continue
-            stats = practice[scenario.slug]
+            with self.lock:
+                practice = self._practice(scenario, now)
             for idx in self._sims[scenario.slug].eligible:
                 user = self._user_list[idx]
-                if user.system:
-                    continue
-                due = self._due_dates[(scenario.slug, idx)]
-                attempts, best = stats.get(user.id, (0, 0.0))
-                rows.append(_assignment_json(scenario, user, _status(attempts, best, due, now),
-                                             due, attempts, best if attempts else None))
+                if not user.system:
+                    rows.append(_assignment_json(scenario, user, practice.get(user.id),
+                                                 self._due_dates[(scenario.slug, idx)], now))
         return rows
 
 
 class SimulatedExecAPI(ExecAPI):
     """The simulated Exec API of ``exec-exporter demo``, on loopback.
 
-    Serves the :class:`DemoWorld`, checks the bearer key and enforces
-    ``requests_per_minute`` / ``requests_per_day`` over rolling windows with a 429
-    carrying ``retry_after`` in the error object and a ``Retry-After`` header. Time
-    comes from ``clock`` (epoch seconds), so tests can move it; the simulation starts
-    at ``clock()`` when constructed, and ``pricing-objection`` drops about 20 points
-    ``drop_after`` seconds later.
+    Serves the :class:`DemoWorld` with the Exec rate limits (rolling minute and day).
+    The simulation starts at ``clock()`` when constructed, and ``pricing-objection``
+    drops about 20 points ``drop_after`` seconds later.
     """
 
-    def __init__(
-        self,
-        api_key: str = DEMO_API_KEY,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        requests_per_minute: int = 60,
-        requests_per_day: int = 86_400,
-        clock: Callable[[], float] = time.time,
-        seed: int = 7,
-        drop_after: float = 600.0,
-    ) -> None:
+    def __init__(self, api_key: str = DEMO_API_KEY, host: str = "127.0.0.1", port: int = 0,
+                 requests_per_minute: int = 60, requests_per_day: int = 86_400,
+                 clock: Callable[[], float] = time.time, seed: int = 7,
+                 drop_after: float = 600.0) -> None:
         self.start_time = clock()
         self.drop_at = self.start_time + drop_after
         world = DemoWorld(self.start_time, seed, self.drop_at)
         super().__init__(world, api_key, host, port, requests_per_minute, requests_per_day,
                          clock)
 
+
 def _due_dates(users: Sequence[User], start: float,
                rng: random.Random) -> dict[tuple[str, int], float]:
     """A due date per (scenario, user): from three weeks ago to five weeks ahead, and a
     few within the demo's first hour, so past-due assignments grow while it runs."""
-    out = {}
-    for scenario in DEMO_SCENARIOS:
-        for idx in range(len(users)):
-            if rng.random() < 0.08:
-                out[(scenario.slug, idx)] = start + rng.uniform(60, 3600)
-            else:
-                out[(scenario.slug, idx)] = start + rng.uniform(-21 * DAY, 35 * DAY)
-    return out
+    return {(scenario.slug, idx): start + (rng.uniform(60, 3600) if rng.random() < 0.08
+                                           else rng.uniform(-21 * DAY, 35 * DAY))
+            for scenario in DEMO_SCENARIOS for idx in range(len(users))}
 
 
-def _status(attempts: int, best: float, due: float, now: float) -> str:
-    if attempts and best >= PASS_SCORE:
-        return "completed"
-    if attempts >= MAX_ATTEMPTS:
-        return "did_not_pass"
-    if now > due:
-        return "past_due"
-    return "in_progress" if attempts else "not_started"
-
-
-def _assignment_json(scenario: DemoScenario, user: User, status: str, due: float,
-                     attempts: int, best: float | None) -> dict[str, Any]:
+def _assignment_json(scenario: DemoScenario, user: User, practice: ParticipantRow | None,
+                     due: float, now: float) -> dict[str, Any]:
+    """An assignment whose status follows the sessions: completed at silver or better,
+    did not pass after five attempts below it, past due once ``due`` passes."""
+    attempts, best = (practice.sessions, practice.best) if practice else (0, None)
+    if best is not None and best >= PASS_SCORE:
+        status = "completed"
+    elif attempts >= MAX_ATTEMPTS:
+        status = "did_not_pass"
+    else:
+        status = "past_due" if now > due else "in_progress" if attempts else "not_started"
     return {
         "id": "a" + uuid.uuid5(NAMESPACE, f"{scenario.slug}/{user.id}").hex[:11],
         "user": user.as_json(),
@@ -375,16 +307,16 @@ def _assignment_json(scenario: DemoScenario, user: User, status: str, due: float
     }
 
 
-def _proficiency(practice: Sequence[Mapping[str, tuple[int, float]]]) -> dict[str, Any]:
+def _proficiency(practice: Sequence[Mapping[str, ParticipantRow]]) -> dict[str, Any]:
     """A SkillProficiencySummary over the users who practised the skill's scenarios:
     scored after three sessions, proficient at 75 or more (their best scores' mean)."""
     sessions: dict[str, int] = {}
     bests: dict[str, list[float]] = {}
-    for stats in practice:
-        for idx, (count, best) in stats.items():
-            sessions[idx] = sessions.get(idx, 0) + count
-            bests.setdefault(idx, []).append(best)
-    scored = [sum(bests[i]) / len(bests[i]) for i in sessions if sessions[i] >= SCORED_AFTER]
+    for rows in practice:
+        for user_id, row in rows.items():
+            sessions[user_id] = sessions.get(user_id, 0) + row.sessions
+            bests.setdefault(user_id, []).append(row.best)
+    scored = [sum(bests[u]) / len(bests[u]) for u in sessions if sessions[u] >= SCORED_AFTER]
     return {
         "participant_count": len(sessions),
         "scored_participant_count": len(scored),

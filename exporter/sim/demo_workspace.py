@@ -85,9 +85,10 @@ class DemoScenario:
         """A stable UUID: the API accepts it as well as the slug."""
         return str(uuid.uuid5(NAMESPACE, self.slug))
 
-    def as_json(self, include_skills: bool = False) -> dict[str, Any]:
-        """The scenario as GET /scenarios lists it (OpenAPI ``Scenario``)."""
-        item: dict[str, Any] = {
+    def as_json(self) -> dict[str, Any]:
+        """The scenario as GET /scenarios lists it (OpenAPI ``Scenario``), ``skills``
+        included."""
+        return {
             "id": self.id,
             "name": self.name,
             "description": self.description,
@@ -106,13 +107,9 @@ class DemoScenario:
             },
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "skills": [{"id": sid, "name": SKILLS[sid][0], "slug": SKILLS[sid][1]}
+                       for sid in self.skill_ids],
         }
-        if include_skills:
-            item["skills"] = [
-                {"id": sid, "name": SKILLS[sid][0], "slug": SKILLS[sid][1]}
-                for sid in self.skill_ids
-            ]
-        return item
 
 
 DROP_SCENARIO_SLUG = "pricing-objection"
