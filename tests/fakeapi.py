@@ -55,13 +55,7 @@ from typing import Any
 
 from exporter.sim import APIRequest, APIResponse, ExecAPI, HeaderDict, Session, User, World
 from exporter.sim.loopback import RequestHandler
-from exporter.sim.protocol import (
-    bad_request_response,
-    error_response,
-    forbidden_response,
-    not_found_response,
-    unauthorized_response,
-)
+from exporter.sim.protocol import FORBIDDEN, UNAUTHORIZED, error_response
 
 __all__ = ["FAULTS", "LIST_FAULTS", "FakeExecAPI", "RecordedRequest", "Session", "User",
            "summary_body"]
@@ -538,15 +532,15 @@ class FakeExecAPI(ExecAPI):
                     headers={"Retry-After": str(retry_after)},
                 )
             case "401":
-                return unauthorized_response()
+                return error_response(*UNAUTHORIZED)
             case "403":
-                return forbidden_response()
+                return error_response(*FORBIDDEN)
             case "404":
-                return not_found_response(
-                    f"Scenario not found: {subject}", code="scenario_not_found"
-                )
+                return error_response(404, "not_found", "scenario_not_found",
+                                      f"Scenario not found: {subject}")
             case "400":
-                return bad_request_response("Invalid request parameters")
+                return error_response(400, "invalid_request", "invalid_parameter",
+                                      "Invalid request parameters")
             case "short_page":
                 # An eventually consistent list: the page lost its last item after the
                 # total was counted (its pagination still says the full size).

@@ -16,18 +16,16 @@ from collections.abc import Callable, Mapping
 from .analytics import SORT_COLUMNS, ParticipantRow, participant_rows, rows_summary
 from .loopback import APIRequest, APIResponse, LoopbackAPIServer
 from .protocol import (
+    UNAUTHORIZED,
     Refused,
     RollingLimiter,
     bearer_ok,
     error_response,
-    not_found_response,
     one_of,
     paginate,
     parse_bool,
     query_value,
-    rate_limited_response,
     split_list,
-    unauthorized_response,
 )
 from .world import SessionFilter, World
 
@@ -79,17 +77,20 @@ class ExecAPI(LoopbackAPIServer):
         with self._count_lock:
             self._request_count += 1
         if not bearer_ok(request, self.api_key):
-            return unauthorized_response()
+            return error_response(*UNAUTHORIZED)
         with self.world.lock:
             retry_after = self._limiter.acquire(self.clock())
         if retry_after is not None:
-            return rate_limited_response(retry_after)
+            return error_response(429, "rate_limit_error", "rate_limit_exceeded",
+                                  f"Rate limit exceeded. Retry after {retry_after} seconds.",
+                                  retry_after=retry_after,
+                                  headers={"Retry-After": str(retry_after)})
         if request.method != "GET":
             return error_response(405, "invalid_request", "method_not_allowed",
                                   "Method not allowed")
         found = route(request.segments)
         if found is None:
-            return not_found_response(f"Not found: {request.path}")
+            return error_response(404, "not_found", "not_found", f"Not found: {request.path}")
         kind, scenario = found
         endpoint = getattr(self, kind)
         args = (request.query,) if scenario is None else (scenario, request.query)
@@ -121,10 +122,10 @@ class ExecAPI(LoopbackAPIServer):
         rows.sort(key=lambda r: r.user_id)
         rows.sort(key=lambda r: getattr(r, SORT_COLUMNS[sorting.removeprefix("-")]),
                   reverse=sorting.startswith("-"))
+        users = {u.id: u.as_json() for u in self.world.users()}
         unknown = {"email": None, "first_name": None, "last_name": None}
-        return paginate([row.as_json(user.as_json() if (user := self.world.user(row.user_id))
-                                     else {"id": row.user_id, **unknown}) for row in rows],
-                        query)
+        return paginate([row.as_json(users.get(row.user_id) or {"id": row.user_id, **unknown})
+                         for row in rows], query)
 
     def _rows(self, scenario: str, query: Mapping[str, str]) -> list[ParticipantRow]:
         """The participant rows of ``scenario`` under the query's filters (an unknown
@@ -133,8 +134,8 @@ class ExecAPI(LoopbackAPIServer):
             now = self.clock()
             log = self.world.session_log(scenario, now)
             if log is None:
-                raise Refused(not_found_response(f"Scenario not found: {scenario}",
-                                                 "scenario_not_found"))
+                raise Refused(error_response(404, "not_found", "scenario_not_found",
+                                             f"Scenario not found: {scenario}"))
             matching = SessionFilter.from_query(query).sessions(log, now, self.world.users())
             return participant_rows(log, matching, self.world.regrades.get(scenario))
 
@@ -172,16 +173,11 @@ class ExecAPI(LoopbackAPIServer):
     def assignments(self, query: Mapping[str, str]) -> APIResponse:
         """GET /scenarios/assignments with the ``scenario_ids`` and ``status`` filters."""
         ids = split_list(query.get("scenario_ids"))
-        statuses = split_list(query_value(query, "status", _statuses, ""))
+        statuses = split_list(query_value(query, "status",
+                                          one_of(*ASSIGNMENT_STATUSES, many=True), ""))
         return paginate([item for item in self.world.assignments(self.clock())
                          if (not ids or (item.get("scenario") or {}).get("id") in ids)
                          and (not statuses or item.get("status") in statuses)], query)
-
-
-def _statuses(value: str) -> str:
-    if split_list(value) - set(ASSIGNMENT_STATUSES):
-        raise ValueError(value)
-    return value
 
 
 def _without(item: dict[str, object], keys: tuple[str, ...]) -> dict[str, object]:

@@ -131,8 +131,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # server_close() must not wait for a hung handler
 
-    def __init__(self, api: LoopbackAPIServer, family: int) -> None:
-        self.address_family = family
+    def __init__(self, api: LoopbackAPIServer) -> None:
         self.api = api
         self.lock = threading.Lock()
         self.connections: set[socket.socket] = set()
@@ -151,7 +150,7 @@ class LoopbackAPIServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = "127.0.0.1" if host == "localhost" else host
         # A simulator with a published key has no business on a real interface.
-        if not ipaddress.ip_address(self.host).is_loopback:
+        if not ipaddress.IPv4Address(self.host).is_loopback:
             raise ValueError(f"refusing to serve on non-loopback address {host}")
         self.port = port  # the bound one after start()
         self.stopping = threading.Event()
@@ -162,16 +161,11 @@ class LoopbackAPIServer:
         """Answer one request. Runs on a handler thread: must be thread-safe."""
         raise NotImplementedError
 
-    @property
-    def _ipv6(self) -> bool:
-        return ipaddress.ip_address(self.host).version == 6
-
     def start(self) -> Self:
         """Bind and serve in a daemon thread; returns self."""
         if self._server is None:
             self.stopping.clear()
-            family = socket.AF_INET6 if self._ipv6 else socket.AF_INET
-            self._server = _Server(self, family)
+            self._server = _Server(self)
             self.port = self._server.server_address[1]
             self._thread = threading.Thread(
                 target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -200,8 +194,7 @@ class LoopbackAPIServer:
     @property
     def base_url(self) -> str:
         """The API base URL, e.g. ``http://127.0.0.1:PORT/rest/v1``."""
-        host = f"[{self.host}]" if self._ipv6 else self.host
-        return f"http://{host}:{self.port}{API_PREFIX}"
+        return f"http://{self.host}:{self.port}{API_PREFIX}"
 
     def __enter__(self) -> Self:
         return self.start()

@@ -34,33 +34,9 @@ def error_response(status: int, type_: str, code: str | None, message: str, *,
     return APIResponse.json(status, {"error": error}, headers)
 
 
-def unauthorized_response() -> APIResponse:
-    """The 401 for a wrong, missing or inactive key."""
-    return error_response(401, "authentication_error", "invalid_api_key",
-                          "Invalid or inactive API key")
-
-
-def forbidden_response() -> APIResponse:
-    """The 403 for an inactive workspace."""
-    return error_response(403, "authorization_error", "workspace_inactive",
-                          "Workspace is inactive")
-
-
-def not_found_response(message: str, code: str | None = "not_found") -> APIResponse:
-    """A 404 envelope."""
-    return error_response(404, "not_found", code, message)
-
-
-def bad_request_response(message: str, code: str = "invalid_parameter") -> APIResponse:
-    """A 400 ``invalid_request`` envelope."""
-    return error_response(400, "invalid_request", code, message)
-
-
-def rate_limited_response(retry_after: int) -> APIResponse:
-    """A 429 with ``retry_after`` in the error object and as a header."""
-    return error_response(429, "rate_limit_error", "rate_limit_exceeded",
-                          f"Rate limit exceeded. Retry after {retry_after} seconds.",
-                          retry_after=retry_after, headers={"Retry-After": str(retry_after)})
+# The documented refusals, as error_response's arguments.
+UNAUTHORIZED = (401, "authentication_error", "invalid_api_key", "Invalid or inactive API key")
+FORBIDDEN = (403, "authorization_error", "workspace_inactive", "Workspace is inactive")
 
 
 class Refused(Exception):
@@ -93,10 +69,10 @@ def parse_datetime(value: str) -> float:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
-def one_of(*choices: str) -> Callable[[str], str]:
-    """A parser accepting only ``choices``."""
+def one_of(*choices: str, many: bool = False) -> Callable[[str], str]:
+    """A parser accepting only ``choices`` (``many``: a comma-separated list of them)."""
     def parse(value: str) -> str:
-        if value not in choices:
+        if (split_list(value) if many else {value}) - set(choices):
             raise ValueError(value)
         return value
     return parse
@@ -117,7 +93,8 @@ def query_value(query: Mapping[str, str], name: str, parse: Callable[[str], T],
     try:
         return parse(raw)
     except ValueError:
-        raise Refused(bad_request_response(f"Invalid {name}: {raw}")) from None
+        raise Refused(error_response(400, "invalid_request", "invalid_parameter",
+                                     f"Invalid {name}: {raw}")) from None
 
 
 def paginate(items: Sequence[Any], query: Mapping[str, str]) -> APIResponse:
@@ -131,7 +108,8 @@ def paginate(items: Sequence[Any], query: Mapping[str, str]) -> APIResponse:
     except ValueError:
         page = 0
     if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
-        return bad_request_response("Invalid pagination parameters", "invalid_pagination")
+        return error_response(400, "invalid_request", "invalid_pagination",
+                              "Invalid pagination parameters")
     start = (page - 1) * page_size
     return APIResponse.json(200, {
         "data": list(items[start : start + page_size]),

@@ -194,11 +194,6 @@ class World:
         with self.lock:
             return list(self._users.values())
 
-    def user(self, user_id: str) -> User | None:
-        """A member by id."""
-        with self.lock:
-            return self._users.get(user_id)
-
     def move_user(self, user_id: str, groups: frozenset[str]) -> None:
         """``user_id`` now belongs to ``groups`` (and no other group)."""
         with self.lock:
