@@ -54,6 +54,7 @@ from http import HTTPStatus
 from typing import Any
 
 from exporter.sim import APIRequest, APIResponse, ExecAPI, HeaderDict, Session, User, World
+from exporter.sim.endpoints import route
 from exporter.sim.loopback import RequestHandler
 from exporter.sim.protocol import FORBIDDEN, UNAUTHORIZED, error_response
 
@@ -98,6 +99,36 @@ def summary_body(**overrides: Any) -> dict[str, Any]:
         else:
             body[key] = value
     return body
+
+
+class SummarySkews:
+    """Summary fields whose formula changed behind the client's back: a skew adds its
+    ``delta`` to one field of a scenario's summaries whose query has the items of its
+    ``when`` (default: every query). The participants table is unchanged."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._skews: dict[str, list[tuple[dict[str, str], str, float]]] = {}
+
+    def set(self, scenario: str, field: str | None, delta: float = 0.0,
+            when: dict[str, str] | None = None) -> None:
+        """Skew ``field`` of ``scenario`` by ``delta``; ``field=None`` clears its skews."""
+        with self._lock:
+            if field is None:
+                self._skews.pop(scenario, None)
+            else:
+                self._skews.setdefault(scenario, []).append((dict(when or {}), field, delta))
+
+    def apply(self, scenario: str, query: dict[str, str], body: dict[str, Any]
+              ) -> dict[str, Any]:
+        """``body`` (a summary answered to ``query``) with the skews that apply to it."""
+        with self._lock:
+            skews = [(name, delta) for when, name, delta in self._skews.get(scenario, [])
+                     if all(query.get(k) == v for k, v in when.items())]
+        for name, delta in skews:
+            if isinstance(body.get(name), int | float):
+                body[name] = round(body[name] + delta, 1)
+        return body
 
 
 @dataclass(frozen=True)
@@ -212,7 +243,7 @@ class FakeExecAPI(ExecAPI):
         self._summaries: dict[str, tuple[int, dict[str, Any] | list[Any] | str | bytes]] = {}
         self._faults: dict[str | None, _Fault] = {}
         self._list_faults: dict[str, _Fault] = {}
-        self._skew: dict[str, dict[str, float]] = {}
+        self.skews = SummarySkews()
         self._shape: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         # Constant traffic: (scenario, users in turn, clock mover, seconds a request takes).
         self._traffic: tuple[str, list[str], Callable[[float], None], float] | None = None
@@ -282,14 +313,11 @@ class FakeExecAPI(ExecAPI):
         """New sessions arrive for ``scenario_id``."""
         self.world.add_sessions(scenario_id, sessions)
 
-    def set_summary_skew(self, scenario_id: str, field: str | None, delta: float = 0.0) -> None:
-        """Change the summary's formula for one field behind the exporter's back:
-        ``field`` (a summary body key) gets ``delta`` added; None clears every skew."""
-        with self._lock:
-            if field is None:
-                self._skew.pop(scenario_id, None)
-            else:
-                self._skew.setdefault(scenario_id, {})[field] = delta
+    def set_summary_skew(self, scenario_id: str, field: str | None, delta: float = 0.0,
+                         when: dict[str, str] | None = None) -> None:
+        """Change the summary's formula for one field behind the exporter's back (see
+        :class:`SummarySkews`); ``field=None`` clears the scenario's skews."""
+        self.skews.set(scenario_id, field, delta, when)
 
     def set_summary_shape(self, scenario_id: str, drop: tuple[str, ...] = (),
                           whole: tuple[str, ...] = ()) -> None:
@@ -368,32 +396,22 @@ class FakeExecAPI(ExecAPI):
     def handle(self, request: APIRequest) -> APIResponse:
         """Record, let the request's time pass, then answer as the simulation does
         (authenticate, route), faults applied."""
-        scenario_id: str | None = None
-        match request.segments:
-            case ["scenarios", sid, "analytics", "summary"]:
-                scenario_id = sid
+        kind, scenario = route(request.segments) or ("", None)
         with self._lock:
-            self.requests.append(
-                RecordedRequest(
-                    method=request.method,
-                    path=request.path,
-                    query=dict(request.query),
-                    headers=HeaderDict(request.headers),
-                    time=self.clock(),
-                    scenario_id=scenario_id,
-                )
-            )
+            self.requests.append(RecordedRequest(
+                request.method, request.path, dict(request.query), HeaderDict(request.headers),
+                self.clock(), scenario if kind == "summary" else None))
         self._pass_time()
         return super().handle(request)
 
-    def answer(self, kind: str, scenario: str | None,
+    def answer(self, request: APIRequest, kind: str, scenario: str | None,
                respond: Callable[[], APIResponse]) -> APIResponse:
         """The simulation's answer, unless a fault or a canned summary replaces it."""
         if kind == "summary":
             assert scenario is not None
             fault = self._take_fault(self._faults, scenario, None)
-            return self._apply(fault, lambda: self._summary(scenario, respond), scenario,
-                               summary=True)
+            return self._apply(fault, lambda: self._summary(scenario, request.query, respond),
+                               scenario, summary=True)
         if kind == "participants":
             assert scenario is not None
             fault = (self._take_fault(self._list_faults, "participants")
@@ -428,7 +446,8 @@ class FakeExecAPI(ExecAPI):
                 return fault
         return None
 
-    def _summary(self, scenario_id: str, respond: Callable[[], APIResponse]) -> APIResponse:
+    def _summary(self, scenario_id: str, query: dict[str, str],
+                 respond: Callable[[], APIResponse]) -> APIResponse:
         """The canned summary, else the simulation's with this scenario's skew and shape."""
         with self._lock:
             entry = self._summaries.get(scenario_id)
@@ -443,12 +462,9 @@ class FakeExecAPI(ExecAPI):
         if answer.status != 200:
             return answer
         body = json.loads(answer.body)
+        body = self.skews.apply(scenario_id, query, body)
         with self._lock:
-            skew = dict(self._skew.get(scenario_id, {}))
             drop, whole = self._shape.get(scenario_id, (frozenset(), frozenset()))
-        for name, delta in skew.items():
-            if isinstance(body.get(name), int | float):
-                body[name] = round(body[name] + delta, 1)
         for name in drop:
             body.pop(name, None)
         for name in whole:

@@ -102,9 +102,9 @@ class ExecAPI(LoopbackAPIServer):
             except Refused as refusal:
                 return refusal.response
 
-        return self.answer(kind, scenario, respond)
+        return self.answer(request, kind, scenario, respond)
 
-    def answer(self, kind: str, scenario: str | None,
+    def answer(self, request: APIRequest, kind: str, scenario: str | None,
                respond: Callable[[], APIResponse]) -> APIResponse:
         """Answer a routed request (a hook for fakes that alter answers)."""
         return respond()
