@@ -11,7 +11,7 @@ and error handling. The workspace is seeded (every run and every test sees the s
   following the sessions (so past-due assignments grow while the demo runs); skills'
   proficiency is computed from the sessions of the scenarios that train them;
 * ``pricing-objection`` loses about 20 points of average best score shortly after
-  ``drop_after`` seconds, so the score-drop alert has something to catch.
+  ``drop_after`` seconds (:class:`DemoWorld`), so the score-drop alert fires.
 """
 
 from __future__ import annotations
@@ -307,9 +307,7 @@ class _ScenarioSim:
         self.retakes_planned = True
         planned = sorted((self.regrade_at + self.rng.uniform(0, DROP_RAMP_SECONDS), idx)
                          for idx in sorted(self.learners))
-        best: dict[str, float] = {}
-        for user_id, score in zip(self.log.users, self.log.scores, strict=True):
-            best[user_id] = max(best.get(user_id, 0.0), score)
+        best = {r.user_id: r.best for r in participant_rows(self.log, range(len(self.log.times)))}
         for when, idx in planned:
             score, duration = self._attempt(idx)
             user_id = self.users[idx].id
@@ -319,13 +317,12 @@ class _ScenarioSim:
 
 
 class DemoWorld(World):
-    """The demo workspace over time: sessions are generated as the clock reaches them.
+    """The demo workspace from ``start``, sessions generated as the clock reaches them.
 
-    The simulation starts at ``start``; ``pricing-objection`` is re-graded at
-    ``drop_at``: the API averages each participant's *best* score, so a few bad new
-    sessions could never pull it down; every participant retakes it within
-    DROP_RAMP_SECONDS instead, and each user's scores fall by DROP_POINTS from their
-    first session under the new rubric.
+    ``pricing-objection`` is re-graded at ``drop_at``: the API averages each
+    participant's *best* score, which a few bad sessions could never pull down, so
+    every participant retakes it within DROP_RAMP_SECONDS and each user's scores fall
+    by DROP_POINTS from their first session under the new rubric.
     """
 
     def __init__(self, start: float, seed: int = 7, drop_at: float | None = None) -> None:

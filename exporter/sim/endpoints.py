@@ -1,15 +1,9 @@
-"""The simulated Exec API's endpoints, answering from a :class:`~.world.World`.
-
-Served (all ``GET`` below ``/rest/v1``): the scenario analytics summary and
-participants table, the scenario list, workspace groups and members, skills (with
-proficiency) and scenario assignments. Every request is checked for the bearer key
-(401), then counted against the rolling minute and day limits (429 with
-``retry_after``), then answered; list answers are paged.
-"""
+"""The simulated Exec API's endpoints (all ``GET`` below ``/rest/v1``), answering from a
+:class:`~.world.World`: the bearer key is checked (401), the request counted against
+the rolling minute and day limits (429 with ``retry_after``), then answered."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -63,19 +57,12 @@ class ExecAPI(LoopbackAPIServer):
         self._limiter = RollingLimiter([
             (window, limit) for window, limit in ((60.0, requests_per_minute),
                                                   (DAY, requests_per_day)) if limit is not None])
-        self._count_lock = threading.Lock()
-        self._request_count = 0
-
-    @property
-    def request_count(self) -> int:
-        """Every request received, whatever its answer."""
-        with self._count_lock:
-            return self._request_count
+        self.request_count = 0  # every request received, whatever its answer
 
     def handle(self, request: APIRequest) -> APIResponse:
         """Authenticate, rate-limit and answer one request."""
-        with self._count_lock:
-            self._request_count += 1
+        with self.world.lock:
+            self.request_count += 1
         if not bearer_ok(request, self.api_key):
             return error_response(*UNAUTHORIZED)
         with self.world.lock:
