@@ -21,7 +21,7 @@ from .protocol import (
     query_value,
     split_list,
 )
-from .world import SessionFilter, World
+from .world import World, matching_sessions
 
 DAY = 86_400.0
 ASSIGNMENT_STATUSES = ("not_started", "in_progress", "completed", "past_due", "did_not_pass")
@@ -123,7 +123,7 @@ class ExecAPI(LoopbackAPIServer):
             if log is None:
                 raise Refused(error_response(404, "not_found", "scenario_not_found",
                                              f"Scenario not found: {scenario}"))
-            matching = SessionFilter.from_query(query).sessions(log, now, self.world.users())
+            matching = matching_sessions(query, log, now, self.world.users())
             return participant_rows(log, matching, self.world.regrades.get(scenario))
 
     def members(self, query: Mapping[str, str]) -> APIResponse:

@@ -1,7 +1,7 @@
 """The simulated workspace: users, groups, scenarios, a session log, skills, assignments.
 
 A :class:`World` is what every simulated endpoint answers from. The analytics
-endpoints read its session log through a :class:`SessionFilter`, the one place the
+endpoints read its session log through :func:`matching_sessions`, the one place the
 summary's filters are given their meaning, taken from the API's documentation:
 
 * ``user_ids`` and ``user_emails`` are unioned (a session matches either);
@@ -120,51 +120,34 @@ class SessionLog:
         return range(lo, bisect.bisect_right(self.times, end))
 
 
-@dataclass(frozen=True)
-class SessionFilter:
-    """The analytics endpoints' filters, parsed from a query."""
-
-    user_ids: frozenset[str] = frozenset()
-    user_emails: frozenset[str] = frozenset()  # lower case
-    group_ids: frozenset[str] = frozenset()
-    start: float | None = None
-    end: float | None = None
-    exclude_system_users: bool = False
-
-    @classmethod
-    def from_query(cls, query: Mapping[str, str]) -> SessionFilter:
-        """Parse the filters; a bad value is refused with a 400 naming its parameter."""
-        no_date: float | None = None
-        return cls(
-            user_ids=split_list(query.get("user_ids")),
-            user_emails=frozenset(e.lower() for e in split_list(query.get("user_emails"))),
-            group_ids=split_list(query.get("group_ids")),
-            start=query_value(query, "start_date", parse_datetime, no_date),
-            end=query_value(query, "end_date", parse_datetime, no_date),
-            exclude_system_users=query_value(query, "exclude_system_users", parse_bool, False),
-        )
-
-    def sessions(self, log: SessionLog, now: float, users: Iterable[User]) -> list[int]:
-        """Indexes into ``log`` of the matching sessions, in time order."""
-        users = list(users)
-        allowed: set[str] | None = None  # None: everyone's sessions
-        if self.user_ids or self.user_emails:
-            # A user_ids entry counts even for a user the member list does not know.
-            allowed = set(self.user_ids)
-            allowed |= {u.id for u in users if u.email.lower() in self.user_emails}
-        if self.group_ids:
-            members = {u.id for u in users if u.groups & self.group_ids}
-            allowed = members if allowed is None else allowed & members
-        # An unknown user has no email, so is not staff.
-        barred = {u.id for u in users if u.system} if self.exclude_system_users else set()
-        span = log.span(self.start, now if self.end is None else min(now, self.end))
-        if allowed is None and not barred:
-            return list(span)
-        who = log.users
-        if allowed is None:
-            return [i for i in span if who[i] not in barred]
-        allowed -= barred
-        return [i for i in span if who[i] in allowed]
+def matching_sessions(query: Mapping[str, str], log: SessionLog, now: float,
+                      users: Iterable[User]) -> list[int]:
+    """Indexes into ``log`` of the sessions the summary's filters in ``query`` keep, in
+    time order; a bad value is refused with a 400 naming its parameter."""
+    no_date: float | None = None
+    start = query_value(query, "start_date", parse_datetime, no_date)
+    end = query_value(query, "end_date", parse_datetime, no_date)
+    exclude_system_users = query_value(query, "exclude_system_users", parse_bool, False)
+    user_ids, group_ids = split_list(query.get("user_ids")), split_list(query.get("group_ids"))
+    emails = {e.lower() for e in split_list(query.get("user_emails"))}
+    users = list(users)
+    allowed: set[str] | None = None  # None: everyone's sessions
+    if user_ids or emails:
+        # A user_ids entry counts even for a user the member list does not know.
+        allowed = set(user_ids) | {u.id for u in users if u.email.lower() in emails}
+    if group_ids:
+        members = {u.id for u in users if u.groups & group_ids}
+        allowed = members if allowed is None else allowed & members
+    # An unknown user has no email, so is not staff.
+    barred = {u.id for u in users if u.system} if exclude_system_users else set()
+    span = log.span(start, now if end is None else min(now, end))
+    if allowed is None and not barred:
+        return list(span)
+    who = log.users
+    if allowed is None:
+        return [i for i in span if who[i] not in barred]
+    allowed -= barred
+    return [i for i in span if who[i] in allowed]
 
 
 class World:
