@@ -230,13 +230,8 @@ class FakeExecAPI(ExecAPI):
 
     handler_class = _FaultHandler
 
-    def __init__(
-        self,
-        api_key: str,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, api_key: str, host: str = "127.0.0.1", port: int = 0,
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__(World(), api_key, host, port, clock=clock)
         self._lock = threading.Lock()
         self.requests: list[RecordedRequest] = []
@@ -278,10 +273,11 @@ class FakeExecAPI(ExecAPI):
             self._faults[scenario_id] = _make_fault(fault, FAULTS, kw)
 
     def set_scenarios(self, items: list[dict[str, Any]]) -> None:
-        """Items served by GET /scenarios as given, paginated. ``visibility``,
-        ``include_archived`` (items with a truthy ``archived`` key are hidden
-        by default), ``collection_ids`` and ``skill_ids`` (matched against the
-        items' optional ``collection_ids``/``skill_ids``/``skills`` keys) filter them."""
+        """Items served by GET /scenarios as given (their ``skills`` only with
+        ``include=skills``), paginated. ``visibility``, ``include_archived`` (items with
+        a truthy ``archived`` key are hidden by default), ``collection_ids`` and
+        ``skill_ids`` (matched against the items' optional ``collection_ids``/
+        ``skill_ids``/``skills`` keys) filter them."""
         self.world.set_items("scenarios", items)
 
     def set_groups(self, items: list[dict[str, Any]]) -> None:
@@ -521,32 +517,16 @@ class FakeExecAPI(ExecAPI):
                                          content_type=answer.content_type,
                                          head_interval=interval if on_head else 0.0,
                                          body_interval=0.0 if on_head else interval)
-            case "429_error_object":
+            case "429_error_object" | "429_header":
+                in_error = name == "429_error_object"
                 return error_response(
-                    429,
-                    "rate_limit_error",
-                    "rate_limit_exceeded",
-                    "Rate limit exceeded",
-                    retry_after=retry_after,
-                )
+                    429, "rate_limit_error", "rate_limit_exceeded", "Rate limit exceeded",
+                    retry_after=retry_after if in_error else None,
+                    headers=None if in_error else {"Retry-After": str(retry_after)})
             case "429_top_level":
-                body = {
-                    "error": {
-                        "type": "rate_limit_error",
-                        "code": "rate_limit_exceeded",
-                        "message": "Rate limit exceeded",
-                    },
-                    "retry_after": retry_after,
-                }
-                return APIResponse.json(429, body)
-            case "429_header":
-                return error_response(
-                    429,
-                    "rate_limit_error",
-                    "rate_limit_exceeded",
-                    "Rate limit exceeded",
-                    headers={"Retry-After": str(retry_after)},
-                )
+                envelope = json.loads(error_response(
+                    429, "rate_limit_error", "rate_limit_exceeded", "Rate limit exceeded").body)
+                return APIResponse.json(429, {**envelope, "retry_after": retry_after})
             case "401":
                 return error_response(*UNAUTHORIZED)
             case "403":

@@ -21,14 +21,11 @@ MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 50
 
 
-def error_response(status: int, type_: str, code: str | None, message: str, *,
+def error_response(status: int, type_: str, code: str, message: str, *,
                    retry_after: int | None = None,
                    headers: Mapping[str, str] | None = None) -> APIResponse:
     """The Exec error envelope ``{"error": {"type", "code", "message"}}``."""
-    error: dict[str, Any] = {"type": type_}
-    if code is not None:
-        error["code"] = code
-    error["message"] = message
+    error: dict[str, Any] = {"type": type_, "code": code, "message": message}
     if retry_after is not None:
         error["retry_after"] = retry_after
     return APIResponse.json(status, {"error": error}, headers)
