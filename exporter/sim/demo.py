@@ -56,10 +56,9 @@ SKILLS = {
     "s7k8i9l0l1s2": ("Objection Handling", "objection-handling"),
     "s3k4i5l6l7s8": ("Negotiation", "negotiation"),
     "s9k0i1l2l3s4": ("Executive Presence", "executive-presence"),
+    # No scenario trains it: its proficiency shows what "nobody scored" looks like.
+    "s5k6i7l8l9s0": ("Active Listening", "active-listening"),
 }
-
-# A skill no scenario trains: its proficiency shows what "nobody scored" looks like.
-UNTRAINED_SKILL = ("s5k6i7l8l9s0", "Active Listening", "active-listening")
 SKILL_CREATED = "2024-01-10T09:00:00Z"
 # Assignments: passing needs silver; five attempts below it do not pass.
 PASS_SCORE = 75.0
@@ -365,13 +364,12 @@ class DemoWorld(World):
         """The skills, alphabetical by name; proficiency from the sessions so far."""
         with self.lock:
             practice = {s.slug: self._practice(s, now) for s in DEMO_SCENARIOS}
-        skills = [(sid, name, slug) for sid, (name, slug) in SKILLS.items()]
         return [{"id": sid, "name": name, "slug": slug,
                  "description": f"{name} in customer conversations.",
                  "created_at": SKILL_CREATED,
                  "proficiency_summary": _proficiency(
                      [practice[s.slug] for s in DEMO_SCENARIOS if sid in s.skill_ids])}
-                for sid, name, slug in sorted([*skills, UNTRAINED_SKILL], key=lambda s: s[1])]
+                for sid, (name, slug) in sorted(SKILLS.items(), key=lambda item: item[1])]
 
     def assignments(self, now: float) -> list[dict[str, Any]]:
         """Every member (staff practise, but are not assigned) of every live scenario's
