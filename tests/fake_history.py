@@ -1,25 +1,25 @@
 """A fake Exec API with months of session history, for the backfill tests.
 
-The demo's simulated workspace (:class:`exporter.sim.SimulatedExecAPI`)
-answers the summary endpoint, the participants table and the member lists
-from one seeded session log (90 days of past sessions) honouring ``start_date``,
-``end_date`` and every filter, and it enforces rolling minute and day limits
-with real 429s. This subclass records every request with the status it got,
-can skew one summary field behind the client's back, and answers "what would
-the API say for this query" in-process (:meth:`HistoryAPI.expected`), without
-using up quota, so a test can compare what Prometheus stored with the API's own
-answer.
+The demo's simulated workspace (:class:`exporter.sim.SimulatedExecAPI`) answers the
+summary endpoint, the participants table and the member lists from one seeded session
+log (90 days of past sessions) honouring every filter, and it enforces rolling minute
+and day limits with real 429s. This subclass records every request with the status it
+got, can skew one summary field behind the client's back, and answers "what would the
+API say for this query" in-process (:meth:`HistoryAPI.expected`), without using up
+quota, so a test can compare what Prometheus stored with the API's own answer.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fakeapi import SummarySkews
+
 from exporter.sim import APIRequest, APIResponse, SimulatedExecAPI
+from exporter.sim.endpoints import route
 
 
 @dataclass(frozen=True)
@@ -47,57 +47,33 @@ class HistoryAPI(SimulatedExecAPI):
         super().__init__(**kw)
         self.seen: list[Seen] = []
         self._seen_lock = threading.Lock()
-        # scenario -> (the query items a skewed request has, field, delta)
-        self._skew: dict[str, list[tuple[dict[str, str], str, float]]] = {}
+        self.skews = SummarySkews()
 
     def set_summary_skew(self, scenario: str, field: str | None, delta: float = 0.0,
                          when: dict[str, str] | None = None) -> None:
-        """Change the summary's formula for one field of ``scenario`` behind the client's
-        back: ``field`` (a summary body key) gets ``delta`` added, in every answer whose
-        query has the items of ``when`` (one cohort's filters, say; default every
-        query). The participants table is unchanged. ``field=None`` clears."""
-        with self._seen_lock:
-            if field is None:
-                self._skew.pop(scenario, None)
-            else:
-                self._skew.setdefault(scenario, []).append((dict(when or {}), field, delta))
+        """Skew one summary field of ``scenario`` (see :class:`fakeapi.SummarySkews`);
+        ``field=None`` clears."""
+        self.skews.set(scenario, field, delta, when)
 
     def handle(self, request: APIRequest) -> APIResponse:
         """The simulation's answer (skewed where asked), recorded with its status."""
         response = super().handle(request)
-        kind, scenario = "list", None
-        match request.segments:
-            case ["scenarios", sid, "analytics", "summary"]:
-                kind, scenario = "summary", sid
-                if response.status == 200:
-                    response = self._skewed(sid, request.query, response)
-            case ["scenarios", _, "analytics", "participants"]:
-                kind = "participants"
-            case ["workspace", "members"]:
-                kind = "members"
+        kind, scenario = route(request.segments) or ("list", None)
+        if kind != "summary":
+            kind = kind if kind in ("participants", "members") else "list"
+            scenario = None
+        elif response.status == 200:
+            assert scenario is not None
+            response = APIResponse.json(200, self.skews.apply(scenario, request.query,
+                                                              json.loads(response.body)))
         with self._seen_lock:
             self.seen.append(Seen(request.path, scenario, dict(request.query), response.status,
                                   self.clock(), kind))
         return response
 
-    def _skewed(self, scenario: str, query: Mapping[str, str],
-                response: APIResponse) -> APIResponse:
-        with self._seen_lock:
-            skew = [(name, delta) for when, name, delta in self._skew.get(scenario, [])
-                    if all(query.get(k) == v for k, v in when.items())]
-        if not skew:
-            return response
-        assert isinstance(response.body, bytes)
-        body = json.loads(response.body)
-        for name, delta in skew:
-            if isinstance(body.get(name), int | float):
-                body[name] = round(body[name] + delta, 1)
-        return APIResponse.json(200, body)
-
     def summaries(self) -> list[Seen]:
         """The summary requests received, in order."""
-        with self._seen_lock:
-            return [s for s in self.seen if s.kind == "summary"]
+        return self.of_kind("summary")
 
     def of_kind(self, kind: str) -> list[Seen]:
         """The requests of one kind (summary, participants, members, list) received."""
@@ -108,8 +84,4 @@ class HistoryAPI(SimulatedExecAPI):
         """The summary body the API gives for ``query``, computed without a request."""
         response = self.summary(scenario, query)
         assert response.status == 200, response.body
-        response = self._skewed(scenario, query, response)
-        assert isinstance(response.body, bytes)
-        body: dict[str, Any] = json.loads(response.body)
-        return body
-
+        return self.skews.apply(scenario, query, json.loads(response.body))

@@ -54,14 +54,9 @@ from http import HTTPStatus
 from typing import Any
 
 from exporter.sim import APIRequest, APIResponse, ExecAPI, HeaderDict, Session, User, World
+from exporter.sim.endpoints import route
 from exporter.sim.loopback import RequestHandler
-from exporter.sim.protocol import (
-    bad_request_response,
-    error_response,
-    forbidden_response,
-    not_found_response,
-    unauthorized_response,
-)
+from exporter.sim.protocol import FORBIDDEN, UNAUTHORIZED, error_response
 
 __all__ = ["FAULTS", "LIST_FAULTS", "FakeExecAPI", "RecordedRequest", "Session", "User",
            "summary_body"]
@@ -106,6 +101,36 @@ def summary_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
+class SummarySkews:
+    """Summary fields whose formula changed behind the client's back: a skew adds its
+    ``delta`` to one field of a scenario's summaries whose query has the items of its
+    ``when`` (default: every query). The participants table is unchanged."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._skews: dict[str, list[tuple[dict[str, str], str, float]]] = {}
+
+    def set(self, scenario: str, field: str | None, delta: float = 0.0,
+            when: dict[str, str] | None = None) -> None:
+        """Skew ``field`` of ``scenario`` by ``delta``; ``field=None`` clears its skews."""
+        with self._lock:
+            if field is None:
+                self._skews.pop(scenario, None)
+            else:
+                self._skews.setdefault(scenario, []).append((dict(when or {}), field, delta))
+
+    def apply(self, scenario: str, query: dict[str, str], body: dict[str, Any]
+              ) -> dict[str, Any]:
+        """``body`` (a summary answered to ``query``) with the skews that apply to it."""
+        with self._lock:
+            skews = [(name, delta) for when, name, delta in self._skews.get(scenario, [])
+                     if all(query.get(k) == v for k, v in when.items())]
+        for name, delta in skews:
+            if isinstance(body.get(name), int | float):
+                body[name] = round(body[name] + delta, 1)
+        return body
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request as the fake received it."""
@@ -116,7 +141,6 @@ class RecordedRequest:
     headers: dict[str, str]  # as sent; lookups are case-insensitive
     time: float  # from the fake's clock (time.time by default)
     scenario_id: str | None = None  # set for summary requests
-    raw_query: str = ""
 
 
 @dataclass
@@ -146,14 +170,21 @@ class _FaultHandler(RequestHandler):
     """The simulation's handler, plus what only tests need: streamed bodies (64 MiB and
     more, never held whole) and the byte-by-byte writes of the trickle faults."""
 
-    def _send(self, response: APIResponse) -> None:
+    def write_response(self, response: APIResponse) -> None:
+        stopping = self.server.api.stopping
         if isinstance(response, _StreamedResponse):
-            self._send_chunks(response, response.content_length, response.chunks)
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(response.content_length))
+            self.end_headers()
+            for chunk in response.chunks:
+                if stopping.is_set():
+                    break
+                self.wfile.write(chunk)
             return
         if not isinstance(response, _TrickledResponse):
-            super()._send(response)
+            super().write_response(response)
             return
-        assert isinstance(response.body, bytes)
         phrase = HTTPStatus(response.status).phrase
         head = [f"HTTP/1.1 {response.status} {phrase}",
                 f"Content-Type: {response.content_type}",
@@ -162,19 +193,15 @@ class _FaultHandler(RequestHandler):
         raw_head = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         # Whatever the client does, this connection carries no second request.
         self.close_connection = True
-        stopping = self.server.stopping
-        try:
-            for part, interval in ((raw_head, response.head_interval),
-                                   (response.body, response.body_interval)):
-                if interval <= 0:
-                    self.wfile.write(part)
-                    continue
-                for i in range(len(part)):
-                    self.wfile.write(part[i : i + 1])  # wfile is unbuffered
-                    if stopping.wait(interval):  # stop() must not wait for the trickle
-                        return
-        except OSError:
-            pass  # the client gave up (its deadline) or stop() shut the socket down
+        for part, interval in ((raw_head, response.head_interval),
+                               (response.body, response.body_interval)):
+            if interval <= 0:
+                self.wfile.write(part)
+                continue
+            for i in range(len(part)):
+                self.wfile.write(part[i : i + 1])  # wfile is unbuffered
+                if stopping.wait(interval):  # stop() must not wait for the trickle
+                    return
 
 
 def _huge_body(size: int, stopping: threading.Event) -> Iterator[bytes]:
@@ -201,34 +228,21 @@ class FakeExecAPI(ExecAPI):
     rate limit: tests inject 429s as faults.
     """
 
-    def __init__(
-        self,
-        api_key: str,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    handler_class = _FaultHandler
+
+    def __init__(self, api_key: str, host: str = "127.0.0.1", port: int = 0,
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__(World(), api_key, host, port, clock=clock)
         self._lock = threading.Lock()
         self.requests: list[RecordedRequest] = []
         self._summaries: dict[str, tuple[int, dict[str, Any] | list[Any] | str | bytes]] = {}
         self._faults: dict[str | None, _Fault] = {}
         self._list_faults: dict[str, _Fault] = {}
-        self._skew: dict[str, dict[str, float]] = {}
+        self.skews = SummarySkews()
         self._shape: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         # Constant traffic: (scenario, users in turn, clock mover, seconds a request takes).
         self._traffic: tuple[str, list[str], Callable[[float], None], float] | None = None
         self._traffic_count = 0
-
-    def start(self) -> FakeExecAPI:
-        """Bind and serve (see :meth:`LoopbackAPIServer.start`), with the trickle faults."""
-        super().start()
-        # Set before any test has the port. (Were a client to connect in between, as a
-        # poller may after stop()/start() on the same port, that one connection gets
-        # the plain handler, which serves everything but the trickles.)
-        assert self._server is not None
-        self._server.RequestHandlerClass = _FaultHandler
-        return self
 
     # --- test controls --------------------------------------------------
 
@@ -259,10 +273,11 @@ class FakeExecAPI(ExecAPI):
             self._faults[scenario_id] = _make_fault(fault, FAULTS, kw)
 
     def set_scenarios(self, items: list[dict[str, Any]]) -> None:
-        """Items served by GET /scenarios as given, paginated. ``visibility``,
-        ``include_archived`` (items with a truthy ``archived`` key are hidden
-        by default), ``collection_ids`` and ``skill_ids`` (matched against the
-        items' optional ``collection_ids``/``skill_ids``/``skills`` keys) filter them."""
+        """Items served by GET /scenarios as given (their ``skills`` only with
+        ``include=skills``), paginated. ``visibility``, ``include_archived`` (items with
+        a truthy ``archived`` key are hidden by default), ``collection_ids`` and
+        ``skill_ids`` (matched against the items' optional ``collection_ids``/
+        ``skill_ids``/``skills`` keys) filter them."""
         self.world.set_items("scenarios", items)
 
     def set_groups(self, items: list[dict[str, Any]]) -> None:
@@ -294,14 +309,11 @@ class FakeExecAPI(ExecAPI):
         """New sessions arrive for ``scenario_id``."""
         self.world.add_sessions(scenario_id, sessions)
 
-    def set_summary_skew(self, scenario_id: str, field: str | None, delta: float = 0.0) -> None:
-        """Change the summary's formula for one field behind the exporter's back:
-        ``field`` (a summary body key) gets ``delta`` added; None clears every skew."""
-        with self._lock:
-            if field is None:
-                self._skew.pop(scenario_id, None)
-            else:
-                self._skew.setdefault(scenario_id, {})[field] = delta
+    def set_summary_skew(self, scenario_id: str, field: str | None, delta: float = 0.0,
+                         when: dict[str, str] | None = None) -> None:
+        """Change the summary's formula for one field behind the exporter's back (see
+        :class:`SummarySkews`); ``field=None`` clears the scenario's skews."""
+        self.skews.set(scenario_id, field, delta, when)
 
     def set_summary_shape(self, scenario_id: str, drop: tuple[str, ...] = (),
                           whole: tuple[str, ...] = ()) -> None:
@@ -380,33 +392,22 @@ class FakeExecAPI(ExecAPI):
     def handle(self, request: APIRequest) -> APIResponse:
         """Record, let the request's time pass, then answer as the simulation does
         (authenticate, route), faults applied."""
-        scenario_id: str | None = None
-        match request.segments:
-            case ["scenarios", sid, "analytics", "summary"]:
-                scenario_id = sid
+        kind, scenario = route(request.segments) or ("", None)
         with self._lock:
-            self.requests.append(
-                RecordedRequest(
-                    method=request.method,
-                    path=request.path,
-                    query=dict(request.query),
-                    headers=HeaderDict(request.headers),
-                    time=self.clock(),
-                    scenario_id=scenario_id,
-                    raw_query=request.raw_query,
-                )
-            )
+            self.requests.append(RecordedRequest(
+                request.method, request.path, dict(request.query), HeaderDict(request.headers),
+                self.clock(), scenario if kind == "summary" else None))
         self._pass_time()
         return super().handle(request)
 
-    def answer(self, kind: str, scenario: str | None,
+    def answer(self, request: APIRequest, kind: str, scenario: str | None,
                respond: Callable[[], APIResponse]) -> APIResponse:
         """The simulation's answer, unless a fault or a canned summary replaces it."""
         if kind == "summary":
             assert scenario is not None
             fault = self._take_fault(self._faults, scenario, None)
-            return self._apply(fault, lambda: self._summary(scenario, respond), scenario,
-                               summary=True)
+            return self._apply(fault, lambda: self._summary(scenario, request.query, respond),
+                               scenario, summary=True)
         if kind == "participants":
             assert scenario is not None
             fault = (self._take_fault(self._list_faults, "participants")
@@ -441,7 +442,8 @@ class FakeExecAPI(ExecAPI):
                 return fault
         return None
 
-    def _summary(self, scenario_id: str, respond: Callable[[], APIResponse]) -> APIResponse:
+    def _summary(self, scenario_id: str, query: dict[str, str],
+                 respond: Callable[[], APIResponse]) -> APIResponse:
         """The canned summary, else the simulation's with this scenario's skew and shape."""
         with self._lock:
             entry = self._summaries.get(scenario_id)
@@ -456,12 +458,9 @@ class FakeExecAPI(ExecAPI):
         if answer.status != 200:
             return answer
         body = json.loads(answer.body)
+        body = self.skews.apply(scenario_id, query, body)
         with self._lock:
-            skew = dict(self._skew.get(scenario_id, {}))
             drop, whole = self._shape.get(scenario_id, (frozenset(), frozenset()))
-        for name, delta in skew.items():
-            if isinstance(body.get(name), int | float):
-                body[name] = round(body[name] + delta, 1)
         for name in drop:
             body.pop(name, None)
         for name in whole:
@@ -518,42 +517,26 @@ class FakeExecAPI(ExecAPI):
                                          content_type=answer.content_type,
                                          head_interval=interval if on_head else 0.0,
                                          body_interval=0.0 if on_head else interval)
-            case "429_error_object":
+            case "429_error_object" | "429_header":
+                in_error = name == "429_error_object"
                 return error_response(
-                    429,
-                    "rate_limit_error",
-                    "rate_limit_exceeded",
-                    "Rate limit exceeded",
-                    retry_after=retry_after,
-                )
+                    429, "rate_limit_error", "rate_limit_exceeded", "Rate limit exceeded",
+                    retry_after=retry_after if in_error else None,
+                    headers=None if in_error else {"Retry-After": str(retry_after)})
             case "429_top_level":
-                body = {
-                    "error": {
-                        "type": "rate_limit_error",
-                        "code": "rate_limit_exceeded",
-                        "message": "Rate limit exceeded",
-                    },
-                    "retry_after": retry_after,
-                }
-                return APIResponse.json(429, body)
-            case "429_header":
-                return error_response(
-                    429,
-                    "rate_limit_error",
-                    "rate_limit_exceeded",
-                    "Rate limit exceeded",
-                    headers={"Retry-After": str(retry_after)},
-                )
+                envelope = json.loads(error_response(
+                    429, "rate_limit_error", "rate_limit_exceeded", "Rate limit exceeded").body)
+                return APIResponse.json(429, {**envelope, "retry_after": retry_after})
             case "401":
-                return unauthorized_response()
+                return error_response(*UNAUTHORIZED)
             case "403":
-                return forbidden_response()
+                return error_response(*FORBIDDEN)
             case "404":
-                return not_found_response(
-                    f"Scenario not found: {subject}", code="scenario_not_found"
-                )
+                return error_response(404, "not_found", "scenario_not_found",
+                                      f"Scenario not found: {subject}")
             case "400":
-                return bad_request_response("Invalid request parameters")
+                return error_response(400, "invalid_request", "invalid_parameter",
+                                      "Invalid request parameters")
             case "short_page":
                 # An eventually consistent list: the page lost its last item after the
                 # total was counted (its pagination still says the full size).

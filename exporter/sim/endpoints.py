@@ -1,41 +1,43 @@
-"""The simulated Exec API's endpoints, answering from a :class:`~.world.World`.
-
-Served (all ``GET`` below ``/rest/v1``): the scenario analytics summary and
-participants table, the scenario list, workspace groups and members, skills
-(with proficiency) and scenario assignments. Every request is checked for the
-bearer key (401), then counted against the rolling minute and day limits (429
-with ``retry_after``), then answered; list answers are paged.
-"""
+"""The simulated Exec API's endpoints (all ``GET`` below ``/rest/v1``), answering from a
+:class:`~.world.World`: the bearer key is checked (401), the request counted against
+the rolling minute and day limits (429 with ``retry_after``), then answered."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Mapping
 
 from .analytics import SORT_COLUMNS, ParticipantRow, participant_rows, rows_summary
 from .loopback import APIRequest, APIResponse, LoopbackAPIServer
 from .protocol import (
+    UNAUTHORIZED,
+    Refused,
     RollingLimiter,
-    bad_request_response,
     bearer_ok,
     error_response,
-    not_found_response,
+    one_of,
     paginate,
     parse_bool,
-    rate_limited_response,
+    query_value,
     split_list,
-    unauthorized_response,
 )
-from .world import FilterError, SessionFilter, World
+from .world import World, matching_sessions
 
 DAY = 86_400.0
 ASSIGNMENT_STATUSES = ("not_started", "in_progress", "completed", "past_due", "did_not_pass")
 
-# What a request asks for: the endpoint's kind ("summary", "participants", "members",
-# "scenarios", "groups", "skills", "assignments"), the scenario in its path if any,
-# and how to answer it.
-Endpoint = tuple[str, str | None, Callable[[], APIResponse]]
+
+def route(segments: list[str] | None) -> tuple[str, str | None] | None:
+    """The endpoint a path's segments name (an :class:`ExecAPI` method) and the scenario
+    in it, or None for an unknown path."""
+    match segments:
+        case ["scenarios", "assignments"] | ["scenarios"] | ["skills"]:
+            return segments[-1], None
+        case ["scenarios", scenario, "analytics", ("summary" | "participants") as kind]:
+            return kind, scenario
+        case ["workspace", ("members" | "groups") as kind]:
+            return kind, None
+    return None
 
 
 class ExecAPI(LoopbackAPIServer):
@@ -45,172 +47,125 @@ class ExecAPI(LoopbackAPIServer):
     Time comes from ``clock`` (epoch seconds), so tests can move it.
     """
 
-    def __init__(
-        self,
-        world: World,
-        api_key: str,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        requests_per_minute: int | None = None,
-        requests_per_day: int | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, world: World, api_key: str, host: str = "127.0.0.1", port: int = 0,
+                 requests_per_minute: int | None = None, requests_per_day: int | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         super().__init__(host, port)
         self.world = world
         self.api_key = api_key
         self.clock = clock
-        limits = [(window, limit) for window, limit in
-                  ((60.0, requests_per_minute), (DAY, requests_per_day)) if limit is not None]
-        self._limiter = RollingLimiter(limits)
-        self._count_lock = threading.Lock()
-        self._request_count = 0
-
-    @property
-    def request_count(self) -> int:
-        """Every request received, whatever its answer."""
-        with self._count_lock:
-            return self._request_count
+        self._limiter = RollingLimiter([
+            (window, limit) for window, limit in ((60.0, requests_per_minute),
+                                                  (DAY, requests_per_day)) if limit is not None])
+        self.request_count = 0  # every request received, whatever its answer
 
     def handle(self, request: APIRequest) -> APIResponse:
         """Authenticate, rate-limit and answer one request."""
-        with self._count_lock:
-            self._request_count += 1
+        with self.world.lock:
+            self.request_count += 1
         if not bearer_ok(request, self.api_key):
-            return unauthorized_response()
+            return error_response(*UNAUTHORIZED)
         with self.world.lock:
             retry_after = self._limiter.acquire(self.clock())
         if retry_after is not None:
-            return rate_limited_response(retry_after)
+            return error_response(429, "rate_limit_error", "rate_limit_exceeded",
+                                  f"Rate limit exceeded. Retry after {retry_after} seconds.",
+                                  retry_after=retry_after,
+                                  headers={"Retry-After": str(retry_after)})
         if request.method != "GET":
             return error_response(405, "invalid_request", "method_not_allowed",
                                   "Method not allowed")
-        endpoint = self.endpoint(request)
-        if endpoint is None:
-            return not_found_response(f"Not found: {request.path}")
-        return self.answer(*endpoint)
+        found = route(request.segments)
+        if found is None:
+            return error_response(404, "not_found", "not_found", f"Not found: {request.path}")
+        kind, scenario = found
+        endpoint = getattr(self, kind)
+        args = (request.query,) if scenario is None else (scenario, request.query)
 
-    def answer(self, kind: str, scenario: str | None,
+        def respond() -> APIResponse:
+            try:
+                response: APIResponse = endpoint(*args)
+                return response
+            except Refused as refusal:
+                return refusal.response
+
+        return self.answer(request, kind, scenario, respond)
+
+    def answer(self, request: APIRequest, kind: str, scenario: str | None,
                respond: Callable[[], APIResponse]) -> APIResponse:
         """Answer a routed request (a hook for fakes that alter answers)."""
         return respond()
 
-    def endpoint(self, request: APIRequest) -> Endpoint | None:
-        """The endpoint ``request`` asks for, or None for an unknown path."""
-        query = request.query
-        match request.segments:
-            case ["scenarios", "assignments"]:
-                return "assignments", None, lambda: self.assignments(query)
-            case ["scenarios", sid, "analytics", "summary"]:
-                return "summary", sid, lambda: self.summary(sid, query)
-            case ["scenarios", sid, "analytics", "participants"]:
-                return "participants", sid, lambda: self.participants(sid, query)
-            case ["scenarios"]:
-                return "scenarios", None, lambda: self.scenarios(query)
-            case ["workspace", "members"]:
-                return "members", None, lambda: self.members(query)
-            case ["workspace", "groups"]:
-                return "groups", None, lambda: paginate(self.world.groups(), query)
-            case ["skills"]:
-                return "skills", None, lambda: self.skills(query)
-        return None
-
-    # --- analytics ------------------------------------------------------------------
-
     def summary(self, scenario: str, query: Mapping[str, str]) -> APIResponse:
         """GET /scenarios/{id}/analytics/summary."""
-        rows = self._rows(scenario, query)
-        if isinstance(rows, APIResponse):
-            return rows
-        return APIResponse.json(200, rows_summary(rows))
+        return APIResponse.json(200, rows_summary(self._rows(scenario, query)))
 
     def participants(self, scenario: str, query: Mapping[str, str]) -> APIResponse:
         """GET /scenarios/{id}/analytics/participants: the rows behind the summary of
         the same filters, sorted (default ``-best_score``, ties by user id) and paged."""
         rows = self._rows(scenario, query)
-        if isinstance(rows, APIResponse):
-            return rows
-        sorting = query.get("sorting") or "-best_score"
-        column = SORT_COLUMNS.get(sorting.removeprefix("-"))
-        if column is None:
-            return bad_request_response(f"Invalid sorting: {sorting}")
+        sorting = query_value(query, "sorting", one_of(*SORT_COLUMNS, *(
+            f"-{c}" for c in SORT_COLUMNS)), "-best_score")
         rows.sort(key=lambda r: r.user_id)
-        rows.sort(key=lambda r: getattr(r, column), reverse=sorting.startswith("-"))
-        world = self.world
-        items = []
-        for row in rows:
-            user = world.user(row.user_id)
-            nested = user.as_json() if user is not None else {
-                "id": row.user_id, "email": None, "first_name": None, "last_name": None}
-            items.append(row.as_json(nested))
-        return paginate(items, query)
+        rows.sort(key=lambda r: getattr(r, SORT_COLUMNS[sorting.removeprefix("-")]),
+                  reverse=sorting.startswith("-"))
+        users = {u.id: u.as_json() for u in self.world.users()}
+        unknown = {"email": None, "first_name": None, "last_name": None}
+        return paginate([row.as_json(users.get(row.user_id) or {"id": row.user_id, **unknown})
+                         for row in rows], query)
 
-    def _rows(self, scenario: str, query: Mapping[str, str]
-              ) -> list[ParticipantRow] | APIResponse:
-        """The participant rows of ``scenario`` under the query's filters, or the error
-        (an unknown scenario before a bad filter)."""
-        world = self.world
-        with world.lock:
+    def _rows(self, scenario: str, query: Mapping[str, str]) -> list[ParticipantRow]:
+        """The participant rows of ``scenario`` under the query's filters (an unknown
+        scenario refused before a bad filter)."""
+        with self.world.lock:
             now = self.clock()
-            log = world.session_log(scenario, now)
+            log = self.world.session_log(scenario, now)
             if log is None:
-                return not_found_response(f"Scenario not found: {scenario}",
-                                          "scenario_not_found")
-            try:
-                selection = SessionFilter.from_query(query)
-            except FilterError as exc:
-                return bad_request_response(str(exc))
-            matching = selection.sessions(log, now, world.users())
-            return participant_rows(log, matching, world.regrade(scenario))
-
-    # --- lists ------------------------------------------------------------------------
+                raise Refused(error_response(404, "not_found", "scenario_not_found",
+                                             f"Scenario not found: {scenario}"))
+            matching = matching_sessions(query, log, now, self.world.users())
+            return participant_rows(log, matching, self.world.regrades.get(scenario))
 
     def members(self, query: Mapping[str, str]) -> APIResponse:
         """GET /workspace/members, optionally only the members of ``group_ids``."""
-        groups = set(split_list(query.get("group_ids")))
-        items = [u.as_member_json() for u in self.world.listed_members()
-                 if not groups or u.groups & groups]
-        return paginate(items, query)
+        groups = split_list(query.get("group_ids"))
+        return paginate([u.as_member_json() for u in self.world.listed_members()
+                         if not groups or u.groups & groups], query)
+
+    def groups(self, query: Mapping[str, str]) -> APIResponse:
+        """GET /workspace/groups."""
+        return paginate(self.world.groups(), query)
 
     def scenarios(self, query: Mapping[str, str]) -> APIResponse:
         """GET /scenarios with ``include_archived``, ``visibility``, ``collection_ids``,
         ``skill_ids`` and ``include=skills``."""
-        try:
-            include_archived = parse_bool(query.get("include_archived") or "false")
-        except ValueError:
-            return bad_request_response(f"Invalid include_archived: {query['include_archived']}")
-        visibility = query.get("visibility") or None
-        if visibility not in (None, "private", "workspace"):
-            return bad_request_response(f"Invalid visibility: {visibility}")
-        collections = set(split_list(query.get("collection_ids")))
-        skills = set(split_list(query.get("skill_ids")))
-        include_skills = "skills" in split_list(query.get("include"))
-        kept = [
-            s.with_skills if include_skills else s.item
-            for s in self.world.scenarios()
-            if (include_archived or not s.archived)
-            and (visibility is None or s.visibility == visibility)
+        archived = query_value(query, "include_archived", parse_bool, False)
+        visibility = query_value(query, "visibility", one_of("private", "workspace"), None)
+        collections = split_list(query.get("collection_ids"))
+        skills = split_list(query.get("skill_ids"))
+        hidden = () if "skills" in split_list(query.get("include")) else ("skills",)
+        return paginate([
+            _without(s.item, hidden) for s in self.world.scenarios()
+            if (archived or not s.archived) and visibility in (None, s.visibility)
             and (not collections or collections & s.collection_ids)
-            and (not skills or skills & s.skill_ids)
-        ]
-        return paginate(kept, query)
+            and (not skills or skills & s.skill_ids)], query)
 
     def skills(self, query: Mapping[str, str]) -> APIResponse:
         """GET /skills; each skill's ``proficiency_summary`` with ``include=proficiency``."""
-        proficiency = "proficiency" in split_list(query.get("include"))
-        items = self.world.skills(self.clock(), proficiency)
-        if not proficiency:
-            items = [{k: v for k, v in item.items() if k != "proficiency_summary"}
-                     for item in items]
-        return paginate(items, query)
+        hidden = () if "proficiency" in split_list(query.get("include")) else (
+            "proficiency_summary",)
+        return paginate([_without(item, hidden) for item in self.world.skills(self.clock())],
+                        query)
 
     def assignments(self, query: Mapping[str, str]) -> APIResponse:
         """GET /scenarios/assignments with the ``scenario_ids`` and ``status`` filters."""
-        wanted_ids = frozenset(split_list(query.get("scenario_ids")))
-        wanted_status = set(split_list(query.get("status")))
-        unknown = wanted_status - set(ASSIGNMENT_STATUSES)
-        if unknown:
-            return bad_request_response(f"Invalid status: {','.join(sorted(unknown))}")
-        items = [item for item in self.world.assignments(self.clock(), wanted_ids)
-                 if (not wanted_ids or (item.get("scenario") or {}).get("id") in wanted_ids)
-                 and (not wanted_status or item.get("status") in wanted_status)]
-        return paginate(items, query)
+        ids = split_list(query.get("scenario_ids"))
+        statuses = split_list(query_value(query, "status",
+                                          one_of(*ASSIGNMENT_STATUSES, many=True), ""))
+        return paginate([item for item in self.world.assignments(self.clock())
+                         if (not ids or (item.get("scenario") or {}).get("id") in ids)
+                         and (not statuses or item.get("status") in statuses)], query)
+
+
+def _without(item: dict[str, object], keys: tuple[str, ...]) -> dict[str, object]:
+    return {k: v for k, v in item.items() if k not in keys} if keys else item

@@ -1,8 +1,7 @@
 """The Exec API's wire conventions, as its documentation states them.
 
-The error envelope ``{"error": {"type", "code", "message"}}`` and its usual
-answers (401, 404, 400, 429 with ``retry_after``), the bearer-key check, the
-query-value parsers, ``page``/``page_size`` pagination, and the rolling minute
+The error envelope ``{"error": {"type", "code", "message"}}`` and its usual answers,
+the bearer key, query values, ``page``/``page_size`` paging, and the rolling minute
 and day rate limits.
 """
 
@@ -11,98 +10,88 @@ from __future__ import annotations
 import hmac
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from .loopback import APIRequest, APIResponse
 
+T = TypeVar("T")
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 50
 
-def error_response(
-    status: int,
-    type_: str,
-    code: str | None,
-    message: str,
-    *,
-    retry_after: int | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> APIResponse:
+
+def error_response(status: int, type_: str, code: str, message: str, *,
+                   retry_after: int | None = None,
+                   headers: Mapping[str, str] | None = None) -> APIResponse:
     """The Exec error envelope ``{"error": {"type", "code", "message"}}``."""
-    error: dict[str, Any] = {"type": type_}
-    if code is not None:
-        error["code"] = code
-    error["message"] = message
+    error: dict[str, Any] = {"type": type_, "code": code, "message": message}
     if retry_after is not None:
         error["retry_after"] = retry_after
     return APIResponse.json(status, {"error": error}, headers)
 
 
-def unauthorized_response() -> APIResponse:
-    """The 401 the Exec API sends for a wrong, missing or inactive key."""
-    return error_response(
-        401, "authentication_error", "invalid_api_key", "Invalid or inactive API key"
-    )
+# The documented refusals, as error_response's arguments.
+UNAUTHORIZED = (401, "authentication_error", "invalid_api_key", "Invalid or inactive API key")
+FORBIDDEN = (403, "authorization_error", "workspace_inactive", "Workspace is inactive")
 
 
-def not_found_response(message: str, code: str | None = "not_found") -> APIResponse:
-    """A 404 envelope."""
-    return error_response(404, "not_found", code, message)
+class Refused(Exception):
+    """Raised by an endpoint to answer ``response`` (an error envelope) instead."""
 
-
-def bad_request_response(message: str, code: str = "invalid_parameter") -> APIResponse:
-    """A 400 ``invalid_request`` envelope."""
-    return error_response(400, "invalid_request", code, message)
-
-
-def rate_limited_response(retry_after: int) -> APIResponse:
-    """A 429 with ``retry_after`` in the error object and as a header."""
-    return error_response(
-        429,
-        "rate_limit_error",
-        "rate_limit_exceeded",
-        f"Rate limit exceeded. Retry after {retry_after} seconds.",
-        retry_after=retry_after,
-        headers={"Retry-After": str(retry_after)},
-    )
+    def __init__(self, response: APIResponse) -> None:
+        super().__init__(response.status)
+        self.response = response
 
 
 def bearer_ok(request: APIRequest, api_key: str) -> bool:
     """True when the request carries ``Authorization: Bearer <api_key>``."""
-    value = request.headers.get("Authorization") or ""
-    scheme, _, token = value.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    # Constant time, as a real server would compare secrets.
-    return hmac.compare_digest(token.strip().encode(), api_key.encode())
+    scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+    # Constant time, as a real server compares secrets.
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                               api_key.encode())
 
 
 def parse_bool(value: str) -> bool:
     """``true``/``false`` (any case); anything else raises ValueError."""
     lowered = value.strip().lower()
-    if lowered == "true":
-        return True
-    if lowered == "false":
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
+    if lowered not in ("true", "false"):
+        raise ValueError(f"not a boolean: {value!r}")
+    return lowered == "true"
 
 
 def parse_datetime(value: str) -> float:
     """An ISO 8601 date-time as epoch seconds (naive means UTC); ValueError if bad."""
     parsed = datetime.fromisoformat(value.strip())
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
-def split_list(value: str | None) -> list[str]:
-    """A comma-separated query value as a list, blanks dropped."""
-    if not value:
-        return []
-    return [part.strip() for part in value.split(",") if part.strip()]
+def one_of(*choices: str, many: bool = False) -> Callable[[str], str]:
+    """A parser accepting only ``choices`` (``many``: a comma-separated list of them)."""
+    def parse(value: str) -> str:
+        if (split_list(value) if many else {value}) - set(choices):
+            raise ValueError(value)
+        return value
+    return parse
 
 
-MAX_PAGE_SIZE = 100
-DEFAULT_PAGE_SIZE = 50
+def split_list(value: str | None) -> frozenset[str]:
+    """A comma-separated query value as a set, blanks dropped."""
+    return frozenset(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def query_value(query: Mapping[str, str], name: str, parse: Callable[[str], T],
+                default: T) -> T:
+    """The query's ``name`` parsed, ``default`` when absent or empty; a bad value is
+    refused with a 400 naming the parameter."""
+    raw = query.get(name)
+    if not raw:
+        return default
+    try:
+        return parse(raw)
+    except ValueError:
+        raise Refused(error_response(400, "invalid_request", "invalid_parameter",
+                                     f"Invalid {name}: {raw}")) from None
 
 
 def paginate(items: Sequence[Any], query: Mapping[str, str]) -> APIResponse:
@@ -114,37 +103,24 @@ def paginate(items: Sequence[Any], query: Mapping[str, str]) -> APIResponse:
         page = int(query.get("page", "1"))
         page_size = int(query.get("page_size", str(DEFAULT_PAGE_SIZE)))
     except ValueError:
-        return bad_request_response("Invalid pagination parameters", "invalid_pagination")
+        page = 0
     if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
-        return bad_request_response("Invalid pagination parameters", "invalid_pagination")
-    total = len(items)
+        return error_response(400, "invalid_request", "invalid_pagination",
+                              "Invalid pagination parameters")
     start = (page - 1) * page_size
-    return APIResponse.json(
-        200,
-        {
-            "data": list(items[start : start + page_size]),
-            "pagination": {
-                "page": page,
-                "page_size": page_size,
-                "total_count": total,
-                "total_pages": math.ceil(total / page_size),
-            },
-        },
-    )
-
-
-def forbidden_response() -> APIResponse:
-    """The 403 the Exec API sends for an inactive workspace."""
-    return error_response(403, "authorization_error", "workspace_inactive", "Workspace is inactive")
+    return APIResponse.json(200, {
+        "data": list(items[start : start + page_size]),
+        "pagination": {"page": page, "page_size": page_size, "total_count": len(items),
+                       "total_pages": math.ceil(len(items) / page_size)},
+    })
 
 
 class RollingLimiter:
     """Rolling-window request limits (the Exec API's minute and day quotas)."""
 
     def __init__(self, limits: Sequence[tuple[float, int]]) -> None:
-        for _, limit in limits:
-            if limit < 1:
-                raise ValueError("rate limits must be at least 1")
+        if any(limit < 1 for _, limit in limits):
+            raise ValueError("rate limits must be at least 1")
         self._windows = [(window, limit, deque[float]()) for window, limit in limits]
 
     def acquire(self, now: float) -> int | None:

@@ -1,22 +1,18 @@
 """The simulated workspace: users, groups, scenarios, a session log, skills, assignments.
 
 A :class:`World` is what every simulated endpoint answers from. The analytics
-endpoints read its session log through a :class:`SessionFilter`, the one
-place the summary's filters (``user_ids``, ``user_emails``, ``group_ids``,
-``start_date``, ``end_date``, ``exclude_system_users``) are given their
-meaning, taken from the API's documentation:
+endpoints read its session log through :func:`matching_sessions`, the one place the
+summary's filters are given their meaning, taken from the API's documentation:
 
 * ``user_ids`` and ``user_emails`` are unioned (a session matches either);
-* ``group_ids`` keeps the sessions of members of any listed group, membership
-  as it stands when the request is answered;
+* ``group_ids`` keeps the sessions of members of any listed group, membership as it
+  stands when the request is answered;
 * ``exclude_system_users=true`` drops users whose email ends in ``@exec.com``;
-* ``start_date`` and ``end_date`` bound the session time, both inclusive;
-  a session in the future (after the world's "now") never counts.
+* ``start_date`` and ``end_date`` bound the session time, both inclusive; a session
+  after the world's "now" never counts.
 
-Membership changes over time (:meth:`World.move_user`); the member list can
-lag the groups (:meth:`World.freeze_members`), as an eventually consistent
-listing does. Listed items (scenarios, groups, skills, assignments) are kept as
-their JSON; a world that computes them (the demo's) overrides the readers.
+Membership changes over time (:meth:`World.move_user`); the member list can lag the
+groups (:meth:`World.freeze_members`), as an eventually consistent listing does.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .protocol import parse_bool, parse_datetime, split_list
+from .protocol import parse_bool, parse_datetime, query_value, split_list
 
 SYSTEM_EMAIL_DOMAIN = "@exec.com"
 MEMBER_SINCE = "2024-02-01T09:00:00Z"  # every simulated member joined then
@@ -46,16 +42,12 @@ class User:
         """Exec staff: what ``exclude_system_users`` drops."""
         return self.email.lower().endswith(SYSTEM_EMAIL_DOMAIN)
 
-    @property
-    def names(self) -> tuple[str, str]:
-        """First and last name, from an email such as ``first.last@...``."""
-        first, _, last = self.email.split("@")[0].partition(".")
-        return first.capitalize(), last.capitalize()
-
     def as_json(self) -> dict[str, Any]:
-        """The user as the analytics and assignment rows nest it."""
-        first, last = self.names
-        return {"id": self.id, "email": self.email, "first_name": first, "last_name": last}
+        """The user as the analytics and assignment rows nest it (names from the
+        email's ``first.last@`` part)."""
+        first, _, last = self.email.split("@")[0].partition(".")
+        return {"id": self.id, "email": self.email, "first_name": first.capitalize(),
+                "last_name": last.capitalize()}
 
     def as_member_json(self) -> dict[str, Any]:
         """A WorkspaceMember: the schema's flat shape, ``id`` being the user id."""
@@ -84,10 +76,10 @@ class Regrade:
 
 @dataclass(frozen=True)
 class ScenarioListing:
-    """A scenario as GET /scenarios lists it, and what that list's filters read."""
+    """A scenario as GET /scenarios lists it (``skills`` shown only with
+    ``include=skills``), and what that list's filters read."""
 
     item: dict[str, Any]  # the Scenario JSON
-    with_skills: dict[str, Any]  # the same with ``skills`` (``include=skills``)
     archived: bool = False
     visibility: str | None = None
     collection_ids: frozenset[str] = frozenset()
@@ -95,11 +87,11 @@ class ScenarioListing:
 
     @classmethod
     def of(cls, item: Mapping[str, Any]) -> ScenarioListing:
-        """A listing served as given, its facets read from optional keys
-        (``archived``, ``visibility``, ``collection_ids``, ``skill_ids``/``skills``)."""
+        """A listing of ``item``, its facets read from optional keys (``archived``,
+        ``visibility``, ``collection_ids``, ``skill_ids``/``skills``)."""
         skills = {str(i) for i in item.get("skill_ids") or ()}
         skills |= {str(s.get("id")) for s in item.get("skills") or () if isinstance(s, dict)}
-        return cls(dict(item), dict(item), bool(item.get("archived")), item.get("visibility"),
+        return cls(dict(item), bool(item.get("archived")), item.get("visibility"),
                    frozenset(item.get("collection_ids") or ()), frozenset(skills))
 
 
@@ -116,9 +108,7 @@ class SessionLog:
 
     def append(self, when: float, user_id: str, score: float, seconds: float) -> None:
         """Log a session; one earlier than the last goes to its place in time."""
-        at = len(self.times)
-        if self.times and when < self.times[-1]:
-            at = bisect.bisect_right(self.times, when)
+        at = bisect.bisect_right(self.times, when)
         self.times.insert(at, when)
         self.users.insert(at, user_id)
         self.scores.insert(at, score)
@@ -130,86 +120,52 @@ class SessionLog:
         return range(lo, bisect.bisect_right(self.times, end))
 
 
-class FilterError(ValueError):
-    """A query value the API rejects; ``field`` names the parameter."""
-
-    def __init__(self, field: str, value: str) -> None:
-        super().__init__(f"Invalid {field}: {value}")
-        self.field = field
-
-
-@dataclass(frozen=True)
-class SessionFilter:
-    """The analytics endpoints' filters, parsed from a query."""
-
-    user_ids: frozenset[str] = frozenset()
-    user_emails: frozenset[str] = frozenset()  # lower case
-    group_ids: frozenset[str] = frozenset()
-    start: float | None = None
-    end: float | None = None
-    exclude_system_users: bool = False
-
-    @classmethod
-    def from_query(cls, query: Mapping[str, str]) -> SessionFilter:
-        """Parse the filters; :class:`FilterError` names a bad value's parameter."""
-        bounds: dict[str, float | None] = {}
-        for name in ("start_date", "end_date"):
-            value = query.get(name)
-            try:
-                bounds[name] = parse_datetime(value) if value else None
-            except ValueError:
-                raise FilterError(name, str(value)) from None
-        try:
-            exclude = parse_bool(query.get("exclude_system_users") or "false")
-        except ValueError:
-            raise FilterError("exclude_system_users", query["exclude_system_users"]) from None
-        return cls(
-            user_ids=frozenset(split_list(query.get("user_ids"))),
-            user_emails=frozenset(e.lower() for e in split_list(query.get("user_emails"))),
-            group_ids=frozenset(split_list(query.get("group_ids"))),
-            start=bounds["start_date"],
-            end=bounds["end_date"],
-            exclude_system_users=exclude,
-        )
-
-    def sessions(self, log: SessionLog, now: float, users: Iterable[User]) -> list[int]:
-        """Indexes into ``log`` of the matching sessions, in time order."""
-        users = list(users)
-        allowed: set[str] | None = None  # None: everyone's sessions
-        if self.user_ids or self.user_emails:
-            # A user_ids entry counts even for a user the member list does not know.
-            allowed = set(self.user_ids)
-            allowed |= {u.id for u in users if u.email.lower() in self.user_emails}
-        if self.group_ids:
-            members = {u.id for u in users if u.groups & self.group_ids}
-            allowed = members if allowed is None else allowed & members
-        # An unknown user has no email, so is not staff.
-        barred = {u.id for u in users if u.system} if self.exclude_system_users else set()
-        end = now if self.end is None else min(now, self.end)
-        span = log.span(self.start, end)
-        who = log.users
-        if allowed is None and not barred:
-            return list(span)
-        if allowed is None:
-            return [i for i in span if who[i] not in barred]
-        allowed -= barred
-        return [i for i in span if who[i] in allowed]
+def matching_sessions(query: Mapping[str, str], log: SessionLog, now: float,
+                      users: Iterable[User]) -> list[int]:
+    """Indexes into ``log`` of the sessions the summary's filters in ``query`` keep, in
+    time order; a bad value is refused with a 400 naming its parameter."""
+    no_date: float | None = None
+    start = query_value(query, "start_date", parse_datetime, no_date)
+    end = query_value(query, "end_date", parse_datetime, no_date)
+    exclude_system_users = query_value(query, "exclude_system_users", parse_bool, False)
+    user_ids, group_ids = split_list(query.get("user_ids")), split_list(query.get("group_ids"))
+    emails = {e.lower() for e in split_list(query.get("user_emails"))}
+    users = list(users)
+    allowed: set[str] | None = None  # None: everyone's sessions
+    if user_ids or emails:
+        # A user_ids entry counts even for a user the member list does not know.
+        allowed = set(user_ids) | {u.id for u in users if u.email.lower() in emails}
+    if group_ids:
+        members = {u.id for u in users if u.groups & group_ids}
+        allowed = members if allowed is None else allowed & members
+    # An unknown user has no email, so is not staff.
+    barred = {u.id for u in users if u.system} if exclude_system_users else set()
+    span = log.span(start, now if end is None else min(now, end))
+    if allowed is None and not barred:
+        return list(span)
+    who = log.users
+    if allowed is None:
+        return [i for i in span if who[i] not in barred]
+    allowed -= barred
+    return [i for i in span if who[i] in allowed]
 
 
 class World:
-    """A workspace held in memory; thread-safe through :attr:`lock`."""
+    """A workspace held in memory; thread-safe through :attr:`lock`.
+
+    Listed items are kept as their JSON; a world that computes them (the demo's)
+    overrides the readers. :attr:`regrades` holds each scenario's rubric change.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        self.regrades: dict[str, Regrade] = {}
         self._users: dict[str, User] = {}
         self._frozen_members: list[User] | None = None
         self._logs: dict[str, SessionLog] = {}
-        self._regrades: dict[str, Regrade] = {}
+        self._scenarios: list[ScenarioListing] = []
         self._lists: dict[str, list[dict[str, Any]]] = {
             "groups": [], "skills": [], "assignments": []}
-        self._scenarios: list[ScenarioListing] = []
-
-    # --- people ---------------------------------------------------------------
 
     def set_users(self, users: Iterable[User]) -> None:
         """The workspace members, in the order the member list gives them."""
@@ -220,11 +176,6 @@ class World:
         """Every member, with their groups as they stand now."""
         with self.lock:
             return list(self._users.values())
-
-    def user(self, user_id: str) -> User | None:
-        """A member by id."""
-        with self.lock:
-            return self._users.get(user_id)
 
     def move_user(self, user_id: str, groups: frozenset[str]) -> None:
         """``user_id`` now belongs to ``groups`` (and no other group)."""
@@ -241,10 +192,8 @@ class World:
     def listed_members(self) -> Sequence[User]:
         """The members as the member list shows them (lagging while frozen)."""
         with self.lock:
-            return list(self._frozen_members if self._frozen_members is not None
-                        else self._users.values())
-
-    # --- practice ---------------------------------------------------------------
+            return list(self._users.values() if self._frozen_members is None
+                        else self._frozen_members)
 
     def set_sessions(self, scenario: str, sessions: Iterable[Session]) -> None:
         """The session log of ``scenario`` (which now exists for the analytics)."""
@@ -263,27 +212,16 @@ class World:
         with self.lock:
             return self._logs.get(scenario)
 
-    def regrade(self, scenario: str) -> Regrade | None:
-        """The rubric change of ``scenario``, if any."""
-        return self._regrades.get(scenario)
-
-    def set_regrade(self, scenario: str, regrade: Regrade) -> None:
-        """Re-grade ``scenario`` (see :class:`Regrade`)."""
-        with self.lock:
-            self._regrades[scenario] = regrade
-
-    # --- listed items -------------------------------------------------------------
-
     def set_items(self, which: str, items: Iterable[Mapping[str, Any]]) -> None:
         """The JSON items of a list: ``scenarios`` (see :meth:`ScenarioListing.of`),
         ``groups``, ``skills`` (with ``proficiency_summary``) or ``assignments``."""
         with self.lock:
             if which == "scenarios":
                 self._scenarios = [ScenarioListing.of(item) for item in items]
-                return
-            if which not in self._lists:
+            elif which in self._lists:
+                self._lists[which] = [dict(item) for item in items]
+            else:
                 raise ValueError(f"unknown list {which!r}; one of {sorted(self._lists)}")
-            self._lists[which] = [dict(item) for item in items]
 
     def scenarios(self) -> list[ScenarioListing]:
         """Every scenario, archived ones too."""
@@ -295,12 +233,12 @@ class World:
         with self.lock:
             return list(self._lists["groups"])
 
-    def skills(self, now: float, proficiency: bool) -> list[dict[str, Any]]:
-        """The skills, with ``proficiency_summary`` (computed only when asked for)."""
+    def skills(self, now: float) -> list[dict[str, Any]]:
+        """The skills at ``now``, each with its ``proficiency_summary``."""
         with self.lock:
             return list(self._lists["skills"])
 
-    def assignments(self, now: float, scenario_ids: frozenset[str]) -> list[dict[str, Any]]:
-        """The assignments as they stand at ``now`` (those of ``scenario_ids`` at least)."""
+    def assignments(self, now: float) -> list[dict[str, Any]]:
+        """The assignments as they stand at ``now``."""
         with self.lock:
             return list(self._lists["assignments"])
