@@ -10,8 +10,8 @@ use_python
 # Reinstall only when the package's sources changed since the last install, so a
 # second start takes no time: the stamp holds a hash of what `pip install .` reads.
 stamp=.venv/.exec-exporter-demo.stamp
-sources=$(find pyproject.toml exporter -name '*.py' -o -name pyproject.toml | LC_ALL=C sort \
-  | xargs sha256sum | sha256sum | cut -d' ' -f1)
+shopt -s globstar  # exporter/**/*.py: the subpackages too
+sources=$(sha256sum pyproject.toml exporter/**/*.py | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/exec-exporter ] || [ "$(cat "$stamp" 2>/dev/null)" != "$sources" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet .

@@ -160,3 +160,19 @@ def test_a_venv_of_the_same_version_is_kept(repo: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert marker.exists() and "-m venv" not in calls
     assert "rebuilding" not in result.stderr
+
+
+def test_the_demo_reinstalls_when_a_subpackage_changes(repo: Path) -> None:
+    """The install stamp covers every module, subpackages included: a change under
+    exporter/sim/ must reinstall (a stamp of exporter/*.py alone ran stale code)."""
+    (repo / "exporter" / "sim").mkdir()
+    module = repo / "exporter" / "sim" / "world.py"
+    module.write_text("A = 1\n")
+    run(repo, "demo.sh", {"python3": "3.11.4"})
+    result, calls = run(repo, "demo.sh", {"python3": "3.11.4"})
+    assert result.returncode == 0, result.stderr
+    assert "pip install --quiet ." not in calls  # nothing changed: no reinstall
+    module.write_text("A = 2\n")
+    result, calls = run(repo, "demo.sh", {"python3": "3.11.4"})
+    assert result.returncode == 0, result.stderr
+    assert "pip install --quiet ." in calls
