@@ -310,7 +310,7 @@ def _seconds(value: object) -> float | None:
 #
 # ``api.timeout`` bounds the whole request, DNS to the last body byte: the request
 # runs on a worker thread, and at the deadline the caller shuts the worker's sockets
-# down (see docs/notes-client.md for the design and the alternative weighed).
+# down (docs/architecture.md, "The API client's deadline", weighs the alternative).
 
 
 _Answer = tuple[int, object]  # the status and the decoded body of a 2xx answer

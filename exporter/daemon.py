@@ -70,7 +70,6 @@ class Exporter:
         self._listings(config)
         self.planner = Planner(config.planner, self.store, saved.planner,
                                on_change=self._on_plan, now=now)
-        self._configure_planner(config)
         self.running = self._build(config, self._client(config), key)
         self.poller = Poller(self.scheduler, lambda: self.running, self.store, self.clock)
         self.store.record_reload(True, now)
@@ -214,6 +213,7 @@ class Exporter:
         self.store.set_max_staleness(config.max_staleness)
         self._targets = {t.key: t for t in kept}
         self._polled = tuple({t.scenario: t.scenario_uuid for t in kept}.items())
+        self._configure_planner(config)  # the listings priced for these scenarios
         known: dict[Key, float] = {}
         for t in kept:
             state = self.store.get(t.key)

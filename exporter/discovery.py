@@ -113,6 +113,11 @@ class Discovery:
         """The lists whose last read failed, with why."""
         return {kind: s.error for kind, s in self._schedules.items() if s.error is not None}
 
+    @property
+    def failures(self) -> int:
+        """The most failed reads in a row of any one list (the backfill stops at 4)."""
+        return max((s.failures for s in self._schedules.values()), default=0)
+
     def interval(self, kind: str) -> float:
         """How often ``kind`` is read: discovery's interval; a day for names alone."""
         if kind == "scenarios" and self.names:
@@ -174,7 +179,7 @@ class Discovery:
             excluded = set(wanted.exclude if wanted else [])
             found = first_of_each((s for s in read.items
                                    if s.slug not in excluded and s.id not in excluded),
-                                  lambda s: s.slug, "scenarios")
+                                  lambda s: s.slug, "scenarios", "discovery")
             self.lists.scenarios, self.lists.scenarios_at = found, now
         else:
             cohorts = self.settings.group_cohorts

@@ -263,7 +263,8 @@ class Skills(_Listing[PagedRead[Skill]]):
         if read is not self.schedule.run or not read.take(page):
             return
         self.pages = read.pages
-        self.skills = tuple(first_of_each(read.items, lambda skill: skill.slug, "skills"))
+        self.skills = tuple(first_of_each(read.items, lambda skill: skill.slug, "skills",
+                                          "skills"))
         log.debug("skills: read %d skills in %d pages", len(self.skills), self.pages)
         self._finish(now, read.skipped)
 

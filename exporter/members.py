@@ -121,7 +121,7 @@ class MemberLists:
         return {
             "members": {g: {"user_ids": sorted(ids), "at": at, "pages": self.pages.get(g, 1)}
                         for g, (ids, at) in self.known.items()},
-            "member_retries": {g: {"failures": s.failures, "next": s.next_at}
+            "member_retries": {g: {"failures": s.failures, "next": max(s.next_at, 0.0)}
                                for g, s in self._schedules.items() if s.failures},
         }
 

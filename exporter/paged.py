@@ -197,12 +197,15 @@ class Schedule(Generic[R]):
                     keeping, format_duration(self.next_at - now))
 
 
-def first_of_each(items: Iterable[T], slug: Callable[[T], str], what: str) -> list[T]:
-    """``items`` with one item a slug: the first stays, a repeat is logged and left out."""
+def first_of_each(items: Iterable[T], slug: Callable[[T], str], what: str,
+                  reader: str) -> list[T]:
+    """``items`` with one item a slug: the first stays, a repeat is logged (by
+    ``reader``: discovery, skills) and left out."""
     out: dict[str, T] = {}
     for item in items:
         if slug(item) in out:
-            log.warning("two %s share the slug %r; keeping the first", what, slug(item))
+            log.warning("%s: two %s share the slug %r; keeping the first", reader, what,
+                        slug(item))
         else:
             out[slug(item)] = item
     return list(out.values())

@@ -823,6 +823,72 @@ def test_a_failing_discovery_listing_is_retried_then_stops_the_run(tmp_path: Pat
             assert fake.requests_for("cold-call") == []
 
 
+def test_failures_of_two_listings_count_apart(tmp_path: Path, key_env: None) -> None:
+    """The stop rule is per list: the scenario list and the group list each failing
+    twice (then answering) is not four failures of one listing; the run finishes."""
+    from fakeapi import FakeExecAPI, summary_body
+
+    clock = FakeClock(time.time())
+
+    def sleep(seconds: float) -> bool:
+        clock.advance(seconds)
+        return False
+
+    with FakeExecAPI(DEMO_API_KEY) as fake:
+        fake.set_scenarios([{"id": "u1", "slug": "cold-call", "name": "Cold call"}])
+        fake.set_groups([{"id": "g1", "name": "Sales"}])
+        fake.set_summary("cold-call", summary_body())
+        fake.set_list_fault("scenarios", "500", times=2)
+        fake.set_list_fault("groups", "500", times=2)
+        config = write_config(tmp_path / "c.yaml", fake.base_url)
+        raw = yaml.safe_load(config.read_text())
+        raw["scenarios"] = []
+        raw["discovery"] = {"scenarios": {}, "group_cohorts": {"include": ["Sales"]}}
+        config.write_text(yaml.safe_dump(raw))
+        args = cli.build_parser().parse_args([
+            "backfill", f"--config.file={config}", "--since=1d",
+            f"--until={midnight(1)}", f"--output={tmp_path / 'h.om'}"])
+        out, err = io.StringIO(), io.StringIO()
+        code = backfill.main(args, now=clock.time, out=out, err=err, sleep=sleep)
+        assert code == 0, err.getvalue()
+        assert len(fake.list_requests("scenarios")) == len(fake.list_requests("groups")) == 3
+        assert fake.requests_for("cold-call")
+
+
+def test_a_journal_that_cannot_be_written_stops_the_run(tmp_path: Path, key_env: None,
+                                                       monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    """A send the journal cannot record is not sent: the run stops at once with the
+    journal's error (a full disk), not after four 'failed' tries of every request, each
+    claiming quota."""
+    from fakeapi import FakeExecAPI, summary_body
+
+    from exporter.backfill import journal as journal_module
+
+    def full(self: Any, at: float) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module.Journal, "add_sent", full)
+    clock = FakeClock(time.time())
+
+    def sleep(seconds: float) -> bool:
+        clock.advance(seconds)
+        return False
+
+    with FakeExecAPI(DEMO_API_KEY) as fake:
+        fake.set_summary("cold-call", summary_body())
+        config = write_config(tmp_path / "c.yaml", fake.base_url)
+        args = cli.build_parser().parse_args([
+            "backfill", f"--config.file={config}", "--since=1d",
+            f"--until={midnight(1)}", f"--output={tmp_path / 'h.om'}"])
+        out, err = io.StringIO(), io.StringIO()
+        code = backfill.main(args, now=clock.time, out=out, err=err, sleep=sleep)
+        assert code == 1
+        assert "cannot write the journal" in err.getvalue()
+        assert "No space left on device" in err.getvalue()
+        assert fake.requests == [], "nothing is sent that the journal could not record"
+
+
 # --- derived cohorts: one participants pull per scenario, date range and instant -------
 
 SCENARIOS = ("discovery-call-it-director", "renewal-negotiation")

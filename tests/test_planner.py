@@ -977,3 +977,26 @@ def test_the_daemon_caps_cross_checks_by_the_day_budget_left_after_the_listings(
         assert f"about {checks:.0f}/day" in describe_plan(settings, None)
     finally:
         rig.close()
+
+
+def test_a_reload_during_a_member_list_backoff_saves_strict_json() -> None:
+    """A reload asks every member list again now; a list backing off then is saved
+    with a time strict JSON readers accept (it was -Infinity, which jq refuses)."""
+    import json
+    import threading
+
+    from exporter.client import UpstreamError
+    from exporter.config import PlannerConfig
+    from exporter.members import MemberLists
+
+    def strict(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    lists = MemberLists(PlannerConfig(), threading.RLock(), lambda: None)
+    job = lists.due(["g1"], 1000.0)
+    assert job is not None
+    job.fail(UpstreamError("HTTP 502", 502), 1000.0)
+    lists.configure(PlannerConfig(), reread=True)
+    saved = json.loads(json.dumps(lists.state()), parse_constant=strict)
+    assert saved["member_retries"]["g1"]["failures"] == 1
+    assert lists.due(["g1"], 1000.0) is not None  # still read again at once

@@ -54,7 +54,7 @@ def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tup
         discovery = Discovery(settings, lists)
 
         def settled() -> bool:
-            if sender.failures >= TRANSIENT_TRIES or sender.last_failure in PERSISTENT_REASONS:
+            if discovery.failures >= TRANSIENT_TRIES or sender.last_failure in PERSISTENT_REASONS:
                 raise WorkspaceError("discovery: " + "; ".join(
                     f"reading {kind} failed: {error}" for kind, error in discovery.errors.items()))
             return not discovery.errors and discovery.next_due() > sender.now()
@@ -213,6 +213,11 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
             print(f"stopped: {len(results) + len(pages)} requests done and kept in "
                   f"{journal.path}; run the same command again to resume", file=err)
             return 0
+        except OSError as exc:
+            progress.close()
+            print(f"error: cannot write the journal {journal.path} ({exc}); the requests "
+                  "written before are kept in it", file=err)
+            return 1
         except WorkspaceError as exc:
             progress.close()
             print(f"error: the API refused the key or the workspace ({exc}); finished "

@@ -112,6 +112,7 @@ class Sender:
         self.failures = 0  # of the job source being driven, 429 and 401/403 aside
         self.last_failure: str | None = None
         self._refused: ApiError | None = None
+        self._unwritable: OSError | None = None  # the journal's write failed: stop
         self._source: JobSource | None = None
         self._claimed = 0.0
         # This run's requests (and a stopped run's, from the journal): the rest of the
@@ -160,7 +161,11 @@ class Sender:
         def fetch(client: ExecClient, at: float) -> Any:
             self._claimed = at  # the time the scheduler just claimed in the ledger
             self._own.add(round(at, 3))
-            self.count_send()
+            try:
+                self.count_send()
+            except OSError as error:  # the journal cannot be written: nothing is sent
+                self._unwritable = error
+                raise
             return job.fetch(client, at)
 
         def fail(error: ApiError, at: float) -> None:
@@ -209,6 +214,8 @@ class Sender:
                 raise WorkspaceError(f"{self._refused.reason}: {self._refused}")
             self.scheduler.leave = self.sharing(self.now())
             wake = self.poller.step()
+            if self._unwritable is not None:
+                raise self._unwritable
             now = self.now()
             if wake > now and self._refused is None and not settled():
                 if self.on_wait is not None:
