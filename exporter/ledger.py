@@ -66,10 +66,9 @@ class LedgerFile:
         True when what was read so far no longer describes the file."""
         if self._fd is None:
             return True
-        try:
-            same = os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
-        except FileNotFoundError:
-            same = False
+        # A compaction renames a new file over this one and a removal unlinks it: either
+        # way the inode held has no name left. One fstat, no path lookup per scrape.
+        same = os.fstat(self._fd).st_nlink > 0
         if not same:
             self.close()
         return not same

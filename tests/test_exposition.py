@@ -9,6 +9,7 @@ staleness expiry on a fake clock.
 from __future__ import annotations
 
 import gzip
+import os
 import threading
 import zlib
 from collections.abc import Iterator
@@ -391,3 +392,23 @@ def test_pre_rendered_families_with_percent_signs_match_prometheus_client(
     assert rendered.render(values, openmetrics) == expected
     with pytest.raises(ValueError, match="2 values for 3 samples"):
         rendered.render(values[:2], openmetrics)
+
+
+def test_the_descriptor_count_follows_descriptors_opened_and_closed() -> None:
+    """On this kernel the count is the size of /proc/self/fd (one fstat); it moves with
+    every descriptor as a listing would."""
+    metrics = ProcessMetrics()
+    before = metrics.values()
+    assert before is not None
+    opened = [os.open(os.devnull, os.O_RDONLY) for _ in range(5)]
+    try:
+        during = metrics.values()
+        # Other threads of the test run may open or close one meanwhile.
+        assert during is not None and abs(during[4] - (before[4] + 5)) <= 1
+        listed = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own
+        assert abs(during[4] - listed) <= 1
+    finally:
+        for fd in opened:
+            os.close(fd)
+    after = metrics.values()
+    assert after is not None and abs(after[4] - before[4]) <= 1

@@ -171,3 +171,16 @@ def test_the_daemon_sends_nothing_when_another_process_took_the_slot_since_it_de
     assert scheduler.sent("t", NOW) is False  # the request must not go out
     assert scheduler.times("t").last_attempt is None
     assert scheduler.decide(NOW).wake_at == NOW + MINUTE + GRACE
+
+
+def test_a_removed_ledger_is_noticed_and_written_again(tmp_path: Path) -> None:
+    """Replacement and removal are both seen through the descriptor held (its inode
+    has no name left): a claim after someone removed the file writes a new one."""
+    path = tmp_path / "l"
+    budget = Budget(60, 100, shared=LedgerFile(path))
+    assert budget.claim(NOW)
+    path.unlink()
+    assert budget.claim(NOW + 1)
+    assert path.exists() and lines(path)[-1] == f"{NOW + 1:.3f}"
+    other = Budget(60, 100, shared=LedgerFile(path))
+    assert NOW + 1 in other.ledger(NOW + 2)
