@@ -15,7 +15,7 @@ from ..planner import cohort_filter
 from ..targets import Target, TargetKey
 from .journal import MEMBERS, PARTICIPANTS, SUMMARY, request_key
 from .plan import PullGroup, as_of_query
-from .sender import Fetcher, Unreadable
+from .sender import Sender, Unreadable
 from .window import iso
 
 log = logging.getLogger(__name__)
@@ -26,10 +26,10 @@ class Derivation:
     proven at the newest instant against its summary (:func:`exporter.aggregate.compare`)
     and derived at the other instants only if reproduced; else summaries throughout."""
 
-    def __init__(self, groups: Sequence[PullGroup], fetcher: Fetcher,
+    def __init__(self, groups: Sequence[PullGroup], sender: Sender,
                  settings: PlannerConfig) -> None:
         self.groups = [g for g in groups if g.source == PARTICIPANTS]
-        self.fetcher = fetcher
+        self.sender = sender
         self.settings = settings
         self.precision = Precision()
         self.members: dict[str, frozenset[str]] = {}
@@ -49,10 +49,10 @@ class Derivation:
             for target in grp.targets:
                 query = as_of_query(target.cohort, newest)
                 assert query is not None
-                outcome = self.fetcher.summary(request_key(target.scenario, query))
-                if outcome is not None and outcome.summary is not None:
-                    proofs[target.key] = outcome.summary
-                    self.precision.observe(outcome.summary)
+                outcome = self.sender.fetch(request_key(target.scenario, query))
+                if outcome is not None and outcome.answer is not None:
+                    proofs[target.key] = outcome.answer
+                    self.precision.observe(outcome.answer)
         for grp in self.groups:
             self._prove(grp, proofs)
             self._derive_past(grp)
@@ -61,7 +61,7 @@ class Derivation:
         read: PagedRead[Member] = PagedRead(f"members of group {group_id}",
                                             key=lambda member: member.user_id)
         try:
-            for page in self.fetcher.read_list(MEMBERS, group_id, {"group_ids": group_id}, read):
+            for page in self.sender.read_list(MEMBERS, group_id, {"group_ids": group_id}, read):
                 if read.page == 1 and not self._still_cheaper(group_id, pages_of(page)):
                     return
         except Unreadable as exc:
@@ -94,7 +94,7 @@ class Derivation:
         read: PagedRead[ParticipantRow] = PagedRead(
             f"participants of {grp.scenario} as of {as_of}", key=lambda row: row.user_id)
         try:
-            for page in self.fetcher.read_list(PARTICIPANTS, grp.scenario, query, read):
+            for page in self.sender.read_list(PARTICIPANTS, grp.scenario, query, read):
                 if read.page > 1:
                     continue
                 grp.pages = pages_of(page)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..budget import DAY, Budget
 from ..config import CohortConfig, PlannerConfig, format_duration
@@ -13,16 +14,7 @@ from ..paged import page_query
 from ..plan import DatesKey, choose, describe_dates, pages_for, pages_of, pull_groups
 from ..planner import pinned_query, pull_query
 from ..targets import Target
-from .journal import (
-    MEMBERS,
-    PARTICIPANTS,
-    SUMMARY,
-    PageKey,
-    PageOutcome,
-    RequestKey,
-    page_key,
-    request_key,
-)
+from .journal import MEMBERS, PARTICIPANTS, SUMMARY, Outcome, RequestKey, request_key
 from .window import Window, iso
 
 
@@ -153,14 +145,6 @@ def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
     return "\n".join(lines)
 
 
-def pull_dates(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
-    """The participants query (dates only) of ``cohort``'s pull as of ``instant``, or None
-    before its ``start_date``."""
-    if as_of_query(cohort, instant) is None:
-        return None
-    return pull_query(cohort, float(instant))
-
-
 @dataclass
 class PullGroup:
     """One scenario and date range, its distinct pulls (newest first) and both ways' costs."""
@@ -198,9 +182,8 @@ class PullGroup:
         return f"scenario={self.scenario} {describe_dates(self.dates)} ({names})"
 
 
-def plan_pulls(plan: Plan, settings: PlannerConfig,
-               known_pages: Mapping[PageKey, PageOutcome] | None = None,
-               member_counts: Mapping[str, int] | None = None) -> list[PullGroup]:
+def plan_pulls(plan: Plan, settings: PlannerConfig, known: Mapping[RequestKey, Outcome[Any]],
+               member_counts: Mapping[str, int]) -> list[PullGroup]:
     """Per scenario and date range, both costs over the run and the cheaper way: the
     proofs, one pull per distinct date range (pages known from the journal, else 1) and
     the member lists no earlier group reads, against the summaries; a tie or a single
@@ -212,21 +195,20 @@ def plan_pulls(plan: Plan, settings: PlannerConfig,
         points = [p for p in plan.points if p.target.key in keys]
         by_dates: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], list[int]]] = {}
         for instant in reversed(plan.window.instants):
-            query = pull_dates(members[0].cohort, instant)
-            if query is not None:
+            if as_of_query(members[0].cohort, instant) is not None:
+                query = pull_query(members[0].cohort, float(instant))
                 by_dates.setdefault(tuple(sorted(query.items())), (query, []))[1].append(instant)
         pulls = list(by_dates.values())
         newest = pulls[0][1][0] if pulls else None
         group = PullGroup(scenario, dates, list(members), pulls,
                           summary_cost=len({p.request for p in points}),
                           proofs=len({p.request for p in points if p.instant == newest}))
-        if pulls and known_pages:
-            first = known_pages.get(page_key(PARTICIPANTS, scenario, page_query(pulls[0][0], 1)))
-            if first is not None and first.page is not None:
-                group.pages = pages_of(first.page)
+        if pulls:
+            first = request_key(scenario, page_query(pulls[0][0], 1), PARTICIPANTS)
+            group.pages = _journaled_pages(known, first) or 1
         needs = dict.fromkeys(g for t in members for g in t.cohort.group_ids)
         group.members = tuple(g for g in needs if g not in charged)
-        group.member_pages = {g: member_pages(g, known_pages, member_counts)
+        group.member_pages = {g: member_pages(g, known, member_counts)
                               for g in group.members}
         if (settings.mode == "auto" and pulls
                 and choose(len(members), len(members), group.pages) == PARTICIPANTS
@@ -239,14 +221,16 @@ def plan_pulls(plan: Plan, settings: PlannerConfig,
     return groups
 
 
-def member_pages(group_id: str, known_pages: Mapping[PageKey, PageOutcome] | None,
-                 member_counts: Mapping[str, int] | None) -> int:
+def member_pages(group_id: str, known: Mapping[RequestKey, Outcome[Any]],
+                 member_counts: Mapping[str, int]) -> int:
     """Pages of ``group_id``'s member list: from the journal, else the daemon's saved list,
     else 1."""
-    members = page_query({"group_ids": group_id}, 1)
-    first = (known_pages or {}).get(page_key(MEMBERS, group_id, members))
-    if first is not None and first.page is not None:
-        return pages_of(first.page)
-    count = (member_counts or {}).get(group_id)
-    return pages_for(count) if count else 1
+    first = request_key(group_id, page_query({"group_ids": group_id}, 1), MEMBERS)
+    count = member_counts.get(group_id)
+    return _journaled_pages(known, first) or (pages_for(count) if count else 1)
 
+
+def _journaled_pages(known: Mapping[RequestKey, Outcome[Any]], first: RequestKey) -> int | None:
+    """Pages of a list whose ``first`` page the journal holds."""
+    outcome = known.get(first)
+    return pages_of(outcome.answer) if outcome is not None and outcome.answer else None

@@ -26,10 +26,9 @@ from ..targets import Target, select_targets
 from .derive import Derivation
 from .journal import (
     JOURNAL_VERSION,
+    SUMMARY,
     Journal,
     Outcome,
-    PageKey,
-    PageOutcome,
     RequestKey,
     base_fingerprint,
     fingerprint,
@@ -37,7 +36,7 @@ from .journal import (
 from .openmetrics import render, write_atomically
 from .plan import describe, estimate_seconds, make_plan, plan_pulls
 from .progress import Progress
-from .sender import TRANSIENT_TRIES, Fetcher, Sender, StopFlag, Stopped, WorkspaceError
+from .sender import TRANSIENT_TRIES, Sender, StopFlag, Stopped, WorkspaceError
 from .window import HEAD_RANGE, UsageError, Window, iso, parse_window
 
 log = logging.getLogger(__name__)
@@ -143,7 +142,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return 2
-    config, key, window, output, journal, header, done, pages, own, state, labels = prepared
+    config, key, window, output, journal, header, done, own, state, labels = prepared
 
     client = ExecClient(config.api.base_url, key, config.api.timeout)
     rate = config.api.rate_limit
@@ -158,7 +157,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
     sender = Sender(client, budget, now=now, sleep=sleep, own=own)
     # The journal opens before any request (discovery included), so every send is in it.
     journal.start(header, fresh=not journal.path.exists())
-    sender.on_send = journal.add_sent
+    sender.journal, sender.done = journal, done
     stop_handlers = _install_signals(sender.stop)
     try:
         try:
@@ -174,15 +173,15 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
             sender.share_with(*daemon_share(targets, config))
         plan = make_plan(targets, window)
         settings = config.planner
-        groups = (plan_pulls(plan, settings, pages, _member_counts(saved))
+        groups = (plan_pulls(plan, settings, done, _member_counts(saved))
                   if settings.mode == "auto" else None)
         wanted = set(plan.requests)
-        results = {k: v for k, v in done.items() if k in wanted}
+        summaries = sum(1 for k in done if k in wanted)
         if groups is None:
-            total, finished = len(plan.requests), len(results)
+            total, finished = len(plan.requests), summaries
         else:  # an estimate until the pulls say how many pages they have
             total = sum(g.cost for g in groups)
-            finished = min(total, len(results) + len(pages))
+            finished = min(total, summaries + sum(1 for k in done if k[0] != SUMMARY))
         print(describe(plan, total - finished, sender.budget, now(), listing,
                        daemon_spent, groups, sender.sharing(now())), file=out, flush=True)
         if labels:
@@ -193,9 +192,8 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
                   "adds when scraping (see docs/backfill.md)", file=out, flush=True)
         progress = Progress(total, finished, err,
                             lambda n: estimate_seconds(n, sender.budget, now(), sender.leave))
-        sender.on_wait = progress.waiting
-        fetcher = Fetcher(sender, journal, results, pages, on_sent=progress.advance)
-        derivation = Derivation(groups or [], fetcher, settings)
+        sender.on_wait, sender.on_answer = progress.waiting, progress.advance
+        derivation = Derivation(groups or [], sender, settings)
         failed = 0
         try:
             derivation.run()
@@ -204,13 +202,14 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
             derived = derivation.values
             needed = list(dict.fromkeys(p.request for p in plan.points
                                         if (p.target.key, p.instant) not in derived))
-            progress.set_total(progress.done + sum(1 for k in needed if k not in results))
+            progress.set_total(progress.done + sum(1 for k in needed if k not in done))
             for request in needed:
-                if fetcher.summary(request) is None:
+                if sender.fetch(request) is None:
                     failed += 1
         except Stopped:
             progress.close()
-            print(f"stopped: {len(results) + len(pages)} requests done and kept in "
+            kept = sum(1 for k in done if k in wanted or k[0] != SUMMARY)
+            print(f"stopped: {kept} requests done and kept in "
                   f"{journal.path}; run the same command again to resume", file=err)
             return 0
         except OSError as exc:
@@ -233,10 +232,10 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
         print(f"error: {failed} requests kept failing (see the log); {output} not written. "
               "Run the same command again to retry them", file=err)
         return 1
-    data = render(plan, results, labels, derived)
+    data = render(plan, done, labels, derived)
     write_atomically(output, data)
     samples = sum(1 for line in data.splitlines() if line and not line.startswith(b"#"))
-    refused = sum(1 for k in needed if results[k].error)
+    refused = sum(1 for k in needed if done[k].error)
     print(f"wrote {output}: {samples} samples from {iso(window.until - window.since)} to "
           f"{iso(window.until)}; {sender.sent_count} requests sent this run"
           + (f"; {refused} requests refused by the API (no value for those points)"
@@ -252,8 +251,8 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
 
 
 def _prepare(args: argparse.Namespace, now: float) -> tuple[
-        Config, str, Window, Path, Journal, dict[str, Any], dict[RequestKey, Outcome],
-        dict[PageKey, PageOutcome], list[float], StateFile | None, dict[str, str]]:
+        Config, str, Window, Path, Journal, dict[str, Any], dict[RequestKey, Outcome[Any]],
+        list[float], StateFile | None, dict[str, str]]:
     """Every check that must pass before a request is sent; raise UsageError/ConfigError."""
     output = _check_output(args.output)
     labels = parse_labels(args.labels)
@@ -266,7 +265,7 @@ def _prepare(args: argparse.Namespace, now: float) -> tuple[
                            "api.api_key_file in the configuration"])
     logs.add_secret(key.value)
     journal = Journal(output.with_name(output.name + ".journal"))
-    previous, done, pages, own = journal.read()
+    previous, done, own = journal.read()
     # Check the flags first (their errors say more), then whether a previous run is resumed.
     window = parse_window(args.since, args.until, args.step, now)
     resumed = None
@@ -291,7 +290,7 @@ def _prepare(args: argparse.Namespace, now: float) -> tuple[
         log.warning("--until is within the last 3 hours: Prometheus's head block may "
                     "already hold that range; see docs/backfill.md")
     state = StateFile(args.state_file) if args.state_file else None
-    return config, key.value, window, output, journal, header, done, pages, own, state, labels
+    return config, key.value, window, output, journal, header, done, own, state, labels
 
 
 def _install_signals(stop: StopFlag) -> dict[int, Any]:

@@ -23,14 +23,12 @@ from ..client import (
 from ..jobs import Job, JobSource, Running
 from ..paged import ListChanged, PagedRead
 from ..scheduler import Poller, Scheduler
-from .journal import PARTICIPANTS, Journal, Outcome, PageKey, PageOutcome, RequestKey, page_key
+from .journal import MEMBERS, PARTICIPANTS, SUMMARY, Journal, Outcome, RequestKey, request_key
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_TRIES = 4  # timeouts, 5xx, invalid bodies: tries per request before giving up
 T = TypeVar("T")
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 class StopFlag:
@@ -88,25 +86,25 @@ class _Clock:
 class Sender:
     """Runs the backfill's requests as jobs of the daemon's Scheduler and Poller: the
     same budget (with ``--state.file`` the workspace's ledger), ledger claim, 429 pause
-    and backoff of a failed job. Each job it runs (the request being sent, discovery's
-    pages) is wrapped to count and journal its send and to stop the run on a 401/403.
-    Waits last at most :attr:`WAKE`, so a stop and the shared ledger are rechecked."""
+    and backoff of a failed job. Each job it runs (a request, discovery's pages) is
+    wrapped to count and journal its send and to stop the run on a 401/403. Waits last
+    at most :attr:`WAKE`, so a stop and the shared ledger are rechecked."""
 
     WAKE = 5.0
 
     def __init__(self, client: ExecClient, budget: Budget,
                  now: Callable[[], float] = time.time,
                  sleep: Callable[[float], bool] | None = None,
-                 on_wait: Callable[[float], None] | None = None,
-                 on_send: Callable[[float], None] | None = None,
                  own: Iterable[float] = ()) -> None:
         self.client = client
         self.budget = budget
         self.now = now
         self.stop = StopFlag()
         self.sleep = sleep or self.stop.wait
-        self.on_wait = on_wait
-        self.on_send = on_send
+        self.journal: Journal | None = None  # where each send and answer is recorded
+        self.done: dict[RequestKey, Outcome[Any]] = {}  # finished requests, a run's before
+        self.on_wait: Callable[[float], None] | None = None
+        self.on_answer: Callable[[], None] | None = None
         self.sent_count = 0
         self.rate_limited = 0
         self.failures = 0  # of the job source being driven, 429 and 401/403 aside
@@ -195,8 +193,8 @@ class Sender:
     def count_send(self) -> None:
         """The request just claimed is about to be sent: count it (and journal it)."""
         self.sent_count += 1
-        if self.on_send is not None:
-            self.on_send(self._claimed)
+        if self.journal is not None:
+            self.journal.add_sent(self._claimed)
 
     # --- driving ---------------------------------------------------------------------
 
@@ -223,82 +221,54 @@ class Sender:
                 if self.sleep(min(wake - now, self.WAKE)):
                     raise Stopped
 
-    def fetch(self, key: RequestKey) -> Outcome | None:
-        """The outcome of one request; None when it kept failing (try again next run)."""
-        scenario, params = key
-        sent = self._send(key, lambda client: client.summary(scenario, dict(params)),
-                          f"{scenario} {dict(params).get('end_date')}", "no value for this point")
-        return None if sent is None else Outcome(*sent)
+    def fetch(self, key: RequestKey) -> Outcome[Any] | None:
+        """The outcome of one request: from :attr:`done` when a run finished it, else
+        sent and journaled at once (so over reruns each is sent once); None when it kept
+        failing (try again next run)."""
+        if key in self.done:
+            return self.done[key]
+        outcome = self._send(key)
+        if outcome is not None:
+            if self.journal is not None:
+                self.journal.add(key, outcome)
+            self.done[key] = outcome
+            if self.on_answer is not None:
+                self.on_answer()
+        return outcome
 
-    def fetch_page(self, key: PageKey) -> PageOutcome | None:
-        """The outcome of one list page request (a participants page or a member list
-        page); None when it kept failing."""
+    def _send(self, key: RequestKey) -> Outcome[Any] | None:
+        """Its answer, or the reason the API refused it for good (404, 400); None when it
+        failed :data:`TRANSIENT_TRIES` times, backed off as any job."""
         kind, subject, params = key
         query = dict(params)
-        pull = kind == PARTICIPANTS
-        what = (f"participants of {subject} {query.get('end_date')}" if pull
-                else f"members of group {subject}")
-        sent = self._send(key, lambda client: (client.participants(subject, query) if pull
-                                          else client.members(query)),
-                          f"{what} page {query['page']}", "its cohorts use summary requests")
-        return None if sent is None else PageOutcome(*sent)
-
-    def _send(self, key: RequestKey | PageKey, call: Callable[[ExecClient], Any], what: str,
-              refused: str) -> tuple[Any, str | None] | None:
-        """(answer, None), or (None, reason) when the API refused it for good (404, 400);
-        None when it failed :data:`TRANSIENT_TRIES` times, backed off as any job."""
-        settled: list[tuple[Any, str | None] | None] = []
+        calls: dict[str, Callable[[ExecClient], Any]] = {
+            SUMMARY: lambda client: client.summary(subject, query),
+            PARTICIPANTS: lambda client: client.participants(subject, query),
+            MEMBERS: lambda client: client.members(query)}
+        if kind == SUMMARY:
+            what, refused = f"{subject} {query.get('end_date')}", "no value for this point"
+        else:
+            what = (f"participants of {subject} {query.get('end_date')}" if kind == PARTICIPANTS
+                    else f"members of group {subject}") + f" page {query['page']}"
+            refused = "its cohorts use summary requests"
+        settled: list[Outcome[Any] | None] = []
 
         def fail(error: ApiError, at: float) -> None:
             if error.reason in PAUSE_REASONS:
                 return  # not this request's fault: the scheduler pauses, or the run stops
             if error.reason in PERSISTENT_REASONS:  # a scenario missing stays so
                 log.warning("%s: %s; %s", what, error, refused)
-                settled.append((None, error.reason))
+                settled.append(Outcome(None, error.reason))
                 return
             log.warning("%s: %s (try %d of %d)", what, error, self.failures, TRANSIENT_TRIES)
             if self.failures >= TRANSIENT_TRIES:
                 settled.append(None)
 
+        call = calls[kind]
         self.drive(lambda: bool(settled), jobs=(Job(
             "backfill", key, lambda client, at: call(client),
-            lambda answer, at: settled.append((answer, None)), fail, label=what),))
+            lambda answer, at: settled.append(Outcome(answer)), fail, label=what),))
         return settled[0]
-
-
-class Fetcher:
-    """Answers each request from the journal when a run finished it, else sends it and
-    journals the answer at once: over reruns every request is sent once and the choices
-    made from the answers come out the same."""
-
-    def __init__(self, sender: Sender, journal: Journal, done: dict[RequestKey, Outcome],
-                 pages: dict[PageKey, PageOutcome],
-                 on_sent: Callable[[], None] | None = None) -> None:
-        self.sender = sender
-        self.journal = journal
-        self.done = done
-        self.pages = pages
-        self.on_sent = on_sent
-
-    def summary(self, key: RequestKey) -> Outcome | None:
-        """The outcome of a summary request; None when it kept failing this run."""
-        return self._answer(key, self.done, self.sender.fetch, self.journal.add)
-
-    def page(self, key: PageKey) -> PageOutcome | None:
-        """The outcome of a list page request; None when it kept failing this run."""
-        return self._answer(key, self.pages, self.sender.fetch_page, self.journal.add_page)
-
-    def _answer(self, key: K, known: dict[K, V], fetch: Callable[[K], V | None],
-                record: Callable[[K, V], None]) -> V | None:
-        if key in known:
-            return known[key]
-        outcome = fetch(key)
-        if outcome is not None:
-            record(key, outcome)
-            known[key] = outcome
-            if self.on_sent is not None:
-                self.on_sent()
-        return outcome
 
     def read_list(self, kind: str, subject: str, filters: Mapping[str, str],
                   read: PagedRead[T]) -> Iterator[Page[T]]:
@@ -306,12 +276,12 @@ class Fetcher:
         checks), each yielded before ``read`` takes it so the caller may stop after any
         page. Raises :class:`Unreadable`."""
         while True:
-            outcome = self.page(page_key(kind, subject, read.query(filters)))
-            if outcome is None or outcome.page is None:
+            outcome = self.fetch(request_key(subject, read.query(filters), kind))
+            if outcome is None or outcome.answer is None:
                 raise Unreadable(outcome.error if outcome is not None else "kept failing")
-            yield outcome.page
+            yield outcome.answer
             try:
-                if read.take(outcome.page, raw=False):
+                if read.take(outcome.answer, raw=False):
                     return
             except ListChanged as exc:
                 raise Unreadable(str(exc)) from None
