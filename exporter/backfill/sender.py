@@ -121,6 +121,7 @@ class Sender:
         self.scheduler = Scheduler(budget, DAY)
         self._running = self._run_with(())
         self.poller = Poller(self.scheduler, lambda: self._running, self, _Clock(now))
+        self.poller.probes = False  # a 401/403 ends the run (WorkspaceError)
 
     def share_with(self, minute: int, day: int) -> None:
         """Leave ``minute`` and ``day`` requests of every window (at most half of each)

@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from ..budget import DAY
-from ..config import parse_duration
+from ..config import parse_datetime, parse_duration
 
 MIN_STEP = 3600  # finer steps cost a request per target per step for little insight
 HEAD_RANGE = 3 * 3600  # Prometheus's head block: backfilling it is not safe (docs/storage.md)
@@ -39,13 +39,10 @@ def parse_time(text: str, now: float) -> int:
     with contextlib.suppress(ValueError):
         return int(float(value))
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return int(parse_datetime(value).timestamp())
     except ValueError:
         raise UsageError(f"--until: {text!r} is not 'now', unix seconds or an ISO 8601 "
                          "date-time such as 2026-11-30T00:00:00Z") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return int(parsed.timestamp())
 
 
 def default_until(step: int, now: float) -> int:
