@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 
 from ..aggregate import Precision, aggregate, compare
 from ..client import Member, ParticipantRow, Summary
-from ..config import PlannerConfig
 from ..paged import PagedRead
 from ..plan import choose, pages_of
 from ..planner import cohort_filter
@@ -26,11 +25,10 @@ class Derivation:
     proven at the newest instant against its summary (:func:`exporter.aggregate.compare`)
     and derived at the other instants only if reproduced; else summaries throughout."""
 
-    def __init__(self, groups: Sequence[PullGroup], sender: Sender,
-                 settings: PlannerConfig) -> None:
+    def __init__(self, groups: Sequence[PullGroup], sender: Sender, tolerance: float) -> None:
         self.groups = [g for g in groups if g.source == PARTICIPANTS]
         self.sender = sender
-        self.settings = settings
+        self.tolerance = tolerance
         self.precision = Precision()
         self.members: dict[str, frozenset[str]] = {}
         self.proven: set[TargetKey] = set()
@@ -127,7 +125,7 @@ class Derivation:
         newest = grp.pulls[0][1][0]
         for target in candidates:
             result = compare(self._derive(target, rows), proofs[target.key],
-                             self.settings.tolerance)
+                             self.tolerance)
             scenario, cohort = target.key
             if result.match:
                 self.proven.add(target.key)

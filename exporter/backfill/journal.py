@@ -51,11 +51,6 @@ def fingerprint(config: Config, window: Window) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def base_fingerprint(config: Config, since: int, step: int) -> str:
-    """The fingerprint without ``until``: a rerun without ``--until`` resumes its run."""
-    return fingerprint(config, Window(since, 0, step))
-
-
 @dataclass
 class Outcome(Generic[A]):
     """A finished request: its answer (a Summary, a list's Page), or the reason the API

@@ -1,5 +1,5 @@
-"""Sending a backfill's requests as jobs of the daemon's scheduler, and answering them
-from the journal first."""
+"""Sending a backfill's requests as jobs of the daemon's scheduler, answering them from
+the journal first."""
 
 from __future__ import annotations
 
@@ -32,12 +32,8 @@ T = TypeVar("T")
 
 
 class StopFlag:
-    """Set by the SIGINT/SIGTERM handler, polled by the waits.
-
-    A plain attribute rather than a ``threading.Event``: the handler runs on the main
-    thread between two bytecodes, possibly inside ``Event.wait()``'s lock, where
-    ``Event.set()`` would deadlock.
-    """
+    """Set by the SIGINT/SIGTERM handler, polled by the waits: a plain attribute, as
+    ``threading.Event.set()`` in a handler may deadlock inside ``Event.wait()``'s lock."""
 
     POLL = 0.2  # how soon a wait notices a stop
 
@@ -47,10 +43,6 @@ class StopFlag:
     def set(self) -> None:
         """Ask every wait to end (safe inside a signal handler)."""
         self.stopped = True
-
-    def is_set(self) -> bool:
-        """Whether a stop was asked for."""
-        return self.stopped
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True as soon as a stop is asked for."""
@@ -75,20 +67,11 @@ class Unreadable(Exception):
     """A list not read whole: a page refused or failing, or the pages disagree."""
 
 
-class _Clock:
-    def __init__(self, now: Callable[[], float]) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now()
-
-
 class Sender:
-    """Runs the backfill's requests as jobs of the daemon's Scheduler and Poller: the
-    same budget (with ``--state.file`` the workspace's ledger), ledger claim, 429 pause
-    and backoff of a failed job. Each job it runs (a request, discovery's pages) is
-    wrapped to count and journal its send and to stop the run on a 401/403. Waits last
-    at most :attr:`WAKE`, so a stop and the shared ledger are rechecked."""
+    """Runs the backfill's requests as jobs of the daemon's Scheduler and Poller (their
+    budget, ledger, 429 pause and backoff), each wrapped to count and journal its send
+    and to stop the run on a 401/403; it is the poller's job source, outcomes and clock.
+    Waits last at most :attr:`WAKE`, so a stop and the shared ledger are rechecked."""
 
     WAKE = 5.0
 
@@ -120,7 +103,7 @@ class Sender:
         self.leave = (0, 0)
         self.scheduler = Scheduler(budget, DAY)
         self._running = self._run_with(())
-        self.poller = Poller(self.scheduler, lambda: self._running, self, _Clock(now))
+        self.poller = Poller(self.scheduler, lambda: self._running, self, self)
         self.poller.probes = False  # a 401/403 ends the run (WorkspaceError)
 
     def share_with(self, minute: int, day: int) -> None:
@@ -140,7 +123,11 @@ class Sender:
                      "requests a minute and %d a day", *self.leave)
         return self.leave
 
-    # --- the poller's job source and outcomes ----------------------------------------
+    # --- the poller's job source, outcomes and clock ---------------------------------
+
+    def time(self) -> float:
+        """The run's clock."""
+        return self.now()
 
     def _run_with(self, jobs: tuple[Job, ...]) -> Running:
         # A request is never refreshed (a day's interval: only the minute budget paces a
@@ -207,7 +194,7 @@ class Sender:
         self._source, self.failures, self.last_failure = source, 0, None
         self._running = self._run_with(jobs)
         while not settled():
-            if self.stop.is_set():
+            if self.stop.stopped:
                 raise Stopped
             if self._refused is not None:
                 raise WorkspaceError(f"{self._refused.reason}: {self._refused}")
@@ -242,16 +229,18 @@ class Sender:
         failed :data:`TRANSIENT_TRIES` times, backed off as any job."""
         kind, subject, params = key
         query = dict(params)
-        calls: dict[str, Callable[[ExecClient], Any]] = {
-            SUMMARY: lambda client: client.summary(subject, query),
-            PARTICIPANTS: lambda client: client.participants(subject, query),
-            MEMBERS: lambda client: client.members(query)}
-        if kind == SUMMARY:
-            what, refused = f"{subject} {query.get('end_date')}", "no value for this point"
-        else:
-            what = (f"participants of {subject} {query.get('end_date')}" if kind == PARTICIPANTS
-                    else f"members of group {subject}") + f" page {query['page']}"
-            refused = "its cohorts use summary requests"
+        what = {SUMMARY: f"{subject} {query.get('end_date')}",
+                PARTICIPANTS: f"participants of {subject} {query.get('end_date')} page "
+                              f"{query.get('page')}",
+                MEMBERS: f"members of group {subject} page {query.get('page')}"}[kind]
+        refused = ("no value for this point" if kind == SUMMARY
+                   else "its cohorts use summary requests")
+
+        def call(client: ExecClient, at: float) -> Any:
+            if kind == MEMBERS:
+                return client.members(query)
+            return (client.summary if kind == SUMMARY else client.participants)(subject, query)
+
         settled: list[Outcome[Any] | None] = []
 
         def fail(error: ApiError, at: float) -> None:
@@ -265,10 +254,9 @@ class Sender:
             if self.failures >= TRANSIENT_TRIES:
                 settled.append(None)
 
-        call = calls[kind]
         self.drive(lambda: bool(settled), jobs=(Job(
-            "backfill", key, lambda client, at: call(client),
-            lambda answer, at: settled.append(Outcome(answer)), fail, label=what),))
+            "backfill", key, call, lambda answer, at: settled.append(Outcome(answer)), fail,
+            label=what),))
         return settled[0]
 
     def read_list(self, kind: str, subject: str, filters: Mapping[str, str],
