@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..budget import DAY, Budget
-from ..config import CohortConfig, PlannerConfig, format_duration
+from ..config import CohortConfig, format_duration
 from ..paged import page_query
 from ..plan import DatesKey, choose, describe_dates, pages_for, pages_of, pull_groups
 from ..planner import pinned_query, pull_query
@@ -182,12 +182,11 @@ class PullGroup:
         return f"scenario={self.scenario} {describe_dates(self.dates)} ({names})"
 
 
-def plan_pulls(plan: Plan, settings: PlannerConfig, known: Mapping[RequestKey, Outcome[Any]],
+def plan_pulls(plan: Plan, known: Mapping[RequestKey, Outcome[Any]],
                member_counts: Mapping[str, int]) -> list[PullGroup]:
-    """Per scenario and date range, both costs over the run and the cheaper way: the
-    proofs, one pull per distinct date range (pages known from the journal, else 1) and
-    the member lists no earlier group reads, against the summaries; a tie or a single
-    cohort keeps the summaries (:func:`exporter.plan.choose`)."""
+    """Per scenario and date range, the summaries against the proofs, a pull per distinct
+    date range (its pages from the journal, else 1) and the member lists no earlier group
+    reads; the cheaper way (a tie or a single cohort keeps the summaries)."""
     groups: list[PullGroup] = []
     charged: set[str] = set()
     for (_, scenario, dates), members in pull_groups(plan.targets).items():
@@ -208,10 +207,9 @@ def plan_pulls(plan: Plan, settings: PlannerConfig, known: Mapping[RequestKey, O
             group.pages = _journaled_pages(known, first) or 1
         needs = dict.fromkeys(g for t in members for g in t.cohort.group_ids)
         group.members = tuple(g for g in needs if g not in charged)
-        group.member_pages = {g: member_pages(g, known, member_counts)
+        group.member_pages = {g: _member_pages(g, known, member_counts)
                               for g in group.members}
-        if (settings.mode == "auto" and pulls
-                and choose(len(members), len(members), group.pages) == PARTICIPANTS
+        if (pulls and choose(len(members), len(members), group.pages) == PARTICIPANTS
                 and group.participants_cost < group.summary_cost):
             group.source = PARTICIPANTS
             charged.update(group.members)
@@ -221,13 +219,11 @@ def plan_pulls(plan: Plan, settings: PlannerConfig, known: Mapping[RequestKey, O
     return groups
 
 
-def member_pages(group_id: str, known: Mapping[RequestKey, Outcome[Any]],
-                 member_counts: Mapping[str, int]) -> int:
-    """Pages of ``group_id``'s member list: from the journal, else the daemon's saved list,
-    else 1."""
+def _member_pages(group_id: str, known: Mapping[RequestKey, Outcome[Any]],
+                  member_counts: Mapping[str, int]) -> int:
+    """Pages of a member list: from the journal, else the daemon's saved list, else 1."""
     first = request_key(group_id, page_query({"group_ids": group_id}, 1), MEMBERS)
-    count = member_counts.get(group_id)
-    return _journaled_pages(known, first) or (pages_for(count) if count else 1)
+    return _journaled_pages(known, first) or pages_for(member_counts.get(group_id, 0))
 
 
 def _journaled_pages(known: Mapping[RequestKey, Outcome[Any]], first: RequestKey) -> int | None:

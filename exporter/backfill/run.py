@@ -163,9 +163,8 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
         if saved is not None:  # a daemon on this state file polls these targets
             sender.share_with(*daemon_share(targets, config))
         plan = make_plan(targets, window)
-        settings = config.planner
-        groups = (plan_pulls(plan, settings, done, _member_counts(saved))
-                  if settings.mode == "auto" else None)
+        groups = (plan_pulls(plan, done, _member_counts(saved))
+                  if config.planner.mode == "auto" else None)
         wanted = set(plan.requests)
         summaries = sum(1 for k in done if k in wanted)
         if groups is None:
@@ -181,7 +180,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
         progress = Progress(total, finished, err,
                             lambda n: estimate_seconds(n, budget, now(), sender.leave))
         sender.on_wait, sender.on_answer = progress.waiting, progress.advance
-        derivation = Derivation(groups or [], sender, settings.tolerance)
+        derivation = Derivation(groups or [], sender, config.planner.tolerance)
         failed = 0
         try:
             try:

@@ -10,16 +10,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from .. import client as api
 from ..budget import DAY, Budget
-from ..client import (
-    PAUSE_REASONS,
-    PERSISTENT_REASONS,
-    WORKSPACE_REASONS,
-    ApiError,
-    ExecClient,
-    Page,
-    RateLimited,
-)
+from ..client import ApiError, ExecClient, Page
 from ..jobs import Job, JobSource, Running
 from ..paged import ListChanged, PagedRead
 from ..scheduler import Poller, Scheduler
@@ -36,9 +29,7 @@ class StopFlag:
     ``threading.Event.set()`` in a handler may deadlock inside ``Event.wait()``'s lock."""
 
     POLL = 0.2  # how soon a wait notices a stop
-
-    def __init__(self) -> None:
-        self.stopped = False
+    stopped = False
 
     def set(self) -> None:
         """Ask every wait to end (safe inside a signal handler)."""
@@ -96,8 +87,7 @@ class Sender:
         self._unwritable: OSError | None = None  # the journal's write failed: stop
         self._source: JobSource | None = None
         self._claimed = 0.0
-        # This run's requests (and a stopped run's, from the journal): the rest of the
-        # ledger is other processes'.
+        # This run's requests and a stopped run's: the rest of the ledger is others'.
         self._own: set[float] = {round(t, 3) for t in own}
         self._share = (0, 0)
         self.leave = (0, 0)
@@ -108,14 +98,12 @@ class Sender:
 
     def share_with(self, minute: int, day: int) -> None:
         """Leave ``minute`` and ``day`` requests of every window (at most half of each)
-        to other processes on the shared ledger, from the first of their requests seen:
-        a daemon beside the backfill keeps what its polling needs."""
+        to a daemon on the shared ledger, once one of its requests is seen."""
         self._share = (max(0, min(minute, self.budget.minute_limit // 2)),
                        max(0, min(day, self.budget.day_limit // 2)))
 
     def sharing(self, now: float) -> tuple[int, int]:
-        """What this run leaves free per (minute, day): the share once another process's
-        request is in the ledger, else none."""
+        """What this run leaves free per (minute, day) now."""
         if self.leave != self._share and any(round(t, 3) not in self._own
                                              for t in self.budget.ledger(now)):
             self.leave = self._share
@@ -130,8 +118,7 @@ class Sender:
         return self.now()
 
     def _run_with(self, jobs: tuple[Job, ...]) -> Running:
-        # A request is never refreshed (a day's interval: only the minute budget paces a
-        # retry); one asked again (it kept failing) starts over (forget).
+        # Never refreshed (a day's interval); one asked again starts over (forget).
         return Running(self.client, tuple(self._wrap(job) for job in jobs), sources=(self,),
                        refresh_interval=DAY, minute_budget=self.budget.minute_limit,
                        day_budget=self.budget.day_limit, forget=frozenset(job.key for job in jobs))
@@ -155,9 +142,9 @@ class Sender:
             return job.fetch(client, at)
 
         def fail(error: ApiError, at: float) -> None:
-            if error.reason in WORKSPACE_REASONS:
+            if error.reason in api.WORKSPACE_REASONS:
                 self._refused = error
-            elif error.reason not in PAUSE_REASONS:
+            elif error.reason not in api.PAUSE_REASONS:
                 self.failures += 1
                 self.last_failure = error.reason
             job.fail(error, at)
@@ -175,7 +162,7 @@ class Sender:
     def record_request(self, job_kind: str, code: str, duration: float,
                        reason: str | None = None) -> None:
         """Count the 429s (the scheduler pauses every request for their retry_after)."""
-        if reason == RateLimited.reason:
+        if reason == api.RateLimited.reason:
             self.rate_limited += 1
 
     def count_send(self) -> None:
@@ -244,9 +231,9 @@ class Sender:
         settled: list[Outcome[Any] | None] = []
 
         def fail(error: ApiError, at: float) -> None:
-            if error.reason in PAUSE_REASONS:
+            if error.reason in api.PAUSE_REASONS:
                 return  # not this request's fault: the scheduler pauses, or the run stops
-            if error.reason in PERSISTENT_REASONS:  # a scenario missing stays so
+            if error.reason in api.PERSISTENT_REASONS:  # a scenario missing stays so
                 log.warning("%s: %s; %s", what, error, refused)
                 settled.append(Outcome(None, error.reason))
                 return
