@@ -1,5 +1,4 @@
-"""Derived cohorts in a backfill: member lists, proofs and pulls (the participants side
-of the plan)."""
+"""Derived cohorts in a backfill: member lists, proofs and pulls."""
 
 from __future__ import annotations
 
@@ -19,11 +18,11 @@ from .window import iso
 
 log = logging.getLogger(__name__)
 
+
 class Derivation:
-    """Runs the participants side of the plan: member lists (read once, today's
-    membership for every instant: docs/backfill.md), proofs and pulls. Each cohort is
-    proven at the newest instant against its summary (:func:`exporter.aggregate.compare`)
-    and derived at the other instants only if reproduced; else summaries throughout."""
+    """Runs the participants side of the plan: member lists (read once: today's
+    membership), proofs and pulls. A cohort whose pull reproduces its summary at the
+    newest instant is derived at the others; else summaries throughout."""
 
     def __init__(self, groups: Sequence[PullGroup], sender: Sender, tolerance: float) -> None:
         self.groups = [g for g in groups if g.source == PARTICIPANTS]
@@ -69,8 +68,8 @@ class Derivation:
         self.members[group_id] = frozenset(m.user_id for m in read.items)
 
     def _still_cheaper(self, group_id: str, pages: int) -> bool:
-        """With the member list's page count, a group no longer cheaper that way goes back
-        to summaries; False when no group left needs the list."""
+        """Groups no longer cheaper with the list's pages go back to summaries; whether
+        a group still needs the list."""
         for grp in [g for g in self.groups if group_id in g.members]:
             grp.member_pages[group_id] = pages
             if grp.participants_cost >= grp.summary_cost:
@@ -86,8 +85,7 @@ class Derivation:
 
     def _pull(self, grp: PullGroup, query: Mapping[str, str],
               first: bool) -> list[ParticipantRow] | None:
-        """Every row of one pull, or None (not readable whole, or a first pull of more
-        pages than it saves)."""
+        """Every row of one pull; None if not read whole or (first) not worth its pages."""
         as_of = query.get("end_date")
         read: PagedRead[ParticipantRow] = PagedRead(
             f"participants of {grp.scenario} as of {as_of}", key=lambda row: row.user_id)
@@ -139,8 +137,7 @@ class Derivation:
     def _derive_past(self, grp: PullGroup) -> None:
         proven = [t for t in grp.targets if t.key in self.proven]
         for query, instants in grp.pulls[1:]:
-            # As the planner chooses: the pull's pages (the last pull's count) plus a
-            # summary for each cohort it cannot serve, against a summary per cohort.
+            # The last pull's pages and a summary per unproven cohort, against summaries.
             if choose(len(grp.targets), len(proven), grp.pages) != PARTICIPANTS:
                 return
             rows = self._pull(grp, query, first=False)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
-from pathlib import Path
 
 from prometheus_client.openmetrics.exposition import generate_latest
 
@@ -55,13 +53,3 @@ def render(plan: Plan, results: Mapping[RequestKey, Outcome],
             families.append(family)
     return generate_latest(Families(families))
 
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename; unlike the state
-    file's private one, the file gets the umask's mode (promtool may run as another user)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

@@ -19,8 +19,7 @@ from .window import Window, iso
 
 
 def as_of_query(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
-    """The daemon's pinned summary query (:func:`exporter.planner.pinned_query`) as of
-    ``instant``, or None before the cohort's fixed ``start_date``."""
+    """The daemon's pinned summary query as of ``instant``; None before its start_date."""
     if cohort.start_date is not None and cohort.start_date.timestamp() > instant:
         return None
     return pinned_query(cohort, float(instant))
@@ -67,8 +66,7 @@ def make_plan(targets: Sequence[Target], window: Window) -> Plan:
 
 def estimate_seconds(requests: int, budget: Budget, now: float,
                      leave: tuple[int, int] = (0, 0)) -> float:
-    """About how long ``requests`` take within ``budget`` with ``leave`` (minute, day)
-    left to a running daemon."""
+    """About how long ``requests`` take within ``budget``, ``leave`` (minute, day) aside."""
     if requests <= 0:
         return 0.0
     minute_left, day_left = budget.remaining(now)
@@ -85,8 +83,7 @@ def estimate_seconds(requests: int, budget: Budget, now: float,
 def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
              daemon_spent: int | None, groups: Sequence[PullGroup] | None = None,
              leave: tuple[int, int] = (0, 0)) -> str:
-    """The plan printed before anything is sent; with ``groups`` (auto mode) both ways'
-    requests per scenario and date range."""
+    """The plan printed before anything is sent (with ``groups``: both ways' costs)."""
     w = plan.window
     lines = [
         f"backfill: {len(plan.targets)} targets x {len(w.instants)} instants "
@@ -158,8 +155,7 @@ class PullGroup:
     members: tuple[str, ...] = ()  # member lists this group adds to the run
     pages: int = 1  # per pull: 1 until a pull's total_count says
     source: str = SUMMARY
-    # Pages of each member list it adds: 1 until known.
-    member_pages: dict[str, int] = field(default_factory=dict)
+    member_pages: dict[str, int] = field(default_factory=dict)  # of ``members``
 
     @property
     def member_cost(self) -> int:

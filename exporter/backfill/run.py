@@ -6,6 +6,7 @@ import argparse
 import functools
 import logging
 import math
+import os
 import re
 import signal
 import sys
@@ -21,11 +22,11 @@ from ..client import PERSISTENT_REASONS, ExecClient
 from ..config import Config, ConfigError, load_api_key, load_config
 from ..discovery import Discovery, Lists
 from ..scheduler import effective_interval
-from ..state import SavedState, StateFile
+from ..state import SavedState, StateFile, write_atomically
 from ..targets import Target, select_targets
 from .derive import Derivation
 from .journal import JOURNAL_VERSION, SUMMARY, Journal, Outcome, RequestKey, fingerprint
-from .openmetrics import render, write_atomically
+from .openmetrics import render
 from .plan import describe, estimate_seconds, make_plan, plan_pulls
 from .progress import Progress
 from .sender import TRANSIENT_TRIES, Sender, Stopped, WorkspaceError
@@ -181,7 +182,6 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
                             lambda n: estimate_seconds(n, budget, now(), sender.leave))
         sender.on_wait, sender.on_answer = progress.waiting, progress.advance
         derivation = Derivation(groups or [], sender, config.planner.tolerance)
-        failed = 0
         try:
             try:
                 derivation.run()
@@ -218,7 +218,10 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
               "Run the same command again to retry them", file=err)
         return 1
     data = render(plan, done, labels, derived)
-    write_atomically(output, data)
+    write_atomically(output, data)  # private, as the state file; promtool may be another
+    umask = os.umask(0)  # user: the file gets the mode a plain write would give it
+    os.umask(umask)
+    output.chmod(0o666 & ~umask)
     samples = sum(1 for line in data.splitlines() if line and not line.startswith(b"#"))
     refused = sum(1 for k in needed if done[k].error)
     print(f"wrote {output}: {samples} samples from {iso(window.until - window.since)} to "
