@@ -51,8 +51,7 @@ class Derivation:
                     proofs[target.key] = outcome.answer
                     self.precision.observe(outcome.answer)
         for grp in self.groups:
-            self._prove(grp, proofs)
-            self._derive_past(grp)
+            self._derive_group(grp, proofs)
 
     def _read_members(self, group_id: str) -> None:
         read: PagedRead[Member] = PagedRead(f"members of group {group_id}",
@@ -111,32 +110,28 @@ class Derivation:
         keep = cohort_filter(target.cohort)
         return aggregate((r for r in rows if keep.keeps(r, members)), self.precision)
 
-    def _prove(self, grp: PullGroup, proofs: Mapping[TargetKey, Summary]) -> None:
+    def _derive_group(self, grp: PullGroup, proofs: Mapping[TargetKey, Summary]) -> None:
+        """Prove each cohort by the newest pull; derive the proven at the older pulls."""
         candidates = [t for t in grp.targets if t.key in proofs
                       and all(g in self.members for g in t.cohort.group_ids)]
-        if not candidates:
-            return
-        rows = self._pull(grp, grp.pulls[0][0], first=True)
+        (query, instants), *past = grp.pulls  # newest first
+        rows = self._pull(grp, query, first=True) if candidates else None
         if rows is None:
             return
         self.pulls += 1
-        newest = grp.pulls[0][1][0]
         for target in candidates:
-            result = compare(self._derive(target, rows), proofs[target.key],
-                             self.tolerance)
-            scenario, cohort = target.key
+            result = compare(self._derive(target, rows), proofs[target.key], self.tolerance)
             if result.match:
                 self.proven.add(target.key)
                 continue
+            scenario, cohort = target.key
             log.warning("scenario=%s cohort=%s: the participants pull as of %s does not "
                         "reproduce its summary (%s); summaries for this cohort at every instant",
-                        scenario, cohort, iso(newest), result.describe())
+                        scenario, cohort, iso(instants[0]), result.describe())
             self.notes.append(f"scenario={scenario} cohort={cohort}: not reproduced by the "
                               f"pull ({result.describe()}); summaries at every instant")
-
-    def _derive_past(self, grp: PullGroup) -> None:
         proven = [t for t in grp.targets if t.key in self.proven]
-        for query, instants in grp.pulls[1:]:
+        for query, instants in past:
             # The last pull's pages and a summary per unproven cohort, against summaries.
             if choose(len(grp.targets), len(proven), grp.pages) != PARTICIPANTS:
                 return
@@ -146,5 +141,4 @@ class Derivation:
             self.pulls += 1
             for target in proven:
                 derived = self._derive(target, rows)
-                for instant in instants:
-                    self.values[(target.key, instant)] = derived
+                self.values.update(((target.key, instant), derived) for instant in instants)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import math
 import os
 import re
 import signal
@@ -17,11 +16,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import logs
-from ..budget import DAY, MINUTE, open_budget
+from ..budget import open_budget
 from ..client import PERSISTENT_REASONS, ExecClient
 from ..config import Config, ConfigError, load_api_key, load_config
 from ..discovery import Discovery, Lists
-from ..scheduler import effective_interval
 from ..state import SavedState, StateFile, write_atomically
 from ..targets import Target, select_targets
 from .derive import Derivation
@@ -56,16 +54,6 @@ def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tup
         lists = discovery.lists
     targets, _dropped = select_targets(config, lists)  # it logs what max_targets drops
     return targets, sender.sent_count - sent
-
-
-def daemon_share(targets: Sequence[Target], config: Config) -> tuple[int, int]:
-    """What the daemon's polling of ``targets`` needs per minute and per day (an upper
-    bound: one summary per target every effective interval)."""
-    rate = config.api.rate_limit
-    interval = effective_interval(len(targets), config.refresh_interval, rate.day_budget,
-                                  rate.minute_budget)
-    return (math.ceil(len(targets) * MINUTE / interval),
-            math.ceil(len(targets) * DAY / interval))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,7 +150,7 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
             print(f"error: {exc}", file=err)
             return 1
         if saved is not None:  # a daemon on this state file polls these targets
-            sender.share_with(*daemon_share(targets, config))
+            sender.share_with(len(targets), config.refresh_interval)
         plan = make_plan(targets, window)
         groups = (plan_pulls(plan, done, _member_counts(saved))
                   if config.planner.mode == "auto" else None)

@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from .. import client as api
-from ..budget import DAY, Budget
+from ..budget import DAY, MINUTE, Budget
 from ..client import ApiError, ExecClient, Page
 from ..jobs import Job, JobSource, Running
 from ..paged import ListChanged, PagedRead
-from ..scheduler import Poller, Scheduler
+from ..scheduler import Poller, Scheduler, effective_interval
 from .journal import MEMBERS, PARTICIPANTS, SUMMARY, Journal, Outcome, RequestKey, request_key
 
 log = logging.getLogger(__name__)
@@ -96,11 +96,14 @@ class Sender:
         self.poller = Poller(self.scheduler, lambda: self._running, self, self)
         self.poller.probes = False  # a 401/403 ends the run (WorkspaceError)
 
-    def share_with(self, minute: int, day: int) -> None:
-        """Leave ``minute`` and ``day`` requests of every window (at most half of each)
-        to a daemon on the shared ledger, once one of its requests is seen."""
-        self._share = (max(0, min(minute, self.budget.minute_limit // 2)),
-                       max(0, min(day, self.budget.day_limit // 2)))
+    def share_with(self, targets: int, refresh_interval: float) -> None:
+        """Leave a daemon on the shared ledger what its polling of ``targets`` needs a
+        minute and a day (a summary each per effective interval; at most half of each
+        budget), once one of its requests is seen."""
+        limits = self.budget.minute_limit, self.budget.day_limit
+        interval = effective_interval(targets, refresh_interval, limits[1], limits[0])
+        self._share = (min(math.ceil(targets * MINUTE / interval), limits[0] // 2),
+                       min(math.ceil(targets * DAY / interval), limits[1] // 2))
 
     def sharing(self, now: float) -> tuple[int, int]:
         """What this run leaves free per (minute, day) now."""
