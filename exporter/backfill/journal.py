@@ -43,8 +43,7 @@ CONTENT_SETTINGS: dict[str, Any] = {
 
 
 def fingerprint(config: Config, window: Window) -> str:
-    """A digest of :data:`CONTENT_SETTINGS` and the time range: any other edit of the
-    configuration lets a stopped run resume."""
+    """A digest of :data:`CONTENT_SETTINGS` and the time range."""
     doc = config.model_dump(mode="json", include=CONTENT_SETTINGS)
     doc["backfill"] = {"since": window.since, "until": window.until, "step": window.step}
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
@@ -53,26 +52,23 @@ def fingerprint(config: Config, window: Window) -> str:
 
 @dataclass
 class Outcome(Generic[A]):
-    """A finished request: its answer (a Summary, a list's Page), or the reason the API
-    refused it for good."""
+    """A finished request: its answer (a Summary, a Page), or why the API refused it."""
 
     answer: A | None
     error: str | None = None
 
 
 class Journal:
-    """``OUTPUT.journal``: a header line, then a JSON line per finished request (a
-    summary: ``scenario``, ``params``, ``summary``; a list page: ``kind``, ``subject``,
-    ``params`` and the page's envelope and ``items``) and one per request sent
-    (``{"sent": t}``), so a resumed run counts the stopped run's spend."""
+    """A header line, a JSON line per finished request (a summary: ``scenario``,
+    ``params``, ``summary``; a list page: ``kind``, ``subject``, ``params``, the page) and
+    one per request sent (``{"sent": t}``: a resumed run counts the stopped run's spend)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._handle: TextIO | None = None
 
     def read(self) -> tuple[dict[str, Any] | None, dict[RequestKey, Outcome[Any]], list[float]]:
-        """The header (None without a journal), the finished requests, and when requests
-        were sent; a torn last line is ignored."""
+        """The header (None: no journal), the finished requests and the send times."""
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:

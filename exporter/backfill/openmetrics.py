@@ -22,10 +22,8 @@ AS_OF = "as of the sample's timestamp (backfilled)"
 def render(plan: Plan, results: Mapping[RequestKey, Outcome],
            extra: Mapping[str, str] | None = None,
            derived: Mapping[tuple[TargetKey, int], Summary] | None = None) -> bytes:
-    """The OpenMetrics text: the data and info families of ``/metrics`` (names, HELP,
-    types, labels), each series' samples together and in time order, then ``# EOF``.
-    ``extra`` labels (``job``, ``instance``...) go on every sample; ``derived`` values
-    stand in for the summary request of their point."""
+    """The data and info families of ``/metrics``, each series' samples together and in
+    time order, ``extra`` labels on every sample, ``derived`` values for their points."""
     extra = dict(extra or {})
     derived = derived or {}
     specs = TARGET_FAMILIES[:INFO_POSITION + 1]  # self-metrics describe the daemon

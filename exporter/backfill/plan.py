@@ -200,11 +200,12 @@ def plan_pulls(plan: Plan, known: Mapping[RequestKey, Outcome[Any]],
                           proofs=len({p.request for p in points if p.instant == newest}))
         if pulls:
             first = request_key(scenario, page_query(pulls[0][0], 1), PARTICIPANTS)
-            group.pages = _journaled_pages(known, first) or 1
+            group.pages = _pages(known, first, 1)
         needs = dict.fromkeys(g for t in members for g in t.cohort.group_ids)
         group.members = tuple(g for g in needs if g not in charged)
-        group.member_pages = {g: _member_pages(g, known, member_counts)
-                              for g in group.members}
+        for g in group.members:  # from the journal, else the daemon's saved list, else 1
+            first = request_key(g, page_query({"group_ids": g}, 1), MEMBERS)
+            group.member_pages[g] = _pages(known, first, pages_for(member_counts.get(g, 0)))
         if (pulls and choose(len(members), len(members), group.pages) == PARTICIPANTS
                 and group.participants_cost < group.summary_cost):
             group.source = PARTICIPANTS
@@ -215,14 +216,7 @@ def plan_pulls(plan: Plan, known: Mapping[RequestKey, Outcome[Any]],
     return groups
 
 
-def _member_pages(group_id: str, known: Mapping[RequestKey, Outcome[Any]],
-                  member_counts: Mapping[str, int]) -> int:
-    """Pages of a member list: from the journal, else the daemon's saved list, else 1."""
-    first = request_key(group_id, page_query({"group_ids": group_id}, 1), MEMBERS)
-    return _journaled_pages(known, first) or pages_for(member_counts.get(group_id, 0))
-
-
-def _journaled_pages(known: Mapping[RequestKey, Outcome[Any]], first: RequestKey) -> int | None:
-    """Pages of a list whose ``first`` page the journal holds."""
+def _pages(known: Mapping[RequestKey, Outcome[Any]], first: RequestKey, otherwise: int) -> int:
+    """Pages of a list whose ``first`` page the journal holds, else ``otherwise``."""
     outcome = known.get(first)
-    return pages_of(outcome.answer) if outcome is not None and outcome.answer else None
+    return pages_of(outcome.answer) if outcome is not None and outcome.answer else otherwise

@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 
 def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tuple[
         list[Target], int]:
-    """The targets as the daemon would poll them, and how many listing requests that took:
-    the lists from the state file, else read by discovery's own jobs and retry rule; a
-    listing failing :data:`TRANSIENT_TRIES` times, or refused for good, stops the run."""
+    """The targets as the daemon polls them (the state file's lists, else read by
+    discovery's jobs) and the listing requests sent; a listing that fails
+    :data:`TRANSIENT_TRIES` times, or is refused for good, stops the run."""
     settings = config.discovery
     sent = sender.sent_count
     if settings is not None and (settings.scenarios is not None

@@ -60,9 +60,8 @@ class Unreadable(Exception):
 
 class Sender:
     """Runs the backfill's requests as jobs of the daemon's Scheduler and Poller (their
-    budget, ledger, 429 pause and backoff), each wrapped to count and journal its send
-    and to stop the run on a 401/403; it is the poller's job source, outcomes and clock.
-    Waits last at most :attr:`WAKE`, so a stop and the shared ledger are rechecked."""
+    budget, ledger, 429 pause and backoff), each counted and journaled as it is sent; it
+    is the poller's job source, outcomes and clock. Waits last at most :attr:`WAKE`."""
 
     WAKE = 5.0
 
@@ -178,9 +177,8 @@ class Sender:
 
     def drive(self, settled: Callable[[], bool], source: JobSource | None = None,
               jobs: tuple[Job, ...] = ()) -> None:
-        """Step the poller with ``jobs`` (recurring until settled) and ``source``'s until
-        ``settled()``, sleeping while the scheduler waits (the budget, a 429's pause, a
-        backoff). Raises Stopped, WorkspaceError."""
+        """Step the poller with ``jobs`` and ``source``'s until ``settled()``, sleeping
+        while the scheduler waits. Raises Stopped, WorkspaceError."""
         self._source, self.failures, self.last_failure = source, 0, None
         self._running = self._run_with(jobs)
         while not settled():
@@ -200,9 +198,8 @@ class Sender:
                     raise Stopped
 
     def fetch(self, key: RequestKey) -> Outcome[Any] | None:
-        """The outcome of one request: from :attr:`done` when a run finished it, else
-        sent and journaled at once (so over reruns each is sent once); None when it kept
-        failing (try again next run)."""
+        """One request's outcome: :attr:`done`'s, else sent and journaled at once; None
+        when it kept failing (the next run tries again)."""
         if key in self.done:
             return self.done[key]
         outcome = self._send(key)
@@ -251,9 +248,8 @@ class Sender:
 
     def read_list(self, kind: str, subject: str, filters: Mapping[str, str],
                   read: PagedRead[T]) -> Iterator[Page[T]]:
-        """Every page of one list, read into ``read`` (the daemon's paged reader and its
-        checks), each yielded before ``read`` takes it so the caller may stop after any
-        page. Raises :class:`Unreadable`."""
+        """Every page of one list, each yielded (the caller may stop) before ``read``, the
+        daemon's paged reader, checks and takes it. Raises :class:`Unreadable`."""
         while True:
             outcome = self.fetch(request_key(subject, read.query(filters), kind))
             if outcome is None or outcome.answer is None:
