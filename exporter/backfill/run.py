@@ -95,17 +95,6 @@ def parse_labels(items: Sequence[str] | None) -> dict[str, str]:
     return labels
 
 
-def _check_output(output: str | None) -> Path:
-    if not output:
-        raise UsageError("--output: required (the OpenMetrics file to write)")
-    path = Path(output)
-    if path.is_dir():
-        raise UsageError(f"--output: {output} is a directory")
-    if not path.parent.is_dir():
-        raise UsageError(f"--output: directory {str(path.parent)!r} does not exist")
-    return path
-
-
 def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
          out: TextIO | None = None, err: TextIO | None = None,
          sleep: Callable[[float], bool] | None = None) -> int:
@@ -230,7 +219,13 @@ def _prepare(args: argparse.Namespace, now: float) -> tuple[
         Config, str, Window, Path, Journal, dict[str, Any], dict[RequestKey, Outcome[Any]],
         list[float], dict[str, str]]:
     """Every check that must pass before a request is sent; raise UsageError/ConfigError."""
-    output = _check_output(args.output)
+    if not args.output:
+        raise UsageError("--output: required (the OpenMetrics file to write)")
+    output = Path(args.output)
+    if output.is_dir():
+        raise UsageError(f"--output: {output} is a directory")
+    if not output.parent.is_dir():
+        raise UsageError(f"--output: directory {str(output.parent)!r} does not exist")
     labels = parse_labels(args.labels)
     config = load_config(args.config_file)
     key, warnings = load_api_key(config)
