@@ -88,7 +88,8 @@ def format_duration(seconds: float) -> str:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
-def _parse_datetime(value: object) -> dt.datetime:
+def parse_datetime(value: object) -> dt.datetime:
+    """An ISO 8601 date-time (or a YAML date) in UTC; a bare time means UTC."""
     # PyYAML already turns unquoted ISO timestamps into datetimes; strings come quoted.
     if isinstance(value, str):
         try:
@@ -105,7 +106,7 @@ def _parse_datetime(value: object) -> dt.datetime:
     return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
 
 
-DateTime = Annotated[dt.datetime, BeforeValidator(_parse_datetime)]
+DateTime = Annotated[dt.datetime, BeforeValidator(parse_datetime)]
 
 
 def _string_list(value: object) -> list[str]:

@@ -417,6 +417,8 @@ class Poller:
     answer to the job's handler, holding no lock while a request is in flight.
     """
 
+    probes = True  # False where a refused key ends the run (the backfill): no probe follows
+
     def __init__(self, scheduler: Scheduler, running: Callable[[], Running],
                  outcomes: Outcomes, clock: Clock | None = None) -> None:
         self.scheduler = scheduler
@@ -494,6 +496,8 @@ class Poller:
             log.exception("failure handler of job kind=%s %s raised", job.kind, job.label)
         if error.reason not in PAUSE_REASONS:
             return  # the job's own failure: its handler has logged it
+        if error.reason in WORKSPACE_REASONS and not self.probes:
+            return  # the caller stops and says why
         # Said once; the store shows the pause through the schedule it is given.
         pause = self.scheduler.pause
         wait = (pause.until - done) if pause is not None else 0.0

@@ -341,6 +341,15 @@ def test_unauthorized_stops_the_run(clock: FakeClock) -> None:
         _sender(clock, client).fetch(_key(1))
 
 
+def test_a_refused_key_is_not_announced_as_probed_again(clock: FakeClock,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The daemon's poller says it probes again after a 401; a backfill stops instead."""
+    client = ScriptedClient(clock, [Unauthorized("HTTP 401", 401)])
+    with pytest.raises(WorkspaceError):
+        _sender(clock, client).fetch(_key(1))
+    assert "probing again" not in caplog.text
+
+
 # --- the command, in-process ---------------------------------------------------------
 
 

@@ -1,12 +1,6 @@
-"""``exec-exporter backfill``: past values of every target, as OpenMetrics for promtool.
-
-The summary endpoint answers "as of" any past instant, so one request per target and
-instant fills Prometheus with history (docs/backfill.md). The backfill-specific parts
-are small: the time range (:mod:`.window`), the plan (:mod:`.plan`, :mod:`.derive`),
-the journal that lets a stopped run resume (:mod:`.journal`), the OpenMetrics file
-(:mod:`.openmetrics`) and the progress line; its requests are jobs of the daemon's
-scheduler and budget (:mod:`.sender`); :mod:`.run` wires them.
-"""
+"""``exec-exporter backfill``: past values of every target, as OpenMetrics for promtool
+(docs/backfill.md). Its requests are jobs of the daemon's scheduler (:mod:`.sender`);
+:mod:`.run` wires the time range, plan, journal, file and progress modules."""
 
 from .journal import Outcome, request_key
 from .openmetrics import render

@@ -1,5 +1,4 @@
-"""Derived cohorts in a backfill: member lists, proofs and pulls (the participants side
-of the plan)."""
+"""Derived cohorts in a backfill: member lists, proofs and pulls."""
 
 from __future__ import annotations
 
@@ -8,29 +7,27 @@ from collections.abc import Mapping, Sequence
 
 from ..aggregate import Precision, aggregate, compare
 from ..client import Member, ParticipantRow, Summary
-from ..config import PlannerConfig
 from ..paged import PagedRead
 from ..plan import choose, pages_of
 from ..planner import cohort_filter
 from ..targets import Target, TargetKey
 from .journal import MEMBERS, PARTICIPANTS, SUMMARY, request_key
 from .plan import PullGroup, as_of_query
-from .sender import Fetcher, Unreadable
+from .sender import Sender, Unreadable
 from .window import iso
 
 log = logging.getLogger(__name__)
 
-class Derivation:
-    """Runs the participants side of the plan: member lists (read once, today's
-    membership for every instant: docs/backfill.md), proofs and pulls. Each cohort is
-    proven at the newest instant against its summary (:func:`exporter.aggregate.compare`)
-    and derived at the other instants only if reproduced; else summaries throughout."""
 
-    def __init__(self, groups: Sequence[PullGroup], fetcher: Fetcher,
-                 settings: PlannerConfig) -> None:
+class Derivation:
+    """Runs the participants side of the plan: member lists (read once: today's
+    membership), proofs and pulls. A cohort whose pull reproduces its summary at the
+    newest instant is derived at the others; else summaries throughout."""
+
+    def __init__(self, groups: Sequence[PullGroup], sender: Sender, tolerance: float) -> None:
         self.groups = [g for g in groups if g.source == PARTICIPANTS]
-        self.fetcher = fetcher
-        self.settings = settings
+        self.sender = sender
+        self.tolerance = tolerance
         self.precision = Precision()
         self.members: dict[str, frozenset[str]] = {}
         self.proven: set[TargetKey] = set()
@@ -49,19 +46,18 @@ class Derivation:
             for target in grp.targets:
                 query = as_of_query(target.cohort, newest)
                 assert query is not None
-                outcome = self.fetcher.summary(request_key(target.scenario, query))
-                if outcome is not None and outcome.summary is not None:
-                    proofs[target.key] = outcome.summary
-                    self.precision.observe(outcome.summary)
+                outcome = self.sender.fetch(request_key(target.scenario, query))
+                if outcome is not None and outcome.answer is not None:
+                    proofs[target.key] = outcome.answer
+                    self.precision.observe(outcome.answer)
         for grp in self.groups:
-            self._prove(grp, proofs)
-            self._derive_past(grp)
+            self._derive_group(grp, proofs)
 
     def _read_members(self, group_id: str) -> None:
         read: PagedRead[Member] = PagedRead(f"members of group {group_id}",
                                             key=lambda member: member.user_id)
         try:
-            for page in self.fetcher.read_list(MEMBERS, group_id, {"group_ids": group_id}, read):
+            for page in self.sender.read_list(MEMBERS, group_id, {"group_ids": group_id}, read):
                 if read.page == 1 and not self._still_cheaper(group_id, pages_of(page)):
                     return
         except Unreadable as exc:
@@ -71,8 +67,8 @@ class Derivation:
         self.members[group_id] = frozenset(m.user_id for m in read.items)
 
     def _still_cheaper(self, group_id: str, pages: int) -> bool:
-        """With the member list's page count, a group no longer cheaper that way goes back
-        to summaries; False when no group left needs the list."""
+        """Groups no longer cheaper with the list's pages go back to summaries; whether
+        a group still needs the list."""
         for grp in [g for g in self.groups if group_id in g.members]:
             grp.member_pages[group_id] = pages
             if grp.participants_cost >= grp.summary_cost:
@@ -88,13 +84,12 @@ class Derivation:
 
     def _pull(self, grp: PullGroup, query: Mapping[str, str],
               first: bool) -> list[ParticipantRow] | None:
-        """Every row of one pull, or None (not readable whole, or a first pull of more
-        pages than it saves)."""
+        """Every row of one pull; None if not read whole or (first) not worth its pages."""
         as_of = query.get("end_date")
         read: PagedRead[ParticipantRow] = PagedRead(
             f"participants of {grp.scenario} as of {as_of}", key=lambda row: row.user_id)
         try:
-            for page in self.fetcher.read_list(PARTICIPANTS, grp.scenario, query, read):
+            for page in self.sender.read_list(PARTICIPANTS, grp.scenario, query, read):
                 if read.page > 1:
                     continue
                 grp.pages = pages_of(page)
@@ -115,34 +110,29 @@ class Derivation:
         keep = cohort_filter(target.cohort)
         return aggregate((r for r in rows if keep.keeps(r, members)), self.precision)
 
-    def _prove(self, grp: PullGroup, proofs: Mapping[TargetKey, Summary]) -> None:
+    def _derive_group(self, grp: PullGroup, proofs: Mapping[TargetKey, Summary]) -> None:
+        """Prove each cohort by the newest pull; derive the proven at the older pulls."""
         candidates = [t for t in grp.targets if t.key in proofs
                       and all(g in self.members for g in t.cohort.group_ids)]
-        if not candidates:
-            return
-        rows = self._pull(grp, grp.pulls[0][0], first=True)
+        (query, instants), *past = grp.pulls  # newest first
+        rows = self._pull(grp, query, first=True) if candidates else None
         if rows is None:
             return
         self.pulls += 1
-        newest = grp.pulls[0][1][0]
         for target in candidates:
-            result = compare(self._derive(target, rows), proofs[target.key],
-                             self.settings.tolerance)
-            scenario, cohort = target.key
+            result = compare(self._derive(target, rows), proofs[target.key], self.tolerance)
             if result.match:
                 self.proven.add(target.key)
                 continue
+            scenario, cohort = target.key
             log.warning("scenario=%s cohort=%s: the participants pull as of %s does not "
                         "reproduce its summary (%s); summaries for this cohort at every instant",
-                        scenario, cohort, iso(newest), result.describe())
+                        scenario, cohort, iso(instants[0]), result.describe())
             self.notes.append(f"scenario={scenario} cohort={cohort}: not reproduced by the "
                               f"pull ({result.describe()}); summaries at every instant")
-
-    def _derive_past(self, grp: PullGroup) -> None:
         proven = [t for t in grp.targets if t.key in self.proven]
-        for query, instants in grp.pulls[1:]:
-            # As the planner chooses: the pull's pages (the last pull's count) plus a
-            # summary for each cohort it cannot serve, against a summary per cohort.
+        for query, instants in past:
+            # The last pull's pages and a summary per unproven cohort, against summaries.
             if choose(len(grp.targets), len(proven), grp.pages) != PARTICIPANTS:
                 return
             rows = self._pull(grp, query, first=False)
@@ -151,5 +141,4 @@ class Derivation:
             self.pulls += 1
             for target in proven:
                 derived = self._derive(target, rows)
-                for instant in instants:
-                    self.values[(target.key, instant)] = derived
+                self.values.update(((target.key, instant), derived) for instant in instants)

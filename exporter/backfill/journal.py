@@ -11,28 +11,28 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Generic, TextIO, TypeVar
 
 from ..client import ApiError, Member, Page, ParticipantRow, Summary
 from ..config import Config
 from .window import UsageError, Window
 
 JOURNAL_VERSION = 1
-
-# A request, as sent: the scenario and its sorted query parameters.
-RequestKey = tuple[str, tuple[tuple[str, str], ...]]
-
-# A page of a list, as sent: its kind (PARTICIPANTS or MEMBERS), the scenario or
-# group, and the sorted query parameters (page and page_size included).
-PageKey = tuple[str, str, tuple[tuple[str, str], ...]]
+SUMMARY = "summary"
 PARTICIPANTS = "participants"
 MEMBERS = "members"
-SUMMARY = "summary"
+_ITEM_TYPES: dict[str, type[ParticipantRow] | type[Member]] = {
+    PARTICIPANTS: ParticipantRow, MEMBERS: Member}
+
+# A request, as sent: its kind (SUMMARY or a list: PARTICIPANTS, MEMBERS), its scenario or
+# group, and its sorted query parameters (a list page's page and page_size included).
+RequestKey = tuple[str, str, tuple[tuple[str, str], ...]]
+A = TypeVar("A")
 
 
-def request_key(scenario: str, params: Mapping[str, str]) -> RequestKey:
+def request_key(subject: str, params: Mapping[str, str], kind: str = SUMMARY) -> RequestKey:
     """A hashable, order-independent name for one request."""
-    return (scenario, tuple(sorted(params.items())))
+    return (kind, subject, tuple(sorted(params.items())))
 
 
 # The settings that decide the file's content (the API, the targets); limits, intervals,
@@ -43,62 +43,36 @@ CONTENT_SETTINGS: dict[str, Any] = {
 
 
 def fingerprint(config: Config, window: Window) -> str:
-    """A digest of :data:`CONTENT_SETTINGS` and the time range: any other edit of the
-    configuration lets a stopped run resume."""
+    """A digest of :data:`CONTENT_SETTINGS` and the time range."""
     doc = config.model_dump(mode="json", include=CONTENT_SETTINGS)
     doc["backfill"] = {"since": window.since, "until": window.until, "step": window.step}
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def base_fingerprint(config: Config, since: int, step: int) -> str:
-    """The fingerprint without ``until``: a rerun without ``--until`` resumes its run."""
-    return fingerprint(config, Window(since, 0, step))
-
-
 @dataclass
-class Outcome:
-    """A finished request: its summary, or the reason the API refused it for good."""
+class Outcome(Generic[A]):
+    """A finished request: its answer (a Summary, a Page), or why the API refused it."""
 
-    summary: Summary | None
+    answer: A | None
     error: str | None = None
-
-
-@dataclass
-class PageOutcome:
-    """A finished list page request: the page, or the reason the API refused it."""
-
-    page: Page | None
-    error: str | None = None
-
-
-def page_key(kind: str, subject: str, params: Mapping[str, str]) -> PageKey:
-    """A hashable, order-independent name for one list page request."""
-    return (kind, subject, tuple(sorted(params.items())))
-
-
-_ITEM_TYPES: dict[str, type[ParticipantRow] | type[Member]] = {
-    PARTICIPANTS: ParticipantRow, MEMBERS: Member}
 
 
 class Journal:
-    """``OUTPUT.journal``: a header line, then a JSON line per finished request (a
-    summary: ``scenario``, ``params``, ``summary``; a list page: ``kind``, ``subject``,
-    ``params`` and the page's envelope and ``items``) and one per request sent
-    (``{"sent": t}``), so a resumed run counts the stopped run's spend."""
+    """A header line, a JSON line per finished request (a summary: ``scenario``,
+    ``params``, ``summary``; a list page: ``kind``, ``subject``, ``params``, the page) and
+    one per request sent (``{"sent": t}``: a resumed run counts the stopped run's spend)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._handle: TextIO | None = None
 
-    def read(self) -> tuple[dict[str, Any] | None, dict[RequestKey, Outcome],
-                            dict[PageKey, PageOutcome], list[float]]:
-        """The header (None without a journal), the finished summary and list page
-        requests, and when requests were sent; a torn last line is ignored."""
+    def read(self) -> tuple[dict[str, Any] | None, dict[RequestKey, Outcome[Any]], list[float]]:
+        """The header (None: no journal), the finished requests and the send times."""
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
-            return None, {}, {}, []
+            return None, {}, []
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"--output: cannot read the journal {self.path}: {exc}") from None
         try:
@@ -108,8 +82,7 @@ class Journal:
         if not isinstance(header, dict) or header.get("kind") != "exec-exporter-backfill":
             raise UsageError(f"--output: {self.path} is not a backfill journal; remove it or "
                              "choose another --output")
-        done: dict[RequestKey, Outcome] = {}
-        pages: dict[PageKey, PageOutcome] = {}
+        done: dict[RequestKey, Outcome[Any]] = {}
         sent: list[float] = []
         for line in lines[1:]:
             try:
@@ -117,17 +90,13 @@ class Journal:
                 if "sent" in item:
                     sent.append(float(item["sent"]))
                     continue
-                kind = item.get("kind")
-                if kind in _ITEM_TYPES:
-                    pkey = page_key(kind, str(item["subject"]), dict(item["params"]))
-                    pages[pkey] = PageOutcome(_page_from_json(kind, item), item.get("error"))
-                    continue
-                key = request_key(str(item["scenario"]), dict(item["params"]))
-                summary = Summary.from_json(item["summary"]) if item.get("summary") else None
-                done[key] = Outcome(summary, item.get("error"))
+                kind = item.get("kind", SUMMARY)
+                subject = item["scenario" if kind == SUMMARY else "subject"]
+                key = request_key(str(subject), dict(item["params"]), kind)
+                done[key] = Outcome(_answer(kind, item), item.get("error"))
             except (ValueError, KeyError, TypeError, AttributeError, ApiError):
                 continue
-        return header, done, pages, sent
+        return header, done, sent
 
     def start(self, header: dict[str, Any], fresh: bool) -> None:
         """Open for appending; ``fresh`` writes a new file with ``header``."""
@@ -135,33 +104,24 @@ class Journal:
             self.path.write_text(json.dumps(header, sort_keys=True) + "\n", encoding="utf-8")
         self._handle = self.path.open("a", encoding="utf-8")
 
-    def add(self, key: RequestKey, outcome: Outcome) -> None:
+    def add(self, key: RequestKey, outcome: Outcome[Any]) -> None:
         """Record one finished request (flushed at once: a stop loses nothing)."""
-        assert self._handle is not None
-        item = {"scenario": key[0], "params": dict(key[1]),
-                "summary": outcome.summary.to_json() if outcome.summary else None,
-                "error": outcome.error}
-        self._handle.write(json.dumps(item, sort_keys=True, separators=(",", ":")) + "\n")
-        self._handle.flush()
-
-    def add_page(self, key: PageKey, outcome: PageOutcome) -> None:
-        """Record one finished list page request (flushed at once)."""
-        assert self._handle is not None
         kind, subject, params = key
-        page = outcome.page
-        item: dict[str, Any] = {"kind": kind, "subject": subject, "params": dict(params),
-                                "error": outcome.error}
-        if page is not None:
-            item.update(items=[dataclasses.asdict(x) for x in page.items], page=page.page,
-                        total_count=page.total_count, total_pages=page.total_pages,
-                        page_size=page.page_size)
-        self._handle.write(json.dumps(item, sort_keys=True, separators=(",", ":")) + "\n")
-        self._handle.flush()
+        answer = outcome.answer
+        item: dict[str, Any] = {"params": dict(params), "error": outcome.error}
+        if kind == SUMMARY:
+            item.update(scenario=subject, summary=answer.to_json() if answer else None)
+        else:
+            item.update(kind=kind, subject=subject, **dataclasses.asdict(answer) if answer else {})
+        self._write(json.dumps(item, sort_keys=True, separators=(",", ":")))
 
     def add_sent(self, at: float) -> None:
         """Record that a request was sent at ``at`` (before it is sent)."""
+        self._write(json.dumps({"sent": round(at, 3)}))
+
+    def _write(self, line: str) -> None:
         assert self._handle is not None
-        self._handle.write(json.dumps({"sent": round(at, 3)}) + "\n")
+        self._handle.write(line + "\n")
         self._handle.flush()
 
     def close(self) -> None:
@@ -173,7 +133,9 @@ class Journal:
             self._handle = None
 
 
-def _page_from_json(kind: str, item: Mapping[str, Any]) -> Page | None:
+def _answer(kind: str, item: Mapping[str, Any]) -> Summary | Page[Any] | None:
+    if kind == SUMMARY:
+        return Summary.from_json(item["summary"]) if item.get("summary") else None
     if item.get("items") is None:
         return None
     make = _ITEM_TYPES[kind]

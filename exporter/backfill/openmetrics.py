@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest
 
 from ..client import Summary
-from ..collector import (
-    CACHED,
-    INFO_FAMILY,
-    INFO_POSITION,
-    TARGET_FAMILIES,
-    Families,
-    info_samples,
-    target_samples,
-)
+from ..collector import CACHED, INFO_POSITION, TARGET_FAMILIES, Families, target_samples
 from ..store import TargetState
 from ..targets import TargetKey
 from .journal import Outcome, RequestKey
@@ -32,55 +22,32 @@ AS_OF = "as of the sample's timestamp (backfilled)"
 def render(plan: Plan, results: Mapping[RequestKey, Outcome],
            extra: Mapping[str, str] | None = None,
            derived: Mapping[tuple[TargetKey, int], Summary] | None = None) -> bytes:
-    """The OpenMetrics text: the ``exec_scenario_*`` families with the names, HELP, types
-    and labels of ``/metrics``, each series' samples together and in time order (the
-    format wants every family, and promtool every series, contiguous), then ``# EOF``.
-
-    ``extra`` labels go on every sample: the target labels Prometheus adds when it
-    scrapes (``job``, ``instance``...), so backfilled and scraped samples are one series.
-    ``derived`` values (a proven cohort aggregated from a participants pull) stand in for
-    the summary request of their point.
-    """
+    """The data and info families of ``/metrics``, each series' samples together and in
+    time order, ``extra`` labels on every sample, ``derived`` values for their points."""
     extra = dict(extra or {})
     derived = derived or {}
-    data_specs = TARGET_FAMILIES[:INFO_POSITION]
-    series: list[dict[tuple[str, ...], list[tuple[int, float]]]] = [{} for _ in data_specs]
-    info: dict[tuple[str, ...], list[tuple[int, float]]] = {}
-    by_instant: dict[int, list[TargetState]] = {}
+    specs = TARGET_FAMILIES[:INFO_POSITION + 1]  # self-metrics describe the daemon
+    series: list[dict[tuple[str, ...], dict[int, float]]] = [{} for _ in specs]
     for point in plan.points:
         summary = derived.get((point.target.key, point.instant))
         if summary is None:
             outcome = results.get(point.request)
-            summary = outcome.summary if outcome is not None else None
+            summary = outcome.answer if outcome is not None else None
         if summary is None:
             continue
-        state = TargetState(target=point.target, summary=summary,
-                            last_success=float(point.instant), up=True)
-        by_instant.setdefault(point.instant, []).append(state)
-        for index, labels, value in target_samples(state, fresh=True):
-            if index < INFO_POSITION:  # data only: self-metrics describe the daemon
-                series[index].setdefault(labels, []).append((point.instant, value))
-    for instant, states in by_instant.items():
-        for labels in info_samples(states):
-            info.setdefault(labels, []).append((instant, 1.0))
-    families: list[Metric] = []
-    for spec, found in [*zip(data_specs, series, strict=True), (INFO_FAMILY, info)]:
-        family = GaugeMetricFamily(spec.name, spec.documentation.replace(CACHED, AS_OF),
-                                   labels=[*spec.labels, *extra])
+        state = TargetState(target=point.target, summary=summary, up=True)
+        # Every target of a scenario gives its info sample: one per scenario and instant.
+        for index, labels, value in target_samples(state, fresh=True, info=True):
+            if index <= INFO_POSITION:
+                series[index].setdefault(labels, {})[point.instant] = value
+    families = []
+    for spec, found in zip(specs, series, strict=True):
+        family = dataclasses.replace(spec, documentation=spec.documentation.replace(
+            CACHED, AS_OF), labels=(*spec.labels, *extra)).family()
         for labels in sorted(found):
-            for instant, value in sorted(found[labels]):
+            for instant, value in sorted(found[labels].items()):
                 family.add_metric([*labels, *extra.values()], value, timestamp=instant)
         if family.samples:
             families.append(family)
     return generate_latest(Families(families))
 
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename; unlike the state
-    file's private one, the file gets the umask's mode (promtool may run as another user)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

@@ -6,29 +6,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..budget import DAY, Budget
-from ..config import CohortConfig, PlannerConfig, format_duration
+from ..config import CohortConfig, format_duration
 from ..paged import page_query
 from ..plan import DatesKey, choose, describe_dates, pages_for, pages_of, pull_groups
 from ..planner import pinned_query, pull_query
 from ..targets import Target
-from .journal import (
-    MEMBERS,
-    PARTICIPANTS,
-    SUMMARY,
-    PageKey,
-    PageOutcome,
-    RequestKey,
-    page_key,
-    request_key,
-)
+from .journal import MEMBERS, PARTICIPANTS, SUMMARY, Outcome, RequestKey, request_key
 from .window import Window, iso
 
 
 def as_of_query(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
-    """The daemon's pinned summary query (:func:`exporter.planner.pinned_query`) as of
-    ``instant``, or None before the cohort's fixed ``start_date``."""
+    """The daemon's pinned summary query as of ``instant``; None before its start_date."""
     if cohort.start_date is not None and cohort.start_date.timestamp() > instant:
         return None
     return pinned_query(cohort, float(instant))
@@ -75,8 +66,7 @@ def make_plan(targets: Sequence[Target], window: Window) -> Plan:
 
 def estimate_seconds(requests: int, budget: Budget, now: float,
                      leave: tuple[int, int] = (0, 0)) -> float:
-    """About how long ``requests`` take within ``budget`` with ``leave`` (minute, day)
-    left to a running daemon."""
+    """About how long ``requests`` take within ``budget``, ``leave`` (minute, day) aside."""
     if requests <= 0:
         return 0.0
     minute_left, day_left = budget.remaining(now)
@@ -93,8 +83,7 @@ def estimate_seconds(requests: int, budget: Budget, now: float,
 def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
              daemon_spent: int | None, groups: Sequence[PullGroup] | None = None,
              leave: tuple[int, int] = (0, 0)) -> str:
-    """The plan printed before anything is sent; with ``groups`` (auto mode) both ways'
-    requests per scenario and date range."""
+    """The plan printed before anything is sent (with ``groups``: both ways' costs)."""
     w = plan.window
     lines = [
         f"backfill: {len(plan.targets)} targets x {len(w.instants)} instants "
@@ -153,14 +142,6 @@ def describe(plan: Plan, todo: int, budget: Budget, now: float, listing: int,
     return "\n".join(lines)
 
 
-def pull_dates(cohort: CohortConfig, instant: int) -> dict[str, str] | None:
-    """The participants query (dates only) of ``cohort``'s pull as of ``instant``, or None
-    before its ``start_date``."""
-    if as_of_query(cohort, instant) is None:
-        return None
-    return pull_query(cohort, float(instant))
-
-
 @dataclass
 class PullGroup:
     """One scenario and date range, its distinct pulls (newest first) and both ways' costs."""
@@ -174,8 +155,7 @@ class PullGroup:
     members: tuple[str, ...] = ()  # member lists this group adds to the run
     pages: int = 1  # per pull: 1 until a pull's total_count says
     source: str = SUMMARY
-    # Pages of each member list it adds: 1 until known.
-    member_pages: dict[str, int] = field(default_factory=dict)
+    member_pages: dict[str, int] = field(default_factory=dict)  # of ``members``
 
     @property
     def member_cost(self) -> int:
@@ -198,13 +178,11 @@ class PullGroup:
         return f"scenario={self.scenario} {describe_dates(self.dates)} ({names})"
 
 
-def plan_pulls(plan: Plan, settings: PlannerConfig,
-               known_pages: Mapping[PageKey, PageOutcome] | None = None,
-               member_counts: Mapping[str, int] | None = None) -> list[PullGroup]:
-    """Per scenario and date range, both costs over the run and the cheaper way: the
-    proofs, one pull per distinct date range (pages known from the journal, else 1) and
-    the member lists no earlier group reads, against the summaries; a tie or a single
-    cohort keeps the summaries (:func:`exporter.plan.choose`)."""
+def plan_pulls(plan: Plan, known: Mapping[RequestKey, Outcome[Any]],
+               member_counts: Mapping[str, int]) -> list[PullGroup]:
+    """Per scenario and date range, the summaries against the proofs, a pull per distinct
+    date range (its pages from the journal, else 1) and the member lists no earlier group
+    reads; the cheaper way (a tie or a single cohort keeps the summaries)."""
     groups: list[PullGroup] = []
     charged: set[str] = set()
     for (_, scenario, dates), members in pull_groups(plan.targets).items():
@@ -212,24 +190,23 @@ def plan_pulls(plan: Plan, settings: PlannerConfig,
         points = [p for p in plan.points if p.target.key in keys]
         by_dates: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], list[int]]] = {}
         for instant in reversed(plan.window.instants):
-            query = pull_dates(members[0].cohort, instant)
-            if query is not None:
+            if as_of_query(members[0].cohort, instant) is not None:
+                query = pull_query(members[0].cohort, float(instant))
                 by_dates.setdefault(tuple(sorted(query.items())), (query, []))[1].append(instant)
         pulls = list(by_dates.values())
         newest = pulls[0][1][0] if pulls else None
         group = PullGroup(scenario, dates, list(members), pulls,
                           summary_cost=len({p.request for p in points}),
                           proofs=len({p.request for p in points if p.instant == newest}))
-        if pulls and known_pages:
-            first = known_pages.get(page_key(PARTICIPANTS, scenario, page_query(pulls[0][0], 1)))
-            if first is not None and first.page is not None:
-                group.pages = pages_of(first.page)
+        if pulls:
+            first = request_key(scenario, page_query(pulls[0][0], 1), PARTICIPANTS)
+            group.pages = _pages(known, first, 1)
         needs = dict.fromkeys(g for t in members for g in t.cohort.group_ids)
         group.members = tuple(g for g in needs if g not in charged)
-        group.member_pages = {g: member_pages(g, known_pages, member_counts)
-                              for g in group.members}
-        if (settings.mode == "auto" and pulls
-                and choose(len(members), len(members), group.pages) == PARTICIPANTS
+        for g in group.members:  # from the journal, else the daemon's saved list, else 1
+            first = request_key(g, page_query({"group_ids": g}, 1), MEMBERS)
+            group.member_pages[g] = _pages(known, first, pages_for(member_counts.get(g, 0)))
+        if (pulls and choose(len(members), len(members), group.pages) == PARTICIPANTS
                 and group.participants_cost < group.summary_cost):
             group.source = PARTICIPANTS
             charged.update(group.members)
@@ -239,14 +216,7 @@ def plan_pulls(plan: Plan, settings: PlannerConfig,
     return groups
 
 
-def member_pages(group_id: str, known_pages: Mapping[PageKey, PageOutcome] | None,
-                 member_counts: Mapping[str, int] | None) -> int:
-    """Pages of ``group_id``'s member list: from the journal, else the daemon's saved list,
-    else 1."""
-    members = page_query({"group_ids": group_id}, 1)
-    first = (known_pages or {}).get(page_key(MEMBERS, group_id, members))
-    if first is not None and first.page is not None:
-        return pages_of(first.page)
-    count = (member_counts or {}).get(group_id)
-    return pages_for(count) if count else 1
-
+def _pages(known: Mapping[RequestKey, Outcome[Any]], first: RequestKey, otherwise: int) -> int:
+    """Pages of a list whose ``first`` page the journal holds, else ``otherwise``."""
+    outcome = known.get(first)
+    return pages_of(outcome.answer) if outcome is not None and outcome.answer else otherwise

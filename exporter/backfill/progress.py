@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -13,12 +12,9 @@ PROGRESS_EVERY = 30.0  # seconds between plain progress lines (not a terminal)
 
 
 class Progress:
-    """A tqdm bar on a terminal; a plain line every 30 s (and at the end) otherwise.
-
-    The time left comes from ``time_left`` (the budget's estimate), not from the
-    rate so far: a run that sent its first minute's requests in seconds is not
-    about to finish.
-    """
+    """A tqdm bar on a terminal; a plain line every 30 s (and at the end) otherwise. The
+    time left is the budget's estimate (``time_left``), not the rate so far: a run that
+    sent its first minute's requests in seconds is not about to finish."""
 
     BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} requests [{elapsed}{postfix}]"
 
@@ -53,7 +49,8 @@ class Progress:
     def waiting(self, until: float) -> None:
         """Say the run waits for the quota (or a 429)."""
         if self.bar is not None:
-            self.bar.set_postfix_str(f"waiting for quota until {_clock(until)}", refresh=True)
+            clock = time.strftime("%H:%M:%S UTC", time.gmtime(until))
+            self.bar.set_postfix_str(f"waiting for quota until {clock}", refresh=True)
 
     def advance(self) -> None:
         """One more request finished."""
@@ -67,20 +64,12 @@ class Progress:
         now = time.monotonic()
         if now - self._last_line >= PROGRESS_EVERY or self.done == self.total:
             self._last_line = now
-            print(self.line(), file=self.stream, flush=True)
-
-    def line(self) -> str:
-        """``backfill: 120/744 requests (16%), about 10m left``."""
-        share = self.done / self.total if self.total else 1.0
-        left = self._left()
-        return f"backfill: {self.done}/{self.total} requests ({share:.0%})" + (
-            f", {left}" if left else "")
+            share = self.done / self.total if self.total else 1.0
+            left = self._left()
+            print(f"backfill: {self.done}/{self.total} requests ({share:.0%})"
+                  + (f", {left}" if left else ""), file=self.stream, flush=True)
 
     def close(self) -> None:
         """Remove the bar."""
         if self.bar is not None:
             self.bar.close()
-
-
-def _clock(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%H:%M:%S UTC")

@@ -3,50 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
-import math
+import os
 import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 from .. import logs
-from ..budget import DAY, MINUTE, open_budget
+from ..budget import open_budget
 from ..client import PERSISTENT_REASONS, ExecClient
 from ..config import Config, ConfigError, load_api_key, load_config
 from ..discovery import Discovery, Lists
-from ..scheduler import effective_interval
-from ..state import SavedState, StateFile
+from ..state import SavedState, StateFile, write_atomically
 from ..targets import Target, select_targets
 from .derive import Derivation
-from .journal import (
-    JOURNAL_VERSION,
-    Journal,
-    Outcome,
-    PageKey,
-    PageOutcome,
-    RequestKey,
-    base_fingerprint,
-    fingerprint,
-)
-from .openmetrics import render, write_atomically
+from .journal import JOURNAL_VERSION, SUMMARY, Journal, Outcome, RequestKey, fingerprint
+from .openmetrics import render
 from .plan import describe, estimate_seconds, make_plan, plan_pulls
 from .progress import Progress
-from .sender import TRANSIENT_TRIES, Fetcher, Sender, StopFlag, Stopped, WorkspaceError
+from .sender import TRANSIENT_TRIES, Sender, Stopped, WorkspaceError
 from .window import HEAD_RANGE, UsageError, Window, iso, parse_window
 
 log = logging.getLogger(__name__)
 
+
 def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tuple[
         list[Target], int]:
-    """The targets as the daemon would poll them, and how many listing requests that took:
-    the lists from the state file, else read by discovery's own jobs and retry rule; a
-    listing failing :data:`TRANSIENT_TRIES` times, or refused for good, stops the run."""
+    """The targets as the daemon polls them (the state file's lists, else read by
+    discovery's jobs) and the listing requests sent; a listing that fails
+    :data:`TRANSIENT_TRIES` times, or is refused for good, stops the run."""
     settings = config.discovery
     sent = sender.sent_count
     if settings is not None and (settings.scenarios is not None
@@ -65,31 +56,19 @@ def discover_targets(config: Config, sender: Sender, lists: Lists | None) -> tup
     return targets, sender.sent_count - sent
 
 
-def daemon_share(targets: Sequence[Target], config: Config) -> tuple[int, int]:
-    """What the daemon's polling of ``targets`` needs per minute and per day (an upper
-    bound: one summary per target every effective interval)."""
-    rate = config.api.rate_limit
-    interval = effective_interval(len(targets), config.refresh_interval, rate.day_budget,
-                                  rate.minute_budget)
-    return (math.ceil(len(targets) * MINUTE / interval),
-            math.ceil(len(targets) * DAY / interval))
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The backfill flags (``exec-exporter backfill ...``)."""
     group = parser.add_argument_group("backfill (exec-exporter backfill ...)")
-    group.add_argument("--since", dest="since", default=None,
-                       help="how far back to start, a duration such as 30d")
-    group.add_argument("--until", dest="until", default=None,
+    group.add_argument("--since", help="how far back to start, a duration such as 30d")
+    group.add_argument("--until",
                        help="the last instant: ISO 8601, unix seconds or 'now' (default: the "
                             "latest UTC midnight, or hour for steps of hours, 3h ago or more)")
-    group.add_argument("--step", dest="step", default="1d",
+    group.add_argument("--step", default="1d",
                        help="one point per target every STEP, at least 1h (default: %(default)s)")
-    group.add_argument("--label", dest="labels", action="append", default=None,
-                       metavar="NAME=VALUE",
+    group.add_argument("--label", dest="labels", action="append", metavar="NAME=VALUE",
                        help="a label for every backfilled sample, repeatable: the target labels "
                             "Prometheus adds to the live series (job, instance, ...)")
-    group.add_argument("--output", dest="output", default=None,
+    group.add_argument("--output",
                        help="the OpenMetrics file to write (its journal: OUTPUT.journal)")
 
 
@@ -116,26 +95,15 @@ def parse_labels(items: Sequence[str] | None) -> dict[str, str]:
     return labels
 
 
-def _check_output(output: str | None) -> Path:
-    if not output:
-        raise UsageError("--output: required (the OpenMetrics file to write)")
-    path = Path(output)
-    if path.is_dir():
-        raise UsageError(f"--output: {output} is a directory")
-    if not path.parent.is_dir():
-        raise UsageError(f"--output: directory {str(path.parent)!r} does not exist")
-    return path
-
-
 def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
          out: TextIO | None = None, err: TextIO | None = None,
          sleep: Callable[[float], bool] | None = None) -> int:
     """Run ``exec-exporter backfill``: 0 done (or stopped cleanly), 2 bad input, 1 failure.
     ``now`` and ``sleep`` (seconds -> whether a stop was asked) are the clock."""
-    out = out or sys.stdout
-    err = err or sys.stderr
+    out, err = out or sys.stdout, err or sys.stderr
+    say = functools.partial(print, file=out, flush=True)
     try:
-        prepared = _prepare(args, now())
+        config, key, window, output, journal, header, done, own, labels = _prepare(args, now())
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=err)
@@ -143,11 +111,9 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
     except UsageError as exc:
         print(f"error: {exc}", file=err)
         return 2
-    config, key, window, output, journal, header, done, pages, own, state, labels = prepared
-
     client = ExecClient(config.api.base_url, key, config.api.timeout)
     rate = config.api.rate_limit
-    saved = state.load(now()) if state else None
+    saved = StateFile(args.state_file).load(now()) if args.state_file else None
     budget = open_budget(rate.minute_budget, rate.day_budget, args.state_file,
                          saved.ledger if saved else own, now())
     daemon_spent = None
@@ -158,12 +124,14 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
     sender = Sender(client, budget, now=now, sleep=sleep, own=own)
     # The journal opens before any request (discovery included), so every send is in it.
     journal.start(header, fresh=not journal.path.exists())
-    sender.on_send = journal.add_sent
-    stop_handlers = _install_signals(sender.stop)
+    sender.journal, sender.done = journal, done
+    handlers: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, lambda signum, frame: sender.stop.set())
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
-            lists = saved.lists if saved else None
-            targets, listing = discover_targets(config, sender, lists)
+            targets, listing = discover_targets(config, sender, saved.lists if saved else None)
         except Stopped:
             print("stopped before the plan was made; nothing to resume", file=err)
             return 0
@@ -171,72 +139,68 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
             print(f"error: {exc}", file=err)
             return 1
         if saved is not None:  # a daemon on this state file polls these targets
-            sender.share_with(*daemon_share(targets, config))
+            sender.share_with(len(targets), config.refresh_interval)
         plan = make_plan(targets, window)
-        settings = config.planner
-        groups = (plan_pulls(plan, settings, pages, _member_counts(saved))
-                  if settings.mode == "auto" else None)
+        groups = (plan_pulls(plan, done, _member_counts(saved))
+                  if config.planner.mode == "auto" else None)
         wanted = set(plan.requests)
-        results = {k: v for k, v in done.items() if k in wanted}
+        summaries = sum(1 for k in done if k in wanted)
         if groups is None:
-            total, finished = len(plan.requests), len(results)
+            total, finished = len(plan.requests), summaries
         else:  # an estimate until the pulls say how many pages they have
             total = sum(g.cost for g in groups)
-            finished = min(total, len(results) + len(pages))
-        print(describe(plan, total - finished, sender.budget, now(), listing,
-                       daemon_spent, groups, sender.sharing(now())), file=out, flush=True)
-        if labels:
-            print("labels on every sample: " + ", ".join(f"{k}={v!r}" for k, v in labels.items()),
-                  file=out, flush=True)
-        else:
-            print("note: no --label: the series will lack the job/instance labels Prometheus "
-                  "adds when scraping (see docs/backfill.md)", file=out, flush=True)
+            finished = min(total, summaries + sum(1 for k in done if k[0] != SUMMARY))
+        say(describe(plan, total - finished, budget, now(), listing, daemon_spent, groups,
+                     sender.sharing(now())))
+        say("labels on every sample: " + ", ".join(f"{k}={v!r}" for k, v in labels.items())
+            if labels else "note: no --label: the series will lack the job/instance labels "
+            "Prometheus adds when scraping (see docs/backfill.md)")
         progress = Progress(total, finished, err,
-                            lambda n: estimate_seconds(n, sender.budget, now(), sender.leave))
-        sender.on_wait = progress.waiting
-        fetcher = Fetcher(sender, journal, results, pages, on_sent=progress.advance)
-        derivation = Derivation(groups or [], fetcher, settings)
-        failed = 0
+                            lambda n: estimate_seconds(n, budget, now(), sender.leave))
+        sender.on_wait, sender.on_answer = progress.waiting, progress.advance
+        derivation = Derivation(groups or [], sender, config.planner.tolerance)
         try:
-            derivation.run()
-            for note in derivation.notes:
-                print(f"planner: {note}", file=out, flush=True)
-            derived = derivation.values
-            needed = list(dict.fromkeys(p.request for p in plan.points
-                                        if (p.target.key, p.instant) not in derived))
-            progress.set_total(progress.done + sum(1 for k in needed if k not in results))
-            for request in needed:
-                if fetcher.summary(request) is None:
-                    failed += 1
+            try:
+                derivation.run()
+                for note in derivation.notes:
+                    say(f"planner: {note}")
+                derived = derivation.values
+                needed = list(dict.fromkeys(p.request for p in plan.points
+                                            if (p.target.key, p.instant) not in derived))
+                progress.set_total(progress.done + sum(1 for k in needed if k not in done))
+                failed = sum(1 for request in needed if sender.fetch(request) is None)
+            finally:
+                progress.close()
         except Stopped:
-            progress.close()
-            print(f"stopped: {len(results) + len(pages)} requests done and kept in "
-                  f"{journal.path}; run the same command again to resume", file=err)
+            kept = sum(1 for k in done if k in wanted or k[0] != SUMMARY)
+            print(f"stopped: {kept} requests done and kept in {journal.path}; run the same "
+                  "command again to resume", file=err)
             return 0
         except OSError as exc:
-            progress.close()
             print(f"error: cannot write the journal {journal.path} ({exc}); the requests "
                   "written before are kept in it", file=err)
             return 1
         except WorkspaceError as exc:
-            progress.close()
             print(f"error: the API refused the key or the workspace ({exc}); finished "
                   f"requests are kept in {journal.path}", file=err)
             return 1
-        progress.close()
     finally:
         journal.close()
         client.close()
         budget.close()
-        _restore_signals(stop_handlers)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     if failed:
         print(f"error: {failed} requests kept failing (see the log); {output} not written. "
               "Run the same command again to retry them", file=err)
         return 1
-    data = render(plan, results, labels, derived)
-    write_atomically(output, data)
+    data = render(plan, done, labels, derived)
+    write_atomically(output, data)  # private, as the state file; promtool may be another
+    umask = os.umask(0)  # user: the file gets the mode a plain write would give it
+    os.umask(umask)
+    output.chmod(0o666 & ~umask)
     samples = sum(1 for line in data.splitlines() if line and not line.startswith(b"#"))
-    refused = sum(1 for k in needed if results[k].error)
+    refused = sum(1 for k in needed if done[k].error)
     print(f"wrote {output}: {samples} samples from {iso(window.until - window.since)} to "
           f"{iso(window.until)}; {sender.sent_count} requests sent this run"
           + (f"; {refused} requests refused by the API (no value for those points)"
@@ -252,10 +216,16 @@ def main(args: argparse.Namespace, now: Callable[[], float] = time.time,
 
 
 def _prepare(args: argparse.Namespace, now: float) -> tuple[
-        Config, str, Window, Path, Journal, dict[str, Any], dict[RequestKey, Outcome],
-        dict[PageKey, PageOutcome], list[float], StateFile | None, dict[str, str]]:
+        Config, str, Window, Path, Journal, dict[str, Any], dict[RequestKey, Outcome[Any]],
+        list[float], dict[str, str]]:
     """Every check that must pass before a request is sent; raise UsageError/ConfigError."""
-    output = _check_output(args.output)
+    if not args.output:
+        raise UsageError("--output: required (the OpenMetrics file to write)")
+    output = Path(args.output)
+    if output.is_dir():
+        raise UsageError(f"--output: {output} is a directory")
+    if not output.parent.is_dir():
+        raise UsageError(f"--output: directory {str(output.parent)!r} does not exist")
     labels = parse_labels(args.labels)
     config = load_config(args.config_file)
     key, warnings = load_api_key(config)
@@ -266,18 +236,17 @@ def _prepare(args: argparse.Namespace, now: float) -> tuple[
                            "api.api_key_file in the configuration"])
     logs.add_secret(key.value)
     journal = Journal(output.with_name(output.name + ".journal"))
-    previous, done, pages, own = journal.read()
+    previous, done, own = journal.read()
     # Check the flags first (their errors say more), then whether a previous run is resumed.
     window = parse_window(args.since, args.until, args.step, now)
     resumed = None
-    base = base_fingerprint(config, window.since, window.step)
+    base = fingerprint(config, Window(window.since, 0, window.step))  # without --until
     if (args.until is None and previous is not None and previous.get("base") == base
             and isinstance(previous.get("until"), int)):
         resumed = previous["until"]
         window = Window(window.since, resumed, window.step)
     header = {"kind": "exec-exporter-backfill", "version": JOURNAL_VERSION,
-              "fingerprint": fingerprint(config, window),
-              "base": base,
+              "fingerprint": fingerprint(config, window), "base": base,
               "since": window.since, "until": window.until, "step": window.step}
     if previous is not None and previous.get("fingerprint") != header["fingerprint"]:
         raise UsageError(f"--output: {output} (journal {journal.path.name}) is from another "
@@ -290,24 +259,7 @@ def _prepare(args: argparse.Namespace, now: float) -> tuple[
     if window.until > now - HEAD_RANGE:
         log.warning("--until is within the last 3 hours: Prometheus's head block may "
                     "already hold that range; see docs/backfill.md")
-    state = StateFile(args.state_file) if args.state_file else None
-    return config, key.value, window, output, journal, header, done, pages, own, state, labels
-
-
-def _install_signals(stop: StopFlag) -> dict[int, Any]:
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, on_stop)
-    return previous
-
-
-def _restore_signals(previous: Mapping[int, Any]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
+    return config, key.value, window, output, journal, header, done, own, labels
 
 
 def _member_counts(saved: SavedState | None) -> dict[str, int]:

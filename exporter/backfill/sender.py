@@ -1,5 +1,5 @@
-"""Sending a backfill's requests as jobs of the daemon's scheduler, and answering them
-from the journal first."""
+"""Sending a backfill's requests as jobs of the daemon's scheduler, answering them from
+the journal first."""
 
 from __future__ import annotations
 
@@ -10,49 +10,30 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ..budget import DAY, Budget
-from ..client import (
-    PAUSE_REASONS,
-    PERSISTENT_REASONS,
-    WORKSPACE_REASONS,
-    ApiError,
-    ExecClient,
-    Page,
-    RateLimited,
-)
+from .. import client as api
+from ..budget import DAY, MINUTE, Budget
+from ..client import ApiError, ExecClient, Page
 from ..jobs import Job, JobSource, Running
 from ..paged import ListChanged, PagedRead
-from ..scheduler import Poller, Scheduler
-from .journal import PARTICIPANTS, Journal, Outcome, PageKey, PageOutcome, RequestKey, page_key
+from ..scheduler import Poller, Scheduler, effective_interval
+from .journal import MEMBERS, PARTICIPANTS, SUMMARY, Journal, Outcome, RequestKey, request_key
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_TRIES = 4  # timeouts, 5xx, invalid bodies: tries per request before giving up
 T = TypeVar("T")
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 class StopFlag:
-    """Set by the SIGINT/SIGTERM handler, polled by the waits.
-
-    A plain attribute rather than a ``threading.Event``: the handler runs on the main
-    thread between two bytecodes, possibly inside ``Event.wait()``'s lock, where
-    ``Event.set()`` would deadlock.
-    """
+    """Set by the SIGINT/SIGTERM handler, polled by the waits: a plain attribute, as
+    ``threading.Event.set()`` in a handler may deadlock inside ``Event.wait()``'s lock."""
 
     POLL = 0.2  # how soon a wait notices a stop
-
-    def __init__(self) -> None:
-        self.stopped = False
+    stopped = False
 
     def set(self) -> None:
         """Ask every wait to end (safe inside a signal handler)."""
         self.stopped = True
-
-    def is_set(self) -> bool:
-        """Whether a stop was asked for."""
-        return self.stopped
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True as soon as a stop is asked for."""
@@ -77,36 +58,26 @@ class Unreadable(Exception):
     """A list not read whole: a page refused or failing, or the pages disagree."""
 
 
-class _Clock:
-    def __init__(self, now: Callable[[], float]) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now()
-
-
 class Sender:
-    """Runs the backfill's requests as jobs of the daemon's Scheduler and Poller: the
-    same budget (with ``--state.file`` the workspace's ledger), ledger claim, 429 pause
-    and backoff of a failed job. Each job it runs (the request being sent, discovery's
-    pages) is wrapped to count and journal its send and to stop the run on a 401/403.
-    Waits last at most :attr:`WAKE`, so a stop and the shared ledger are rechecked."""
+    """Runs the backfill's requests as jobs of the daemon's Scheduler and Poller (their
+    budget, ledger, 429 pause and backoff), each counted and journaled as it is sent; it
+    is the poller's job source, outcomes and clock. Waits last at most :attr:`WAKE`."""
 
     WAKE = 5.0
 
     def __init__(self, client: ExecClient, budget: Budget,
                  now: Callable[[], float] = time.time,
                  sleep: Callable[[float], bool] | None = None,
-                 on_wait: Callable[[float], None] | None = None,
-                 on_send: Callable[[float], None] | None = None,
                  own: Iterable[float] = ()) -> None:
         self.client = client
         self.budget = budget
         self.now = now
         self.stop = StopFlag()
         self.sleep = sleep or self.stop.wait
-        self.on_wait = on_wait
-        self.on_send = on_send
+        self.journal: Journal | None = None  # where each send and answer is recorded
+        self.done: dict[RequestKey, Outcome[Any]] = {}  # finished requests, a run's before
+        self.on_wait: Callable[[float], None] | None = None
+        self.on_answer: Callable[[], None] | None = None
         self.sent_count = 0
         self.rate_limited = 0
         self.failures = 0  # of the job source being driven, 429 and 401/403 aside
@@ -115,25 +86,26 @@ class Sender:
         self._unwritable: OSError | None = None  # the journal's write failed: stop
         self._source: JobSource | None = None
         self._claimed = 0.0
-        # This run's requests (and a stopped run's, from the journal): the rest of the
-        # ledger is other processes'.
+        # This run's requests and a stopped run's: the rest of the ledger is others'.
         self._own: set[float] = {round(t, 3) for t in own}
         self._share = (0, 0)
         self.leave = (0, 0)
         self.scheduler = Scheduler(budget, DAY)
         self._running = self._run_with(())
-        self.poller = Poller(self.scheduler, lambda: self._running, self, _Clock(now))
+        self.poller = Poller(self.scheduler, lambda: self._running, self, self)
+        self.poller.probes = False  # a 401/403 ends the run (WorkspaceError)
 
-    def share_with(self, minute: int, day: int) -> None:
-        """Leave ``minute`` and ``day`` requests of every window (at most half of each)
-        to other processes on the shared ledger, from the first of their requests seen:
-        a daemon beside the backfill keeps what its polling needs."""
-        self._share = (max(0, min(minute, self.budget.minute_limit // 2)),
-                       max(0, min(day, self.budget.day_limit // 2)))
+    def share_with(self, targets: int, refresh_interval: float) -> None:
+        """Leave a daemon on the shared ledger what its polling of ``targets`` needs a
+        minute and a day (a summary each per effective interval; at most half of each
+        budget), once one of its requests is seen."""
+        limits = self.budget.minute_limit, self.budget.day_limit
+        interval = effective_interval(targets, refresh_interval, limits[1], limits[0])
+        self._share = (min(math.ceil(targets * MINUTE / interval), limits[0] // 2),
+                       min(math.ceil(targets * DAY / interval), limits[1] // 2))
 
     def sharing(self, now: float) -> tuple[int, int]:
-        """What this run leaves free per (minute, day): the share once another process's
-        request is in the ledger, else none."""
+        """What this run leaves free per (minute, day) now."""
         if self.leave != self._share and any(round(t, 3) not in self._own
                                              for t in self.budget.ledger(now)):
             self.leave = self._share
@@ -141,11 +113,14 @@ class Sender:
                      "requests a minute and %d a day", *self.leave)
         return self.leave
 
-    # --- the poller's job source and outcomes ----------------------------------------
+    # --- the poller's job source, outcomes and clock ---------------------------------
+
+    def time(self) -> float:
+        """The run's clock."""
+        return self.now()
 
     def _run_with(self, jobs: tuple[Job, ...]) -> Running:
-        # A request is never refreshed (a day's interval: only the minute budget paces a
-        # retry); one asked again (it kept failing) starts over (forget).
+        # Never refreshed (a day's interval); one asked again starts over (forget).
         return Running(self.client, tuple(self._wrap(job) for job in jobs), sources=(self,),
                        refresh_interval=DAY, minute_budget=self.budget.minute_limit,
                        day_budget=self.budget.day_limit, forget=frozenset(job.key for job in jobs))
@@ -169,9 +144,9 @@ class Sender:
             return job.fetch(client, at)
 
         def fail(error: ApiError, at: float) -> None:
-            if error.reason in WORKSPACE_REASONS:
+            if error.reason in api.WORKSPACE_REASONS:
                 self._refused = error
-            elif error.reason not in PAUSE_REASONS:
+            elif error.reason not in api.PAUSE_REASONS:
                 self.failures += 1
                 self.last_failure = error.reason
             job.fail(error, at)
@@ -189,26 +164,25 @@ class Sender:
     def record_request(self, job_kind: str, code: str, duration: float,
                        reason: str | None = None) -> None:
         """Count the 429s (the scheduler pauses every request for their retry_after)."""
-        if reason == RateLimited.reason:
+        if reason == api.RateLimited.reason:
             self.rate_limited += 1
 
     def count_send(self) -> None:
         """The request just claimed is about to be sent: count it (and journal it)."""
         self.sent_count += 1
-        if self.on_send is not None:
-            self.on_send(self._claimed)
+        if self.journal is not None:
+            self.journal.add_sent(self._claimed)
 
     # --- driving ---------------------------------------------------------------------
 
     def drive(self, settled: Callable[[], bool], source: JobSource | None = None,
               jobs: tuple[Job, ...] = ()) -> None:
-        """Step the poller with ``jobs`` (recurring until settled) and ``source``'s until
-        ``settled()``, sleeping while the scheduler waits (the budget, a 429's pause, a
-        backoff). Raises Stopped, WorkspaceError."""
+        """Step the poller with ``jobs`` and ``source``'s until ``settled()``, sleeping
+        while the scheduler waits. Raises Stopped, WorkspaceError."""
         self._source, self.failures, self.last_failure = source, 0, None
         self._running = self._run_with(jobs)
         while not settled():
-            if self.stop.is_set():
+            if self.stop.stopped:
                 raise Stopped
             if self._refused is not None:
                 raise WorkspaceError(f"{self._refused.reason}: {self._refused}")
@@ -223,95 +197,66 @@ class Sender:
                 if self.sleep(min(wake - now, self.WAKE)):
                     raise Stopped
 
-    def fetch(self, key: RequestKey) -> Outcome | None:
-        """The outcome of one request; None when it kept failing (try again next run)."""
-        scenario, params = key
-        sent = self._send(key, lambda client: client.summary(scenario, dict(params)),
-                          f"{scenario} {dict(params).get('end_date')}", "no value for this point")
-        return None if sent is None else Outcome(*sent)
+    def fetch(self, key: RequestKey) -> Outcome[Any] | None:
+        """One request's outcome: :attr:`done`'s, else sent and journaled at once; None
+        when it kept failing (the next run tries again)."""
+        if key in self.done:
+            return self.done[key]
+        outcome = self._send(key)
+        if outcome is not None:
+            if self.journal is not None:
+                self.journal.add(key, outcome)
+            self.done[key] = outcome
+            if self.on_answer is not None:
+                self.on_answer()
+        return outcome
 
-    def fetch_page(self, key: PageKey) -> PageOutcome | None:
-        """The outcome of one list page request (a participants page or a member list
-        page); None when it kept failing."""
+    def _send(self, key: RequestKey) -> Outcome[Any] | None:
+        """Its answer, or the reason the API refused it for good (404, 400); None when it
+        failed :data:`TRANSIENT_TRIES` times, backed off as any job."""
         kind, subject, params = key
         query = dict(params)
-        pull = kind == PARTICIPANTS
-        what = (f"participants of {subject} {query.get('end_date')}" if pull
-                else f"members of group {subject}")
-        sent = self._send(key, lambda client: (client.participants(subject, query) if pull
-                                          else client.members(query)),
-                          f"{what} page {query['page']}", "its cohorts use summary requests")
-        return None if sent is None else PageOutcome(*sent)
+        what = {SUMMARY: f"{subject} {query.get('end_date')}",
+                PARTICIPANTS: f"participants of {subject} {query.get('end_date')} page "
+                              f"{query.get('page')}",
+                MEMBERS: f"members of group {subject} page {query.get('page')}"}[kind]
+        refused = ("no value for this point" if kind == SUMMARY
+                   else "its cohorts use summary requests")
 
-    def _send(self, key: RequestKey | PageKey, call: Callable[[ExecClient], Any], what: str,
-              refused: str) -> tuple[Any, str | None] | None:
-        """(answer, None), or (None, reason) when the API refused it for good (404, 400);
-        None when it failed :data:`TRANSIENT_TRIES` times, backed off as any job."""
-        settled: list[tuple[Any, str | None] | None] = []
+        def call(client: ExecClient, at: float) -> Any:
+            if kind == MEMBERS:
+                return client.members(query)
+            return (client.summary if kind == SUMMARY else client.participants)(subject, query)
+
+        settled: list[Outcome[Any] | None] = []
 
         def fail(error: ApiError, at: float) -> None:
-            if error.reason in PAUSE_REASONS:
+            if error.reason in api.PAUSE_REASONS:
                 return  # not this request's fault: the scheduler pauses, or the run stops
-            if error.reason in PERSISTENT_REASONS:  # a scenario missing stays so
+            if error.reason in api.PERSISTENT_REASONS:  # a scenario missing stays so
                 log.warning("%s: %s; %s", what, error, refused)
-                settled.append((None, error.reason))
+                settled.append(Outcome(None, error.reason))
                 return
             log.warning("%s: %s (try %d of %d)", what, error, self.failures, TRANSIENT_TRIES)
             if self.failures >= TRANSIENT_TRIES:
                 settled.append(None)
 
         self.drive(lambda: bool(settled), jobs=(Job(
-            "backfill", key, lambda client, at: call(client),
-            lambda answer, at: settled.append((answer, None)), fail, label=what),))
+            "backfill", key, call, lambda answer, at: settled.append(Outcome(answer)), fail,
+            label=what),))
         return settled[0]
-
-
-class Fetcher:
-    """Answers each request from the journal when a run finished it, else sends it and
-    journals the answer at once: over reruns every request is sent once and the choices
-    made from the answers come out the same."""
-
-    def __init__(self, sender: Sender, journal: Journal, done: dict[RequestKey, Outcome],
-                 pages: dict[PageKey, PageOutcome],
-                 on_sent: Callable[[], None] | None = None) -> None:
-        self.sender = sender
-        self.journal = journal
-        self.done = done
-        self.pages = pages
-        self.on_sent = on_sent
-
-    def summary(self, key: RequestKey) -> Outcome | None:
-        """The outcome of a summary request; None when it kept failing this run."""
-        return self._answer(key, self.done, self.sender.fetch, self.journal.add)
-
-    def page(self, key: PageKey) -> PageOutcome | None:
-        """The outcome of a list page request; None when it kept failing this run."""
-        return self._answer(key, self.pages, self.sender.fetch_page, self.journal.add_page)
-
-    def _answer(self, key: K, known: dict[K, V], fetch: Callable[[K], V | None],
-                record: Callable[[K, V], None]) -> V | None:
-        if key in known:
-            return known[key]
-        outcome = fetch(key)
-        if outcome is not None:
-            record(key, outcome)
-            known[key] = outcome
-            if self.on_sent is not None:
-                self.on_sent()
-        return outcome
 
     def read_list(self, kind: str, subject: str, filters: Mapping[str, str],
                   read: PagedRead[T]) -> Iterator[Page[T]]:
-        """Every page of one list, read into ``read`` (the daemon's paged reader and its
-        checks), each yielded before ``read`` takes it so the caller may stop after any
-        page. Raises :class:`Unreadable`."""
+        """Every page of one list, each yielded (the caller may stop) before ``read``, the
+        daemon's paged reader, checks and takes it. Raises :class:`Unreadable`."""
         while True:
-            outcome = self.page(page_key(kind, subject, read.query(filters)))
-            if outcome is None or outcome.page is None:
+            outcome = self.fetch(request_key(subject, read.query(filters), kind))
+            if outcome is None or outcome.answer is None:
                 raise Unreadable(outcome.error if outcome is not None else "kept failing")
-            yield outcome.page
+            yield outcome.answer
             try:
-                if read.take(outcome.page, raw=False):
+                if read.take(outcome.answer, raw=False):
                     return
             except ListChanged as exc:
                 raise Unreadable(str(exc)) from None

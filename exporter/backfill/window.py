@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from ..budget import DAY
-from ..config import parse_duration
+from ..config import parse_datetime, parse_duration
 
 MIN_STEP = 3600  # finer steps cost a request per target per step for little insight
 HEAD_RANGE = 3 * 3600  # Prometheus's head block: backfilling it is not safe (docs/storage.md)
@@ -39,21 +39,10 @@ def parse_time(text: str, now: float) -> int:
     with contextlib.suppress(ValueError):
         return int(float(value))
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return int(parse_datetime(value).timestamp())
     except ValueError:
         raise UsageError(f"--until: {text!r} is not 'now', unix seconds or an ISO 8601 "
                          "date-time such as 2026-11-30T00:00:00Z") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return int(parsed.timestamp())
-
-
-def default_until(step: int, now: float) -> int:
-    """The latest UTC midnight (a step of whole days) or whole hour (other steps) at
-    least 3 hours ago: outside Prometheus's head block, and the same instant for a
-    rerun the same day, so the run's points sit on the round times dashboards show."""
-    align = DAY if step % DAY == 0 else 3600
-    return int((now - HEAD_RANGE) // align * align)
 
 
 def parse_window(since: str | None, until: str | None, step: str, now: float) -> Window:
@@ -78,8 +67,10 @@ def parse_window(since: str | None, until: str | None, step: str, now: float) ->
         if until_s > now:
             moment = dt.datetime.fromtimestamp(until_s, dt.UTC).isoformat()
             raise UsageError(f"--until: {moment} is in the future; the API knows only the past")
-    else:
-        until_s = default_until(int(step_s), now)
+    else:  # the latest UTC midnight (steps of days) or hour 3 h ago or more: outside the
+        # head block, the same for a rerun that day, and on the round times dashboards show
+        align = DAY if step_s % DAY == 0 else 3600
+        until_s = int((now - HEAD_RANGE) // align * align)
     return Window(int(since_s), until_s, int(step_s))
 
 
