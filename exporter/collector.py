@@ -172,15 +172,6 @@ def info_labels(target: Target) -> tuple[str, str, str]:
     return target.scenario, target.display_name or "", target.scenario_uuid or target.scenario
 
 
-def info_samples(states: Iterable[TargetState]) -> Iterator[tuple[str, str, str]]:
-    """Label values of ``exec_scenario_info``: one per scenario, fresh or not."""
-    seen: set[str] = set()
-    for state in states:
-        if state.target.scenario not in seen:
-            seen.add(state.target.scenario)
-            yield info_labels(state.target)
-
-
 class SnapshotCollector(Collector):
     """Scenario data and per-target self-metrics from the store's snapshot."""
 
