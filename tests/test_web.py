@@ -240,6 +240,8 @@ tls_server_config:
      "  client_auth_type: RequireAndVerifyClientCert\n", "client_ca_file"),
     ("tls_server_config:\n  cert_file: {d}/server.crt\n  key_file: {d}/server.key\n"
      "  min_version: TLS99\n", "min_version"),
+    ("tls_server_config:\n  cert_file: {d}/server.crt\n  key_file: {d}/server.key\n"
+     "  max_version: [TLS13]\n", "max_version"),
     ("basic_auth_users:\n  prometheus: plaintext\n", "basic_auth_users.prometheus"),
     ("http_server_config:\n  headers:\n    Set-Cookie: a=b\n", "Set-Cookie"),
     ("tls_config: {{}}\n", "tls_config"),
