@@ -211,12 +211,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send(HTTPStatus.LENGTH_REQUIRED, b"Length required\n")
             return False
-        length = self.fields.get("content-length", "0")
-        if not length.isdigit():
-            self.close_connection = True
-            self._send(HTTPStatus.BAD_REQUEST, b"Bad request\n")
-            return False
-        size = int(length)
+        size = int(self.fields.get("content-length", "0"))  # llhttp admits digits only
         if size > MAX_REQUEST_BODY:
             self.close_connection = True
             self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"Request body too large\n")
@@ -300,15 +295,15 @@ class _Head:
     # trick, two credentials or hosts are ambiguous.
     SINGLE = frozenset({"authorization", "content-length", "host"})
 
+    url = b""
+    duplicate = ""  # the first single-use header found twice
+    complete = False
+    method = version = ""
+    keep_alive = False
+
     def __init__(self) -> None:
-        self.url = b""
         self.fields: dict[str, str] = {}  # by lower-case name; repeats joined with ", "
-        self.duplicate = ""
-        self.complete = False
         self.parser: httptools.HttpRequestParser | None = None
-        self.method = ""
-        self.version = ""
-        self.keep_alive = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
