@@ -142,12 +142,6 @@ class Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         """Parse the request head with llhttp; answer and close on anything malformed.
         Header lines are read one at a time, so their size and number are bounded."""
-        try:
-            return self._parse_head()
-        finally:
-            self.server.waiting(self.connection, False)
-
-    def _parse_head(self) -> bool:
         self.command = ""
         self.request_version = "HTTP/1.1"  # so an error reply carries a status line
         self.close_connection = True
@@ -176,6 +170,7 @@ class Handler(BaseHTTPRequestHandler):
             log.debug("malformed request head from %s: %s", self.address_string(), exc)
             self.send_error(HTTPStatus.BAD_REQUEST, "Malformed request head")
             return False
+        self.server.waiting(self.connection, False)  # the head is in: its deadline ends
         if not head.complete or head.duplicate:
             self.send_error(HTTPStatus.BAD_REQUEST, "Malformed request head"
                             if not head.complete else f"Duplicate {head.duplicate} header")
