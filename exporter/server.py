@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -105,7 +106,7 @@ class Handler(BaseHTTPRequestHandler):
         self.log_request(status)
         web = self.server.web
         start, middle, end = self._head_parts(web.web_config, status, content_type, extra)
-        head = b"".join((start, _http_date(web.clock()), middle,
+        head = b"".join((start, _http_date(int(web.clock())), middle,
                          str(sum(map(len, chunks))).encode("ascii"), end))
         _write_all(self.connection, (head, *chunks) if self.command != "HEAD" else (head,))
 
@@ -269,18 +270,10 @@ _METRICS_HEADERS = {False: {"Vary": "Accept-Encoding, Accept"},
                     True: {"Vary": "Accept-Encoding, Accept", "Content-Encoding": "gzip"}}
 
 
-_date_cache: tuple[int, bytes] = (-1, b"")  # the last second and its Date value
-
-
-def _http_date(now: float) -> bytes:
-    """``now`` as ``date_time_string`` writes it, formatted once a second."""
-    global _date_cache
-    second = int(now)
-    cached = _date_cache
-    if cached[0] != second:  # one tuple, replaced whole: safe across threads
-        cached = _date_cache = (second,
-                                email.utils.formatdate(second, usegmt=True).encode("ascii"))
-    return cached[1]
+@functools.lru_cache(maxsize=2)
+def _http_date(second: int) -> bytes:
+    """``second`` as ``date_time_string`` writes it (formatted once a second)."""
+    return email.utils.formatdate(second, usegmt=True).encode("ascii")
 
 
 class _Head:
