@@ -110,6 +110,14 @@ class Handler(BaseHTTPRequestHandler):
                          str(sum(map(len, chunks))).encode("ascii"), end))
         _write_all(self.connection, (head, *chunks) if self.command != "HEAD" else (head,))
 
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """Answer an error like any other answer (the configured headers included), in
+        plain text, and close the connection."""
+        self.close_connection = True
+        text = message or self.responses.get(code, ("Error",))[0]
+        self._send(code, f"{text}\n".encode("latin-1", "replace"), extra=_CLOSE)
+
     def _head_parts(self, config: WebConfig, status: int, content_type: str,
                     extra: dict[str, str] | None) -> tuple[bytes, bytes, bytes]:
         """The head ``send_response`` and ``send_header`` would write, split around its
@@ -265,6 +273,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, body, content_type, _METRICS_HEADERS[gzip])
 
 
+_CLOSE = {"Connection": "close"}
 # Caches between Prometheus and here must key on both negotiated headers.
 _METRICS_HEADERS = {False: {"Vary": "Accept-Encoding, Accept"},
                     True: {"Vary": "Accept-Encoding, Accept", "Content-Encoding": "gzip"}}

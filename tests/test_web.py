@@ -304,6 +304,23 @@ def test_401_gives_no_detail(guarded: InProcess) -> None:
     assert len(body) < 40 and "password" not in body.lower() and "user" not in body.lower()
 
 
+@pytest.mark.parametrize(("head", "status"), [
+    (b"GET /metrics HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\n" + b"".join(f"X-H{i}: v\r\n".encode() for i in range(200))
+     + b"\r\n", 431),
+    (b"GET /metrics HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    (b"DELETE /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+], ids=["malformed", "too-many-headers", "http-2", "unknown-method"])
+def test_headers_on_refused_requests_too(guarded: InProcess, head: bytes, status: int) -> None:
+    """Requests refused before routing (malformed, oversized, unsupported) get the
+    configured headers as every other answer does, and a closed connection."""
+    reply = _raw(guarded.port, head)
+    assert _status(reply) == status
+    fields = reply.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+    for name, value in {**HEADERS, "Connection": "close"}.items():
+        assert f"{name}: {value}" in fields, (status, fields)
+
+
 def test_reload_is_guarded_too(guarded: InProcess) -> None:
     assert guarded.post("/-/reload").status_code == 401
     assert guarded.post("/-/reload", headers=basic(USER, "wrong")).status_code == 401
