@@ -469,20 +469,22 @@ class ExporterHTTPServer(ThreadingHTTPServer):
             context = self.web.web_config.ssl_context
             if context is not None:
                 request.settimeout(SOCKET_TIMEOUT)
-                self.waiting(request, True)  # the handshake is part of the request head
                 try:
-                    request = context.wrap_socket(request, server_side=True)
+                    # Wrapped first (detaching the plain socket), so that the socket in
+                    # the handshake is the one the head deadline or the cap hangs up on.
+                    request = context.wrap_socket(request, server_side=True,
+                                                  do_handshake_on_connect=False)
+                    self.waiting(request, True)  # the handshake is part of the request head
+                    request.do_handshake()
+                    if not self.web.web_config.client_allowed(request.getpeercert()):
+                        raise ssl.SSLError("the client certificate has none of "
+                                           "client_allowed_sans")
                 except (ssl.SSLError, OSError) as exc:
-                    log.debug("TLS handshake with %s failed: %s", client_address, exc)
+                    log.debug("TLS connection from %s refused: %s", client_address, exc)
                     self.shutdown_request(request)
                     return
                 finally:
                     self.waiting(request, False)
-                if not self.web.web_config.client_allowed(request.getpeercert()):
-                    log.debug("client certificate of %s has none of client_allowed_sans",
-                              client_address)
-                    self.shutdown_request(request)
-                    return
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()

@@ -579,6 +579,40 @@ def test_more_stalled_connections_than_the_cap_do_not_lock_out_a_scrape(
             _close(socks)
 
 
+def test_past_the_cap_a_stalled_connection_makes_room_after_tls_scrapes(
+        tmp_path: Path, api: FakeExecAPI, certs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TLS connection's handshake deadline ends with its handshake, so finished TLS
+    connections leave nothing behind that the cap's eviction could pick instead of a
+    stalled connection."""
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 5)
+    web = f"tls_server_config:\n  cert_file: {certs}/server.crt\n  key_file: {certs}/server.key\n"
+    verify = str(certs / "ca.crt")
+    with start(tmp_path, api, web) as exporter:
+        for _ in range(3):
+            assert exporter.get("/-/healthy", verify=verify).status_code == 200
+        socks = _stall(exporter.port, 5)
+        try:
+            _scrapes_stay_fast(lambda: exporter.get("/metrics", verify=verify, timeout=2), 1)
+        finally:
+            _close(socks)
+
+
+def test_a_stalled_tls_handshake_is_dropped_at_the_request_head_deadline(
+        tmp_path: Path, api: FakeExecAPI, certs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head deadline covers the TLS handshake: a client that never completes it is
+    hung up on at the deadline, long before its socket timeout."""
+    monkeypatch.setattr(server_module, "SOCKET_TIMEOUT", 60.0)
+    monkeypatch.setattr(server_module, "REQUEST_HEAD_TIMEOUT", 0.5)
+    web = f"tls_server_config:\n  cert_file: {certs}/server.crt\n  key_file: {certs}/server.key\n"
+    with start(tmp_path, api, web) as exporter:
+        (silent,) = _stall(exporter.port, 1)
+        silent.settimeout(10)  # far below the socket timeout: only the deadline closes it
+        try:
+            assert silent.recv(100) == b""
+        finally:
+            silent.close()
+
+
 def test_many_concurrent_scrapes(plain: InProcess) -> None:
     def scrape(_: int) -> int:
         return plain.get("/metrics", headers={"Accept-Encoding": "gzip"},
