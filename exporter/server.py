@@ -44,7 +44,6 @@ MAX_REQUEST_BODY = 65536  # /-/reload needs no body at all
 MAX_HEADERS = 100  # as http.client
 MAX_HEADER_LINE = 65536  # as http.client
 OPENMETRICS_MEDIA_TYPE = "application/openmetrics-text"
-MAX_CACHED_HEADS = 64  # response heads kept (a few statuses x content types x extras)
 
 
 class Web:
@@ -135,9 +134,7 @@ class Handler(BaseHTTPRequestHandler):
         end = "".join(f"\r\n{name}: {value}"
                       for name, value in (*config.headers.items(), *key[2])) + "\r\n\r\n"
         parts = (start.encode("latin-1"), middle.encode("latin-1"), end.encode("latin-1"))
-        if len(heads) >= MAX_CACHED_HEADS:
-            heads.clear()  # a new web configuration: the old entries are dead anyway
-        heads[key] = (config, parts)
+        heads[key] = (config, parts)  # the keys are this module's constants: a few dozen
         return parts
 
     def handle_one_request(self) -> None:

@@ -169,27 +169,24 @@ class LiveWebConfig:
 
     def get(self) -> WebConfig:
         """The configuration to apply to the next request or connection."""
-        config = self._config
-        if config.source is None or time.monotonic() < self._next_check:
-            return config
-        with self._lock:
-            if time.monotonic() < self._next_check:
-                return self._config
-            self._next_check = time.monotonic() + self.check_every
+        source = self._config.source
+        # One thread checks the files; meanwhile the others go on with the one in force.
+        if (source is None or time.monotonic() < self._next_check
+                or not self._lock.acquire(blocking=False)):
+            return self._config
+        try:
+            config, self._next_check = self._config, time.monotonic() + self.check_every
             stamps = {path: _stamp(path) for path in config.watched}
-            if stamps == config.watched:
-                return config
-            try:
-                fresh = load_web_config(config.source)
-            except ConfigError as exc:
-                # Remember what was seen, so one bad edit is one warning, not one per second.
-                config.watched = stamps
-                log.warning("web config %s changed but cannot be used, keeping the last good "
-                            "one: %s", config.source, "; ".join(exc.problems))
-                return config
-            log.info("web config %s reloaded", config.source)
-            self._config = fresh
-            return fresh
+            if stamps != config.watched:
+                self._config = load_web_config(source)
+                log.info("web config %s reloaded", source)
+        except ConfigError as exc:
+            config.watched = stamps  # seen: one bad edit is one warning, not one a second
+            log.warning("web config %s changed but cannot be used, keeping the last good "
+                        "one: %s", source, "; ".join(exc.problems))
+        finally:
+            self._lock.release()
+        return self._config
 
 
 def _mapping(raw: object, where: str, known: Collection[str] | None, problems: list[str],
