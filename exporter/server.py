@@ -209,13 +209,11 @@ class Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bool:
         """Read and ignore a small request body; refuse (and answer) anything else."""
         if "transfer-encoding" in self.fields:
-            self.close_connection = True
-            self._send(HTTPStatus.LENGTH_REQUIRED, b"Length required\n")
+            self.send_error(HTTPStatus.LENGTH_REQUIRED, "Length required")
             return False
         size = int(self.fields.get("content-length", "0"))  # llhttp admits digits only
         if size > MAX_REQUEST_BODY:
-            self.close_connection = True
-            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"Request body too large\n")
+            self.send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large")
             return False
         if size:
             self.rfile.read(size)
@@ -349,10 +347,9 @@ def wants_gzip(accept_encoding: str) -> bool:
     if accept_encoding == "gzip":
         return True  # what Prometheus sends, without parsing
     q = _qvalues(accept_encoding)
-    star = q.get("*")
-    gzip = q.get("gzip", q.get("x-gzip", star if star is not None else 0.0))
-    identity = q.get("identity", star if star is not None else 0.0)
-    return gzip > 0 and gzip >= identity
+    star = q.get("*", 0.0)
+    gzip = q.get("gzip", q.get("x-gzip", star))
+    return gzip > 0 and gzip >= q.get("identity", star)
 
 
 def wants_openmetrics(accept: str) -> bool:
