@@ -705,6 +705,14 @@ def test_large_post_body_is_refused_before_reload(plain: InProcess) -> None:
     assert plain.value("exec_exporter_config_last_reload_successful") == 1
 
 
+def test_chunked_post_body_gets_411_and_a_closed_connection(plain: InProcess) -> None:
+    reply = _exchange(plain.port, b"POST /-/reload HTTP/1.1\r\nHost: x\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert _status(reply) == 411
+    assert reply.count(b"HTTP/1.1 ") == 1  # the pipelined request was not served
+    assert plain.value("exec_exporter_config_last_reload_successful") == 1
+
+
 def test_garbage_does_not_hurt(plain: InProcess) -> None:
     for data in (b"\x16\x03\x01\x00\xff" + b"\x00" * 300, b"\r\n\r\n", b"GET\r\n\r\n",
                  b"BREW /pot HTTP/1.1\r\n\r\n", b"GET /metrics HTTP/9.9\r\n\r\n"):
