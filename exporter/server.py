@@ -1,38 +1,11 @@
 """The HTTP server: /metrics, the landing page, health, readiness and reload.
 
-One thread per connection with socket timeouts, so slow or stalled clients
-never hold up a scrape. TLS handshakes happen in the connection's own thread
-for the same reason. Nothing here calls the API.
-
-Request heads are parsed by llhttp (Node's parser, via httptools), which is
-strict where a hand parser tends not to be: whitespace before a colon, a bare
-LF for CRLF, obsolete line folding, a duplicate or conflicting Content-Length,
-Content-Length with Transfer-Encoding all get 400 and a closed connection, as
-do a second Authorization or Host header (checked here). Lines over 64 KiB or
-more than 100 headers get 414/431, HTTP/2+ gets 505.
-
-What each remaining optimisation buys (docs/performance.md has the runs):
-
-* llhttp, and header fields in a plain dict (``Handler.fields``), instead of the
-  standard library's ``email``-based parser and message: ~7 us to parse a
-  typical Prometheus request head instead of ~41 (warm, in isolation; h11, also
-  measured, takes ~50 us and accepts bare LFs). Skipping the ``email`` package
-  took the scrape-cost ratio from 3.24x to 2.61x of nginx (gzip, 2,000 targets,
-  strict alternation); llhttp keeps that: side by side with the hand parser it
-  replaced, the median scrape is within 1-4% (2,000 targets, gzip and
-  /-/healthy, 4,000 scrapes each).
-* ``wants_gzip``/``wants_openmetrics`` answer Prometheus' usual headers without
-  parsing q-values (~8 us for its OpenMetrics Accept header otherwise).
-* Headers and body in one ``sendmsg`` from ``render_chunks()``, the body not
-  copied: 2.84x -> 2.61x in the same measurement.
-* Response heads rendered once per (status, content type, extra headers, web
-  configuration) and kept (``Handler._head_parts``), the Date formatted once a
-  second, the request logged only when debug logging is on: the same bytes as
-  ``send_response``/``send_header``, ~1 us a response instead of ~5.5 (in
-  isolation).
-* TCP_NODELAY (``disable_nagle_algorithm``): not a speed-up but a fix; without
-  it Nagle's algorithm and the client's delayed ACK add ~40 ms to a keep-alive
-  scrape whose headers and body leave in separate writes (TLS).
+One thread per connection (TLS handshake included) with socket timeouts and a
+request head deadline, so slow or stalled clients never hold up a scrape.
+Request heads are parsed by llhttp (via httptools): anything malformed or
+ambiguous gets 400 and a closed connection. Response heads are rendered once
+and kept. Nothing here calls the API. The limits are listed in
+docs/operations.md, and what each optimisation buys in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -40,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -62,16 +36,14 @@ from .webconfig import LiveWebConfig, WebConfig
 log = logging.getLogger(__name__)
 
 SOCKET_TIMEOUT = 10.0  # a client that sends nothing for this long is dropped
-# The whole request head (TLS handshake, request line, headers), and a keep-alive
-# connection's wait for its next request, must take no longer than this: a client
-# trickling a byte at a time cannot hold a connection (and its thread) forever.
+# The deadline of a whole request head (TLS handshake included) and of a keep-alive
+# connection's wait for its next one: a trickling client cannot hold a thread forever.
 REQUEST_HEAD_TIMEOUT = 10.0
 MAX_CONNECTIONS = 512  # threads are cheap here, but not unbounded
 MAX_REQUEST_BODY = 65536  # /-/reload needs no body at all
 MAX_HEADERS = 100  # as http.client
 MAX_HEADER_LINE = 65536  # as http.client
 OPENMETRICS_MEDIA_TYPE = "application/openmetrics-text"
-MAX_CACHED_HEADS = 64  # response heads kept (a few statuses x content types x extras)
 
 
 class Web:
@@ -97,9 +69,8 @@ class Web:
         return self._web_config.get()
 
     def ready(self) -> bool:
-        """Whether every target has a value (polled or restored), or a settled error.
-        With no targets, ready once discovery has read the scenario list (there is
-        nothing to wait for)."""
+        """Whether every target has a value or a settled error (with no targets: once
+        discovery has read the scenario list)."""
         snapshot = self.store.snapshot()
         if not snapshot.targets:
             return "scenarios" in snapshot.discovery_success
@@ -112,13 +83,11 @@ class Handler(BaseHTTPRequestHandler):
 
     server: ExporterHTTPServer
     raw_requestline: bytes  # set by BaseHTTPRequestHandler
-    # The request's header fields by lower-case name, set by parse_request (instead of
-    # the standard library's email.message ``headers``: a plain dict costs half).
+    # Header fields by lower-case name, set by parse_request (instead of ``headers``).
     fields: dict[str, str]
-    _headers_buffer: list[bytes]  # ditto, by send_response and send_header
     protocol_version = "HTTP/1.1"
-    # Headers and body are separate writes: without TCP_NODELAY, Nagle's algorithm and
-    # the client's delayed ACK would add ~40 ms to every keep-alive scrape.
+    # Without TCP_NODELAY, Nagle's algorithm and the client's delayed ACK add ~40 ms to
+    # a keep-alive scrape whose head and body leave in separate writes (TLS).
     disable_nagle_algorithm = True
     timeout = SOCKET_TIMEOUT
     server_version = f"exec-exporter/{__version__}"
@@ -136,17 +105,23 @@ class Handler(BaseHTTPRequestHandler):
         self.log_request(status)
         web = self.server.web
         start, middle, end = self._head_parts(web.web_config, status, content_type, extra)
-        head = b"".join((start, _http_date(web.clock()), middle,
+        head = b"".join((start, _http_date(int(web.clock())), middle,
                          str(sum(map(len, chunks))).encode("ascii"), end))
         _write_all(self.connection, (head, *chunks) if self.command != "HEAD" else (head,))
 
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """Answer an error like any other answer (the configured headers included), in
+        plain text, and close the connection."""
+        self.close_connection = True
+        text = message or self.responses.get(code, ("Error",))[0]
+        self._send(code, f"{text}\n".encode("latin-1", "replace"), extra=_CLOSE)
+
     def _head_parts(self, config: WebConfig, status: int, content_type: str,
                     extra: dict[str, str] | None) -> tuple[bytes, bytes, bytes]:
-        """The response head of ``status`` around its Date and Content-Length values,
-        rendered once per (status, content type, extra headers, web configuration) and
-        kept on the server: the same bytes ``send_response`` and ``send_header`` write,
-        for ~1 us a request instead of ~5.5 (eight ``send_header`` calls, the date
-        formatted, the request line logged)."""
+        """The head ``send_response`` and ``send_header`` would write, split around its
+        Date and Content-Length values; rendered once per (status, content type, extra
+        headers, web configuration) and kept on the server."""
         key = (status, content_type, tuple(extra.items()) if extra else ())
         heads = self.server.heads
         found = heads.get(key)
@@ -159,9 +134,7 @@ class Handler(BaseHTTPRequestHandler):
         end = "".join(f"\r\n{name}: {value}"
                       for name, value in (*config.headers.items(), *key[2])) + "\r\n\r\n"
         parts = (start.encode("latin-1"), middle.encode("latin-1"), end.encode("latin-1"))
-        if len(heads) >= MAX_CACHED_HEADS:
-            heads.clear()  # a new web configuration: the old entries are dead anyway
-        heads[key] = (config, parts)
+        heads[key] = (config, parts)  # the keys are this module's constants: a few dozen
         return parts
 
     def handle_one_request(self) -> None:
@@ -173,16 +146,8 @@ class Handler(BaseHTTPRequestHandler):
             self.server.waiting(self.connection, False)
 
     def parse_request(self) -> bool:
-        """Parse the request head with llhttp (via httptools); answer and close on
-        anything malformed. ``raw_requestline`` is already read (the standard library
-        refuses one over 64 KiB with 414); the header lines are read here, one at a
-        time so their size and number are bounded before they are buffered."""
-        try:
-            return self._parse_head()
-        finally:
-            self.server.waiting(self.connection, False)
-
-    def _parse_head(self) -> bool:
+        """Parse the request head with llhttp; answer and close on anything malformed.
+        Header lines are read one at a time, so their size and number are bounded."""
         self.command = ""
         self.request_version = "HTTP/1.1"  # so an error reply carries a status line
         self.close_connection = True
@@ -211,6 +176,7 @@ class Handler(BaseHTTPRequestHandler):
             log.debug("malformed request head from %s: %s", self.address_string(), exc)
             self.send_error(HTTPStatus.BAD_REQUEST, "Malformed request head")
             return False
+        self.server.waiting(self.connection, False)  # the head is in: its deadline ends
         if not head.complete or head.duplicate:
             self.send_error(HTTPStatus.BAD_REQUEST, "Malformed request head"
                             if not head.complete else f"Duplicate {head.duplicate} header")
@@ -243,18 +209,11 @@ class Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bool:
         """Read and ignore a small request body; refuse (and answer) anything else."""
         if "transfer-encoding" in self.fields:
-            self.close_connection = True
-            self._send(HTTPStatus.LENGTH_REQUIRED, b"Length required\n")
+            self.send_error(HTTPStatus.LENGTH_REQUIRED, "Length required")
             return False
-        length = self.fields.get("content-length", "0")
-        if not length.isdigit():
-            self.close_connection = True
-            self._send(HTTPStatus.BAD_REQUEST, b"Bad request\n")
-            return False
-        size = int(length)
+        size = int(self.fields.get("content-length", "0"))  # llhttp admits digits only
         if size > MAX_REQUEST_BODY:
-            self.close_connection = True
-            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"Request body too large\n")
+            self.send_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large")
             return False
         if size:
             self.rfile.read(size)
@@ -309,43 +268,34 @@ class Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, body, content_type, _METRICS_HEADERS[gzip])
 
 
+_CLOSE = {"Connection": "close"}
 # Caches between Prometheus and here must key on both negotiated headers.
 _METRICS_HEADERS = {False: {"Vary": "Accept-Encoding, Accept"},
                     True: {"Vary": "Accept-Encoding, Accept", "Content-Encoding": "gzip"}}
 
 
-_date_cache: tuple[int, bytes] = (-1, b"")  # the last second and its Date value
-
-
-def _http_date(now: float) -> bytes:
-    """``now`` as an HTTP Date value, as ``date_time_string`` writes it, formatted
-    once a second (~2.5 us otherwise)."""
-    global _date_cache
-    second = int(now)
-    cached = _date_cache
-    if cached[0] != second:  # one tuple, replaced whole: safe across threads
-        cached = _date_cache = (second,
-                                email.utils.formatdate(second, usegmt=True).encode("ascii"))
-    return cached[1]
+@functools.lru_cache(maxsize=2)
+def _http_date(second: int) -> bytes:
+    """``second`` as ``date_time_string`` writes it (formatted once a second)."""
+    return email.utils.formatdate(second, usegmt=True).encode("ascii")
 
 
 class _Head:
     """httptools callbacks: the request target and headers of one request head."""
 
-    # Headers a request may carry once: two differing lengths are the classic request
-    # smuggling trick, two credentials or hosts are ambiguous. (llhttp itself refuses
-    # a second Content-Length; the check here does not depend on that.)
+    # Headers a request may carry once: two lengths are the classic request smuggling
+    # trick, two credentials or hosts are ambiguous.
     SINGLE = frozenset({"authorization", "content-length", "host"})
 
+    url = b""
+    duplicate = ""  # the first single-use header found twice
+    complete = False
+    method = version = ""
+    keep_alive = False
+
     def __init__(self) -> None:
-        self.url = b""
         self.fields: dict[str, str] = {}  # by lower-case name; repeats joined with ", "
-        self.duplicate = ""
-        self.complete = False
         self.parser: httptools.HttpRequestParser | None = None
-        self.method = ""
-        self.version = ""
-        self.keep_alive = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -371,8 +321,8 @@ class _Head:
 
 
 def _qvalues(header: str) -> dict[str, float]:
-    """``Accept``-style header to {lower-case token or media type: highest q}
-    (RFC 9110 section 12.4.2; a q that is not a number counts as 0)."""
+    """``Accept``-style header to {lower-case token: highest q} (RFC 9110 12.4.2; a q
+    that is not a number counts as 0)."""
     found: dict[str, float] = {}
     for item in header.split(","):
         token, *params = item.split(";")
@@ -392,22 +342,18 @@ def _qvalues(header: str) -> dict[str, float]:
 
 
 def wants_gzip(accept_encoding: str) -> bool:
-    """Whether to gzip for this ``Accept-Encoding``: gzip must be acceptable (q > 0,
-    named or by ``*``) and not ranked below an explicitly named identity. When a
-    client refuses both (``*;q=0``), it gets identity rather than a 406: every
-    client can read it, and a scrape that fails helps nobody."""
+    """Whether to gzip: gzip acceptable (q > 0, named or by ``*``) and not ranked below
+    identity. A client refusing both gets identity rather than a useless 406."""
     if accept_encoding == "gzip":
         return True  # what Prometheus sends, without parsing
     q = _qvalues(accept_encoding)
-    star = q.get("*")
-    gzip = q.get("gzip", q.get("x-gzip", star if star is not None else 0.0))
-    identity = q.get("identity", star if star is not None else 0.0)
-    return gzip > 0 and gzip >= identity
+    star = q.get("*", 0.0)
+    gzip = q.get("gzip", q.get("x-gzip", star))
+    return gzip > 0 and gzip >= q.get("identity", star)
 
 
 def wants_openmetrics(accept: str) -> bool:
-    """Whether to answer in OpenMetrics: asked for with q > 0 and not ranked below
-    ``text/plain``; anything else gets the text format."""
+    """Whether to answer in OpenMetrics: q > 0 and not ranked below ``text/plain``."""
     if "openmetrics" not in accept:
         return False  # without parsing: not asked for
     first = accept.partition(",")[0]
@@ -484,29 +430,26 @@ class ExporterHTTPServer(ThreadingHTTPServer):
                 self._waiting.pop(conn, None)
 
     def service_actions(self) -> None:
-        # Runs in the accept loop every poll interval: drop connections past their deadline.
+        self._hang_up_waiting()  # runs in the accept loop every poll interval
+
+    def _hang_up_waiting(self, oldest: bool = False) -> bool:
+        """Hang up on the connections past their head deadline (or the one waiting longest)."""
         now = time.monotonic()
         with self._waiting_lock:
-            expired = [conn for conn, deadline in self._waiting.items() if deadline <= now]
-            for conn in expired:
-                del self._waiting[conn]
-        for conn in expired:
+            waiting = self._waiting
+            chosen = ([min(waiting, key=waiting.__getitem__)] if oldest and waiting else
+                      [conn for conn, deadline in waiting.items() if deadline <= now])
+            for conn in chosen:
+                del waiting[conn]
+        for conn in chosen:
             _hang_up(conn)
-
-    def _evict_oldest_waiting(self) -> bool:
-        with self._waiting_lock:
-            if not self._waiting:
-                return False
-            conn = min(self._waiting, key=self._waiting.__getitem__)
-            del self._waiting[conn]
-        _hang_up(conn)
-        return True
+        return bool(chosen)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Full: make room by hanging up on the connection that has waited longest for
         # its request, so idle or stalled clients cannot lock out a scrape.
         if not self._slots.acquire(blocking=False) and not (
-                self._evict_oldest_waiting() and self._slots.acquire(timeout=0.5)):
+                self._hang_up_waiting(oldest=True) and self._slots.acquire(timeout=0.5)):
             self.shutdown_request(request)
             return
         try:
@@ -520,20 +463,22 @@ class ExporterHTTPServer(ThreadingHTTPServer):
             context = self.web.web_config.ssl_context
             if context is not None:
                 request.settimeout(SOCKET_TIMEOUT)
-                self.waiting(request, True)  # the handshake is part of the request head
                 try:
-                    request = context.wrap_socket(request, server_side=True)
+                    # Wrapped first (detaching the plain socket), so that the socket in
+                    # the handshake is the one the head deadline or the cap hangs up on.
+                    request = context.wrap_socket(request, server_side=True,
+                                                  do_handshake_on_connect=False)
+                    self.waiting(request, True)  # the handshake is part of the request head
+                    request.do_handshake()
+                    if not self.web.web_config.client_allowed(request.getpeercert()):
+                        raise ssl.SSLError("the client certificate has none of "
+                                           "client_allowed_sans")
                 except (ssl.SSLError, OSError) as exc:
-                    log.debug("TLS handshake with %s failed: %s", client_address, exc)
+                    log.debug("TLS connection from %s refused: %s", client_address, exc)
                     self.shutdown_request(request)
                     return
                 finally:
                     self.waiting(request, False)
-                if not self.web.web_config.client_allowed(request.getpeercert()):
-                    log.debug("client certificate of %s has none of client_allowed_sans",
-                              client_address)
-                    self.shutdown_request(request)
-                    return
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
@@ -551,11 +496,8 @@ def _hang_up(conn: socket.socket) -> None:
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
-    """``[HOST]:PORT`` to a bind address; raise ValueError saying what is wrong.
-
-    IPv6 literals go in brackets (``[::1]:10025``). No host (``:10025``) means every
-    address, IPv4 and IPv6, returned as ``"::"``; ``0.0.0.0:PORT`` is IPv4 only.
-    Whether a host name resolves is found out when binding (``socket.gaierror``)."""
+    """``[HOST]:PORT`` (IPv6 in brackets) to a bind address; no host means every address,
+    IPv4 and IPv6 (``"::"``). Raise ValueError saying what is wrong."""
     host, sep, port = value.rpartition(":")
     example = "expected [HOST]:PORT, e.g. :10025, 127.0.0.1:10025 or [::1]:10025"
     if not sep:
@@ -582,9 +524,8 @@ class ListenError(OSError):
 
 
 def listen_failure(exc: OSError, listen: str) -> tuple[int, str]:
-    """Why the server could not start, in one line naming ``--web.listen-address`` and
-    the fix when the address was the cause, and the exit code: 2 for an address that
-    cannot work here, 1 for anything else (a port in use may free up)."""
+    """The exit code (2: an address that cannot work here, 1: anything else) and one
+    line saying why the server could not start, with the fix."""
     if not isinstance(exc, ListenError):
         return 1, f"cannot start: {exc}"
     exc = exc.reason
@@ -606,8 +547,7 @@ def listen_failure(exc: OSError, listen: str) -> tuple[int, str]:
 
 
 def serve(address: tuple[str, int], web: Web) -> ExporterHTTPServer:
-    """Bind and serve in a daemon thread; returns the server (``shutdown()`` to stop).
-    Raises ListenError when the address cannot be bound."""
+    """Bind (or raise ListenError) and serve in a daemon thread; ``shutdown()`` stops it."""
     try:
         server = ExporterHTTPServer(address, web)
     except OSError as exc:

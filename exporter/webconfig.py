@@ -1,23 +1,7 @@
 """``--web.config.file``: TLS, basic auth and headers in the Prometheus
-exporter-toolkit format, applied to every HTTP path.
-
-```yaml
-tls_server_config:
-  cert_file: server.crt
-  key_file: server.key
-  client_auth_type: RequireAndVerifyClientCert
-  client_ca_file: ca.crt
-  min_version: TLS12
-http_server_config:
-  headers:
-    Strict-Transport-Security: max-age=31536000
-basic_auth_users:
-  prometheus: $2y$10$...   # bcrypt hash
-```
-
-The file (and the certificate, key and CA files it names) is reread when it
-changes, as exporter-toolkit does: renewed certificates and changed users apply
-without a restart; a broken new version is logged and the last good one kept.
+exporter-toolkit format, applied to every HTTP path (docs/operations.md). As in
+exporter-toolkit, the file and the certificate, key and CA files it names are
+reread when they change; a broken new version is logged and the last good one kept.
 """
 
 from __future__ import annotations
@@ -29,11 +13,11 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import re
 import secrets
 import ssl
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,31 +29,21 @@ from .config import ConfigError
 
 log = logging.getLogger(__name__)
 
-CLIENT_AUTH = {
-    "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_OPTIONAL,
-    "RequireAnyClientCert": ssl.CERT_REQUIRED,
-    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
-}
-TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
+CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "RequestClientCert": ssl.CERT_OPTIONAL,
+               "RequireAnyClientCert": ssl.CERT_REQUIRED,
+               "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+               "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
+TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
+                "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 # Headers exporter-toolkit lets users set; others are refused as it does.
-ALLOWED_HEADERS = {
-    "Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options",
-    "X-XSS-Protection", "Content-Security-Policy",
-}
+ALLOWED_HEADERS = {"Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options",
+                   "X-XSS-Protection", "Content-Security-Policy"}
 TLS_KEYS = {"cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version",
             "max_version", "cipher_suites", "curve_preferences",
             "prefer_server_cipher_suites", "client_allowed_sans"}
-# Go's cipher and curve names do not map onto OpenSSL's one to one; silently
-# ignoring a restriction would widen what the user asked for, so they are refused.
+# Go's cipher and curve names do not map onto OpenSSL's one to one; silently ignoring
+# a restriction would widen what the user asked for, so they are refused.
 UNSUPPORTED_TLS_KEYS = {"cipher_suites", "curve_preferences"}
-_BCRYPT_COST = re.compile(r"^\$2[aby]\$(\d\d)\$")
 
 
 @dataclass
@@ -83,22 +57,15 @@ class WebConfig:
     source: Path | None = None  # the file it came from, reread when it changes
     watched: dict[Path, tuple[int, int] | None] = field(default_factory=dict, repr=False)
     _dummy_hash: bytes | None = field(default=None, repr=False)
-    # Credentials proven good, as keyed digests; reset with the configuration (a
-    # reread file builds a new WebConfig), so a changed password is checked anew.
+    # Credentials proven good, as keyed digests; a reread file starts a new set.
     _verified: set[bytes] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def check_auth(self, header: str | None) -> bool:
         """Whether an ``Authorization`` header carries valid basic-auth credentials
-        (always True when no users are configured).
-
-        Every wrong credential costs one bcrypt check against a hash of the same
-        cost, whether the user exists or not and whatever the password's length, so
-        neither the answer nor its time tells users apart. At most
-        ``BCRYPT_CONCURRENCY`` checks run at once, and one that cannot start within
-        ``BCRYPT_WAIT`` seconds fails; credentials that succeeded are remembered (by an
-        HMAC under a per-process random key, never in clear), so an authorised scrape
-        skips bcrypt and is not queued behind a flood of wrong passwords."""
+        (always True when no users are configured). Credentials that succeeded are
+        remembered as keyed digests, so an authorised scrape skips bcrypt and does not
+        queue behind a flood of wrong passwords."""
         if not self.users:
             return True
         scheme, _, encoded = (header or "").strip().partition(" ")
@@ -138,18 +105,15 @@ class WebConfig:
 
 
 _DUMMY_HASH = bcrypt.hashpw(b"dummy", bcrypt.gensalt(4))
-# bcrypt reads at most this many bytes of a password: bcrypt 4 silently ignores the
-# rest, bcrypt 5 raises ValueError. Either way no longer password can be checked
-# honestly, so it is refused (as Go's bcrypt, and so exporter-toolkit, does).
+# bcrypt reads at most this many bytes of a password (bcrypt 4 ignores the rest,
+# bcrypt 5 raises): a longer one never matches, as in Go's bcrypt.
 BCRYPT_MAX_PASSWORD = 72
-# bcrypt checks running at once: enough for a few honest clients whose credentials
-# are not cached yet, few enough that a flood of wrong passwords leaves CPU for
-# scrapes (and cached credentials do not queue here at all).
+# bcrypt checks at once: a few for honest clients not cached yet, few enough that a
+# flood of wrong passwords leaves CPU for scrapes.
 BCRYPT_CONCURRENCY = 2
 _BCRYPT_SLOTS = threading.BoundedSemaphore(BCRYPT_CONCURRENCY)
-# A check that cannot start within this long counts as failed (the same 401): under a
-# flood, waiting requests (and their threads and connection slots) cannot pile up.
-# Credentials not yet cached may be refused then; Prometheus retries next scrape.
+# A check that cannot start within this long fails (the same 401), so a flood cannot
+# pile up waiting threads; Prometheus retries at its next scrape.
 BCRYPT_WAIT = 2.0
 _overload_logged = 0.0
 VERIFIED_CACHE_SIZE = 1024
@@ -157,9 +121,8 @@ _CACHE_KEY = secrets.token_bytes(32)  # per process: a cache entry is useless el
 
 
 def _bcrypt_check(password: bytes, hashed: bytes | None, dummy: bytes) -> bool:
-    """One bcrypt check, the same work whatever the user or password length: an
-    unknown user is checked against ``dummy`` (same cost as the real hashes), an
-    over-long password by its first 72 bytes, and both then count as wrong."""
+    """One bcrypt check whatever the user or password length (an unknown user against
+    ``dummy``, of the same cost; an over-long password by its first 72 bytes)."""
     global _overload_logged
     fits = len(password) <= BCRYPT_MAX_PASSWORD
     if not _BCRYPT_SLOTS.acquire(timeout=BCRYPT_WAIT):
@@ -206,114 +169,96 @@ class LiveWebConfig:
 
     def get(self) -> WebConfig:
         """The configuration to apply to the next request or connection."""
-        config = self._config
-        if config.source is None or time.monotonic() < self._next_check:
-            return config
-        with self._lock:
-            if time.monotonic() < self._next_check:
-                return self._config
-            self._next_check = time.monotonic() + self.check_every
+        source = self._config.source
+        # One thread checks the files; meanwhile the others go on with the one in force.
+        if (source is None or time.monotonic() < self._next_check
+                or not self._lock.acquire(blocking=False)):
+            return self._config
+        try:
+            config, self._next_check = self._config, time.monotonic() + self.check_every
             stamps = {path: _stamp(path) for path in config.watched}
-            if stamps == config.watched:
-                return config
-            try:
-                fresh = load_web_config(config.source)
-            except ConfigError as exc:
-                # Remember what was seen, so one bad edit is one warning, not one per second.
-                config.watched = stamps
-                log.warning("web config %s changed but cannot be used, keeping the last good "
-                            "one: %s", config.source, "; ".join(exc.problems))
-                return config
-            log.info("web config %s reloaded", config.source)
-            self._config = fresh
-            return fresh
+            if stamps != config.watched:
+                self._config = load_web_config(source)
+                log.info("web config %s reloaded", source)
+        except ConfigError as exc:
+            config.watched = stamps  # seen: one bad edit is one warning, not one a second
+            log.warning("web config %s changed but cannot be used, keeping the last good "
+                        "one: %s", source, "; ".join(exc.problems))
+        finally:
+            self._lock.release()
+        return self._config
+
+
+def _mapping(raw: object, where: str, known: Collection[str] | None, problems: list[str],
+             unknown: str = "unknown key", kind: str = "a mapping") -> dict[Any, Any]:
+    """``raw`` as a mapping (None: an empty one); adds a problem if it is not one, and
+    one for each key outside ``known`` (None: any key)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected {kind}")
+        return {}
+    problems.extend(f"{where}.{key}".lstrip(".") + f": {unknown}" for key in raw
+                    if known is not None and key not in known)
+    return raw
 
 
 def load_web_config(path: str | Path) -> WebConfig:
     """Read and validate a web configuration file; raise ConfigError naming each bad field."""
+    path = Path(path)
+    # Stamped before reading, so a change made while loading is seen next time.
+    config = WebConfig(source=path, watched={path: _stamp(path)})
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     except yaml.YAMLError:
         raise ConfigError([f"{path}: invalid YAML"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: expected a mapping"])
-    base = Path(path).parent
     problems: list[str] = []
-    # Stamps taken before reading, so a change made while loading is seen next time.
-    config = WebConfig(source=Path(path), watched={Path(path): _stamp(Path(path))})
-    for key in raw:
-        if key not in {"tls_server_config", "http_server_config", "basic_auth_users"}:
-            problems.append(f"{key}: unknown key")
-
-    users = raw.get("basic_auth_users") or {}
-    if not isinstance(users, dict):
-        problems.append("basic_auth_users: expected a mapping of user to bcrypt hash")
-    else:
-        for user, hashed in users.items():
-            if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-                problems.append(f"basic_auth_users.{user}: expected a bcrypt hash")
-            else:
-                # Python's bcrypt reads $2y$ (from htpasswd) as $2b$.
-                config.users[str(user)] = ("$2b$" + hashed[4:]).encode()
-        costs = [int(m.group(1)) for h in config.users.values()
-                 if (m := _BCRYPT_COST.match(h.decode()))]
-        if costs and 4 <= max(costs) <= 31:
-            config._dummy_hash = bcrypt.hashpw(b"dummy", bcrypt.gensalt(max(costs)))
-
-    http = raw.get("http_server_config") or {}
-    if not isinstance(http, dict):
-        problems.append("http_server_config: expected a mapping")
-    else:
-        for key in http:
-            if key not in {"headers", "http2"}:
-                problems.append(f"http_server_config.{key}: unknown key")
-        headers = http.get("headers") or {}
-        if not isinstance(headers, dict):
-            problems.append("http_server_config.headers: expected a mapping")
-        else:
-            for name, value in headers.items():
-                if name not in ALLOWED_HEADERS:
-                    problems.append(f"http_server_config.headers.{name}: header not allowed")
-                elif not isinstance(value, str) or "\n" in value or "\r" in value:
-                    problems.append(
-                        f"http_server_config.headers.{name}: expected a one-line string")
-                else:
-                    config.headers[name] = value
-
-    tls = raw.get("tls_server_config")
-    if tls is not None:
-        if not isinstance(tls, dict):
-            problems.append("tls_server_config: expected a mapping")
-        else:
-            for name in ("cert_file", "key_file", "client_ca_file"):
-                if tls.get(name):
-                    file = base / str(tls[name])
-                    config.watched[file] = _stamp(file)
-            config.ssl_context = _tls_context(tls, base, problems)
-            sans = tls.get("client_allowed_sans") or []
-            if not isinstance(sans, list) or not all(isinstance(x, str) for x in sans):
-                problems.append("tls_server_config.client_allowed_sans: expected a list of "
-                                "strings")
-            elif sans and tls.get("client_auth_type") != "RequireAndVerifyClientCert":
-                problems.append("tls_server_config.client_allowed_sans: needs client_auth_type "
-                                "RequireAndVerifyClientCert")
-            else:
-                config.allowed_sans = list(sans)
+    _mapping(raw, "", {"tls_server_config", "http_server_config", "basic_auth_users"}, problems)
+    users = _mapping(raw.get("basic_auth_users"), "basic_auth_users", None, problems,
+                     kind="a mapping of user to bcrypt hash")
+    for user, hashed in users.items():
+        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            problems.append(f"basic_auth_users.{user}: expected a bcrypt hash")
+        else:  # Python's bcrypt reads $2y$ (from htpasswd) as $2b$
+            config.users[str(user)] = ("$2b$" + hashed[4:]).encode()
+    costs = [int(hashed[4:6]) for hashed in config.users.values() if hashed[4:6].isdigit()]
+    if costs and 4 <= max(costs) <= 31:
+        config._dummy_hash = bcrypt.hashpw(b"dummy", bcrypt.gensalt(max(costs)))
+    http = _mapping(raw.get("http_server_config"), "http_server_config", {"headers", "http2"},
+                    problems)
+    headers = _mapping(http.get("headers"), "http_server_config.headers", ALLOWED_HEADERS,
+                       problems, "header not allowed")
+    for name, value in headers.items():
+        if not isinstance(value, str) or "\n" in value or "\r" in value:
+            problems.append(f"http_server_config.headers.{name}: expected a one-line string")
+        config.headers[name] = value  # kept only when no problem was found
+    tls = _mapping(raw.get("tls_server_config"), "tls_server_config", TLS_KEYS, problems)
+    if isinstance(raw.get("tls_server_config"), dict):
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            if tls.get(name):
+                config.watched[path.parent / str(tls[name])] = _stamp(path.parent / str(tls[name]))
+        config.ssl_context = _tls_context(tls, path.parent, problems)
+        config.allowed_sans = tls.get("client_allowed_sans") or []
+        if not isinstance(config.allowed_sans, list) or not all(
+                isinstance(x, str) for x in config.allowed_sans):
+            problems.append("tls_server_config.client_allowed_sans: expected a list of strings")
+        elif config.allowed_sans and tls.get("client_auth_type") != "RequireAndVerifyClientCert":
+            problems.append("tls_server_config.client_allowed_sans: needs client_auth_type "
+                            "RequireAndVerifyClientCert")
     if problems:
         raise ConfigError([f"web config: {p}" for p in problems])
     return config
 
 
-def _tls_context(tls: dict[str, object], base: Path, problems: list[str]) -> ssl.SSLContext | None:
-    for name in tls:
-        if name not in TLS_KEYS:
-            problems.append(f"tls_server_config.{name}: unknown key")
-        elif name in UNSUPPORTED_TLS_KEYS:
-            problems.append(f"tls_server_config.{name}: not supported by this exporter (it "
-                            "uses Python's TLS defaults); remove it")
-    cert, key = tls.get("cert_file"), tls.get("key_file")
+def _tls_context(tls: dict[str, Any], base: Path, problems: list[str]) -> ssl.SSLContext | None:
+    problems.extend(f"tls_server_config.{name}: not supported by this exporter (it uses Python's "
+                    "TLS defaults); remove it" for name in UNSUPPORTED_TLS_KEYS & tls.keys())
+    cert, key, ca = (str(tls.get(name) or "") for name in ("cert_file", "key_file",
+                                                            "client_ca_file"))
     if not cert or not key:
         problems.append("tls_server_config: cert_file and key_file are both required")
         return None
@@ -322,35 +267,33 @@ def _tls_context(tls: dict[str, object], base: Path, problems: list[str]) -> ssl
     if tls.get("prefer_server_cipher_suites", True):
         context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     for name, attr in (("min_version", "minimum_version"), ("max_version", "maximum_version")):
-        value = tls.get(name)
-        if value is not None:
-            if value not in TLS_VERSIONS:
-                problems.append(f"tls_server_config.{name}: one of {', '.join(TLS_VERSIONS)}")
-            else:
-                setattr(context, attr, TLS_VERSIONS[str(value)])
+        if tls.get(name) is None:
+            continue
+        if str(tls[name]) not in TLS_VERSIONS:
+            problems.append(f"tls_server_config.{name}: one of {', '.join(TLS_VERSIONS)}")
+        else:
+            setattr(context, attr, TLS_VERSIONS[str(tls[name])])
     try:
-        context.load_cert_chain(base / str(cert), base / str(key))
+        context.load_cert_chain(base / cert, base / key)
     except (OSError, ssl.SSLError) as exc:
         problems.append(f"tls_server_config.cert_file: cannot load certificate/key: {exc}")
     auth = str(tls.get("client_auth_type", "NoClientCert"))
     if auth not in CLIENT_AUTH:
         problems.append(f"tls_server_config.client_auth_type: one of {', '.join(CLIENT_AUTH)}")
         return context
-    ca = tls.get("client_ca_file")
-    if auth in {"RequireAndVerifyClientCert", "VerifyClientCertIfGiven"} and not ca:
-        problems.append(f"tls_server_config.client_ca_file: required with {auth}")
     if ca:
         try:
-            context.load_verify_locations(base / str(ca))
+            context.load_verify_locations(base / ca)
         except (OSError, ssl.SSLError) as exc:
             problems.append(f"tls_server_config.client_ca_file: cannot load: {exc}")
-    context.verify_mode = CLIENT_AUTH[str(auth)]
-    if auth == "RequireAnyClientCert" and not ca:
+    elif auth in {"RequireAndVerifyClientCert", "VerifyClientCertIfGiven"}:
+        problems.append(f"tls_server_config.client_ca_file: required with {auth}")
+    elif auth == "RequireAnyClientCert":
         # Python cannot accept a client certificate it does not verify; quietly not
         # requiring one would be weaker than asked, so this needs a CA to verify against.
         problems.append("tls_server_config.client_ca_file: required with RequireAnyClientCert "
                         "here (client certificates are always verified)")
-    elif auth == "RequestClientCert" and not ca:
-        # Optional and unverified: with no CA, not asking is the nearest equivalent.
-        context.verify_mode = ssl.CERT_NONE
+    # Optional and unverified with no CA: not asking is the nearest equivalent.
+    unverified = auth == "RequestClientCert" and not ca
+    context.verify_mode = ssl.CERT_NONE if unverified else CLIENT_AUTH[auth]
     return context

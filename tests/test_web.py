@@ -240,6 +240,8 @@ tls_server_config:
      "  client_auth_type: RequireAndVerifyClientCert\n", "client_ca_file"),
     ("tls_server_config:\n  cert_file: {d}/server.crt\n  key_file: {d}/server.key\n"
      "  min_version: TLS99\n", "min_version"),
+    ("tls_server_config:\n  cert_file: {d}/server.crt\n  key_file: {d}/server.key\n"
+     "  max_version: [TLS13]\n", "max_version"),
     ("basic_auth_users:\n  prometheus: plaintext\n", "basic_auth_users.prometheus"),
     ("http_server_config:\n  headers:\n    Set-Cookie: a=b\n", "Set-Cookie"),
     ("tls_config: {{}}\n", "tls_config"),
@@ -300,6 +302,23 @@ def test_401_gives_no_detail(guarded: InProcess) -> None:
     assert len(bodies) == 1  # a wrong password and an unknown user look the same
     (body,) = bodies
     assert len(body) < 40 and "password" not in body.lower() and "user" not in body.lower()
+
+
+@pytest.mark.parametrize(("head", "status"), [
+    (b"GET /metrics HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\n" + b"".join(f"X-H{i}: v\r\n".encode() for i in range(200))
+     + b"\r\n", 431),
+    (b"GET /metrics HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    (b"DELETE /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+], ids=["malformed", "too-many-headers", "http-2", "unknown-method"])
+def test_headers_on_refused_requests_too(guarded: InProcess, head: bytes, status: int) -> None:
+    """Requests refused before routing (malformed, oversized, unsupported) get the
+    configured headers as every other answer does, and a closed connection."""
+    reply = _raw(guarded.port, head)
+    assert _status(reply) == status
+    fields = reply.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+    for name, value in {**HEADERS, "Connection": "close"}.items():
+        assert f"{name}: {value}" in fields, (status, fields)
 
 
 def test_reload_is_guarded_too(guarded: InProcess) -> None:
@@ -560,6 +579,40 @@ def test_more_stalled_connections_than_the_cap_do_not_lock_out_a_scrape(
             _close(socks)
 
 
+def test_past_the_cap_a_stalled_connection_makes_room_after_tls_scrapes(
+        tmp_path: Path, api: FakeExecAPI, certs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TLS connection's handshake deadline ends with its handshake, so finished TLS
+    connections leave nothing behind that the cap's eviction could pick instead of a
+    stalled connection."""
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 5)
+    web = f"tls_server_config:\n  cert_file: {certs}/server.crt\n  key_file: {certs}/server.key\n"
+    verify = str(certs / "ca.crt")
+    with start(tmp_path, api, web) as exporter:
+        for _ in range(3):
+            assert exporter.get("/-/healthy", verify=verify).status_code == 200
+        socks = _stall(exporter.port, 5)
+        try:
+            _scrapes_stay_fast(lambda: exporter.get("/metrics", verify=verify, timeout=2), 1)
+        finally:
+            _close(socks)
+
+
+def test_a_stalled_tls_handshake_is_dropped_at_the_request_head_deadline(
+        tmp_path: Path, api: FakeExecAPI, certs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head deadline covers the TLS handshake: a client that never completes it is
+    hung up on at the deadline, long before its socket timeout."""
+    monkeypatch.setattr(server_module, "SOCKET_TIMEOUT", 60.0)
+    monkeypatch.setattr(server_module, "REQUEST_HEAD_TIMEOUT", 0.5)
+    web = f"tls_server_config:\n  cert_file: {certs}/server.crt\n  key_file: {certs}/server.key\n"
+    with start(tmp_path, api, web) as exporter:
+        (silent,) = _stall(exporter.port, 1)
+        silent.settimeout(10)  # far below the socket timeout: only the deadline closes it
+        try:
+            assert silent.recv(100) == b""
+        finally:
+            silent.close()
+
+
 def test_many_concurrent_scrapes(plain: InProcess) -> None:
     def scrape(_: int) -> int:
         return plain.get("/metrics", headers={"Accept-Encoding": "gzip"},
@@ -649,6 +702,14 @@ def test_oversized_requests_are_refused(plain: InProcess) -> None:
 def test_large_post_body_is_refused_before_reload(plain: InProcess) -> None:
     response = plain.post("/-/reload", data=b"x" * 200_000)
     assert response.status_code == 413
+    assert plain.value("exec_exporter_config_last_reload_successful") == 1
+
+
+def test_chunked_post_body_gets_411_and_a_closed_connection(plain: InProcess) -> None:
+    reply = _exchange(plain.port, b"POST /-/reload HTTP/1.1\r\nHost: x\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert _status(reply) == 411
+    assert reply.count(b"HTTP/1.1 ") == 1  # the pipelined request was not served
     assert plain.value("exec_exporter_config_last_reload_successful") == 1
 
 
