@@ -86,6 +86,23 @@ def run(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def run_a_day_on_a_fake_clock(config: Path, output: Path) -> tuple[int, str, str]:
+    """A one-day backfill of ``config`` in-process, its waits taken on a fake clock
+    (retries back off for minutes): (exit code, stdout, stderr)."""
+    clock = FakeClock(time.time())
+
+    def sleep(seconds: float) -> bool:
+        clock.advance(seconds)
+        return False
+
+    args = cli.build_parser().parse_args([
+        "backfill", f"--config.file={config}", "--since=1d", f"--until={midnight(1)}",
+        f"--output={output}"])
+    out, err = io.StringIO(), io.StringIO()
+    code = backfill.main(args, now=clock.time, out=out, err=err, sleep=sleep)
+    return code, out.getvalue(), err.getvalue()
+
+
 @contextlib.contextmanager
 def stopped_after(monkeypatch: pytest.MonkeyPatch, count: int) -> Iterator[None]:
     """Inside, a run stops as SIGINT would stop it after ``count`` requests: the next
@@ -802,12 +819,6 @@ def test_a_failing_discovery_listing_is_retried_then_stops_the_run(tmp_path: Pat
     first error); one that keeps failing stops the run after TRANSIENT_TRIES reads."""
     from fakeapi import FakeExecAPI, summary_body
 
-    clock = FakeClock(time.time())
-
-    def sleep(seconds: float) -> bool:
-        clock.advance(seconds)
-        return False
-
     with FakeExecAPI(DEMO_API_KEY) as fake:
         fake.set_scenarios([{"id": "u1", "slug": "cold-call", "name": "Cold call"}])
         fake.set_summary("cold-call", summary_body())
@@ -816,19 +827,15 @@ def test_a_failing_discovery_listing_is_retried_then_stops_the_run(tmp_path: Pat
         raw = yaml.safe_load(config.read_text())
         raw["scenarios"], raw["discovery"] = [], {"scenarios": {}}
         config.write_text(yaml.safe_dump(raw))
-        args = cli.build_parser().parse_args([
-            "backfill", f"--config.file={config}", "--since=1d",
-            f"--until={midnight(1)}", f"--output={tmp_path / 'h.om'}"])
-        out, err = io.StringIO(), io.StringIO()
-        code = backfill.main(args, now=clock.time, out=out, err=err, sleep=sleep)
+        code, out, err = run_a_day_on_a_fake_clock(config, tmp_path / "h.om")
         reads = len(fake.list_requests("scenarios"))
         if failures == 1:
-            assert code == 0, err.getvalue()
-            assert reads == 2 and "discovery: 2 listing requests" in out.getvalue()
+            assert code == 0, err
+            assert reads == 2 and "discovery: 2 listing requests" in out
             assert len(fake.requests_for("cold-call")) == 4
         else:
             assert code == 1 and reads == backfill.TRANSIENT_TRIES
-            assert "error: discovery: reading scenarios failed" in err.getvalue()
+            assert "error: discovery: reading scenarios failed" in err
             assert fake.requests_for("cold-call") == []
 
 
@@ -836,12 +843,6 @@ def test_failures_of_two_listings_count_apart(tmp_path: Path, key_env: None) -> 
     """The stop rule is per list: the scenario list and the group list each failing
     twice (then answering) is not four failures of one listing; the run finishes."""
     from fakeapi import FakeExecAPI, summary_body
-
-    clock = FakeClock(time.time())
-
-    def sleep(seconds: float) -> bool:
-        clock.advance(seconds)
-        return False
 
     with FakeExecAPI(DEMO_API_KEY) as fake:
         fake.set_scenarios([{"id": "u1", "slug": "cold-call", "name": "Cold call"}])
@@ -854,12 +855,8 @@ def test_failures_of_two_listings_count_apart(tmp_path: Path, key_env: None) -> 
         raw["scenarios"] = []
         raw["discovery"] = {"scenarios": {}, "group_cohorts": {"include": ["Sales"]}}
         config.write_text(yaml.safe_dump(raw))
-        args = cli.build_parser().parse_args([
-            "backfill", f"--config.file={config}", "--since=1d",
-            f"--until={midnight(1)}", f"--output={tmp_path / 'h.om'}"])
-        out, err = io.StringIO(), io.StringIO()
-        code = backfill.main(args, now=clock.time, out=out, err=err, sleep=sleep)
-        assert code == 0, err.getvalue()
+        code, _out, err = run_a_day_on_a_fake_clock(config, tmp_path / "h.om")
+        assert code == 0, err
         assert len(fake.list_requests("scenarios")) == len(fake.list_requests("groups")) == 3
         assert fake.requests_for("cold-call")
 
@@ -878,23 +875,13 @@ def test_a_journal_that_cannot_be_written_stops_the_run(tmp_path: Path, key_env:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(journal_module.Journal, "add_sent", full)
-    clock = FakeClock(time.time())
-
-    def sleep(seconds: float) -> bool:
-        clock.advance(seconds)
-        return False
-
     with FakeExecAPI(DEMO_API_KEY) as fake:
         fake.set_summary("cold-call", summary_body())
         config = write_config(tmp_path / "c.yaml", fake.base_url)
-        args = cli.build_parser().parse_args([
-            "backfill", f"--config.file={config}", "--since=1d",
-            f"--until={midnight(1)}", f"--output={tmp_path / 'h.om'}"])
-        out, err = io.StringIO(), io.StringIO()
-        code = backfill.main(args, now=clock.time, out=out, err=err, sleep=sleep)
+        code, _out, err = run_a_day_on_a_fake_clock(config, tmp_path / "h.om")
         assert code == 1
-        assert "cannot write the journal" in err.getvalue()
-        assert "No space left on device" in err.getvalue()
+        assert "cannot write the journal" in err
+        assert "No space left on device" in err
         assert fake.requests == [], "nothing is sent that the journal could not record"
 
 
@@ -1282,16 +1269,16 @@ def test_a_daemon_and_a_backfill_on_one_state_file_share_the_quota(tmp_path: Pat
             f"--state.file={state}"])
         out, err = io.StringIO(), io.StringIO()
         code = backfill.main(args, now=clock.time, out=out, err=err, sleep=sleep)
-        assert code == 0, err.getvalue()
+        assert code == 0, err
         run_daemon_until(clock.now + 60)  # and it goes on after the backfill
         daemon.running.client.close()
 
     assert [s for s in api.seen if s.status != 200] == []  # no 429, nothing refused
-    assert "the running exporter spent 4 requests" in out.getvalue()
-    assert "sharing the quota: 4/minute and 5760/day stay free" in out.getvalue()
+    assert "the running exporter spent 4 requests" in out
+    assert "sharing the quota: 4/minute and 5760/day stay free" in out
     # 12 at once (20 a minute, less the daemon's 4 in it and the 4 left free), then 32
     # at 16 a minute.
-    assert "time at this budget: about 2m\n" in out.getvalue()
+    assert "time at this budget: about 2m\n" in out
     backfilled = [s for s in api.seen if s.query.get("end_date") and s.time >= NOW + 30]
     assert len(backfilled) == 44
     times = sorted(s.time for s in api.seen)
