@@ -1269,16 +1269,16 @@ def test_a_daemon_and_a_backfill_on_one_state_file_share_the_quota(tmp_path: Pat
             f"--state.file={state}"])
         out, err = io.StringIO(), io.StringIO()
         code = backfill.main(args, now=clock.time, out=out, err=err, sleep=sleep)
-        assert code == 0, err
+        assert code == 0, err.getvalue()
         run_daemon_until(clock.now + 60)  # and it goes on after the backfill
         daemon.running.client.close()
 
     assert [s for s in api.seen if s.status != 200] == []  # no 429, nothing refused
-    assert "the running exporter spent 4 requests" in out
-    assert "sharing the quota: 4/minute and 5760/day stay free" in out
+    assert "the running exporter spent 4 requests" in out.getvalue()
+    assert "sharing the quota: 4/minute and 5760/day stay free" in out.getvalue()
     # 12 at once (20 a minute, less the daemon's 4 in it and the 4 left free), then 32
     # at 16 a minute.
-    assert "time at this budget: about 2m\n" in out
+    assert "time at this budget: about 2m\n" in out.getvalue()
     backfilled = [s for s in api.seen if s.query.get("end_date") and s.time >= NOW + 30]
     assert len(backfilled) == 44
     times = sorted(s.time for s in api.seen)
