@@ -63,6 +63,12 @@ def thresholds(*steps: tuple[str, float | None]) -> dict[str, Any]:
     }
 
 
+def or_none(expr: str, label: str, text: str = "none") -> str:
+    """``expr``, or one series of value 0 whose ``label`` says ``text`` when it has none
+    (so a panel shows "none" instead of "No data")."""
+    return f'{expr} or on() label_replace(vector(0), "{label}", "{text}", "", "")'
+
+
 def target(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False,
            table: bool = False) -> dict[str, Any]:
     """One Prometheus query of a panel."""
@@ -146,6 +152,16 @@ def row(layout: Layout, title: str) -> dict[str, Any]:
     }
     layout.newline()
     return panel
+
+
+def alarm_stat(layout: Layout, title: str, description: str, expr: str, label: str,
+               quiet: str, w: int) -> dict[str, Any]:
+    """A stat of what is wrong now, one value by ``label``, red from 1; ``quiet`` (e.g.
+    "none") in green when ``expr`` has no series."""
+    return stat(layout, title, description,
+                [target(or_none(expr, label, quiet), f"{{{{{label}}}}}", instant=True)],
+                "short", w=w, decimals=0, text_mode="value_and_name", color_mode="background",
+                steps=thresholds(("green", None), ("red", 1)))
 
 
 def timeseries(layout: Layout, title: str, description: str, targets: list[dict[str, Any]],
@@ -595,17 +611,12 @@ def health_panels(layout: Layout) -> list[dict[str, Any]]:
             "short", w=6, decimals=0, text_mode="value_and_name",
             steps=thresholds(("red", None), ("orange", 1), ("green", 10)),
         ),
-        stat(
+        alarm_stat(
             layout, "Active alerts",
             "Exec alerts firing now, by alert name (see docs/monitoring.md for the runbooks). "
             "'none' means no Exec alert is firing.",
-            [target(
-                'sum by (alertname) (ALERTS{alertname=~"Exec.*", alertstate="firing"}) '
-                'or on() label_replace(vector(0), "alertname", "none", "", "")',
-                "{{alertname}}", instant=True,
-            )],
-            "short", w=8, decimals=0, text_mode="value_and_name", color_mode="background",
-            steps=thresholds(("green", None), ("red", 1)),
+            'sum by (alertname) (ALERTS{alertname=~"Exec.*", alertstate="firing"})',
+            "alertname", "none", w=8,
         ),
         timeseries(
             layout, "Data age",
@@ -649,8 +660,8 @@ def health_panels(layout: Layout) -> list[dict[str, Any]]:
             "rate_limited, unauthorized, forbidden, not_found, server_error, bad_request, "
             "invalid_response). 'none' means no request failed.",
             [target(
-                "sum by (reason) (rate(exec_exporter_errors_total[$__rate_interval])) * 60 "
-                'or on() label_replace(vector(0), "reason", "none", "", "")',
+                or_none("sum by (reason) (rate(exec_exporter_errors_total[$__rate_interval])) * 60",
+                        "reason"),
                 "{{reason}}",
             )],
             "cpm", bars=True, stack=True,
@@ -661,9 +672,8 @@ def health_panels(layout: Layout) -> list[dict[str, Any]]:
             "(a workspace-wide 429/401/403 pause is shown under Quota, not here). 'none' means "
             "no refresh failed.",
             [target(
-                f"sum by (scenario, cohort) (rate(exec_exporter_target_errors_total{{{TARGET}}}"
-                "[$__rate_interval])) * 60 > 0 "
-                'or on() label_replace(vector(0), "scenario", "none", "", "")',
+                or_none(f"sum by (scenario, cohort) (rate(exec_exporter_target_errors_total"
+                        f"{{{TARGET}}}[$__rate_interval])) * 60 > 0", "scenario"),
                 LEGEND,
             )],
             "cpm", bars=True, stack=True,
@@ -719,18 +729,12 @@ def quota_panels(layout: Layout) -> list[dict[str, Any]]:
     """Where the quota goes: requests by kind, pauses, the plan's cost, derived cohorts."""
     return [
         row(layout, "Quota"),
-        stat(
+        alarm_stat(
             layout, "Requests paused",
             "1 (red) while every request is paused for the whole workspace: rate_limited "
             "(429, until retry_after), unauthorized (401) or forbidden (403, until a probe "
             "gets through). 'not paused' otherwise.",
-            [target(
-                "max by (reason) (exec_exporter_api_paused) == 1 "
-                'or on() label_replace(vector(0), "reason", "not paused", "", "")',
-                "{{reason}}", instant=True,
-            )],
-            "short", w=6, decimals=0, text_mode="value_and_name", color_mode="background",
-            steps=thresholds(("green", None), ("red", 1)),
+            "max by (reason) (exec_exporter_api_paused) == 1", "reason", "not paused", w=6,
         ),
         stat(
             layout, "Plan: requests per cycle",
@@ -776,9 +780,8 @@ def quota_panels(layout: Layout) -> list[dict[str, Any]]:
             "Requests per minute answered 429 (rate limited), 401 or 403, by kind: which "
             "requests meet the workspace's limit or the rejected key. 'none' means none.",
             [target(
-                'sum by (kind, code) (rate(exec_exporter_api_requests_total{code=~"429|401|403"}'
-                "[$__rate_interval])) * 60 > 0 "
-                'or on() label_replace(vector(0), "kind", "none", "", "")',
+                or_none('sum by (kind, code) (rate(exec_exporter_api_requests_total'
+                        '{code=~"429|401|403"}[$__rate_interval])) * 60 > 0', "kind"),
                 "{{kind}} {{code}}",
             )],
             "reqpm", bars=True, stack=True,

@@ -981,7 +981,7 @@ def test_the_daemon_caps_cross_checks_by_the_day_budget_left_after_the_listings(
 
 def test_a_reload_during_a_member_list_backoff_saves_strict_json() -> None:
     """A reload asks every member list again now; a list backing off then is saved
-    with a time strict JSON readers accept (it was -Infinity, which jq refuses)."""
+    with a time strict JSON readers accept (it was -Infinity, which strict parsers refuse)."""
     import json
     import threading
 
