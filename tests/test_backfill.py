@@ -1041,8 +1041,7 @@ def test_the_page_count_from_the_first_pull_decides(tmp_path: Path, key_env: Non
         until = midnight(1)
         sessions, config = _cold_call(fake, tmp_path, users, until)
         output = tmp_path / "h.om"
-        code, out, err = run([f"--config.file={config}", "--since=4d", f"--until={until}",
-                              f"--output={output}"])
+        code, out, err = run(_four_days(config, until, output))
         assert code == 0, err
         pulled = fake.requests_to("/participants")
         summaries = fake.requests_to("/summary")
@@ -1060,6 +1059,11 @@ def test_the_page_count_from_the_first_pull_decides(tmp_path: Path, key_env: Non
             assert len(summaries) == 4 * 5
             assert f"{pages} pages per pull cost as much as the summaries" in out
         _assert_written_as_summaries(fake, output, [until - d * DAY for d in range(5)])
+
+
+def _four_days(config: Path, until: int, output: Path) -> list[str]:
+    """The backfill arguments of the cold-call tests: four daily points up to ``until``."""
+    return [f"--config.file={config}", "--since=4d", f"--until={until}", f"--output={output}"]
 
 
 def _cold_call(fake: Any, tmp_path: Path, users: int, until: int,
@@ -1127,8 +1131,7 @@ def test_a_pull_whose_pages_disagree_is_dropped_and_its_instant_uses_summaries(
     with LateSession(DEMO_API_KEY) as fake:
         sessions, config = _cold_call(fake, tmp_path, 150, until)
         output = tmp_path / "h.om"
-        argv = [f"--config.file={config}", "--since=4d", f"--until={until}",
-                f"--output={output}"]
+        argv = _four_days(config, until, output)
         code, out, err = run(argv)
         assert code == 0, err
         assert (f"the participants pull as of {_iso(changed_at)} was not used" in out
@@ -1178,8 +1181,7 @@ def test_a_member_list_whose_pages_disagree_is_refused_and_its_cohort_uses_summa
         _, config = _cold_call(fake, tmp_path, 150, until, gs_every=1)
         fake.set_list_fault("members", "short_page", times=1)
         output = tmp_path / "h.om"
-        argv = [f"--config.file={config}", "--since=4d", f"--until={until}",
-                f"--output={output}"]
+        argv = _four_days(config, until, output)
         code, out, err = run(argv)
         assert code == 0, err
         assert "members of group gs: not readable (members of group gs: page 1 of 2 has " \
@@ -1203,8 +1205,7 @@ def test_a_journal_from_before_page_sizes_were_kept_still_resumes(
         until = midnight(1)
         _, config = _cold_call(fake, tmp_path, 150, until)
         output = tmp_path / "h.om"
-        argv = [f"--config.file={config}", "--since=4d", f"--until={until}",
-                f"--output={output}"]
+        argv = _four_days(config, until, output)
         code, _, err = run(argv)
         assert code == 0, err
         journal = output.with_name("h.om.journal")

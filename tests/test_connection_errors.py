@@ -119,10 +119,15 @@ def test_tls_certificate_not_trusted(tmp_path: Path, listener) -> None:
                               "(self-signed certificate)"), message
 
 
-def test_proxy_down(closed_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{closed_port}")
+def via_proxy(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
+    """Requests to https URLs go through a proxy on 127.0.0.1:``port``."""
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
+
+
+def test_proxy_down(closed_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    via_proxy(monkeypatch, closed_port)
     assert fail("https://api.exec.test/rest/v1") == (
         f"proxy 127.0.0.1:{closed_port} (on the way to api.exec.test:443): connection "
         "refused (nothing listens on that port)")
@@ -135,9 +140,7 @@ def test_proxy_refuses_the_tunnel(listener, monkeypatch: pytest.MonkeyPatch) -> 
         conn.close()
 
     proxy = listener(refuse)
-    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
+    via_proxy(monkeypatch, proxy.port)
     assert fail("https://api.exec.test/rest/v1") == (
         f"proxy 127.0.0.1:{proxy.port} (on the way to api.exec.test:443): the proxy refused "
         "the connection (403 Forbidden)")
