@@ -61,17 +61,17 @@ class LedgerFile:
             self._lines = 0
         return self._fd
 
-    def _reopen_if_replaced(self) -> bool:
-        """Reopen when another writer replaced the file (compaction) or it was removed;
-        True when what was read so far no longer describes the file."""
-        if self._fd is None:
-            return True
+    def _reopen_if_replaced(self) -> tuple[bool, int]:
+        """(reopened, size): reopen when another writer replaced the file (compaction) or
+        it was removed; ``reopened`` when what was read so far no longer describes it."""
         # A compaction renames a new file over this one and a removal unlinks it: either
         # way the inode held has no name left. One fstat, no path lookup per scrape.
-        same = os.fstat(self._fd).st_nlink > 0
-        if not same:
+        if self._fd is not None:
+            held = os.fstat(self._fd)
+            if held.st_nlink > 0:
+                return False, held.st_size
             self.close()
-        return not same
+        return True, os.fstat(self._open()).st_size
 
     def close(self) -> None:
         """Close the file (it is reopened when used again)."""
@@ -85,9 +85,8 @@ class LedgerFile:
         """Hold the exclusive lock on the current file (not a replaced one)."""
         while True:
             self._reopen_if_replaced()
-            fd = self._open()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            if not self._reopen_if_replaced():
+            fcntl.flock(self._open(), fcntl.LOCK_EX)
+            if not self._reopen_if_replaced()[0]:
                 break
             # Replaced while we waited for the lock: lock the new file instead.
         try:
@@ -99,9 +98,9 @@ class LedgerFile:
     def read_new(self) -> tuple[bool, list[float]]:
         """(whole, times): the complete lines appended since the last call; ``whole``
         when they are the whole file (first read, replaced or truncated)."""
-        whole = self._reopen_if_replaced() or self._offset == 0
+        reopened, size = self._reopen_if_replaced()
+        whole = reopened or self._offset == 0
         fd = self._open()
-        size = os.fstat(fd).st_size
         if size < self._offset:  # truncated by someone: start over
             self._offset, self._lines, whole = 0, 0, True
         data = os.pread(fd, size - self._offset, self._offset) if size > self._offset else b""
